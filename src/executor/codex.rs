@@ -1,0 +1,271 @@
+//! The codex executor: one `codex exec --json` process per turn.
+//!
+//! `codex mcp-server` was removed in codex 0.154, so zwarm drives the CLI the way a person's
+//! script would: the first turn is `codex exec --json … -- <prompt>`, every later turn is
+//! `codex exec --json … resume <thread_id> <prompt>` in a new process. Two quirks shape this
+//! file (see shared/reference/EXECUTORS.md §A):
+//! * `exec resume` forgets `-C` and `-s`, so both are passed again, before `resume`, every turn;
+//! * `turn.completed.usage` is cumulative for the thread, so it is tagged [`UsageScope::Thread`]
+//!   and the session manager stores per-turn differences.
+//!
+//! Lines are parsed into `serde_json::Value` first (web_search items carry a duplicate `"id"`
+//! key that a derived struct rejects) and unknown types become [`ExecutorEvent::Other`].
+
+use std::ffi::OsString;
+use std::path::Path;
+
+use serde_json::Value;
+
+use super::TurnPlan;
+use crate::event::{ExecutorEvent, FileChange, Usage, UsageScope};
+
+/// Sandbox modes `codex exec -s` accepts.
+pub const SANDBOX_MODES: &[&str] = &["read-only", "workspace-write", "danger-full-access"];
+
+pub struct CodexSettings<'a> {
+    pub sandbox: &'a str,
+    pub model: Option<&'a str>,
+    pub extra_args: &'a [String],
+    /// Where codex writes the final message (`-o`): the fallback when the JSONL drops it.
+    pub last_message_file: &'a Path,
+}
+
+/// Arguments after the binary name.
+pub fn build_args(plan: &TurnPlan, s: &CodexSettings) -> Vec<OsString> {
+    let mut args: Vec<OsString> = vec![
+        "exec".into(),
+        "--json".into(),
+        "--skip-git-repo-check".into(),
+        "-C".into(),
+        plan.working_dir.as_os_str().to_owned(),
+        "-s".into(),
+        s.sandbox.into(),
+        "-o".into(),
+        s.last_message_file.as_os_str().to_owned(),
+    ];
+    if let Some(m) = s.model {
+        args.push("-m".into());
+        args.push(m.into());
+    }
+    for a in s.extra_args {
+        args.push(a.into());
+    }
+    match &plan.resume_id {
+        Some(thread) => {
+            args.push("resume".into());
+            args.push(thread.into());
+            // `exec resume` takes the prompt positionally after the thread id; a prompt that
+            // starts with `-` would be read as a flag, so separate it.
+            args.push("--".into());
+            args.push(plan.prompt.clone().into());
+        }
+        None => {
+            args.push("--".into());
+            args.push(plan.prompt.clone().into());
+        }
+    }
+    args
+}
+
+/// Stateless line parser for `codex exec --json`.
+#[derive(Default)]
+pub struct CodexParser;
+
+impl CodexParser {
+    pub fn parse_line(&mut self, line: &str) -> Vec<ExecutorEvent> {
+        let v: Value = match serde_json::from_str(line) {
+            Ok(v) => v,
+            Err(_) => {
+                return vec![ExecutorEvent::Other {
+                    kind: "unparsable".into(),
+                }];
+            }
+        };
+        let ty = v.get("type").and_then(Value::as_str).unwrap_or("");
+        match ty {
+            "thread.started" => match v.get("thread_id").and_then(Value::as_str) {
+                Some(id) => vec![ExecutorEvent::SessionStarted {
+                    native_id: id.to_string(),
+                    model: None,
+                }],
+                None => other(ty),
+            },
+            "turn.started" => vec![ExecutorEvent::TurnStarted],
+            "turn.completed" => vec![ExecutorEvent::TurnCompleted {
+                usage: v.get("usage").map(parse_usage),
+                scope: UsageScope::Thread,
+                cost_usd: None,
+                final_text: None,
+            }],
+            "turn.failed" => {
+                let message = v
+                    .pointer("/error/message")
+                    .and_then(Value::as_str)
+                    .unwrap_or("codex reported turn.failed without a message")
+                    .to_string();
+                vec![ExecutorEvent::TurnFailed {
+                    message,
+                    api_status: None,
+                    usage: v.get("usage").map(parse_usage),
+                    scope: UsageScope::Thread,
+                    cost_usd: None,
+                }]
+            }
+            "error" => vec![ExecutorEvent::Warning {
+                message: str_field(&v, "message"),
+            }],
+            "item.started" | "item.updated" | "item.completed" => match v.get("item") {
+                Some(item) => parse_item(ty, item),
+                None => other(ty),
+            },
+            _ => other(ty),
+        }
+    }
+}
+
+fn parse_item(phase: &str, item: &Value) -> Vec<ExecutorEvent> {
+    let ty = item.get("type").and_then(Value::as_str).unwrap_or("");
+    let id = str_field(item, "id");
+    let completed = phase == "item.completed";
+    match (ty, phase) {
+        ("agent_message", "item.completed") => vec![ExecutorEvent::AgentMessage {
+            text: str_field(item, "text"),
+        }],
+        ("reasoning", "item.completed") => vec![ExecutorEvent::Reasoning {
+            text: str_field(item, "text"),
+        }],
+        ("command_execution", "item.started") => vec![ExecutorEvent::CommandStarted {
+            id,
+            command: unwrap_shell(&str_field(item, "command")),
+        }],
+        ("command_execution", "item.completed") => {
+            let exit_code = item.get("exit_code").and_then(Value::as_i64);
+            let status = str_field(item, "status");
+            vec![ExecutorEvent::CommandFinished {
+                id,
+                command: unwrap_shell(&str_field(item, "command")),
+                exit_code,
+                output: str_field(item, "aggregated_output"),
+                ok: status == "completed" && exit_code.unwrap_or(0) == 0,
+            }]
+        }
+        ("file_change", "item.completed") => {
+            if item.get("status").and_then(Value::as_str) == Some("failed") {
+                return vec![ExecutorEvent::Warning {
+                    message: "a file change failed".into(),
+                }];
+            }
+            let changes = item
+                .get("changes")
+                .and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .map(|c| FileChange {
+                            path: str_field(c, "path"),
+                            kind: str_field(c, "kind"),
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            vec![ExecutorEvent::FilesChanged { changes }]
+        }
+        ("mcp_tool_call", "item.started") => vec![ExecutorEvent::ToolCall {
+            id,
+            name: format!(
+                "mcp:{}/{}",
+                str_field(item, "server"),
+                str_field(item, "tool")
+            ),
+            input: item.get("arguments").cloned().unwrap_or(Value::Null),
+        }],
+        ("web_search", "item.started") => vec![ExecutorEvent::ToolCall {
+            id,
+            name: "web_search".into(),
+            input: item.get("query").cloned().unwrap_or(Value::Null),
+        }],
+        ("todo_list", "item.started") => vec![ExecutorEvent::ToolCall {
+            id,
+            name: "plan".into(),
+            input: item.get("items").cloned().unwrap_or(Value::Null),
+        }],
+        ("error", _) if completed => vec![ExecutorEvent::Warning {
+            message: str_field(item, "message"),
+        }],
+        _ => other(&format!("{phase}:{ty}")),
+    }
+}
+
+/// `/bin/bash -lc 'echo hi'` → `echo hi` (codex wraps every command in a login shell).
+fn unwrap_shell(cmd: &str) -> String {
+    for prefix in ["/bin/bash -lc ", "bash -lc ", "/bin/sh -c ", "/bin/zsh -lc "] {
+        if let Some(rest) = cmd.strip_prefix(prefix) {
+            let rest = rest.trim();
+            if rest.len() >= 2 && rest.starts_with('\'') && rest.ends_with('\'') {
+                return rest[1..rest.len() - 1].replace("'\\''", "'");
+            }
+            if rest.len() >= 2 && rest.starts_with('"') && rest.ends_with('"') {
+                return rest[1..rest.len() - 1].to_string();
+            }
+            return rest.to_string();
+        }
+    }
+    cmd.to_string()
+}
+
+fn parse_usage(u: &Value) -> Usage {
+    let n = |k: &str| u.get(k).and_then(Value::as_u64).unwrap_or(0);
+    Usage {
+        input_tokens: n("input_tokens"),
+        cached_input_tokens: n("cached_input_tokens"),
+        output_tokens: n("output_tokens"),
+        reasoning_output_tokens: n("reasoning_output_tokens"),
+    }
+}
+
+fn str_field(v: &Value, k: &str) -> String {
+    v.get(k).and_then(Value::as_str).unwrap_or("").to_string()
+}
+
+fn other(kind: &str) -> Vec<ExecutorEvent> {
+    vec![ExecutorEvent::Other {
+        kind: kind.to_string(),
+    }]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unwraps_login_shell() {
+        assert_eq!(unwrap_shell("/bin/bash -lc 'ls -la'"), "ls -la");
+        assert_eq!(unwrap_shell("/bin/bash -lc 'echo '\\''x'\\'''"), "echo 'x'");
+        assert_eq!(unwrap_shell("python x.py"), "python x.py");
+    }
+
+    #[test]
+    fn resume_repeats_cwd_and_sandbox_before_resume() {
+        let plan = TurnPlan {
+            working_dir: "/w".into(),
+            prompt: "-next".into(),
+            resume_id: Some("T1".into()),
+        };
+        let args: Vec<String> = build_args(
+            &plan,
+            &CodexSettings {
+                sandbox: "workspace-write",
+                model: Some("gpt-5.5"),
+                extra_args: &[],
+                last_message_file: Path::new("/tmp/last"),
+            },
+        )
+        .into_iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+        let resume = args.iter().position(|a| a == "resume").unwrap();
+        let cd = args.iter().position(|a| a == "-C").unwrap();
+        let sb = args.iter().position(|a| a == "-s").unwrap();
+        assert!(cd < resume && sb < resume);
+        assert_eq!(&args[resume..], ["resume", "T1", "--", "-next"]);
+    }
+}

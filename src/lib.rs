@@ -1,0 +1,16 @@
+//! zwarm: an MCP server that lets one coding agent (the orchestrator) drive many others.
+//!
+//! Data flows one way: MCP tool handler ([`server`], thin) → session manager ([`manager`]) →
+//! executor per CLI ([`executor`]) → child process ([`process`]) whose output becomes
+//! [`event::ExecutorEvent`]s that update the [`session`] records kept by the [`store`].
+
+pub mod config;
+pub mod event;
+pub mod executor;
+pub mod manager;
+pub mod process;
+pub mod server;
+pub mod session;
+pub mod store;
+pub mod text;
+pub mod tools;

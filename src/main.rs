@@ -1,0 +1,104 @@
+//! The `zwarm` binary: a thin runner around the library.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use rmcp::ServiceExt;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(name = "zwarm", version, about = "MCP server that runs coding agents (codex, claude) for an orchestrating agent")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the MCP server on stdio (stdout carries JSON-RPC only; logs go to stderr).
+    Serve {
+        /// State directory (default: .zwarm in the current directory).
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        /// A TOML config file (layered over .zwarm/config.toml).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Override one config key, e.g. --set codex.sandbox=read-only (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("ZWARM_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
+    match cli.command {
+        Command::Serve { state_dir, config, sets } => {
+            let sources = zwarm::config::Sources::from_process_env(config, state_dir, sets);
+            let cfg = zwarm::config::load(&sources).context("loading configuration")?;
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            let code = rt.block_on(serve(cfg))?;
+            rt.shutdown_timeout(Duration::from_millis(200));
+            std::process::exit(code);
+        }
+    }
+}
+
+async fn serve(cfg: zwarm::config::Config) -> anyhow::Result<i32> {
+    zwarm::process::become_subreaper();
+    let cwd = std::env::current_dir().context("reading the current directory")?;
+    let manager = zwarm::manager::Manager::start(cfg, cwd).context("opening the state directory")?;
+    tracing::info!(state_dir = %manager.state_dir().display(), version = env!("CARGO_PKG_VERSION"), "zwarm serving MCP on stdio");
+    let ct = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(ct.clone()));
+    let server = zwarm::server::ZwarmServer::new(manager.clone());
+    // stdio_pipes: a pending stdin read does not pin the process after a signal.
+    let service = match server.serve_with_ct(rmcp::transport::stdio_pipes(), ct.clone()).await {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::error!(error = %e, "MCP initialization failed");
+            None
+        }
+    };
+    if let Some(service) = service {
+        // Ends on stdin EOF or when a signal cancels `ct`.
+        let quit = tokio::select! {
+            q = service.waiting() => format!("{q:?}"),
+            _ = ct.cancelled() => "signal".to_string(),
+        };
+        tracing::info!(reason = %quit, "shutting down");
+    }
+    manager.shutdown(Duration::from_millis(1700)).await;
+    Ok(0)
+}
+
+async fn cancel_on_signal(ct: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+        _ = hup.recv() => {}
+    }
+    tracing::info!("signal received");
+    ct.cancel();
+}

@@ -1,0 +1,198 @@
+//! The session record: what zwarm knows about one delegated conversation.
+//!
+//! A session is stored as one small JSON file (see [`crate::store`]) and is the unit every
+//! tool talks about. It holds the executor's native id (so a conversation can be resumed even
+//! after zwarm restarts), and one [`Turn`] per prompt with what the executor reported.
+
+use std::collections::VecDeque;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::event::{FileChange, PermissionDenial, Usage};
+use crate::executor::Adapter;
+
+/// How many progress lines a session remembers.
+pub const RECENT_PROGRESS: usize = 20;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionStatus {
+    /// Waiting for a free slot (more than `max_running` turns are running).
+    Queued,
+    /// A turn is in progress.
+    Running,
+    /// The last turn finished; converse may continue.
+    Idle,
+    /// The last turn failed; converse may retry.
+    Failed,
+    /// Ended by end_session with verdict completed (final).
+    Completed,
+    /// Ended by end_session with verdict cancelled (final).
+    Cancelled,
+}
+
+impl SessionStatus {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            SessionStatus::Queued => "queued",
+            SessionStatus::Running => "running",
+            SessionStatus::Idle => "idle",
+            SessionStatus::Failed => "failed",
+            SessionStatus::Completed => "completed",
+            SessionStatus::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<SessionStatus> {
+        Some(match s.trim().to_ascii_lowercase().as_str() {
+            "queued" => SessionStatus::Queued,
+            "running" => SessionStatus::Running,
+            "idle" => SessionStatus::Idle,
+            "failed" => SessionStatus::Failed,
+            "completed" => SessionStatus::Completed,
+            "cancelled" | "canceled" => SessionStatus::Cancelled,
+            _ => return None,
+        })
+    }
+
+    /// A turn is queued or running.
+    pub fn is_active(&self) -> bool {
+        matches!(self, SessionStatus::Queued | SessionStatus::Running)
+    }
+
+    /// Ended by end_session; nothing more can happen.
+    pub fn is_final(&self) -> bool {
+        matches!(self, SessionStatus::Completed | SessionStatus::Cancelled)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    Sync,
+    Async,
+}
+
+impl Mode {
+    pub fn parse(s: &str) -> Option<Mode> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "sync" => Some(Mode::Sync),
+            "async" => Some(Mode::Async),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TurnStatus {
+    Queued,
+    Running,
+    Completed,
+    Failed,
+    /// Stopped by end_session, a cancelled tool call, a timeout or a server shutdown.
+    Interrupted,
+}
+
+/// A command the executor ran, as it reported it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct CommandRecord {
+    pub command: String,
+    pub exit_code: Option<i64>,
+    pub ok: bool,
+    /// The end of the command's output (bounded).
+    pub output_tail: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Turn {
+    /// 1-based.
+    pub index: u32,
+    pub prompt: String,
+    pub status: TurnStatus,
+    /// The executor's final message for this turn.
+    pub response: Option<String>,
+    pub error: Option<String>,
+    /// HTTP status of a model-API error, when the executor reported one.
+    pub api_status: Option<u16>,
+    pub usage: Usage,
+    pub cost_usd: Option<f64>,
+    pub started_at: String,
+    pub ended_at: Option<String>,
+    pub commands: Vec<CommandRecord>,
+    pub files_changed: Vec<FileChange>,
+    pub permission_denials: Vec<PermissionDenial>,
+    /// Agent messages before the final one (each bounded).
+    pub messages: Vec<String>,
+}
+
+/// Which server process owns (runs the turns of) a session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Owner {
+    pub pid: u32,
+    pub instance: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Session {
+    pub id: String,
+    pub adapter: Adapter,
+    pub mode: Mode,
+    pub status: SessionStatus,
+    pub task: String,
+    pub working_dir: String,
+    pub model: Option<String>,
+    /// The executor's thread id (codex) or session id (claude).
+    pub native_id: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+    pub turns: Vec<Turn>,
+    pub error: Option<String>,
+    /// end_session's summary.
+    pub summary: Option<String>,
+    /// Codex's last thread-cumulative usage, to turn the next report into a per-turn delta.
+    #[serde(default)]
+    pub native_usage: Usage,
+    pub owner: Owner,
+    #[serde(default)]
+    pub recent: VecDeque<String>,
+}
+
+impl Session {
+    pub fn last_turn(&self) -> Option<&Turn> {
+        self.turns.last()
+    }
+
+    pub fn last_turn_mut(&mut self) -> Option<&mut Turn> {
+        self.turns.last_mut()
+    }
+
+    pub fn total_usage(&self) -> Usage {
+        let mut u = Usage::default();
+        for t in &self.turns {
+            u.add(&t.usage);
+        }
+        u
+    }
+
+    pub fn total_cost(&self) -> Option<f64> {
+        let costs: Vec<f64> = self.turns.iter().filter_map(|t| t.cost_usd).collect();
+        if costs.is_empty() {
+            None
+        } else {
+            Some(costs.iter().sum())
+        }
+    }
+
+    pub fn push_progress(&mut self, line: String) {
+        if self.recent.len() >= RECENT_PROGRESS {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(line);
+    }
+}
+
+pub fn now() -> String {
+    humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
+}

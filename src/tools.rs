@@ -1,0 +1,317 @@
+//! Tool arguments and results: the MCP contract, as Rust types.
+//!
+//! Hosts (Claude Code, Codex) show the model only `structuredContent`, so every result type
+//! carries everything the orchestrator needs — ids, status, the executor's answer, and a
+//! `next_step` sentence that says what to do now. Hosts do not validate arguments against
+//! the input schema, so arguments are parsed leniently (numbers may arrive as strings) and
+//! checked again by the session manager.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::event::{FileChange, PermissionDenial, Usage};
+use crate::executor::Adapter;
+use crate::session::{Mode, Session, SessionStatus, Turn, TurnStatus};
+use crate::text;
+
+/// Accept `30`, `30.0` or `"30"`.
+fn lenient_u64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    let v = Option::<serde_json::Value>::deserialize(d)?;
+    Ok(match v {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::Number(n)) => n.as_u64().or_else(|| n.as_f64().map(|f| f.max(0.0) as u64)),
+        Some(serde_json::Value::String(s)) if s.trim().is_empty() => None,
+        Some(serde_json::Value::String(s)) => Some(s.trim().parse::<f64>().map_err(|_| {
+            serde::de::Error::custom(format!("wait_seconds must be a number of seconds, got `{s}`"))
+        })? as u64),
+        Some(other) => {
+            return Err(serde::de::Error::custom(format!(
+                "wait_seconds must be a number of seconds, got {other}"
+            )));
+        }
+    })
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct DelegateArgs {
+    /// What the executor should do. Be specific and include acceptance criteria
+    /// (e.g. "add a unit test for X; `cargo test` must pass").
+    pub task: String,
+    /// "sync" (default): wait for the turn, up to wait_seconds. "async": return at once with
+    /// status running; follow up with check_session.
+    #[serde(default)]
+    pub mode: Option<String>,
+    /// "codex" (default) or "claude" (aliases "codex_mcp", "claude_code").
+    #[serde(default)]
+    pub adapter: Option<String>,
+    /// Model for the executor (default: the executor's configured model).
+    #[serde(default)]
+    pub model: Option<String>,
+    /// Directory the executor works in (default: zwarm's working directory). Must be inside
+    /// the configured allowed roots.
+    #[serde(default)]
+    pub working_dir: Option<String>,
+    /// Sync mode: return with status running after this many seconds if the turn is not done
+    /// (default and maximum: a safe margin under the host's tool-call timeout).
+    #[serde(default, deserialize_with = "lenient_u64")]
+    pub wait_seconds: Option<u64>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct ConverseArgs {
+    /// Session id from delegate (or a unique prefix of 8+ characters).
+    pub session_id: String,
+    /// The next message for the executor, in the same conversation.
+    pub message: String,
+    /// "sync" (default) or "async".
+    #[serde(default)]
+    pub mode: Option<String>,
+    /// Sync mode: how long to wait for the turn before returning with status running.
+    #[serde(default, deserialize_with = "lenient_u64")]
+    pub wait_seconds: Option<u64>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct CheckArgs {
+    /// Session id (or a unique prefix of 8+ characters).
+    pub session_id: String,
+    /// If a turn is running, wait up to this many seconds for it to finish before reporting
+    /// (default 0: report at once).
+    #[serde(default, deserialize_with = "lenient_u64")]
+    pub wait_seconds: Option<u64>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct EndArgs {
+    /// Session id (or a unique prefix of 8+ characters).
+    pub session_id: String,
+    /// "completed" (default), "failed" or "cancelled". A running turn is interrupted first.
+    #[serde(default)]
+    pub verdict: Option<String>,
+    /// What was achieved, for the record.
+    #[serde(default)]
+    pub summary: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+pub struct ListArgs {
+    /// Only sessions with this status: queued, running, idle, failed, completed, cancelled.
+    #[serde(default)]
+    pub status: Option<String>,
+}
+
+/// A command the executor ran.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct CommandSummary {
+    pub command: String,
+    pub exit_code: Option<i64>,
+}
+
+/// Result of delegate and converse.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct TurnReport {
+    pub session_id: String,
+    pub status: SessionStatus,
+    pub adapter: Adapter,
+    pub mode: Mode,
+    /// The turn this call started (1 for delegate).
+    pub turn: u32,
+    /// The executor's final message, once the turn has finished.
+    pub response: Option<String>,
+    /// Tokens used by this turn.
+    pub usage: Usage,
+    /// Cost of this turn in USD, when the executor reports it (claude).
+    pub cost_usd: Option<f64>,
+    pub files_changed: Vec<FileChange>,
+    pub commands: Vec<CommandSummary>,
+    /// Tool uses the executor's permission settings refused.
+    pub permission_denials: Vec<PermissionDenial>,
+    /// What the executor did most recently (while running).
+    pub recent_progress: Vec<String>,
+    pub error: Option<String>,
+    /// What the orchestrator should do now.
+    pub next_step: String,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct TurnSummary {
+    pub turn: u32,
+    pub prompt: String,
+    pub status: TurnStatus,
+    pub response: Option<String>,
+    pub error: Option<String>,
+    pub api_status: Option<u16>,
+    pub usage: Usage,
+    pub cost_usd: Option<f64>,
+    pub files_changed: Vec<FileChange>,
+    pub commands: Vec<CommandSummary>,
+    pub permission_denials: Vec<PermissionDenial>,
+    pub started_at: String,
+    pub ended_at: Option<String>,
+}
+
+/// Result of check_session.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct SessionReport {
+    pub session_id: String,
+    pub status: SessionStatus,
+    pub adapter: Adapter,
+    pub mode: Mode,
+    pub task: String,
+    pub working_dir: String,
+    pub model: Option<String>,
+    /// The executor's own thread/session id.
+    pub native_id: Option<String>,
+    pub turns: Vec<TurnSummary>,
+    /// The last turn's final message.
+    pub response: Option<String>,
+    pub recent_progress: Vec<String>,
+    /// Tokens across all turns.
+    pub usage: Usage,
+    /// Cost across all turns in USD (claude reports it).
+    pub cost_usd: Option<f64>,
+    pub error: Option<String>,
+    pub summary: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+    pub next_step: String,
+}
+
+/// Result of end_session.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct EndReport {
+    pub session_id: String,
+    pub status: SessionStatus,
+    pub summary: Option<String>,
+    /// Whether a running turn was interrupted.
+    pub interrupted_turn: bool,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct SessionRow {
+    pub session_id: String,
+    pub status: SessionStatus,
+    pub adapter: Adapter,
+    pub mode: Mode,
+    pub task: String,
+    pub turns: u32,
+    pub usage: Usage,
+    pub cost_usd: Option<f64>,
+    pub updated_at: String,
+}
+
+/// Result of list_sessions.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct SessionList {
+    pub sessions: Vec<SessionRow>,
+    pub count: usize,
+}
+
+fn commands(t: &Turn) -> Vec<CommandSummary> {
+    let skip = t.commands.len().saturating_sub(20);
+    t.commands
+        .iter()
+        .skip(skip)
+        .map(|c| CommandSummary {
+            command: text::truncate_chars(&c.command, 300),
+            exit_code: c.exit_code,
+        })
+        .collect()
+}
+
+pub fn next_step(s: &Session, max_wait: u64) -> String {
+    match s.status {
+        SessionStatus::Running | SessionStatus::Queued => format!(
+            "The turn is still {}. Call check_session with this session_id and wait_seconds (up to {max_wait}) to wait for it; do not delegate the same task again.",
+            s.status.as_str()
+        ),
+        SessionStatus::Idle => "The turn finished. Verify the result (run the tests, read the diff), then converse to continue or correct, or end_session with verdict completed.".into(),
+        SessionStatus::Failed => format!(
+            "The turn failed: {}. Fix the cause if it is on your side, then converse to retry in the same thread, or end_session with verdict failed.",
+            s.error.as_deref().unwrap_or("no reason reported")
+        ),
+        SessionStatus::Completed | SessionStatus::Cancelled => {
+            "This session has ended. Start a new one with delegate if more work is needed.".into()
+        }
+    }
+}
+
+pub fn turn_report(s: &Session, turn: u32, max_wait: u64) -> TurnReport {
+    let t = s.turns.iter().find(|t| t.index == turn);
+    let running = s.status.is_active();
+    TurnReport {
+        session_id: s.id.clone(),
+        status: s.status,
+        adapter: s.adapter,
+        mode: s.mode,
+        turn,
+        response: t.and_then(|t| if running { None } else { t.response.clone() }),
+        usage: t.map(|t| t.usage).unwrap_or_default(),
+        cost_usd: t.and_then(|t| t.cost_usd),
+        files_changed: t.map(|t| t.files_changed.clone()).unwrap_or_default(),
+        commands: t.map(commands).unwrap_or_default(),
+        permission_denials: t.map(|t| t.permission_denials.clone()).unwrap_or_default(),
+        recent_progress: if running {
+            s.recent.iter().rev().take(8).rev().cloned().collect()
+        } else {
+            vec![]
+        },
+        error: t.and_then(|t| t.error.clone()).or_else(|| s.error.clone()),
+        next_step: next_step(s, max_wait),
+    }
+}
+
+pub fn session_report(s: &Session, max_wait: u64) -> SessionReport {
+    SessionReport {
+        session_id: s.id.clone(),
+        status: s.status,
+        adapter: s.adapter,
+        mode: s.mode,
+        task: s.task.clone(),
+        working_dir: s.working_dir.clone(),
+        model: s.model.clone(),
+        native_id: s.native_id.clone(),
+        turns: s
+            .turns
+            .iter()
+            .map(|t| TurnSummary {
+                turn: t.index,
+                prompt: text::truncate_chars(&t.prompt, 500),
+                status: t.status,
+                response: t.response.clone(),
+                error: t.error.clone(),
+                api_status: t.api_status,
+                usage: t.usage,
+                cost_usd: t.cost_usd,
+                files_changed: t.files_changed.clone(),
+                commands: commands(t),
+                permission_denials: t.permission_denials.clone(),
+                started_at: t.started_at.clone(),
+                ended_at: t.ended_at.clone(),
+            })
+            .collect(),
+        response: s.last_turn().and_then(|t| t.response.clone()),
+        recent_progress: s.recent.iter().rev().take(10).rev().cloned().collect(),
+        usage: s.total_usage(),
+        cost_usd: s.total_cost(),
+        error: s.error.clone(),
+        summary: s.summary.clone(),
+        created_at: s.created_at.clone(),
+        updated_at: s.updated_at.clone(),
+        next_step: next_step(s, max_wait),
+    }
+}
+
+pub fn session_row(s: &Session) -> SessionRow {
+    SessionRow {
+        session_id: s.id.clone(),
+        status: s.status,
+        adapter: s.adapter,
+        mode: s.mode,
+        task: text::truncate_chars(&s.task, 200),
+        turns: s.turns.len() as u32,
+        usage: s.total_usage(),
+        cost_usd: s.total_cost(),
+        updated_at: s.updated_at.clone(),
+    }
+}

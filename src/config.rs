@@ -144,7 +144,9 @@ pub enum ConfigError {
         source_name: String,
         known: String,
     },
-    #[error("unknown environment variable {0}: zwarm reads ZWARM_<KEY> for config keys (e.g. ZWARM_CODEX_SANDBOX). Remove it or fix its name.")]
+    #[error(
+        "unknown environment variable {0}: zwarm reads ZWARM_<KEY> for config keys (e.g. ZWARM_CODEX_SANDBOX). Remove it or fix its name."
+    )]
     UnknownEnv(String),
     #[error("config key `{key}` from {source_name}: expected {expected}, got `{value}`")]
     BadValue {
@@ -173,7 +175,11 @@ pub struct Sources {
 }
 
 impl Sources {
-    pub fn from_process_env(config_file: Option<PathBuf>, state_dir: Option<PathBuf>, sets: Vec<String>) -> Sources {
+    pub fn from_process_env(
+        config_file: Option<PathBuf>,
+        state_dir: Option<PathBuf>,
+        sets: Vec<String>,
+    ) -> Sources {
         Sources {
             config_file,
             state_dir,
@@ -195,18 +201,28 @@ pub fn load(src: &Sources) -> Result<Config, ConfigError> {
     let env_layer = env_table(&src.env)?;
     let mut set_layer = toml::Table::new();
     for s in &src.sets {
-        let (k, v) = s.split_once('=').ok_or_else(|| ConfigError::BadSet(s.clone()))?;
+        let (k, v) = s
+            .split_once('=')
+            .ok_or_else(|| ConfigError::BadSet(s.clone()))?;
         set_path(&mut set_layer, k.trim(), v.trim(), &format!("--set {s}"))?;
     }
     if let Some(dir) = &src.state_dir {
         set_layer.insert("state_dir".into(), Value::String(dir.display().to_string()));
     }
 
-    let state_dir = [Some(&set_layer), Some(&env_layer), file_layer.as_ref().map(|(t, _)| t)]
-        .into_iter()
-        .flatten()
-        .find_map(|t| t.get("state_dir").and_then(Value::as_str).map(PathBuf::from))
-        .unwrap_or_else(|| PathBuf::from(".zwarm"));
+    let state_dir = [
+        Some(&set_layer),
+        Some(&env_layer),
+        file_layer.as_ref().map(|(t, _)| t),
+    ]
+    .into_iter()
+    .flatten()
+    .find_map(|t| {
+        t.get("state_dir")
+            .and_then(Value::as_str)
+            .map(PathBuf::from)
+    })
+    .unwrap_or_else(|| PathBuf::from(".zwarm"));
     let state_file = state_dir.join("config.toml");
     if state_file.is_file() {
         let t = read_file(&state_file)?;
@@ -235,10 +251,14 @@ fn validate(cfg: &Config) -> Result<(), ConfigError> {
         )));
     }
     if cfg.max_running == 0 {
-        return Err(ConfigError::Invalid("max_running must be at least 1".into()));
+        return Err(ConfigError::Invalid(
+            "max_running must be at least 1".into(),
+        ));
     }
     if cfg.turn_timeout_seconds == 0 {
-        return Err(ConfigError::Invalid("turn_timeout_seconds must be at least 1".into()));
+        return Err(ConfigError::Invalid(
+            "turn_timeout_seconds must be at least 1".into(),
+        ));
     }
     Ok(())
 }
@@ -265,7 +285,9 @@ fn check_keys(t: &toml::Table, prefix: &str, source_name: &str) -> Result<(), Co
         } else {
             format!("{prefix}.{k}")
         };
-        let is_section = KEYS.iter().any(|(key, _)| key.starts_with(&format!("{path}.")));
+        let is_section = KEYS
+            .iter()
+            .any(|(key, _)| key.starts_with(&format!("{path}.")));
         if is_section {
             match v {
                 Value::Table(sub) => check_keys(sub, &path, source_name)?,
@@ -291,7 +313,10 @@ fn check_keys(t: &toml::Table, prefix: &str, source_name: &str) -> Result<(), Co
 
 fn env_table(env: &[(String, String)]) -> Result<toml::Table, ConfigError> {
     let mut t = toml::Table::new();
-    let mut vars: Vec<&(String, String)> = env.iter().filter(|(k, _)| k.starts_with("ZWARM_")).collect();
+    let mut vars: Vec<&(String, String)> = env
+        .iter()
+        .filter(|(k, _)| k.starts_with("ZWARM_"))
+        .collect();
     vars.sort();
     for (name, value) in vars {
         if ENV_RESERVED.contains(&name.as_str()) {
@@ -314,7 +339,12 @@ fn env_table(env: &[(String, String)]) -> Result<toml::Table, ConfigError> {
 }
 
 /// Set a dotted key from a raw string, typed by the key's kind.
-fn set_path(t: &mut toml::Table, key: &str, raw: &str, source_name: &str) -> Result<(), ConfigError> {
+fn set_path(
+    t: &mut toml::Table,
+    key: &str,
+    raw: &str,
+    source_name: &str,
+) -> Result<(), ConfigError> {
     let kind = KEYS
         .iter()
         .find(|(k, _)| *k == key)
@@ -391,7 +421,10 @@ mod tests {
         Sources {
             config_file: None,
             state_dir: Some(PathBuf::from("/nonexistent-zwarm-test")),
-            env: env.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect(),
+            env: env
+                .iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect(),
             sets: sets.iter().map(|s| s.to_string()).collect(),
         }
     }
@@ -409,8 +442,15 @@ mod tests {
     fn layers_in_order() {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("c.toml");
-        std::fs::write(&f, "max_running = 3\n[codex]\nsandbox = \"read-only\"\nmodel = \"m1\"\n").unwrap();
-        let mut s = src(&[("ZWARM_CODEX_MODEL", "m2"), ("ZWARM_CODEX_BIN", "/x/codex")], &["max_running=5"]);
+        std::fs::write(
+            &f,
+            "max_running = 3\n[codex]\nsandbox = \"read-only\"\nmodel = \"m1\"\n",
+        )
+        .unwrap();
+        let mut s = src(
+            &[("ZWARM_CODEX_MODEL", "m2"), ("ZWARM_CODEX_BIN", "/x/codex")],
+            &["max_running=5"],
+        );
         s.config_file = Some(f);
         let c = load(&s).unwrap();
         assert_eq!(c.codex.sandbox, "read-only");
@@ -422,7 +462,11 @@ mod tests {
     #[test]
     fn state_dir_file_is_lowest_layer() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("config.toml"), "turn_timeout_seconds = 7\nmax_running = 2\n").unwrap();
+        std::fs::write(
+            dir.path().join("config.toml"),
+            "turn_timeout_seconds = 7\nmax_running = 2\n",
+        )
+        .unwrap();
         let mut s = src(&[], &["max_running=4"]);
         s.state_dir = Some(dir.path().to_path_buf());
         let c = load(&s).unwrap();
@@ -441,15 +485,23 @@ mod tests {
         assert!(e.contains("codex.sandox"), "{e}");
         let e = load(&src(&[], &["nope=1"])).unwrap_err().to_string();
         assert!(e.contains("nope"), "{e}");
-        let e = load(&src(&[("ZWARM_NOPE", "1")], &[])).unwrap_err().to_string();
+        let e = load(&src(&[("ZWARM_NOPE", "1")], &[]))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("ZWARM_NOPE"), "{e}");
-        let e = load(&src(&[], &["max_running=lots"])).unwrap_err().to_string();
+        let e = load(&src(&[], &["max_running=lots"]))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("whole number"), "{e}");
     }
 
     #[test]
     fn lists_from_env() {
-        let c = load(&src(&[("ZWARM_CLAUDE_ALLOWED_TOOLS", "Bash, Write")], &["codex.extra_args=[\"-c\", \"a=1\"]"])).unwrap();
+        let c = load(&src(
+            &[("ZWARM_CLAUDE_ALLOWED_TOOLS", "Bash, Write")],
+            &["codex.extra_args=[\"-c\", \"a=1\"]"],
+        ))
+        .unwrap();
         assert_eq!(c.claude.allowed_tools, vec!["Bash", "Write"]);
         assert_eq!(c.codex.extra_args, vec!["-c", "a=1"]);
     }

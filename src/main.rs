@@ -9,7 +9,11 @@ use rmcp::ServiceExt;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(name = "zwarm", version, about = "MCP server that runs coding agents (codex, claude) for an orchestrating agent")]
+#[command(
+    name = "zwarm",
+    version,
+    about = "MCP server that runs coding agents (codex, claude) for an orchestrating agent"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -42,7 +46,11 @@ fn main() -> anyhow::Result<()> {
         .with_ansi(false)
         .init();
     match cli.command {
-        Command::Serve { state_dir, config, sets } => {
+        Command::Serve {
+            state_dir,
+            config,
+            sets,
+        } => {
             let sources = zwarm::config::Sources::from_process_env(config, state_dir, sets);
             let cfg = zwarm::config::load(&sources).context("loading configuration")?;
             let rt = tokio::runtime::Builder::new_multi_thread()
@@ -59,13 +67,17 @@ fn main() -> anyhow::Result<()> {
 async fn serve(cfg: zwarm::config::Config) -> anyhow::Result<i32> {
     zwarm::process::become_subreaper();
     let cwd = std::env::current_dir().context("reading the current directory")?;
-    let manager = zwarm::manager::Manager::start(cfg, cwd).context("opening the state directory")?;
+    let manager =
+        zwarm::manager::Manager::start(cfg, cwd).context("opening the state directory")?;
     tracing::info!(state_dir = %manager.state_dir().display(), version = env!("CARGO_PKG_VERSION"), "zwarm serving MCP on stdio");
     let ct = CancellationToken::new();
     tokio::spawn(cancel_on_signal(ct.clone()));
     let server = zwarm::server::ZwarmServer::new(manager.clone());
     // stdio_pipes: a pending stdin read does not pin the process after a signal.
-    let service = match server.serve_with_ct(rmcp::transport::stdio_pipes(), ct.clone()).await {
+    let service = match server
+        .serve_with_ct(rmcp::transport::stdio_pipes(), ct.clone())
+        .await
+    {
         Ok(s) => Some(s),
         Err(e) => {
             tracing::error!(error = %e, "MCP initialization failed");

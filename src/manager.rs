@@ -27,9 +27,7 @@ use crate::config::Config;
 use crate::event::{ExecutorEvent, UsageScope};
 use crate::executor::{self, Adapter, ExecutorError, Parser, TurnPlan};
 use crate::process;
-use crate::session::{
-    CommandRecord, Mode, Owner, Session, SessionStatus, Turn, TurnStatus, now,
-};
+use crate::session::{CommandRecord, Mode, Owner, Session, SessionStatus, Turn, TurnStatus, now};
 use crate::store::{Store, StoreError};
 use crate::text;
 
@@ -41,35 +39,57 @@ const STDERR_TAIL: usize = 8192;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ManagerError {
-    #[error("`task` is empty: describe what the executor should do, ideally with acceptance criteria.")]
+    #[error(
+        "`task` is empty: describe what the executor should do, ideally with acceptance criteria."
+    )]
     EmptyTask,
     #[error("`message` is empty: say what the executor should do next.")]
     EmptyMessage,
     #[error("unknown adapter `{0}`: use `codex` or `claude` (aliases `codex_mcp`, `claude_code`).")]
     UnknownAdapter(String),
-    #[error("unknown mode `{0}`: use `sync` (wait for the turn) or `async` (return at once, then poll check_session).")]
+    #[error(
+        "unknown mode `{0}`: use `sync` (wait for the turn) or `async` (return at once, then poll check_session)."
+    )]
     UnknownMode(String),
-    #[error("working_dir `{0}` does not exist or is not a directory: create it first, or pass an existing directory.")]
+    #[error(
+        "working_dir `{0}` does not exist or is not a directory: create it first, or pass an existing directory."
+    )]
     NoSuchDir(String),
-    #[error("working_dir `{dir}` is outside the allowed roots ({roots}). Use a directory inside them, or add a root to `allowed_roots` in the zwarm config.")]
+    #[error(
+        "working_dir `{dir}` is outside the allowed roots ({roots}). Use a directory inside them, or add a root to `allowed_roots` in the zwarm config."
+    )]
     OutsideRoots { dir: String, roots: String },
-    #[error("no session matches `{0}`. Call list_sessions to see session ids (any unique prefix of 8 or more characters works).")]
+    #[error(
+        "no session matches `{0}`. Call list_sessions to see session ids (any unique prefix of 8 or more characters works)."
+    )]
     UnknownSession(String),
-    #[error("session id `{0}` is too short: give the full id or a unique prefix of at least 8 characters (see list_sessions).")]
+    #[error(
+        "session id `{0}` is too short: give the full id or a unique prefix of at least 8 characters (see list_sessions)."
+    )]
     ShortPrefix(String),
-    #[error("session id prefix `{prefix}` is ambiguous: it matches {candidates}. Give more characters.")]
+    #[error(
+        "session id prefix `{prefix}` is ambiguous: it matches {candidates}. Give more characters."
+    )]
     Ambiguous { prefix: String, candidates: String },
-    #[error("session {0} is busy: a turn is still running. Call check_session with wait_seconds to wait for it, or end_session to stop it.")]
+    #[error(
+        "session {0} is busy: a turn is still running. Call check_session with wait_seconds to wait for it, or end_session to stop it."
+    )]
     Busy(String),
-    #[error("session {id} has ended ({status}); it cannot continue. Start a new session with delegate.")]
+    #[error(
+        "session {id} has ended ({status}); it cannot continue. Start a new session with delegate."
+    )]
     Ended { id: String, status: &'static str },
-    #[error("session {id} belongs to another zwarm server that is still running (pid {pid}). Continue it from that host, or after that server exits.")]
+    #[error(
+        "session {id} belongs to another zwarm server that is still running (pid {pid}). Continue it from that host, or after that server exits."
+    )]
     ForeignOwner { id: String, pid: u32 },
     #[error("zwarm is shutting down; no new turns are started.")]
     ShuttingDown,
     #[error(transparent)]
     Executor(#[from] ExecutorError),
-    #[error("could not save state: {0}. Check that the state dir is writable and the disk is not full.")]
+    #[error(
+        "could not save state: {0}. Check that the state dir is writable and the disk is not full."
+    )]
     Store(#[from] StoreError),
 }
 
@@ -159,7 +179,13 @@ impl Manager {
         } else {
             cfg.allowed_roots
                 .iter()
-                .map(|r| if r.is_absolute() { r.clone() } else { cwd.join(r) })
+                .map(|r| {
+                    if r.is_absolute() {
+                        r.clone()
+                    } else {
+                        cwd.join(r)
+                    }
+                })
                 .collect()
         };
         let roots = roots
@@ -211,13 +237,18 @@ impl Manager {
         for s in self.inner.store.load_all() {
             if !self.inner.store.owner_alive(&s.owner.instance) {
                 let s = self.adopt(s);
-                if s.status == SessionStatus::Failed && s.error.as_deref().is_some_and(|e| e.contains("stopped")) {
+                if s.status == SessionStatus::Failed
+                    && s.error.as_deref().is_some_and(|e| e.contains("stopped"))
+                {
                     recovered += 1;
                 }
             }
         }
         if recovered > 0 {
-            tracing::info!(recovered, "marked sessions left running by a stopped server as failed");
+            tracing::info!(
+                recovered,
+                "marked sessions left running by a stopped server as failed"
+            );
         }
     }
 
@@ -230,12 +261,12 @@ impl Manager {
                 s.owner.pid,
                 s.adapter.as_str()
             );
-            if let Some(t) = s.last_turn_mut() {
-                if matches!(t.status, TurnStatus::Running | TurnStatus::Queued) {
-                    t.status = TurnStatus::Interrupted;
-                    t.error = Some(reason.clone());
-                    t.ended_at = Some(now());
-                }
+            if let Some(t) = s.last_turn_mut()
+                && matches!(t.status, TurnStatus::Running | TurnStatus::Queued)
+            {
+                t.status = TurnStatus::Interrupted;
+                t.error = Some(reason.clone());
+                t.ended_at = Some(now());
             }
             s.status = SessionStatus::Failed;
             s.error = Some(reason.clone());
@@ -397,13 +428,21 @@ impl Manager {
     }
 
     fn start_turn(&self, cell: &Arc<Cell>, prompt: String) -> Result<u32, ManagerError> {
+        // Take a slot now if one is free, so the answer already says `running`; otherwise the
+        // turn is `queued` and its task waits for a slot.
+        let permit = self.inner.slots.clone().try_acquire_owned().ok();
+        let initial = if permit.is_some() {
+            (TurnStatus::Running, SessionStatus::Running)
+        } else {
+            (TurnStatus::Queued, SessionStatus::Queued)
+        };
         let (id, index) = {
             let mut s = lock(&cell.session);
             let index = s.turns.len() as u32 + 1;
             s.turns.push(Turn {
                 index,
                 prompt,
-                status: TurnStatus::Queued,
+                status: initial.0,
                 response: None,
                 error: None,
                 api_status: None,
@@ -416,7 +455,7 @@ impl Manager {
                 permission_denials: vec![],
                 messages: vec![],
             });
-            s.status = SessionStatus::Queued;
+            s.status = initial.1;
             s.error = None;
             s.updated_at = now();
             s.owner = self.owner();
@@ -432,7 +471,7 @@ impl Manager {
         let inner = self.inner.clone();
         let cell = cell.clone();
         self.inner.tasks.spawn(async move {
-            run_turn(inner, cell, index, control).await;
+            run_turn(inner, cell, index, control, permit).await;
         });
         tracing::info!(session = %id, turn = index, "turn started");
         Ok(index)
@@ -460,7 +499,11 @@ impl Manager {
             [one] => Ok((*one).clone()),
             many => Err(ManagerError::Ambiguous {
                 prefix: prefix.to_string(),
-                candidates: many.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", "),
+                candidates: many
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
             }),
         }
     }
@@ -570,7 +613,8 @@ impl Manager {
         lock(&control.reason).get_or_insert_with(|| reason.to_string());
         control.cancel.cancel();
         let mut rx = cell.version.subscribe();
-        let limit = Instant::now() + Duration::from_secs(self.inner.cfg.interrupt_grace_seconds + 15);
+        let limit =
+            Instant::now() + Duration::from_secs(self.inner.cfg.interrupt_grace_seconds + 15);
         while cell.snapshot().status.is_active() {
             tokio::select! {
                 r = rx.changed() => { if r.is_err() { break; } }
@@ -602,7 +646,10 @@ impl Manager {
         }
         let sid = cell.snapshot().id;
         let interrupted = self
-            .interrupt(&sid, &format!("interrupted by end_session ({})", verdict.as_str()))
+            .interrupt(
+                &sid,
+                &format!("interrupted by end_session ({})", verdict.as_str()),
+            )
             .await?;
         let s = {
             let mut s = lock(&cell.session);
@@ -626,7 +673,10 @@ impl Manager {
     pub async fn shutdown(&self, limit: Duration) {
         self.inner.shutdown.cancel();
         self.inner.tasks.close();
-        if tokio::time::timeout(limit, self.inner.tasks.wait()).await.is_err() {
+        if tokio::time::timeout(limit, self.inner.tasks.wait())
+            .await
+            .is_err()
+        {
             tracing::error!("turns still running at shutdown deadline");
         }
         self.inner
@@ -654,7 +704,13 @@ enum Step {
     Exited,
 }
 
-async fn run_turn(inner: Arc<Inner>, cell: Arc<Cell>, index: u32, control: TurnControl) {
+async fn run_turn(
+    inner: Arc<Inner>,
+    cell: Arc<Cell>,
+    index: u32,
+    control: TurnControl,
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+) {
     let interrupted_reason = |inner: &Inner| {
         lock(&control.reason).clone().unwrap_or_else(|| {
             if inner.shutdown.is_cancelled() {
@@ -664,9 +720,12 @@ async fn run_turn(inner: Arc<Inner>, cell: Arc<Cell>, index: u32, control: TurnC
             }
         })
     };
-    let permit = tokio::select! {
-        p = inner.slots.clone().acquire_owned() => p.ok(),
-        _ = control.cancel.cancelled() => None,
+    let permit = match permit {
+        Some(p) => Some(p),
+        None => tokio::select! {
+            p = inner.slots.clone().acquire_owned() => p.ok(),
+            _ = control.cancel.cancelled() => None,
+        },
     };
     let mut outcome = Outcome::default();
     if permit.is_none() {
@@ -707,14 +766,15 @@ async fn run_turn(inner: Arc<Inner>, cell: Arc<Cell>, index: u32, control: TurnC
             return;
         }
     };
-    let spec = match executor::build_process(adapter, &inner.cfg, &plan, model.as_deref(), &last_path) {
-        Ok(s) => s,
-        Err(e) => {
-            outcome.failed = Some((e.to_string(), None));
-            finish(&inner, &cell, index, outcome, None, String::new());
-            return;
-        }
-    };
+    let spec =
+        match executor::build_process(adapter, &inner.cfg, &plan, model.as_deref(), &last_path) {
+            Ok(s) => s,
+            Err(e) => {
+                outcome.failed = Some((e.to_string(), None));
+                finish(&inner, &cell, index, outcome, None, String::new());
+                return;
+            }
+        };
     let marker = format!("{id}.{index}");
     let mut child = match process::spawn(&spec, &marker) {
         Ok(c) => c,
@@ -776,7 +836,9 @@ async fn run_turn(inner: Arc<Inner>, cell: Arc<Cell>, index: u32, control: TurnC
         match step {
             Step::Line(Some(Ok(line))) => {
                 use std::io::Write;
-                let _ = raw.write_all(line.as_bytes()).and_then(|_| raw.write_all(b"\n"));
+                let _ = raw
+                    .write_all(line.as_bytes())
+                    .and_then(|_| raw.write_all(b"\n"));
                 for ev in parser.parse_line(&line) {
                     apply(&inner, &cell, index, ev, &mut outcome);
                 }
@@ -817,10 +879,12 @@ async fn run_turn(inner: Arc<Inner>, cell: Arc<Cell>, index: u32, control: TurnC
             }
         }
     }
-    if !exited {
-        if tokio::time::timeout(Duration::from_secs(5), child.wait()).await.is_err() {
-            process::terminate(&mut child, &marker, Duration::from_millis(500)).await;
-        }
+    if !exited
+        && tokio::time::timeout(Duration::from_secs(5), child.wait())
+            .await
+            .is_err()
+    {
+        process::terminate(&mut child, &marker, Duration::from_millis(500)).await;
     }
     let exit = child.try_wait().ok().flatten();
     process::cleanup_after_exit(pgid, &marker);
@@ -837,7 +901,15 @@ async fn run_turn(inner: Arc<Inner>, cell: Arc<Cell>, index: u32, control: TurnC
         .filter(|s| !s.trim().is_empty());
     let _ = std::fs::remove_file(&last_path);
     drop(permit);
-    finish_with_exit(&inner, &cell, index, outcome, exit, last_message, stderr_tail);
+    finish_with_exit(
+        &inner,
+        &cell,
+        index,
+        outcome,
+        exit,
+        last_message,
+        stderr_tail,
+    );
 }
 
 fn apply(inner: &Inner, cell: &Cell, index: u32, ev: ExecutorEvent, outcome: &mut Outcome) {
@@ -903,7 +975,9 @@ fn apply(inner: &Inner, cell: &Cell, index: u32, ev: ExecutorEvent, outcome: &mu
                     }
                 }
                 ExecutorEvent::PermissionDenied(d) => t.permission_denials.push(d.clone()),
-                ExecutorEvent::Other { .. } | ExecutorEvent::TurnStarted | ExecutorEvent::Reasoning { .. } => {
+                ExecutorEvent::Other { .. }
+                | ExecutorEvent::TurnStarted
+                | ExecutorEvent::Reasoning { .. } => {
                     significant = false;
                 }
                 _ => {}
@@ -913,10 +987,8 @@ fn apply(inner: &Inner, cell: &Cell, index: u32, ev: ExecutorEvent, outcome: &mu
             s.push_progress(line);
         }
         s.updated_at = now();
-        if significant {
-            if let Err(e) = inner.store.save_session(&s) {
-                tracing::error!(error = %e, "cannot save session");
-            }
+        if significant && let Err(e) = inner.store.save_session(&s) {
+            tracing::error!(error = %e, "cannot save session");
         }
         (s.id.clone(), adapter)
     };
@@ -970,7 +1042,9 @@ fn finish_with_exit(
         };
         let hint = explain_stderr(adapter, &stderr_tail, &lock(&cell.session));
         let detail = hint.unwrap_or_else(|| {
-            let tail = text::tail_bytes(stderr_tail.trim(), 1500).trim().to_string();
+            let tail = text::tail_bytes(stderr_tail.trim(), 1500)
+                .trim()
+                .to_string();
             let tail = if tail.is_empty() {
                 outcome.last_warning.clone().unwrap_or_default()
             } else {
@@ -1017,7 +1091,10 @@ fn explain_stderr(adapter: Adapter, stderr: &str, s: &Session) -> Option<String>
         ));
     }
     if stderr.contains("cannot be used with root/sudo privileges") {
-        return Some(" claude refuses bypassPermissions as root unless IS_SANDBOX=1 is set for zwarm.".into());
+        return Some(
+            " claude refuses bypassPermissions as root unless IS_SANDBOX=1 is set for zwarm."
+                .into(),
+        );
     }
     None
 }
@@ -1032,13 +1109,19 @@ fn finish(
 ) {
     let (id, status, error) = {
         let mut s = lock(&cell.session);
-        let (turn_status, session_status, error, api_status) = if let Some(reason) = outcome.interrupted {
-            (TurnStatus::Interrupted, SessionStatus::Failed, Some(reason), None)
-        } else if let Some((msg, api)) = outcome.failed {
-            (TurnStatus::Failed, SessionStatus::Failed, Some(msg), api)
-        } else {
-            (TurnStatus::Completed, SessionStatus::Idle, None, None)
-        };
+        let (turn_status, session_status, error, api_status) =
+            if let Some(reason) = outcome.interrupted {
+                (
+                    TurnStatus::Interrupted,
+                    SessionStatus::Failed,
+                    Some(reason),
+                    None,
+                )
+            } else if let Some((msg, api)) = outcome.failed {
+                (TurnStatus::Failed, SessionStatus::Failed, Some(msg), api)
+            } else {
+                (TurnStatus::Completed, SessionStatus::Idle, None, None)
+            };
         if let Some(t) = s.turns.iter_mut().find(|t| t.index == index) {
             if t.response.is_none() {
                 t.response = last_message;

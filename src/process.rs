@@ -123,7 +123,11 @@ pub fn kill_marked(marker: &str, exclude: Option<i32>) -> usize {
     }
     reap(&killed);
     if !killed.is_empty() {
-        tracing::info!(marker, count = killed.len(), "killed leftover executor processes");
+        tracing::info!(
+            marker,
+            count = killed.len(),
+            "killed leftover executor processes"
+        );
     }
     killed.len()
 }

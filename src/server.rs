@@ -40,7 +40,9 @@ type ToolResult = Result<CallToolResult, McpError>;
 fn ok<T: Serialize>(v: &T) -> ToolResult {
     match serde_json::to_value(v) {
         Ok(v) => Ok(CallToolResult::structured(v)),
-        Err(e) => Ok(fail(format!("internal error while encoding the result: {e}"))),
+        Err(e) => Ok(fail(format!(
+            "internal error while encoding the result: {e}"
+        ))),
     }
 }
 
@@ -77,22 +79,38 @@ impl ZwarmServer {
     }
 
     /// (wait to use now, maximum to advertise) for a sync call.
-    fn wait_budget(&self, ctx: &RequestContext<RoleServer>, requested: Option<u64>, default_zero: bool) -> (Duration, u64) {
+    fn wait_budget(
+        &self,
+        ctx: &RequestContext<RoleServer>,
+        requested: Option<u64>,
+        default_zero: bool,
+    ) -> (Duration, u64) {
         let name = ctx.peer.peer_info().map(|p| p.client_info.name.clone());
         let (host_default, host_max) = host_wait_policy(name.as_deref());
         let default = if default_zero {
             0
         } else {
-            self.manager.config().sync_wait_seconds.unwrap_or(host_default)
+            self.manager
+                .config()
+                .sync_wait_seconds
+                .unwrap_or(host_default)
         };
         let max = host_max.unwrap_or(u64::MAX);
         let secs = requested.unwrap_or(default).min(max);
-        (Duration::from_secs(secs), host_max.unwrap_or(host_default.max(secs)))
+        (
+            Duration::from_secs(secs),
+            host_max.unwrap_or(host_default.max(secs)),
+        )
     }
 
     /// Wait for a session's turn, forwarding its progress to the host when the call carries a
     /// progress token. If the host cancels the call, the turn is interrupted.
-    async fn wait_turn(&self, session_id: &str, budget: Duration, ctx: &RequestContext<RoleServer>) -> Result<crate::session::Session, ManagerError> {
+    async fn wait_turn(
+        &self,
+        session_id: &str,
+        budget: Duration,
+        ctx: &RequestContext<RoleServer>,
+    ) -> Result<crate::session::Session, ManagerError> {
         let token = ctx.meta.get_progress_token();
         let forward = token.map(|token| {
             let mut rx = self.manager.subscribe();
@@ -119,7 +137,8 @@ impl ZwarmServer {
                     let Some(msg) = notice.message else { continue };
                     let is_end = matches!(
                         notice.event,
-                        crate::event::ExecutorEvent::TurnCompleted { .. } | crate::event::ExecutorEvent::TurnFailed { .. }
+                        crate::event::ExecutorEvent::TurnCompleted { .. }
+                            | crate::event::ExecutorEvent::TurnFailed { .. }
                     );
                     // Rate limit: at most 5 per second, but never drop the turn's end.
                     if !is_end && last.elapsed() < Duration::from_millis(200) {
@@ -128,7 +147,10 @@ impl ZwarmServer {
                     last = tokio::time::Instant::now();
                     n += 1;
                     let _ = peer
-                        .notify_progress(ProgressNotificationParam::new(token.clone(), n as f64).with_message(msg))
+                        .notify_progress(
+                            ProgressNotificationParam::new(token.clone(), n as f64)
+                                .with_message(msg),
+                        )
                         .await;
                 }
             });
@@ -162,7 +184,11 @@ impl ZwarmServer {
         output_schema = schema_for_output::<TurnReport>(),
         annotations(title = "Delegate a task to a coding agent", read_only_hint = false, destructive_hint = false, idempotent_hint = false, open_world_hint = true)
     )]
-    async fn delegate(&self, Parameters(a): Parameters<DelegateArgs>, ctx: RequestContext<RoleServer>) -> ToolResult {
+    async fn delegate(
+        &self,
+        Parameters(a): Parameters<DelegateArgs>,
+        ctx: RequestContext<RoleServer>,
+    ) -> ToolResult {
         let mode = a.mode.clone();
         let id = match self.manager.delegate(DelegateRequest {
             task: a.task,
@@ -193,7 +219,11 @@ impl ZwarmServer {
         output_schema = schema_for_output::<TurnReport>(),
         annotations(title = "Continue a session", read_only_hint = false, destructive_hint = false, idempotent_hint = false, open_world_hint = true)
     )]
-    async fn converse(&self, Parameters(a): Parameters<ConverseArgs>, ctx: RequestContext<RoleServer>) -> ToolResult {
+    async fn converse(
+        &self,
+        Parameters(a): Parameters<ConverseArgs>,
+        ctx: RequestContext<RoleServer>,
+    ) -> ToolResult {
         let is_async = match a.mode.as_deref().filter(|m| !m.trim().is_empty()) {
             None => false,
             Some(m) => match Mode::parse(m) {
@@ -223,7 +253,11 @@ impl ZwarmServer {
         output_schema = schema_for_output::<SessionReport>(),
         annotations(title = "Check a session", read_only_hint = true, open_world_hint = false)
     )]
-    async fn check_session(&self, Parameters(a): Parameters<CheckArgs>, ctx: RequestContext<RoleServer>) -> ToolResult {
+    async fn check_session(
+        &self,
+        Parameters(a): Parameters<CheckArgs>,
+        ctx: RequestContext<RoleServer>,
+    ) -> ToolResult {
         let (budget, max) = self.wait_budget(&ctx, a.wait_seconds, true);
         let s = if budget.is_zero() {
             self.manager.get(&a.session_id)
@@ -243,10 +277,19 @@ impl ZwarmServer {
         annotations(title = "End a session", read_only_hint = false, destructive_hint = true, idempotent_hint = false, open_world_hint = false)
     )]
     async fn end_session(&self, Parameters(a): Parameters<EndArgs>) -> ToolResult {
-        let verdict = match a.verdict.as_deref().map(str::trim).filter(|v| !v.is_empty()) {
+        let verdict = match a
+            .verdict
+            .as_deref()
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+        {
             None => SessionStatus::Completed,
             Some(v) => match SessionStatus::parse(v) {
-                Some(s @ (SessionStatus::Completed | SessionStatus::Failed | SessionStatus::Cancelled)) => s,
+                Some(
+                    s @ (SessionStatus::Completed
+                    | SessionStatus::Failed
+                    | SessionStatus::Cancelled),
+                ) => s,
                 _ => {
                     return Ok(fail(format!(
                         "unknown verdict `{v}`: use completed, failed or cancelled."

@@ -29,7 +29,10 @@ pub enum StoreError {
     #[error("state dir {path}: {err}")]
     Io { path: String, err: std::io::Error },
     #[error("session file {path} is not valid: {err}")]
-    Corrupt { path: String, err: serde_json::Error },
+    Corrupt {
+        path: String,
+        err: serde_json::Error,
+    },
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
@@ -165,7 +168,9 @@ impl Store {
         if let Some(id) = session_id {
             line["session_id"] = Value::String(id.to_string());
         }
-        if let (Value::Object(dst), Ok(Value::Object(src))) = (&mut line, serde_json::to_value(data)) {
+        if let (Value::Object(dst), Ok(Value::Object(src))) =
+            (&mut line, serde_json::to_value(data))
+        {
             for (k, v) in src {
                 dst.insert(k, v);
             }
@@ -173,7 +178,9 @@ impl Store {
         let mut bytes = line.to_string().into_bytes();
         bytes.push(b'\n');
         let res = flock(&self.events, libc::LOCK_EX).and_then(|_| {
-            let r = (&self.events).write_all(&bytes).and_then(|_| self.events.sync_data());
+            let r = (&self.events)
+                .write_all(&bytes)
+                .and_then(|_| self.events.sync_data());
             let _ = flock(&self.events, libc::LOCK_UN);
             r
         });

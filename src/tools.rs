@@ -19,10 +19,14 @@ fn lenient_u64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error>
     let v = Option::<serde_json::Value>::deserialize(d)?;
     Ok(match v {
         None | Some(serde_json::Value::Null) => None,
-        Some(serde_json::Value::Number(n)) => n.as_u64().or_else(|| n.as_f64().map(|f| f.max(0.0) as u64)),
+        Some(serde_json::Value::Number(n)) => {
+            n.as_u64().or_else(|| n.as_f64().map(|f| f.max(0.0) as u64))
+        }
         Some(serde_json::Value::String(s)) if s.trim().is_empty() => None,
         Some(serde_json::Value::String(s)) => Some(s.trim().parse::<f64>().map_err(|_| {
-            serde::de::Error::custom(format!("wait_seconds must be a number of seconds, got `{s}`"))
+            serde::de::Error::custom(format!(
+                "wait_seconds must be a number of seconds, got `{s}`"
+            ))
         })? as u64),
         Some(other) => {
             return Err(serde::de::Error::custom(format!(

@@ -183,8 +183,11 @@ impl ClaudeParser {
             let content = content_text(b.get("content"));
             match tool.name.as_str() {
                 "Bash" => {
+                    // A failed command's result starts with `Exit code N`; without that prefix
+                    // the command never ran (permission denial, blocked redirect, interrupt),
+                    // so there is no exit code to report.
                     let exit_code = if is_error {
-                        parse_exit_code(&content).or(Some(1))
+                        parse_exit_code(&content)
                     } else {
                         Some(0)
                     };

@@ -197,7 +197,12 @@ fn parse_item(phase: &str, item: &Value) -> Vec<ExecutorEvent> {
 
 /// `/bin/bash -lc 'echo hi'` → `echo hi` (codex wraps every command in a login shell).
 fn unwrap_shell(cmd: &str) -> String {
-    for prefix in ["/bin/bash -lc ", "bash -lc ", "/bin/sh -c ", "/bin/zsh -lc "] {
+    for prefix in [
+        "/bin/bash -lc ",
+        "bash -lc ",
+        "/bin/sh -c ",
+        "/bin/zsh -lc ",
+    ] {
         if let Some(rest) = cmd.strip_prefix(prefix) {
             let rest = rest.trim();
             if rest.len() >= 2 && rest.starts_with('\'') && rest.ends_with('\'') {

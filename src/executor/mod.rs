@@ -141,7 +141,10 @@ pub fn build_process(
                     claude::PERMISSION_MODES.join(", ")
                 )));
             }
-            if mode == "bypassPermissions" && is_root() && std::env::var("IS_SANDBOX").as_deref() != Ok("1") {
+            if mode == "bypassPermissions"
+                && is_root()
+                && std::env::var("IS_SANDBOX").as_deref() != Ok("1")
+            {
                 return Err(ExecutorError::Misconfigured(
                     "claude.permission_mode is bypassPermissions and zwarm runs as root: claude refuses that mode as root unless the environment has IS_SANDBOX=1 (exactly `1`). Only inside a disposable sandbox or container, start zwarm with IS_SANDBOX=1; otherwise use permission_mode acceptEdits and list extra tools in claude.allowed_tools.".into(),
                 ));

@@ -5,6 +5,7 @@
 //! `mock_anthropic.py` (Anthropic Messages API). See the module docs of [`mock_openai`] and
 //! [`mock_anthropic`] for the script format.
 
+pub mod harness;
 pub mod mock_anthropic;
 pub mod mock_openai;
 

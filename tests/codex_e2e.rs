@@ -1,0 +1,321 @@
+//! `zwarm serve` driving the real `codex` CLI against the scripted Responses-API server.
+
+mod support;
+
+use serde_json::json;
+use support::harness::{Env, Zwarm, keyed_script, wait_done};
+use support::mock_openai::OpenAiMock;
+
+fn codex_env() -> (OpenAiMock, Env) {
+    let mock = OpenAiMock::start(json!({}));
+    let env = Env::new(Some(&mock), None);
+    mock.set_script(keyed_script("codex_keyed.json", &env.work));
+    (mock, env)
+}
+
+/// All text the model server received in one request's `input` (for history assertions).
+fn input_text(body: &serde_json::Value) -> String {
+    body["input"].to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delegate_creates_file_then_converse_resumes_the_thread() {
+    let (mock, env) = codex_env();
+    let z = Zwarm::start(&env, &[]).await;
+
+    let r = z.ok("delegate", json!({"task": "@@tools please"})).await;
+    assert_eq!(r["status"], "idle", "{r}");
+    assert_eq!(r["adapter"], "codex");
+    assert_eq!(r["mode"], "sync");
+    assert_eq!(r["turn"], 1);
+    assert_eq!(r["response"], "Done: ran a command and created hello.py");
+    assert!(r["error"].is_null());
+    // codex really ran the shell command and applied the patch, in the working dir.
+    let hello = std::fs::read_to_string(env.work.join("hello.py"))
+        .expect("hello.py created by apply_patch");
+    assert!(hello.contains("hi from apply_patch"));
+    assert!(env.work.join("from_shell.txt").exists());
+    let files = r["files_changed"].as_array().unwrap();
+    assert!(
+        files
+            .iter()
+            .any(|f| f["path"].as_str().unwrap().ends_with("hello.py") && f["kind"] == "add"),
+        "{r}"
+    );
+    assert_eq!(r["commands"][0]["exit_code"], 0);
+    assert_eq!(r["usage"]["input_tokens"], 30);
+    let id = r["session_id"].as_str().unwrap().to_string();
+
+    // converse resumes the same codex thread: the model sees the earlier turn's history.
+    let before = mock.model_requests().len();
+    let c = z
+        .ok(
+            "converse",
+            json!({"session_id": id, "message": "and now say hello"}),
+        )
+        .await;
+    assert_eq!(c["session_id"], id.as_str());
+    assert_eq!(c["turn"], 2);
+    assert_eq!(c["status"], "idle", "{c}");
+    assert_eq!(c["response"], "Hello from mock model");
+    let reqs = mock.model_requests();
+    assert!(reqs.len() > before);
+    let last = input_text(&reqs.last().unwrap().body);
+    assert!(
+        last.contains("@@tools please"),
+        "resumed turn lacks the first prompt: {last}"
+    );
+    assert!(last.contains("and now say hello"));
+    assert!(
+        last.contains("apply_patch"),
+        "resumed turn lacks the earlier tool calls"
+    );
+    // Same native thread id on both requests.
+    let first_thread = reqs[0].header("thread-id").map(str::to_string);
+    assert!(first_thread.is_some());
+    assert_eq!(
+        reqs.last().unwrap().header("thread-id").map(str::to_string),
+        first_thread
+    );
+    // Usage is per turn although codex reports it cumulatively (30, then 40).
+    assert_eq!(c["usage"]["input_tokens"], 10, "{c}");
+
+    // check_session reports both turns and the totals.
+    let s = z.ok("check_session", json!({"session_id": &id[..8]})).await;
+    assert_eq!(s["session_id"], id.as_str());
+    assert_eq!(s["status"], "idle");
+    assert_eq!(s["task"], "@@tools please");
+    assert_eq!(s["turns"].as_array().unwrap().len(), 2);
+    assert_eq!(s["turns"][0]["status"], "completed");
+    assert_eq!(s["response"], "Hello from mock model");
+    assert_eq!(s["usage"]["input_tokens"], 40);
+    assert!(
+        s["native_id"]
+            .as_str()
+            .is_some_and(|t| Some(t.to_string()) == first_thread)
+    );
+
+    // Raw executor output and the event log are on disk.
+    let raw = std::fs::read_to_string(env.state.join("turns").join(&id).join("1.jsonl")).unwrap();
+    assert!(raw.lines().any(|l| l.contains("\"turn.completed\"")));
+    let events = std::fs::read_to_string(env.state.join("events.jsonl")).unwrap();
+    for kind in [
+        "session_started",
+        "turn_started",
+        "message_sent",
+        "turn_finished",
+    ] {
+        assert!(
+            events.contains(&format!("\"event\":\"{kind}\"")),
+            "missing {kind} in events.jsonl"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_check_end_follow_the_contract_and_survive_a_restart() {
+    let (_mock, env) = codex_env();
+    let z = Zwarm::start(&env, &[]).await;
+    let a = z.ok("delegate", json!({"task": "first task"})).await;
+    let b = z
+        .ok("delegate", json!({"task": "second task", "mode": "sync"}))
+        .await;
+    let (ida, idb) = (
+        a["session_id"].as_str().unwrap().to_string(),
+        b["session_id"].as_str().unwrap().to_string(),
+    );
+    assert_eq!(a["response"], "Hello from mock model");
+
+    let l = z.ok("list_sessions", json!({})).await;
+    assert_eq!(l["count"], 2);
+    let row = l["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["session_id"] == ida.as_str())
+        .unwrap();
+    assert_eq!(row["status"], "idle");
+    assert_eq!(row["adapter"], "codex");
+    assert_eq!(row["mode"], "sync");
+    assert_eq!(row["task"], "first task");
+    assert_eq!(row["turns"], 1);
+    assert!(row["updated_at"].as_str().is_some());
+
+    let e = z
+        .ok(
+            "end_session",
+            json!({"session_id": ida, "summary": "looked good"}),
+        )
+        .await;
+    assert_eq!(e["status"], "completed");
+    assert_eq!(e["summary"], "looked good");
+    assert_eq!(e["interrupted_turn"], false);
+    let e = z
+        .ok(
+            "end_session",
+            json!({"session_id": idb, "verdict": "failed"}),
+        )
+        .await;
+    assert_eq!(e["status"], "failed");
+
+    let done = z.ok("list_sessions", json!({"status": "completed"})).await;
+    assert_eq!(done["count"], 1);
+    assert_eq!(done["sessions"][0]["session_id"], ida.as_str());
+    // Ended sessions are final.
+    let msg = z
+        .err("converse", json!({"session_id": ida, "message": "more"}))
+        .await;
+    assert!(
+        msg.contains("has ended") && msg.contains("delegate"),
+        "{msg}"
+    );
+    let msg = z.err("end_session", json!({"session_id": ida})).await;
+    assert!(msg.contains("has ended"), "{msg}");
+    // A failed session may be retried with converse.
+    let c = z
+        .ok(
+            "converse",
+            json!({"session_id": idb, "message": "try again"}),
+        )
+        .await;
+    assert_eq!(c["status"], "idle");
+
+    // Restart on the same state dir: everything is still there.
+    z.signal_and_wait(libc::SIGTERM, std::time::Duration::from_secs(5))
+        .await;
+    drop(z);
+    let z2 = Zwarm::start(&env, &[]).await;
+    let l = z2.ok("list_sessions", json!({})).await;
+    assert_eq!(l["count"], 2, "{l}");
+    let s = z2.ok("check_session", json!({"session_id": ida})).await;
+    assert_eq!(s["status"], "completed");
+    assert_eq!(s["summary"], "looked good");
+    let s = z2.ok("check_session", json!({"session_id": idb})).await;
+    assert_eq!(s["turns"].as_array().unwrap().len(), 2);
+    // And a restarted server continues an old conversation.
+    let c = z2
+        .ok(
+            "converse",
+            json!({"session_id": idb, "message": "after restart"}),
+        )
+        .await;
+    assert_eq!(c["status"], "idle", "{c}");
+    assert_eq!(c["turn"], 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn model_http_500_fails_the_turn_with_the_error() {
+    let (_mock, env) = codex_env();
+    let z = Zwarm::start(&env, &[]).await;
+    let r = z.ok("delegate", json!({"task": "@@err500"})).await;
+    assert_eq!(r["status"], "failed", "{r}");
+    let err = r["error"].as_str().unwrap();
+    assert!(err.contains("high demand"), "{err}");
+    assert!(r["next_step"].as_str().unwrap().contains("converse"));
+    let s = z
+        .ok("check_session", json!({"session_id": r["session_id"]}))
+        .await;
+    assert_eq!(s["turns"][0]["status"], "failed");
+    assert_eq!(s["status"], "failed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_an_error_that_says_what_to_do_and_the_server_keeps_answering() {
+    let (_mock, env) = codex_env();
+    let outside = tempfile::tempdir().unwrap();
+    let z = Zwarm::start(&env, &[]).await;
+
+    let m = z
+        .err("check_session", json!({"session_id": "00000000-nope"}))
+        .await;
+    assert!(
+        m.contains("no session matches") && m.contains("list_sessions"),
+        "{m}"
+    );
+    alive(&z).await;
+    let m = z.err("check_session", json!({"session_id": "abc"})).await;
+    assert!(m.contains("too short"), "{m}");
+    let m = z.err("delegate", json!({"task": "   "})).await;
+    assert!(m.contains("task") && m.contains("empty"), "{m}");
+    alive(&z).await;
+    let m = z
+        .err("delegate", json!({"task": "x", "adapter": "gemini"}))
+        .await;
+    assert!(m.contains("unknown adapter") && m.contains("codex"), "{m}");
+    let m = z
+        .err("delegate", json!({"task": "x", "mode": "later"}))
+        .await;
+    assert!(m.contains("unknown mode"), "{m}");
+    let m = z
+        .err(
+            "delegate",
+            json!({"task": "x", "working_dir": outside.path()}),
+        )
+        .await;
+    assert!(
+        m.contains("outside the allowed roots") && m.contains("allowed_roots"),
+        "{m}"
+    );
+    let m = z
+        .err(
+            "delegate",
+            json!({"task": "x", "working_dir": "does/not/exist"}),
+        )
+        .await;
+    assert!(m.contains("does not exist"), "{m}");
+    let m = z.err("delegate", json!({})).await;
+    assert!(m.contains("task"), "{m}");
+    let m = z
+        .err(
+            "end_session",
+            json!({"session_id": "whatever", "verdict": "great"}),
+        )
+        .await;
+    assert!(m.contains("unknown verdict"), "{m}");
+    alive(&z).await;
+
+    // converse on a running session: busy. (async + a model that stalls)
+    let r = z
+        .ok("delegate", json!({"task": "@@stall", "mode": "async"}))
+        .await;
+    assert_eq!(r["status"], "running");
+    let id = r["session_id"].as_str().unwrap();
+    let m = z
+        .err("converse", json!({"session_id": id, "message": "hurry"}))
+        .await;
+    assert!(m.contains("busy") && m.contains("check_session"), "{m}");
+    let e = z
+        .ok(
+            "end_session",
+            json!({"session_id": id, "verdict": "cancelled"}),
+        )
+        .await;
+    assert_eq!(e["status"], "cancelled");
+    assert_eq!(e["interrupted_turn"], true);
+    let m = z
+        .err("converse", json!({"session_id": id, "message": "again"}))
+        .await;
+    assert!(m.contains("has ended"), "{m}");
+    let s = wait_done(&z, id).await;
+    assert_eq!(s["turns"][0]["status"], "interrupted");
+    alive(&z).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_codex_binary_says_how_to_install_it() {
+    let (_mock, mut env) = codex_env();
+    env.set("ZWARM_CODEX_BIN", "/nonexistent/codex");
+    let z = Zwarm::start(&env, &[]).await;
+    let m = z.err("delegate", json!({"task": "hello"})).await;
+    assert!(m.contains("npm install -g @openai/codex"), "{m}");
+    assert!(m.contains("ZWARM_CODEX_BIN"), "{m}");
+    let l = z.ok("list_sessions", json!({})).await;
+    assert_eq!(
+        l["count"], 0,
+        "a refused delegate must not leave a session behind"
+    );
+}
+
+async fn alive(z: &Zwarm) {
+    z.ok("list_sessions", json!({})).await;
+}

@@ -1,0 +1,293 @@
+//! Test harness: a hermetic environment (temp work dir, state dir, CODEX_HOME, claude config
+//! dir) pointed at the scripted model servers, and `zwarm serve` driven by rmcp's client.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rmcp::model::{CallToolRequestParams, CallToolResult, ProgressNotificationParam};
+use rmcp::service::{NotificationContext, RunningService};
+use rmcp::transport::{ConfigureCommandExt, TokioChildProcess};
+use rmcp::{ClientHandler, RoleClient, ServiceExt};
+use serde_json::Value;
+use tempfile::TempDir;
+
+use super::mock_anthropic::AnthropicMock;
+use super::mock_openai::OpenAiMock;
+
+/// Find a pinned CLI: on PATH, or in `.tools/` where `.ci/run` installs it. Missing is a
+/// failure, never a skip.
+pub fn cli_dir(name: &str) -> PathBuf {
+    if let Ok(p) = which::which(name) {
+        return p.parent().map(Path::to_path_buf).unwrap_or_default();
+    }
+    let local = Path::new(env!("CARGO_MANIFEST_DIR")).join(".tools/node_modules/.bin");
+    if local.join(name).exists() {
+        return local;
+    }
+    panic!(
+        "`{name}` not found on PATH or in .tools/: run `bash .ci/run` once (it installs the pinned codex and claude CLIs into .tools/), or put them on PATH"
+    );
+}
+
+pub struct Env {
+    pub dir: TempDir,
+    pub work: PathBuf,
+    pub state: PathBuf,
+    pub vars: Vec<(String, String)>,
+}
+
+impl Env {
+    pub fn new(openai: Option<&OpenAiMock>, anthropic: Option<&AnthropicMock>) -> Env {
+        let dir = tempfile::Builder::new()
+            .prefix("zwarm-test-")
+            .tempdir()
+            .expect("tempdir");
+        let work = dir.path().join("work");
+        let state = dir.path().join("state");
+        let codex_home = dir.path().join("codex-home");
+        let claude_home = dir.path().join("claude-home");
+        for d in [&work, &codex_home, &claude_home] {
+            std::fs::create_dir_all(d).expect("mkdir");
+        }
+        let work = std::fs::canonicalize(&work).expect("canonicalize");
+        let codex_url = openai
+            .map(|m| m.base_url())
+            .unwrap_or_else(|| "http://127.0.0.1:9/v1".into());
+        std::fs::write(
+            codex_home.join("config.toml"),
+            super::codex_config_toml(&codex_url),
+        )
+        .expect("write codex config");
+        let path = format!(
+            "{}:{}:{}",
+            cli_dir("codex").display(),
+            cli_dir("claude").display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let mut vars: Vec<(String, String)> = vec![
+            ("PATH".into(), path),
+            ("ZWARM_LOG".into(), "debug".into()),
+            ("CODEX_HOME".into(), codex_home.display().to_string()),
+            ("MOCK_KEY".into(), "x".into()),
+            ("HOME".into(), claude_home.display().to_string()),
+            (
+                "CLAUDE_CONFIG_DIR".into(),
+                claude_home.display().to_string(),
+            ),
+            ("ANTHROPIC_API_KEY".into(), "sk-test".into()),
+            (
+                "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC".into(),
+                "1".into(),
+            ),
+            ("DISABLE_AUTOUPDATER".into(), "1".into()),
+            ("CLAUDE_CODE_MAX_RETRIES".into(), "0".into()),
+        ];
+        if let Some(a) = anthropic {
+            vars.push(("ANTHROPIC_BASE_URL".into(), a.base_url()));
+        }
+        Env {
+            dir,
+            work,
+            state,
+            vars,
+        }
+    }
+
+    pub fn set(&mut self, k: &str, v: &str) {
+        self.vars.retain(|(a, _)| a != k);
+        self.vars.push((k.into(), v.into()));
+    }
+
+    pub fn command(&self, extra_args: &[&str]) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_zwarm"));
+        cmd.arg("serve")
+            .arg("--state-dir")
+            .arg(&self.state)
+            .args(extra_args)
+            .current_dir(&self.work);
+        for (k, _) in std::env::vars() {
+            if k.starts_with("ZWARM_") || k == "IS_SANDBOX" || k == "CLAUDECODE" || k == "RUST_LOG"
+            {
+                cmd.env_remove(k);
+            }
+        }
+        for (k, v) in &self.vars {
+            cmd.env(k, v);
+        }
+        cmd
+    }
+}
+
+#[derive(Clone, Default)]
+pub struct Recorder {
+    pub progress: Arc<Mutex<Vec<ProgressNotificationParam>>>,
+}
+
+impl ClientHandler for Recorder {
+    async fn on_progress(&self, p: ProgressNotificationParam, _: NotificationContext<RoleClient>) {
+        self.progress.lock().unwrap().push(p);
+    }
+}
+
+pub struct Zwarm {
+    pub client: RunningService<RoleClient, Recorder>,
+    pub recorder: Recorder,
+    pub pid: u32,
+    pub stderr_path: PathBuf,
+}
+
+impl Zwarm {
+    pub async fn start(env: &Env, extra_args: &[&str]) -> Zwarm {
+        let n = std::fs::read_dir(env.dir.path())
+            .map(|d| d.count())
+            .unwrap_or(0);
+        let stderr_path = env.dir.path().join(format!("zwarm-{n}.stderr"));
+        let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
+        let cmd = env.command(extra_args).configure(|_| {});
+        let (transport, _) = TokioChildProcess::builder(cmd)
+            .stderr(Stdio::from(stderr))
+            .spawn()
+            .expect("spawn zwarm");
+        let pid = transport.id().expect("pid");
+        let recorder = Recorder::default();
+        let client = recorder.clone().serve(transport).await.expect("initialize");
+        Zwarm {
+            client,
+            recorder,
+            pid,
+            stderr_path,
+        }
+    }
+
+    pub async fn call(&self, tool: &str, args: Value) -> CallToolResult {
+        let Value::Object(map) = args else {
+            panic!("args must be an object")
+        };
+        let fut = self
+            .client
+            .call_tool(CallToolRequestParams::new(tool.to_string()).with_arguments(map));
+        match tokio::time::timeout(Duration::from_secs(120), fut).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => panic!(
+                "{tool} failed at the protocol level: {e}\n{}",
+                self.stderr()
+            ),
+            Err(_) => panic!("{tool} did not answer within 120 s\n{}", self.stderr()),
+        }
+    }
+
+    /// Call a tool that must succeed; returns its structuredContent.
+    pub async fn ok(&self, tool: &str, args: Value) -> Value {
+        let r = self.call(tool, args.clone()).await;
+        assert_ne!(
+            r.is_error,
+            Some(true),
+            "{tool}({args}) returned an error: {:?}\n{}",
+            r.content,
+            self.stderr()
+        );
+        r.structured_content
+            .unwrap_or_else(|| panic!("{tool} returned no structuredContent"))
+    }
+
+    /// Call a tool that must fail; returns its error text.
+    pub async fn err(&self, tool: &str, args: Value) -> String {
+        let r = self.call(tool, args.clone()).await;
+        assert_eq!(
+            r.is_error,
+            Some(true),
+            "{tool}({args}) should have failed: {:?}",
+            r.structured_content
+        );
+        r.content
+            .iter()
+            .filter_map(|c| c.as_text().map(|t| t.text.clone()))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    pub fn stderr(&self) -> String {
+        let s = std::fs::read_to_string(&self.stderr_path).unwrap_or_default();
+        let start = s.len().saturating_sub(6000);
+        let start = (start..s.len())
+            .find(|i| s.is_char_boundary(*i))
+            .unwrap_or(0);
+        format!("--- zwarm stderr (tail) ---\n{}", &s[start..])
+    }
+
+    /// Send a signal to the server process and wait (up to `limit`) for it to exit.
+    pub async fn signal_and_wait(&self, sig: i32, limit: Duration) -> Duration {
+        let start = std::time::Instant::now();
+        // SAFETY: sending a signal to the child we spawned.
+        unsafe {
+            libc::kill(self.pid as i32, sig);
+        }
+        while zwarm::process::pid_alive(self.pid as i32) {
+            if start.elapsed() > limit {
+                panic!(
+                    "zwarm did not exit within {limit:?} after signal {sig}\n{}",
+                    self.stderr()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        start.elapsed()
+    }
+}
+
+/// Wait for a session to leave running/queued through check_session (wait_seconds).
+pub async fn wait_done(z: &Zwarm, id: &str) -> Value {
+    for _ in 0..60 {
+        let s = z
+            .ok(
+                "check_session",
+                serde_json::json!({"session_id": id, "wait_seconds": 5}),
+            )
+            .await;
+        if s["status"] != "running" && s["status"] != "queued" {
+            return s;
+        }
+    }
+    panic!("session {id} still running after 5 minutes");
+}
+
+/// Pids of processes whose environment marks them as part of a session's turn.
+pub fn turn_pids(session_id: &str) -> Vec<i32> {
+    let needle = format!("ZWARM_TURN={session_id}.");
+    let mut out = vec![];
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        if let Ok(env) = std::fs::read(format!("/proc/{pid}/environ"))
+            && env
+                .split(|b| *b == 0)
+                .any(|kv| kv.starts_with(needle.as_bytes()))
+            && zwarm::process::pid_alive(pid)
+        {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// Command line of a process (for assertions and messages).
+pub fn cmdline(pid: i32) -> String {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+        .unwrap_or_default()
+}
+
+/// The keyed mock script from tests/fixtures/scripts with placeholders filled in.
+pub fn keyed_script(name: &str, cwd: &Path) -> Value {
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/scripts")
+            .join(name),
+    )
+    .expect("script");
+    let outside = std::env::temp_dir().join("zwarm-outside");
+    super::script_with_placeholders(&text, cwd, &outside)
+}

@@ -1076,21 +1076,21 @@ fn describe_exit(e: std::process::ExitStatus) -> String {
     }
 }
 
-/// Turn well-known executor failures into advice.
-fn explain_stderr(adapter: Adapter, stderr: &str, s: &Session) -> Option<String> {
+/// Turn well-known executor failures into advice (they arrive in stderr or in the stream).
+fn explain_stderr(adapter: Adapter, text: &str, s: &Session) -> Option<String> {
     let native = s.native_id.clone().unwrap_or_default();
-    if adapter == Adapter::Claude && stderr.contains("No conversation found") {
+    if adapter == Adapter::Claude && text.contains("No conversation found") {
         return Some(format!(
             " claude could not resume its session {native}: it finds conversations only from the directory they started in ({}), and the transcript may have been removed. Start a new session with delegate.",
             s.working_dir
         ));
     }
-    if adapter == Adapter::Codex && stderr.contains("no rollout found") {
+    if adapter == Adapter::Codex && text.contains("no rollout found") {
         return Some(format!(
             " codex could not resume thread {native}: its rollout is gone from CODEX_HOME. Start a new session with delegate."
         ));
     }
-    if stderr.contains("cannot be used with root/sudo privileges") {
+    if text.contains("cannot be used with root/sudo privileges") {
         return Some(
             " claude refuses bypassPermissions as root unless IS_SANDBOX=1 is set for zwarm."
                 .into(),
@@ -1118,6 +1118,10 @@ fn finish(
                     None,
                 )
             } else if let Some((msg, api)) = outcome.failed {
+                let msg = match explain_stderr(s.adapter, &msg, &s) {
+                    Some(hint) if !msg.contains(hint.trim()) => format!("{msg}.{hint}"),
+                    _ => msg,
+                };
                 (TurnStatus::Failed, SessionStatus::Failed, Some(msg), api)
             } else {
                 (TurnStatus::Completed, SessionStatus::Idle, None, None)

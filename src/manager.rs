@@ -264,6 +264,8 @@ impl Manager {
             if let Some(t) = s.last_turn_mut()
                 && matches!(t.status, TurnStatus::Running | TurnStatus::Queued)
             {
+                // Whatever the dead server's executor left running for this turn goes now.
+                process::kill_marked(&format!("{id}.{}", t.index), None);
                 t.status = TurnStatus::Interrupted;
                 t.error = Some(reason.clone());
                 t.ended_at = Some(now());

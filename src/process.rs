@@ -56,6 +56,16 @@ pub fn spawn(spec: &ProcessSpec, marker: &str) -> std::io::Result<Child> {
         cmd.env(k, v);
     }
     cmd.env(TURN_MARKER, marker);
+    #[cfg(target_os = "linux")]
+    // SAFETY: the closure runs between fork and exec and only calls prctl, which is
+    // async-signal-safe. If zwarm dies (even by SIGKILL), the executor gets SIGTERM instead of
+    // running on unsupervised; whatever it leaves is killed by marker on the next start.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM, 0, 0, 0);
+            Ok(())
+        });
+    }
     cmd.spawn()
 }
 

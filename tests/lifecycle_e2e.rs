@@ -1,0 +1,549 @@
+//! Async sessions and the lifecycle: interrupts, shutdown, crashes, the running cap, two
+//! servers on one state dir — with the real codex CLI running scripted slow commands.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use support::harness::{Env, Zwarm, cmdline, keyed_script, turn_pids, wait_done};
+use support::mock_openai::OpenAiMock;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+/// The keyed codex script plus `@@sleepN` scenarios: a shell command `sleep N`, then a message.
+fn script(env: &Env) -> Value {
+    let mut s = keyed_script("codex_keyed.json", &env.work);
+    for n in [3, 60] {
+        s["scenarios"][format!("sleep{n}")] = json!([
+            {"items": [{"function_call": {"name": "exec_command", "arguments": {"cmd": format!("sleep {n}; echo finished > slept{n}.txt"), "yield_time_ms": 120000}}}]},
+            {"items": [{"message": format!("slept {n}")}]}
+        ]);
+    }
+    s
+}
+
+fn codex_env() -> (OpenAiMock, Env) {
+    let mock = OpenAiMock::start(json!({}));
+    let env = Env::new(Some(&mock), None);
+    mock.set_script(script(&env));
+    (mock, env)
+}
+
+/// Wait until the session's turn has processes and one of them is the scripted `sleep`.
+async fn wait_for_sleep(id: &str) -> Vec<i32> {
+    let start = Instant::now();
+    loop {
+        let pids = turn_pids(id);
+        if pids.iter().any(|p| cmdline(*p).starts_with("sleep ")) {
+            return pids;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no `sleep` process appeared for {id}: {pids:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn assert_gone_within(id: &str, limit: Duration) {
+    let start = Instant::now();
+    loop {
+        let left = turn_pids(id);
+        if left.is_empty() {
+            return;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "processes of {id} still alive after {limit:?}: {:?}",
+            left.iter().map(|p| (p, cmdline(*p))).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_delegate_returns_at_once_and_check_session_waits_for_the_end() {
+    let (_mock, env) = codex_env();
+    let z = Zwarm::start(&env, &[]).await;
+    let t = Instant::now();
+    let r = z
+        .ok("delegate", json!({"task": "@@sleep3", "mode": "async"}))
+        .await;
+    assert!(t.elapsed() < Duration::from_secs(5));
+    assert_eq!(r["status"], "running");
+    assert_eq!(r["mode"], "async");
+    assert!(r["response"].is_null());
+    assert!(r["next_step"].as_str().unwrap().contains("check_session"));
+    let id = r["session_id"].as_str().unwrap().to_string();
+
+    wait_for_sleep(&id).await;
+    // codex reports the command (item.started) a moment after spawning it.
+    let start = Instant::now();
+    loop {
+        let s = z.ok("check_session", json!({"session_id": id})).await;
+        assert_eq!(s["status"], "running");
+        let progress = s["recent_progress"].to_string();
+        if progress.contains("codex runs `sleep 3") {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "progress should name the running command: {progress}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let s = z
+        .ok(
+            "check_session",
+            json!({"session_id": id, "wait_seconds": 60}),
+        )
+        .await;
+    assert_eq!(s["status"], "idle", "{s}");
+    assert_eq!(s["response"], "slept 3");
+    assert!(env.work.join("slept3.txt").exists());
+    assert_eq!(s["turns"][0]["commands"][0]["exit_code"], 0);
+
+    // converse after the turn ended continues the thread, async this time.
+    let c = z
+        .ok(
+            "converse",
+            json!({"session_id": id, "message": "@@sleep3 again", "mode": "async"}),
+        )
+        .await;
+    assert_eq!(c["status"], "running");
+    assert_eq!(c["turn"], 2);
+    let s = wait_done(&z, &id).await;
+    assert_eq!(s["status"], "idle");
+    assert_eq!(s["turns"].as_array().unwrap().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn end_session_cancelled_kills_the_executor_and_its_command() {
+    let (_mock, env) = codex_env();
+    let z = Zwarm::start(&env, &[]).await;
+    let r = z
+        .ok("delegate", json!({"task": "@@sleep60", "mode": "async"}))
+        .await;
+    let id = r["session_id"].as_str().unwrap().to_string();
+    let pids = wait_for_sleep(&id).await;
+    assert!(pids.len() >= 2, "expected codex and its sleep: {pids:?}");
+
+    let t = Instant::now();
+    let e = z
+        .ok(
+            "end_session",
+            json!({"session_id": id, "verdict": "cancelled", "summary": "not needed"}),
+        )
+        .await;
+    assert_eq!(e["status"], "cancelled");
+    assert_eq!(e["interrupted_turn"], true);
+    assert_gone_within(&id, Duration::from_secs(10) - t.elapsed()).await;
+    for p in pids {
+        assert!(!zwarm::process::pid_alive(p), "pid {p} survived");
+    }
+    let s = z.ok("check_session", json!({"session_id": id})).await;
+    assert_eq!(s["status"], "cancelled");
+    assert_eq!(s["summary"], "not needed");
+    assert_eq!(s["turns"][0]["status"], "interrupted");
+    assert!(!env.work.join("slept60.txt").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_sync_call_interrupts_its_turn_and_timeouts_fail_the_turn() {
+    let (_mock, env) = codex_env();
+    let z = Zwarm::start(&env, &["--set", "turn_timeout_seconds=4"]).await;
+    // The client gives up after 2 s: rmcp sends notifications/cancelled for the dropped call.
+    let call = z.call("delegate", json!({"task": "@@sleep60"}));
+    assert!(
+        tokio::time::timeout(Duration::from_secs(2), call)
+            .await
+            .is_err()
+    );
+    let l = z.ok("list_sessions", json!({})).await;
+    let id = l["sessions"][0]["session_id"].as_str().unwrap().to_string();
+    let s = wait_done(&z, &id).await;
+    assert_eq!(s["status"], "failed", "{s}");
+    assert_eq!(s["turns"][0]["status"], "interrupted");
+    assert!(
+        s["error"]
+            .as_str()
+            .unwrap()
+            .contains("cancelled the tool call"),
+        "{s}"
+    );
+    assert_gone_within(&id, Duration::from_secs(10)).await;
+
+    // A turn that outlives turn_timeout_seconds is stopped and failed with the reason.
+    let r = z
+        .ok("delegate", json!({"task": "@@sleep60", "mode": "async"}))
+        .await;
+    let id = r["session_id"].as_str().unwrap().to_string();
+    let s = wait_done(&z, &id).await;
+    assert_eq!(s["status"], "failed");
+    assert!(
+        s["error"]
+            .as_str()
+            .unwrap()
+            .contains("turn_timeout_seconds"),
+        "{s}"
+    );
+    assert_gone_within(&id, Duration::from_secs(10)).await;
+}
+
+/// A raw JSON-RPC client over pipes, so the test controls stdin EOF itself.
+struct RawClient {
+    child: tokio::process::Child,
+    stdin: Option<tokio::process::ChildStdin>,
+    lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+}
+
+impl RawClient {
+    async fn start(env: &Env) -> RawClient {
+        let mut cmd = env.command(&[]);
+        cmd.stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().unwrap();
+        let stdin = child.stdin.take();
+        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut c = RawClient {
+            child,
+            stdin,
+            lines,
+        };
+        c.send(json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"raw-test","version":"1"}}})).await;
+        c.response(0).await;
+        c.send(json!({"jsonrpc":"2.0","method":"notifications/initialized"}))
+            .await;
+        c
+    }
+    async fn send(&mut self, v: Value) {
+        let s = self.stdin.as_mut().unwrap();
+        s.write_all(format!("{v}\n").as_bytes()).await.unwrap();
+        s.flush().await.unwrap();
+    }
+    async fn response(&mut self, id: i64) -> Value {
+        loop {
+            let line = tokio::time::timeout(Duration::from_secs(30), self.lines.next_line())
+                .await
+                .expect("response in time")
+                .unwrap()
+                .expect("zwarm closed stdout");
+            let v: Value = serde_json::from_str(&line).expect("stdout carries only JSON-RPC");
+            if v["id"] == id {
+                return v;
+            }
+        }
+    }
+    async fn call(&mut self, id: i64, tool: &str, args: Value) -> Value {
+        self.send(json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":{"name":tool,"arguments":args}})).await;
+        self.response(id).await["result"]["structuredContent"].clone()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_by_stdin_eof_or_sigterm_leaves_nothing_and_restart_resumes() {
+    let (mock, env) = codex_env();
+
+    // 1. stdin EOF while a turn runs.
+    let mut raw = RawClient::start(&env).await;
+    let r = raw
+        .call(1, "delegate", json!({"task": "@@sleep60", "mode": "async"}))
+        .await;
+    let id_eof = r["session_id"].as_str().unwrap().to_string();
+    wait_for_sleep(&id_eof).await;
+    let t = Instant::now();
+    drop(raw.stdin.take());
+    let status = tokio::time::timeout(Duration::from_secs(5), raw.child.wait())
+        .await
+        .expect("zwarm exits after stdin EOF")
+        .unwrap();
+    let took = t.elapsed();
+    assert!(status.success(), "{status:?}");
+    assert!(took < Duration::from_millis(2500), "exit took {took:?}");
+    assert_gone_within(&id_eof, Duration::from_millis(500)).await;
+
+    // 2. SIGTERM while a turn runs.
+    let z = Zwarm::start(&env, &[]).await;
+    let r = z
+        .ok("delegate", json!({"task": "@@sleep60", "mode": "async"}))
+        .await;
+    let id_term = r["session_id"].as_str().unwrap().to_string();
+    wait_for_sleep(&id_term).await;
+    let took = z
+        .signal_and_wait(libc::SIGTERM, Duration::from_secs(5))
+        .await;
+    assert!(took < Duration::from_millis(2500), "exit took {took:?}");
+    assert_gone_within(&id_term, Duration::from_millis(500)).await;
+    drop(z);
+
+    // 3. After a restart both sessions carry the reason, and converse resumes their threads.
+    let z = Zwarm::start(&env, &[]).await;
+    for id in [&id_eof, &id_term] {
+        let s = z.ok("check_session", json!({"session_id": id})).await;
+        assert_eq!(s["status"], "failed", "{s}");
+        assert_eq!(s["turns"][0]["status"], "interrupted");
+        assert!(s["error"].as_str().unwrap().contains("shut down"), "{s}");
+        assert!(s["native_id"].is_string());
+        let c = z
+            .ok(
+                "converse",
+                json!({"session_id": id, "message": "please continue"}),
+            )
+            .await;
+        assert_eq!(c["status"], "idle", "{c}");
+        let last = mock.model_requests().last().unwrap().body["input"].to_string();
+        assert!(
+            last.contains("@@sleep60") && last.contains("please continue"),
+            "thread not resumed: {last}"
+        );
+    }
+    let events = std::fs::read_to_string(env.state.join("events.jsonl")).unwrap();
+    assert!(events.matches("\"event\":\"server_stopped\"").count() >= 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_of_the_server_mid_turn_is_recovered_on_restart() {
+    let (_mock, env) = codex_env();
+    let z = Zwarm::start(&env, &[]).await;
+    let done = z
+        .ok("delegate", json!({"task": "finished before the crash"}))
+        .await;
+    let r = z
+        .ok("delegate", json!({"task": "@@sleep60", "mode": "async"}))
+        .await;
+    let id = r["session_id"].as_str().unwrap().to_string();
+    wait_for_sleep(&id).await;
+    let events_before = std::fs::read_to_string(env.state.join("events.jsonl")).unwrap();
+    z.signal_and_wait(libc::SIGKILL, Duration::from_secs(5))
+        .await;
+    drop(z);
+
+    let z = Zwarm::start(&env, &[]).await;
+    // Whatever the dead server's turn left behind is gone once the new server adopted it.
+    assert_gone_within(&id, Duration::from_secs(10)).await;
+    // Every state file parses; every event written before the kill is still there.
+    for e in std::fs::read_dir(env.state.join("sessions")).unwrap() {
+        let p = e.unwrap().path();
+        let v: Value = serde_json::from_slice(&std::fs::read(&p).unwrap())
+            .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        assert!(v["id"].is_string());
+    }
+    let events_after = std::fs::read_to_string(env.state.join("events.jsonl")).unwrap();
+    assert!(events_after.starts_with(&events_before));
+    for l in events_after.lines() {
+        serde_json::from_str::<Value>(l).unwrap_or_else(|e| panic!("bad event line {l}: {e}"));
+    }
+    let s = z.ok("check_session", json!({"session_id": id})).await;
+    assert_eq!(s["status"], "failed");
+    assert!(
+        s["error"]
+            .as_str()
+            .unwrap()
+            .contains("stopped before it finished"),
+        "{s}"
+    );
+    let s = z
+        .ok("check_session", json!({"session_id": done["session_id"]}))
+        .await;
+    assert_eq!(s["status"], "idle");
+    let c = z
+        .ok("converse", json!({"session_id": id, "message": "go on"}))
+        .await;
+    assert_eq!(c["status"], "idle", "{c}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_running_cap_queues_and_queued_turns_start_when_slots_free() {
+    let (_mock, env) = codex_env();
+    let cap = 2;
+    let z = Zwarm::start(&env, &["--set", &format!("max_running={cap}")]).await;
+    let mut ids = vec![];
+    for _ in 0..cap + 2 {
+        let r = z
+            .ok("delegate", json!({"task": "@@sleep60", "mode": "async"}))
+            .await;
+        ids.push(r["session_id"].as_str().unwrap().to_string());
+    }
+    let count = |l: &Value, st: &str| {
+        l["sessions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["status"] == st)
+            .count()
+    };
+    let l = z.ok("list_sessions", json!({})).await;
+    assert_eq!(count(&l, "running"), cap, "{l}");
+    assert_eq!(count(&l, "queued"), 2, "{l}");
+    let queued = z.ok("list_sessions", json!({"status": "queued"})).await;
+    assert_eq!(queued["count"], 2);
+    // Queued sessions have no executor process yet.
+    for s in queued["sessions"].as_array().unwrap() {
+        assert!(turn_pids(s["session_id"].as_str().unwrap()).is_empty());
+    }
+    // Free one slot: exactly one queued session starts.
+    let running: Vec<String> = ids
+        .iter()
+        .filter(|i| !queued["sessions"].to_string().contains(i.as_str()))
+        .cloned()
+        .collect();
+    z.ok(
+        "end_session",
+        json!({"session_id": running[0], "verdict": "cancelled"}),
+    )
+    .await;
+    let start = Instant::now();
+    loop {
+        let l = z.ok("list_sessions", json!({})).await;
+        if count(&l, "queued") == 1 {
+            assert_eq!(count(&l, "running"), cap, "{l}");
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "queued turn did not start: {l}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for id in &ids[1..] {
+        let _ = z
+            .call(
+                "end_session",
+                json!({"session_id": id, "verdict": "cancelled"}),
+            )
+            .await;
+    }
+    for id in &ids {
+        assert_gone_within(id, Duration::from_secs(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_servers_on_one_state_dir_keep_every_session_and_event() {
+    let (_mock, env) = codex_env();
+    let a = Zwarm::start(&env, &[]).await;
+    let b = Zwarm::start(&env, &[]).await;
+    let mut ids = vec![];
+    for i in 0..3 {
+        for (name, z) in [("a", &a), ("b", &b)] {
+            let r = z
+                .ok(
+                    "delegate",
+                    json!({"task": format!("task {name}{i}"), "mode": "async"}),
+                )
+                .await;
+            ids.push(r["session_id"].as_str().unwrap().to_string());
+        }
+    }
+    for id in &ids {
+        // Each server can see (and wait for) the other's sessions.
+        let s = wait_done(&a, id).await;
+        assert_eq!(s["status"], "idle", "{s}");
+    }
+    // A server cannot run turns of a live peer's session, and says why.
+    let m = a
+        .err(
+            "converse",
+            json!({"session_id": ids[1], "message": "mine now"}),
+        )
+        .await;
+    assert!(m.contains("another zwarm server"), "{m}");
+    let la = a.ok("list_sessions", json!({})).await;
+    let lb = b.ok("list_sessions", json!({})).await;
+    assert_eq!(la["count"], 6);
+    assert_eq!(lb["count"], 6);
+    let events = std::fs::read_to_string(env.state.join("events.jsonl")).unwrap();
+    let parsed: Vec<Value> = events
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("whole lines"))
+        .collect();
+    for id in &ids {
+        for kind in ["session_started", "turn_started", "turn_finished"] {
+            assert!(
+                parsed
+                    .iter()
+                    .any(|e| e["event"] == kind && e["session_id"] == id.as_str()),
+                "{kind} missing for {id}"
+            );
+        }
+    }
+    // When one server goes away, the other adopts its sessions.
+    b.signal_and_wait(libc::SIGTERM, Duration::from_secs(5))
+        .await;
+    let c = a
+        .ok(
+            "converse",
+            json!({"session_id": ids[1], "message": "adopted"}),
+        )
+        .await;
+    assert_eq!(c["status"], "idle", "{c}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_background_process_left_by_a_finished_turn_is_killed_and_reaped() {
+    let (mock, env) = codex_env();
+    let mut s = script(&env);
+    s["scenarios"]["daemon"] = json!([
+        {"items": [{"function_call": {"name": "exec_command", "arguments": {"cmd": "setsid sleep 300 > /dev/null 2>&1 < /dev/null & echo $! > daemon.pid; echo started"}}}]},
+        {"items": [{"message": "left a daemon"}]}
+    ]);
+    mock.set_script(s);
+    // danger-full-access: codex does not confine (or kill) what its commands start.
+    let z = Zwarm::start(&env, &["--set", "codex.sandbox=danger-full-access"]).await;
+    let r = z.ok("delegate", json!({"task": "@@daemon"})).await;
+    assert_eq!(r["status"], "idle", "{r}");
+    assert_eq!(r["response"], "left a daemon");
+    let id = r["session_id"].as_str().unwrap();
+    let pid: i32 = std::fs::read_to_string(env.work.join("daemon.pid"))
+        .expect("the daemon was started")
+        .trim()
+        .parse()
+        .unwrap();
+    assert_gone_within(id, Duration::from_secs(5)).await;
+    assert!(
+        !zwarm::process::pid_alive(pid),
+        "daemon {pid} survived the turn"
+    );
+    // No zombie either: zwarm (a subreaper) reaped what it killed.
+    let zombies: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
+        .filter(|st| {
+            st.contains("(sleep)")
+                && st
+                    .rsplit_once(')')
+                    .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+        })
+        .collect();
+    assert!(zombies.is_empty(), "zombies: {zombies:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn end_session_stops_a_claude_bash_command() {
+    let mock = support::mock_anthropic::AnthropicMock::start(json!({}));
+    let env = Env::new(None, Some(&mock));
+    mock.set_script(keyed_script("claude_keyed.json", &env.work));
+    let z = Zwarm::start(&env, &[]).await;
+    let r = z
+        .ok(
+            "delegate",
+            json!({"task": "@@slowcmd", "adapter": "claude", "mode": "async"}),
+        )
+        .await;
+    let id = r["session_id"].as_str().unwrap().to_string();
+    wait_for_sleep(&id).await;
+    let t = Instant::now();
+    let e = z
+        .ok(
+            "end_session",
+            json!({"session_id": id, "verdict": "cancelled"}),
+        )
+        .await;
+    assert_eq!(e["interrupted_turn"], true);
+    assert_gone_within(&id, Duration::from_secs(10) - t.elapsed()).await;
+    assert!(!env.work.join("slow.txt").exists());
+}

@@ -28,6 +28,11 @@ pub struct Config {
     pub max_running: usize,
     /// Seconds between SIGINT and SIGTERM when interrupting an executor.
     pub interrupt_grace_seconds: u64,
+    /// Longest executor answer placed in a tool result; longer ones keep head and tail and
+    /// point to the session resource that holds all of it.
+    pub max_response_chars: usize,
+    /// Default page size of list_sessions.
+    pub list_page_size: usize,
     pub codex: CodexConfig,
     pub claude: ClaudeConfig,
 }
@@ -67,6 +72,8 @@ impl Default for Config {
             turn_timeout_seconds: 3600,
             max_running: 8,
             interrupt_grace_seconds: 5,
+            max_response_chars: 8000,
+            list_page_size: 50,
             codex: CodexConfig::default(),
             claude: ClaudeConfig::default(),
         }
@@ -114,6 +121,8 @@ const KEYS: &[(&str, Kind)] = &[
     ("turn_timeout_seconds", Kind::Int),
     ("max_running", Kind::Int),
     ("interrupt_grace_seconds", Kind::Int),
+    ("max_response_chars", Kind::Int),
+    ("list_page_size", Kind::Int),
     ("codex.binary", Kind::Str),
     ("codex.model", Kind::Str),
     ("codex.sandbox", Kind::Str),
@@ -253,6 +262,16 @@ fn validate(cfg: &Config) -> Result<(), ConfigError> {
     if cfg.max_running == 0 {
         return Err(ConfigError::Invalid(
             "max_running must be at least 1".into(),
+        ));
+    }
+    if cfg.max_response_chars < 200 {
+        return Err(ConfigError::Invalid(
+            "max_response_chars must be at least 200".into(),
+        ));
+    }
+    if cfg.list_page_size == 0 {
+        return Err(ConfigError::Invalid(
+            "list_page_size must be at least 1".into(),
         ));
     }
     if cfg.turn_timeout_seconds == 0 {

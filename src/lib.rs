@@ -9,6 +9,7 @@ pub mod event;
 pub mod executor;
 pub mod manager;
 pub mod process;
+pub mod prompt;
 pub mod server;
 pub mod session;
 pub mod store;

@@ -126,12 +126,15 @@ struct Inner {
     shutdown: CancellationToken,
     tasks: TaskTracker,
     notices: broadcast::Sender<Notice>,
+    changes: broadcast::Sender<String>,
 }
 
 struct Cell {
     session: Mutex<Session>,
     version: watch::Sender<u64>,
     turn: Mutex<Option<TurnControl>>,
+    /// Where to announce that this session changed (resource-updated notifications).
+    changes: broadcast::Sender<String>,
 }
 
 #[derive(Clone)]
@@ -147,11 +150,12 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Cell {
-    fn new(s: Session) -> Arc<Cell> {
+    fn new(s: Session, changes: broadcast::Sender<String>) -> Arc<Cell> {
         Arc::new(Cell {
             session: Mutex::new(s),
             version: watch::channel(0).0,
             turn: Mutex::new(None),
+            changes,
         })
     }
 
@@ -161,6 +165,8 @@ impl Cell {
 
     fn bump(&self) {
         self.version.send_modify(|v| *v += 1);
+        let id = lock(&self.session).id.clone();
+        let _ = self.changes.send(id);
     }
 }
 
@@ -204,6 +210,7 @@ impl Manager {
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             notices: broadcast::channel(1024).0,
+            changes: broadcast::channel(1024).0,
         });
         let m = Manager { inner };
         m.recover();
@@ -229,6 +236,11 @@ impl Manager {
 
     pub fn subscribe(&self) -> broadcast::Receiver<Notice> {
         self.inner.notices.subscribe()
+    }
+
+    /// Ids of sessions as they change (any field, any turn).
+    pub fn subscribe_changes(&self) -> broadcast::Receiver<String> {
+        self.inner.changes.subscribe()
     }
 
     /// Adopt every session whose server is gone; fail the turns it left running.
@@ -285,7 +297,7 @@ impl Manager {
         } else {
             s.owner = self.owner();
         }
-        lock(&self.inner.cells).insert(id, Cell::new(s.clone()));
+        lock(&self.inner.cells).insert(id, Cell::new(s.clone(), self.inner.changes.clone()));
         s
     }
 
@@ -379,7 +391,7 @@ impl Manager {
             owner: self.owner(),
             recent: Default::default(),
         };
-        let cell = Cell::new(s);
+        let cell = Cell::new(s, self.inner.changes.clone());
         lock(&self.inner.cells).insert(id.clone(), cell.clone());
         self.inner.store.append_event(
             "session_started",

@@ -9,17 +9,23 @@ use std::time::Duration;
 
 use rmcp::handler::server::tool::schema_for_output;
 use rmcp::handler::server::wrapper::Parameters;
+use std::sync::{Arc, Mutex};
+
 use rmcp::model::{
-    CallToolResult, ContentBlock, Implementation, ProgressNotificationParam, ServerCapabilities,
-    ServerConfig,
+    CallToolResult, ContentBlock, GetPromptRequestParams, GetPromptResponse, GetPromptResult,
+    Implementation, ListPromptsResult, ListResourceTemplatesResult, ListResourcesResult,
+    PaginatedRequestParams, ProgressNotificationParam, Prompt, PromptArgument, PromptMessage,
+    ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult, Resource,
+    ResourceContents, ResourceTemplate, ResourceUpdatedNotificationParam, Role, ServerCapabilities,
+    ServerConfig, SubscribeRequestParams, UnsubscribeRequestParams,
 };
-use rmcp::service::RequestContext;
+use rmcp::service::{Peer, RequestContext};
 use rmcp::{ErrorData as McpError, RoleServer, ServerHandler, tool, tool_handler, tool_router};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::manager::{DelegateRequest, Manager, ManagerError};
-use crate::session::{Mode, SessionStatus};
+use crate::session::{Mode, Session, SessionStatus};
 use crate::tools::*;
 
 pub const INSTRUCTIONS: &str = "zwarm runs coding agents (codex, claude) for you as executors.\n\
@@ -33,7 +39,12 @@ list_sessions shows everything, including sessions from earlier runs. Every resu
 pub struct ZwarmServer {
     manager: Manager,
     tool_router: rmcp::handler::server::router::tool::ToolRouter<ZwarmServer>,
+    /// Resource subscriptions: (uri, the client that asked).
+    subs: Arc<Mutex<Vec<(String, Peer<RoleServer>)>>>,
 }
+
+pub const SESSIONS_URI: &str = "zwarm://sessions";
+pub const EVENTS_URI: &str = "zwarm://events";
 
 type ToolResult = Result<CallToolResult, McpError>;
 
@@ -71,11 +82,69 @@ pub fn host_wait_policy(client_name: Option<&str>) -> (u64, Option<u64>) {
 }
 
 impl ZwarmServer {
+    /// Must be called inside a tokio runtime: it starts the task that turns session changes
+    /// into resource-updated notifications for subscribers.
     pub fn new(manager: Manager) -> Self {
+        let subs: Arc<Mutex<Vec<(String, Peer<RoleServer>)>>> = Arc::default();
+        let mut changes = manager.subscribe_changes();
+        let subs2 = subs.clone();
+        tokio::spawn(async move {
+            loop {
+                let id = match changes.recv().await {
+                    Ok(id) => id,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(_) => break,
+                };
+                let uri = session_uri(&id);
+                let targets: Vec<(String, Peer<RoleServer>)> = subs2
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .iter()
+                    .filter(|(u, _)| *u == uri || u == SESSIONS_URI)
+                    .cloned()
+                    .collect();
+                for (u, peer) in targets {
+                    let _ = peer
+                        .notify_resource_updated(ResourceUpdatedNotificationParam::new(u))
+                        .await;
+                }
+            }
+        });
         ZwarmServer {
             manager,
             tool_router: Self::tool_router(),
+            subs,
         }
+    }
+
+    fn max_chars(&self) -> usize {
+        self.manager.config().max_response_chars
+    }
+
+    fn read(&self, uri: &str) -> Result<String, McpError> {
+        let not_found = |what: String| {
+            McpError::resource_not_found(
+                format!("{what}. Resources: {SESSIONS_URI}, {SESSIONS_URI}/{{id}}, {EVENTS_URI}"),
+                Some(serde_json::json!({ "uri": uri })),
+            )
+        };
+        let text = if uri == SESSIONS_URI {
+            let rows: Vec<SessionRow> = self.manager.list(None).iter().map(session_row).collect();
+            serde_json::to_string_pretty(
+                &serde_json::json!({"count": rows.len(), "sessions": rows}),
+            )
+        } else if uri == EVENTS_URI {
+            serde_json::to_string_pretty(&self.manager.recent_events(200))
+        } else if let Some(id) = uri.strip_prefix("zwarm://sessions/") {
+            let s = self
+                .manager
+                .get(id)
+                .map_err(|e| not_found(format!("no session `{id}`: {e}")))?;
+            serde_json::to_string_pretty(&transcript(&s))
+        } else {
+            return Err(not_found(format!("unknown resource `{uri}`")));
+        };
+        text.map_err(|e| McpError::internal_error(e.to_string(), None))
     }
 
     /// (wait to use now, maximum to advertise) for a sync call.
@@ -120,7 +189,9 @@ impl ZwarmServer {
             let stop2 = stop.clone();
             let handle = tokio::spawn(async move {
                 let mut n = 0u32;
-                let mut last = tokio::time::Instant::now() - Duration::from_secs(1);
+                // Token bucket: bursts of up to 10 pass, then 5 per second.
+                let mut tokens = 10.0f64;
+                let mut refilled = tokio::time::Instant::now();
                 loop {
                     let notice = tokio::select! {
                         r = rx.recv() => r,
@@ -140,11 +211,13 @@ impl ZwarmServer {
                         crate::event::ExecutorEvent::TurnCompleted { .. }
                             | crate::event::ExecutorEvent::TurnFailed { .. }
                     );
-                    // Rate limit: at most 5 per second, but never drop the turn's end.
-                    if !is_end && last.elapsed() < Duration::from_millis(200) {
+                    tokens = (tokens + refilled.elapsed().as_secs_f64() * 5.0).min(10.0);
+                    refilled = tokio::time::Instant::now();
+                    // A chatty executor cannot flood the host; the end of the turn always goes.
+                    if tokens < 1.0 && !is_end {
                         continue;
                     }
-                    last = tokio::time::Instant::now();
+                    tokens = (tokens - 1.0).max(0.0);
                     n += 1;
                     let _ = peer
                         .notify_progress(
@@ -208,7 +281,7 @@ impl ZwarmServer {
             self.wait_turn(&id, budget, &ctx).await
         };
         match s {
-            Ok(s) => ok(&turn_report(&s, 1, max)),
+            Ok(s) => ok(&turn_report(&s, 1, max, self.max_chars())),
             Err(e) => err(e),
         }
     }
@@ -242,7 +315,7 @@ impl ZwarmServer {
             self.wait_turn(&id, budget, &ctx).await
         };
         match s {
-            Ok(s) => ok(&turn_report(&s, turn, max)),
+            Ok(s) => ok(&turn_report(&s, turn, max, self.max_chars())),
             Err(e) => err(e),
         }
     }
@@ -265,7 +338,7 @@ impl ZwarmServer {
             self.manager.wait(&a.session_id, budget, &ctx.ct).await
         };
         match s {
-            Ok(s) => ok(&session_report(&s, max)),
+            Ok(s) => ok(&session_report(&s, max, self.max_chars())),
             Err(e) => err(e),
         }
     }
@@ -325,19 +398,184 @@ impl ZwarmServer {
                 }
             },
         };
-        let sessions: Vec<SessionRow> = self.manager.list(status).iter().map(session_row).collect();
+        let all = self.manager.list(status);
+        let limit = a
+            .limit
+            .map(|l| l.clamp(1, 200) as usize)
+            .unwrap_or(self.manager.config().list_page_size);
+        let offset = a.offset.unwrap_or(0) as usize;
+        let sessions: Vec<SessionRow> = all
+            .iter()
+            .skip(offset)
+            .take(limit)
+            .map(session_row)
+            .collect();
+        let next = offset + sessions.len();
         ok(&SessionList {
             count: sessions.len(),
+            total: all.len(),
+            next_offset: (next < all.len()).then_some(next),
             sessions,
         })
     }
 }
 
+/// The full record of a session, as the `zwarm://sessions/{id}` resource shows it.
+fn transcript(s: &Session) -> serde_json::Value {
+    serde_json::json!({
+        "session_id": s.id,
+        "status": s.status,
+        "adapter": s.adapter,
+        "mode": s.mode,
+        "task": s.task,
+        "working_dir": s.working_dir,
+        "model": s.model,
+        "native_id": s.native_id,
+        "created_at": s.created_at,
+        "updated_at": s.updated_at,
+        "error": s.error,
+        "summary": s.summary,
+        "usage": s.total_usage(),
+        "cost_usd": s.total_cost(),
+        "recent_progress": s.recent,
+        "turns": s.turns,
+    })
+}
+
 #[tool_handler(router = self.tool_router)]
 impl ServerHandler for ZwarmServer {
     fn get_info(&self) -> ServerConfig {
-        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
-            .with_server_info(Implementation::new("zwarm", env!("CARGO_PKG_VERSION")))
-            .with_instructions(INSTRUCTIONS)
+        ServerConfig::new(
+            ServerCapabilities::builder()
+                .enable_tools()
+                .enable_resources()
+                .enable_resources_subscribe()
+                .enable_prompts()
+                .build(),
+        )
+        .with_server_info(Implementation::new("zwarm", env!("CARGO_PKG_VERSION")))
+        .with_instructions(INSTRUCTIONS)
+    }
+
+    async fn list_resources(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _ctx: RequestContext<RoleServer>,
+    ) -> Result<ListResourcesResult, McpError> {
+        Ok(ListResourcesResult::with_all_items(vec![
+            Resource::new(SESSIONS_URI, "sessions")
+                .with_description(
+                    "Index of all zwarm sessions (status, adapter, task, turns, usage)",
+                )
+                .with_mime_type("application/json"),
+            Resource::new(EVENTS_URI, "events")
+                .with_description("The last 200 entries of zwarm's event log")
+                .with_mime_type("application/json"),
+        ]))
+    }
+
+    async fn list_resource_templates(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _ctx: RequestContext<RoleServer>,
+    ) -> Result<ListResourceTemplatesResult, McpError> {
+        Ok(ListResourceTemplatesResult::with_all_items(vec![
+            ResourceTemplate::new("zwarm://sessions/{id}", "session-transcript")
+                .with_description(
+                    "Full transcript of one session: every turn's prompt, complete response, agent messages, commands with exit codes, file changes, permission denials and usage",
+                )
+                .with_mime_type("application/json"),
+        ]))
+    }
+
+    async fn read_resource(
+        &self,
+        request: ReadResourceRequestParams,
+        _ctx: RequestContext<RoleServer>,
+    ) -> Result<ReadResourceResponse, McpError> {
+        let text = self.read(&request.uri)?;
+        Ok(ReadResourceResult::new(vec![
+            ResourceContents::text(text, request.uri.clone()).with_mime_type("application/json"),
+        ])
+        .into())
+    }
+
+    #[allow(deprecated)] // the subscription style Claude Code and Codex speak (≤ 2025-11-25)
+    async fn subscribe(
+        &self,
+        request: SubscribeRequestParams,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<(), McpError> {
+        self.read(&request.uri)?;
+        self.subs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((request.uri, ctx.peer));
+        Ok(())
+    }
+
+    #[allow(deprecated)]
+    async fn unsubscribe(
+        &self,
+        request: UnsubscribeRequestParams,
+        _ctx: RequestContext<RoleServer>,
+    ) -> Result<(), McpError> {
+        self.subs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(u, _)| *u != request.uri);
+        Ok(())
+    }
+
+    async fn list_prompts(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _ctx: RequestContext<RoleServer>,
+    ) -> Result<ListPromptsResult, McpError> {
+        Ok(ListPromptsResult::with_all_items(vec![Prompt::new(
+            "orchestrate",
+            Some(
+                "System prompt that teaches an orchestrator to use zwarm's tools well: plan, delegate with acceptance criteria, follow up, verify, recover",
+            ),
+            Some(vec![
+                PromptArgument::new("task")
+                    .with_description("The overall goal to orchestrate")
+                    .with_required(true),
+            ]),
+        )]))
+    }
+
+    async fn get_prompt(
+        &self,
+        request: GetPromptRequestParams,
+        _ctx: RequestContext<RoleServer>,
+    ) -> Result<GetPromptResponse, McpError> {
+        if request.name != "orchestrate" {
+            return Err(McpError::invalid_params(
+                format!(
+                    "unknown prompt `{}`; the only prompt is `orchestrate`",
+                    request.name
+                ),
+                None,
+            ));
+        }
+        let task = request
+            .arguments
+            .as_ref()
+            .and_then(|a| a.get("task"))
+            .map(|v| match v {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            })
+            .filter(|t| !t.trim().is_empty())
+            .ok_or_else(|| {
+                McpError::invalid_params("the `orchestrate` prompt needs a `task` argument", None)
+            })?;
+        Ok(GetPromptResult::new(vec![PromptMessage::new_text(
+            Role::User,
+            crate::prompt::orchestrate(&task),
+        )])
+        .with_description("How to orchestrate coding agents with zwarm")
+        .into())
     }
 }

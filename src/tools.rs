@@ -102,6 +102,12 @@ pub struct ListArgs {
     /// Only sessions with this status: queued, running, idle, failed, completed, cancelled.
     #[serde(default)]
     pub status: Option<String>,
+    /// Page size (default 50, at most 200).
+    #[serde(default, deserialize_with = "lenient_u64")]
+    pub limit: Option<u64>,
+    /// Skip this many sessions (from `next_offset` of the previous page).
+    #[serde(default, deserialize_with = "lenient_u64")]
+    pub offset: Option<u64>,
 }
 
 /// A command the executor ran.
@@ -120,8 +126,14 @@ pub struct TurnReport {
     pub mode: Mode,
     /// The turn this call started (1 for delegate).
     pub turn: u32,
-    /// The executor's final message, once the turn has finished.
+    /// The executor's final message, once the turn has finished (capped; see
+    /// `response_truncated`).
     pub response: Option<String>,
+    /// The response was longer than max_response_chars: its middle is omitted here, and
+    /// `transcript_uri` holds all of it.
+    pub response_truncated: bool,
+    /// Resource with the session's full transcript.
+    pub transcript_uri: String,
     /// Tokens used by this turn.
     pub usage: Usage,
     /// Cost of this turn in USD, when the executor reports it (claude).
@@ -167,8 +179,11 @@ pub struct SessionReport {
     /// The executor's own thread/session id.
     pub native_id: Option<String>,
     pub turns: Vec<TurnSummary>,
-    /// The last turn's final message.
+    /// The last turn's final message (capped; see `response_truncated`).
     pub response: Option<String>,
+    pub response_truncated: bool,
+    /// Resource with the full transcript (all responses uncut).
+    pub transcript_uri: String,
     pub recent_progress: Vec<String>,
     /// Tokens across all turns.
     pub usage: Usage,
@@ -208,7 +223,37 @@ pub struct SessionRow {
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct SessionList {
     pub sessions: Vec<SessionRow>,
+    /// Sessions in this page.
     pub count: usize,
+    /// Sessions matching the filter, over all pages.
+    pub total: usize,
+    /// Pass as `offset` to get the next page; absent on the last page.
+    pub next_offset: Option<usize>,
+}
+
+/// URI of the resource holding a session's full transcript.
+pub fn session_uri(id: &str) -> String {
+    format!("zwarm://sessions/{id}")
+}
+
+/// Cap an executor answer at `max` characters, keeping its head and tail and naming the
+/// resource that holds all of it. Returns the text and whether it was cut.
+pub fn cap_response(text: &str, max: usize, uri: &str) -> (String, bool) {
+    let total = text.chars().count();
+    if total <= max {
+        return (text.to_string(), false);
+    }
+    let head_n = max * 2 / 3;
+    let tail_n = max - head_n;
+    let head: String = text.chars().take(head_n).collect();
+    let tail: String = text.chars().skip(total - tail_n).collect();
+    (
+        format!(
+            "{head}\n\n[… {} of {total} characters omitted; read resource {uri} for the full response …]\n\n{tail}",
+            total - head_n - tail_n
+        ),
+        true,
+    )
 }
 
 fn commands(t: &Turn) -> Vec<CommandSummary> {
@@ -240,16 +285,27 @@ pub fn next_step(s: &Session, max_wait: u64) -> String {
     }
 }
 
-pub fn turn_report(s: &Session, turn: u32, max_wait: u64) -> TurnReport {
+pub fn turn_report(s: &Session, turn: u32, max_wait: u64, max_chars: usize) -> TurnReport {
     let t = s.turns.iter().find(|t| t.index == turn);
     let running = s.status.is_active();
+    let uri = session_uri(&s.id);
+    let (response, response_truncated) =
+        match t.and_then(|t| if running { None } else { t.response.as_deref() }) {
+            Some(r) => {
+                let (r, cut) = cap_response(r, max_chars, &uri);
+                (Some(r), cut)
+            }
+            None => (None, false),
+        };
     TurnReport {
         session_id: s.id.clone(),
         status: s.status,
         adapter: s.adapter,
         mode: s.mode,
         turn,
-        response: t.and_then(|t| if running { None } else { t.response.clone() }),
+        response,
+        response_truncated,
+        transcript_uri: uri,
         usage: t.map(|t| t.usage).unwrap_or_default(),
         cost_usd: t.and_then(|t| t.cost_usd),
         files_changed: t.map(|t| t.files_changed.clone()).unwrap_or_default(),
@@ -265,7 +321,17 @@ pub fn turn_report(s: &Session, turn: u32, max_wait: u64) -> TurnReport {
     }
 }
 
-pub fn session_report(s: &Session, max_wait: u64) -> SessionReport {
+pub fn session_report(s: &Session, max_wait: u64, max_chars: usize) -> SessionReport {
+    let uri = session_uri(&s.id);
+    let (response, response_truncated) = match s.last_turn().and_then(|t| t.response.as_deref()) {
+        Some(r) => {
+            let (r, cut) = cap_response(r, max_chars, &uri);
+            (Some(r), cut)
+        }
+        None => (None, false),
+    };
+    // Earlier turns' answers are shown shorter; all of them are in the resource.
+    let per_turn = (max_chars / 4).max(200);
     SessionReport {
         session_id: s.id.clone(),
         status: s.status,
@@ -282,7 +348,10 @@ pub fn session_report(s: &Session, max_wait: u64) -> SessionReport {
                 turn: t.index,
                 prompt: text::truncate_chars(&t.prompt, 500),
                 status: t.status,
-                response: t.response.clone(),
+                response: t
+                    .response
+                    .as_deref()
+                    .map(|r| cap_response(r, per_turn, &uri).0),
                 error: t.error.clone(),
                 api_status: t.api_status,
                 usage: t.usage,
@@ -294,7 +363,9 @@ pub fn session_report(s: &Session, max_wait: u64) -> SessionReport {
                 ended_at: t.ended_at.clone(),
             })
             .collect(),
-        response: s.last_turn().and_then(|t| t.response.clone()),
+        response,
+        response_truncated,
+        transcript_uri: uri.clone(),
         recent_progress: s.recent.iter().rev().take(10).rev().cloned().collect(),
         usage: s.total_usage(),
         cost_usd: s.total_cost(),

@@ -1,0 +1,252 @@
+//! Beyond tools: progress notifications, session resources and subscriptions, the
+//! `orchestrate` prompt, bounded answers and paging — through `zwarm serve` and real CLIs.
+
+mod support;
+
+use std::time::Duration;
+
+use rmcp::model::{
+    GetPromptRequestParams, ReadResourceRequestParams, ResourceContents, SubscribeRequestParams,
+};
+use serde_json::{Value, json};
+use support::harness::{Env, Zwarm, keyed_script};
+use support::mock_anthropic::AnthropicMock;
+use support::mock_openai::OpenAiMock;
+
+fn codex_env(extra: Value) -> (OpenAiMock, Env) {
+    let mock = OpenAiMock::start(json!({}));
+    let env = Env::new(Some(&mock), None);
+    let mut s = keyed_script("codex_keyed.json", &env.work);
+    if let Value::Object(m) = extra {
+        for (k, v) in m {
+            s["scenarios"][k] = v;
+        }
+    }
+    mock.set_script(s);
+    (mock, env)
+}
+
+async fn read(z: &Zwarm, uri: &str) -> Value {
+    let r = z
+        .client
+        .read_resource(ReadResourceRequestParams::new(uri))
+        .await
+        .unwrap_or_else(|e| panic!("read {uri}: {e}"));
+    let ResourceContents::TextResourceContents { text, .. } = &r.contents[0] else {
+        panic!("expected text")
+    };
+    serde_json::from_str(text).expect("resource is JSON")
+}
+
+async fn progress_messages(z: &Zwarm) -> Vec<String> {
+    tokio::time::sleep(Duration::from_millis(300)).await; // notifications are handled asynchronously
+    let mut p = z.recorder.progress.lock().unwrap().clone();
+    // rmcp's client handles each notification in its own task, so arrival order is not wire
+    // order; the progress value (strictly increasing as sent) is.
+    p.sort_by(|a, b| a.progress.total_cmp(&b.progress));
+    let values: Vec<f64> = p.iter().map(|n| n.progress).collect();
+    assert!(
+        values.windows(2).all(|w| w[0] < w[1]),
+        "progress values must be distinct and increasing: {values:?}"
+    );
+    p.into_iter().filter_map(|n| n.message).collect()
+}
+
+fn position(msgs: &[String], needle: &str) -> usize {
+    msgs.iter()
+        .position(|m| m.contains(needle))
+        .unwrap_or_else(|| panic!("no progress message contains {needle:?}: {msgs:#?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_delegate_streams_progress_naming_the_command_and_the_file() {
+    let (_mock, env) = codex_env(json!({}));
+    let z = Zwarm::start(&env, &[]).await;
+    // rmcp's client attaches a progressToken to every request, as Claude Code and Codex do.
+    let r = z.ok("delegate", json!({"task": "@@tools please"})).await;
+    assert_eq!(r["status"], "idle");
+    let msgs = progress_messages(&z).await;
+    let ran = position(
+        &msgs,
+        "codex ran `echo hello-from-shell > from_shell.txt && ls -la && pwd` — exit 0",
+    );
+    let file = position(&msgs, "hello.py");
+    let done = position(&msgs, "codex: turn finished");
+    assert!(ran < file && file < done, "out of order: {msgs:#?}");
+    assert!(msgs[file].contains("codex created"), "{msgs:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claude_progress_names_its_edits() {
+    let mock = AnthropicMock::start(json!({}));
+    let env = Env::new(None, Some(&mock));
+    mock.set_script(keyed_script("claude_keyed.json", &env.work));
+    let z = Zwarm::start(&env, &[]).await;
+    let r = z
+        .ok("delegate", json!({"task": "@@tools", "adapter": "claude"}))
+        .await;
+    assert_eq!(r["status"], "idle");
+    let msgs = progress_messages(&z).await;
+    let ran = position(&msgs, "claude ran `echo hi > out.txt && ls` — exit 0");
+    let wrote = position(&msgs, "written.txt");
+    assert!(msgs[wrote].starts_with("claude created"), "{msgs:#?}");
+    assert!(ran < wrote && wrote < position(&msgs, "claude: turn finished"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_are_resources_with_full_transcripts_and_updates() {
+    let (_mock, env) = codex_env(json!({
+        "second": [
+            {"items": [{"function_call": {"name": "exec_command", "arguments": {"cmd": "echo two > two.txt"}}}]},
+            {"items": [{"custom_tool_call": {"name": "apply_patch", "input": "*** Begin Patch\n*** Add File: second.py\n+print(2)\n*** End Patch\n"}}]},
+            {"items": [{"message": "second turn done"}]}
+        ]
+    }));
+    let z = Zwarm::start(&env, &[]).await;
+    let resources = z.client.list_all_resources().await.unwrap();
+    let uris: Vec<&str> = resources.iter().map(|r| r.uri.as_str()).collect();
+    assert!(
+        uris.contains(&"zwarm://sessions") && uris.contains(&"zwarm://events"),
+        "{uris:?}"
+    );
+    let templates = z.client.list_all_resource_templates().await.unwrap();
+    assert!(
+        templates
+            .iter()
+            .any(|t| t.uri_template == "zwarm://sessions/{id}")
+    );
+
+    let r = z.ok("delegate", json!({"task": "@@tools please"})).await;
+    let id = r["session_id"].as_str().unwrap().to_string();
+    let uri = format!("zwarm://sessions/{id}");
+    assert_eq!(r["transcript_uri"], uri.as_str());
+    #[allow(deprecated)]
+    z.client
+        .subscribe(SubscribeRequestParams::new(uri.clone()))
+        .await
+        .unwrap();
+    let c = z
+        .ok("converse", json!({"session_id": id, "message": "@@second"}))
+        .await;
+    assert_eq!(c["response"], "second turn done", "{c}");
+
+    let t = read(&z, &uri).await;
+    assert_eq!(t["session_id"], id.as_str());
+    let turns = t["turns"].as_array().unwrap();
+    assert_eq!(turns.len(), 2);
+    assert_eq!(
+        turns[0]["commands"][0]["command"],
+        "echo hello-from-shell > from_shell.txt && ls -la && pwd"
+    );
+    assert_eq!(turns[0]["commands"][0]["exit_code"], 0);
+    assert!(
+        turns[0]["files_changed"][0]["path"]
+            .as_str()
+            .unwrap()
+            .ends_with("hello.py")
+    );
+    assert_eq!(turns[1]["commands"][0]["command"], "echo two > two.txt");
+    assert!(
+        turns[1]["files_changed"][0]["path"]
+            .as_str()
+            .unwrap()
+            .ends_with("second.py")
+    );
+    assert_eq!(turns[1]["response"], "second turn done");
+    assert!(turns[1]["usage"]["input_tokens"].as_u64().unwrap() > 0);
+
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let updated = z.recorder.updated.lock().unwrap().clone();
+    assert!(
+        updated.iter().filter(|u| **u == uri).count() >= 2,
+        "subscribed session sent no updates: {updated:?}"
+    );
+
+    let index = read(&z, "zwarm://sessions").await;
+    assert_eq!(index["sessions"][0]["session_id"], id.as_str());
+    let events = read(&z, "zwarm://events").await;
+    assert!(
+        events
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["event"] == "turn_finished" && e["session_id"] == id.as_str())
+    );
+    let missing = z
+        .client
+        .read_resource(ReadResourceRequestParams::new(
+            "zwarm://sessions/nope-nope-nope",
+        ))
+        .await;
+    assert!(missing.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orchestrate_prompt_carries_the_task() {
+    let (_mock, env) = codex_env(json!({}));
+    let z = Zwarm::start(&env, &[]).await;
+    let prompts = z.client.list_all_prompts().await.unwrap();
+    assert!(prompts.iter().any(|p| p.name == "orchestrate"));
+    let mut args = serde_json::Map::new();
+    args.insert("task".into(), json!("port the billing module to Rust"));
+    let p = z
+        .client
+        .get_prompt(GetPromptRequestParams::new("orchestrate").with_arguments(args))
+        .await
+        .unwrap();
+    let text = serde_json::to_string(&p.messages).unwrap();
+    assert!(text.contains("port the billing module to Rust"));
+    assert!(
+        text.contains("acceptance criteria")
+            && text.contains("check_session")
+            && text.contains("end_session")
+    );
+    let info = z.client.peer_info().unwrap();
+    assert_eq!(info.server_info.as_ref().unwrap().name, "zwarm");
+    assert!(
+        info.instructions
+            .as_deref()
+            .unwrap_or("")
+            .contains("check_session")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_answer_is_capped_in_the_result_and_whole_in_the_resource() {
+    let big = format!("BEGIN{}END", "0123456789".repeat(19_999));
+    assert_eq!(big.len(), 199_998);
+    let (_mock, env) = codex_env(json!({"big": [{"items": [{"message": big}]}]}));
+    let z = Zwarm::start(&env, &[]).await;
+    let r = z.ok("delegate", json!({"task": "@@big"})).await;
+    assert_eq!(r["status"], "idle", "{r}");
+    let resp = r["response"].as_str().unwrap();
+    assert!(resp.chars().count() < 8_300, "{}", resp.len());
+    assert!(resp.starts_with("BEGIN") && resp.ends_with("END"));
+    let id = r["session_id"].as_str().unwrap();
+    assert!(resp.contains(&format!("zwarm://sessions/{id}")));
+    assert_eq!(r["response_truncated"], true);
+    let s = z.ok("check_session", json!({"session_id": id})).await;
+    assert!(s["response"].as_str().unwrap().len() < 8_300);
+    assert!(
+        s.to_string().len() < 20_000,
+        "check_session must stay bounded"
+    );
+    let t = read(&z, &format!("zwarm://sessions/{id}")).await;
+    assert_eq!(t["turns"][0]["response"].as_str().unwrap(), big);
+
+    // list_sessions pages.
+    z.ok("delegate", json!({"task": "small"})).await;
+    let p1 = z.ok("list_sessions", json!({"limit": 1})).await;
+    assert_eq!(p1["count"], 1);
+    assert_eq!(p1["total"], 2);
+    assert_eq!(p1["next_offset"], 1);
+    let p2 = z
+        .ok("list_sessions", json!({"limit": 1, "offset": 1}))
+        .await;
+    assert_eq!(p2["count"], 1);
+    assert!(p2["next_offset"].is_null());
+    assert_ne!(
+        p1["sessions"][0]["session_id"],
+        p2["sessions"][0]["session_id"]
+    );
+}

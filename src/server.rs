@@ -40,8 +40,11 @@ pub struct ZwarmServer {
     manager: Manager,
     tool_router: rmcp::handler::server::router::tool::ToolRouter<ZwarmServer>,
     /// Resource subscriptions: (uri, the client that asked).
-    subs: Arc<Mutex<Vec<(String, Peer<RoleServer>)>>>,
+    subs: Subscriptions,
 }
+
+/// Resource subscriptions: (uri, the client that asked).
+type Subscriptions = Arc<Mutex<Vec<(String, Peer<RoleServer>)>>>;
 
 pub const SESSIONS_URI: &str = "zwarm://sessions";
 pub const EVENTS_URI: &str = "zwarm://events";
@@ -85,7 +88,7 @@ impl ZwarmServer {
     /// Must be called inside a tokio runtime: it starts the task that turns session changes
     /// into resource-updated notifications for subscribers.
     pub fn new(manager: Manager) -> Self {
-        let subs: Arc<Mutex<Vec<(String, Peer<RoleServer>)>>> = Arc::default();
+        let subs: Subscriptions = Arc::default();
         let mut changes = manager.subscribe_changes();
         let subs2 = subs.clone();
         tokio::spawn(async move {

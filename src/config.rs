@@ -35,6 +35,8 @@ pub struct Config {
     pub list_page_size: usize,
     pub codex: CodexConfig,
     pub claude: ClaudeConfig,
+    /// Guardrails (see `crate::watch`).
+    pub watchers: crate::watch::WatchersConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -76,6 +78,7 @@ impl Default for Config {
             list_page_size: 50,
             codex: CodexConfig::default(),
             claude: ClaudeConfig::default(),
+            watchers: Default::default(),
         }
     }
 }
@@ -109,7 +112,11 @@ impl Default for ClaudeConfig {
 enum Kind {
     Str,
     Int,
+    Float,
+    Bool,
     StrList,
+    /// A table or array checked by serde only (price tables, pattern rules).
+    Free,
 }
 
 /// Every key a layer may set, with its type (used to parse env and `--set` values).
@@ -134,6 +141,36 @@ const KEYS: &[(&str, Kind)] = &[
     ("claude.allowed_tools", Kind::StrList),
     ("claude.append_system_prompt", Kind::Str),
     ("claude.extra_args", Kind::StrList),
+    ("watchers.progress.enabled", Kind::Bool),
+    ("watchers.progress.priority", Kind::Int),
+    ("watchers.progress.repeat_calls", Kind::Int),
+    ("watchers.progress.stalled_calls", Kind::Int),
+    ("watchers.progress.repeat_commands", Kind::Int),
+    ("watchers.progress.action", Kind::Str),
+    ("watchers.budget.enabled", Kind::Bool),
+    ("watchers.budget.priority", Kind::Int),
+    ("watchers.budget.max_sessions", Kind::Int),
+    ("watchers.budget.max_running", Kind::Int),
+    ("watchers.budget.max_turns_per_session", Kind::Int),
+    ("watchers.budget.max_tokens", Kind::Int),
+    ("watchers.budget.max_cost_usd", Kind::Float),
+    ("watchers.budget.warn_percent", Kind::Float),
+    ("watchers.budget.action", Kind::Str),
+    ("watchers.budget.prices", Kind::Free),
+    ("watchers.scope.enabled", Kind::Bool),
+    ("watchers.scope.priority", Kind::Int),
+    ("watchers.scope.focus", Kind::StrList),
+    ("watchers.scope.avoid", Kind::StrList),
+    ("watchers.scope.allowed_paths", Kind::StrList),
+    ("watchers.scope.action", Kind::Str),
+    ("watchers.pattern.enabled", Kind::Bool),
+    ("watchers.pattern.priority", Kind::Int),
+    ("watchers.pattern.builtin_rules", Kind::Bool),
+    ("watchers.pattern.rules", Kind::Free),
+    ("watchers.quality.enabled", Kind::Bool),
+    ("watchers.quality.priority", Kind::Int),
+    ("watchers.quality.max_files", Kind::Int),
+    ("watchers.quality.require_tests", Kind::Bool),
 ];
 
 /// Environment variables that are not config keys but are still zwarm's.
@@ -274,6 +311,7 @@ fn validate(cfg: &Config) -> Result<(), ConfigError> {
             "list_page_size must be at least 1".into(),
         ));
     }
+    crate::watch::Watchers::from_config(&cfg.watchers).map_err(ConfigError::Invalid)?;
     if cfg.turn_timeout_seconds == 0 {
         return Err(ConfigError::Invalid(
             "turn_timeout_seconds must be at least 1".into(),
@@ -381,6 +419,34 @@ fn set_path(
             expected: "a whole number",
             value: raw.into(),
         })?),
+        Kind::Float => Value::Float(raw.parse::<f64>().map_err(|_| ConfigError::BadValue {
+            key: key.into(),
+            source_name: source_name.into(),
+            expected: "a number",
+            value: raw.into(),
+        })?),
+        Kind::Bool => Value::Boolean(match raw.to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" | "on" => true,
+            "false" | "0" | "no" | "off" => false,
+            _ => {
+                return Err(ConfigError::BadValue {
+                    key: key.into(),
+                    source_name: source_name.into(),
+                    expected: "true or false",
+                    value: raw.into(),
+                });
+            }
+        }),
+        Kind::Free => format!("v = {raw}")
+            .parse::<toml::Table>()
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .ok_or_else(|| ConfigError::BadValue {
+                key: key.into(),
+                source_name: source_name.into(),
+                expected: "a TOML value (table or array)",
+                value: raw.into(),
+            })?,
         Kind::StrList => {
             if raw.trim_start().starts_with('[') {
                 format!("v = {raw}")
@@ -512,6 +578,36 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("whole number"), "{e}");
+    }
+
+    #[test]
+    fn watcher_settings_layer_and_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(
+            &f,
+            "[watchers.budget]\nmax_cost_usd = 2.5\n[watchers.budget.prices.\"gpt-5.5\"]\ninput_per_million = 1.0\noutput_per_million = 8.0\n[[watchers.pattern.rules]]\nname = \"no-sleep\"\nregex = \"sleep\"\naction = \"abort\"\n",
+        )
+        .unwrap();
+        let mut s = src(
+            &[("ZWARM_WATCHERS_QUALITY_ENABLED", "false")],
+            &["watchers.budget.max_tokens=1000"],
+        );
+        s.config_file = Some(f);
+        let c = load(&s).unwrap();
+        assert_eq!(c.watchers.budget.max_cost_usd, Some(2.5));
+        assert_eq!(c.watchers.budget.max_tokens, Some(1000));
+        assert_eq!(c.watchers.budget.prices["gpt-5.5"].output_per_million, 8.0);
+        assert_eq!(c.watchers.pattern.rules[0].action, "abort");
+        assert!(!c.watchers.quality.enabled);
+        let e = load(&src(&[], &["watchers.budget.max_cost=1"]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("watchers.budget.max_cost"), "{e}");
+        let e = load(&src(&[], &["watchers.scope.action=explode"]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("explode"), "{e}");
     }
 
     #[test]

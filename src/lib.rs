@@ -15,3 +15,4 @@ pub mod session;
 pub mod store;
 pub mod text;
 pub mod tools;
+pub mod watch;

@@ -30,6 +30,7 @@ use crate::process;
 use crate::session::{CommandRecord, Mode, Owner, Session, SessionStatus, Turn, TurnStatus, now};
 use crate::store::{Store, StoreError};
 use crate::text;
+use crate::watch::{Action, CallInfo, Firing, WatcherNote, Watchers};
 
 /// Longest stdout line accepted from an executor (a 200 000-character answer is one line).
 const MAX_LINE: usize = 32 * 1024 * 1024;
@@ -85,6 +86,8 @@ pub enum ManagerError {
     ForeignOwner { id: String, pid: u32 },
     #[error("zwarm is shutting down; no new turns are started.")]
     ShuttingDown,
+    #[error("watcher configuration: {0}")]
+    Watchers(String),
     #[error(transparent)]
     Executor(#[from] ExecutorError),
     #[error(
@@ -127,6 +130,7 @@ struct Inner {
     tasks: TaskTracker,
     notices: broadcast::Sender<Notice>,
     changes: broadcast::Sender<String>,
+    watchers: Watchers,
 }
 
 struct Cell {
@@ -199,6 +203,7 @@ impl Manager {
             .map(|r| std::fs::canonicalize(&r).unwrap_or(r))
             .collect();
         let slots = Arc::new(Semaphore::new(cfg.max_running));
+        let watchers = Watchers::from_config(&cfg.watchers).map_err(ManagerError::Watchers)?;
         let inner = Arc::new(Inner {
             cfg,
             store,
@@ -211,6 +216,7 @@ impl Manager {
             tasks: TaskTracker::new(),
             notices: broadcast::channel(1024).0,
             changes: broadcast::channel(1024).0,
+            watchers,
         });
         let m = Manager { inner };
         m.recover();
@@ -390,6 +396,7 @@ impl Manager {
             native_usage: Default::default(),
             owner: self.owner(),
             recent: Default::default(),
+            watcher_notes: vec![],
         };
         let cell = Cell::new(s, self.inner.changes.clone());
         lock(&self.inner.cells).insert(id.clone(), cell.clone());
@@ -561,21 +568,143 @@ impl Manager {
 
     /// Every session (this server's and others' on the same state dir), newest first.
     pub fn list(&self, status: Option<SessionStatus>) -> Vec<Session> {
+        all_sessions(&self.inner)
+            .into_iter()
+            .filter(|s| status.is_none_or(|st| s.status == st))
+            .collect()
+    }
+
+    /// Names of the enabled watchers.
+    pub fn watcher_names(&self) -> Vec<&'static str> {
+        self.inner.watchers.names()
+    }
+
+    /// Run the watchers before a tool call. `Err` is a refusal with the text to show;
+    /// `Ok` carries notes to add to the result.
+    pub fn before_call(
+        &self,
+        tool: &str,
+        args: &serde_json::Value,
+        acknowledge: bool,
+    ) -> Result<Vec<WatcherNote>, String> {
+        let sessions = self.list(None);
+        let d = self
+            .inner
+            .watchers
+            .before_call(&CallInfo { tool, args }, &sessions, acknowledge);
+        for f in &d.firings {
+            self.inner.store.append_event(
+                "watcher_fired",
+                None,
+                serde_json::json!({"watcher": f.watcher, "action": f.action, "message": f.message, "tool": tool}),
+            );
+        }
+        if let Some(reason) = &d.abort_now {
+            interrupt_all(&self.inner, &format!("aborted by watcher {reason}"));
+            self.inner.store.append_event(
+                "watchers_abort",
+                None,
+                serde_json::json!({"reason": reason}),
+            );
+        }
+        if acknowledge && self.inner.watchers.gate().paused.is_none() && starts_work(tool) {
+            self.inner.store.append_event(
+                "pause_acknowledged",
+                None,
+                serde_json::json!({"tool": tool}),
+            );
+        }
+        match d.refuse {
+            Some(r) => {
+                self.inner.store.append_event(
+                    "call_refused",
+                    None,
+                    serde_json::json!({"tool": tool, "reason": r}),
+                );
+                Err(r)
+            }
+            None => Ok(d.firings.iter().map(|f| f.note(None)).collect()),
+        }
+    }
+}
+
+fn starts_work(tool: &str) -> bool {
+    matches!(tool, "delegate" | "converse")
+}
+
+/// Every session on the state dir: this server's from memory, others' from disk.
+fn all_sessions(inner: &Inner) -> Vec<Session> {
+    {
         let mut by_id: HashMap<String, Session> = HashMap::new();
-        for s in self.inner.store.load_all() {
+        for s in inner.store.load_all() {
             by_id.insert(s.id.clone(), s);
         }
-        for (id, c) in lock(&self.inner.cells).iter() {
-            by_id.insert(id.clone(), c.snapshot());
-        }
-        let mut v: Vec<Session> = by_id
-            .into_values()
-            .filter(|s| status.is_none_or(|st| s.status == st))
+        let cells: Vec<(String, Arc<Cell>)> = lock(&inner.cells)
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
+        for (id, c) in cells {
+            by_id.insert(id, c.snapshot());
+        }
+        let mut v: Vec<Session> = by_id.into_values().collect();
         v.sort_by(|a, b| b.updated_at.cmp(&a.updated_at).then(a.id.cmp(&b.id)));
         v
     }
+}
 
+/// Interrupt every running or queued turn of this server (a watcher aborted).
+fn interrupt_all(inner: &Inner, reason: &str) {
+    let cells: Vec<Arc<Cell>> = lock(&inner.cells).values().cloned().collect();
+    for c in cells {
+        if !c.snapshot().status.is_active() {
+            continue;
+        }
+        if let Some(control) = lock(&c.turn).clone() {
+            lock(&control.reason).get_or_insert_with(|| reason.to_string());
+            control.cancel.cancel();
+        }
+    }
+}
+
+/// Record watcher firings about a session's turn, and enforce an abort.
+fn record_firings(inner: &Inner, cell: &Cell, turn: u32, firings: &[Firing]) {
+    if firings.is_empty() {
+        return;
+    }
+    let id = {
+        let mut s = lock(&cell.session);
+        for f in firings {
+            s.watcher_notes.push(f.note(Some(turn)));
+        }
+        let excess = s.watcher_notes.len().saturating_sub(100);
+        s.watcher_notes.drain(..excess);
+        if let Err(e) = inner.store.save_session(&s) {
+            tracing::error!(error = %e, "cannot save session");
+        }
+        s.id.clone()
+    };
+    for f in firings {
+        tracing::info!(session = %id, watcher = %f.watcher, action = ?f.action, message = %f.message, "watcher fired");
+        inner.store.append_event(
+            "watcher_fired",
+            Some(&id),
+            serde_json::json!({"turn": turn, "watcher": f.watcher, "action": f.action, "message": f.message}),
+        );
+    }
+    if let Some(w) = crate::watch::winner(firings)
+        && w.action == Action::Abort
+    {
+        let reason = format!("aborted by watcher {}: {}", w.watcher, w.message);
+        interrupt_all(inner, &reason);
+        inner.store.append_event(
+            "watchers_abort",
+            Some(&id),
+            serde_json::json!({"reason": reason}),
+        );
+    }
+}
+
+impl Manager {
     /// Wait until the session's turn is no longer queued/running, `timeout` passes, or `cancel`
     /// fires. Returns the session as it is then.
     pub async fn wait(
@@ -1006,6 +1135,8 @@ fn apply(inner: &Inner, cell: &Cell, index: u32, ev: ExecutorEvent, outcome: &mu
         }
         (s.id.clone(), adapter)
     };
+    let firings = inner.watchers.on_event(&cell.snapshot(), &ev);
+    record_firings(inner, cell, index, &firings);
     cell.bump();
     let message = ev.summary(adapter.as_str());
     let _ = inner.notices.send(Notice {
@@ -1157,6 +1288,9 @@ fn finish(
         }
         (s.id.clone(), turn_status, error)
     };
+    let snapshot = cell.snapshot();
+    let firings = inner.watchers.after_turn(&snapshot, &all_sessions(inner));
+    record_firings(inner, cell, index, &firings);
     *lock(&cell.turn) = None;
     cell.bump();
     inner.store.append_event(

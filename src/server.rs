@@ -27,6 +27,14 @@ use tokio_util::sync::CancellationToken;
 use crate::manager::{DelegateRequest, Manager, ManagerError};
 use crate::session::{Mode, Session, SessionStatus};
 use crate::tools::*;
+use crate::watch::WatcherNote;
+
+/// Put the notes from the pre-call watchers in front of the result's own.
+fn with_notes(mut own: Vec<WatcherNote>, call: Vec<WatcherNote>) -> Vec<WatcherNote> {
+    let mut all = call;
+    all.append(&mut own);
+    all
+}
 
 pub const INSTRUCTIONS: &str = "zwarm runs coding agents (codex, claude) for you as executors.\n\
 1. delegate(task, …) starts a session: write the task with acceptance criteria. mode=sync waits (bounded by the host's tool timeout); mode=async returns at once.\n\
@@ -118,6 +126,19 @@ impl ZwarmServer {
             tool_router: Self::tool_router(),
             subs,
         }
+    }
+
+    /// Run the watchers before a call: a refusal becomes the call's error result.
+    fn guard<A: Serialize>(
+        &self,
+        tool: &str,
+        args: &A,
+        acknowledge: bool,
+    ) -> Result<Vec<WatcherNote>, CallToolResult> {
+        let v = serde_json::to_value(args).unwrap_or(serde_json::Value::Null);
+        self.manager
+            .before_call(tool, &v, acknowledge)
+            .map_err(fail)
     }
 
     fn max_chars(&self) -> usize {
@@ -265,6 +286,10 @@ impl ZwarmServer {
         Parameters(a): Parameters<DelegateArgs>,
         ctx: RequestContext<RoleServer>,
     ) -> ToolResult {
+        let notes = match self.guard("delegate", &a, a.acknowledge_pause) {
+            Ok(n) => n,
+            Err(r) => return Ok(r),
+        };
         let mode = a.mode.clone();
         let id = match self.manager.delegate(DelegateRequest {
             task: a.task,
@@ -284,7 +309,11 @@ impl ZwarmServer {
             self.wait_turn(&id, budget, &ctx).await
         };
         match s {
-            Ok(s) => ok(&turn_report(&s, 1, max, self.max_chars())),
+            Ok(s) => {
+                let mut r = turn_report(&s, 1, max, self.max_chars());
+                r.watchers = with_notes(r.watchers, notes);
+                ok(&r)
+            }
             Err(e) => err(e),
         }
     }
@@ -300,6 +329,10 @@ impl ZwarmServer {
         Parameters(a): Parameters<ConverseArgs>,
         ctx: RequestContext<RoleServer>,
     ) -> ToolResult {
+        let notes = match self.guard("converse", &a, a.acknowledge_pause) {
+            Ok(n) => n,
+            Err(r) => return Ok(r),
+        };
         let is_async = match a.mode.as_deref().filter(|m| !m.trim().is_empty()) {
             None => false,
             Some(m) => match Mode::parse(m) {
@@ -318,7 +351,11 @@ impl ZwarmServer {
             self.wait_turn(&id, budget, &ctx).await
         };
         match s {
-            Ok(s) => ok(&turn_report(&s, turn, max, self.max_chars())),
+            Ok(s) => {
+                let mut r = turn_report(&s, turn, max, self.max_chars());
+                r.watchers = with_notes(r.watchers, notes);
+                ok(&r)
+            }
             Err(e) => err(e),
         }
     }
@@ -334,6 +371,10 @@ impl ZwarmServer {
         Parameters(a): Parameters<CheckArgs>,
         ctx: RequestContext<RoleServer>,
     ) -> ToolResult {
+        let notes = match self.guard("check_session", &a, false) {
+            Ok(n) => n,
+            Err(r) => return Ok(r),
+        };
         let (budget, max) = self.wait_budget(&ctx, a.wait_seconds, true);
         let s = if budget.is_zero() {
             self.manager.get(&a.session_id)
@@ -341,7 +382,11 @@ impl ZwarmServer {
             self.manager.wait(&a.session_id, budget, &ctx.ct).await
         };
         match s {
-            Ok(s) => ok(&session_report(&s, max, self.max_chars())),
+            Ok(s) => {
+                let mut r = session_report(&s, max, self.max_chars());
+                r.watchers = with_notes(r.watchers, notes);
+                ok(&r)
+            }
             Err(e) => err(e),
         }
     }
@@ -353,6 +398,10 @@ impl ZwarmServer {
         annotations(title = "End a session", read_only_hint = false, destructive_hint = true, idempotent_hint = false, open_world_hint = false)
     )]
     async fn end_session(&self, Parameters(a): Parameters<EndArgs>) -> ToolResult {
+        let notes = match self.guard("end_session", &a, false) {
+            Ok(n) => n,
+            Err(r) => return Ok(r),
+        };
         let verdict = match a
             .verdict
             .as_deref()
@@ -379,6 +428,7 @@ impl ZwarmServer {
                 status: s.status,
                 summary: s.summary.clone(),
                 interrupted_turn: interrupted,
+                watchers: notes,
             }),
             Err(e) => err(e),
         }
@@ -390,6 +440,10 @@ impl ZwarmServer {
         annotations(title = "List sessions", read_only_hint = true, open_world_hint = false)
     )]
     async fn list_sessions(&self, Parameters(a): Parameters<ListArgs>) -> ToolResult {
+        let notes = match self.guard("list_sessions", &a, false) {
+            Ok(n) => n,
+            Err(r) => return Ok(r),
+        };
         let status = match a.status.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
             None => None,
             Some(s) => match SessionStatus::parse(s) {
@@ -419,6 +473,7 @@ impl ZwarmServer {
             total: all.len(),
             next_offset: (next < all.len()).then_some(next),
             sessions,
+            watchers: notes,
         })
     }
 }

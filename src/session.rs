@@ -157,6 +157,9 @@ pub struct Session {
     pub owner: Owner,
     #[serde(default)]
     pub recent: VecDeque<String>,
+    /// What watchers said about this session (nudges, pauses, aborts).
+    #[serde(default)]
+    pub watcher_notes: Vec<crate::watch::WatcherNote>,
 }
 
 impl Session {

@@ -13,6 +13,7 @@ use crate::event::{FileChange, PermissionDenial, Usage};
 use crate::executor::Adapter;
 use crate::session::{Mode, Session, SessionStatus, Turn, TurnStatus};
 use crate::text;
+use crate::watch::WatcherNote;
 
 /// Accept `30`, `30.0` or `"30"`.
 fn lenient_u64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
@@ -36,7 +37,7 @@ fn lenient_u64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error>
     })
 }
 
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
 pub struct DelegateArgs {
     /// What the executor should do. Be specific and include acceptance criteria
     /// (e.g. "add a unit test for X; `cargo test` must pass").
@@ -59,9 +60,12 @@ pub struct DelegateArgs {
     /// (default and maximum: a safe margin under the host's tool-call timeout).
     #[serde(default, deserialize_with = "lenient_u64")]
     pub wait_seconds: Option<u64>,
+    /// Set to true to continue after a watcher paused zwarm (only after the user agreed).
+    #[serde(default)]
+    pub acknowledge_pause: bool,
 }
 
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
 pub struct ConverseArgs {
     /// Session id from delegate (or a unique prefix of 8+ characters).
     pub session_id: String,
@@ -73,9 +77,12 @@ pub struct ConverseArgs {
     /// Sync mode: how long to wait for the turn before returning with status running.
     #[serde(default, deserialize_with = "lenient_u64")]
     pub wait_seconds: Option<u64>,
+    /// Set to true to continue after a watcher paused zwarm (only after the user agreed).
+    #[serde(default)]
+    pub acknowledge_pause: bool,
 }
 
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
 pub struct CheckArgs {
     /// Session id (or a unique prefix of 8+ characters).
     pub session_id: String,
@@ -85,7 +92,7 @@ pub struct CheckArgs {
     pub wait_seconds: Option<u64>,
 }
 
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
 pub struct EndArgs {
     /// Session id (or a unique prefix of 8+ characters).
     pub session_id: String,
@@ -97,7 +104,7 @@ pub struct EndArgs {
     pub summary: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[derive(Debug, Default, Serialize, Deserialize, JsonSchema)]
 pub struct ListArgs {
     /// Only sessions with this status: queued, running, idle, failed, completed, cancelled.
     #[serde(default)]
@@ -145,6 +152,8 @@ pub struct TurnReport {
     /// What the executor did most recently (while running).
     pub recent_progress: Vec<String>,
     pub error: Option<String>,
+    /// What zwarm's watchers (guardrails) say: read and act on these.
+    pub watchers: Vec<WatcherNote>,
     /// What the orchestrator should do now.
     pub next_step: String,
 }
@@ -193,6 +202,8 @@ pub struct SessionReport {
     pub summary: Option<String>,
     pub created_at: String,
     pub updated_at: String,
+    /// What zwarm's watchers (guardrails) say: read and act on these.
+    pub watchers: Vec<WatcherNote>,
     pub next_step: String,
 }
 
@@ -204,6 +215,8 @@ pub struct EndReport {
     pub summary: Option<String>,
     /// Whether a running turn was interrupted.
     pub interrupted_turn: bool,
+    /// What zwarm's watchers (guardrails) say: read and act on these.
+    pub watchers: Vec<WatcherNote>,
 }
 
 #[derive(Debug, Serialize, JsonSchema)]
@@ -229,6 +242,8 @@ pub struct SessionList {
     pub total: usize,
     /// Pass as `offset` to get the next page; absent on the last page.
     pub next_offset: Option<usize>,
+    /// What zwarm's watchers (guardrails) say: read and act on these.
+    pub watchers: Vec<WatcherNote>,
 }
 
 /// URI of the resource holding a session's full transcript.
@@ -317,6 +332,12 @@ pub fn turn_report(s: &Session, turn: u32, max_wait: u64, max_chars: usize) -> T
             vec![]
         },
         error: t.and_then(|t| t.error.clone()).or_else(|| s.error.clone()),
+        watchers: s
+            .watcher_notes
+            .iter()
+            .filter(|n| n.turn == Some(turn))
+            .cloned()
+            .collect(),
         next_step: next_step(s, max_wait),
     }
 }
@@ -373,6 +394,14 @@ pub fn session_report(s: &Session, max_wait: u64, max_chars: usize) -> SessionRe
         summary: s.summary.clone(),
         created_at: s.created_at.clone(),
         updated_at: s.updated_at.clone(),
+        watchers: s
+            .watcher_notes
+            .iter()
+            .rev()
+            .take(20)
+            .rev()
+            .cloned()
+            .collect(),
         next_step: next_step(s, max_wait),
     }
 }

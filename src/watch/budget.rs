@@ -1,0 +1,179 @@
+//! budget: hard limits on sessions, running turns, turns per session, tokens and cost.
+//!
+//! Limits are checked before every `delegate`/`converse` across all sessions on the state
+//! dir. Past a limit the call is stopped with `action` (default `abort`: a hard stop); past
+//! `warn_percent` of a limit, a nudge warns first. Claude reports its cost; codex reports only
+//! tokens, which are priced from `prices` (USD per million tokens, per model; `default` for
+//! sessions without a model).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::{Action, CallInfo, Finding, Watcher, action_setting};
+use crate::executor::Adapter;
+use crate::session::Session;
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Price {
+    pub input_per_million: f64,
+    pub output_per_million: f64,
+    #[serde(default)]
+    pub cached_input_per_million: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BudgetConfig {
+    pub enabled: bool,
+    pub priority: i32,
+    pub max_sessions: Option<usize>,
+    pub max_running: Option<usize>,
+    pub max_turns_per_session: Option<usize>,
+    pub max_tokens: Option<u64>,
+    pub max_cost_usd: Option<f64>,
+    /// Nudge when a total reaches this percentage of its limit.
+    pub warn_percent: f64,
+    /// What to do when a limit is exceeded.
+    pub action: String,
+    pub prices: BTreeMap<String, Price>,
+}
+
+impl Default for BudgetConfig {
+    fn default() -> Self {
+        BudgetConfig {
+            enabled: true,
+            priority: 10,
+            max_sessions: None,
+            max_running: None,
+            max_turns_per_session: None,
+            max_tokens: None,
+            max_cost_usd: None,
+            warn_percent: 80.0,
+            action: "abort".into(),
+            prices: BTreeMap::new(),
+        }
+    }
+}
+
+pub struct Budget {
+    cfg: BudgetConfig,
+    action: Action,
+}
+
+impl Budget {
+    pub fn new(cfg: &BudgetConfig) -> Result<Budget, String> {
+        Ok(Budget {
+            action: action_setting("watchers.budget.action", &cfg.action)?,
+            cfg: cfg.clone(),
+        })
+    }
+
+    /// Cost of one session in USD: reported (claude) or priced from tokens (codex).
+    pub fn session_cost(&self, s: &Session) -> f64 {
+        if s.adapter == Adapter::Claude || s.total_cost().is_some() {
+            return s.total_cost().unwrap_or(0.0);
+        }
+        let price = s
+            .model
+            .as_deref()
+            .and_then(|m| self.cfg.prices.get(m))
+            .or_else(|| self.cfg.prices.get("default"));
+        let Some(p) = price else { return 0.0 };
+        let u = s.total_usage();
+        let cached = u.cached_input_tokens.min(u.input_tokens) as f64;
+        let fresh = u.input_tokens as f64 - cached;
+        (fresh * p.input_per_million
+            + cached * p.cached_input_per_million.unwrap_or(p.input_per_million)
+            + u.output_tokens as f64 * p.output_per_million)
+            / 1_000_000.0
+    }
+}
+
+impl Watcher for Budget {
+    fn name(&self) -> &'static str {
+        "budget"
+    }
+
+    fn before_call(&self, call: &CallInfo, sessions: &[Session]) -> Result<Finding, String> {
+        if !matches!(call.tool, "delegate" | "converse") {
+            return Ok(None);
+        }
+        let new_session = call.tool == "delegate";
+        let mut checks: Vec<(&str, f64, f64, String)> = Vec::new(); // (what, value after call, limit, unit)
+        if let Some(max) = self.cfg.max_sessions {
+            let n = sessions.len() + usize::from(new_session);
+            checks.push(("sessions", n as f64, max as f64, String::new()));
+        }
+        if let Some(max) = self.cfg.max_running {
+            let n = sessions.iter().filter(|s| s.status.is_active()).count() + 1;
+            checks.push(("running turns", n as f64, max as f64, String::new()));
+        }
+        if let (Some(max), false) = (self.cfg.max_turns_per_session, new_session) {
+            let id = call
+                .args
+                .get("session_id")
+                .and_then(|v| v.as_str())
+                .unwrap_or("");
+            if let Some(s) = sessions
+                .iter()
+                .find(|s| !id.is_empty() && s.id.starts_with(id))
+            {
+                checks.push((
+                    "turns in this session",
+                    (s.turns.len() + 1) as f64,
+                    max as f64,
+                    String::new(),
+                ));
+            }
+        }
+        if let Some(max) = self.cfg.max_tokens {
+            let t: u64 = sessions
+                .iter()
+                .map(|s| s.total_usage().total_tokens())
+                .sum();
+            checks.push(("tokens used", t as f64, max as f64, String::new()));
+        }
+        if let Some(max) = self.cfg.max_cost_usd {
+            let c: f64 = sessions.iter().map(|s| self.session_cost(s)).sum();
+            checks.push(("cost", c, max, " USD".into()));
+        }
+        let mut warn = None;
+        for (what, value, limit, unit) in checks {
+            // Counts are checked for the state after this call; usage totals for what is spent.
+            let over = if unit.is_empty() && what != "tokens used" {
+                value > limit
+            } else {
+                value >= limit
+            };
+            if over {
+                return Ok(Some((
+                    self.action,
+                    format!(
+                        "budget exceeded: {what} {} of a limit of {}{unit}. Stop starting work; report to the user, who can raise watchers.budget limits in the zwarm config.",
+                        fmt(value),
+                        fmt(limit)
+                    ),
+                )));
+            }
+            if limit > 0.0 && value * 100.0 >= limit * self.cfg.warn_percent && warn.is_none() {
+                warn = Some(format!(
+                    "budget warning: {what} at {}{unit} of a limit of {}{unit} ({:.0}%). Prefer finishing and verifying current work over starting more.",
+                    fmt(value),
+                    fmt(limit),
+                    value * 100.0 / limit
+                ));
+            }
+        }
+        Ok(warn.map(|w| (Action::Nudge, w)))
+    }
+}
+
+fn fmt(v: f64) -> String {
+    if v.fract() == 0.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.4}")
+    }
+}

@@ -1,0 +1,427 @@
+//! Watchers: guardrails that see every tool call and every executor event, and act.
+//!
+//! Every orchestrator call and every executor event passes through zwarm, so a watcher can
+//! observe the whole trajectory. A watcher looks at one of three moments — before a tool call,
+//! at each executor event, after a turn — and answers with an [`Action`]:
+//!
+//! * `continue` — nothing to say;
+//! * `nudge` — guidance for the orchestrator, added to tool results under `watchers`;
+//! * `pause` — new `delegate`/`converse` calls are refused until acknowledged (the call is
+//!   repeated with `acknowledge_pause: true`; a person or the orchestrator decides);
+//! * `abort` — `delegate`/`converse` are refused for the rest of this server's life, running
+//!   turns are interrupted, and the reason is recorded.
+//!
+//! When several watchers fire, the most severe action wins (abort > pause > nudge >
+//! continue), then the higher priority. A watcher that errors (or panics) is logged and
+//! skipped; it never breaks the call. Every firing is an event in `events.jsonl`.
+
+mod budget;
+mod pattern;
+mod progress;
+mod quality;
+mod scope;
+
+use std::sync::Mutex;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::event::ExecutorEvent;
+use crate::session::Session;
+
+pub use budget::BudgetConfig;
+pub use pattern::{PatternConfig, PatternRule};
+pub use progress::ProgressConfig;
+pub use quality::QualityConfig;
+pub use scope::ScopeConfig;
+
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    Continue,
+    Nudge,
+    Pause,
+    Abort,
+}
+
+impl Action {
+    pub fn parse(s: &str) -> Option<Action> {
+        Some(match s {
+            "continue" => Action::Continue,
+            "nudge" => Action::Nudge,
+            "pause" => Action::Pause,
+            "abort" => Action::Abort,
+            _ => return None,
+        })
+    }
+}
+
+/// A watcher's finding as the orchestrator sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct WatcherNote {
+    pub watcher: String,
+    pub action: Action,
+    pub message: String,
+    /// The turn it is about, if any.
+    pub turn: Option<u32>,
+    pub at: String,
+}
+
+/// What a watcher says at one moment.
+pub type Finding = Option<(Action, String)>;
+
+/// The tool call a watcher is shown.
+pub struct CallInfo<'a> {
+    pub tool: &'a str,
+    pub args: &'a Value,
+}
+
+pub trait Watcher: Send + Sync {
+    fn name(&self) -> &'static str;
+    /// Before every tool call. `sessions` are all sessions on the state dir.
+    fn before_call(&self, _call: &CallInfo, _sessions: &[Session]) -> Result<Finding, String> {
+        Ok(None)
+    }
+    /// At every executor event, with the session as updated by it.
+    fn on_event(&self, _session: &Session, _event: &ExecutorEvent) -> Result<Finding, String> {
+        Ok(None)
+    }
+    /// After every turn, with the finished session.
+    fn after_turn(&self, _session: &Session, _sessions: &[Session]) -> Result<Finding, String> {
+        Ok(None)
+    }
+}
+
+/// `[watchers.*]` in the config.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WatchersConfig {
+    pub progress: ProgressConfig,
+    pub budget: BudgetConfig,
+    pub scope: ScopeConfig,
+    pub pattern: PatternConfig,
+    pub quality: QualityConfig,
+}
+
+/// A watcher's effective verdict, before it is recorded.
+#[derive(Debug, Clone)]
+pub struct Firing {
+    pub watcher: String,
+    pub action: Action,
+    pub message: String,
+    pub priority: i32,
+}
+
+impl Firing {
+    pub fn note(&self, turn: Option<u32>) -> WatcherNote {
+        WatcherNote {
+            watcher: self.watcher.clone(),
+            action: self.action,
+            message: self.message.clone(),
+            turn,
+            at: crate::session::now(),
+        }
+    }
+}
+
+/// The strongest firing: most severe action, then highest priority.
+pub fn winner(firings: &[Firing]) -> Option<&Firing> {
+    firings.iter().max_by_key(|f| (f.action, f.priority))
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct Gate {
+    pub paused: Option<String>,
+    pub aborted: Option<String>,
+}
+
+pub struct Watchers {
+    list: Vec<(Box<dyn Watcher>, i32)>,
+    gate: Mutex<Gate>,
+}
+
+/// What to do with a tool call.
+pub struct CallDecision {
+    /// Refuse the call with this text.
+    pub refuse: Option<String>,
+    /// Firings to report (and record).
+    pub firings: Vec<Firing>,
+    /// An abort fired now: running turns must be interrupted.
+    pub abort_now: Option<String>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Tools whose calls pause and abort refuse (inspecting and ending stay possible).
+fn starts_work(tool: &str) -> bool {
+    matches!(tool, "delegate" | "converse")
+}
+
+impl Watchers {
+    pub fn from_config(cfg: &WatchersConfig) -> Result<Watchers, String> {
+        let mut list: Vec<(Box<dyn Watcher>, i32)> = Vec::new();
+        if cfg.progress.enabled {
+            list.push((
+                Box::new(progress::Progress::new(&cfg.progress)),
+                cfg.progress.priority,
+            ));
+        }
+        if cfg.budget.enabled {
+            list.push((
+                Box::new(budget::Budget::new(&cfg.budget)?),
+                cfg.budget.priority,
+            ));
+        }
+        if cfg.scope.enabled {
+            list.push((Box::new(scope::Scope::new(&cfg.scope)?), cfg.scope.priority));
+        }
+        if cfg.pattern.enabled {
+            list.push((
+                Box::new(pattern::Pattern::new(&cfg.pattern)?),
+                cfg.pattern.priority,
+            ));
+        }
+        if cfg.quality.enabled {
+            list.push((
+                Box::new(quality::Quality::new(&cfg.quality)),
+                cfg.quality.priority,
+            ));
+        }
+        Ok(Watchers {
+            list,
+            gate: Mutex::new(Gate::default()),
+        })
+    }
+
+    /// A registry with the given watchers (for tests and embedding).
+    pub fn with(list: Vec<(Box<dyn Watcher>, i32)>) -> Watchers {
+        Watchers {
+            list,
+            gate: Mutex::new(Gate::default()),
+        }
+    }
+
+    pub fn names(&self) -> Vec<&'static str> {
+        self.list.iter().map(|(w, _)| w.name()).collect()
+    }
+
+    pub fn gate(&self) -> Gate {
+        lock(&self.gate).clone()
+    }
+
+    fn run(&self, f: impl Fn(&dyn Watcher) -> Result<Finding, String>) -> Vec<Firing> {
+        let mut out = Vec::new();
+        for (w, priority) in &self.list {
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(w.as_ref())));
+            match r {
+                Ok(Ok(Some((action, message)))) if action != Action::Continue => out.push(Firing {
+                    watcher: w.name().to_string(),
+                    action,
+                    message,
+                    priority: *priority,
+                }),
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(watcher = w.name(), error = %e, "watcher failed; skipped")
+                }
+                Err(_) => tracing::error!(watcher = w.name(), "watcher panicked; skipped"),
+            }
+        }
+        out
+    }
+
+    pub fn before_call(
+        &self,
+        call: &CallInfo,
+        sessions: &[Session],
+        acknowledge: bool,
+    ) -> CallDecision {
+        let firings = self.run(|w| w.before_call(call, sessions));
+        let mut d = CallDecision {
+            refuse: None,
+            firings,
+            abort_now: None,
+        };
+        let mut gate = lock(&self.gate);
+        if let Some(w) = winner(&d.firings).cloned() {
+            match w.action {
+                Action::Abort if starts_work(call.tool) || gate.aborted.is_none() => {
+                    let reason = format!("{}: {}", w.watcher, w.message);
+                    if gate.aborted.is_none() {
+                        gate.aborted = Some(reason.clone());
+                        d.abort_now = Some(reason);
+                    }
+                }
+                Action::Pause if starts_work(call.tool) && !acknowledge => {
+                    gate.paused = Some(format!("{}: {}", w.watcher, w.message));
+                }
+                _ => {}
+            }
+        }
+        if starts_work(call.tool) {
+            if let Some(reason) = &gate.aborted {
+                d.refuse = Some(format!(
+                    "zwarm stopped starting work: watcher {reason}. No further delegate or converse calls are accepted by this server; check_session, list_sessions and end_session still work. A person must review the situation, change the configuration if appropriate, and restart zwarm."
+                ));
+            } else if let Some(reason) = gate.paused.clone() {
+                if acknowledge {
+                    gate.paused = None;
+                    tracing::info!(%reason, "watcher pause acknowledged");
+                } else {
+                    d.refuse = Some(format!(
+                        "zwarm is paused by watcher {reason}. Ask the user whether to go on; if they agree, repeat this call with acknowledge_pause: true."
+                    ));
+                }
+            }
+        }
+        d
+    }
+
+    /// Run per-event watchers; the caller records notes and enforces pause/abort.
+    pub fn on_event(&self, session: &Session, event: &ExecutorEvent) -> Vec<Firing> {
+        let f = self.run(|w| w.on_event(session, event));
+        self.enforce(&f);
+        f
+    }
+
+    pub fn after_turn(&self, session: &Session, sessions: &[Session]) -> Vec<Firing> {
+        let f = self.run(|w| w.after_turn(session, sessions));
+        self.enforce(&f);
+        f
+    }
+
+    /// Pause/abort found outside a tool call close the gate for the next calls.
+    fn enforce(&self, firings: &[Firing]) {
+        let Some(w) = winner(firings) else { return };
+        let mut gate = lock(&self.gate);
+        let reason = format!("{}: {}", w.watcher, w.message);
+        match w.action {
+            Action::Abort => {
+                gate.aborted.get_or_insert(reason);
+            }
+            Action::Pause => {
+                gate.paused.get_or_insert(reason);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Parse an action setting from the config.
+pub(crate) fn action_setting(name: &str, value: &str) -> Result<Action, String> {
+    Action::parse(value).ok_or_else(|| {
+        format!("watchers: `{name}` is `{value}`; use continue, nudge, pause or abort")
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Fixed(&'static str, Action);
+    impl Watcher for Fixed {
+        fn name(&self) -> &'static str {
+            self.0
+        }
+        fn before_call(&self, _: &CallInfo, _: &[Session]) -> Result<Finding, String> {
+            Ok(Some((self.1, format!("{} says so", self.0))))
+        }
+    }
+    struct Broken;
+    impl Watcher for Broken {
+        fn name(&self) -> &'static str {
+            "broken"
+        }
+        fn before_call(&self, _: &CallInfo, _: &[Session]) -> Result<Finding, String> {
+            panic!("boom")
+        }
+    }
+    struct Failing;
+    impl Watcher for Failing {
+        fn name(&self) -> &'static str {
+            "failing"
+        }
+        fn before_call(&self, _: &CallInfo, _: &[Session]) -> Result<Finding, String> {
+            Err("no data".into())
+        }
+    }
+
+    fn call(tool: &str) -> (String, Value) {
+        (tool.to_string(), Value::Null)
+    }
+
+    #[test]
+    fn most_severe_wins_then_priority() {
+        let f = vec![
+            Firing {
+                watcher: "a".into(),
+                action: Action::Nudge,
+                message: String::new(),
+                priority: 9,
+            },
+            Firing {
+                watcher: "b".into(),
+                action: Action::Pause,
+                message: String::new(),
+                priority: 0,
+            },
+            Firing {
+                watcher: "c".into(),
+                action: Action::Pause,
+                message: String::new(),
+                priority: 5,
+            },
+        ];
+        assert_eq!(winner(&f).unwrap().watcher, "c");
+    }
+
+    #[test]
+    fn pause_refuses_until_acknowledged_and_errors_are_skipped() {
+        let w = Watchers::with(vec![
+            (Box::new(Broken), 0),
+            (Box::new(Failing), 0),
+            (Box::new(Fixed("p", Action::Pause)), 0),
+        ]);
+        let (t, a) = call("delegate");
+        let d = w.before_call(&CallInfo { tool: &t, args: &a }, &[], false);
+        assert!(d.refuse.as_deref().unwrap().contains("acknowledge_pause"));
+        assert_eq!(
+            d.firings.len(),
+            1,
+            "broken and failing watchers are skipped"
+        );
+        // Reading is never refused.
+        let (t, a) = call("check_session");
+        assert!(
+            w.before_call(&CallInfo { tool: &t, args: &a }, &[], false)
+                .refuse
+                .is_none()
+        );
+        let (t, a) = call("delegate");
+        assert!(
+            w.before_call(&CallInfo { tool: &t, args: &a }, &[], true)
+                .refuse
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn abort_is_final_for_work_but_not_for_inspection() {
+        let w = Watchers::with(vec![(Box::new(Fixed("budget", Action::Abort)), 0)]);
+        let (t, a) = call("converse");
+        let d = w.before_call(&CallInfo { tool: &t, args: &a }, &[], true);
+        assert!(d.abort_now.is_some());
+        assert!(d.refuse.unwrap().contains("budget says so"));
+        let (t, a) = call("end_session");
+        assert!(
+            w.before_call(&CallInfo { tool: &t, args: &a }, &[], false)
+                .refuse
+                .is_none()
+        );
+    }
+}

@@ -218,8 +218,14 @@ impl ZwarmServer {
                 let mut refilled = tokio::time::Instant::now();
                 loop {
                     let notice = tokio::select! {
+                        biased;
                         r = rx.recv() => r,
-                        _ = stop2.cancelled() => break,
+                        // Stopped: deliver what is already queued (the turn's end is sent
+                        // before the waiter wakes), then finish.
+                        _ = stop2.cancelled() => match rx.try_recv() {
+                            Ok(n) => Ok(n),
+                            Err(_) => break,
+                        },
                     };
                     let notice = match notice {
                         Ok(n) => n,
@@ -255,8 +261,6 @@ impl ZwarmServer {
         });
         let s = self.manager.wait(session_id, budget, &ctx.ct).await;
         if let Some((stop, handle)) = forward {
-            // Let the forwarder deliver the final notices already queued.
-            tokio::time::sleep(Duration::from_millis(20)).await;
             stop.cancel();
             let _ = handle.await;
         }

@@ -73,11 +73,14 @@ async fn serve(cfg: zwarm::config::Config) -> anyhow::Result<i32> {
     let ct = CancellationToken::new();
     tokio::spawn(cancel_on_signal(ct.clone()));
     let server = zwarm::server::ZwarmServer::new(manager.clone());
-    // stdio_pipes: a pending stdin read does not pin the process after a signal.
-    let service = match server
-        .serve_with_ct(rmcp::transport::stdio_pipes(), ct.clone())
-        .await
-    {
+    // stdio_pipes: a pending stdin read does not pin the process after a signal. EOF on stdin
+    // cancels at once (rmcp alone would wait up to 5 s for in-flight calls first).
+    let (stdin, stdout) = rmcp::transport::stdio_pipes();
+    let stdin = EofCancels {
+        inner: stdin,
+        ct: ct.clone(),
+    };
+    let service = match server.serve_with_ct((stdin, stdout), ct.clone()).await {
         Ok(s) => Some(s),
         Err(e) => {
             tracing::error!(error = %e, "MCP initialization failed");
@@ -113,4 +116,29 @@ async fn cancel_on_signal(ct: CancellationToken) {
     }
     tracing::info!("signal received");
     ct.cancel();
+}
+
+/// A reader that cancels the server when its input ends: a host closing stdin means "stop".
+struct EofCancels<R> {
+    inner: R,
+    ct: CancellationToken,
+}
+
+impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for EofCancels<R> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let std::task::Poll::Ready(Ok(())) = &r
+            && buf.filled().len() == before
+            && buf.remaining() > 0
+        {
+            tracing::info!("stdin closed");
+            self.ct.cancel();
+        }
+        r
+    }
 }

@@ -37,6 +37,18 @@ const MAX_LINE: usize = 32 * 1024 * 1024;
 const OUTPUT_TAIL: usize = 2000;
 const MESSAGE_CAP: usize = 4000;
 const STDERR_TAIL: usize = 8192;
+/// Run short blocking work (scanning /proc, git) without stalling the async workers.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
+
+/// Longest any wait may be (a day): larger requests are clamped, never overflow.
+pub const MAX_WAIT: Duration = Duration::from_secs(86_400);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ManagerError {
@@ -139,6 +151,8 @@ struct Cell {
     turn: Mutex<Option<TurnControl>>,
     /// Where to announce that this session changed (resource-updated notifications).
     changes: broadcast::Sender<String>,
+    /// end_session is in progress: no new turn may start.
+    ending: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Clone)]
@@ -160,6 +174,7 @@ impl Cell {
             version: watch::channel(0).0,
             turn: Mutex::new(None),
             changes,
+            ending: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -220,6 +235,19 @@ impl Manager {
         });
         let m = Manager { inner };
         m.recover();
+        // Orphans that exit on their own become zombies of zwarm (a subreaper): reap them.
+        if let Ok(h) = tokio::runtime::Handle::try_current() {
+            let stop = m.inner.shutdown.clone();
+            h.spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                        _ = stop.cancelled() => break,
+                    }
+                    blocking(process::reap_orphan_zombies);
+                }
+            });
+        }
         m.inner.store.append_event(
             "server_started",
             None,
@@ -251,28 +279,36 @@ impl Manager {
 
     /// Adopt every session whose server is gone; fail the turns it left running.
     fn recover(&self) {
-        let mut recovered = 0;
-        for s in self.inner.store.load_all() {
-            if !self.inner.store.owner_alive(&s.owner.instance) {
-                let s = self.adopt(s);
-                if s.status == SessionStatus::Failed
-                    && s.error.as_deref().is_some_and(|e| e.contains("stopped"))
-                {
-                    recovered += 1;
-                }
+        for id in self.inner.store.session_ids().unwrap_or_default() {
+            match self.adopt(&id) {
+                Ok(_) | Err(ManagerError::ForeignOwner { .. }) => {}
+                Err(e) => tracing::error!(session = %id, error = %e, "cannot adopt session"),
             }
-        }
-        if recovered > 0 {
-            tracing::info!(
-                recovered,
-                "marked sessions left running by a stopped server as failed"
-            );
         }
     }
 
-    /// Take ownership of a session whose server died. Returns the (possibly updated) session.
-    fn adopt(&self, mut s: Session) -> Session {
-        let id = s.id.clone();
+    /// Take ownership of a session whose server died, and return its cell. Adoption is
+    /// serialised by a lock on the state dir, and the owner is re-read under it, so two
+    /// servers (or two calls) can never both adopt one session.
+    fn adopt(&self, id: &str) -> Result<Arc<Cell>, ManagerError> {
+        let _guard = self.inner.store.lock_adoption()?;
+        if let Some(c) = lock(&self.inner.cells).get(id) {
+            return Ok(c.clone());
+        }
+        let mut s = self
+            .inner
+            .store
+            .load_session(id)?
+            .ok_or_else(|| ManagerError::UnknownSession(id.to_string()))?;
+        if s.owner.instance != self.inner.instance
+            && self.inner.store.owner_alive(&s.owner.instance)
+        {
+            return Err(ManagerError::ForeignOwner {
+                id: id.to_string(),
+                pid: s.owner.pid,
+            });
+        }
+        let mut recovered = None;
         if s.status.is_active() {
             let reason = format!(
                 "the zwarm server running this turn (pid {}) stopped before it finished; the executor was stopped with it. Call converse to resume the same {} thread.",
@@ -291,20 +327,23 @@ impl Manager {
             s.status = SessionStatus::Failed;
             s.error = Some(reason.clone());
             s.updated_at = now();
-            s.owner = self.owner();
-            if let Err(e) = self.inner.store.save_session(&s) {
-                tracing::error!(error = %e, session = %id, "cannot save recovered session");
-            }
+            recovered = Some(reason);
+        }
+        s.owner = self.owner();
+        self.inner.store.save_session(&s)?;
+        if let Some(reason) = recovered {
+            tracing::info!(session = %id, "marked a session left running by a stopped server as failed");
             self.inner.store.append_event(
                 "session_recovered",
-                Some(&id),
+                Some(id),
                 serde_json::json!({"status": "failed", "reason": reason}),
             );
-        } else {
-            s.owner = self.owner();
         }
-        lock(&self.inner.cells).insert(id, Cell::new(s.clone(), self.inner.changes.clone()));
-        s
+        let cell = Cell::new(s, self.inner.changes.clone());
+        Ok(lock(&self.inner.cells)
+            .entry(id.to_string())
+            .or_insert(cell)
+            .clone())
     }
 
     fn owner(&self) -> Owner {
@@ -405,7 +444,7 @@ impl Manager {
             Some(&id),
             serde_json::json!({"adapter": adapter.as_str(), "mode": mode, "working_dir": dir.display().to_string(), "task": text::truncate_chars(&task, 500)}),
         );
-        self.start_turn(&cell, task)?;
+        self.start_turn(&cell, |_| Ok(task))?;
         Ok(id)
     }
 
@@ -419,8 +458,7 @@ impl Manager {
             return Err(ManagerError::EmptyMessage);
         }
         let cell = self.owned_cell(id)?;
-        let (sid, prompt) = {
-            let s = lock(&cell.session);
+        let (sid, n) = self.start_turn(&cell, |s| {
             if s.status.is_active() {
                 return Err(ManagerError::Busy(s.id.clone()));
             }
@@ -432,23 +470,27 @@ impl Manager {
             }
             // Without a native thread (the first turn failed before the executor started one)
             // there is nothing to resume: start over with the task and the new message.
-            let prompt = if s.native_id.is_some() {
+            Ok(if s.native_id.is_some() {
                 message.to_string()
             } else {
                 format!("{}\n\n{}", s.task, message)
-            };
-            (s.id.clone(), prompt)
-        };
+            })
+        })?;
         self.inner.store.append_event(
             "message_sent",
             Some(&sid),
-            serde_json::json!({"message": text::truncate_chars(message, 500)}),
+            serde_json::json!({"turn": n, "message": text::truncate_chars(message, 500)}),
         );
-        let n = self.start_turn(&cell, prompt)?;
         Ok((sid, n))
     }
 
-    fn start_turn(&self, cell: &Arc<Cell>, prompt: String) -> Result<u32, ManagerError> {
+    /// Start the next turn of a session. `prepare` runs under the session lock and decides
+    /// (checks the status, builds the prompt), so two calls can never both start a turn.
+    fn start_turn(
+        &self,
+        cell: &Arc<Cell>,
+        prepare: impl FnOnce(&Session) -> Result<String, ManagerError>,
+    ) -> Result<(String, u32), ManagerError> {
         // Take a slot now if one is free, so the answer already says `running`; otherwise the
         // turn is `queued` and its task waits for a slot.
         let permit = self.inner.slots.clone().try_acquire_owned().ok();
@@ -457,8 +499,20 @@ impl Manager {
         } else {
             (TurnStatus::Queued, SessionStatus::Queued)
         };
+        let control = TurnControl {
+            cancel: self.inner.shutdown.child_token(),
+            reason: Arc::new(Mutex::new(None)),
+        };
         let (id, index) = {
             let mut s = lock(&cell.session);
+            if cell.ending.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(ManagerError::Ended {
+                    id: s.id.clone(),
+                    status: "being ended",
+                });
+            }
+            let prompt = prepare(&s)?;
+            let before = (s.status, s.error.clone(), s.updated_at.clone());
             let index = s.turns.len() as u32 + 1;
             s.turns.push(Turn {
                 index,
@@ -480,22 +534,37 @@ impl Manager {
             s.error = None;
             s.updated_at = now();
             s.owner = self.owner();
-            self.inner.store.save_session(&s)?;
+            if let Err(e) = self.inner.store.save_session(&s) {
+                // Not acknowledged: undo, so memory matches disk.
+                s.turns.pop();
+                (s.status, s.error, s.updated_at) = before;
+                return Err(e.into());
+            }
+            *lock(&cell.turn) = Some(control.clone());
             (s.id.clone(), index)
         };
-        let control = TurnControl {
-            cancel: self.inner.shutdown.child_token(),
-            reason: Arc::new(Mutex::new(None)),
-        };
-        *lock(&cell.turn) = Some(control.clone());
         cell.bump();
         let inner = self.inner.clone();
         let cell = cell.clone();
+        let sid = id.clone();
         self.inner.tasks.spawn(async move {
-            run_turn(inner, cell, index, control, permit).await;
+            use futures::FutureExt;
+            let run = run_turn(inner.clone(), cell.clone(), index, control, permit);
+            if std::panic::AssertUnwindSafe(run).catch_unwind().await.is_err() {
+                tracing::error!(session = %sid, turn = index, "turn task panicked");
+                process::kill_marked(&format!("{sid}.{index}"), None);
+                let outcome = Outcome {
+                    failed: Some((
+                        "internal error in zwarm while running this turn (please report it with the turn's log under the state dir's turns/ folder). Call converse to retry.".into(),
+                        None,
+                    )),
+                    ..Default::default()
+                };
+                finish(&inner, &cell, index, outcome, None, String::new());
+            }
         });
         tracing::info!(session = %id, turn = index, "turn started");
-        Ok(index)
+        Ok((id, index))
     }
 
     /// Resolve an id or unique prefix (8+ characters) among this server's and on-disk sessions.
@@ -537,7 +606,16 @@ impl Manager {
         }
         match self.inner.store.load_session(&id)? {
             Some(s) if self.inner.store.owner_alive(&s.owner.instance) => Ok(s),
-            Some(s) => Ok(self.adopt(s)),
+            Some(_) => match self.adopt(&id) {
+                Ok(c) => Ok(c.snapshot()),
+                // Adopted by another live server in the meantime: read its copy.
+                Err(ManagerError::ForeignOwner { .. }) => self
+                    .inner
+                    .store
+                    .load_session(&id)?
+                    .ok_or(ManagerError::UnknownSession(id)),
+                Err(e) => Err(e),
+            },
             None => Err(ManagerError::UnknownSession(id)),
         }
     }
@@ -548,22 +626,7 @@ impl Manager {
         if let Some(c) = lock(&self.inner.cells).get(&id) {
             return Ok(c.clone());
         }
-        let s = self
-            .inner
-            .store
-            .load_session(&id)?
-            .ok_or_else(|| ManagerError::UnknownSession(id.clone()))?;
-        if self.inner.store.owner_alive(&s.owner.instance) {
-            return Err(ManagerError::ForeignOwner {
-                id,
-                pid: s.owner.pid,
-            });
-        }
-        self.adopt(s);
-        lock(&self.inner.cells)
-            .get(&id)
-            .cloned()
-            .ok_or(ManagerError::UnknownSession(id))
+        self.adopt(&id)
     }
 
     /// Every session (this server's and others' on the same state dir), newest first.
@@ -572,6 +635,30 @@ impl Manager {
             .into_iter()
             .filter(|s| status.is_none_or(|st| s.status == st))
             .collect()
+    }
+
+    /// Keep notes from pre-call watchers on the session they concern (shown by check_session).
+    pub fn attach_notes(&self, id: &str, turn: Option<u32>, notes: &[WatcherNote]) {
+        if notes.is_empty() {
+            return;
+        }
+        let Some(cell) = lock(&self.inner.cells).get(id).cloned() else {
+            return;
+        };
+        {
+            let mut s = lock(&cell.session);
+            for n in notes {
+                let mut n = n.clone();
+                n.turn = n.turn.or(turn);
+                s.watcher_notes.push(n);
+            }
+            let excess = s.watcher_notes.len().saturating_sub(100);
+            s.watcher_notes.drain(..excess);
+            if let Err(e) = self.inner.store.save_session(&s) {
+                tracing::error!(error = %e, "cannot save session");
+            }
+        }
+        cell.bump();
     }
 
     /// Names of the enabled watchers.
@@ -714,7 +801,7 @@ impl Manager {
         cancel: &CancellationToken,
     ) -> Result<Session, ManagerError> {
         let id = self.resolve(id)?;
-        let deadline = Instant::now() + timeout;
+        let deadline = Instant::now() + timeout.min(MAX_WAIT);
         let cell = lock(&self.inner.cells).get(&id).cloned();
         match cell {
             Some(cell) => {
@@ -871,15 +958,17 @@ async fn run_turn(
         },
     };
     let mut outcome = Outcome::default();
-    if permit.is_none() {
+    if permit.is_none() || control.cancel.is_cancelled() {
         outcome.interrupted = Some(interrupted_reason(&inner));
         finish(&inner, &cell, index, outcome, None, String::new());
         return;
     }
     let (id, adapter, plan, model) = {
         let mut s = lock(&cell.session);
-        s.status = SessionStatus::Running;
-        if let Some(t) = s.last_turn_mut() {
+        if !s.status.is_final() {
+            s.status = SessionStatus::Running;
+        }
+        if let Some(t) = s.turns.iter_mut().find(|t| t.index == index) {
             t.status = TurnStatus::Running;
             t.started_at = now();
         }
@@ -889,7 +978,12 @@ async fn run_turn(
         }
         let plan = TurnPlan {
             working_dir: PathBuf::from(&s.working_dir),
-            prompt: s.last_turn().map(|t| t.prompt.clone()).unwrap_or_default(),
+            prompt: s
+                .turns
+                .iter()
+                .find(|t| t.index == index)
+                .map(|t| t.prompt.clone())
+                .unwrap_or_default(),
             resume_id: s.native_id.clone(),
         };
         (s.id.clone(), s.adapter, plan, s.model.clone())
@@ -1030,7 +1124,8 @@ async fn run_turn(
         process::terminate(&mut child, &marker, Duration::from_millis(500)).await;
     }
     let exit = child.try_wait().ok().flatten();
-    process::cleanup_after_exit(pgid, &marker);
+    process::forget_executor(pgid);
+    blocking(|| process::cleanup_after_exit(pgid, &marker));
     let stderr_tail = match stderr_task {
         Some(t) => tokio::time::timeout(Duration::from_secs(1), t)
             .await
@@ -1061,8 +1156,11 @@ fn apply(inner: &Inner, cell: &Cell, index: u32, ev: ExecutorEvent, outcome: &mu
         let mut s = lock(&cell.session);
         let adapter = s.adapter;
         match &ev {
-            ExecutorEvent::SessionStarted { native_id, .. } => {
+            ExecutorEvent::SessionStarted { native_id, model } => {
                 s.native_id = Some(native_id.clone());
+                if s.model.is_none() {
+                    s.model = model.clone();
+                }
             }
             ExecutorEvent::TurnCompleted {
                 usage,
@@ -1071,8 +1169,10 @@ fn apply(inner: &Inner, cell: &Cell, index: u32, ev: ExecutorEvent, outcome: &mu
                 final_text,
             } => {
                 outcome.completed = true;
-                record_usage(&mut s, *usage, *scope, *cost_usd);
-                if let (Some(t), Some(text)) = (s.last_turn_mut(), final_text) {
+                record_usage(&mut s, index, *usage, *scope, *cost_usd);
+                if let (Some(t), Some(text)) =
+                    (s.turns.iter_mut().find(|t| t.index == index), final_text)
+                {
                     t.response = Some(text.clone());
                 }
             }
@@ -1084,14 +1184,14 @@ fn apply(inner: &Inner, cell: &Cell, index: u32, ev: ExecutorEvent, outcome: &mu
                 cost_usd,
             } => {
                 outcome.failed = Some((message.clone(), *api_status));
-                record_usage(&mut s, *usage, *scope, *cost_usd);
+                record_usage(&mut s, index, *usage, *scope, *cost_usd);
             }
             ExecutorEvent::Warning { message } => {
                 outcome.last_warning = Some(message.clone());
             }
             _ => {}
         }
-        if let Some(t) = s.last_turn_mut() {
+        if let Some(t) = s.turns.iter_mut().find(|t| t.index == index) {
             match &ev {
                 ExecutorEvent::AgentMessage { text } => {
                     if let Some(prev) = t.response.take() {
@@ -1149,6 +1249,7 @@ fn apply(inner: &Inner, cell: &Cell, index: u32, ev: ExecutorEvent, outcome: &mu
 
 fn record_usage(
     s: &mut Session,
+    index: u32,
     usage: Option<crate::event::Usage>,
     scope: UsageScope,
     cost: Option<f64>,
@@ -1162,7 +1263,7 @@ fn record_usage(
         }
         UsageScope::Invocation => u,
     };
-    if let Some(t) = s.last_turn_mut() {
+    if let Some(t) = s.turns.iter_mut().find(|t| t.index == index) {
         t.usage = per_turn;
         if cost.is_some() {
             t.cost_usd = cost;
@@ -1271,17 +1372,24 @@ fn finish(
             } else {
                 (TurnStatus::Completed, SessionStatus::Idle, None, None)
             };
+        let codex = s.adapter == Adapter::Codex;
         if let Some(t) = s.turns.iter_mut().find(|t| t.index == index) {
-            if t.response.is_none() {
-                t.response = last_message;
+            // codex's -o file holds the final message even when the JSONL stream lost it
+            // (openai/codex#19689); for other executors it is only a fallback.
+            match last_message {
+                Some(m) if codex || t.response.is_none() => t.response = Some(m),
+                _ => {}
             }
             t.status = turn_status;
             t.error = error.clone();
             t.api_status = api_status;
             t.ended_at = Some(now());
         }
-        s.status = session_status;
-        s.error = error.clone();
+        // end_session may have closed the session meanwhile: its verdict stands.
+        if !s.status.is_final() {
+            s.status = session_status;
+            s.error = error.clone();
+        }
         s.updated_at = now();
         if let Err(e) = inner.store.save_session(&s) {
             tracing::error!(error = %e, "cannot save session");
@@ -1289,7 +1397,7 @@ fn finish(
         (s.id.clone(), turn_status, error)
     };
     let snapshot = cell.snapshot();
-    let firings = inner.watchers.after_turn(&snapshot, &all_sessions(inner));
+    let firings = blocking(|| inner.watchers.after_turn(&snapshot, &all_sessions(inner)));
     record_firings(inner, cell, index, &firings);
     *lock(&cell.turn) = None;
     cell.bump();

@@ -40,6 +40,64 @@ pub fn become_subreaper() {
     }
 }
 
+/// Pids of live executor processes (tokio reaps those; the orphan reaper must not).
+static EXECUTORS: std::sync::Mutex<Vec<i32>> = std::sync::Mutex::new(Vec::new());
+
+fn executors() -> std::sync::MutexGuard<'static, Vec<i32>> {
+    EXECUTORS.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Forget an executor once tokio has reaped it.
+pub fn forget_executor(pid: Option<u32>) {
+    if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
+        executors().retain(|p| *p != pid);
+    }
+}
+
+/// Reap orphans that were re-parented to zwarm (a subreaper) and exited on their own: zombies
+/// whose parent is zwarm, outside zwarm's own process group, that are not executors.
+pub fn reap_orphan_zombies() -> usize {
+    let me = std::process::id() as i32;
+    // SAFETY: getpgrp has no preconditions.
+    let my_pgid = unsafe { libc::getpgrp() };
+    let live = executors().clone();
+    let mut n = 0;
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    for entry in dir.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if live.contains(&pid) {
+            continue;
+        }
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // Fields after the command name: state ppid pgrp …
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let (Some(state), Some(ppid), Some(pgrp)) = (f.first(), f.get(1), f.get(2)) else {
+            continue;
+        };
+        if *state == "Z" && ppid.parse() == Ok(me) && pgrp.parse() != Ok(my_pgid) {
+            let mut status = 0;
+            // SAFETY: waitpid on a specific zombie child with WNOHANG.
+            if unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) } == pid {
+                n += 1;
+            }
+        }
+    }
+    n
+}
+
 pub fn spawn(spec: &ProcessSpec, marker: &str) -> std::io::Result<Child> {
     let mut cmd = Command::new(&spec.program);
     cmd.args(&spec.args)
@@ -66,7 +124,11 @@ pub fn spawn(spec: &ProcessSpec, marker: &str) -> std::io::Result<Child> {
             Ok(())
         });
     }
-    cmd.spawn()
+    let child = cmd.spawn()?;
+    if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
+        executors().push(pid);
+    }
+    Ok(child)
 }
 
 fn signal_group(pgid: i32, sig: i32) {
@@ -132,6 +194,7 @@ pub fn kill_marked(marker: &str, exclude: Option<i32>) -> usize {
         std::thread::sleep(Duration::from_millis(20));
     }
     reap(&killed);
+    reap_orphan_zombies();
     if !killed.is_empty() {
         tracing::info!(
             marker,

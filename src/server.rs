@@ -188,7 +188,7 @@ impl ZwarmServer {
                 .sync_wait_seconds
                 .unwrap_or(host_default)
         };
-        let max = host_max.unwrap_or(u64::MAX);
+        let max = host_max.unwrap_or(crate::manager::MAX_WAIT.as_secs());
         let secs = requested.unwrap_or(default).min(max);
         (
             Duration::from_secs(secs),
@@ -314,6 +314,7 @@ impl ZwarmServer {
         };
         match s {
             Ok(s) => {
+                self.manager.attach_notes(&s.id, Some(1), &notes);
                 let mut r = turn_report(&s, 1, max, self.max_chars());
                 r.watchers = with_notes(r.watchers, notes);
                 ok(&r)
@@ -356,7 +357,9 @@ impl ZwarmServer {
         };
         match s {
             Ok(s) => {
+                self.manager.attach_notes(&s.id, Some(turn), &notes);
                 let mut r = turn_report(&s, turn, max, self.max_chars());
+                r.mode = if is_async { Mode::Async } else { Mode::Sync };
                 r.watchers = with_notes(r.watchers, notes);
                 ok(&r)
             }
@@ -387,6 +390,7 @@ impl ZwarmServer {
         };
         match s {
             Ok(s) => {
+                self.manager.attach_notes(&s.id, None, &notes);
                 let mut r = session_report(&s, max, self.max_chars());
                 r.watchers = with_notes(r.watchers, notes);
                 ok(&r)
@@ -500,6 +504,7 @@ fn transcript(s: &Session) -> serde_json::Value {
         "usage": s.total_usage(),
         "cost_usd": s.total_cost(),
         "recent_progress": s.recent,
+        "watcher_notes": s.watcher_notes,
         "turns": s.turns,
     })
 }
@@ -569,10 +574,18 @@ impl ServerHandler for ZwarmServer {
         ctx: RequestContext<RoleServer>,
     ) -> Result<(), McpError> {
         self.read(&request.uri)?;
+        // A session may be named by a prefix: store the full id, which notifications use.
+        let uri = match request.uri.strip_prefix("zwarm://sessions/") {
+            Some(id) => match self.manager.resolve(id) {
+                Ok(full) => session_uri(&full),
+                Err(_) => request.uri.clone(),
+            },
+            None => request.uri.clone(),
+        };
         self.subs
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .push((request.uri, ctx.peer));
+            .push((uri, ctx.peer));
         Ok(())
     }
 

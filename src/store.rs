@@ -221,6 +221,20 @@ impl Store {
         }
     }
 
+    /// Exclusive lock serialising adoption of sessions between servers (and threads): held
+    /// while a server checks that a session's owner is dead and writes itself as the owner.
+    pub fn lock_adoption(&self) -> Result<File, StoreError> {
+        let p = self.root.join("locks").join("adopt.lock");
+        let f = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&p)
+            .map_err(io(&p))?;
+        flock(&f, libc::LOCK_EX).map_err(io(&p))?;
+        Ok(f)
+    }
+
     /// Open (create) the raw log files for a turn.
     pub fn open_turn_logs(&self, id: &str, turn: u32) -> Result<(File, File, PathBuf), StoreError> {
         let dir = self.turn_dir(id);

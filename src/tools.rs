@@ -271,6 +271,29 @@ pub fn cap_response(text: &str, max: usize, uri: &str) -> (String, bool) {
     )
 }
 
+/// Bound what a tool input can add to a result (a denied Write carries the whole file).
+fn bounded_denials(t: &Turn) -> Vec<PermissionDenial> {
+    t.permission_denials
+        .iter()
+        .take(20)
+        .map(|d| {
+            let text = d.input.to_string();
+            if text.len() <= 1000 {
+                d.clone()
+            } else {
+                PermissionDenial {
+                    tool: d.tool.clone(),
+                    input: serde_json::Value::String(text::truncate_chars(&text, 1000)),
+                }
+            }
+        })
+        .collect()
+}
+
+fn bounded_files(t: &Turn) -> Vec<FileChange> {
+    t.files_changed.iter().take(100).cloned().collect()
+}
+
 fn commands(t: &Turn) -> Vec<CommandSummary> {
     let skip = t.commands.len().saturating_sub(20);
     t.commands
@@ -323,9 +346,9 @@ pub fn turn_report(s: &Session, turn: u32, max_wait: u64, max_chars: usize) -> T
         transcript_uri: uri,
         usage: t.map(|t| t.usage).unwrap_or_default(),
         cost_usd: t.and_then(|t| t.cost_usd),
-        files_changed: t.map(|t| t.files_changed.clone()).unwrap_or_default(),
+        files_changed: t.map(bounded_files).unwrap_or_default(),
         commands: t.map(commands).unwrap_or_default(),
-        permission_denials: t.map(|t| t.permission_denials.clone()).unwrap_or_default(),
+        permission_denials: t.map(bounded_denials).unwrap_or_default(),
         recent_progress: if running {
             s.recent.iter().rev().take(8).rev().cloned().collect()
         } else {
@@ -362,9 +385,11 @@ pub fn session_report(s: &Session, max_wait: u64, max_chars: usize) -> SessionRe
         working_dir: s.working_dir.clone(),
         model: s.model.clone(),
         native_id: s.native_id.clone(),
+        // The last 20 turns; all of them are in the transcript resource.
         turns: s
             .turns
             .iter()
+            .skip(s.turns.len().saturating_sub(20))
             .map(|t| TurnSummary {
                 turn: t.index,
                 prompt: text::truncate_chars(&t.prompt, 500),
@@ -377,9 +402,9 @@ pub fn session_report(s: &Session, max_wait: u64, max_chars: usize) -> SessionRe
                 api_status: t.api_status,
                 usage: t.usage,
                 cost_usd: t.cost_usd,
-                files_changed: t.files_changed.clone(),
+                files_changed: bounded_files(t),
                 commands: commands(t),
-                permission_denials: t.permission_denials.clone(),
+                permission_denials: bounded_denials(t),
                 started_at: t.started_at.clone(),
                 ended_at: t.ended_at.clone(),
             })

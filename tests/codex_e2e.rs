@@ -233,6 +233,43 @@ async fn bad_input_is_an_error_that_says_what_to_do_and_the_server_keeps_answeri
         "{m}"
     );
     alive(&z).await;
+    // Two sessions sharing an 8-character prefix: the prefix is ambiguous.
+    let r = z.ok("delegate", json!({"task": "one"})).await;
+    let real = r["session_id"].as_str().unwrap().to_string();
+    let body =
+        std::fs::read_to_string(env.state.join("sessions").join(format!("{real}.json"))).unwrap();
+    for twin in [
+        "abcdef12-0000-4000-8000-000000000001",
+        "abcdef12-0000-4000-8000-000000000002",
+    ] {
+        std::fs::write(
+            env.state.join("sessions").join(format!("{twin}.json")),
+            body.replace(&real, twin),
+        )
+        .unwrap();
+    }
+    let m = z
+        .err("check_session", json!({"session_id": "abcdef12"}))
+        .await;
+    assert!(
+        m.contains("ambiguous") && m.contains("abcdef12-0000-4000-8000-000000000001"),
+        "{m}"
+    );
+    let s = z
+        .ok(
+            "check_session",
+            json!({"session_id": "abcdef12-0000-4000-8000-000000000002"}),
+        )
+        .await;
+    assert_eq!(s["task"], "one");
+    // Absurd waits are clamped, never a crash.
+    let s = z
+        .ok(
+            "check_session",
+            json!({"session_id": real, "wait_seconds": 1e300}),
+        )
+        .await;
+    assert_eq!(s["status"], "idle");
     let m = z.err("check_session", json!({"session_id": "abc"})).await;
     assert!(m.contains("too short"), "{m}");
     let m = z.err("delegate", json!({"task": "   "})).await;

@@ -262,7 +262,7 @@ async fn shutdown_by_stdin_eof_or_sigterm_leaves_nothing_and_restart_resumes() {
         .unwrap();
     let took = t.elapsed();
     assert!(status.success(), "{status:?}");
-    assert!(took < Duration::from_millis(2500), "exit took {took:?}");
+    assert!(took < Duration::from_secs(2), "exit took {took:?}");
     assert_gone_within(&id_eof, Duration::from_millis(500)).await;
 
     // 2. SIGTERM while a turn runs.
@@ -307,7 +307,9 @@ async fn shutdown_by_stdin_eof_or_sigterm_leaves_nothing_and_restart_resumes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_of_the_server_mid_turn_is_recovered_on_restart() {
     let (_mock, env) = codex_env();
-    let z = Zwarm::start(&env, &[]).await;
+    // danger-full-access: codex's commands are not confined, so they outlive codex.
+    let danger = ["--set", "codex.sandbox=danger-full-access"];
+    let z = Zwarm::start(&env, &danger).await;
     let done = z
         .ok("delegate", json!({"task": "finished before the crash"}))
         .await;
@@ -546,4 +548,117 @@ async fn end_session_stops_a_claude_bash_command() {
     assert_eq!(e["interrupted_turn"], true);
     assert_gone_within(&id, Duration::from_secs(10) - t.elapsed()).await;
     assert!(!env.work.join("slow.txt").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_concurrent_converses_start_exactly_one_turn() {
+    let (mock, env) = codex_env();
+    let z = Zwarm::start(&env, &[]).await;
+    let r = z.ok("delegate", json!({"task": "say hello"})).await;
+    let id = r["session_id"].as_str().unwrap().to_string();
+    for round in 0..3 {
+        let a = z.call(
+            "converse",
+            json!({"session_id": id, "message": format!("@@sleep3 a{round}"), "mode": "async"}),
+        );
+        let b = z.call(
+            "converse",
+            json!({"session_id": id, "message": format!("@@sleep3 b{round}"), "mode": "async"}),
+        );
+        let (a, b) = tokio::join!(a, b);
+        let ok: Vec<_> = [&a, &b]
+            .into_iter()
+            .filter(|r| r.is_error != Some(true))
+            .collect();
+        assert_eq!(
+            ok.len(),
+            1,
+            "exactly one converse may start a turn: {a:?} {b:?}"
+        );
+        let s = wait_done(&z, &id).await;
+        assert_eq!(s["status"], "idle", "{s}");
+        assert_eq!(s["turns"].as_array().unwrap().len(), round + 2);
+    }
+    // Exactly one of each round's two messages ever reached the model.
+    let texts: Vec<String> = mock
+        .model_requests()
+        .iter()
+        .map(|r| r.body["input"].to_string())
+        .collect();
+    for round in 0..3 {
+        let a = texts
+            .iter()
+            .any(|t| t.contains(&format!("@@sleep3 a{round}")));
+        let b = texts
+            .iter()
+            .any(|t| t.contains(&format!("@@sleep3 b{round}")));
+        assert!(a ^ b, "round {round}: a seen {a}, b seen {b}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stdin_eof_with_a_sync_call_in_flight_exits_within_two_seconds() {
+    let (_mock, env) = codex_env();
+    let mut raw = RawClient::start(&env).await;
+    raw.send(json!({"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"delegate","arguments":{"task":"@@sleep60"}}})).await;
+    // Find the session from the state dir (the sync call has not answered).
+    let start = Instant::now();
+    let id = loop {
+        let ids: Vec<String> = std::fs::read_dir(env.state.join("sessions"))
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|e| {
+                        e.file_name()
+                            .to_str()?
+                            .strip_suffix(".json")
+                            .map(str::to_string)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        if let Some(id) = ids.into_iter().find(|i| !i.starts_with('.')) {
+            break id;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    wait_for_sleep(&id).await;
+    let t = Instant::now();
+    drop(raw.stdin.take());
+    tokio::time::timeout(Duration::from_secs(5), raw.child.wait())
+        .await
+        .expect("zwarm exits")
+        .unwrap();
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "exit took {:?}",
+        t.elapsed()
+    );
+    assert_gone_within(&id, Duration::from_millis(500)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_orphan_that_exits_on_its_own_is_reaped() {
+    let (mock, env) = codex_env();
+    let mut s = script(&env);
+    s["scenarios"]["orphan"] = json!([
+        {"items": [{"function_call": {"name": "exec_command", "arguments": {"cmd": "sh -c 'sleep 0.3 & echo $! > orphan.pid' ; sleep 1.5; echo done"}}}]},
+        {"items": [{"message": "orphan left"}]}
+    ]);
+    mock.set_script(s);
+    let z = Zwarm::start(&env, &["--set", "codex.sandbox=danger-full-access"]).await;
+    let r = z.ok("delegate", json!({"task": "@@orphan"})).await;
+    assert_eq!(r["status"], "idle", "{r}");
+    let pid: i32 = std::fs::read_to_string(env.work.join("orphan.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // It exited long before the turn ended; as zwarm's child it must not linger as a zombie.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    assert!(
+        stat.is_empty() || !stat.contains(") Z"),
+        "zombie left: {stat}"
+    );
 }

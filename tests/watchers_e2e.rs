@@ -168,9 +168,26 @@ async fn budget_warns_then_stops_a_claude_spender() {
         .ok("delegate", json!({"task": "hello", "adapter": "claude"}))
         .await;
     let w = notes(&b, "budget");
-    assert_eq!(w.len(), 1, "{b}");
-    assert_eq!(w[0]["action"], "nudge");
+    assert_eq!(w[0]["action"], "nudge", "{b}");
     assert!(w[0]["message"].as_str().unwrap().contains("budget warning"));
+    // That turn took the total past the limit: the hard stop fires right after it.
+    assert_eq!(w.len(), 2, "{b}");
+    assert_eq!(w[1]["action"], "abort");
+    assert!(
+        w[1]["message"]
+            .as_str()
+            .unwrap()
+            .contains("budget exceeded: cost")
+    );
+    let s = z
+        .ok("check_session", json!({"session_id": b["session_id"]}))
+        .await;
+    assert!(
+        notes(&s, "budget")
+            .iter()
+            .any(|n| n["message"].as_str().unwrap().contains("budget warning")),
+        "the pre-call warning is kept on the session: {s}"
+    );
     // Now past the limit: the next delegate is refused with the reason, and so is converse.
     let m = z
         .err(
@@ -208,7 +225,11 @@ async fn budget_prices_codex_tokens_from_the_config() {
     std::fs::write(&cfg, "[watchers.budget]\nmax_cost_usd = 0.4\n[watchers.budget.prices.default]\ninput_per_million = 10000.0\noutput_per_million = 10000.0\n").unwrap();
     let z = Zwarm::start(&env, &["--config", cfg.to_str().unwrap()]).await;
     // 30 input + 15 output tokens at 0.01 USD per token = 0.45 USD.
-    z.ok("delegate", json!({"task": "@@tools please"})).await;
+    let r = z.ok("delegate", json!({"task": "@@tools please"})).await;
+    assert!(
+        notes(&r, "budget").iter().any(|n| n["action"] == "abort"),
+        "{r}"
+    );
     let m = z.err("delegate", json!({"task": "again"})).await;
     assert!(m.contains("budget exceeded: cost 0.4500"), "{m}");
 }

@@ -309,8 +309,8 @@ fn parse_usage(u: &Value) -> Usage {
     let n = |k: &str| u.get(k).and_then(Value::as_u64).unwrap_or(0);
     Usage {
         input_tokens: n("input_tokens")
-            + n("cache_creation_input_tokens")
-            + n("cache_read_input_tokens"),
+            .saturating_add(n("cache_creation_input_tokens"))
+            .saturating_add(n("cache_read_input_tokens")),
         cached_input_tokens: n("cache_read_input_tokens"),
         output_tokens: n("output_tokens"),
         reasoning_output_tokens: 0,

@@ -168,6 +168,40 @@ impl Watcher for Budget {
         }
         Ok(warn.map(|w| (Action::Nudge, w)))
     }
+
+    /// The hard stop also applies to work already running: a turn that takes the totals past
+    /// `max_tokens` or `max_cost_usd` triggers the action at once (an abort interrupts every
+    /// running turn).
+    fn after_turn(&self, _session: &Session, sessions: &[Session]) -> Result<Finding, String> {
+        if let Some(max) = self.cfg.max_tokens {
+            let t: u64 = sessions
+                .iter()
+                .map(|s| s.total_usage().total_tokens())
+                .sum();
+            if t >= max {
+                return Ok(Some((
+                    self.action,
+                    format!(
+                        "budget exceeded: tokens used {t} of a limit of {max}. Report to the user, who can raise watchers.budget.max_tokens."
+                    ),
+                )));
+            }
+        }
+        if let Some(max) = self.cfg.max_cost_usd {
+            let c: f64 = sessions.iter().map(|s| self.session_cost(s)).sum();
+            if c >= max {
+                return Ok(Some((
+                    self.action,
+                    format!(
+                        "budget exceeded: cost {} of a limit of {} USD. Report to the user, who can raise watchers.budget.max_cost_usd.",
+                        fmt(c),
+                        fmt(max)
+                    ),
+                )));
+            }
+        }
+        Ok(None)
+    }
 }
 
 fn fmt(v: f64) -> String {

@@ -65,27 +65,43 @@ pub fn is_code_file(path: &str) -> bool {
         .is_some_and(|e| CODE_EXT.contains(&e.to_ascii_lowercase().as_str()))
 }
 
-fn git_changed(dir: &str) -> Vec<String> {
-    let out = std::process::Command::new("git")
-        .args(["status", "--porcelain", "--untracked-files=all"])
+fn git(dir: &str, args: &[&str]) -> Option<String> {
+    let o = std::process::Command::new("git")
+        .args(args)
         .current_dir(dir)
         .stdin(Stdio::null())
         .stderr(Stdio::null())
-        .output();
-    match out {
-        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout)
-            .lines()
-            .filter_map(|l| l.get(3..))
-            .map(|p| {
-                p.rsplit(" -> ")
-                    .next()
-                    .unwrap_or(p)
-                    .trim_matches('"')
-                    .to_string()
+        .output()
+        .ok()?;
+    o.status
+        .success()
+        .then(|| String::from_utf8_lossy(&o.stdout).into_owned())
+}
+
+/// Files `git status` reports as changed or new that were modified since `since` (so a repo
+/// that was already dirty does not count against this turn), relative to `dir`.
+fn git_changed(dir: &str, since: std::time::SystemTime) -> Vec<String> {
+    let Some(root) = git(dir, &["rev-parse", "--show-toplevel"]) else {
+        return vec![];
+    };
+    let root = Path::new(root.trim());
+    let Some(status) = git(dir, &["status", "--porcelain", "--untracked-files=all"]) else {
+        return vec![];
+    };
+    status
+        .lines()
+        .filter_map(|l| l.get(3..))
+        .map(|p| p.rsplit(" -> ").next().unwrap_or(p).trim_matches('"'))
+        .filter_map(|rel| {
+            let abs = root.join(rel);
+            let modified = std::fs::metadata(&abs).and_then(|m| m.modified()).ok()?;
+            (modified >= since).then(|| {
+                abs.strip_prefix(dir)
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|_| abs.display().to_string())
             })
-            .collect(),
-        _ => vec![],
-    }
+        })
+        .collect()
 }
 
 impl Quality {
@@ -114,8 +130,10 @@ impl Watcher for Quality {
                     .unwrap_or_else(|| f.path.clone())
             })
             .collect();
-        if Path::new(wd).join(".git").exists() {
-            files.extend(git_changed(wd));
+        if let Ok(since) = humantime::parse_rfc3339_weak(&turn.started_at) {
+            // Whole-second precision is enough; allow for the timestamp's rounding.
+            let since = since - std::time::Duration::from_secs(1);
+            files.extend(git_changed(wd, since));
         }
         files.sort();
         files.dedup();

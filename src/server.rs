@@ -654,3 +654,17 @@ impl ServerHandler for ZwarmServer {
         .into())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::host_wait_policy;
+
+    #[test]
+    fn sync_waits_stay_under_each_hosts_timeout() {
+        // Codex cancels tool calls after 300 s, Claude Desktop after about 60 s.
+        assert_eq!(host_wait_policy(Some("codex-mcp-client")), (240, Some(280)));
+        assert_eq!(host_wait_policy(Some("claude-ai")), (45, Some(55)));
+        assert_eq!(host_wait_policy(Some("claude-code")), (240, None));
+        assert_eq!(host_wait_policy(None), (45, None));
+    }
+}

@@ -662,3 +662,26 @@ async fn an_orphan_that_exits_on_its_own_is_reaped() {
         "zombie left: {stat}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_call_returns_running_after_wait_seconds_and_the_turn_goes_on() {
+    let (_mock, env) = codex_env();
+    let z = Zwarm::start(&env, &[]).await;
+    let t = Instant::now();
+    let r = z
+        .ok("delegate", json!({"task": "@@sleep3", "wait_seconds": 1}))
+        .await;
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    assert_eq!(r["status"], "running", "{r}");
+    assert_eq!(r["mode"], "sync");
+    assert!(r["response"].is_null());
+    assert!(r["next_step"].as_str().unwrap().contains("check_session"));
+    let s = z
+        .ok(
+            "check_session",
+            json!({"session_id": r["session_id"], "wait_seconds": 30}),
+        )
+        .await;
+    assert_eq!(s["status"], "idle");
+    assert_eq!(s["response"], "slept 3");
+}

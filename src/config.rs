@@ -312,9 +312,24 @@ fn validate(cfg: &Config) -> Result<(), ConfigError> {
         ));
     }
     crate::watch::Watchers::from_config(&cfg.watchers).map_err(ConfigError::Invalid)?;
-    if cfg.turn_timeout_seconds == 0 {
+    if cfg.turn_timeout_seconds == 0 || cfg.turn_timeout_seconds > 30 * 86_400 {
         return Err(ConfigError::Invalid(
-            "turn_timeout_seconds must be at least 1".into(),
+            "turn_timeout_seconds must be between 1 and 2592000 (30 days)".into(),
+        ));
+    }
+    if cfg.sync_wait_seconds.is_some_and(|w| w > 86_400) {
+        return Err(ConfigError::Invalid(
+            "sync_wait_seconds must be at most 86400 (a day)".into(),
+        ));
+    }
+    if cfg.interrupt_grace_seconds > 600 {
+        return Err(ConfigError::Invalid(
+            "interrupt_grace_seconds must be at most 600".into(),
+        ));
+    }
+    if cfg.max_running > 1024 {
+        return Err(ConfigError::Invalid(
+            "max_running must be at most 1024".into(),
         ));
     }
     Ok(())

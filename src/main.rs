@@ -72,7 +72,7 @@ async fn serve(cfg: zwarm::config::Config) -> anyhow::Result<i32> {
     tracing::info!(state_dir = %manager.state_dir().display(), version = env!("CARGO_PKG_VERSION"), "zwarm serving MCP on stdio");
     let ct = CancellationToken::new();
     tokio::spawn(cancel_on_signal(ct.clone()));
-    let server = zwarm::server::ZwarmServer::new(manager.clone());
+    let server = zwarm::server::ZwarmServer::new(manager.clone()).with_shutdown(ct.clone());
     // stdio_pipes: a pending stdin read does not pin the process after a signal. EOF on stdin
     // cancels at once (rmcp alone would wait up to 5 s for in-flight calls first).
     let (stdin, stdout) = rmcp::transport::stdio_pipes();

@@ -12,6 +12,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -157,6 +158,8 @@ struct Cell {
 
 #[derive(Clone)]
 struct TurnControl {
+    /// The turn this control belongs to.
+    index: u32,
     cancel: CancellationToken,
     reason: Arc<Mutex<Option<String>>>,
 }
@@ -330,7 +333,11 @@ impl Manager {
             recovered = Some(reason);
         }
         s.owner = self.owner();
-        self.inner.store.save_session(&s)?;
+        if let Err(e) = self.inner.store.save_session(&s) {
+            // Reading must keep working on a full or read-only disk; the adoption is retried
+            // by the next server start.
+            tracing::error!(session = %id, error = %e, "cannot record adoption");
+        }
         if let Some(reason) = recovered {
             tracing::info!(session = %id, "marked a session left running by a stopped server as failed");
             self.inner.store.append_event(
@@ -444,7 +451,15 @@ impl Manager {
             Some(&id),
             serde_json::json!({"adapter": adapter.as_str(), "mode": mode, "working_dir": dir.display().to_string(), "task": text::truncate_chars(&task, 500)}),
         );
-        self.start_turn(&cell, |_| Ok(task))?;
+        if let Err(e) = self.start_turn(&cell, |_| Ok(task)) {
+            lock(&self.inner.cells).remove(&id);
+            self.inner.store.append_event(
+                "session_failed_to_start",
+                Some(&id),
+                serde_json::json!({"error": e.to_string()}),
+            );
+            return Err(e);
+        }
         Ok(id)
     }
 
@@ -499,11 +514,7 @@ impl Manager {
         } else {
             (TurnStatus::Queued, SessionStatus::Queued)
         };
-        let control = TurnControl {
-            cancel: self.inner.shutdown.child_token(),
-            reason: Arc::new(Mutex::new(None)),
-        };
-        let (id, index) = {
+        let (id, index, control) = {
             let mut s = lock(&cell.session);
             if cell.ending.load(std::sync::atomic::Ordering::SeqCst) {
                 return Err(ManagerError::Ended {
@@ -514,6 +525,11 @@ impl Manager {
             let prompt = prepare(&s)?;
             let before = (s.status, s.error.clone(), s.updated_at.clone());
             let index = s.turns.len() as u32 + 1;
+            let control = TurnControl {
+                index,
+                cancel: self.inner.shutdown.child_token(),
+                reason: Arc::new(Mutex::new(None)),
+            };
             s.turns.push(Turn {
                 index,
                 prompt,
@@ -541,7 +557,7 @@ impl Manager {
                 return Err(e.into());
             }
             *lock(&cell.turn) = Some(control.clone());
-            (s.id.clone(), index)
+            (s.id.clone(), index, control)
         };
         cell.bump();
         let inner = self.inner.clone();
@@ -552,7 +568,7 @@ impl Manager {
             let run = run_turn(inner.clone(), cell.clone(), index, control, permit);
             if std::panic::AssertUnwindSafe(run).catch_unwind().await.is_err() {
                 tracing::error!(session = %sid, turn = index, "turn task panicked");
-                process::kill_marked(&format!("{sid}.{index}"), None);
+                blocking(|| process::kill_marked(&format!("{sid}.{index}"), None));
                 let outcome = Outcome {
                     failed: Some((
                         "internal error in zwarm while running this turn (please report it with the turn's log under the state dir's turns/ folder). Call converse to retry.".into(),
@@ -835,9 +851,14 @@ impl Manager {
     /// Interrupt the running turn of a session (if any) and wait until it has stopped.
     pub async fn interrupt(&self, id: &str, reason: &str) -> Result<bool, ManagerError> {
         let cell = self.owned_cell(id)?;
-        let control = lock(&cell.turn).clone();
-        let active = cell.snapshot().status.is_active();
-        let Some(control) = control.filter(|_| active) else {
+        // Read the status and the control under the session lock, so they belong together.
+        let control = {
+            let s = lock(&cell.session);
+            let control = lock(&cell.turn).clone();
+            let current = s.turns.last().map(|t| t.index);
+            control.filter(|c| s.status.is_active() && Some(c.index) == current)
+        };
+        let Some(control) = control else {
             return Ok(false);
         };
         lock(&control.reason).get_or_insert_with(|| reason.to_string());
@@ -865,7 +886,7 @@ impl Manager {
         summary: Option<String>,
     ) -> Result<(Session, bool), ManagerError> {
         let cell = self.owned_cell(id)?;
-        {
+        let sid = {
             let s = lock(&cell.session);
             if s.status.is_final() {
                 return Err(ManagerError::Ended {
@@ -873,20 +894,48 @@ impl Manager {
                     status: s.status.as_str(),
                 });
             }
-        }
-        let sid = cell.snapshot().id;
-        let interrupted = self
+            // From here no new turn can start (start_turn checks this under the same lock),
+            // and a second end_session is refused.
+            if cell
+                .ending
+                .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
+                .is_err()
+            {
+                return Err(ManagerError::Ended {
+                    id: s.id.clone(),
+                    status: "being ended",
+                });
+            }
+            s.id.clone()
+        };
+        let interrupted = match self
             .interrupt(
                 &sid,
                 &format!("interrupted by end_session ({})", verdict.as_str()),
             )
-            .await?;
+            .await
+        {
+            Ok(i) => i,
+            Err(e) => {
+                cell.ending.store(false, Ordering::SeqCst);
+                return Err(e);
+            }
+        };
         let s = {
             let mut s = lock(&cell.session);
+            let before = (s.status, s.summary.clone(), s.updated_at.clone());
             s.status = verdict;
             s.summary = summary.filter(|x| !x.trim().is_empty());
             s.updated_at = now();
-            self.inner.store.save_session(&s)?;
+            if let Err(e) = self.inner.store.save_session(&s) {
+                (s.status, s.summary, s.updated_at) = before;
+                cell.ending.store(false, Ordering::SeqCst);
+                return Err(e.into());
+            }
+            // Verdict `failed` is not final: converse may retry, so new turns are allowed again.
+            if !verdict.is_final() {
+                cell.ending.store(false, Ordering::SeqCst);
+            }
             s.clone()
         };
         cell.bump();
@@ -1029,6 +1078,7 @@ async fn run_turn(
         }
     };
     let pgid = child.id();
+    let _registered = process::ExecutorGuard(pgid);
     tracing::info!(session = %id, turn = index, pid = ?pgid, program = %spec.program.display(), "executor started");
     let stderr_task = child.stderr.take().map(|mut err| {
         tokio::spawn(async move {
@@ -1124,7 +1174,6 @@ async fn run_turn(
         process::terminate(&mut child, &marker, Duration::from_millis(500)).await;
     }
     let exit = child.try_wait().ok().flatten();
-    process::forget_executor(pgid);
     blocking(|| process::cleanup_after_exit(pgid, &marker));
     let stderr_tail = match stderr_task {
         Some(t) => tokio::time::timeout(Duration::from_secs(1), t)
@@ -1353,7 +1402,7 @@ fn finish(
     last_message: Option<String>,
     _stderr_tail: String,
 ) {
-    let (id, status, error) = {
+    let (id, status, error, snapshot) = {
         let mut s = lock(&cell.session);
         let (turn_status, session_status, error, api_status) =
             if let Some(reason) = outcome.interrupted {
@@ -1394,12 +1443,17 @@ fn finish(
         if let Err(e) = inner.store.save_session(&s) {
             tracing::error!(error = %e, "cannot save session");
         }
-        (s.id.clone(), turn_status, error)
+        // Release this turn's control in the same critical section: once the status says the
+        // turn is over, a converse may start the next turn and install its own control.
+        let mut control = lock(&cell.turn);
+        if control.as_ref().is_some_and(|c| c.index == index) {
+            *control = None;
+        }
+        drop(control);
+        (s.id.clone(), turn_status, error, s.clone())
     };
-    let snapshot = cell.snapshot();
     let firings = blocking(|| inner.watchers.after_turn(&snapshot, &all_sessions(inner)));
     record_firings(inner, cell, index, &firings);
-    *lock(&cell.turn) = None;
     cell.bump();
     inner.store.append_event(
         "turn_finished",

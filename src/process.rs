@@ -54,13 +54,22 @@ pub fn forget_executor(pid: Option<u32>) {
     }
 }
 
+/// Forgets an executor when dropped, on every path out of a turn (including panics).
+pub struct ExecutorGuard(pub Option<u32>);
+
+impl Drop for ExecutorGuard {
+    fn drop(&mut self) {
+        forget_executor(self.0);
+    }
+}
+
 /// Reap orphans that were re-parented to zwarm (a subreaper) and exited on their own: zombies
 /// whose parent is zwarm, outside zwarm's own process group, that are not executors.
 pub fn reap_orphan_zombies() -> usize {
     let me = std::process::id() as i32;
     // SAFETY: getpgrp has no preconditions.
     let my_pgid = unsafe { libc::getpgrp() };
-    let live = executors().clone();
+    let live = executors();
     let mut n = 0;
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return 0;
@@ -124,9 +133,12 @@ pub fn spawn(spec: &ProcessSpec, marker: &str) -> std::io::Result<Child> {
             Ok(())
         });
     }
+    // Registered under the lock the reaper holds while it scans, so a fast-exiting executor
+    // is never mistaken for an orphan.
+    let mut reg = executors();
     let child = cmd.spawn()?;
     if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
-        executors().push(pid);
+        reg.push(pid);
     }
     Ok(child)
 }

@@ -49,6 +49,7 @@ pub struct ZwarmServer {
     tool_router: rmcp::handler::server::router::tool::ToolRouter<ZwarmServer>,
     /// Resource subscriptions: (uri, the client that asked).
     subs: Subscriptions,
+    shutdown: CancellationToken,
 }
 
 /// Resource subscriptions: (uri, the client that asked).
@@ -125,6 +126,7 @@ impl ZwarmServer {
             manager,
             tool_router: Self::tool_router(),
             subs,
+            shutdown: CancellationToken::new(),
         }
     }
 
@@ -139,6 +141,23 @@ impl ZwarmServer {
         self.manager
             .before_call(tool, &v, acknowledge)
             .map_err(fail)
+    }
+
+    fn normalize_uri(&self, uri: &str) -> String {
+        match uri.strip_prefix("zwarm://sessions/") {
+            Some(id) => match self.manager.resolve(id) {
+                Ok(full) => session_uri(&full),
+                Err(_) => uri.to_string(),
+            },
+            None => uri.to_string(),
+        }
+    }
+
+    /// The token that ends the whole server (signal or stdin EOF). A tool call cancelled
+    /// because of it must not record "the client cancelled" as the turn's reason.
+    pub fn with_shutdown(mut self, ct: CancellationToken) -> Self {
+        self.shutdown = ct;
+        self
     }
 
     fn max_chars(&self) -> usize {
@@ -264,7 +283,7 @@ impl ZwarmServer {
             stop.cancel();
             let _ = handle.await;
         }
-        if ctx.ct.is_cancelled() {
+        if ctx.ct.is_cancelled() && !self.shutdown.is_cancelled() {
             // The host gave up on this call (its timeout or the user): stop the turn it started.
             let m = self.manager.clone();
             let sid = session_id.to_string();
@@ -575,13 +594,7 @@ impl ServerHandler for ZwarmServer {
     ) -> Result<(), McpError> {
         self.read(&request.uri)?;
         // A session may be named by a prefix: store the full id, which notifications use.
-        let uri = match request.uri.strip_prefix("zwarm://sessions/") {
-            Some(id) => match self.manager.resolve(id) {
-                Ok(full) => session_uri(&full),
-                Err(_) => request.uri.clone(),
-            },
-            None => request.uri.clone(),
-        };
+        let uri = self.normalize_uri(&request.uri);
         self.subs
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -595,10 +608,11 @@ impl ServerHandler for ZwarmServer {
         request: UnsubscribeRequestParams,
         _ctx: RequestContext<RoleServer>,
     ) -> Result<(), McpError> {
+        let uri = self.normalize_uri(&request.uri);
         self.subs
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .retain(|(u, _)| *u != request.uri);
+            .retain(|(u, _)| *u != uri && *u != request.uri);
         Ok(())
     }
 

@@ -60,6 +60,8 @@ impl Default for BudgetConfig {
 pub struct Budget {
     cfg: BudgetConfig,
     action: Action,
+    /// The after-turn hard stop fires once; later calls are refused by the gate anyway.
+    stopped: std::sync::atomic::AtomicBool,
 }
 
 impl Budget {
@@ -67,6 +69,7 @@ impl Budget {
         Ok(Budget {
             action: action_setting("watchers.budget.action", &cfg.action)?,
             cfg: cfg.clone(),
+            stopped: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -173,34 +176,44 @@ impl Watcher for Budget {
     /// `max_tokens` or `max_cost_usd` triggers the action at once (an abort interrupts every
     /// running turn).
     fn after_turn(&self, _session: &Session, sessions: &[Session]) -> Result<Finding, String> {
+        let finding = self.exceeded(sessions);
+        if finding.is_some() && self.stopped.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            return Ok(None);
+        }
+        Ok(finding)
+    }
+}
+
+impl Budget {
+    fn exceeded(&self, sessions: &[Session]) -> Finding {
         if let Some(max) = self.cfg.max_tokens {
             let t: u64 = sessions
                 .iter()
                 .map(|s| s.total_usage().total_tokens())
                 .sum();
             if t >= max {
-                return Ok(Some((
+                return Some((
                     self.action,
                     format!(
                         "budget exceeded: tokens used {t} of a limit of {max}. Report to the user, who can raise watchers.budget.max_tokens."
                     ),
-                )));
+                ));
             }
         }
         if let Some(max) = self.cfg.max_cost_usd {
             let c: f64 = sessions.iter().map(|s| self.session_cost(s)).sum();
             if c >= max {
-                return Ok(Some((
+                return Some((
                     self.action,
                     format!(
                         "budget exceeded: cost {} of a limit of {} USD. Report to the user, who can raise watchers.budget.max_cost_usd.",
                         fmt(c),
                         fmt(max)
                     ),
-                )));
+                ));
             }
         }
-        Ok(None)
+        None
     }
 }
 

@@ -85,13 +85,37 @@ fn git_changed(dir: &str, since: std::time::SystemTime) -> Vec<String> {
         return vec![];
     };
     let root = Path::new(root.trim());
-    let Some(status) = git(dir, &["status", "--porcelain", "--untracked-files=all"]) else {
+    // --no-optional-locks: never take index.lock, which would make another session's
+    // `git commit` in the same repo fail. -z: exact paths, no quoting of unusual names.
+    let Some(status) = git(
+        dir,
+        &[
+            "--no-optional-locks",
+            "status",
+            "--porcelain",
+            "-z",
+            "--untracked-files=all",
+        ],
+    ) else {
         return vec![];
     };
-    status
-        .lines()
-        .filter_map(|l| l.get(3..))
-        .map(|p| p.rsplit(" -> ").next().unwrap_or(p).trim_matches('"'))
+    let mut paths = Vec::new();
+    let mut entries = status.split('\0');
+    while let Some(e) = entries.next() {
+        let (Some(xy), Some(path)) = (e.get(..2), e.get(3..)) else {
+            continue;
+        };
+        if xy.starts_with('R') || xy.starts_with('C') {
+            entries.next(); // the rename's source path
+        }
+        // Deleted files have no mtime to tell whether this turn removed them; the executor's
+        // own file events report its deletions.
+        if !xy.contains('D') {
+            paths.push(path.to_string());
+        }
+    }
+    paths
+        .iter()
         .filter_map(|rel| {
             let abs = root.join(rel);
             let modified = std::fs::metadata(&abs).and_then(|m| m.modified()).ok()?;

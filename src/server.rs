@@ -101,24 +101,41 @@ impl ZwarmServer {
         let mut changes = manager.subscribe_changes();
         let subs2 = subs.clone();
         tokio::spawn(async move {
+            use std::collections::BTreeSet;
+            use tokio::sync::broadcast::error::RecvError;
             loop {
-                let id = match changes.recv().await {
-                    Ok(id) => id,
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
-                    Err(_) => break,
-                };
-                let uri = session_uri(&id);
-                let targets: Vec<(String, Peer<RoleServer>)> = subs2
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .iter()
-                    .filter(|(u, _)| *u == uri || u == SESSIONS_URI)
-                    .cloned()
-                    .collect();
-                for (u, peer) in targets {
-                    let _ = peer
-                        .notify_resource_updated(ResourceUpdatedNotificationParam::new(u))
-                        .await;
+                // Coalesce: a chatty executor changes its session many times a second; send at
+                // most one notification per resource every 100 ms.
+                let mut changed: BTreeSet<String> = BTreeSet::new();
+                match changes.recv().await {
+                    Ok(id) => {
+                        changed.insert(id);
+                    }
+                    Err(RecvError::Lagged(_)) => {}
+                    Err(RecvError::Closed) => break,
+                }
+                let window = tokio::time::sleep(Duration::from_millis(100));
+                tokio::pin!(window);
+                loop {
+                    tokio::select! {
+                        _ = &mut window => break,
+                        r = changes.recv() => match r {
+                            Ok(id) => { changed.insert(id); }
+                            Err(RecvError::Lagged(_)) => {}
+                            Err(RecvError::Closed) => break,
+                        },
+                    }
+                }
+                let subs_now: Vec<(String, Peer<RoleServer>)> =
+                    subs2.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                for (u, peer) in subs_now {
+                    let hit = u == SESSIONS_URI && !changed.is_empty()
+                        || changed.iter().any(|id| session_uri(id) == u);
+                    if hit {
+                        let _ = peer
+                            .notify_resource_updated(ResourceUpdatedNotificationParam::new(u))
+                            .await;
+                    }
                 }
             }
         });

@@ -158,7 +158,7 @@ async fn sessions_are_resources_with_full_transcripts_and_updates() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let updated = z.recorder.updated.lock().unwrap().clone();
     assert!(
-        updated.iter().filter(|u| **u == uri).count() >= 2,
+        updated.iter().filter(|u| **u == uri).count() >= 1,
         "subscribed session sent no updates: {updated:?}"
     );
 

@@ -101,6 +101,10 @@ pub enum ManagerError {
     ShuttingDown,
     #[error("watcher configuration: {0}")]
     Watchers(String),
+    #[error(
+        "session {0}: the running turn did not stop after the interrupt (its processes may be stuck). Try end_session again, or restart zwarm, which stops every executor."
+    )]
+    StillRunning(String),
     #[error(transparent)]
     Executor(#[from] ExecutorError),
     #[error(
@@ -334,9 +338,10 @@ impl Manager {
         }
         s.owner = self.owner();
         if let Err(e) = self.inner.store.save_session(&s) {
-            // Reading must keep working on a full or read-only disk; the adoption is retried
-            // by the next server start.
+            // Not recorded, so not adopted: another server could claim it too. Readers fall
+            // back to the file (see `get`); the next call retries.
             tracing::error!(session = %id, error = %e, "cannot record adoption");
+            return Err(e.into());
         }
         if let Some(reason) = recovered {
             tracing::info!(session = %id, "marked a session left running by a stopped server as failed");
@@ -624,8 +629,9 @@ impl Manager {
             Some(s) if self.inner.store.owner_alive(&s.owner.instance) => Ok(s),
             Some(_) => match self.adopt(&id) {
                 Ok(c) => Ok(c.snapshot()),
-                // Adopted by another live server in the meantime: read its copy.
-                Err(ManagerError::ForeignOwner { .. }) => self
+                // Adopted by another live server in the meantime, or the adoption could not be
+                // recorded: read the file as it is.
+                Err(ManagerError::ForeignOwner { .. } | ManagerError::Store(_)) => self
                     .inner
                     .store
                     .load_session(&id)?
@@ -850,13 +856,28 @@ impl Manager {
 
     /// Interrupt the running turn of a session (if any) and wait until it has stopped.
     pub async fn interrupt(&self, id: &str, reason: &str) -> Result<bool, ManagerError> {
+        self.interrupt_turn(id, None, reason).await
+    }
+
+    /// Interrupt the running turn — only if it is turn `turn`, when given — and wait until it
+    /// has stopped. Ok(false): nothing to interrupt.
+    pub async fn interrupt_turn(
+        &self,
+        id: &str,
+        turn: Option<u32>,
+        reason: &str,
+    ) -> Result<bool, ManagerError> {
         let cell = self.owned_cell(id)?;
         // Read the status and the control under the session lock, so they belong together.
         let control = {
             let s = lock(&cell.session);
             let control = lock(&cell.turn).clone();
             let current = s.turns.last().map(|t| t.index);
-            control.filter(|c| s.status.is_active() && Some(c.index) == current)
+            control.filter(|c| {
+                s.status.is_active()
+                    && Some(c.index) == current
+                    && turn.is_none_or(|t| t == c.index)
+            })
         };
         let Some(control) = control else {
             return Ok(false);
@@ -866,12 +887,18 @@ impl Manager {
         let mut rx = cell.version.subscribe();
         let limit =
             Instant::now() + Duration::from_secs(self.inner.cfg.interrupt_grace_seconds + 15);
-        while cell.snapshot().status.is_active() {
+        let ended = |c: &Cell| {
+            lock(&c.session)
+                .turns
+                .iter()
+                .any(|t| t.index == control.index && t.ended_at.is_some())
+        };
+        while !ended(&cell) {
             tokio::select! {
                 r = rx.changed() => { if r.is_err() { break; } }
                 _ = tokio::time::sleep_until(limit) => {
                     tracing::error!(session = %cell.snapshot().id, "turn did not stop after interrupt");
-                    break;
+                    return Err(ManagerError::StillRunning(cell.snapshot().id));
                 }
             }
         }
@@ -1014,7 +1041,7 @@ async fn run_turn(
     }
     let (id, adapter, plan, model) = {
         let mut s = lock(&cell.session);
-        if !s.status.is_final() {
+        if !s.status.is_final() && s.turns.last().map(|t| t.index) == Some(index) {
             s.status = SessionStatus::Running;
         }
         if let Some(t) = s.turns.iter_mut().find(|t| t.index == index) {
@@ -1062,7 +1089,7 @@ async fn run_turn(
             }
         };
     let marker = format!("{id}.{index}");
-    let mut child = match process::spawn(&spec, &marker) {
+    let mut child = match process::spawn(&spec, &marker).await {
         Ok(c) => c,
         Err(e) => {
             outcome.failed = Some((
@@ -1422,6 +1449,14 @@ fn finish(
                 (TurnStatus::Completed, SessionStatus::Idle, None, None)
             };
         let codex = s.adapter == Adapter::Codex;
+        let latest = s.turns.last().map(|t| t.index) == Some(index);
+        if s.turns
+            .iter()
+            .any(|t| t.index == index && t.ended_at.is_some())
+        {
+            // Already finished (a panic after finishing re-enters here): keep the record.
+            return;
+        }
         if let Some(t) = s.turns.iter_mut().find(|t| t.index == index) {
             // codex's -o file holds the final message even when the JSONL stream lost it
             // (openai/codex#19689); for other executors it is only a fallback.
@@ -1434,8 +1469,9 @@ fn finish(
             t.api_status = api_status;
             t.ended_at = Some(now());
         }
-        // end_session may have closed the session meanwhile: its verdict stands.
-        if !s.status.is_final() {
+        // end_session may have closed the session meanwhile: its verdict stands. And only the
+        // latest turn speaks for the session's status.
+        if !s.status.is_final() && latest {
             s.status = session_status;
             s.error = error.clone();
         }

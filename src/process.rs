@@ -107,7 +107,58 @@ pub fn reap_orphan_zombies() -> usize {
     n
 }
 
-pub fn spawn(spec: &ProcessSpec, marker: &str) -> std::io::Result<Child> {
+/// A request to the spawner thread.
+struct SpawnRequest {
+    spec: ProcessSpec,
+    marker: String,
+    runtime: tokio::runtime::Handle,
+    reply: tokio::sync::oneshot::Sender<std::io::Result<Child>>,
+}
+
+/// The thread every executor is forked from. `PR_SET_PDEATHSIG` fires when the *thread* that
+/// forked a child exits, and tokio retires worker threads (e.g. after `block_in_place`); a
+/// dedicated thread that lives as long as zwarm makes the signal mean "zwarm died".
+fn spawner() -> &'static std::sync::Mutex<std::sync::mpsc::Sender<SpawnRequest>> {
+    static SPAWNER: std::sync::OnceLock<std::sync::Mutex<std::sync::mpsc::Sender<SpawnRequest>>> =
+        std::sync::OnceLock::new();
+    SPAWNER.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel::<SpawnRequest>();
+        let started = std::thread::Builder::new()
+            .name("zwarm-spawner".into())
+            .spawn(move || {
+                while let Ok(req) = rx.recv() {
+                    let _rt = req.runtime.enter();
+                    let _ = req.reply.send(spawn_here(&req.spec, &req.marker));
+                }
+            });
+        if let Err(e) = started {
+            tracing::error!(error = %e, "cannot start the spawner thread");
+        }
+        std::sync::Mutex::new(tx)
+    })
+}
+
+/// Start an executor process (see the module docs for how it is set up).
+pub async fn spawn(spec: &ProcessSpec, marker: &str) -> std::io::Result<Child> {
+    let (reply, rx) = tokio::sync::oneshot::channel();
+    let req = SpawnRequest {
+        spec: spec.clone(),
+        marker: marker.to_string(),
+        runtime: tokio::runtime::Handle::current(),
+        reply,
+    };
+    let sent = spawner()
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .send(req);
+    if sent.is_err() {
+        return Err(std::io::Error::other("the spawner thread is not running"));
+    }
+    rx.await
+        .map_err(|_| std::io::Error::other("the spawner thread dropped the request"))?
+}
+
+fn spawn_here(spec: &ProcessSpec, marker: &str) -> std::io::Result<Child> {
     let mut cmd = Command::new(&spec.program);
     cmd.args(&spec.args)
         .current_dir(&spec.cwd)
@@ -128,8 +179,15 @@ pub fn spawn(spec: &ProcessSpec, marker: &str) -> std::io::Result<Child> {
     // async-signal-safe. If zwarm dies (even by SIGKILL), the executor gets SIGTERM instead of
     // running on unsupervised; whatever it leaves is killed by marker on the next start.
     unsafe {
-        cmd.pre_exec(|| {
+        let parent = libc::getpid();
+        cmd.pre_exec(move || {
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM, 0, 0, 0);
+            // zwarm may have died between fork and prctl: then the signal never comes.
+            if libc::getppid() != parent {
+                return Err(std::io::Error::other(
+                    "zwarm exited while starting the executor",
+                ));
+            }
             Ok(())
         });
     }

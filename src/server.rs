@@ -107,11 +107,13 @@ impl ZwarmServer {
                 // Coalesce: a chatty executor changes its session many times a second; send at
                 // most one notification per resource every 100 ms.
                 let mut changed: BTreeSet<String> = BTreeSet::new();
+                // Missed changes (the feed lagged) are unknown ones: notify every subscription.
+                let mut everything = false;
                 match changes.recv().await {
                     Ok(id) => {
                         changed.insert(id);
                     }
-                    Err(RecvError::Lagged(_)) => {}
+                    Err(RecvError::Lagged(_)) => everything = true,
                     Err(RecvError::Closed) => break,
                 }
                 let window = tokio::time::sleep(Duration::from_millis(100));
@@ -121,7 +123,7 @@ impl ZwarmServer {
                         _ = &mut window => break,
                         r = changes.recv() => match r {
                             Ok(id) => { changed.insert(id); }
-                            Err(RecvError::Lagged(_)) => {}
+                            Err(RecvError::Lagged(_)) => everything = true,
                             Err(RecvError::Closed) => break,
                         },
                     }
@@ -129,7 +131,8 @@ impl ZwarmServer {
                 let subs_now: Vec<(String, Peer<RoleServer>)> =
                     subs2.lock().unwrap_or_else(|p| p.into_inner()).clone();
                 for (u, peer) in subs_now {
-                    let hit = u == SESSIONS_URI && !changed.is_empty()
+                    let hit = everything
+                        || u == SESSIONS_URI && !changed.is_empty()
                         || changed.iter().any(|id| session_uri(id) == u);
                     if hit {
                         let _ = peer
@@ -237,6 +240,7 @@ impl ZwarmServer {
     async fn wait_turn(
         &self,
         session_id: &str,
+        turn: u32,
         budget: Duration,
         ctx: &RequestContext<RoleServer>,
     ) -> Result<crate::session::Session, ManagerError> {
@@ -305,7 +309,13 @@ impl ZwarmServer {
             let m = self.manager.clone();
             let sid = session_id.to_string();
             tokio::spawn(async move {
-                let _ = m.interrupt(&sid, "interrupted: the MCP client cancelled the tool call that started this turn").await;
+                let _ = m
+                    .interrupt_turn(
+                        &sid,
+                        Some(turn),
+                        "interrupted: the MCP client cancelled the tool call that started this turn",
+                    )
+                    .await;
             });
         }
         s
@@ -346,7 +356,7 @@ impl ZwarmServer {
         let s = if is_async {
             self.manager.get(&id)
         } else {
-            self.wait_turn(&id, budget, &ctx).await
+            self.wait_turn(&id, 1, budget, &ctx).await
         };
         match s {
             Ok(s) => {
@@ -389,7 +399,7 @@ impl ZwarmServer {
         let s = if is_async {
             self.manager.get(&id)
         } else {
-            self.wait_turn(&id, budget, &ctx).await
+            self.wait_turn(&id, turn, budget, &ctx).await
         };
         match s {
             Ok(s) => {

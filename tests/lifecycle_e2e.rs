@@ -517,18 +517,11 @@ async fn a_background_process_left_by_a_finished_turn_is_killed_and_reaped() {
         "daemon {pid} survived the turn"
     );
     // No zombie either: zwarm (a subreaper) reaped what it killed.
-    let zombies: Vec<String> = std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
-        .filter(|st| {
-            st.contains("(sleep)")
-                && st
-                    .rsplit_once(')')
-                    .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
-        })
-        .collect();
-    assert!(zombies.is_empty(), "zombies: {zombies:?}");
+    assert!(
+        zombie_children_of(z.pid).is_empty(),
+        "zombies: {:?}",
+        zombie_children_of(z.pid)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -642,6 +635,14 @@ async fn stdin_eof_with_a_sync_call_in_flight_exits_within_two_seconds() {
         t.elapsed()
     );
     assert_gone_within(&id, Duration::from_millis(500)).await;
+    // The turn records the shutdown, not "the client cancelled the call".
+    let z = Zwarm::start(&env, &[]).await;
+    let s = z.ok("check_session", json!({"session_id": id})).await;
+    let err = s["error"].as_str().unwrap();
+    assert!(
+        err.contains("shut down") && !err.contains("cancelled the tool call"),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -649,25 +650,45 @@ async fn an_orphan_that_exits_on_its_own_is_reaped() {
     let (mock, env) = codex_env();
     let mut s = script(&env);
     s["scenarios"]["orphan"] = json!([
-        {"items": [{"function_call": {"name": "exec_command", "arguments": {"cmd": "sh -c 'sleep 0.3 & echo $! > orphan.pid' ; sleep 1.5; echo done"}}}]},
+        {"items": [{"function_call": {"name": "exec_command", "arguments": {"cmd": "sh -c 'sleep 0.3 & echo $! > orphan.pid' ; sleep 8; echo done", "yield_time_ms": 120000}}}]},
         {"items": [{"message": "orphan left"}]}
     ]);
     mock.set_script(s);
     let z = Zwarm::start(&env, &["--set", "codex.sandbox=danger-full-access"]).await;
-    let r = z.ok("delegate", json!({"task": "@@orphan"})).await;
-    assert_eq!(r["status"], "idle", "{r}");
-    let pid: i32 = std::fs::read_to_string(env.work.join("orphan.pid"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    // It exited long before the turn ended; as zwarm's child it must not linger as a zombie.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let r = z
+        .ok("delegate", json!({"task": "@@orphan", "mode": "async"}))
+        .await;
+    let id = r["session_id"].as_str().unwrap().to_string();
+    // While the turn is still running (it sleeps 8 s), the orphan exits after 0.3 s and
+    // becomes zwarm's zombie; the periodic reaper (every 5 s) must collect it mid-turn.
+    let start = Instant::now();
+    let pid: i32 = loop {
+        if let Some(p) = std::fs::read_to_string(env.work.join("orphan.pid"))
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+        {
+            break p;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "orphan never started"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    tokio::time::sleep(Duration::from_millis(6_500)).await;
+    let s = z.ok("check_session", json!({"session_id": id})).await;
+    assert_eq!(
+        s["status"], "running",
+        "the check must happen mid-turn: {s}"
+    );
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     assert!(
         stat.is_empty() || !stat.contains(") Z"),
-        "zombie left: {stat}"
+        "zombie left mid-turn: {stat}"
     );
+    assert!(zombie_children_of(z.pid).is_empty());
+    let s = wait_done(&z, &id).await;
+    assert_eq!(s["status"], "idle");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -739,4 +760,19 @@ async fn end_session_racing_converse_or_itself_ends_final_with_nothing_running()
             "{s}"
         );
     }
+}
+
+/// Zombie processes whose parent is `parent`.
+fn zombie_children_of(parent: u32) -> Vec<String> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
+        .filter(|st| {
+            st.rsplit_once(')').is_some_and(|(_, r)| {
+                let f: Vec<&str> = r.split_whitespace().collect();
+                f.first() == Some(&"Z") && f.get(1) == Some(&parent.to_string().as_str())
+            })
+        })
+        .collect()
 }

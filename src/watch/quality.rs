@@ -105,7 +105,7 @@ fn git_changed(dir: &str, since: std::time::SystemTime) -> Vec<String> {
         let (Some(xy), Some(path)) = (e.get(..2), e.get(3..)) else {
             continue;
         };
-        if xy.starts_with('R') || xy.starts_with('C') {
+        if xy.contains('R') || xy.contains('C') {
             entries.next(); // the rename's source path
         }
         // Deleted files have no mtime to tell whether this turn removed them; the executor's

@@ -71,32 +71,12 @@ pub fn reap_orphan_zombies() -> usize {
     let my_pgid = unsafe { libc::getpgrp() };
     let live = executors();
     let mut n = 0;
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return 0;
-    };
-    for entry in dir.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<i32>().ok())
-        else {
-            continue;
-        };
+    for pid in proc_pids() {
         if live.contains(&pid) {
             continue;
         }
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        // Fields after the command name: state ppid pgrp …
-        let Some((_, rest)) = stat.rsplit_once(')') else {
-            continue;
-        };
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        let (Some(state), Some(ppid), Some(pgrp)) = (f.first(), f.get(1), f.get(2)) else {
-            continue;
-        };
-        if *state == "Z" && ppid.parse() == Ok(me) && pgrp.parse() != Ok(my_pgid) {
+        let Some(st) = proc_stat(pid) else { continue };
+        if st.state == 'Z' && st.ppid == me && st.pgrp != my_pgid {
             let mut status = 0;
             // SAFETY: waitpid on a specific zombie child with WNOHANG.
             if unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) } == pid {
@@ -105,6 +85,34 @@ pub fn reap_orphan_zombies() -> usize {
         }
     }
     n
+}
+
+/// Every process id in /proc (empty when /proc is unreadable).
+fn proc_pids() -> impl Iterator<Item = i32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()))
+}
+
+/// The fields of /proc/<pid>/stat that zwarm uses.
+struct ProcStat {
+    state: char,
+    ppid: i32,
+    pgrp: i32,
+}
+
+fn proc_stat(pid: i32) -> Option<ProcStat> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may contain spaces and parentheses: fields start after the last ')'.
+    let (_, rest) = stat.rsplit_once(')')?;
+    let mut f = rest.split_whitespace();
+    Some(ProcStat {
+        state: f.next()?.chars().next()?,
+        ppid: f.next()?.parse().ok()?,
+        pgrp: f.next()?.parse().ok()?,
+    })
 }
 
 /// A request to the spawner thread.
@@ -277,17 +285,7 @@ pub fn kill_marked(marker: &str, exclude: Option<i32>) -> usize {
 
 fn find_marked(needle: &str, me: i32, exclude: Option<i32>) -> Vec<i32> {
     let mut out = Vec::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return out;
-    };
-    for entry in dir.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<i32>().ok())
-        else {
-            continue;
-        };
+    for pid in proc_pids() {
         if pid == me || Some(pid) == exclude {
             continue;
         }
@@ -302,13 +300,7 @@ fn find_marked(needle: &str, me: i32, exclude: Option<i32>) -> Vec<i32> {
 }
 
 fn is_zombie(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            s.rsplit_once(')')
-                .map(|(_, rest)| rest.trim_start().starts_with('Z'))
-        })
-        .unwrap_or(false)
+    proc_stat(pid).is_some_and(|st| st.state == 'Z')
 }
 
 /// Reap killed processes that were re-parented to us (we are a subreaper). Only the given pids

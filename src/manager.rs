@@ -581,7 +581,7 @@ impl Manager {
                     )),
                     ..Default::default()
                 };
-                finish(&inner, &cell, index, outcome, None, String::new());
+                finish(&inner, &cell, index, outcome, None);
             }
         });
         tracing::info!(session = %id, turn = index, "turn started");
@@ -743,22 +743,27 @@ fn starts_work(tool: &str) -> bool {
 
 /// Every session on the state dir: this server's from memory, others' from disk.
 fn all_sessions(inner: &Inner) -> Vec<Session> {
-    {
-        let mut by_id: HashMap<String, Session> = HashMap::new();
-        for s in inner.store.load_all() {
-            by_id.insert(s.id.clone(), s);
+    let cells: Vec<Arc<Cell>> = lock(&inner.cells).values().cloned().collect();
+    let mut v: Vec<Session> = cells.iter().map(|c| c.snapshot()).collect();
+    // Only files of sessions this server does not hold are read (watchers call this before
+    // every tool call).
+    let held: std::collections::HashSet<&str> = v.iter().map(|s| s.id.as_str()).collect();
+    let others: Vec<String> = inner
+        .store
+        .session_ids()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|id| !held.contains(id.as_str()))
+        .collect();
+    for id in others {
+        match inner.store.load_session(&id) {
+            Ok(Some(s)) => v.push(s),
+            Ok(None) => {}
+            Err(e) => tracing::error!(error = %e, "skipping unreadable session file"),
         }
-        let cells: Vec<(String, Arc<Cell>)> = lock(&inner.cells)
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        for (id, c) in cells {
-            by_id.insert(id, c.snapshot());
-        }
-        let mut v: Vec<Session> = by_id.into_values().collect();
-        v.sort_by(|a, b| b.updated_at.cmp(&a.updated_at).then(a.id.cmp(&b.id)));
-        v
     }
+    v.sort_by(|a, b| b.updated_at.cmp(&a.updated_at).then(a.id.cmp(&b.id)));
+    v
 }
 
 /// Interrupt every running or queued turn of this server (a watcher aborted).
@@ -1036,7 +1041,7 @@ async fn run_turn(
     let mut outcome = Outcome::default();
     if permit.is_none() || control.cancel.is_cancelled() {
         outcome.interrupted = Some(interrupted_reason(&inner));
-        finish(&inner, &cell, index, outcome, None, String::new());
+        finish(&inner, &cell, index, outcome, None);
         return;
     }
     let (id, adapter, plan, model) = {
@@ -1044,7 +1049,7 @@ async fn run_turn(
         if !s.status.is_final() && s.turns.last().map(|t| t.index) == Some(index) {
             s.status = SessionStatus::Running;
         }
-        if let Some(t) = s.turns.iter_mut().find(|t| t.index == index) {
+        if let Some(t) = s.turn_mut(index) {
             t.status = TurnStatus::Running;
             t.started_at = now();
         }
@@ -1054,12 +1059,7 @@ async fn run_turn(
         }
         let plan = TurnPlan {
             working_dir: PathBuf::from(&s.working_dir),
-            prompt: s
-                .turns
-                .iter()
-                .find(|t| t.index == index)
-                .map(|t| t.prompt.clone())
-                .unwrap_or_default(),
+            prompt: s.turn(index).map(|t| t.prompt.clone()).unwrap_or_default(),
             resume_id: s.native_id.clone(),
         };
         (s.id.clone(), s.adapter, plan, s.model.clone())
@@ -1075,7 +1075,7 @@ async fn run_turn(
         Ok(x) => x,
         Err(e) => {
             outcome.failed = Some((format!("could not open turn logs: {e}"), None));
-            finish(&inner, &cell, index, outcome, None, String::new());
+            finish(&inner, &cell, index, outcome, None);
             return;
         }
     };
@@ -1084,7 +1084,7 @@ async fn run_turn(
             Ok(s) => s,
             Err(e) => {
                 outcome.failed = Some((e.to_string(), None));
-                finish(&inner, &cell, index, outcome, None, String::new());
+                finish(&inner, &cell, index, outcome, None);
                 return;
             }
         };
@@ -1100,7 +1100,7 @@ async fn run_turn(
                 ),
                 None,
             ));
-            finish(&inner, &cell, index, outcome, None, String::new());
+            finish(&inner, &cell, index, outcome, None);
             return;
         }
     };
@@ -1130,7 +1130,7 @@ async fn run_turn(
     let Some(stdout) = child.stdout.take() else {
         outcome.failed = Some(("executor stdout was not captured".into(), None));
         process::terminate(&mut child, &marker, Duration::from_millis(100)).await;
-        finish(&inner, &cell, index, outcome, None, String::new());
+        finish(&inner, &cell, index, outcome, None);
         return;
     };
     let mut lines = FramedRead::new(stdout, LinesCodec::new_with_max_length(MAX_LINE));
@@ -1228,9 +1228,9 @@ async fn run_turn(
 
 fn apply(inner: &Inner, cell: &Cell, index: u32, ev: ExecutorEvent, outcome: &mut Outcome) {
     let mut significant = true;
-    let (id, adapter) = {
+    let message = ev.summary(lock(&cell.session).adapter.as_str());
+    let (id, firings) = {
         let mut s = lock(&cell.session);
-        let adapter = s.adapter;
         match &ev {
             ExecutorEvent::SessionStarted { native_id, model } => {
                 s.native_id = Some(native_id.clone());
@@ -1246,9 +1246,7 @@ fn apply(inner: &Inner, cell: &Cell, index: u32, ev: ExecutorEvent, outcome: &mu
             } => {
                 outcome.completed = true;
                 record_usage(&mut s, index, *usage, *scope, *cost_usd);
-                if let (Some(t), Some(text)) =
-                    (s.turns.iter_mut().find(|t| t.index == index), final_text)
-                {
+                if let (Some(t), Some(text)) = (s.turn_mut(index), final_text) {
                     t.response = Some(text.clone());
                 }
             }
@@ -1267,7 +1265,7 @@ fn apply(inner: &Inner, cell: &Cell, index: u32, ev: ExecutorEvent, outcome: &mu
             }
             _ => {}
         }
-        if let Some(t) = s.turns.iter_mut().find(|t| t.index == index) {
+        if let Some(t) = s.turn_mut(index) {
             match &ev {
                 ExecutorEvent::AgentMessage { text } => {
                     if let Some(prev) = t.response.take() {
@@ -1302,19 +1300,19 @@ fn apply(inner: &Inner, cell: &Cell, index: u32, ev: ExecutorEvent, outcome: &mu
                 _ => {}
             }
         }
-        if let Some(line) = ev.summary(adapter.as_str()) {
-            s.push_progress(line);
+        if let Some(line) = &message {
+            s.push_progress(line.clone());
         }
         s.updated_at = now();
         if significant && let Err(e) = inner.store.save_session(&s) {
             tracing::error!(error = %e, "cannot save session");
         }
-        (s.id.clone(), adapter)
+        // Per-event watchers are cheap (no I/O): run them on the session as it is, without
+        // copying it; their firings are recorded once the lock is released.
+        (s.id.clone(), inner.watchers.on_event(&s, &ev))
     };
-    let firings = inner.watchers.on_event(&cell.snapshot(), &ev);
     record_firings(inner, cell, index, &firings);
     cell.bump();
-    let message = ev.summary(adapter.as_str());
     let _ = inner.notices.send(Notice {
         session_id: id,
         turn: index,
@@ -1339,7 +1337,7 @@ fn record_usage(
         }
         UsageScope::Invocation => u,
     };
-    if let Some(t) = s.turns.iter_mut().find(|t| t.index == index) {
+    if let Some(t) = s.turn_mut(index) {
         t.usage = per_turn;
         if cost.is_some() {
             t.cost_usd = cost;
@@ -1362,7 +1360,7 @@ fn finish_with_exit(
             Some(e) => describe_exit(e),
             None => "an unknown status".into(),
         };
-        let hint = explain_stderr(adapter, &stderr_tail, &lock(&cell.session));
+        let hint = explain_failure(adapter, &stderr_tail, &lock(&cell.session));
         let detail = hint.unwrap_or_else(|| {
             let tail = text::tail_bytes(stderr_tail.trim(), 1500)
                 .trim()
@@ -1386,7 +1384,7 @@ fn finish_with_exit(
             None,
         ));
     }
-    finish(inner, cell, index, outcome, last_message, stderr_tail);
+    finish(inner, cell, index, outcome, last_message);
 }
 
 fn describe_exit(e: std::process::ExitStatus) -> String {
@@ -1399,7 +1397,7 @@ fn describe_exit(e: std::process::ExitStatus) -> String {
 }
 
 /// Turn well-known executor failures into advice (they arrive in stderr or in the stream).
-fn explain_stderr(adapter: Adapter, text: &str, s: &Session) -> Option<String> {
+fn explain_failure(adapter: Adapter, text: &str, s: &Session) -> Option<String> {
     let native = s.native_id.clone().unwrap_or_default();
     if adapter == Adapter::Claude && text.contains("No conversation found") {
         return Some(format!(
@@ -1421,14 +1419,7 @@ fn explain_stderr(adapter: Adapter, text: &str, s: &Session) -> Option<String> {
     None
 }
 
-fn finish(
-    inner: &Inner,
-    cell: &Cell,
-    index: u32,
-    outcome: Outcome,
-    last_message: Option<String>,
-    _stderr_tail: String,
-) {
+fn finish(inner: &Inner, cell: &Cell, index: u32, outcome: Outcome, last_message: Option<String>) {
     let (id, status, error, snapshot) = {
         let mut s = lock(&cell.session);
         let (turn_status, session_status, error, api_status) =
@@ -1440,7 +1431,7 @@ fn finish(
                     None,
                 )
             } else if let Some((msg, api)) = outcome.failed {
-                let msg = match explain_stderr(s.adapter, &msg, &s) {
+                let msg = match explain_failure(s.adapter, &msg, &s) {
                     Some(hint) if !msg.contains(hint.trim()) => format!("{msg}.{hint}"),
                     _ => msg,
                 };
@@ -1450,14 +1441,11 @@ fn finish(
             };
         let codex = s.adapter == Adapter::Codex;
         let latest = s.turns.last().map(|t| t.index) == Some(index);
-        if s.turns
-            .iter()
-            .any(|t| t.index == index && t.ended_at.is_some())
-        {
+        if s.turn(index).is_some_and(|t| t.ended_at.is_some()) {
             // Already finished (a panic after finishing re-enters here): keep the record.
             return;
         }
-        if let Some(t) = s.turns.iter_mut().find(|t| t.index == index) {
+        if let Some(t) = s.turn_mut(index) {
             // codex's -o file holds the final message even when the JSONL stream lost it
             // (openai/codex#19689); for other executors it is only a fallback.
             match last_message {

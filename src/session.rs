@@ -171,6 +171,15 @@ impl Session {
         self.turns.last_mut()
     }
 
+    /// Turn number `index` (1-based).
+    pub fn turn(&self, index: u32) -> Option<&Turn> {
+        self.turns.iter().find(|t| t.index == index)
+    }
+
+    pub fn turn_mut(&mut self, index: u32) -> Option<&mut Turn> {
+        self.turns.iter_mut().find(|t| t.index == index)
+    }
+
     pub fn total_usage(&self) -> Usage {
         let mut u = Usage::default();
         for t in &self.turns {

@@ -137,26 +137,6 @@ impl Store {
         Ok(ids)
     }
 
-    /// Load every session; unreadable files are logged and skipped, never fatal.
-    pub fn load_all(&self) -> Vec<Session> {
-        let ids = match self.session_ids() {
-            Ok(ids) => ids,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot list sessions");
-                return vec![];
-            }
-        };
-        ids.iter()
-            .filter_map(|id| match self.load_session(id) {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::error!(error = %e, "skipping unreadable session file");
-                    None
-                }
-            })
-            .collect()
-    }
-
     /// Append one event line to `events.jsonl`.
     pub fn append_event<T: Serialize>(&self, kind: &str, session_id: Option<&str>, data: T) {
         let mut line = serde_json::json!({

@@ -411,6 +411,14 @@ fn env_table(env: &[(String, String)]) -> Result<toml::Table, ConfigError> {
 }
 
 /// Set a dotted key from a raw string, typed by the key's kind.
+/// Parse `raw` as a TOML value (`[1, 2]`, `{ a = 1 }`, `"x"`).
+fn toml_literal(raw: &str) -> Option<Value> {
+    format!("v = {raw}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+}
+
 fn set_path(
     t: &mut toml::Table,
     key: &str,
@@ -426,65 +434,32 @@ fn set_path(
             source_name: source_name.into(),
             known: known_list(),
         })?;
+    let bad = |expected: &'static str| ConfigError::BadValue {
+        key: key.into(),
+        source_name: source_name.into(),
+        expected,
+        value: raw.into(),
+    };
     let value = match kind {
         Kind::Str => Value::String(raw.to_string()),
-        Kind::Int => Value::Integer(raw.parse::<i64>().map_err(|_| ConfigError::BadValue {
-            key: key.into(),
-            source_name: source_name.into(),
-            expected: "a whole number",
-            value: raw.into(),
-        })?),
-        Kind::Float => Value::Float(raw.parse::<f64>().map_err(|_| ConfigError::BadValue {
-            key: key.into(),
-            source_name: source_name.into(),
-            expected: "a number",
-            value: raw.into(),
-        })?),
+        Kind::Int => Value::Integer(raw.parse::<i64>().map_err(|_| bad("a whole number"))?),
+        Kind::Float => Value::Float(raw.parse::<f64>().map_err(|_| bad("a number"))?),
         Kind::Bool => Value::Boolean(match raw.to_ascii_lowercase().as_str() {
             "true" | "1" | "yes" | "on" => true,
             "false" | "0" | "no" | "off" => false,
-            _ => {
-                return Err(ConfigError::BadValue {
-                    key: key.into(),
-                    source_name: source_name.into(),
-                    expected: "true or false",
-                    value: raw.into(),
-                });
-            }
+            _ => return Err(bad("true or false")),
         }),
-        Kind::Free => format!("v = {raw}")
-            .parse::<toml::Table>()
-            .ok()
-            .and_then(|mut t| t.remove("v"))
-            .ok_or_else(|| ConfigError::BadValue {
-                key: key.into(),
-                source_name: source_name.into(),
-                expected: "a TOML value (table or array)",
-                value: raw.into(),
-            })?,
-        Kind::StrList => {
-            if raw.trim_start().starts_with('[') {
-                format!("v = {raw}")
-                    .parse::<toml::Table>()
-                    .ok()
-                    .and_then(|mut t| t.remove("v"))
-                    .filter(Value::is_array)
-                    .ok_or_else(|| ConfigError::BadValue {
-                        key: key.into(),
-                        source_name: source_name.into(),
-                        expected: "a TOML array of strings or a comma-separated list",
-                        value: raw.into(),
-                    })?
-            } else {
-                Value::Array(
-                    raw.split(',')
-                        .map(str::trim)
-                        .filter(|s| !s.is_empty())
-                        .map(|s| Value::String(s.into()))
-                        .collect(),
-                )
-            }
-        }
+        Kind::Free => toml_literal(raw).ok_or_else(|| bad("a TOML value (table or array)"))?,
+        Kind::StrList if raw.trim_start().starts_with('[') => toml_literal(raw)
+            .filter(Value::is_array)
+            .ok_or_else(|| bad("a TOML array of strings or a comma-separated list"))?,
+        Kind::StrList => Value::Array(
+            raw.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| Value::String(s.into()))
+                .collect(),
+        ),
     };
     let mut parts: Vec<&str> = key.split('.').collect();
     let last = parts.pop().unwrap_or(key);

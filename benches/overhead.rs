@@ -25,18 +25,10 @@ fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
+/// The binary zwarm itself runs: the native codex behind npm's Node wrapper.
 fn native_codex() -> std::path::PathBuf {
-    let dir = cli_dir("codex");
-    let wrapper = std::fs::canonicalize(dir.join("codex")).unwrap();
-    let pkg = wrapper
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap();
-    let native = pkg.join("codex-linux-x64/vendor/x86_64-unknown-linux-musl/bin/codex");
-    if native.exists() { native } else { wrapper }
+    let wrapper = cli_dir("codex").join("codex");
+    zwarm::executor::native_codex_for(&wrapper).unwrap_or(wrapper)
 }
 
 fn peak_rss_kb(pid: u32) -> u64 {
@@ -79,12 +71,9 @@ async fn main() {
         for (k, v) in &env.vars {
             cmd.env(k, v);
         }
-        let child = cmd.spawn().unwrap();
-        let pid = child.id();
-        let out = child.wait_with_output().unwrap();
-        assert!(out.status.success());
+        let status = cmd.status().unwrap();
+        assert!(status.success());
         direct.push(t.elapsed());
-        let _ = pid;
     }
     // codex's own peak RSS, measured once with /usr/bin/time when available.
     if let Ok(o) = std::process::Command::new("/usr/bin/time")

@@ -193,7 +193,7 @@ fn resolve_codex(cfg: &Config) -> Result<PathBuf, ExecutorError> {
 
 /// Given the npm wrapper `…/node_modules/@openai/codex/bin/codex.js`, find the native binary
 /// shipped in the platform package next to it.
-fn native_codex_for(wrapper: &Path) -> Option<PathBuf> {
+pub fn native_codex_for(wrapper: &Path) -> Option<PathBuf> {
     let real = std::fs::canonicalize(wrapper).ok()?;
     if real.extension().and_then(|e| e.to_str()) != Some("js") {
         return None;

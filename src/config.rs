@@ -290,7 +290,7 @@ pub fn load(src: &Sources) -> Result<Config, ConfigError> {
 }
 
 fn validate(cfg: &Config) -> Result<(), ConfigError> {
-    if crate::executor::Adapter::parse(&cfg.default_adapter).is_none() {
+    if crate::model::Adapter::parse(&cfg.default_adapter).is_none() {
         return Err(ConfigError::Invalid(format!(
             "default_adapter is `{}`; use `codex` or `claude`",
             cfg.default_adapter

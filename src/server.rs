@@ -25,7 +25,7 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::manager::{DelegateRequest, Manager, ManagerError};
-use crate::session::{Mode, Session, SessionStatus};
+use crate::model::{Mode, Session, SessionStatus};
 use crate::tools::*;
 use crate::watch::WatcherNote;
 
@@ -243,7 +243,7 @@ impl ZwarmServer {
         turn: u32,
         budget: Duration,
         ctx: &RequestContext<RoleServer>,
-    ) -> Result<crate::session::Session, ManagerError> {
+    ) -> Result<crate::model::Session, ManagerError> {
         let token = ctx.meta.get_progress_token();
         let forward = token.map(|token| {
             let mut rx = self.manager.subscribe();

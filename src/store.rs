@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::session::Session;
+use crate::model::Session;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -140,7 +140,7 @@ impl Store {
     /// Append one event line to `events.jsonl`.
     pub fn append_event<T: Serialize>(&self, kind: &str, session_id: Option<&str>, data: T) {
         let mut line = serde_json::json!({
-            "ts": crate::session::now(),
+            "ts": crate::model::now(),
             "server": self.instance,
             "pid": std::process::id(),
             "event": kind,

@@ -10,8 +10,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::event::{FileChange, PermissionDenial, Usage};
-use crate::executor::Adapter;
-use crate::session::{Mode, Session, SessionStatus, Turn, TurnStatus};
+use crate::model::Adapter;
+use crate::model::{Mode, Session, SessionStatus, Turn, TurnStatus};
 use crate::text;
 use crate::watch::WatcherNote;
 

@@ -9,37 +9,11 @@ pub mod codex;
 
 use std::path::{Path, PathBuf};
 
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
-
 use crate::config::Config;
 use crate::event::ExecutorEvent;
 use crate::process::ProcessSpec;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum Adapter {
-    Codex,
-    Claude,
-}
-
-impl Adapter {
-    /// Accepts the names and the seed's aliases (`codex_mcp`, `claude_code`).
-    pub fn parse(s: &str) -> Option<Adapter> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "codex" | "codex_mcp" | "codex-mcp" => Some(Adapter::Codex),
-            "claude" | "claude_code" | "claude-code" => Some(Adapter::Claude),
-            _ => None,
-        }
-    }
-
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Adapter::Codex => "codex",
-            Adapter::Claude => "claude",
-        }
-    }
-}
+pub use crate::model::Adapter;
 
 /// What one turn should do.
 #[derive(Debug, Clone)]

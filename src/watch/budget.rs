@@ -11,8 +11,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::{Action, CallInfo, Finding, Watcher, action_setting};
-use crate::executor::Adapter;
-use crate::session::Session;
+use crate::model::Adapter;
+use crate::model::Session;
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

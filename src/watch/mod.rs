@@ -23,12 +23,11 @@ mod scope;
 
 use std::sync::Mutex;
 
-use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::event::ExecutorEvent;
-use crate::session::Session;
+use crate::model::Session;
 
 pub use budget::BudgetConfig;
 pub use pattern::{PatternConfig, PatternRule};
@@ -36,39 +35,7 @@ pub use progress::ProgressConfig;
 pub use quality::QualityConfig;
 pub use scope::ScopeConfig;
 
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
-)]
-#[serde(rename_all = "snake_case")]
-pub enum Action {
-    Continue,
-    Nudge,
-    Pause,
-    Abort,
-}
-
-impl Action {
-    pub fn parse(s: &str) -> Option<Action> {
-        Some(match s {
-            "continue" => Action::Continue,
-            "nudge" => Action::Nudge,
-            "pause" => Action::Pause,
-            "abort" => Action::Abort,
-            _ => return None,
-        })
-    }
-}
-
-/// A watcher's finding as the orchestrator sees it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-pub struct WatcherNote {
-    pub watcher: String,
-    pub action: Action,
-    pub message: String,
-    /// The turn it is about, if any.
-    pub turn: Option<u32>,
-    pub at: String,
-}
+pub use crate::model::{Action, WatcherNote};
 
 /// What a watcher says at one moment.
 pub type Finding = Option<(Action, String)>;
@@ -122,7 +89,7 @@ impl Firing {
             action: self.action,
             message: self.message.clone(),
             turn,
-            at: crate::session::now(),
+            at: crate::model::now(),
         }
     }
 }

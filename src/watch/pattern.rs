@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Action, Finding, Watcher, action_setting};
 use crate::event::ExecutorEvent;
-use crate::session::Session;
+use crate::model::Session;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -9,7 +9,7 @@ use std::process::Stdio;
 use serde::{Deserialize, Serialize};
 
 use super::{Action, Finding, Watcher};
-use crate::session::Session;
+use crate::model::Session;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]

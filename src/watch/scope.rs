@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Action, CallInfo, Finding, Watcher, action_setting};
 use crate::event::ExecutorEvent;
-use crate::session::Session;
+use crate::model::Session;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]

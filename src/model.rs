@@ -1,8 +1,12 @@
-//! The session record: what zwarm knows about one delegated conversation.
+//! The data every part of zwarm shares: adapters, statuses, sessions, turns, watcher notes.
 //!
-//! A session is stored as one small JSON file (see [`crate::store`]) and is the unit every
-//! tool talks about. It holds the executor's native id (so a conversation can be resumed even
-//! after zwarm restarts), and one [`Turn`] per prompt with what the executor reported.
+//! This is a leaf module: it imports nothing from the rest of zwarm except the executor event
+//! vocabulary ([`crate::event`]), so configuration, executors, watchers, the store and the
+//! session engine can all depend on it without depending on each other.
+//!
+//! A session is the unit every tool talks about. It holds the executor's native id (so a
+//! conversation can be resumed even after zwarm restarts), and one [`Turn`] per prompt with
+//! what the executor reported. The store keeps the session row and each turn separately.
 
 use std::collections::VecDeque;
 
@@ -10,7 +14,65 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::event::{FileChange, PermissionDenial, Usage};
-use crate::executor::Adapter;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Adapter {
+    Codex,
+    Claude,
+}
+
+impl Adapter {
+    /// Accepts the names and the seed's aliases (`codex_mcp`, `claude_code`).
+    pub fn parse(s: &str) -> Option<Adapter> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "codex" | "codex_mcp" | "codex-mcp" => Some(Adapter::Codex),
+            "claude" | "claude_code" | "claude-code" => Some(Adapter::Claude),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Adapter::Codex => "codex",
+            Adapter::Claude => "claude",
+        }
+    }
+}
+
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    Continue,
+    Nudge,
+    Pause,
+    Abort,
+}
+
+impl Action {
+    pub fn parse(s: &str) -> Option<Action> {
+        Some(match s {
+            "continue" => Action::Continue,
+            "nudge" => Action::Nudge,
+            "pause" => Action::Pause,
+            "abort" => Action::Abort,
+            _ => return None,
+        })
+    }
+}
+
+/// A watcher's finding as the orchestrator sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct WatcherNote {
+    pub watcher: String,
+    pub action: Action,
+    pub message: String,
+    /// The turn it is about, if any.
+    pub turn: Option<u32>,
+    pub at: String,
+}
 
 /// How many progress lines a session remembers.
 pub const RECENT_PROGRESS: usize = 20;
@@ -159,7 +221,7 @@ pub struct Session {
     pub recent: VecDeque<String>,
     /// What watchers said about this session (nudges, pauses, aborts).
     #[serde(default)]
-    pub watcher_notes: Vec<crate::watch::WatcherNote>,
+    pub watcher_notes: Vec<WatcherNote>,
 }
 
 impl Session {

@@ -82,6 +82,15 @@ impl Env {
                 "1".into(),
             ),
             ("DISABLE_AUTOUPDATER".into(), "1".into()),
+            // The user's own zwarm config and state never leak into a test.
+            (
+                "XDG_CONFIG_HOME".into(),
+                dir.path().join("xdg-config").display().to_string(),
+            ),
+            (
+                "XDG_STATE_HOME".into(),
+                dir.path().join("xdg-state").display().to_string(),
+            ),
             ("CLAUDE_CODE_MAX_RETRIES".into(), "0".into()),
         ];
         if let Some(a) = anthropic {

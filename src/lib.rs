@@ -7,11 +7,12 @@
 pub mod config;
 pub mod event;
 pub mod executor;
-pub mod manager;
+pub mod fleet;
 pub mod model;
 pub mod process;
 pub mod prompt;
 pub mod server;
+pub mod sessions;
 pub mod store;
 pub mod text;
 pub mod tools;

@@ -67,8 +67,9 @@ fn main() -> anyhow::Result<()> {
 async fn serve(cfg: zwarm::config::Config) -> anyhow::Result<i32> {
     zwarm::process::become_subreaper();
     let cwd = std::env::current_dir().context("reading the current directory")?;
-    let manager =
-        zwarm::manager::Manager::start(cfg, cwd).context("opening the state directory")?;
+    let manager = zwarm::sessions::Manager::start(cfg, cwd)
+        .await
+        .context("opening the state directory")?;
     tracing::info!(state_dir = %manager.state_dir().display(), version = env!("CARGO_PKG_VERSION"), "zwarm serving MCP on stdio");
     let ct = CancellationToken::new();
     tokio::spawn(cancel_on_signal(ct.clone()));

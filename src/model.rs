@@ -222,6 +222,9 @@ pub struct Session {
     /// What watchers said about this session (nudges, pauses, aborts).
     #[serde(default)]
     pub watcher_notes: Vec<WatcherNote>,
+    /// A watcher stopped this session (its reason): it takes no more turns.
+    #[serde(default)]
+    pub aborted: Option<String>,
 }
 
 impl Session {
@@ -269,4 +272,19 @@ impl Session {
 
 pub fn now() -> String {
     humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
+}
+
+/// Session ids are lower-case hyphenated UUIDs (file and lock names are built from them).
+pub fn valid_id(s: &str) -> bool {
+    s.len() == 36 && uuid::Uuid::parse_str(s).is_ok_and(|u| u.hyphenated().to_string() == s)
+}
+
+/// An executor's native thread/session id as zwarm will pass it back to the CLI: no leading
+/// `-` (it must never be read as a flag), no whitespace or control characters, bounded.
+pub fn valid_native_id(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 200
+        && !s.starts_with('-')
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'))
 }

@@ -12,20 +12,22 @@ use rmcp::handler::server::wrapper::Parameters;
 use std::sync::{Arc, Mutex};
 
 use rmcp::model::{
-    CallToolResult, ContentBlock, GetPromptRequestParams, GetPromptResponse, GetPromptResult,
-    Implementation, ListPromptsResult, ListResourceTemplatesResult, ListResourcesResult,
-    PaginatedRequestParams, ProgressNotificationParam, Prompt, PromptArgument, PromptMessage,
-    ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult, Resource,
-    ResourceContents, ResourceTemplate, ResourceUpdatedNotificationParam, Role, ServerCapabilities,
-    ServerConfig, SubscribeRequestParams, UnsubscribeRequestParams,
+    GetPromptRequestParams, GetPromptResponse, GetPromptResult, Implementation, ListPromptsResult,
+    ListResourceTemplatesResult, ListResourcesResult, PaginatedRequestParams,
+    ProgressNotificationParam, Prompt, PromptArgument, PromptMessage, ReadResourceRequestParams,
+    ReadResourceResponse, ReadResourceResult, Resource, ResourceContents, ResourceTemplate,
+    ResourceUpdatedNotificationParam, Role, ServerCapabilities, ServerConfig,
+    SubscribeRequestParams, UnsubscribeRequestParams,
 };
 use rmcp::service::{Peer, RequestContext};
-use rmcp::{ErrorData as McpError, RoleServer, ServerHandler, tool, tool_handler, tool_router};
+use rmcp::{
+    ErrorData as McpError, Json, RoleServer, ServerHandler, tool, tool_handler, tool_router,
+};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::manager::{DelegateRequest, Manager, ManagerError};
 use crate::model::{Mode, Session, SessionStatus};
+use crate::sessions::{DelegateRequest, Manager, ManagerError};
 use crate::tools::*;
 use crate::watch::WatcherNote;
 
@@ -58,23 +60,13 @@ type Subscriptions = Arc<Mutex<Vec<(String, Peer<RoleServer>)>>>;
 pub const SESSIONS_URI: &str = "zwarm://sessions";
 pub const EVENTS_URI: &str = "zwarm://events";
 
-type ToolResult = Result<CallToolResult, McpError>;
+/// A tool's result: `Json(T)` becomes `structuredContent`; `Err(text)` an `isError` result
+/// whose text says what was wrong and what to do (no structuredContent, so it cannot
+/// contradict the declared output schema).
+type ToolResult<T> = Result<Json<T>, String>;
 
-fn ok<T: Serialize>(v: &T) -> ToolResult {
-    match serde_json::to_value(v) {
-        Ok(v) => Ok(CallToolResult::structured(v)),
-        Err(e) => Ok(fail(format!(
-            "internal error while encoding the result: {e}"
-        ))),
-    }
-}
-
-fn fail(msg: impl Into<String>) -> CallToolResult {
-    CallToolResult::error(vec![ContentBlock::text(msg.into())])
-}
-
-fn err(e: ManagerError) -> ToolResult {
-    Ok(fail(e.to_string()))
+fn err(e: ManagerError) -> String {
+    e.to_string()
 }
 
 /// Sync-wait policy for the calling host: (default, maximum) seconds. Hosts cancel tool calls
@@ -151,21 +143,19 @@ impl ZwarmServer {
     }
 
     /// Run the watchers before a call: a refusal becomes the call's error result.
-    fn guard<A: Serialize>(
+    async fn guard<A: Serialize>(
         &self,
         tool: &str,
         args: &A,
         acknowledge: bool,
-    ) -> Result<Vec<WatcherNote>, CallToolResult> {
+    ) -> Result<Vec<WatcherNote>, String> {
         let v = serde_json::to_value(args).unwrap_or(serde_json::Value::Null);
-        self.manager
-            .before_call(tool, &v, acknowledge)
-            .map_err(fail)
+        self.manager.before_call(tool, &v, acknowledge).await
     }
 
-    fn normalize_uri(&self, uri: &str) -> String {
+    async fn normalize_uri(&self, uri: &str) -> String {
         match uri.strip_prefix("zwarm://sessions/") {
-            Some(id) => match self.manager.resolve(id) {
+            Some(id) => match self.manager.resolve(id).await {
                 Ok(full) => session_uri(&full),
                 Err(_) => uri.to_string(),
             },
@@ -184,24 +174,31 @@ impl ZwarmServer {
         self.manager.config().max_response_chars
     }
 
-    fn read(&self, uri: &str) -> Result<String, McpError> {
+    async fn read(&self, uri: &str) -> Result<String, McpError> {
         let not_found = |what: String| {
             McpError::resource_not_found(
                 format!("{what}. Resources: {SESSIONS_URI}, {SESSIONS_URI}/{{id}}, {EVENTS_URI}"),
                 Some(serde_json::json!({ "uri": uri })),
             )
         };
+        let internal = |e: ManagerError| McpError::internal_error(e.to_string(), None);
         let text = if uri == SESSIONS_URI {
-            let rows: Vec<SessionRow> = self.manager.list(None).iter().map(session_row).collect();
+            let page = self
+                .manager
+                .list(None, usize::MAX >> 1, 0)
+                .await
+                .map_err(internal)?;
+            let rows: Vec<SessionRow> = page.sessions.into_iter().map(session_row).collect();
             serde_json::to_string_pretty(
                 &serde_json::json!({"count": rows.len(), "sessions": rows}),
             )
         } else if uri == EVENTS_URI {
-            serde_json::to_string_pretty(&self.manager.recent_events(200))
+            serde_json::to_string_pretty(&self.manager.recent_events(200).await.map_err(internal)?)
         } else if let Some(id) = uri.strip_prefix("zwarm://sessions/") {
             let s = self
                 .manager
                 .get(id)
+                .await
                 .map_err(|e| not_found(format!("no session `{id}`: {e}")))?;
             serde_json::to_string_pretty(&transcript(&s))
         } else {
@@ -227,7 +224,7 @@ impl ZwarmServer {
                 .sync_wait_seconds
                 .unwrap_or(host_default)
         };
-        let max = host_max.unwrap_or(crate::manager::MAX_WAIT.as_secs());
+        let max = host_max.unwrap_or(crate::sessions::MAX_WAIT.as_secs());
         let secs = requested.unwrap_or(default).min(max);
         (
             Duration::from_secs(secs),
@@ -335,38 +332,32 @@ impl ZwarmServer {
         &self,
         Parameters(a): Parameters<DelegateArgs>,
         ctx: RequestContext<RoleServer>,
-    ) -> ToolResult {
-        let notes = match self.guard("delegate", &a, a.acknowledge_pause) {
-            Ok(n) => n,
-            Err(r) => return Ok(r),
-        };
+    ) -> ToolResult<TurnReport> {
+        let notes = self.guard("delegate", &a, a.acknowledge_pause).await?;
         let mode = a.mode.clone();
-        let id = match self.manager.delegate(DelegateRequest {
-            task: a.task,
-            adapter: a.adapter,
-            mode: a.mode,
-            model: a.model,
-            working_dir: a.working_dir,
-        }) {
-            Ok(id) => id,
-            Err(e) => return err(e),
-        };
+        let id = self
+            .manager
+            .delegate(DelegateRequest {
+                task: a.task,
+                adapter: a.adapter,
+                mode: a.mode,
+                model: a.model,
+                working_dir: a.working_dir,
+            })
+            .await
+            .map_err(err)?;
         let (budget, max) = self.wait_budget(&ctx, a.wait_seconds, false);
         let is_async = mode.as_deref().and_then(Mode::parse) == Some(Mode::Async);
         let s = if is_async {
-            self.manager.get(&id)
+            self.manager.get(&id).await
         } else {
             self.wait_turn(&id, 1, budget, &ctx).await
-        };
-        match s {
-            Ok(s) => {
-                self.manager.attach_notes(&s.id, Some(1), &notes);
-                let mut r = turn_report(&s, 1, max, self.max_chars());
-                r.watchers = with_notes(r.watchers, notes);
-                ok(&r)
-            }
-            Err(e) => err(e),
         }
+        .map_err(err)?;
+        self.manager.attach_notes(&s.id, Some(1), &notes).await;
+        let mut r = turn_report(&s, 1, max, self.max_chars());
+        r.watchers = with_notes(r.watchers, notes);
+        Ok(Json(r))
     }
 
     /// Send the next message to an existing session, continuing the executor's own thread.
@@ -379,38 +370,32 @@ impl ZwarmServer {
         &self,
         Parameters(a): Parameters<ConverseArgs>,
         ctx: RequestContext<RoleServer>,
-    ) -> ToolResult {
-        let notes = match self.guard("converse", &a, a.acknowledge_pause) {
-            Ok(n) => n,
-            Err(r) => return Ok(r),
-        };
+    ) -> ToolResult<TurnReport> {
+        let notes = self.guard("converse", &a, a.acknowledge_pause).await?;
         let is_async = match a.mode.as_deref().filter(|m| !m.trim().is_empty()) {
             None => false,
             Some(m) => match Mode::parse(m) {
                 Some(m) => m == Mode::Async,
-                None => return err(ManagerError::UnknownMode(m.to_string())),
+                None => return Err(err(ManagerError::UnknownMode(m.to_string()))),
             },
         };
-        let (id, turn) = match self.manager.converse(&a.session_id, &a.message) {
-            Ok(x) => x,
-            Err(e) => return err(e),
-        };
+        let (id, turn) = self
+            .manager
+            .converse(&a.session_id, &a.message)
+            .await
+            .map_err(err)?;
         let (budget, max) = self.wait_budget(&ctx, a.wait_seconds, false);
         let s = if is_async {
-            self.manager.get(&id)
+            self.manager.get(&id).await
         } else {
             self.wait_turn(&id, turn, budget, &ctx).await
-        };
-        match s {
-            Ok(s) => {
-                self.manager.attach_notes(&s.id, Some(turn), &notes);
-                let mut r = turn_report(&s, turn, max, self.max_chars());
-                r.mode = if is_async { Mode::Async } else { Mode::Sync };
-                r.watchers = with_notes(r.watchers, notes);
-                ok(&r)
-            }
-            Err(e) => err(e),
         }
+        .map_err(err)?;
+        self.manager.attach_notes(&s.id, Some(turn), &notes).await;
+        let mut r = turn_report(&s, turn, max, self.max_chars());
+        r.mode = if is_async { Mode::Async } else { Mode::Sync };
+        r.watchers = with_notes(r.watchers, notes);
+        Ok(Json(r))
     }
 
     /// Report a session: status, every turn (response, commands, files, usage), recent
@@ -423,26 +408,19 @@ impl ZwarmServer {
         &self,
         Parameters(a): Parameters<CheckArgs>,
         ctx: RequestContext<RoleServer>,
-    ) -> ToolResult {
-        let notes = match self.guard("check_session", &a, false) {
-            Ok(n) => n,
-            Err(r) => return Ok(r),
-        };
+    ) -> ToolResult<SessionReport> {
+        let notes = self.guard("check_session", &a, false).await?;
         let (budget, max) = self.wait_budget(&ctx, a.wait_seconds, true);
         let s = if budget.is_zero() {
-            self.manager.get(&a.session_id)
+            self.manager.get(&a.session_id).await
         } else {
             self.manager.wait(&a.session_id, budget, &ctx.ct).await
-        };
-        match s {
-            Ok(s) => {
-                self.manager.attach_notes(&s.id, None, &notes);
-                let mut r = session_report(&s, max, self.max_chars());
-                r.watchers = with_notes(r.watchers, notes);
-                ok(&r)
-            }
-            Err(e) => err(e),
         }
+        .map_err(err)?;
+        self.manager.attach_notes(&s.id, None, &notes).await;
+        let mut r = session_report(&s, max, self.max_chars());
+        r.watchers = with_notes(r.watchers, notes);
+        Ok(Json(r))
     }
 
     /// End a session with a verdict (completed, failed or cancelled) and an optional summary.
@@ -451,11 +429,8 @@ impl ZwarmServer {
         output_schema = schema_for_output::<EndReport>(),
         annotations(title = "End a session", read_only_hint = false, destructive_hint = true, idempotent_hint = false, open_world_hint = false)
     )]
-    async fn end_session(&self, Parameters(a): Parameters<EndArgs>) -> ToolResult {
-        let notes = match self.guard("end_session", &a, false) {
-            Ok(n) => n,
-            Err(r) => return Ok(r),
-        };
+    async fn end_session(&self, Parameters(a): Parameters<EndArgs>) -> ToolResult<EndReport> {
+        let notes = self.guard("end_session", &a, false).await?;
         let verdict = match a
             .verdict
             .as_deref()
@@ -470,22 +445,24 @@ impl ZwarmServer {
                     | SessionStatus::Cancelled),
                 ) => s,
                 _ => {
-                    return Ok(fail(format!(
+                    return Err(format!(
                         "unknown verdict `{v}`: use completed, failed or cancelled."
-                    )));
+                    ));
                 }
             },
         };
-        match self.manager.end(&a.session_id, verdict, a.summary).await {
-            Ok((s, interrupted)) => ok(&EndReport {
-                session_id: s.id.clone(),
-                status: s.status,
-                summary: s.summary.clone(),
-                interrupted_turn: interrupted,
-                watchers: notes,
-            }),
-            Err(e) => err(e),
-        }
+        let (s, interrupted) = self
+            .manager
+            .end(&a.session_id, verdict, a.summary)
+            .await
+            .map_err(err)?;
+        Ok(Json(EndReport {
+            session_id: s.id.clone(),
+            status: s.status,
+            summary: s.summary.clone(),
+            interrupted_turn: interrupted,
+            watchers: notes,
+        }))
     }
 
     /// List sessions (newest first), optionally only those with one status.
@@ -493,42 +470,38 @@ impl ZwarmServer {
         output_schema = schema_for_output::<SessionList>(),
         annotations(title = "List sessions", read_only_hint = true, open_world_hint = false)
     )]
-    async fn list_sessions(&self, Parameters(a): Parameters<ListArgs>) -> ToolResult {
-        let notes = match self.guard("list_sessions", &a, false) {
-            Ok(n) => n,
-            Err(r) => return Ok(r),
-        };
+    async fn list_sessions(&self, Parameters(a): Parameters<ListArgs>) -> ToolResult<SessionList> {
+        let notes = self.guard("list_sessions", &a, false).await?;
         let status = match a.status.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
             None => None,
             Some(s) => match SessionStatus::parse(s) {
                 Some(st) => Some(st),
                 None => {
-                    return Ok(fail(format!(
+                    return Err(format!(
                         "unknown status `{s}`: use queued, running, idle, failed, completed or cancelled, or omit it."
-                    )));
+                    ));
                 }
             },
         };
-        let all = self.manager.list(status);
         let limit = a
             .limit
             .map(|l| l.clamp(1, 200) as usize)
             .unwrap_or(self.manager.config().list_page_size);
         let offset = a.offset.unwrap_or(0) as usize;
-        let sessions: Vec<SessionRow> = all
-            .iter()
-            .skip(offset)
-            .take(limit)
-            .map(session_row)
-            .collect();
+        let page = self
+            .manager
+            .list(status, limit, offset)
+            .await
+            .map_err(err)?;
+        let sessions: Vec<SessionRow> = page.sessions.into_iter().map(session_row).collect();
         let next = offset + sessions.len();
-        ok(&SessionList {
+        Ok(Json(SessionList {
             count: sessions.len(),
-            total: all.len(),
-            next_offset: (next < all.len()).then_some(next),
+            total: page.total,
+            next_offset: (next < page.total).then_some(next),
             sessions,
             watchers: notes,
-        })
+        }))
     }
 }
 
@@ -606,7 +579,7 @@ impl ServerHandler for ZwarmServer {
         request: ReadResourceRequestParams,
         _ctx: RequestContext<RoleServer>,
     ) -> Result<ReadResourceResponse, McpError> {
-        let text = self.read(&request.uri)?;
+        let text = self.read(&request.uri).await?;
         Ok(ReadResourceResult::new(vec![
             ResourceContents::text(text, request.uri.clone()).with_mime_type("application/json"),
         ])
@@ -619,9 +592,9 @@ impl ServerHandler for ZwarmServer {
         request: SubscribeRequestParams,
         ctx: RequestContext<RoleServer>,
     ) -> Result<(), McpError> {
-        self.read(&request.uri)?;
+        self.read(&request.uri).await?;
         // A session may be named by a prefix: store the full id, which notifications use.
-        let uri = self.normalize_uri(&request.uri);
+        let uri = self.normalize_uri(&request.uri).await;
         self.subs
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -635,7 +608,7 @@ impl ServerHandler for ZwarmServer {
         request: UnsubscribeRequestParams,
         _ctx: RequestContext<RoleServer>,
     ) -> Result<(), McpError> {
-        let uri = self.normalize_uri(&request.uri);
+        let uri = self.normalize_uri(&request.uri).await;
         self.subs
             .lock()
             .unwrap_or_else(|p| p.into_inner())

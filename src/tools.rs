@@ -431,16 +431,16 @@ pub fn session_report(s: &Session, max_wait: u64, max_chars: usize) -> SessionRe
     }
 }
 
-pub fn session_row(s: &Session) -> SessionRow {
+pub fn session_row(r: crate::store::SessionRow) -> SessionRow {
     SessionRow {
-        session_id: s.id.clone(),
-        status: s.status,
-        adapter: s.adapter,
-        mode: s.mode,
-        task: text::truncate_chars(&s.task, 200),
-        turns: s.turns.len() as u32,
-        usage: s.total_usage(),
-        cost_usd: s.total_cost(),
-        updated_at: s.updated_at.clone(),
+        session_id: r.session_id,
+        status: r.status,
+        adapter: r.adapter,
+        mode: r.mode,
+        task: r.task,
+        turns: r.turns,
+        usage: r.usage,
+        cost_usd: r.cost_usd,
+        updated_at: r.updated_at,
     }
 }

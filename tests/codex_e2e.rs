@@ -98,7 +98,7 @@ async fn delegate_creates_file_then_converse_resumes_the_thread() {
     // Raw executor output and the event log are on disk.
     let raw = std::fs::read_to_string(env.state.join("turns").join(&id).join("1.jsonl")).unwrap();
     assert!(raw.lines().any(|l| l.contains("\"turn.completed\"")));
-    let events = std::fs::read_to_string(env.state.join("events.jsonl")).unwrap();
+    let events = env.events();
     for kind in [
         "session_started",
         "turn_started",
@@ -107,7 +107,7 @@ async fn delegate_creates_file_then_converse_resumes_the_thread() {
     ] {
         assert!(
             events.contains(&format!("\"event\":\"{kind}\"")),
-            "missing {kind} in events.jsonl"
+            "missing {kind} in the event log"
         );
     }
 }
@@ -236,17 +236,11 @@ async fn bad_input_is_an_error_that_says_what_to_do_and_the_server_keeps_answeri
     // Two sessions sharing an 8-character prefix: the prefix is ambiguous.
     let r = z.ok("delegate", json!({"task": "one"})).await;
     let real = r["session_id"].as_str().unwrap().to_string();
-    let body =
-        std::fs::read_to_string(env.state.join("sessions").join(format!("{real}.json"))).unwrap();
     for twin in [
         "abcdef12-0000-4000-8000-000000000001",
         "abcdef12-0000-4000-8000-000000000002",
     ] {
-        std::fs::write(
-            env.state.join("sessions").join(format!("{twin}.json")),
-            body.replace(&real, twin),
-        )
-        .unwrap();
+        env.clone_session(&real, twin);
     }
     let m = z
         .err("check_session", json!({"session_id": "abcdef12"}))

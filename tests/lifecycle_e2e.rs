@@ -300,7 +300,7 @@ async fn shutdown_by_stdin_eof_or_sigterm_leaves_nothing_and_restart_resumes() {
             "thread not resumed: {last}"
         );
     }
-    let events = std::fs::read_to_string(env.state.join("events.jsonl")).unwrap();
+    let events = env.events();
     assert!(events.matches("\"event\":\"server_stopped\"").count() >= 2);
 }
 
@@ -318,7 +318,7 @@ async fn sigkill_of_the_server_mid_turn_is_recovered_on_restart() {
         .await;
     let id = r["session_id"].as_str().unwrap().to_string();
     wait_for_sleep(&id).await;
-    let events_before = std::fs::read_to_string(env.state.join("events.jsonl")).unwrap();
+    let events_before = env.events();
     z.signal_and_wait(libc::SIGKILL, Duration::from_secs(5))
         .await;
     drop(z);
@@ -333,14 +333,13 @@ async fn sigkill_of_the_server_mid_turn_is_recovered_on_restart() {
     let z = Zwarm::start(&env, &danger).await;
     // … until the new server adopts the session and kills what its turn left behind.
     assert_gone_within(&id, Duration::from_secs(10)).await;
-    // Every state file parses; every event written before the kill is still there.
-    for e in std::fs::read_dir(env.state.join("sessions")).unwrap() {
-        let p = e.unwrap().path();
-        let v: Value = serde_json::from_slice(&std::fs::read(&p).unwrap())
-            .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-        assert!(v["id"].is_string());
+    // Every stored session parses; every event written before the kill is still there.
+    let ids = env.session_ids();
+    assert_eq!(ids.len(), 2, "{ids:?}");
+    for id in ids {
+        assert_eq!(env.session_meta(&id)["id"], Value::String(id.clone()));
     }
-    let events_after = std::fs::read_to_string(env.state.join("events.jsonl")).unwrap();
+    let events_after = env.events();
     assert!(events_after.starts_with(&events_before));
     for l in events_after.lines() {
         serde_json::from_str::<Value>(l).unwrap_or_else(|e| panic!("bad event line {l}: {e}"));
@@ -464,7 +463,7 @@ async fn two_servers_on_one_state_dir_keep_every_session_and_event() {
     let lb = b.ok("list_sessions", json!({})).await;
     assert_eq!(la["count"], 6);
     assert_eq!(lb["count"], 6);
-    let events = std::fs::read_to_string(env.state.join("events.jsonl")).unwrap();
+    let events = env.events();
     let parsed: Vec<Value> = events
         .lines()
         .map(|l| serde_json::from_str(l).expect("whole lines"))
@@ -604,19 +603,7 @@ async fn stdin_eof_with_a_sync_call_in_flight_exits_within_two_seconds() {
     // Find the session from the state dir (the sync call has not answered).
     let start = Instant::now();
     let id = loop {
-        let ids: Vec<String> = std::fs::read_dir(env.state.join("sessions"))
-            .map(|d| {
-                d.flatten()
-                    .filter_map(|e| {
-                        e.file_name()
-                            .to_str()?
-                            .strip_suffix(".json")
-                            .map(str::to_string)
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        if let Some(id) = ids.into_iter().find(|i| !i.starts_with('.')) {
+        if let Some(id) = env.session_ids().into_iter().next() {
             break id;
         }
         assert!(start.elapsed() < Duration::from_secs(10));

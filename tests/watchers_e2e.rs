@@ -28,6 +28,9 @@ fn codex_env() -> (OpenAiMock, Env) {
     s["scenarios"]["libtested"] = json!([patch(&["src/lib.rs", "tests/lib_test.rs"]), {"items": [{"message": "edited lib and tests"}]}]);
     let same = json!({"items": [{"function_call": {"name": "exec_command", "arguments": {"cmd": "cat missing.txt"}}}]});
     s["scenarios"]["loop"] = json!([same, same, same, {"items": [{"message": "gave up"}]}]);
+    // Files written by a shell command only: no file events from codex.
+    let shell = json!({"items": [{"function_call": {"name": "exec_command", "arguments": {"cmd": "echo a > a.py && echo b > b.py"}}}]});
+    s["scenarios"]["shellwrites"] = json!([shell, {"items": [{"message": "wrote two files"}]}]);
     mock.set_script(s);
     (mock, env)
 }
@@ -58,7 +61,7 @@ async fn quality_nudges_code_without_tests_and_is_silent_with_tests() {
         .ok("check_session", json!({"session_id": r["session_id"]}))
         .await;
     assert_eq!(notes(&s, "quality").len(), 1);
-    let events = std::fs::read_to_string(env.state.join("events.jsonl")).unwrap();
+    let events = env.events();
     assert!(
         events.contains("\"event\":\"watcher_fired\"")
             && events.contains("\"watcher\":\"quality\"")
@@ -76,7 +79,7 @@ async fn quality_nudges_code_without_tests_and_is_silent_with_tests() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn quality_counts_files_from_git_status_too() {
+async fn quality_scans_git_after_a_turn_that_reported_no_files() {
     let (_mock, env) = codex_env();
     std::process::Command::new("git")
         .args(["init", "-q"])
@@ -84,16 +87,37 @@ async fn quality_counts_files_from_git_status_too() {
         .status()
         .unwrap();
     let z = Zwarm::start(&env, &["--set", "watchers.quality.max_files=1"]).await;
-    // The shell command writes from_shell.txt (no file event), apply_patch adds hello.py.
-    let r = z.ok("delegate", json!({"task": "@@tools please"})).await;
-    let q = notes(&r, "quality");
-    assert_eq!(q.len(), 1, "{r}");
+    // The shell command writes a.py and b.py; codex reports no file change for them. The git
+    // scan runs after the result is out (never on the tool call), and its nudge reaches the
+    // session afterwards.
+    let r = z.ok("delegate", json!({"task": "@@shellwrites"})).await;
+    assert_eq!(r["status"], "idle", "{r}");
+    let id = r["session_id"].clone();
+    let mut q = Vec::new();
+    for _ in 0..100 {
+        let s = z.ok("check_session", json!({"session_id": id})).await;
+        q = notes(&s, "quality").into_iter().cloned().collect();
+        if !q.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(q.len(), 1, "{q:?}");
     assert!(
         q[0]["message"]
             .as_str()
             .unwrap()
             .starts_with("2 files changed"),
         "{q:?}"
+    );
+    // A turn that reports its own file changes is judged on those alone (no scan): the shell
+    // file written next to hello.py does not count.
+    let t = z.ok("delegate", json!({"task": "@@tools please"})).await;
+    assert!(
+        notes(&t, "quality")
+            .iter()
+            .all(|n| !n["message"].as_str().unwrap().contains("files changed")),
+        "{t}"
     );
 }
 
@@ -211,7 +235,7 @@ async fn budget_warns_then_stops_a_claude_spender() {
     assert_eq!(l["count"], 2, "the refused delegate created no session");
     z.ok("end_session", json!({"session_id": a["session_id"]}))
         .await;
-    let events = std::fs::read_to_string(env.state.join("events.jsonl")).unwrap();
+    let events = env.events();
     assert!(
         events.contains("\"event\":\"watchers_abort\"")
             && events.contains("\"event\":\"call_refused\"")
@@ -276,8 +300,17 @@ async fn a_pattern_rule_with_abort_interrupts_the_running_turn() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(turn_pids(&id).is_empty());
-    let m = z.err("delegate", json!({"task": "anything"})).await;
-    assert!(m.contains("no-long-sleeps"), "{m}");
+    // The abort is about that session: it takes no more turns, and says why …
+    let m = z
+        .err("converse", json!({"session_id": id, "message": "go on"}))
+        .await;
+    assert!(
+        m.contains("no-long-sleeps") && m.contains("stopped by a watcher"),
+        "{m}"
+    );
+    // … while the server keeps working for everything else.
+    let other = z.ok("delegate", json!({"task": "hello"})).await;
+    assert_eq!(other["status"], "idle", "{other}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

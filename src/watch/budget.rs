@@ -10,8 +10,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Action, CallInfo, Finding, Watcher, action_setting};
-use crate::model::Adapter;
+use super::{AbortScope, Action, CallInfo, Finding, Watcher, action_setting};
+use crate::fleet::Fleet;
 use crate::model::Session;
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -73,24 +73,23 @@ impl Budget {
         })
     }
 
-    /// Cost of one session in USD: reported (claude) or priced from tokens (codex).
-    pub fn session_cost(&self, s: &Session) -> f64 {
-        if s.adapter == Adapter::Claude || s.total_cost().is_some() {
-            return s.total_cost().unwrap_or(0.0);
+    /// Cost so far in USD: what executors reported (claude) plus tokens priced from the
+    /// config (codex; `default` prices sessions without a model).
+    pub fn cost(&self, fleet: &Fleet) -> f64 {
+        let mut c = fleet.reported_cost();
+        for (model, u) in fleet.unpriced() {
+            let price = model
+                .and_then(|m| self.cfg.prices.get(m))
+                .or_else(|| self.cfg.prices.get("default"));
+            let Some(p) = price else { continue };
+            let cached = u.cached_input_tokens.min(u.input_tokens) as f64;
+            let fresh = u.input_tokens as f64 - cached;
+            c += (fresh * p.input_per_million
+                + cached * p.cached_input_per_million.unwrap_or(p.input_per_million)
+                + u.output_tokens as f64 * p.output_per_million)
+                / 1_000_000.0;
         }
-        let price = s
-            .model
-            .as_deref()
-            .and_then(|m| self.cfg.prices.get(m))
-            .or_else(|| self.cfg.prices.get("default"));
-        let Some(p) = price else { return 0.0 };
-        let u = s.total_usage();
-        let cached = u.cached_input_tokens.min(u.input_tokens) as f64;
-        let fresh = u.input_tokens as f64 - cached;
-        (fresh * p.input_per_million
-            + cached * p.cached_input_per_million.unwrap_or(p.input_per_million)
-            + u.output_tokens as f64 * p.output_per_million)
-            / 1_000_000.0
+        c
     }
 }
 
@@ -99,18 +98,23 @@ impl Watcher for Budget {
         "budget"
     }
 
-    fn before_call(&self, call: &CallInfo, sessions: &[Session]) -> Result<Finding, String> {
+    /// Budgets are server-wide: an abort stops all work, not one session.
+    fn abort_scope(&self) -> AbortScope {
+        AbortScope::Server
+    }
+
+    fn before_call(&self, call: &CallInfo, fleet: &Fleet) -> Result<Finding, String> {
         if !matches!(call.tool, "delegate" | "converse") {
             return Ok(None);
         }
         let new_session = call.tool == "delegate";
         let mut checks: Vec<(&str, f64, f64, String)> = Vec::new(); // (what, value after call, limit, unit)
         if let Some(max) = self.cfg.max_sessions {
-            let n = sessions.len() + usize::from(new_session);
+            let n = fleet.len() + usize::from(new_session);
             checks.push(("sessions", n as f64, max as f64, String::new()));
         }
         if let Some(max) = self.cfg.max_running {
-            let n = sessions.iter().filter(|s| s.status.is_active()).count() + 1;
+            let n = fleet.active() + 1;
             checks.push(("running turns", n as f64, max as f64, String::new()));
         }
         if let (Some(max), false) = (self.cfg.max_turns_per_session, new_session) {
@@ -119,27 +123,21 @@ impl Watcher for Budget {
                 .get("session_id")
                 .and_then(|v| v.as_str())
                 .unwrap_or("");
-            if let Some(s) = sessions
-                .iter()
-                .find(|s| !id.is_empty() && s.id.starts_with(id))
-            {
+            if let Some(s) = fleet.find(id.trim()) {
                 checks.push((
                     "turns in this session",
-                    (s.turns.len() + 1) as f64,
+                    (s.turns + 1) as f64,
                     max as f64,
                     String::new(),
                 ));
             }
         }
         if let Some(max) = self.cfg.max_tokens {
-            let t: u64 = sessions
-                .iter()
-                .map(|s| s.total_usage().total_tokens())
-                .sum();
+            let t: u64 = fleet.usage().total_tokens();
             checks.push(("tokens used", t as f64, max as f64, String::new()));
         }
         if let Some(max) = self.cfg.max_cost_usd {
-            let c: f64 = sessions.iter().map(|s| self.session_cost(s)).sum();
+            let c: f64 = self.cost(fleet);
             checks.push(("cost", c, max, " USD".into()));
         }
         let mut warn = None;
@@ -175,8 +173,8 @@ impl Watcher for Budget {
     /// The hard stop also applies to work already running: a turn that takes the totals past
     /// `max_tokens` or `max_cost_usd` triggers the action at once (an abort interrupts every
     /// running turn).
-    fn after_turn(&self, _session: &Session, sessions: &[Session]) -> Result<Finding, String> {
-        let finding = self.exceeded(sessions);
+    fn after_turn(&self, _session: &Session, fleet: &Fleet) -> Result<Finding, String> {
+        let finding = self.exceeded(fleet);
         if finding.is_some() && self.stopped.swap(true, std::sync::atomic::Ordering::SeqCst) {
             return Ok(None);
         }
@@ -185,12 +183,9 @@ impl Watcher for Budget {
 }
 
 impl Budget {
-    fn exceeded(&self, sessions: &[Session]) -> Finding {
+    fn exceeded(&self, fleet: &Fleet) -> Finding {
         if let Some(max) = self.cfg.max_tokens {
-            let t: u64 = sessions
-                .iter()
-                .map(|s| s.total_usage().total_tokens())
-                .sum();
+            let t: u64 = fleet.usage().total_tokens();
             if t >= max {
                 return Some((
                     self.action,
@@ -201,7 +196,7 @@ impl Budget {
             }
         }
         if let Some(max) = self.cfg.max_cost_usd {
-            let c: f64 = sessions.iter().map(|s| self.session_cost(s)).sum();
+            let c: f64 = self.cost(fleet);
             if c >= max {
                 return Some((
                     self.action,

@@ -8,12 +8,18 @@
 //! * `nudge` — guidance for the orchestrator, added to tool results under `watchers`;
 //! * `pause` — new `delegate`/`converse` calls are refused until acknowledged (the call is
 //!   repeated with `acknowledge_pause: true`; a person or the orchestrator decides);
-//! * `abort` — `delegate`/`converse` are refused for the rest of this server's life, running
-//!   turns are interrupted, and the reason is recorded.
+//! * `abort` — stop. What stops depends on the watcher's [`AbortScope`]: a rule about one
+//!   session (pattern, scope, quality, progress) interrupts that session's turn and refuses
+//!   further turns of that session only; the budget stops the whole server (`delegate`/
+//!   `converse` refused for the rest of its life, every running turn interrupted).
 //!
 //! When several watchers fire, the most severe action wins (abort > pause > nudge >
 //! continue), then the higher priority. A watcher that errors (or panics) is logged and
-//! skipped; it never breaks the call. Every firing is an event in `events.jsonl`.
+//! skipped; it never breaks the call. Every firing is a `watcher_fired` event in the log.
+//!
+//! Watchers see fleet-wide figures through [`Fleet`] (running totals, not a list of every
+//! session), and slow checks (a git scan) run in [`Watcher::after_turn_background`], off the
+//! request path.
 
 mod budget;
 mod pattern;
@@ -27,6 +33,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::event::ExecutorEvent;
+use crate::fleet::Fleet;
 use crate::model::Session;
 
 pub use budget::BudgetConfig;
@@ -46,18 +53,38 @@ pub struct CallInfo<'a> {
     pub args: &'a Value,
 }
 
+/// What an abort stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AbortScope {
+    /// The session the finding is about: its running turn is interrupted, it takes no more
+    /// turns; other sessions go on.
+    Session,
+    /// The whole server: every running turn, and all new work.
+    Server,
+}
+
 pub trait Watcher: Send + Sync {
     fn name(&self) -> &'static str;
-    /// Before every tool call. `sessions` are all sessions on the state dir.
-    fn before_call(&self, _call: &CallInfo, _sessions: &[Session]) -> Result<Finding, String> {
+    /// What this watcher's aborts stop (default: the session concerned).
+    fn abort_scope(&self) -> AbortScope {
+        AbortScope::Session
+    }
+    /// Before every tool call. `fleet` has running totals over every session on the state dir.
+    fn before_call(&self, _call: &CallInfo, _fleet: &Fleet) -> Result<Finding, String> {
         Ok(None)
     }
     /// At every executor event, with the session as updated by it.
     fn on_event(&self, _session: &Session, _event: &ExecutorEvent) -> Result<Finding, String> {
         Ok(None)
     }
-    /// After every turn, with the finished session.
-    fn after_turn(&self, _session: &Session, _sessions: &[Session]) -> Result<Finding, String> {
+    /// After every turn, with the finished session, before the turn's result is reported.
+    /// Must be cheap (no I/O).
+    fn after_turn(&self, _session: &Session, _fleet: &Fleet) -> Result<Finding, String> {
+        Ok(None)
+    }
+    /// After a turn's result is reported, off the request path: checks that need I/O (a
+    /// bounded git scan). Their notes reach the session afterwards.
+    fn after_turn_background(&self, _session: &Session) -> Result<Finding, String> {
         Ok(None)
     }
 }
@@ -80,6 +107,7 @@ pub struct Firing {
     pub action: Action,
     pub message: String,
     pub priority: i32,
+    pub scope: AbortScope,
 }
 
 impl Firing {
@@ -191,6 +219,7 @@ impl Watchers {
                     action,
                     message,
                     priority: *priority,
+                    scope: w.abort_scope(),
                 }),
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => {
@@ -202,13 +231,8 @@ impl Watchers {
         out
     }
 
-    pub fn before_call(
-        &self,
-        call: &CallInfo,
-        sessions: &[Session],
-        acknowledge: bool,
-    ) -> CallDecision {
-        let firings = self.run(|w| w.before_call(call, sessions));
+    pub fn before_call(&self, call: &CallInfo, fleet: &Fleet, acknowledge: bool) -> CallDecision {
+        let firings = self.run(|w| w.before_call(call, fleet));
         let mut d = CallDecision {
             refuse: None,
             firings,
@@ -217,12 +241,19 @@ impl Watchers {
         let mut gate = lock(&self.gate);
         if let Some(w) = winner(&d.firings).cloned() {
             match w.action {
-                Action::Abort if starts_work(call.tool) || gate.aborted.is_none() => {
+                Action::Abort if w.scope == AbortScope::Server => {
                     let reason = format!("{}: {}", w.watcher, w.message);
                     if gate.aborted.is_none() {
                         gate.aborted = Some(reason.clone());
                         d.abort_now = Some(reason);
                     }
+                }
+                Action::Abort if starts_work(call.tool) => {
+                    // About this call only (e.g. a task with an avoided topic): refuse it.
+                    d.refuse = Some(format!(
+                        "refused by watcher {}: {}. Change the request, or ask the user.",
+                        w.watcher, w.message
+                    ));
                 }
                 Action::Pause if starts_work(call.tool) && !acknowledge => {
                     gate.paused = Some(format!("{}: {}", w.watcher, w.message));
@@ -230,7 +261,7 @@ impl Watchers {
                 _ => {}
             }
         }
-        if starts_work(call.tool) {
+        if starts_work(call.tool) && d.refuse.is_none() {
             if let Some(reason) = &gate.aborted {
                 d.refuse = Some(format!(
                     "zwarm stopped starting work: watcher {reason}. No further delegate or converse calls are accepted by this server; check_session, list_sessions and end_session still work. A person must review the situation, change the configuration if appropriate, and restart zwarm."
@@ -256,8 +287,15 @@ impl Watchers {
         f
     }
 
-    pub fn after_turn(&self, session: &Session, sessions: &[Session]) -> Vec<Firing> {
-        let f = self.run(|w| w.after_turn(session, sessions));
+    pub fn after_turn(&self, session: &Session, fleet: &Fleet) -> Vec<Firing> {
+        let f = self.run(|w| w.after_turn(session, fleet));
+        self.enforce(&f);
+        f
+    }
+
+    /// The slow after-turn checks (blocking; run them off the async workers).
+    pub fn after_turn_background(&self, session: &Session) -> Vec<Firing> {
+        let f = self.run(|w| w.after_turn_background(session));
         self.enforce(&f);
         f
     }
@@ -268,7 +306,7 @@ impl Watchers {
         let mut gate = lock(&self.gate);
         let reason = format!("{}: {}", w.watcher, w.message);
         match w.action {
-            Action::Abort => {
+            Action::Abort if w.scope == AbortScope::Server => {
                 gate.aborted.get_or_insert(reason);
             }
             Action::Pause => {
@@ -295,7 +333,14 @@ mod tests {
         fn name(&self) -> &'static str {
             self.0
         }
-        fn before_call(&self, _: &CallInfo, _: &[Session]) -> Result<Finding, String> {
+        fn abort_scope(&self) -> AbortScope {
+            if self.0 == "budget" {
+                AbortScope::Server
+            } else {
+                AbortScope::Session
+            }
+        }
+        fn before_call(&self, _: &CallInfo, _: &Fleet) -> Result<Finding, String> {
             Ok(Some((self.1, format!("{} says so", self.0))))
         }
     }
@@ -304,7 +349,7 @@ mod tests {
         fn name(&self) -> &'static str {
             "broken"
         }
-        fn before_call(&self, _: &CallInfo, _: &[Session]) -> Result<Finding, String> {
+        fn before_call(&self, _: &CallInfo, _: &Fleet) -> Result<Finding, String> {
             panic!("boom")
         }
     }
@@ -313,7 +358,7 @@ mod tests {
         fn name(&self) -> &'static str {
             "failing"
         }
-        fn before_call(&self, _: &CallInfo, _: &[Session]) -> Result<Finding, String> {
+        fn before_call(&self, _: &CallInfo, _: &Fleet) -> Result<Finding, String> {
             Err("no data".into())
         }
     }
@@ -330,18 +375,21 @@ mod tests {
                 action: Action::Nudge,
                 message: String::new(),
                 priority: 9,
+                scope: AbortScope::Session,
             },
             Firing {
                 watcher: "b".into(),
                 action: Action::Pause,
                 message: String::new(),
                 priority: 0,
+                scope: AbortScope::Session,
             },
             Firing {
                 watcher: "c".into(),
                 action: Action::Pause,
                 message: String::new(),
                 priority: 5,
+                scope: AbortScope::Session,
             },
         ];
         assert_eq!(winner(&f).unwrap().watcher, "c");
@@ -355,7 +403,7 @@ mod tests {
             (Box::new(Fixed("p", Action::Pause)), 0),
         ]);
         let (t, a) = call("delegate");
-        let d = w.before_call(&CallInfo { tool: &t, args: &a }, &[], false);
+        let d = w.before_call(&CallInfo { tool: &t, args: &a }, &Fleet::default(), false);
         assert!(d.refuse.as_deref().unwrap().contains("acknowledge_pause"));
         assert_eq!(
             d.firings.len(),
@@ -365,13 +413,13 @@ mod tests {
         // Reading is never refused.
         let (t, a) = call("check_session");
         assert!(
-            w.before_call(&CallInfo { tool: &t, args: &a }, &[], false)
+            w.before_call(&CallInfo { tool: &t, args: &a }, &Fleet::default(), false)
                 .refuse
                 .is_none()
         );
         let (t, a) = call("delegate");
         assert!(
-            w.before_call(&CallInfo { tool: &t, args: &a }, &[], true)
+            w.before_call(&CallInfo { tool: &t, args: &a }, &Fleet::default(), true)
                 .refuse
                 .is_none()
         );
@@ -381,14 +429,24 @@ mod tests {
     fn abort_is_final_for_work_but_not_for_inspection() {
         let w = Watchers::with(vec![(Box::new(Fixed("budget", Action::Abort)), 0)]);
         let (t, a) = call("converse");
-        let d = w.before_call(&CallInfo { tool: &t, args: &a }, &[], true);
+        let d = w.before_call(&CallInfo { tool: &t, args: &a }, &Fleet::default(), true);
         assert!(d.abort_now.is_some());
         assert!(d.refuse.unwrap().contains("budget says so"));
         let (t, a) = call("end_session");
         assert!(
-            w.before_call(&CallInfo { tool: &t, args: &a }, &[], false)
+            w.before_call(&CallInfo { tool: &t, args: &a }, &Fleet::default(), false)
                 .refuse
                 .is_none()
         );
+    }
+
+    #[test]
+    fn a_session_scoped_abort_refuses_only_that_call() {
+        let w = Watchers::with(vec![(Box::new(Fixed("scope", Action::Abort)), 0)]);
+        let (t, a) = call("delegate");
+        let d = w.before_call(&CallInfo { tool: &t, args: &a }, &Fleet::default(), false);
+        assert!(d.abort_now.is_none(), "the server keeps working");
+        assert!(d.refuse.unwrap().contains("scope says so"));
+        assert!(w.gate().aborted.is_none());
     }
 }

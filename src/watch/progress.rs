@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Action, CallInfo, Finding, Watcher};
 use crate::event::ExecutorEvent;
+use crate::fleet::Fleet;
 use crate::model::Session;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -68,32 +69,24 @@ impl Progress {
     }
 }
 
-fn finished_turns(sessions: &[Session]) -> usize {
-    sessions
-        .iter()
-        .flat_map(|s| &s.turns)
-        .filter(|t| t.ended_at.is_some())
-        .count()
-}
-
 impl Watcher for Progress {
     fn name(&self) -> &'static str {
         "progress"
     }
 
-    fn before_call(&self, call: &CallInfo, sessions: &[Session]) -> Result<Finding, String> {
+    fn before_call(&self, call: &CallInfo, fleet: &Fleet) -> Result<Finding, String> {
         let mut st = self
             .state
             .lock()
             .map_err(|_| "state poisoned".to_string())?;
         // Stalled: count calls while no turn finishes.
-        let finished = finished_turns(sessions);
+        let finished = fleet.finished_turns() as usize;
         if finished != st.finished_seen {
             st.finished_seen = finished;
             st.calls_since_finish = 0;
         }
         st.calls_since_finish += 1;
-        let active = sessions.iter().filter(|s| s.status.is_active()).count();
+        let active = fleet.active();
         if active > 0 && st.calls_since_finish == self.cfg.stalled_calls {
             return Ok(Some((
                 self.action,

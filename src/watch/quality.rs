@@ -1,7 +1,9 @@
 //! quality: after a turn, code changed without tests, or too many files changed at once.
 //!
-//! The changed files are the executor's file-change events plus, when the working dir is a git
-//! repository, `git status --porcelain` (commands can change files without a file event).
+//! The changed files are the executor's file-change events. When a turn reported none (a shell
+//! command can change files without a file event), one bounded `git status` scan runs after the
+//! turn's result is reported, off the request path, and its nudge reaches the session then. So
+//! a 20,000-file repository costs nothing on the tool call.
 
 use std::path::Path;
 use std::process::Stdio;
@@ -9,6 +11,7 @@ use std::process::Stdio;
 use serde::{Deserialize, Serialize};
 
 use super::{Action, Finding, Watcher};
+use crate::fleet::Fleet;
 use crate::model::Session;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -65,17 +68,46 @@ pub fn is_code_file(path: &str) -> bool {
         .is_some_and(|e| CODE_EXT.contains(&e.to_ascii_lowercase().as_str()))
 }
 
+/// Longest a git scan may take, and most output read from it.
+const GIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+const GIT_MAX_OUTPUT: u64 = 4 * 1024 * 1024;
+
+/// Run git with a deadline and an output cap; `None` on failure, timeout or overflow.
 fn git(dir: &str, args: &[&str]) -> Option<String> {
-    let o = std::process::Command::new("git")
+    use std::io::Read;
+    let mut child = std::process::Command::new("git")
         .args(args)
         .current_dir(dir)
         .stdin(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::null())
-        .output()
+        .spawn()
         .ok()?;
-    o.status
-        .success()
-        .then(|| String::from_utf8_lossy(&o.stdout).into_owned())
+    let stdout = child.stdout.take()?;
+    let reader = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let r = stdout.take(GIT_MAX_OUTPUT + 1).read_to_end(&mut buf);
+        r.ok().map(|_| buf)
+    });
+    let deadline = std::time::Instant::now() + GIT_TIMEOUT;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(st)) => break Some(st),
+            Ok(None) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(5))
+            }
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+        }
+    };
+    let out = reader.join().ok().flatten()?;
+    if !status?.success() || out.len() as u64 > GIT_MAX_OUTPUT {
+        return None;
+    }
+    Some(String::from_utf8_lossy(&out).into_owned())
 }
 
 /// Files `git status` reports as changed or new that were modified since `since` (so a repo
@@ -134,42 +166,19 @@ impl Quality {
     }
 }
 
-impl Watcher for Quality {
-    fn name(&self) -> &'static str {
-        "quality"
-    }
-
-    fn after_turn(&self, session: &Session, _sessions: &[Session]) -> Result<Finding, String> {
-        let Some(turn) = session.last_turn() else {
-            return Ok(None);
-        };
-        let wd = session.working_dir.trim_end_matches('/');
-        let mut files: Vec<String> = turn
-            .files_changed
-            .iter()
-            .map(|f| {
-                f.path
-                    .strip_prefix(wd)
-                    .map(|p| p.trim_start_matches('/').to_string())
-                    .unwrap_or_else(|| f.path.clone())
-            })
-            .collect();
-        if let Ok(since) = humantime::parse_rfc3339_weak(&turn.started_at) {
-            // Whole-second precision is enough; allow for the timestamp's rounding.
-            let since = since - std::time::Duration::from_secs(1);
-            files.extend(git_changed(wd, since));
-        }
+impl Quality {
+    fn judge(&self, files: &mut Vec<String>) -> Finding {
         files.sort();
         files.dedup();
         if files.len() > self.cfg.max_files {
-            return Ok(Some((
+            return Some((
                 Action::Nudge,
                 format!(
                     "{} files changed in one turn (more than {}). Review the diff carefully, or split the work into smaller delegations.",
                     files.len(),
                     self.cfg.max_files
                 ),
-            )));
+            ));
         }
         if self.cfg.require_tests {
             let code: Vec<&String> = files
@@ -178,16 +187,67 @@ impl Watcher for Quality {
                 .collect();
             if !code.is_empty() && !files.iter().any(|f| is_test_file(f)) {
                 let list: Vec<&str> = code.iter().take(5).map(|s| s.as_str()).collect();
-                return Ok(Some((
+                return Some((
                     Action::Nudge,
                     format!(
                         "code changed ({}) but no test file was touched. Ask the executor to add or update tests, or verify the change another way before ending the session as completed.",
                         list.join(", ")
                     ),
-                )));
+                ));
             }
         }
-        Ok(None)
+        None
+    }
+}
+
+/// The files the executor reported for the session's last turn, relative to its working dir.
+fn reported(session: &Session) -> Vec<String> {
+    let Some(turn) = session.last_turn() else {
+        return vec![];
+    };
+    let wd = session.working_dir.trim_end_matches('/');
+    turn.files_changed
+        .iter()
+        .map(|f| {
+            f.path
+                .strip_prefix(wd)
+                .map(|p| p.trim_start_matches('/').to_string())
+                .unwrap_or_else(|| f.path.clone())
+        })
+        .collect()
+}
+
+impl Watcher for Quality {
+    fn name(&self) -> &'static str {
+        "quality"
+    }
+
+    fn after_turn(&self, session: &Session, _fleet: &Fleet) -> Result<Finding, String> {
+        let mut files = reported(session);
+        if files.is_empty() {
+            return Ok(None);
+        }
+        Ok(self.judge(&mut files))
+    }
+
+    /// Only for turns that reported no file changes: one bounded git scan.
+    fn after_turn_background(&self, session: &Session) -> Result<Finding, String> {
+        let Some(turn) = session.last_turn() else {
+            return Ok(None);
+        };
+        if !turn.files_changed.is_empty() {
+            return Ok(None);
+        }
+        let Ok(since) = humantime::parse_rfc3339_weak(&turn.started_at) else {
+            return Ok(None);
+        };
+        // Whole-second precision is enough; allow for the timestamp's rounding.
+        let since = since - std::time::Duration::from_secs(1);
+        let mut files = git_changed(session.working_dir.trim_end_matches('/'), since);
+        if files.is_empty() {
+            return Ok(None);
+        }
+        Ok(self.judge(&mut files))
     }
 }
 

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Action, CallInfo, Finding, Watcher, action_setting};
 use crate::event::ExecutorEvent;
+use crate::fleet::Fleet;
 use crate::model::Session;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -63,7 +64,7 @@ impl Watcher for Scope {
         "scope"
     }
 
-    fn before_call(&self, call: &CallInfo, _sessions: &[Session]) -> Result<Finding, String> {
+    fn before_call(&self, call: &CallInfo, _fleet: &Fleet) -> Result<Finding, String> {
         let text = match call.tool {
             "delegate" => call.args.get("task"),
             "converse" => call.args.get("message"),
@@ -115,7 +116,7 @@ impl Watcher for Scope {
         }))
     }
 
-    fn after_turn(&self, session: &Session, _sessions: &[Session]) -> Result<Finding, String> {
+    fn after_turn(&self, session: &Session, _fleet: &Fleet) -> Result<Finding, String> {
         if self.cfg.allowed_paths.is_empty() {
             return Ok(None);
         }

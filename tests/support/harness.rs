@@ -104,6 +104,101 @@ impl Env {
         }
     }
 
+    /// The event log in the state database, one JSON object per line (oldest first), as
+    /// `{"event": kind, "session_id": …, …data}`.
+    pub fn events(&self) -> String {
+        let conn = self.db(false);
+        let mut st = conn
+            .prepare("SELECT kind, session_id, data, ts, server FROM events ORDER BY seq")
+            .expect("query events");
+        let rows = st
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, Option<String>>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, String>(4)?,
+                ))
+            })
+            .expect("read events");
+        let mut out = String::new();
+        for row in rows {
+            let (kind, sid, data, ts, server) = row.expect("event row");
+            let mut v: Value = serde_json::from_str(&data).unwrap_or(Value::Null);
+            if !v.is_object() {
+                v = serde_json::json!({});
+            }
+            v["event"] = Value::String(kind);
+            v["ts"] = Value::String(ts);
+            v["server"] = Value::String(server);
+            if let Some(id) = sid {
+                v["session_id"] = Value::String(id);
+            }
+            out.push_str(&v.to_string());
+            out.push('\n');
+        }
+        out
+    }
+
+    fn db(&self, write: bool) -> rusqlite::Connection {
+        let db = self.state.join("zwarm.db");
+        let flags = if write {
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE
+        } else {
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
+        };
+        let conn = rusqlite::Connection::open_with_flags(&db, flags)
+            .unwrap_or_else(|e| panic!("open {}: {e}", db.display()));
+        conn.busy_timeout(Duration::from_secs(10))
+            .expect("busy timeout");
+        conn
+    }
+
+    /// Ids of the sessions in the state database (empty before the first server started).
+    pub fn session_ids(&self) -> Vec<String> {
+        if !self.state.join("zwarm.db").exists() {
+            return vec![];
+        }
+        let conn = self.db(false);
+        let Ok(mut st) = conn.prepare("SELECT id FROM sessions ORDER BY id") else {
+            return vec![];
+        };
+        st.query_map([], |r| r.get::<_, String>(0))
+            .map(|rows| rows.flatten().collect())
+            .unwrap_or_default()
+    }
+
+    /// The stored record of a session (its row's JSON, without turns).
+    pub fn session_meta(&self, id: &str) -> Value {
+        let meta: String = self
+            .db(false)
+            .query_row("SELECT meta FROM sessions WHERE id = ?1", [id], |r| {
+                r.get(0)
+            })
+            .unwrap_or_else(|e| panic!("session {id}: {e}"));
+        serde_json::from_str(&meta).unwrap_or_else(|e| panic!("session {id} meta: {e}"))
+    }
+
+    /// Copy a session under another id, directly in the database (as another server might
+    /// have written it).
+    pub fn clone_session(&self, from: &str, to: &str) {
+        let conn = self.db(true);
+        conn.execute(
+            "INSERT INTO sessions SELECT ?2, version, rev + 1000, status, adapter, mode, model, task_head, created_at,
+               updated_at, owner_instance, owner_pid, turns, finished_turns, input_tokens,
+               cached_input_tokens, output_tokens, reasoning_output_tokens, cost_usd,
+               replace(meta, ?1, ?2) FROM sessions WHERE id = ?1",
+            [from, to],
+        )
+        .expect("clone session row");
+        conn.execute(
+            "INSERT INTO turns SELECT ?2, idx, version, status, data FROM turns WHERE session_id = ?1",
+            [from, to],
+        )
+        .expect("clone turns");
+    }
+
     pub fn set(&mut self, k: &str, v: &str) {
         self.vars.retain(|(a, _)| a != k);
         self.vars.push((k.into(), v.into()));

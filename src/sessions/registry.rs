@@ -1,0 +1,154 @@
+//! The sessions this server holds in memory, and how a session comes to be held.
+//!
+//! A session is held by the server that runs its turns: the one that created it, or the one
+//! that adopted it after its server died. Each held session is one [`Handle`]: the live
+//! session and everything about its running turn under ONE lock ([`Live`]), plus a version
+//! channel that wakes waiters. Sessions not held (idle ones from earlier runs, another live
+//! server's) are read from the store when asked about; nothing loads them all.
+//!
+//! Adoption is a compare-and-set on the owner column in the store, so two servers (or two
+//! calls) can never both adopt one session.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::model::Session;
+use crate::store::{SessionImage, Store, Write};
+
+/// Control over a running (or queued) turn: how to stop it and why.
+#[derive(Clone)]
+pub(crate) struct TurnControl {
+    /// The turn this control belongs to.
+    pub index: u32,
+    pub cancel: CancellationToken,
+    pub reason: Arc<Mutex<Option<String>>>,
+}
+
+impl TurnControl {
+    /// Ask the turn to stop; the first reason given is the one recorded.
+    pub fn stop(&self, reason: &str) {
+        self.reason.lock().get_or_insert_with(|| reason.to_string());
+        self.cancel.cancel();
+    }
+}
+
+/// Everything about one held session, under one lock. Held only for short, non-blocking
+/// sections: no I/O and no `.await` while it is locked.
+pub(crate) struct Live {
+    pub session: Session,
+    /// Bumped at every image taken for the store; the store never lets an older image
+    /// replace a newer one.
+    pub version: u64,
+    /// The running or queued turn, if any.
+    pub control: Option<TurnControl>,
+    /// end_session is in progress: no new turn may start.
+    pub ending: bool,
+    /// Store sequence number of the last status change submitted for this session: readers
+    /// wait until it is committed before they report the session.
+    pub pending: u64,
+    /// Executor events applied since the last flush.
+    pub unflushed: u32,
+}
+
+impl Live {
+    /// Images of the session row and of the given turns, at a new version.
+    pub fn images(&mut self, turns: &[u32]) -> Vec<Write> {
+        self.version += 1;
+        self.unflushed = 0;
+        let mut w = vec![Write::Session {
+            session: SessionImage::of(&self.session, self.version),
+            expect_owner: None,
+        }];
+        for &i in turns {
+            if let Some(t) = self.session.turn(i) {
+                w.push(Write::Turn {
+                    session_id: self.session.id.clone(),
+                    version: self.version,
+                    turn: Box::new(t.clone()),
+                });
+            }
+        }
+        w
+    }
+}
+
+pub(crate) struct Handle {
+    pub live: Mutex<Live>,
+    /// Bumped whenever the session changes (after status changes are committed).
+    pub changed: watch::Sender<u64>,
+    pub id: String,
+}
+
+impl Handle {
+    pub fn new(session: Session, version: u64) -> Arc<Handle> {
+        Arc::new(Handle {
+            id: session.id.clone(),
+            live: Mutex::new(Live {
+                session,
+                version,
+                control: None,
+                ending: false,
+                pending: 0,
+                unflushed: 0,
+            }),
+            changed: watch::channel(0).0,
+        })
+    }
+
+    pub fn bump(&self) {
+        self.changed.send_modify(|v| *v += 1);
+    }
+
+    /// A copy of the session and the store sequence it depends on.
+    pub fn snapshot(&self) -> (Session, u64) {
+        let l = self.live.lock();
+        (l.session.clone(), l.pending)
+    }
+}
+
+#[derive(Default)]
+pub(crate) struct Registry {
+    held: Mutex<HashMap<String, Arc<Handle>>>,
+}
+
+impl Registry {
+    pub fn get(&self, id: &str) -> Option<Arc<Handle>> {
+        self.held.lock().get(id).cloned()
+    }
+
+    /// Insert, or return the handle already held for that id.
+    pub fn insert(&self, h: Arc<Handle>) -> Arc<Handle> {
+        self.held.lock().entry(h.id.clone()).or_insert(h).clone()
+    }
+
+    pub fn remove(&self, id: &str) {
+        self.held.lock().remove(id);
+    }
+
+    pub fn all(&self) -> Vec<Arc<Handle>> {
+        self.held.lock().values().cloned().collect()
+    }
+
+    /// Held ids starting with `prefix`.
+    pub fn ids_with_prefix(&self, prefix: &str) -> Vec<String> {
+        self.held
+            .lock()
+            .keys()
+            .filter(|k| k.starts_with(prefix))
+            .cloned()
+            .collect()
+    }
+}
+
+/// Whether a server instance is alive, probed off the async workers.
+pub(crate) async fn owner_alive(store: &Store, instance: &str) -> bool {
+    let store = store.clone();
+    let instance = instance.to_string();
+    tokio::task::spawn_blocking(move || store.owner_alive(&instance))
+        .await
+        .unwrap_or(true)
+}

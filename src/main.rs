@@ -22,12 +22,24 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the MCP server on stdio (stdout carries JSON-RPC only; logs go to stderr).
+    ///
+    /// The project is the current directory. Config layers, lowest first:
+    ///   1. the user file: $XDG_CONFIG_HOME/zwarm/config.toml, else ~/.config/zwarm/config.toml
+    ///   2. the project file .zwarm/config.toml, untrusted: binaries, extra arguments, allowed
+    ///      tools, allowed roots, the state dir, and a sandbox or permission mode wider than
+    ///      the default are ignored there (with a warning)
+    ///   3. --config FILE
+    ///   4. ZWARM_<KEY> environment variables (e.g. ZWARM_CODEX_SANDBOX)
+    ///   5. --set KEY=VALUE and --state-dir DIR
+    #[command(verbatim_doc_comment)]
     Serve {
-        /// State directory (default: .zwarm in the current directory).
-        #[arg(long)]
+        /// State directory. Default: $XDG_STATE_HOME/zwarm/<project-slug>, else
+        /// ~/.local/state/zwarm/<project-slug>, outside the project. A config.toml in it is
+        /// not read.
+        #[arg(long, value_name = "DIR")]
         state_dir: Option<PathBuf>,
-        /// A TOML config file (layered over .zwarm/config.toml).
-        #[arg(long)]
+        /// A trusted TOML config file, layered over the user and project config files.
+        #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
         /// Override one config key, e.g. --set codex.sandbox=read-only (repeatable).
         #[arg(long = "set", value_name = "KEY=VALUE")]
@@ -51,7 +63,8 @@ fn main() -> anyhow::Result<()> {
             config,
             sets,
         } => {
-            let sources = zwarm::config::Sources::from_process_env(config, state_dir, sets);
+            let sources = zwarm::config::Sources::from_process_env(config, state_dir, sets)
+                .context("reading the current directory")?;
             let cfg = zwarm::config::load(&sources).context("loading configuration")?;
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
@@ -66,8 +79,8 @@ fn main() -> anyhow::Result<()> {
 
 async fn serve(cfg: zwarm::config::Config) -> anyhow::Result<i32> {
     zwarm::process::become_subreaper();
-    let cwd = std::env::current_dir().context("reading the current directory")?;
-    let manager = zwarm::sessions::Manager::start(cfg, cwd)
+    let project_dir = cfg.project_dir.clone();
+    let manager = zwarm::sessions::Manager::start(cfg, project_dir)
         .await
         .context("opening the state directory")?;
     tracing::info!(state_dir = %manager.state_dir().display(), version = env!("CARGO_PKG_VERSION"), "zwarm serving MCP on stdio");

@@ -306,14 +306,10 @@ impl Manager {
         } else {
             cwd.join(&cfg.state_dir)
         };
-        let legacy: Vec<PathBuf> = {
-            let mut v = vec![state_dir.clone()];
-            let project = cwd.join(".zwarm");
-            if project != state_dir {
-                v.push(project);
-            }
-            v
-        };
+        // A 0.2 state: in the project's `.zwarm/` (found by the config), or in a state dir
+        // chosen explicitly that still has the old layout.
+        let mut legacy: Vec<PathBuf> = vec![state_dir.clone()];
+        legacy.extend(cfg.legacy_state_dir.iter().cloned());
         let roots_cfg = cfg.allowed_roots.clone();
         let cwd2 = cwd.clone();
         let inst = instance.clone();
@@ -376,6 +372,18 @@ impl Manager {
                 None,
                 serde_json::to_value(r).unwrap_or_default(),
             );
+        }
+        for k in &m.inner.cfg.ignored {
+            m.inner.store.log(
+                "config_ignored",
+                None,
+                serde_json::to_value(k).unwrap_or_default(),
+            );
+        }
+        for w in &m.inner.cfg.warnings {
+            m.inner
+                .store
+                .log("config_warning", None, serde_json::json!({"message": w}));
         }
         m.inner.store.log(
             "server_started",

@@ -128,8 +128,17 @@ async fn cancel_on_signal(ct: CancellationToken) {
         _ = int.recv() => {}
         _ = hup.recv() => {}
     }
-    tracing::info!("signal received");
+    tracing::info!("signal received; stopping (a second signal forces exit)");
     ct.cancel();
+    // A second signal: the person (or host) means it. Leave at once; the executors get their
+    // parent-death signal, and the next server adopts and records what was running.
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+        _ = hup.recv() => {}
+    }
+    tracing::warn!("second signal: exiting now");
+    std::process::exit(130);
 }
 
 /// A reader that cancels the server when its input ends: a host closing stdin means "stop".

@@ -223,11 +223,13 @@ impl Inner {
                 continue;
             };
             let mut l = h.live.lock();
+            // Turns still running, and the last one (its end may still need writing).
+            let last = l.session.turns.last().map(|t| t.index);
             let running: Vec<u32> = l
                 .session
                 .turns
                 .iter()
-                .filter(|t| t.ended_at.is_none())
+                .filter(|t| t.ended_at.is_none() || Some(t.index) == last)
                 .map(|t| t.index)
                 .collect();
             writes.extend(l.images(&running));

@@ -531,12 +531,21 @@ pub(crate) async fn finish(
         record_firings(inner, h, Some(index), &firings);
     }
     if let Err(e) = ticket.committed().await {
+        // Not on disk, so not reported as finished: say so, and keep trying (the flusher
+        // writes the whole session again, and succeeds once the disk has room).
         tracing::error!(session = %h.id, turn = index, error = %e, "cannot record the end of a turn");
-        let mut l = h.live.lock();
-        l.session.error = Some(format!(
-            "{} (zwarm could not save this to its state: {e}; the result above is not on disk)",
-            error.unwrap_or_else(|| "the turn finished".into())
-        ));
+        {
+            let mut l = h.live.lock();
+            let was = match &error {
+                Some(err) => format!("failed ({err})"),
+                None => "finished".into(),
+            };
+            l.session.status = SessionStatus::Failed;
+            l.session.error = Some(format!(
+                "the turn {was}, but zwarm could not save that to its state ({e}). The executor's answer is shown, but a restart would report this turn as interrupted. Free disk space or fix the state dir; zwarm keeps retrying."
+            ));
+        }
+        inner.mark_dirty(&h.id, false);
     }
     h.bump();
     let _ = inner.changes.send(h.id.clone());

@@ -1001,10 +1001,14 @@ impl Manager {
             }
             Err(e) => tracing::error!(error = %e, "cannot read session totals"),
         }
-        // Held sessions as they are in memory (a turn's usage before its flush).
+        // Running turns as they are in memory (ahead of their next flush).
         for h in self.inner.registry.all() {
-            let st = Stat::of(&h.live.lock().session);
-            f.fleet.update(st);
+            let l = h.live.lock();
+            if l.control.is_some() {
+                let st = Stat::of(&l.session);
+                drop(l);
+                f.fleet.update(st);
+            }
         }
         f
     }

@@ -9,7 +9,7 @@
 //! Adoption is a compare-and-set on the owner column in the store, so two servers (or two
 //! calls) can never both adopt one session.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -112,7 +112,7 @@ impl Handle {
 
 #[derive(Default)]
 pub(crate) struct Registry {
-    held: Mutex<HashMap<String, Arc<Handle>>>,
+    held: Mutex<BTreeMap<String, Arc<Handle>>>,
 }
 
 impl Registry {
@@ -137,9 +137,9 @@ impl Registry {
     pub fn ids_with_prefix(&self, prefix: &str) -> Vec<String> {
         self.held
             .lock()
-            .keys()
-            .filter(|k| k.starts_with(prefix))
-            .cloned()
+            .range(prefix.to_string()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, _)| k.clone())
             .collect()
     }
 }

@@ -409,64 +409,91 @@ pub(crate) fn record_firings(
     turn: Option<u32>,
     firings: &[Firing],
 ) {
-    let abort = crate::watch::winner(firings)
-        .filter(|w| w.action == Action::Abort)
-        .cloned();
-    let (writes, control) = {
+    let stop = {
         let mut l = h.live.lock();
-        let mut w = Vec::new();
-        for f in firings {
-            let note = f.note(turn);
-            l.session.watcher_notes.push(note.clone());
-            w.push(crate::store::Write::Note {
-                session_id: h.id.clone(),
-                note,
-            });
-            w.push(inner.store.event(
-                "watcher_fired",
-                Some(&h.id),
-                serde_json::json!({"turn": turn, "watcher": f.watcher, "action": f.action, "message": f.message}),
-            ));
-        }
-        let excess = l
-            .session
-            .watcher_notes
-            .len()
-            .saturating_sub(crate::store::NOTES_KEPT);
-        l.session.watcher_notes.drain(..excess);
-        let mut control = None;
-        if let Some(a) = &abort
-            && a.scope == AbortScope::Session
-        {
-            let reason = format!("aborted by watcher {}: {}", a.watcher, a.message);
-            l.session.aborted.get_or_insert(reason.clone());
+        let (mut w, stop) = note_firings(inner, &mut l, &h.id, turn, firings);
+        if stop.is_some() {
             w.extend(l.images(&[]));
-            w.push(inner.store.event(
-                "session_aborted",
-                Some(&h.id),
-                serde_json::json!({"reason": reason}),
-            ));
-            control = l.control.clone().map(|c| (c, reason));
         }
         let t = inner.store.submit(w);
         l.pending = t.seq;
-        (t, control)
+        stop
     };
-    drop(writes);
+    enforce(inner, &h.id, firings, stop);
+}
+
+/// Under the session lock: the notes and events for `firings`, and, for a session-scoped
+/// abort, the session marked aborted and the running turn to stop. The caller submits the
+/// writes (with a fresh image when a turn is to stop) and then calls [`enforce`].
+fn note_firings(
+    inner: &Inner,
+    l: &mut super::registry::Live,
+    id: &str,
+    turn: Option<u32>,
+    firings: &[Firing],
+) -> (
+    Vec<crate::store::Write>,
+    Option<(Option<TurnControl>, String)>,
+) {
+    let mut w = Vec::new();
     for f in firings {
-        tracing::info!(session = %h.id, watcher = %f.watcher, action = ?f.action, message = %f.message, "watcher fired");
+        let note = f.note(turn);
+        l.session.watcher_notes.push(note.clone());
+        w.push(crate::store::Write::Note {
+            session_id: id.to_string(),
+            note,
+        });
+        w.push(inner.store.event(
+            "watcher_fired",
+            Some(id),
+            serde_json::json!({"turn": turn, "watcher": f.watcher, "action": f.action, "message": f.message}),
+        ));
     }
-    if let Some((c, reason)) = control {
+    let excess = l
+        .session
+        .watcher_notes
+        .len()
+        .saturating_sub(crate::store::NOTES_KEPT);
+    l.session.watcher_notes.drain(..excess);
+    let mut stop = None;
+    if let Some(a) = crate::watch::winner(firings)
+        && a.action == Action::Abort
+        && a.scope == AbortScope::Session
+    {
+        let reason = format!("aborted by watcher {}: {}", a.watcher, a.message);
+        l.session.aborted.get_or_insert(reason.clone());
+        w.push(inner.store.event(
+            "session_aborted",
+            Some(id),
+            serde_json::json!({"reason": reason}),
+        ));
+        stop = Some((l.control.clone(), reason));
+    }
+    (w, stop)
+}
+
+/// After the notes are submitted: log the firings and stop what an abort stops.
+fn enforce(
+    inner: &Arc<Inner>,
+    id: &str,
+    firings: &[Firing],
+    stop: Option<(Option<TurnControl>, String)>,
+) {
+    for f in firings {
+        tracing::info!(session = %id, watcher = %f.watcher, action = ?f.action, message = %f.message, "watcher fired");
+    }
+    if let Some((Some(c), reason)) = stop {
         c.stop(&reason);
     }
-    if let Some(a) = abort
+    if let Some(a) = crate::watch::winner(firings)
+        && a.action == Action::Abort
         && a.scope == AbortScope::Server
     {
         let reason = format!("aborted by watcher {}: {}", a.watcher, a.message);
         inner.interrupt_all(&reason);
         inner.store.log(
             "watchers_abort",
-            Some(&h.id),
+            Some(id),
             serde_json::json!({"reason": reason}),
         );
     }
@@ -503,7 +530,7 @@ pub(crate) async fn finish(
         fleet.fleet.update(Stat::of(&copy));
         inner.watchers.after_turn(&copy, &fleet.fleet)
     };
-    let (ticket, status, error) = {
+    let (ticket, status, error, stop) = {
         let mut l = h.live.lock();
         let (status, error) = fold::settle(
             &mut l.session,
@@ -512,6 +539,8 @@ pub(crate) async fn finish(
             last_message.as_deref(),
             &ended_at,
         );
+        // The watchers' notes go in the same commit as the turn's end.
+        let (notes, stop) = note_firings(inner, &mut l, &h.id, Some(index), &firings);
         // Release this turn's control in the same critical section: once the status says the
         // turn is over, a converse may start the next turn and install its own.
         if l.control.as_ref().is_some_and(|c| c.index == index) {
@@ -523,12 +552,13 @@ pub(crate) async fn finish(
             Some(&h.id),
             serde_json::json!({"turn": index, "status": status, "error": error}),
         ));
+        w.extend(notes);
         let t = inner.store.submit(w);
         l.pending = t.seq;
-        (t, status, error)
+        (t, status, error, stop)
     };
     if !firings.is_empty() {
-        record_firings(inner, h, Some(index), &firings);
+        enforce(inner, &h.id, &firings, stop);
     }
     if let Err(e) = ticket.committed().await {
         // Not on disk, so not reported as finished: say so, and keep trying (the flusher

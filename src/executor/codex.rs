@@ -1,8 +1,9 @@
 //! The codex executor: one `codex exec --json` process per turn.
 //!
 //! `codex mcp-server` was removed in codex 0.154, so zwarm drives the CLI the way a person's
-//! script would: the first turn is `codex exec --json … -- <prompt>`, every later turn is
-//! `codex exec --json … resume <thread_id> <prompt>` in a new process. Two quirks shape this
+//! script would: the first turn is `codex exec --json … -- -`, every later turn is
+//! `codex exec --json … resume -- <thread_id> -` in a new process; `-` makes codex read the
+//! prompt from stdin, where zwarm writes it. Two quirks shape this
 //! file (see shared/reference/EXECUTORS.md §A):
 //! * `exec resume` forgets `-C` and `-s`, so both are passed again, before `resume`, every turn;
 //! * `turn.completed.usage` is cumulative for the thread, so it is tagged [`UsageScope::Thread`]
@@ -50,20 +51,17 @@ pub fn build_args(plan: &TurnPlan, s: &CodexSettings) -> Vec<OsString> {
     for a in s.extra_args {
         args.push(a.into());
     }
-    match &plan.resume_id {
-        Some(thread) => {
-            args.push("resume".into());
-            args.push(thread.into());
-            // `exec resume` takes the prompt positionally after the thread id; a prompt that
-            // starts with `-` would be read as a flag, so separate it.
-            args.push("--".into());
-            args.push(plan.prompt.clone().into());
-        }
-        None => {
-            args.push("--".into());
-            args.push(plan.prompt.clone().into());
-        }
+    // The prompt is read from stdin (`-`), never from argv: no size limit, not visible in
+    // /proc/<pid>/cmdline. Everything after `--` is positional, so neither the thread id nor
+    // `-` can be read as a flag.
+    if let Some(thread) = &plan.resume_id {
+        args.push("resume".into());
+        args.push("--".into());
+        args.push(thread.into());
+    } else {
+        args.push("--".into());
     }
+    args.push("-".into());
     args
 }
 
@@ -271,6 +269,30 @@ mod tests {
         let cd = args.iter().position(|a| a == "-C").unwrap();
         let sb = args.iter().position(|a| a == "-s").unwrap();
         assert!(cd < resume && sb < resume);
-        assert_eq!(&args[resume..], ["resume", "T1", "--", "-next"]);
+        assert_eq!(&args[resume..], ["resume", "--", "T1", "-"]);
+        assert!(!args.iter().any(|a| a.contains("next")), "prompt in argv");
+    }
+
+    #[test]
+    fn first_turn_reads_the_prompt_from_stdin() {
+        let plan = TurnPlan {
+            working_dir: "/w".into(),
+            prompt: "do it".into(),
+            resume_id: None,
+        };
+        let args: Vec<String> = build_args(
+            &plan,
+            &CodexSettings {
+                sandbox: "read-only",
+                model: None,
+                extra_args: &[],
+                last_message_file: Path::new("/tmp/last"),
+            },
+        )
+        .into_iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+        assert_eq!(&args[args.len() - 2..], ["--", "-"]);
+        assert!(!args.iter().any(|a| a.contains("do it")));
     }
 }

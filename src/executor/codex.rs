@@ -193,7 +193,9 @@ fn parse_item(phase: &str, item: &Value) -> Vec<ExecutorEvent> {
     }
 }
 
-/// `/bin/bash -lc 'echo hi'` → `echo hi` (codex wraps every command in a login shell).
+/// `/bin/bash -lc 'echo hi'` → `echo hi` (codex wraps every command in a login shell). The
+/// script is unquoted exactly as the shell would (`'\''` and `'"'"'` included); anything that
+/// is not a single shell word after `-lc`/`-c` is returned unchanged.
 fn unwrap_shell(cmd: &str) -> String {
     for prefix in [
         "/bin/bash -lc ",
@@ -202,17 +204,47 @@ fn unwrap_shell(cmd: &str) -> String {
         "/bin/zsh -lc ",
     ] {
         if let Some(rest) = cmd.strip_prefix(prefix) {
-            let rest = rest.trim();
-            if rest.len() >= 2 && rest.starts_with('\'') && rest.ends_with('\'') {
-                return rest[1..rest.len() - 1].replace("'\\''", "'");
-            }
-            if rest.len() >= 2 && rest.starts_with('"') && rest.ends_with('"') {
-                return rest[1..rest.len() - 1].to_string();
-            }
-            return rest.to_string();
+            return single_shell_word(rest.trim()).unwrap_or_else(|| cmd.to_string());
         }
     }
     cmd.to_string()
+}
+
+/// The value of `s` if it is exactly one shell word (quotes removed, nothing expanded).
+fn single_shell_word(s: &str) -> Option<String> {
+    let mut out = String::new();
+    let mut it = s.chars();
+    while let Some(c) = it.next() {
+        match c {
+            '\'' => loop {
+                match it.next()? {
+                    '\'' => break,
+                    ch => out.push(ch),
+                }
+            },
+            '"' => loop {
+                match it.next()? {
+                    '"' => break,
+                    '\\' => match it.next()? {
+                        ch @ ('$' | '`' | '"' | '\\') => out.push(ch),
+                        '\n' => {}
+                        ch => {
+                            out.push('\\');
+                            out.push(ch);
+                        }
+                    },
+                    ch => out.push(ch),
+                }
+            },
+            '\\' => match it.next() {
+                Some('\n') | None => {}
+                Some(ch) => out.push(ch),
+            },
+            c if c.is_whitespace() => return None,
+            c => out.push(c),
+        }
+    }
+    Some(out)
 }
 
 fn parse_usage(u: &Value) -> Usage {
@@ -244,6 +276,24 @@ mod tests {
         assert_eq!(unwrap_shell("/bin/bash -lc 'ls -la'"), "ls -la");
         assert_eq!(unwrap_shell("/bin/bash -lc 'echo '\\''x'\\'''"), "echo 'x'");
         assert_eq!(unwrap_shell("python x.py"), "python x.py");
+        assert_eq!(
+            unwrap_shell("/bin/bash -lc 'rm -rf '\"'\"'/'\"'\"''"),
+            "rm -rf '/'"
+        );
+        assert_eq!(
+            unwrap_shell("/bin/bash -lc \"echo \\\"$HOME\\\"\""),
+            "echo \"$HOME\""
+        );
+        assert_eq!(unwrap_shell("/bin/bash -lc ls"), "ls");
+        // Not one word: left as codex reported it (the pattern watcher parses it whole).
+        assert_eq!(
+            unwrap_shell("/bin/bash -lc echo hi"),
+            "/bin/bash -lc echo hi"
+        );
+        assert_eq!(
+            unwrap_shell("/bin/bash -lc 'unterminated"),
+            "/bin/bash -lc 'unterminated"
+        );
     }
 
     #[test]

@@ -321,6 +321,33 @@ async fn a_300_kib_task_reaches_codex_on_stdin_and_never_its_argv() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_300_kib_task_reaches_claude_on_stdin() {
+    let mock = support::mock_anthropic::AnthropicMock::start(json!({}));
+    let env = Env::new(None, Some(&mock));
+    mock.set_script(keyed_script("claude_keyed.json", &env.work));
+    let z = Zwarm::start(&env, &[]).await;
+    let tail = "END-OF-THE-BIG-CLAUDE-TASK-91c2";
+    let mut task = String::new();
+    while task.len() < 300 * 1024 {
+        task.push_str("filler text that makes this task long; ");
+    }
+    task.push_str(tail);
+    let r = z
+        .ok("delegate", json!({"task": task, "adapter": "claude"}))
+        .await;
+    assert_eq!(r["status"], "idle", "{r}\n{}", z.stderr());
+    assert_eq!(r["response"], "Hello from mock claude", "{r}");
+    let body = mock
+        .requests()
+        .into_iter()
+        .filter(|q| q.path_only().ends_with("/messages"))
+        .map(|q| q.body.to_string())
+        .find(|b| b.contains("filler text"))
+        .expect("a model request with the task");
+    assert!(body.contains(tail), "the end of the task did not arrive");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_with_a_nul_byte_is_refused_up_front() {
     let env = Env::new(None, None);
     let fake = fake_executor(&env, "fake-codex-never.sh", "exit 99\n");

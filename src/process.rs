@@ -53,10 +53,20 @@ pub struct ProcessSpec {
 
 /// A [`ProcessSpec`] plus the bytes to write to the process's stdin (then closed). Without
 /// input, stdin is `/dev/null`. Derefs to the spec, so `launch.program` etc. read through.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct Launch {
     pub spec: ProcessSpec,
     pub stdin: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for Launch {
+    // The input is a prompt: its size, never its text, goes into logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Launch")
+            .field("spec", &self.spec)
+            .field("stdin_bytes", &self.stdin.as_ref().map(Vec::len))
+            .finish()
+    }
 }
 
 impl std::ops::Deref for Launch {
@@ -298,22 +308,18 @@ mod cgroup {
     const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
 
     /// Turn cgroups created by this process (marker → dir), and dirs whose removal failed.
-    pub(super) struct Registry {
-        pub(super) turns: HashMap<String, PathBuf>,
-        pub(super) pending_removal: Vec<PathBuf>,
-        /// The parent used for turn cgroups, kept after a fallback so earlier turns can still
-        /// be found by marker (e.g. when adopting a dead server's session).
-        pub(super) parent: Option<PathBuf>,
+    struct Registry {
+        turns: HashMap<String, PathBuf>,
+        pending_removal: Vec<PathBuf>,
+        /// The parent of turn cgroups, kept after a fallback so earlier turns can still be
+        /// found by marker (e.g. when adopting a dead server's session).
+        parent: Option<PathBuf>,
     }
 
-    pub(super) static REGISTRY: Mutex<Option<Registry>> = Mutex::new(None);
-
-    pub(super) fn registry() -> MutexGuard<'static, Option<Registry>> {
-        lock(&REGISTRY)
-    }
+    static REGISTRY: Mutex<Option<Registry>> = Mutex::new(None);
 
     fn with_registry<T>(f: impl FnOnce(&mut Registry) -> T) -> T {
-        let mut g = registry();
+        let mut g = lock(&REGISTRY);
         let r = g.get_or_insert_with(|| Registry {
             turns: HashMap::new(),
             pending_removal: Vec::new(),
@@ -325,6 +331,8 @@ mod cgroup {
     pub(super) fn probe(pref: &ContainmentPreference) -> Mode {
         let parent = match pref {
             ContainmentPreference::ProcessGroup => {
+                // Turn cgroups an earlier server left behind are still found by marker.
+                remember_existing_parent(own_cgroup_dir().ok().map(|d| d.join("zwarm")));
                 return Mode::Group {
                     reason: "the configuration asks for process groups".into(),
                 };
@@ -343,9 +351,18 @@ mod cgroup {
                 with_registry(|r| r.parent = Some(parent.clone()));
                 Mode::Cgroup { parent }
             }
-            Err(reason) => Mode::Group {
-                reason: format!("{}: {reason}", parent.display()),
-            },
+            Err(reason) => {
+                remember_existing_parent(Some(parent.clone()));
+                Mode::Group {
+                    reason: format!("{}: {reason}", parent.display()),
+                }
+            }
+        }
+    }
+
+    fn remember_existing_parent(parent: Option<PathBuf>) {
+        if let Some(p) = parent.filter(|p| p.join("cgroup.procs").exists()) {
+            with_registry(|r| r.parent = Some(p));
         }
     }
 
@@ -935,6 +952,9 @@ pub fn kill_marked(marker: &str, exclude: Option<i32>) -> usize {
 /// The blocking part of every stop: group SIGKILL, cgroup.kill and removal, marker scan,
 /// reaping — bounded by `budget` (with a zero budget: one pass of kills, no waiting).
 fn sweep(marker: &str, pgid: Option<i32>, exclude: Option<i32>, budget: Duration) -> usize {
+    // Probe first if nothing was started yet (adopting a dead server's session happens before
+    // any spawn): that is what tells where turn cgroups live.
+    let _ = current_mode();
     let until = std::time::Instant::now() + budget;
     let time_left = || until.saturating_duration_since(std::time::Instant::now());
     if let Some(pg) = pgid {
@@ -943,9 +963,7 @@ fn sweep(marker: &str, pgid: Option<i32>, exclude: Option<i32>, budget: Duration
     let mut killed: Vec<i32> = Vec::new();
     if let Some(dir) = cgroup::find(marker) {
         let inside = cgroup::pids(&dir);
-        if !inside.is_empty() {
-            cgroup::kill(&dir);
-        }
+        cgroup::kill(&dir);
         killed.extend(inside.into_iter().filter(|p| Some(*p) != exclude));
         while cgroup::populated(&dir) && !time_left().is_zero() {
             std::thread::sleep(Duration::from_millis(5).min(time_left()));
@@ -956,11 +974,8 @@ fn sweep(marker: &str, pgid: Option<i32>, exclude: Option<i32>, budget: Duration
     let needle = format!("{TURN_MARKER}={marker}");
     let me = std::process::id() as i32;
     // Several passes: a process may fork between our scan and its death.
-    for pass in 0..3 {
-        let found: Vec<i32> = find_marked(&needle, me, exclude)
-            .into_iter()
-            .filter(|p| !killed.contains(p) || pass > 0)
-            .collect();
+    for _ in 0..3 {
+        let found = find_marked(&needle, me, exclude);
         if found.is_empty() {
             break;
         }

@@ -913,6 +913,31 @@ mod shell {
         }
 
         #[test]
+        fn never_panics_on_arbitrary_input() {
+            // Deterministic pseudo-random lines over an alphabet of shell metacharacters.
+            let alphabet: Vec<char> = "rm -rf/~$HOME{}()'\"\\`;&|<>#*\n\tabc=2é".chars().collect();
+            let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+            for _ in 0..20_000 {
+                let mut line = String::new();
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                for _ in 0..(x % 40) {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    line.push(alphabet[(x % alphabet.len() as u64) as usize]);
+                }
+                let _ = deletes_root_or_home(&line);
+            }
+            // Deep nesting stops at MAX_DEPTH instead of recursing without end.
+            let deep = "bash -c ".repeat(50) + "'rm -rf /'";
+            let _ = deletes_root_or_home(&deep);
+            let deep = "$(".repeat(200);
+            let _ = deletes_root_or_home(&deep);
+        }
+
+        #[test]
         fn shell_c_scripts_are_found() {
             let mut nested = Vec::new();
             let c = &split("/bin/bash -lc 'rm -rf /'", &mut nested)[0];

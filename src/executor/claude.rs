@@ -3,8 +3,8 @@
 //! Facts that shape this file (shared/reference/EXECUTORS.md §B):
 //! * `--resume <session_id>` only finds the conversation from the cwd it was created in, so
 //!   every turn runs in the session's working directory;
-//! * `--allowedTools` and friends are variadic and swallow the prompt, so every list flag is
-//!   written `--flag=value` and the prompt always follows `--`;
+//! * `--allowedTools` and friends are variadic, so every list flag is written `--flag=value`;
+//!   the prompt is not an argument at all: `claude -p` reads it from stdin;
 //! * an API error is reported as `result.subtype:"success"` with `is_error:true`, and denied
 //!   tools as an ordinary success with `permission_denials` — the exit code says little;
 //! * `result.usage` and `total_cost_usd` count only this invocation ([`UsageScope::Invocation`]).
@@ -63,8 +63,8 @@ pub fn build_args(plan: &TurnPlan, s: &ClaudeSettings) -> Vec<OsString> {
     for a in s.extra_args {
         args.push(a.into());
     }
-    args.push("--".into());
-    args.push(plan.prompt.clone().into());
+    // No prompt argument: `claude -p` reads the prompt from stdin, where zwarm writes it (no
+    // argv size limit, not visible in /proc/<pid>/cmdline).
     args
 }
 
@@ -351,7 +351,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn prompt_follows_double_dash_and_lists_use_equals() {
+    fn prompt_is_not_an_argument_and_lists_use_equals() {
         let plan = TurnPlan {
             working_dir: "/w".into(),
             prompt: "--not-a-flag".into(),
@@ -375,7 +375,10 @@ mod tests {
         assert!(args.contains(&"--allowedTools=Bash,Write".to_string()));
         assert!(args.contains(&"--resume=S1".to_string()));
         assert!(args.contains(&"--verbose".to_string()));
-        assert_eq!(&args[args.len() - 2..], ["--", "--not-a-flag"]);
+        assert!(
+            !args.iter().any(|a| a.contains("not-a-flag")),
+            "prompt in argv"
+        );
     }
 
     #[test]

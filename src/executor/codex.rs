@@ -1,8 +1,9 @@
 //! The codex executor: one `codex exec --json` process per turn.
 //!
 //! `codex mcp-server` was removed in codex 0.154, so zwarm drives the CLI the way a person's
-//! script would: the first turn is `codex exec --json … -- <prompt>`, every later turn is
-//! `codex exec --json … resume <thread_id> <prompt>` in a new process. Two quirks shape this
+//! script would: the first turn is `codex exec --json … -- -`, every later turn is
+//! `codex exec --json … resume -- <thread_id> -` in a new process; `-` makes codex read the
+//! prompt from stdin, where zwarm writes it. Two quirks shape this
 //! file (see shared/reference/EXECUTORS.md §A):
 //! * `exec resume` forgets `-C` and `-s`, so both are passed again, before `resume`, every turn;
 //! * `turn.completed.usage` is cumulative for the thread, so it is tagged [`UsageScope::Thread`]
@@ -50,20 +51,17 @@ pub fn build_args(plan: &TurnPlan, s: &CodexSettings) -> Vec<OsString> {
     for a in s.extra_args {
         args.push(a.into());
     }
-    match &plan.resume_id {
-        Some(thread) => {
-            args.push("resume".into());
-            args.push(thread.into());
-            // `exec resume` takes the prompt positionally after the thread id; a prompt that
-            // starts with `-` would be read as a flag, so separate it.
-            args.push("--".into());
-            args.push(plan.prompt.clone().into());
-        }
-        None => {
-            args.push("--".into());
-            args.push(plan.prompt.clone().into());
-        }
+    // The prompt is read from stdin (`-`), never from argv: no size limit, not visible in
+    // /proc/<pid>/cmdline. Everything after `--` is positional, so neither the thread id nor
+    // `-` can be read as a flag.
+    if let Some(thread) = &plan.resume_id {
+        args.push("resume".into());
+        args.push("--".into());
+        args.push(thread.into());
+    } else {
+        args.push("--".into());
     }
+    args.push("-".into());
     args
 }
 
@@ -195,7 +193,9 @@ fn parse_item(phase: &str, item: &Value) -> Vec<ExecutorEvent> {
     }
 }
 
-/// `/bin/bash -lc 'echo hi'` → `echo hi` (codex wraps every command in a login shell).
+/// `/bin/bash -lc 'echo hi'` → `echo hi` (codex wraps every command in a login shell). The
+/// script is unquoted exactly as the shell would (`'\''` and `'"'"'` included); anything that
+/// is not a single shell word after `-lc`/`-c` is returned unchanged.
 fn unwrap_shell(cmd: &str) -> String {
     for prefix in [
         "/bin/bash -lc ",
@@ -204,17 +204,47 @@ fn unwrap_shell(cmd: &str) -> String {
         "/bin/zsh -lc ",
     ] {
         if let Some(rest) = cmd.strip_prefix(prefix) {
-            let rest = rest.trim();
-            if rest.len() >= 2 && rest.starts_with('\'') && rest.ends_with('\'') {
-                return rest[1..rest.len() - 1].replace("'\\''", "'");
-            }
-            if rest.len() >= 2 && rest.starts_with('"') && rest.ends_with('"') {
-                return rest[1..rest.len() - 1].to_string();
-            }
-            return rest.to_string();
+            return single_shell_word(rest.trim()).unwrap_or_else(|| cmd.to_string());
         }
     }
     cmd.to_string()
+}
+
+/// The value of `s` if it is exactly one shell word (quotes removed, nothing expanded).
+fn single_shell_word(s: &str) -> Option<String> {
+    let mut out = String::new();
+    let mut it = s.chars();
+    while let Some(c) = it.next() {
+        match c {
+            '\'' => loop {
+                match it.next()? {
+                    '\'' => break,
+                    ch => out.push(ch),
+                }
+            },
+            '"' => loop {
+                match it.next()? {
+                    '"' => break,
+                    '\\' => match it.next()? {
+                        ch @ ('$' | '`' | '"' | '\\') => out.push(ch),
+                        '\n' => {}
+                        ch => {
+                            out.push('\\');
+                            out.push(ch);
+                        }
+                    },
+                    ch => out.push(ch),
+                }
+            },
+            '\\' => match it.next() {
+                Some('\n') | None => {}
+                Some(ch) => out.push(ch),
+            },
+            c if c.is_whitespace() => return None,
+            c => out.push(c),
+        }
+    }
+    Some(out)
 }
 
 fn parse_usage(u: &Value) -> Usage {
@@ -246,6 +276,24 @@ mod tests {
         assert_eq!(unwrap_shell("/bin/bash -lc 'ls -la'"), "ls -la");
         assert_eq!(unwrap_shell("/bin/bash -lc 'echo '\\''x'\\'''"), "echo 'x'");
         assert_eq!(unwrap_shell("python x.py"), "python x.py");
+        assert_eq!(
+            unwrap_shell("/bin/bash -lc 'rm -rf '\"'\"'/'\"'\"''"),
+            "rm -rf '/'"
+        );
+        assert_eq!(
+            unwrap_shell("/bin/bash -lc \"echo \\\"$HOME\\\"\""),
+            "echo \"$HOME\""
+        );
+        assert_eq!(unwrap_shell("/bin/bash -lc ls"), "ls");
+        // Not one word: left as codex reported it (the pattern watcher parses it whole).
+        assert_eq!(
+            unwrap_shell("/bin/bash -lc echo hi"),
+            "/bin/bash -lc echo hi"
+        );
+        assert_eq!(
+            unwrap_shell("/bin/bash -lc 'unterminated"),
+            "/bin/bash -lc 'unterminated"
+        );
     }
 
     #[test]
@@ -271,6 +319,30 @@ mod tests {
         let cd = args.iter().position(|a| a == "-C").unwrap();
         let sb = args.iter().position(|a| a == "-s").unwrap();
         assert!(cd < resume && sb < resume);
-        assert_eq!(&args[resume..], ["resume", "T1", "--", "-next"]);
+        assert_eq!(&args[resume..], ["resume", "--", "T1", "-"]);
+        assert!(!args.iter().any(|a| a.contains("next")), "prompt in argv");
+    }
+
+    #[test]
+    fn first_turn_reads_the_prompt_from_stdin() {
+        let plan = TurnPlan {
+            working_dir: "/w".into(),
+            prompt: "do it".into(),
+            resume_id: None,
+        };
+        let args: Vec<String> = build_args(
+            &plan,
+            &CodexSettings {
+                sandbox: "read-only",
+                model: None,
+                extra_args: &[],
+                last_message_file: Path::new("/tmp/last"),
+            },
+        )
+        .into_iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+        assert_eq!(&args[args.len() - 2..], ["--", "-"]);
+        assert!(!args.iter().any(|a| a.contains("do it")));
     }
 }

@@ -50,6 +50,13 @@ pub struct Config {
     pub max_response_chars: usize,
     /// Default page size of list_sessions.
     pub list_page_size: usize,
+    /// Largest task or message accepted, in bytes (refused up front; sent on stdin).
+    pub max_task_bytes: usize,
+    /// How a turn's processes are contained: `auto` (a cgroup per turn where cgroup v2 is
+    /// writable, else process group + marker) or `process-group`.
+    pub containment: String,
+    /// Where turn cgroups are created (default: a `zwarm` cgroup next to zwarm's own).
+    pub cgroup_parent: Option<PathBuf>,
     pub codex: CodexConfig,
     pub claude: ClaudeConfig,
     /// Guardrails (see `crate::watch`).
@@ -121,6 +128,9 @@ impl Default for Config {
             interrupt_grace_seconds: 5,
             max_response_chars: 8000,
             list_page_size: 50,
+            max_task_bytes: crate::executor::DEFAULT_MAX_TASK_BYTES,
+            containment: "auto".into(),
+            cgroup_parent: None,
             codex: CodexConfig::default(),
             claude: ClaudeConfig::default(),
             watchers: Default::default(),
@@ -179,6 +189,9 @@ const KEYS: &[(&str, Kind)] = &[
     ("interrupt_grace_seconds", Kind::Int),
     ("max_response_chars", Kind::Int),
     ("list_page_size", Kind::Int),
+    ("max_task_bytes", Kind::Int),
+    ("containment", Kind::Str),
+    ("cgroup_parent", Kind::Str),
     ("codex.binary", Kind::Str),
     ("codex.model", Kind::Str),
     ("codex.sandbox", Kind::Str),
@@ -236,6 +249,11 @@ const ENV_ALIASES: &[(&str, &str)] = &[
 /// when their value is wider.
 pub const TRUSTED_ONLY: &[(&str, &str)] = &[
     ("state_dir", "it chooses where zwarm keeps its state"),
+    (
+        "containment",
+        "it chooses how an executor's processes are contained",
+    ),
+    ("cgroup_parent", "it chooses where executors' cgroups live"),
     ("allowed_roots", "it widens where sessions may work"),
     ("codex.binary", "it chooses the program zwarm runs"),
     (
@@ -635,6 +653,17 @@ fn validate(cfg: &Config) -> Result<(), ConfigError> {
         return Err(ConfigError::Invalid(
             "max_response_chars must be at least 200".into(),
         ));
+    }
+    if !(1024..=64 * 1024 * 1024).contains(&cfg.max_task_bytes) {
+        return Err(ConfigError::Invalid(
+            "max_task_bytes must be between 1024 and 67108864 (64 MiB)".into(),
+        ));
+    }
+    if !matches!(cfg.containment.as_str(), "auto" | "process-group") {
+        return Err(ConfigError::Invalid(format!(
+            "containment is `{}`; use `auto` (a cgroup per turn where possible) or `process-group`",
+            cfg.containment
+        )));
     }
     if cfg.list_page_size == 0 {
         return Err(ConfigError::Invalid(

@@ -79,6 +79,15 @@ fn main() -> anyhow::Result<()> {
 
 async fn serve(cfg: zwarm::config::Config) -> anyhow::Result<i32> {
     zwarm::process::become_subreaper();
+    let pref = match (cfg.containment.as_str(), &cfg.cgroup_parent) {
+        ("process-group", _) => zwarm::process::ContainmentPreference::ProcessGroup,
+        (_, Some(dir)) => zwarm::process::ContainmentPreference::CgroupParent(dir.clone()),
+        _ => zwarm::process::ContainmentPreference::Auto,
+    };
+    let mode = tokio::task::spawn_blocking(move || zwarm::process::configure_containment(pref))
+        .await
+        .unwrap_or("process-group");
+    tracing::info!(containment = mode, "executor containment");
     let project_dir = cfg.project_dir.clone();
     let manager = zwarm::sessions::Manager::start(cfg, project_dir)
         .await

@@ -278,16 +278,12 @@ async fn tampered_records_are_refused_not_followed() {
     drop(conn);
     let z = Zwarm::start(&env, &["--set", &format!("codex.binary={bin}")]).await;
     let _ = std::fs::remove_file(env.work.join("argv.txt"));
-    let c = z
-        .ok("converse", json!({"session_id": id, "message": "again"}))
+    let m = z
+        .err("converse", json!({"session_id": id, "message": "again"}))
         .await;
-    assert_eq!(c["status"], "failed", "{c}");
     assert!(
-        c["error"]
-            .as_str()
-            .unwrap()
-            .contains("thread id is not valid"),
-        "{c}"
+        m.contains("native session id") && m.contains("not valid"),
+        "refused up front: {m}"
     );
     assert!(
         !env.work.join("argv.txt").exists(),

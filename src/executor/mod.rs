@@ -142,7 +142,7 @@ impl Parser {
 
 /// Build the process for one turn. `scratch` is a per-turn file path the executor may use
 /// (codex writes its last message there). The prompt goes to the process's stdin, never to
-/// argv. Checks the prompt ([`check_prompt`] with [`DEFAULT_MAX_TASK_BYTES`]) and the native id
+/// argv. Checks the prompt ([`check_prompt`] with `max_task_bytes`) and the native id
 /// ([`validate_native_id`]); the engine should run both checks itself before starting a turn
 /// (with the configured limit), so that a bad prompt is refused up front.
 pub fn build_process(
@@ -152,7 +152,7 @@ pub fn build_process(
     model: Option<&str>,
     scratch: &Path,
 ) -> Result<Launch, ExecutorError> {
-    check_prompt(&plan.prompt, DEFAULT_MAX_TASK_BYTES)?;
+    check_prompt(&plan.prompt, cfg.max_task_bytes)?;
     if let Some(id) = &plan.resume_id {
         validate_native_id(id)?;
     }

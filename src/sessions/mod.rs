@@ -175,6 +175,8 @@ pub(crate) struct Inner {
     /// Serialises adoptions within this server (the store's compare-and-set does it between
     /// servers).
     adopting: tokio::sync::Mutex<()>,
+    /// Set at shutdown: every running turn's executor must be stopped by then.
+    pub stop_by: parking_lot::Mutex<Option<Instant>>,
 }
 
 /// How to undo a turn's start whose commit failed.
@@ -365,6 +367,7 @@ impl Manager {
             dirty: parking_lot::Mutex::new(HashSet::new()),
             flush_now: tokio::sync::Notify::new(),
             adopting: tokio::sync::Mutex::new(()),
+            stop_by: parking_lot::Mutex::new(None),
         });
         let m = Manager { inner };
         for r in &imports {
@@ -672,6 +675,8 @@ impl Manager {
         if message.is_empty() {
             return Err(ManagerError::EmptyMessage);
         }
+        let max = self.inner.cfg.max_task_bytes;
+        executor::check_text("message", &message, max)?;
         let h = self.owned(id).await?;
         let head = text::truncate_chars(&message, 500);
         let sent = move |sid: &str, n: u32| serde_json::json!({"session": sid, "turn": n, "message": head});
@@ -697,11 +702,15 @@ impl Manager {
                     }
                     // Without a native thread (the first turn failed before the executor
                     // started one) there is nothing to resume: start over with the task.
-                    Ok(if s.native_id.is_some() {
-                        msg
-                    } else {
-                        format!("{}\n\n{}", s.task, msg)
-                    })
+                    let prompt = match &s.native_id {
+                        Some(id) => {
+                            executor::validate_native_id(id)?;
+                            msg
+                        }
+                        None => format!("{}\n\n{}", s.task, msg),
+                    };
+                    executor::check_prompt(&prompt, max)?;
+                    Ok(prompt)
                 },
                 |sid, n| {
                     let mut v = sent(sid, n);
@@ -1237,6 +1246,10 @@ impl Manager {
     /// (or `limit` passed); everything recorded is committed before this returns.
     pub async fn shutdown(&self, limit: Duration) {
         let until = Instant::now() + limit;
+        // Executors get most of the budget to stop (SIGINT, a short grace, SIGKILL); the
+        // rest is for recording them interrupted.
+        *self.inner.stop_by.lock() =
+            Some(until - (limit / 4).clamp(Duration::from_millis(100), Duration::from_millis(500)));
         self.inner.shutdown.cancel();
         self.inner.tasks.close();
         if tokio::time::timeout_at(until, self.inner.tasks.wait())

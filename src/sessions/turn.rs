@@ -294,15 +294,25 @@ pub(crate) async fn run(inner: Arc<Inner>, h: Arc<Handle>, index: u32, start: St
                 };
                 tracing::info!(session = %id, turn = index, %reason, "interrupting executor");
                 outcome.interrupted = Some(reason);
-                let grace = if inner.shutdown.is_cancelled() {
-                    Duration::from_millis(600)
-                } else {
-                    Duration::from_secs(inner.cfg.interrupt_grace_seconds)
-                };
-                process::terminate(&mut child, &marker, grace).await;
+                let stop_by = *inner.stop_by.lock();
+                match stop_by.filter(|_| inner.shutdown.is_cancelled()) {
+                    // Shutting down: everything must be stopped by the server's deadline.
+                    Some(by) => {
+                        process::stop_turn(&mut child, &marker, Duration::from_millis(400), by)
+                            .await;
+                    }
+                    None => {
+                        let grace = Duration::from_secs(inner.cfg.interrupt_grace_seconds);
+                        process::terminate(&mut child, &marker, grace).await;
+                    }
+                }
                 exited = true;
                 // Read what the executor printed while stopping, briefly.
-                drain_until.get_or_insert(Instant::now() + Duration::from_millis(300));
+                let mut drain = Instant::now() + Duration::from_millis(300);
+                if let Some(by) = stop_by {
+                    drain = drain.min(by);
+                }
+                drain_until.get_or_insert(drain);
             }
             Step::Exited => {
                 exited = true;

@@ -1,0 +1,91 @@
+//! Shutdown that fits its deadline: a SIGTERMed zwarm stops even an executor that ignores
+//! SIGINT and SIGTERM, records the turn interrupted, and exits within 2 s; a second signal
+//! forces the exit at once.
+
+mod support;
+
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+use serde_json::json;
+use support::harness::{Env, Zwarm, turn_pids};
+use support::mock_openai::OpenAiMock;
+
+/// A codex stand-in that starts a thread, then ignores SIGINT and SIGTERM and sleeps (its
+/// `sleep` child ignores them too).
+fn stubborn(env: &Env) -> String {
+    let p = env.dir.path().join("stubborn.sh");
+    std::fs::write(
+        &p,
+        "#!/bin/sh\ntrap '' INT TERM\ncat >/dev/null 2>&1 &\necho '{\"type\":\"thread.started\",\"thread_id\":\"0199a000-0000-7000-8000-00000000beef\"}'\necho '{\"type\":\"turn.started\"}'\nsleep 300\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    p.display().to_string()
+}
+
+async fn running_turn(z: &Zwarm) -> String {
+    let r = z
+        .ok("delegate", json!({"task": "hold on", "mode": "async"}))
+        .await;
+    let id = r["session_id"].as_str().unwrap().to_string();
+    for _ in 0..100 {
+        let pids = turn_pids(&id);
+        if pids
+            .iter()
+            .any(|p| support::harness::cmdline(*p).starts_with("sleep"))
+        {
+            return id;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the stubborn executor never started its sleep");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_a_signal_proof_executor_and_records_it_within_two_seconds() {
+    let mock = OpenAiMock::start(json!({}));
+    let env = Env::new(Some(&mock), None);
+    let bin = stubborn(&env);
+    let args = ["--set", &format!("codex.binary={bin}")];
+    let z = Zwarm::start(&env, &args).await;
+    let id = running_turn(&z).await;
+    let took = z
+        .signal_and_wait(libc::SIGTERM, Duration::from_secs(5))
+        .await;
+    assert!(took < Duration::from_secs(2), "exit took {took:?}");
+    assert!(turn_pids(&id).is_empty(), "{:?}", turn_pids(&id));
+    drop(z);
+    // Recorded as interrupted by the shutdown (not adopted later as a crash).
+    let z = Zwarm::start(&env, &args).await;
+    let s = z.ok("check_session", json!({"session_id": id})).await;
+    assert_eq!(s["status"], "failed", "{s}");
+    assert_eq!(s["turns"][0]["status"], "interrupted");
+    assert!(s["error"].as_str().unwrap().contains("shut down"), "{s}");
+    assert!(
+        !env.events().contains("\"event\":\"session_recovered\""),
+        "the shutdown recorded it; no recovery was needed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_forces_exit() {
+    let mock = OpenAiMock::start(json!({}));
+    let env = Env::new(Some(&mock), None);
+    let bin = stubborn(&env);
+    // A long grace would hold a first-signal shutdown; the second signal cuts it short.
+    let z = Zwarm::start(&env, &["--set", &format!("codex.binary={bin}")]).await;
+    let _id = running_turn(&z).await;
+    // SAFETY: signalling the child we started.
+    unsafe {
+        libc::kill(z.pid as i32, libc::SIGINT);
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let took = z
+        .signal_and_wait(libc::SIGINT, Duration::from_secs(5))
+        .await;
+    assert!(
+        took < Duration::from_millis(500),
+        "forced exit took {took:?}"
+    );
+}

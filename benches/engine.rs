@@ -37,6 +37,7 @@ use rmcp::model::CallToolRequestParams;
 use rmcp::service::RunningService;
 use rmcp::transport::TokioChildProcess;
 use rmcp::{RoleClient, ServiceExt};
+use serde::Serialize;
 use serde_json::{Value, json};
 
 /// Events in the big turn (scenarios 3 and 4), not counting the framing lines.
@@ -55,6 +56,8 @@ struct Plan {
     /// Measured starts after the first one, per session count.
     starts_1k: usize,
     starts_10k: usize,
+    /// Time budget for the measured starts of one session count.
+    start_budget: Duration,
     /// list_sessions and check_session calls per session count.
     calls: usize,
     /// 2,000-event turns through zwarm (scenario 3), and their time budget.
@@ -69,6 +72,7 @@ impl Plan {
                 turn_runs: 5,
                 starts_1k: 2,
                 starts_10k: 1,
+                start_budget: Duration::from_secs(15),
                 calls: 3,
                 big_runs: 1,
                 big_budget: Duration::from_secs(30),
@@ -78,6 +82,7 @@ impl Plan {
                 turn_runs: 15,
                 starts_1k: 5,
                 starts_10k: 3,
+                start_budget: Duration::from_secs(30),
                 calls: 10,
                 big_runs: 5,
                 big_budget: Duration::from_secs(90),
@@ -604,24 +609,93 @@ fn ts(ms: u64) -> String {
     humantime::format_rfc3339_millis(SystemTime::UNIX_EPOCH + Duration::from_millis(ms)).to_string()
 }
 
-fn usage(rng: &mut Rng) -> Value {
-    let input = 2_000 + rng.below(30_000);
-    json!({
-        "input_tokens": input,
-        "cached_input_tokens": input / 2,
-        "output_tokens": 200 + rng.below(3_000),
-        "reasoning_output_tokens": rng.below(800),
-    })
+// zwarm 0.2's on-disk session (`src/session.rs` at 52a3398; `src/model.rs` since), frozen here
+// field for field and in the same order, so the files are byte-for-byte what 0.2 wrote with
+// `serde_json::to_vec_pretty`, whatever the crate's own types become.
+
+#[derive(Serialize, Clone, Copy, Default)]
+struct V02Usage {
+    input_tokens: u64,
+    cached_input_tokens: u64,
+    output_tokens: u64,
+    reasoning_output_tokens: u64,
 }
 
-fn add_usage(total: &mut Value, u: &Value) {
-    for k in [
-        "input_tokens",
-        "cached_input_tokens",
-        "output_tokens",
-        "reasoning_output_tokens",
-    ] {
-        total[k] = json!(total[k].as_u64().unwrap_or(0) + u[k].as_u64().unwrap_or(0));
+impl V02Usage {
+    fn add(&mut self, u: &V02Usage) {
+        self.input_tokens += u.input_tokens;
+        self.cached_input_tokens += u.cached_input_tokens;
+        self.output_tokens += u.output_tokens;
+        self.reasoning_output_tokens += u.reasoning_output_tokens;
+    }
+}
+
+#[derive(Serialize)]
+struct V02Command {
+    command: String,
+    exit_code: Option<i64>,
+    ok: bool,
+    output_tail: String,
+}
+
+#[derive(Serialize)]
+struct V02FileChange {
+    path: String,
+    kind: &'static str,
+}
+
+#[derive(Serialize)]
+struct V02Turn {
+    index: u32,
+    prompt: String,
+    status: &'static str,
+    response: Option<String>,
+    error: Option<String>,
+    api_status: Option<u16>,
+    usage: V02Usage,
+    cost_usd: Option<f64>,
+    started_at: String,
+    ended_at: Option<String>,
+    commands: Vec<V02Command>,
+    files_changed: Vec<V02FileChange>,
+    permission_denials: Vec<Value>,
+    messages: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct V02Owner {
+    pid: u32,
+    instance: String,
+}
+
+#[derive(Serialize)]
+struct V02Session {
+    id: String,
+    adapter: &'static str,
+    mode: &'static str,
+    status: &'static str,
+    task: String,
+    working_dir: String,
+    model: Option<String>,
+    native_id: Option<String>,
+    created_at: String,
+    updated_at: String,
+    turns: Vec<V02Turn>,
+    error: Option<String>,
+    summary: Option<String>,
+    native_usage: V02Usage,
+    owner: V02Owner,
+    recent: Vec<String>,
+    watcher_notes: Vec<Value>,
+}
+
+fn usage(rng: &mut Rng) -> V02Usage {
+    let input = 2_000 + rng.below(30_000);
+    V02Usage {
+        input_tokens: input,
+        cached_input_tokens: input / 2,
+        output_tokens: 200 + rng.below(3_000),
+        reasoning_output_tokens: rng.below(800),
     }
 }
 
@@ -629,7 +703,8 @@ const AREAS: [&str; 8] = [
     "auth", "billing", "search", "cli", "storage", "http", "parser", "metrics",
 ];
 
-/// One session exactly as zwarm 0.2 wrote it (`serde_json::to_vec_pretty` of `Session`).
+/// One idle session of 1-3 finished codex turns, as zwarm 0.2 wrote it, and its lines of
+/// `events.jsonl` (appended to `events`).
 fn session_v02(
     i: usize,
     id: &str,
@@ -638,22 +713,20 @@ fn session_v02(
     owner: &(u32, String),
     created_ms: u64,
     events: &mut String,
-) -> Value {
+) -> V02Session {
     let area = AREAS[i % AREAS.len()];
+    let mode = if i.is_multiple_of(4) { "async" } else { "sync" };
     let task = format!(
         "In src/{area}/mod.rs, make `{area}::handle_{i}` return a typed error instead of panicking on empty input. Add a unit test for the empty case. Acceptance: cargo test passes and no unwrap() remains in that function."
     );
     let thread = uuid::Uuid::new_v4().to_string();
     let n_turns = 1 + i % 3;
     let mut turns = Vec::new();
-    let mut native_usage = json!({
-        "input_tokens": 0,
-        "cached_input_tokens": 0,
-        "output_tokens": 0,
-        "reasoning_output_tokens": 0,
-    });
-    let mut recent = Vec::new();
+    let mut native_usage = V02Usage::default();
+    let mut recent: Vec<String> = Vec::new();
     let mut t = created_ms;
+    // 0.2's event lines: {ts, server, pid, event, session_id} plus the event's own fields
+    // (serde_json objects, so the keys come out sorted, as 0.2 wrote them).
     let push_event = |events: &mut String, at: u64, kind: &str, extra: Value| {
         let mut l = json!({"ts": ts(at), "server": owner.1, "pid": owner.0, "event": kind, "session_id": id});
         if let (Value::Object(dst), Value::Object(src)) = (&mut l, extra) {
@@ -665,9 +738,9 @@ fn session_v02(
         events,
         t,
         "session_started",
-        json!({"adapter": "codex", "mode": if i.is_multiple_of(4) { "async" } else { "sync" }, "working_dir": work, "task": task}),
+        json!({"adapter": "codex", "mode": mode, "working_dir": work, "task": task}),
     );
-    for n in 1..=n_turns {
+    for n in 1..=n_turns as u32 {
         let prompt = if n == 1 {
             task.clone()
         } else {
@@ -683,19 +756,20 @@ fn session_v02(
                 json!({"turn": n, "message": prompt}),
             );
         }
+        let started = t + 3;
         push_event(
             events,
-            t + 3,
+            started,
             "turn_started",
-            json!({"turn": n, "resume": if n > 1 { Value::String(thread.clone()) } else { Value::Null }}),
+            json!({"turn": n, "resume": if n > 1 { Some(&thread) } else { None }}),
         );
-        let started = t + 3;
         let ended = started + 20_000 + rng.below(160_000);
         let u = usage(rng);
-        add_usage(&mut native_usage, &u);
-        let cmds: Vec<Value> = (0..1 + rng.below(3))
+        native_usage.add(&u);
+        recent.push("codex: session started".into());
+        let commands: Vec<V02Command> = (0..1 + rng.below(3))
             .map(|c| {
-                let (command, tail) = match c {
+                let (command, output_tail) = match c {
                     0 => (
                         format!("/bin/bash -lc 'rg -n \"handle_{i}\" src/{area}'"),
                         format!("src/{area}/mod.rs:{}:pub fn handle_{i}(input: &str) -> Result<Out, Error> {{\n", 40 + i % 200),
@@ -709,15 +783,29 @@ fn session_v02(
                         String::new(),
                     ),
                 };
+                recent.push(format!("codex runs `{command}`"));
                 recent.push(format!("codex ran `{command}` — exit 0"));
-                json!({"command": command, "exit_code": 0, "ok": true, "output_tail": tail})
+                V02Command {
+                    command,
+                    exit_code: Some(0),
+                    ok: true,
+                    output_tail,
+                }
             })
             .collect();
-        let files = json!([
-            {"path": format!("{work}/src/{area}/mod.rs"), "kind": "update"},
-            {"path": format!("{work}/tests/{area}_{i}_test.rs"), "kind": if n == 1 { "add" } else { "update" }},
-        ]);
-        recent.push(format!("codex changed src/{area}/mod.rs"));
+        let files_changed = vec![
+            V02FileChange {
+                path: format!("{work}/src/{area}/mod.rs"),
+                kind: "update",
+            },
+            V02FileChange {
+                path: format!("{work}/tests/{area}_{i}_test.rs"),
+                kind: if n == 1 { "add" } else { "update" },
+            },
+        ];
+        recent.push(format!(
+            "codex edited {work}/src/{area}/mod.rs, created {work}/tests/{area}_{i}_test.rs"
+        ));
         let response = format!(
             "Done. `{area}::handle_{i}` now returns `Err(Error::EmptyInput)` for empty input instead of panicking, and the unwrap() calls are gone. Added tests/{area}_{i}_test.rs covering the empty case{}. `cargo test` passes (48 tests).",
             if n > 1 {
@@ -726,33 +814,34 @@ fn session_v02(
                 ""
             }
         );
-        recent.push(format!(
-            "codex said: {}",
-            &response[..response.len().min(120)]
-        ));
         let messages = if n == 1 {
-            json!([format!(
+            vec![format!(
                 "I'll look at handle_{i} in src/{area}/mod.rs first."
-            )])
+            )]
         } else {
-            json!([])
+            vec![]
         };
-        turns.push(json!({
-            "index": n,
-            "prompt": prompt,
-            "status": "completed",
-            "response": response,
-            "error": null,
-            "api_status": null,
-            "usage": u,
-            "cost_usd": null,
-            "started_at": ts(started),
-            "ended_at": ts(ended),
-            "commands": cmds,
-            "files_changed": files,
-            "permission_denials": [],
-            "messages": messages,
-        }));
+        for m in &messages {
+            recent.push(format!("codex says: {m}"));
+        }
+        recent.push(format!("codex says: {response}"));
+        recent.push("codex: turn finished".into());
+        turns.push(V02Turn {
+            index: n,
+            prompt,
+            status: "completed",
+            response: Some(response),
+            error: None,
+            api_status: None,
+            usage: u,
+            cost_usd: None,
+            started_at: ts(started),
+            ended_at: Some(ts(ended)),
+            commands,
+            files_changed,
+            permission_denials: vec![],
+            messages,
+        });
         push_event(
             events,
             ended,
@@ -761,31 +850,33 @@ fn session_v02(
         );
         t = ended + 5_000 + rng.below(600_000);
     }
-    let updated = turns
+    let updated_at = turns
         .last()
-        .and_then(|t| t["ended_at"].as_str())
-        .map(str::to_string)
+        .and_then(|t| t.ended_at.clone())
         .expect("ended_at");
     let keep = recent.len().saturating_sub(20);
-    json!({
-        "id": id,
-        "adapter": "codex",
-        "mode": if i.is_multiple_of(4) { "async" } else { "sync" },
-        "status": "idle",
-        "task": task,
-        "working_dir": work,
-        "model": if i.is_multiple_of(2) { Value::String("gpt-5.5".into()) } else { Value::Null },
-        "native_id": thread,
-        "created_at": ts(created_ms),
-        "updated_at": updated,
-        "turns": turns,
-        "error": null,
-        "summary": null,
-        "native_usage": native_usage,
-        "owner": {"pid": owner.0, "instance": owner.1},
-        "recent": &recent[keep..],
-        "watcher_notes": [],
-    })
+    V02Session {
+        id: id.to_string(),
+        adapter: "codex",
+        mode,
+        status: "idle",
+        task,
+        working_dir: work.to_string(),
+        model: i.is_multiple_of(2).then(|| "gpt-5.5".to_string()),
+        native_id: Some(thread),
+        created_at: ts(created_ms),
+        updated_at,
+        turns,
+        error: None,
+        summary: None,
+        native_usage,
+        owner: V02Owner {
+            pid: owner.0,
+            instance: owner.1.clone(),
+        },
+        recent: recent.split_off(keep),
+        watcher_notes: vec![],
+    }
 }
 
 /// Write a zwarm 0.2 state dir with `n` idle sessions owned by dead servers; returns the ids.
@@ -806,20 +897,25 @@ fn write_v02_state(dir: &Path, n: usize, work: &Path) -> Vec<String> {
     let work = work.display().to_string();
     let mut events = String::new();
     let mut ids = Vec::with_capacity(n);
+    let mut total = 0;
     for i in 0..n {
         let id = uuid::Uuid::new_v4().to_string();
         let owner = &owners[i * owners.len() / n];
         let created = base + i as u64 * 317_000 + rng.below(1_000);
         let s = session_v02(i, &id, &mut rng, &work, owner, created, &mut events);
-        std::fs::write(
-            dir.join("sessions").join(format!("{id}.json")),
-            serde_json::to_vec_pretty(&s).expect("serialize"),
-        )
-        .expect("write session");
+        let bytes = serde_json::to_vec_pretty(&s).expect("serialize");
+        total += bytes.len();
+        std::fs::write(dir.join("sessions").join(format!("{id}.json")), bytes)
+            .expect("write session");
         ids.push(id);
     }
     let mut f = std::fs::File::create(dir.join("events.jsonl")).expect("events.jsonl");
     f.write_all(events.as_bytes()).expect("write events");
+    eprintln!(
+        "  wrote {n} 0.2-format sessions ({:.1} KB each on average; events.jsonl {} KB)",
+        total as f64 / n as f64 / 1024.0,
+        events.len() / 1024
+    );
     ids
 }
 
@@ -940,18 +1036,19 @@ async fn many_sessions(ctx: &Ctx, bin: &Bin, out: &mut Results) {
         } else {
             ctx.plan.starts_1k
         };
+        // Another start only if it fits the budget (judged by the last one); the last server
+        // started stays up for the list/check calls.
+        let began = Instant::now();
         let mut times = Vec::new();
-        let mut srv = None;
-        for r in 0..starts {
+        let srv = loop {
             let (s, took) = Server::start(bin, &state, &ctx.plain, &sets, &scratch).await;
             times.push(took);
-            if r + 1 < starts {
-                s.stop().await;
-            } else {
-                srv = Some(s);
+            if times.len() >= starts || began.elapsed() + took > ctx.plan.start_budget {
+                break s;
             }
-        }
-        let srv = srv.expect("at least one start");
+            s.stop().await;
+        };
+        let start_note = n_note(times.len(), starts);
         let limit = Duration::from_secs(120);
         let mut list = Vec::new();
         for _ in 0..ctx.plan.calls {
@@ -1000,9 +1097,13 @@ async fn many_sessions(ctx: &Ctx, bin: &Bin, out: &mut Results) {
             format!("{k} sessions: first start (import), spawn → `initialize` reply"),
             Cell::time(first),
         );
+        let mut cell = Cell::time(median(times));
+        if let Some(nt) = start_note {
+            cell = cell.note(nt);
+        }
         out.put(
             format!("{k} sessions: start-up, spawn → `initialize` reply"),
-            Cell::time(median(times)),
+            cell,
         );
         out.put(
             format!("{k} sessions: peak RSS after the list/check calls"),
@@ -1163,7 +1264,47 @@ async fn check_while_streaming(ctx: &Ctx, bin: &Bin, out: &mut Results) {
 
 // ---------------------------------------------------------------------------------------------
 
-fn print_table(bins: &[Bin], results: &[Results], total: Duration, plan: &Plan, quick: bool) {
+/// Median and 90th percentile of a small atomic file replacement (write 4 KB, fdatasync,
+/// rename) in `dir`: what zwarm 0.2 does for every session save, and what other disk traffic on
+/// the machine slows down most.
+fn fsync_probe(dir: &Path) -> String {
+    let tmp = dir.join(".fsync-probe.tmp");
+    let dst = dir.join(".fsync-probe");
+    let mut v = Vec::new();
+    for _ in 0..40 {
+        let t = Instant::now();
+        let mut f = std::fs::File::create(&tmp).expect("fsync probe");
+        f.write_all(&[b'x'; 4096]).expect("fsync probe write");
+        f.sync_data().expect("fdatasync");
+        drop(f);
+        std::fs::rename(&tmp, &dst).expect("fsync probe rename");
+        v.push(t.elapsed());
+    }
+    let _ = std::fs::remove_file(&dst);
+    v.sort();
+    format!(
+        "p50 {:.2} ms, p90 {:.2} ms",
+        v[v.len() / 2].as_secs_f64() * 1e3,
+        v[v.len() * 9 / 10].as_secs_f64() * 1e3
+    )
+}
+
+/// The 1, 5 and 15 minute load averages (other work on the machine skews every figure).
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into())
+}
+
+fn print_table(
+    bins: &[Bin],
+    results: &[Results],
+    total: Duration,
+    plan: &Plan,
+    quick: bool,
+    load: (String, String),
+    fsync: (String, String),
+) {
     let this = results.last().expect("results");
     let mut s = String::new();
     let _ = writeln!(
@@ -1179,6 +1320,18 @@ fn print_table(bins: &[Bin], results: &[Results], total: Duration, plan: &Plan, 
     for b in bins {
         let _ = writeln!(s, "- {}: `{}` ({})", b.label, b.path.display(), b.version);
     }
+    let _ = writeln!(
+        s,
+        "- machine: {} CPUs; load average at start {}, at end {}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        load.0,
+        load.1
+    );
+    let _ = writeln!(
+        s,
+        "- small-file replace with fdatasync in the temp dir: {} at start, {} at end",
+        fsync.0, fsync.1
+    );
     let _ = writeln!(s);
     if bins.len() == 2 {
         let _ = writeln!(
@@ -1215,6 +1368,7 @@ fn print_table(bins: &[Bin], results: &[Results], total: Duration, plan: &Plan, 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let started = Instant::now();
+    let load_at_start = loadavg();
     let quick = std::env::var("ZWARM_BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0");
     let plan = Plan::new(quick);
     let this = std::env::var_os("ZWARM_BENCH_BIN")
@@ -1238,6 +1392,7 @@ async fn main() {
         std::fs::create_dir_all(d).expect("mkdir");
     }
 
+    let fsync_at_start = fsync_probe(&root);
     eprintln!("setting up: a {REPO_FILES}-file git repo, fake executors, 0.2-format state dirs");
     make_repo(&repo, REPO_FILES);
     let small = small_transcript(&repo);
@@ -1255,13 +1410,8 @@ async fn main() {
     let paced_fake = paced_fake_codex(&fakes, "codex-2000-paced", &big, 50, "0.06");
     let mut states = Vec::new();
     for n in [1_000, 10_000] {
-        let t = Instant::now();
         let template = root.join(format!("template-{n}"));
         let ids = write_v02_state(&template, n, &plain);
-        eprintln!(
-            "  wrote {n} 0.2-format sessions in {:.1} s",
-            t.elapsed().as_secs_f64()
-        );
         states.push((n, template, ids));
     }
     let ctx = Ctx {
@@ -1296,5 +1446,15 @@ async fn main() {
         check_while_streaming
     );
 
-    print_table(&bins, &results, started.elapsed(), &ctx.plan, quick);
+    let load = (load_at_start, loadavg());
+    let fsync = (fsync_at_start, fsync_probe(&ctx.root));
+    print_table(
+        &bins,
+        &results,
+        started.elapsed(),
+        &ctx.plan,
+        quick,
+        load,
+        fsync,
+    );
 }

@@ -1428,13 +1428,20 @@ async fn main() {
     };
 
     let mut results: Vec<Results> = bins.iter().map(|_| Results::default()).collect();
+    let mut conditions = Vec::new();
     macro_rules! scenario {
         ($title:expr, $f:ident) => {
             for (b, r) in bins.iter().zip(results.iter_mut()) {
                 eprintln!("{} [{}: {}]", $title, b.label, b.version);
+                let (load, fsync) = (loadavg(), fsync_probe(&ctx.root));
                 let t = Instant::now();
                 $f(&ctx, b, r).await;
-                eprintln!("  ({:.1} s)", t.elapsed().as_secs_f64());
+                let took = t.elapsed().as_secs_f64();
+                eprintln!("  ({took:.1} s)");
+                conditions.push(format!(
+                    "{} [{}]: {took:.1} s; before it: load {load}, small-file fdatasync {fsync}",
+                    $title, b.label
+                ));
             }
         };
     }
@@ -1457,4 +1464,10 @@ async fn main() {
         load,
         fsync,
     );
+    println!(
+        "\nPer scenario: time taken, and the machine just before it (other work on the machine, and slow disk syncs in particular, skew the figures):"
+    );
+    for c in &conditions {
+        println!("- {c}");
+    }
 }

@@ -92,6 +92,8 @@ pub enum SessionStatus {
     Completed,
     /// Ended by end_session with verdict cancelled (final).
     Cancelled,
+    /// Its stored record could not be read (the reason is shown instead of its task).
+    Unreadable,
 }
 
 impl SessionStatus {
@@ -103,6 +105,7 @@ impl SessionStatus {
             SessionStatus::Failed => "failed",
             SessionStatus::Completed => "completed",
             SessionStatus::Cancelled => "cancelled",
+            SessionStatus::Unreadable => "unreadable",
         }
     }
 
@@ -114,6 +117,7 @@ impl SessionStatus {
             "failed" => SessionStatus::Failed,
             "completed" => SessionStatus::Completed,
             "cancelled" | "canceled" => SessionStatus::Cancelled,
+            "unreadable" => SessionStatus::Unreadable,
             _ => return None,
         })
     }

@@ -320,6 +320,7 @@ pub fn next_step(s: &Session, max_wait: u64) -> String {
         SessionStatus::Completed | SessionStatus::Cancelled => {
             "This session has ended. Start a new one with delegate if more work is needed.".into()
         }
+        SessionStatus::Unreadable => "zwarm cannot read this session's stored record; it cannot continue. Start a new session with delegate, and report the state dir problem to the user.".into(),
     }
 }
 

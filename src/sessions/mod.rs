@@ -52,6 +52,8 @@ pub use lines::{Line, LossyLines};
 pub const MAX_WAIT: Duration = Duration::from_secs(86_400);
 /// Progress of running turns reaches the database at least this often.
 pub const FLUSH_INTERVAL: Duration = Duration::from_millis(200);
+/// How often a server looks for turns left running by servers that died.
+pub const RECOVER_INTERVAL: Duration = Duration::from_secs(3);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ManagerError {
@@ -118,7 +120,25 @@ pub enum ManagerError {
     #[error(
         "could not save state: {0}. Nothing was started or changed. Check that the state dir is writable and the disk is not full."
     )]
-    Store(#[from] StoreError),
+    Store(StoreError),
+    #[error(
+        "could not read state: {0}. Check that the state dir is readable; `zwarm doctor` checks it."
+    )]
+    StoreRead(StoreError),
+}
+
+/// Write failures and read failures say different things (and suggest different fixes).
+impl From<StoreError> for ManagerError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Commit(_) | StoreError::Conflict(_) | StoreError::Closed => {
+                ManagerError::Store(e)
+            }
+            StoreError::Io { .. } | StoreError::Db { .. } | StoreError::Corrupt { .. } => {
+                ManagerError::StoreRead(e)
+            }
+        }
+    }
 }
 
 /// A change other parts of zwarm may want to hear about (progress, resource updates).
@@ -177,6 +197,10 @@ pub(crate) struct Inner {
     adopting: tokio::sync::Mutex<()>,
     /// Set at shutdown: every running turn's executor must be stopped by then.
     pub stop_by: parking_lot::Mutex<Option<Instant>>,
+    /// The start-up recovery has run (lists wait for it, so they never show a dead server's
+    /// turn as running).
+    recovered_once: std::sync::atomic::AtomicBool,
+    recovered: tokio::sync::Notify,
 }
 
 /// How to undo a turn's start whose commit failed.
@@ -368,6 +392,8 @@ impl Manager {
             flush_now: tokio::sync::Notify::new(),
             adopting: tokio::sync::Mutex::new(()),
             stop_by: parking_lot::Mutex::new(None),
+            recovered_once: std::sync::atomic::AtomicBool::new(false),
+            recovered: tokio::sync::Notify::new(),
         });
         let m = Manager { inner };
         for r in &imports {
@@ -423,11 +449,23 @@ impl Manager {
                 blocking(process::reap_orphan_zombies).await;
             }
         });
-        // Adopt what dead servers left running, and warm the watchers' totals.
+        // Adopt what dead servers left running (now, then every few seconds: a server
+        // sharing this state dir may die while this one runs), and warm the watchers' totals.
         let m = self.clone();
-        self.inner.tasks.spawn(async move {
+        tokio::spawn(async move {
             m.recover().await;
+            m.inner
+                .recovered_once
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+            m.inner.recovered.notify_waiters();
             drop(m.refresh_fleet().await);
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(RECOVER_INTERVAL) => {}
+                    _ = m.inner.shutdown.cancelled() => break,
+                }
+                m.recover().await;
+            }
         });
     }
 
@@ -493,10 +531,17 @@ impl Manager {
         }
         let mut recovered = None;
         if s.status.is_active() {
+            let next = if s.native_id.is_some() {
+                format!(
+                    "Call converse to resume the same {} thread.",
+                    s.adapter.as_str()
+                )
+            } else {
+                "The executor had not started a thread yet: converse starts over with the task and your message.".to_string()
+            };
             let reason = format!(
-                "the zwarm server running this turn (pid {}) stopped before it finished; the executor was stopped with it. Call converse to resume the same {} thread.",
-                s.owner.pid,
-                s.adapter.as_str()
+                "the zwarm server running this turn (pid {}) stopped before it finished; the executor was stopped with it. {next}",
+                s.owner.pid
             );
             let ts = now();
             if let Some(t) = s.last_turn_mut()
@@ -539,10 +584,11 @@ impl Manager {
         match self.inner.store.submit(writes).committed().await {
             Ok(()) => {}
             Err(StoreError::Conflict(_)) => {
-                // Another server adopted it first.
+                // Another server adopted it first: name it.
+                let pid = self.load(id).await.map(|(s, _)| s.owner.pid).unwrap_or(0);
                 return Err(ManagerError::ForeignOwner {
                     id: id.to_string(),
-                    pid: 0,
+                    pid,
                 });
             }
             Err(e) => return Err(e.into()),
@@ -937,7 +983,29 @@ impl Manager {
         limit: usize,
         offset: usize,
     ) -> Result<Page, ManagerError> {
+        self.await_recovery().await;
         let (mut rows, total) = self.inner.store.page(status, limit, offset).await?;
+        // A running row of a server that has died since: adopt it now (it shows as failed),
+        // rather than list it as running.
+        let mut adopted = false;
+        for r in &rows {
+            if r.status.is_active() && self.inner.registry.get(&r.session_id).is_none() {
+                let owner = self
+                    .load(&r.session_id)
+                    .await
+                    .map(|(s, _)| s.owner.instance);
+                if let Ok(owner) = owner
+                    && owner != self.inner.instance
+                    && !owner_alive(&self.inner.store, &owner).await
+                    && self.adopt(&r.session_id).await.is_ok()
+                {
+                    adopted = true;
+                }
+            }
+        }
+        if adopted {
+            (rows, _) = self.inner.store.page(status, limit, offset).await?;
+        }
         for r in &mut rows {
             if let Some(h) = self.inner.registry.get(&r.session_id) {
                 let l = h.live.lock();
@@ -953,6 +1021,20 @@ impl Manager {
             sessions: rows,
             total,
         })
+    }
+
+    /// Wait (briefly) for the start-up recovery, so nothing a dead server left running is
+    /// reported as running.
+    async fn await_recovery(&self) {
+        use std::sync::atomic::Ordering;
+        if self.inner.recovered_once.load(Ordering::SeqCst) {
+            return;
+        }
+        let notified = self.inner.recovered.notified();
+        if self.inner.recovered_once.load(Ordering::SeqCst) {
+            return;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(5), notified).await;
     }
 
     /// Keep notes from pre-call watchers on the session they concern (shown by check_session).

@@ -392,7 +392,15 @@ fn apply(
         if significant {
             l.unflushed += 1;
         }
-        let flush_now = l.unflushed >= FLUSH_EVENTS;
+        let mut flush_now = l.unflushed >= FLUSH_EVENTS;
+        if matches!(ev, crate::event::ExecutorEvent::SessionStarted { .. }) {
+            // The executor's thread id is what makes the session resumable: commit it now,
+            // and let readers report it only once it is on disk.
+            let w = l.images(&[index]);
+            let t = inner.store.submit(w);
+            l.pending = t.seq;
+            flush_now = false;
+        }
         // Per-event watchers are cheap (no I/O): they run on the session as it is.
         let firings = inner.watchers.on_event(&l.session, &ev);
         (message, firings, flush_now)

@@ -483,7 +483,22 @@ fn usage_at(r: &rusqlite::Row, first: usize) -> rusqlite::Result<Usage> {
 }
 
 fn parse_status(s: &str) -> SessionStatus {
-    SessionStatus::parse(s).unwrap_or(SessionStatus::Failed)
+    SessionStatus::parse(s).unwrap_or(SessionStatus::Unreadable)
+}
+
+/// Why a stored session record cannot be used, if it cannot.
+fn check_meta(id: &str, meta: &str) -> Option<String> {
+    if !crate::model::valid_id(id) {
+        return Some(format!(
+            "its id `{}` is not a UUID",
+            crate::text::one_line(id, 60)
+        ));
+    }
+    match serde_json::from_str::<Meta>(meta) {
+        Err(e) => Some(format!("its record does not parse: {e}")),
+        Ok(m) if m.id != id => Some(format!("its record names another id `{}`", m.id)),
+        Ok(_) => None,
+    }
 }
 
 pub(super) fn page(
@@ -499,20 +514,21 @@ pub(super) fn page(
         .map_err(db)?;
     let sql = if status.is_some() {
         "SELECT id, status, adapter, mode, task_head, turns, input_tokens, cached_input_tokens,
-           output_tokens, reasoning_output_tokens, cost_usd, updated_at
+           output_tokens, reasoning_output_tokens, cost_usd, updated_at, meta
          FROM sessions INDEXED BY sessions_by_status WHERE status = ?1
          ORDER BY updated_at DESC, id LIMIT ?2 OFFSET ?3"
     } else {
         "SELECT id, status, adapter, mode, task_head, turns, input_tokens, cached_input_tokens,
-           output_tokens, reasoning_output_tokens, cost_usd, updated_at
+           output_tokens, reasoning_output_tokens, cost_usd, updated_at, meta
          FROM sessions WHERE ?1 IS NULL ORDER BY updated_at DESC, id LIMIT ?2 OFFSET ?3"
     };
     let mut st = c.prepare_cached(sql).map_err(db)?;
     let rows = st
         .query_map(params![st_name, limit as i64, offset as i64], |r| {
-            Ok(SessionRow {
-                session_id: r.get(0)?,
-                status: parse_status(&r.get::<_, String>(1)?),
+            let id: String = r.get(0)?;
+            let status_text: String = r.get(1)?;
+            let mut row = SessionRow {
+                status: parse_status(&status_text),
                 adapter: Adapter::parse(&r.get::<_, String>(2)?).unwrap_or(Adapter::Codex),
                 mode: Mode::parse(&r.get::<_, String>(3)?).unwrap_or(Mode::Sync),
                 task: r.get(4)?,
@@ -520,7 +536,18 @@ pub(super) fn page(
                 usage: usage_at(r, 6)?,
                 cost_usd: r.get(10)?,
                 updated_at: r.get(11)?,
-            })
+                session_id: id,
+            };
+            // A record that cannot be used is listed as such, with the reason, never hidden.
+            let problem = check_meta(&row.session_id, &r.get::<_, String>(12)?).or_else(|| {
+                (row.status == SessionStatus::Unreadable)
+                    .then(|| format!("its status `{status_text}` is not one zwarm knows"))
+            });
+            if let Some(why) = problem {
+                row.status = SessionStatus::Unreadable;
+                row.task = format!("(unreadable: {why})");
+            }
+            Ok(row)
         })
         .map_err(db)?;
     let rows = rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db)?;

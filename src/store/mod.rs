@@ -335,7 +335,10 @@ impl Store {
         let Ok(f) = OpenOptions::new().write(true).open(&lp) else {
             return false;
         };
-        match flock(&f, libc::LOCK_EX | libc::LOCK_NB) {
+        // A shared probe: the live owner holds the lock exclusively, so this fails only while
+        // it lives; two probes at once (two servers recovering) do not mistake each other
+        // for the owner.
+        match flock(&f, libc::LOCK_SH | libc::LOCK_NB) {
             Ok(()) => {
                 // Nobody holds it: that server is gone. Tidy its lock file.
                 let _ = std::fs::remove_file(&lp);

@@ -1,0 +1,1248 @@
+//! The session engine through `zwarm serve`, with a fake codex (`tests/fake/codex.sh`) instead
+//! of the real CLI: the order of status changes, progress batching across a crash, a SIGKILL
+//! at every step of a session's life, two servers adopting at once, two live servers sharing a
+//! state dir, and a start-up that leaves idle sessions alone. Then what a crash or a second
+//! server must not get wrong: the executor's thread id, who a refusal names, and what
+//! list_sessions calls running.
+//!
+//! The fake is steered by files in each session's working dir (see the script's header): a
+//! turn can print thousands of events at once, stream until told to stop, or hold still. So
+//! the tests wait on conditions (what check_session reports, what the database holds), not on
+//! an executor's timing.
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use serde_json::{Value, json};
+use support::harness::{Env, Zwarm, turn_pids};
+
+const KILL_LIMIT: Duration = Duration::from_secs(5);
+const RECOVERED: &str = "stopped before it finished";
+
+// ---------------------------------------------------------------------------------------------
+// Environment and the fake executor
+
+/// A hermetic environment for the fake executor: no real CLI, no model server.
+fn fake_env() -> Env {
+    let dir = tempfile::Builder::new()
+        .prefix("zwarm-engine-")
+        .tempdir()
+        .expect("tempdir");
+    let work = dir.path().join("work");
+    let home = dir.path().join("home");
+    for d in [&work, &home] {
+        std::fs::create_dir_all(d).expect("mkdir");
+    }
+    let work = std::fs::canonicalize(&work).expect("canonicalize");
+    let state = dir.path().join("state");
+    // A copy, made executable here whatever the checkout did to file modes.
+    let fake = dir.path().join("fake-codex");
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fake/codex.sh"),
+        &fake,
+    )
+    .expect("copy the fake codex");
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let p = |s: &str| dir.path().join(s).display().to_string();
+    let vars: Vec<(String, String)> = vec![
+        ("PATH".into(), std::env::var("PATH").unwrap_or_default()),
+        ("HOME".into(), home.display().to_string()),
+        ("XDG_CONFIG_HOME".into(), p("xdg-config")),
+        ("XDG_STATE_HOME".into(), p("xdg-state")),
+        ("ZWARM_LOG".into(), "info".into()),
+    ];
+    Env {
+        dir,
+        work,
+        state,
+        vars,
+    }
+}
+
+/// `zwarm serve` on the env's state dir, running the fake as codex.
+async fn start(env: &Env) -> Zwarm {
+    start_with(env, &[]).await
+}
+
+async fn start_with(env: &Env, extra: &[&str]) -> Zwarm {
+    let set = format!(
+        "codex.binary={}",
+        env.dir.path().join("fake-codex").display()
+    );
+    let mut args = vec!["--set", &set];
+    args.extend_from_slice(extra);
+    Zwarm::start(env, &args).await
+}
+
+/// SIGKILL a server and start a new one on the same state dir.
+async fn crash_and_restart(env: &Env, z: Zwarm) -> Zwarm {
+    crash_and_restart_with(env, z, &[]).await
+}
+
+async fn crash_and_restart_with(env: &Env, z: Zwarm, extra: &[&str]) -> Zwarm {
+    crash(z).await;
+    start_with(env, extra).await
+}
+
+/// SIGKILL a server and wait until it is reaped. `signal_and_wait` returns once the main
+/// thread is a zombie, but a thread stuck in the disk (the state writer in fsync) can keep the
+/// process — and its lock, so the server still counts as alive — a little longer; the process
+/// is reaped only after its last thread is gone.
+async fn crash(z: Zwarm) {
+    let pid = z.pid;
+    z.signal_and_wait(libc::SIGKILL, KILL_LIMIT).await;
+    drop(z);
+    let t = Instant::now();
+    until("the killed server to be reaped", KILL_LIMIT, async || {
+        (!Path::new(&format!("/proc/{pid}")).exists()).then_some(())
+    })
+    .await;
+    let took = t.elapsed();
+    if took > Duration::from_millis(50) {
+        eprintln!("server {pid} reaped {took:?} after it was a zombie");
+    }
+}
+
+/// A new working dir for one session, with the fake's control file.
+fn session_dir(env: &Env, name: &str, ctl: &str) -> PathBuf {
+    let d = env.work.join(name);
+    std::fs::create_dir_all(&d).expect("mkdir session dir");
+    set_ctl(&d, ctl);
+    d
+}
+
+/// What the fake does in its next turns in `dir`.
+fn set_ctl(dir: &Path, ctl: &str) {
+    std::fs::write(dir.join("fake.ctl"), ctl).expect("write fake.ctl");
+}
+
+/// Let a holding or streaming fake finish its turn.
+fn release(dir: &Path) {
+    std::fs::write(dir.join("release"), "").expect("write release");
+}
+
+/// The fake's invocations in `dir`: (n, "new" | "resume", thread id).
+fn calls(dir: &Path) -> Vec<(u32, String, String)> {
+    std::fs::read_to_string(dir.join("calls.log"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            assert_eq!(f.len(), 3, "bad calls.log line `{l}`");
+            (f[0].parse().expect("n"), f[1].to_string(), f[2].to_string())
+        })
+        .collect()
+}
+
+/// The thread id of the fake's first invocation in `dir`, once it has started.
+async fn calls_thread(dir: &Path) -> String {
+    until(
+        "the executor to start",
+        Duration::from_secs(10),
+        async || calls(dir).first().map(|c| c.2.clone()),
+    )
+    .await
+}
+
+// ---------------------------------------------------------------------------------------------
+// Waiting, reading the event log and the database
+
+/// Poll `f` every 20 ms until it gives a value; fail after `limit`.
+async fn until<T>(what: &str, limit: Duration, mut f: impl AsyncFnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn sid(v: &Value) -> String {
+    v["session_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no session_id in {v}"))
+        .to_string()
+}
+
+fn events(env: &Env) -> Vec<Value> {
+    env.events()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("event line {l}: {e}")))
+        .collect()
+}
+
+/// Events of one kind for one session.
+fn count(ev: &[Value], kind: &str, id: &str) -> usize {
+    ev.iter()
+        .filter(|e| e["event"] == kind && e["session_id"] == id)
+        .count()
+}
+
+fn db(env: &Env) -> rusqlite::Connection {
+    let c = rusqlite::Connection::open_with_flags(
+        env.state.join("zwarm.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .expect("open zwarm.db read-only");
+    c.busy_timeout(Duration::from_secs(10))
+        .expect("busy timeout");
+    c
+}
+
+/// A stored turn as JSON (null when absent).
+fn stored_turn(env: &Env, id: &str, idx: u32) -> Value {
+    use rusqlite::OptionalExtension;
+    db(env)
+        .query_row(
+            "SELECT data FROM turns WHERE session_id = ?1 AND idx = ?2",
+            rusqlite::params![id, idx],
+            |r| r.get::<_, String>(0),
+        )
+        .optional()
+        .expect("read turn")
+        .map(|d| serde_json::from_str(&d).expect("turn json"))
+        .unwrap_or(Value::Null)
+}
+
+fn stored_commands(env: &Env, id: &str, idx: u32) -> usize {
+    stored_turn(env, id, idx)["commands"]
+        .as_array()
+        .map_or(0, Vec::len)
+}
+
+fn stored_status(env: &Env, id: &str) -> String {
+    db(env)
+        .query_row("SELECT status FROM sessions WHERE id = ?1", [id], |r| {
+            r.get(0)
+        })
+        .expect("read status")
+}
+
+/// Every session row as stored: id → (version, rev, status, owner_instance, meta).
+type Rows = BTreeMap<String, (i64, i64, String, String, String)>;
+
+fn stored_rows(env: &Env) -> Rows {
+    let c = db(env);
+    let mut st = c
+        .prepare("SELECT id, version, rev, status, owner_instance, meta FROM sessions")
+        .expect("query sessions");
+    st.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            (r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?),
+        ))
+    })
+    .expect("read sessions")
+    .map(|r| r.expect("session row"))
+    .collect()
+}
+
+/// Every turn row as stored: (session, idx) → (version, data).
+fn stored_turn_rows(env: &Env) -> BTreeMap<(String, i64), (i64, String)> {
+    let c = db(env);
+    let mut st = c
+        .prepare("SELECT session_id, idx, version, data FROM turns")
+        .expect("query turns");
+    st.query_map([], |r| Ok(((r.get(0)?, r.get(1)?), (r.get(2)?, r.get(3)?))))
+        .expect("read turns")
+        .map(|r| r.expect("turn row"))
+        .collect()
+}
+
+/// Pids of the servers that logged `session_recovered` for a session.
+fn recovered_by(env: &Env, id: &str) -> Vec<u32> {
+    let c = db(env);
+    let mut st = c
+        .prepare("SELECT pid FROM events WHERE kind = 'session_recovered' AND session_id = ?1")
+        .expect("query events");
+    st.query_map([id], |r| r.get::<_, u32>(0))
+        .expect("read events")
+        .map(|r| r.expect("pid"))
+        .collect()
+}
+
+/// The highest `cmd-N` named in a report's recent progress.
+fn max_cmd(report: &Value) -> u32 {
+    report["recent_progress"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .filter_map(|l| l.split("cmd-").nth(1))
+        .filter_map(|t| {
+            t.chars()
+                .take_while(char::is_ascii_digit)
+                .collect::<String>()
+                .parse()
+                .ok()
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+/// A session that a dead server left running, as its adopter reports it.
+fn assert_recovered(s: &Value) {
+    assert_eq!(s["status"], "failed", "{s}");
+    let err = s["error"].as_str().unwrap_or_default();
+    assert!(err.contains(RECOVERED), "{s}");
+    let last = s["turns"]
+        .as_array()
+        .and_then(|t| t.last())
+        .expect("a turn");
+    assert_eq!(last["status"], "interrupted", "{s}");
+    assert!(
+        last["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(RECOVERED),
+        "{s}"
+    );
+    assert!(last["ended_at"].is_string(), "{s}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. Ordering
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_changes_are_logged_once_each_in_the_order_they_happened() {
+    let env = fake_env();
+    let dir = session_dir(&env, "s", "COMMANDS=2\n");
+    let z = start(&env).await;
+    let r = z
+        .ok("delegate", json!({"task": "ordering", "working_dir": dir}))
+        .await;
+    assert_eq!(r["status"], "idle", "{r}");
+    assert_eq!(r["response"], "fake turn 1 done: 2 commands");
+    let id = sid(&r);
+    for n in 2..=5u32 {
+        let c = z
+            .ok(
+                "converse",
+                json!({"session_id": id, "message": format!("turn {n}")}),
+            )
+            .await;
+        assert_eq!(c["status"], "idle", "{c}");
+        assert_eq!(c["turn"], n);
+        assert_eq!(c["response"], format!("fake turn {n} done: 2 commands"));
+        // Reported idle, so already committed.
+        let done = events(&env)
+            .iter()
+            .filter(|e| e["event"] == "turn_finished" && e["session_id"] == id)
+            .count();
+        assert_eq!(done, n as usize);
+        assert_eq!(stored_status(&env, &id), "idle");
+    }
+
+    let ev = events(&env);
+    let mine: Vec<&Value> = ev.iter().filter(|e| e["session_id"] == id).collect();
+    let pos = |kind: &str, turn: Option<u32>| -> usize {
+        let hits: Vec<usize> = ev
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| {
+                e["session_id"] == id && e["event"] == kind && turn.is_none_or(|t| e["turn"] == t)
+            })
+            .map(|(i, _)| i)
+            .collect();
+        assert_eq!(
+            hits.len(),
+            1,
+            "{kind} (turn {turn:?}) must be logged exactly once: {mine:#?}"
+        );
+        hits[0]
+    };
+    let started = pos("session_started", None);
+    assert_eq!(
+        mine.first().map(|e| &e["event"]),
+        Some(&json!("session_started")),
+        "session_started comes first: {mine:#?}"
+    );
+    let thread = calls(&dir)[0].2.clone();
+    let mut before = started;
+    for n in 1..=5u32 {
+        let ts = pos("turn_started", Some(n));
+        let tf = pos("turn_finished", Some(n));
+        if n > 1 {
+            let sent = pos("message_sent", Some(n));
+            assert!(before < sent && sent < ts, "message {n} out of order");
+            assert_eq!(ev[ts]["resume"], thread.as_str());
+        } else {
+            assert!(ev[ts]["resume"].is_null());
+        }
+        assert!(
+            before < ts && ts < tf,
+            "turn {n}: finished of turn {} at {before}, started at {ts}, finished at {tf}: {mine:#?}",
+            n - 1
+        );
+        assert_eq!(ev[tf]["status"], "completed");
+        before = tf;
+    }
+    // Nothing else changed the session's status.
+    let status_kinds = [
+        "session_started",
+        "message_sent",
+        "turn_started",
+        "turn_finished",
+        "session_ended",
+        "session_recovered",
+        "session_aborted",
+    ];
+    let n_status = mine
+        .iter()
+        .filter(|e| status_kinds.iter().any(|k| e["event"] == *k))
+        .count();
+    assert_eq!(n_status, 1 + 4 + 5 + 5, "{mine:#?}");
+
+    // One executor thread: started once, resumed four times.
+    let c = calls(&dir);
+    assert_eq!(c.len(), 5, "{c:?}");
+    assert_eq!(c[0].1, "new");
+    for call in &c[1..] {
+        assert_eq!(
+            (call.1.as_str(), call.2.as_str()),
+            ("resume", thread.as_str())
+        );
+    }
+    let s = z.ok("check_session", json!({"session_id": id})).await;
+    assert_eq!(s["native_id"], thread.as_str());
+    let turns = s["turns"].as_array().expect("turns");
+    assert_eq!(turns.len(), 5);
+    for (i, t) in turns.iter().enumerate() {
+        assert_eq!(t["turn"], i + 1);
+        assert_eq!(t["status"], "completed");
+        if let Some(next) = turns.get(i + 1) {
+            assert!(
+                t["ended_at"].as_str().expect("ended_at")
+                    <= next["started_at"].as_str().expect("started_at"),
+                "turn {} ended after turn {} started",
+                i + 1,
+                i + 2
+            );
+        }
+    }
+    // Per-turn usage from the thread's cumulative totals (100, 200, … input tokens).
+    assert_eq!(s["usage"]["input_tokens"], 500);
+    z.signal_and_wait(libc::SIGTERM, KILL_LIMIT).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. Batching never loses a transition
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finished_turn_survives_a_sigkill_right_after_it_is_reported() {
+    let env = fake_env();
+    // 1 000 commands: 2 000 item events, then the end of the turn.
+    let dir = session_dir(&env, "big", "COMMANDS=1000\nMESSAGE='all 1000 done'\n");
+    let z = start(&env).await;
+    let r = z
+        .ok(
+            "delegate",
+            json!({"task": "many events", "working_dir": dir}),
+        )
+        .await;
+    assert_eq!(r["status"], "idle", "{r}");
+    assert_eq!(r["response"], "all 1000 done");
+    let id = sid(&r);
+    // Killed at once: no flush, no shutdown.
+    let z = crash_and_restart(&env, z).await;
+
+    let s = z.ok("check_session", json!({"session_id": id})).await;
+    assert_eq!(s["status"], "idle", "{s}");
+    assert_eq!(s["response"], "all 1000 done");
+    let t = &s["turns"][0];
+    assert_eq!(t["status"], "completed", "{s}");
+    // The report shows the last 20 commands; the store holds all of them.
+    let shown = t["commands"].as_array().expect("commands");
+    assert_eq!(shown.len(), 20);
+    assert_eq!(shown[19]["command"], "echo cmd-1000");
+    let stored = stored_turn(&env, &id, 1);
+    let cmds = stored["commands"].as_array().expect("stored commands");
+    assert_eq!(cmds.len(), 1000);
+    for (i, c) in cmds.iter().enumerate() {
+        assert_eq!(c["command"], format!("echo cmd-{}", i + 1));
+    }
+    assert_eq!(stored["status"], "completed");
+    let ev = events(&env);
+    assert_eq!(count(&ev, "turn_finished", &id), 1);
+    assert_eq!(count(&ev, "session_recovered", &id), 0);
+    let l = z.ok("list_sessions", json!({})).await;
+    assert_eq!(l["total"], 1);
+    assert_eq!(l["sessions"][0]["status"], "idle");
+    assert_eq!(l["sessions"][0]["turns"], 1);
+    z.signal_and_wait(libc::SIGTERM, KILL_LIMIT).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_flushed_before_a_sigkill_mid_stream_is_kept_and_the_thread_resumes() {
+    let env = fake_env();
+    // A burst of 600 commands (1 200 events: flushes by count), then one command every 10 ms
+    // until told to stop (flushes by time).
+    let dir = session_dir(&env, "stream", "COMMANDS=600\nSTREAM_MS=10\n");
+    let z = start(&env).await;
+    let r = z
+        .ok(
+            "delegate",
+            json!({"task": "stream", "mode": "async", "working_dir": dir}),
+        )
+        .await;
+    assert_eq!(r["status"], "running", "{r}");
+    let id = sid(&r);
+    let seen = until(
+        "630 commands reported",
+        Duration::from_secs(10),
+        async || {
+            let s = z.ok("check_session", json!({"session_id": id})).await;
+            assert_eq!(s["status"], "running", "{s}");
+            Some(max_cmd(&s)).filter(|n| *n >= 630)
+        },
+    )
+    .await;
+    // What check_session reported reaches the database within about a second (batches every
+    // 200 ms or 256 events; 2 s allowed for a loaded machine).
+    let flushed = until(
+        "reported progress in the database",
+        Duration::from_secs(2),
+        async || Some(stored_commands(&env, &id, 1)).filter(|n| *n >= seen as usize),
+    )
+    .await;
+    let thread = calls(&dir)[0].2.clone();
+    let z = crash_and_restart(&env, z).await;
+
+    let s = z.ok("check_session", json!({"session_id": id})).await;
+    assert_recovered(&s);
+    assert_eq!(s["native_id"], thread.as_str());
+    let kept = stored_commands(&env, &id, 1);
+    assert!(
+        kept >= flushed,
+        "{kept} commands stored after the restart, {flushed} before the kill"
+    );
+    assert_eq!(recovered_by(&env, &id), vec![z.pid]);
+    // The dead server's executor is gone (parent-death signal, then the adopter's sweep).
+    until(
+        "the old executor to be gone",
+        Duration::from_secs(5),
+        async || turn_pids(&id).is_empty().then_some(()),
+    )
+    .await;
+
+    set_ctl(&dir, "COMMANDS=1\n");
+    let c = z
+        .ok("converse", json!({"session_id": id, "message": "go on"}))
+        .await;
+    assert_eq!(c["status"], "idle", "{c}");
+    assert_eq!(c["turn"], 2);
+    assert_eq!(c["response"], "fake turn 2 done: 1 commands");
+    let last = calls(&dir).pop().expect("a call");
+    assert_eq!(
+        (last.1.as_str(), last.2.as_str()),
+        ("resume", thread.as_str())
+    );
+    let s = z.ok("check_session", json!({"session_id": id})).await;
+    assert_eq!(s["turns"][0]["status"], "interrupted");
+    assert_eq!(s["turns"][1]["status"], "completed");
+    assert_eq!(count(&events(&env), "session_recovered", &id), 1);
+    z.signal_and_wait(libc::SIGTERM, KILL_LIMIT).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. A crash at every step
+
+/// After a restart: every session is there once, with the status it should have.
+async fn assert_state(z: &Zwarm, env: &Env, expected: &[(&str, &str)]) {
+    for (id, status) in expected {
+        // check_session adopts a session its dead server left running (start-up does too, in
+        // the background), so the list below is settled.
+        let s = z.ok("check_session", json!({"session_id": id})).await;
+        assert_eq!(s["status"], *status, "{s}");
+        if *status == "failed" {
+            assert_recovered(&s);
+        }
+    }
+    let l = z.ok("list_sessions", json!({"limit": 200})).await;
+    assert_eq!(l["total"], expected.len(), "{l}");
+    let listed: BTreeMap<String, String> = l["sessions"]
+        .as_array()
+        .expect("sessions")
+        .iter()
+        .map(|s| (sid(s), s["status"].as_str().unwrap_or("").to_string()))
+        .collect();
+    let want: BTreeMap<String, String> = expected
+        .iter()
+        .map(|(i, s)| (i.to_string(), s.to_string()))
+        .collect();
+    assert_eq!(listed, want);
+    let stored: BTreeSet<String> = env.session_ids().into_iter().collect();
+    assert_eq!(stored, want.keys().cloned().collect::<BTreeSet<_>>());
+    let ev = events(env);
+    for (id, status) in expected {
+        assert_eq!(count(&ev, "session_started", id), 1, "{id}");
+        let recovered = usize::from(*status == "failed");
+        assert_eq!(count(&ev, "session_recovered", id), recovered, "{id}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigkill_at_every_step_leaves_a_consistent_state() {
+    let env = fake_env();
+    // One turn runs at a time, so a second one queues (step f).
+    let one = ["--set", "max_running=1"];
+    let mut z = start_with(&env, &one).await;
+    let mut expected: Vec<(String, &'static str)> = vec![];
+
+    // (a) right after an async delegate returned `running`, before the executor printed anything.
+    let da = session_dir(&env, "a", "WAIT=1\n");
+    let r = z
+        .ok(
+            "delegate",
+            json!({"task": "crash a", "mode": "async", "working_dir": da}),
+        )
+        .await;
+    assert_eq!(r["status"], "running", "{r}");
+    let a = sid(&r);
+    z = crash_and_restart_with(&env, z, &one).await;
+    expected.push((a.clone(), "failed"));
+    assert_state(&z, &env, &pairs(&expected)).await;
+    let s = z.ok("check_session", json!({"session_id": a})).await;
+    assert!(s["native_id"].is_null(), "{s}");
+
+    // (b) mid-turn: the executor has reported commands and holds.
+    let db_ = session_dir(&env, "b", "COMMANDS=3\nHOLD=1\n");
+    let r = z
+        .ok(
+            "delegate",
+            json!({"task": "crash b", "mode": "async", "working_dir": db_}),
+        )
+        .await;
+    let b = sid(&r);
+    until(
+        "three commands reported",
+        Duration::from_secs(10),
+        async || {
+            let s = z.ok("check_session", json!({"session_id": b})).await;
+            (s["turns"][0]["commands"].as_array().map_or(0, Vec::len) == 3).then_some(())
+        },
+    )
+    .await;
+    // … and flushed, thread id included (a crash inside the flush window is test 7).
+    until(
+        "the progress in the database",
+        Duration::from_secs(5),
+        async || {
+            (stored_commands(&env, &b, 1) == 3 && env.session_meta(&b)["native_id"].is_string())
+                .then_some(())
+        },
+    )
+    .await;
+    z = crash_and_restart_with(&env, z, &one).await;
+    expected.push((b.clone(), "failed"));
+    assert_state(&z, &env, &pairs(&expected)).await;
+    assert_eq!(stored_commands(&env, &b, 1), 3);
+
+    // (c) after the turn finished.
+    let dc = session_dir(&env, "c", "COMMANDS=2\n");
+    let r = z
+        .ok("delegate", json!({"task": "crash c", "working_dir": dc}))
+        .await;
+    assert_eq!(r["status"], "idle", "{r}");
+    let c = sid(&r);
+    z = crash_and_restart_with(&env, z, &one).await;
+    expected.push((c.clone(), "idle"));
+    assert_state(&z, &env, &pairs(&expected)).await;
+    let s = z.ok("check_session", json!({"session_id": c})).await;
+    assert_eq!(s["response"], "fake turn 1 done: 2 commands");
+
+    // (d) right after end_session returned.
+    let dd = session_dir(&env, "d", "COMMANDS=1\n");
+    let r = z
+        .ok("delegate", json!({"task": "crash d", "working_dir": dd}))
+        .await;
+    let d = sid(&r);
+    let e = z
+        .ok(
+            "end_session",
+            json!({"session_id": d, "verdict": "completed", "summary": "done d"}),
+        )
+        .await;
+    assert_eq!(e["status"], "completed");
+    z = crash_and_restart_with(&env, z, &one).await;
+    expected.push((d.clone(), "completed"));
+    assert_state(&z, &env, &pairs(&expected)).await;
+    let s = z.ok("check_session", json!({"session_id": d})).await;
+    assert_eq!(s["summary"], "done d");
+
+    // (e) right after end_session stopped a running turn.
+    let de = session_dir(&env, "e", "COMMANDS=1\nHOLD=1\n");
+    let r = z
+        .ok(
+            "delegate",
+            json!({"task": "crash e", "mode": "async", "working_dir": de}),
+        )
+        .await;
+    let e_id = sid(&r);
+    calls_thread(&de).await;
+    let e = z
+        .ok(
+            "end_session",
+            json!({"session_id": e_id, "verdict": "cancelled", "summary": "stopped e"}),
+        )
+        .await;
+    assert_eq!(e["status"], "cancelled", "{e}");
+    assert_eq!(e["interrupted_turn"], true, "{e}");
+    z = crash_and_restart_with(&env, z, &one).await;
+    expected.push((e_id.clone(), "cancelled"));
+    assert_state(&z, &env, &pairs(&expected)).await;
+    let s = z.ok("check_session", json!({"session_id": e_id})).await;
+    assert_eq!(s["summary"], "stopped e");
+    assert_eq!(s["turns"][0]["status"], "interrupted", "{s}");
+    assert!(
+        s["turns"][0]["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("end_session"),
+        "{s}"
+    );
+
+    // (f) with one turn running and another queued behind it.
+    let df1 = session_dir(&env, "f1", "COMMANDS=1\nHOLD=1\n");
+    let df2 = session_dir(&env, "f2", "COMMANDS=1\n");
+    let r = z
+        .ok(
+            "delegate",
+            json!({"task": "crash f1", "mode": "async", "working_dir": df1}),
+        )
+        .await;
+    assert_eq!(r["status"], "running", "{r}");
+    let f1 = sid(&r);
+    let r = z
+        .ok(
+            "delegate",
+            json!({"task": "crash f2", "mode": "async", "working_dir": df2}),
+        )
+        .await;
+    assert_eq!(r["status"], "queued", "{r}");
+    let f2 = sid(&r);
+    z = crash_and_restart_with(&env, z, &one).await;
+    expected.push((f1.clone(), "failed"));
+    expected.push((f2.clone(), "failed"));
+    assert_state(&z, &env, &pairs(&expected)).await;
+    assert!(calls(&df2).is_empty(), "the queued turn never ran");
+    let ev = events(&env);
+    assert_eq!(count(&ev, "turn_started", &f2), 0);
+
+    // Each step's events: every session started once; the turn ends of the finished ones
+    // and the two ends once each.
+    for (id, _) in &expected {
+        assert!(count(&ev, "turn_finished", id) <= 1, "{id}");
+    }
+    for id in [&c, &d, &e_id] {
+        assert_eq!(count(&ev, "turn_finished", id), 1, "{id}");
+    }
+    assert_eq!(count(&ev, "session_ended", &d), 1);
+    assert_eq!(count(&ev, "session_ended", &e_id), 1);
+
+    // One more crash with nothing running changes nothing.
+    let rows = stored_rows(&env);
+    z = crash_and_restart_with(&env, z, &one).await;
+    assert_state(&z, &env, &pairs(&expected)).await;
+    assert_eq!(stored_rows(&env), rows);
+
+    // And every session takes the next step its status allows.
+    set_ctl(&da, "COMMANDS=1\n");
+    let r = z
+        .ok("converse", json!({"session_id": a, "message": "again"}))
+        .await;
+    assert_eq!(r["status"], "idle", "{r}");
+    // (a) never got a thread: the retry starts one.
+    assert_eq!(calls(&da).last().expect("a call").1, "new");
+    set_ctl(&db_, "COMMANDS=1\n");
+    let r = z
+        .ok("converse", json!({"session_id": b, "message": "again"}))
+        .await;
+    assert_eq!(r["status"], "idle", "{r}");
+    let cb = calls(&db_);
+    assert_eq!(cb.len(), 2, "{cb:?}");
+    assert_eq!(
+        (cb[1].1.as_str(), cb[1].2.as_str()),
+        ("resume", cb[0].2.as_str())
+    );
+    let r = z
+        .ok("converse", json!({"session_id": f2, "message": "now"}))
+        .await;
+    assert_eq!(r["status"], "idle", "{r}");
+    for ended in [&d, &e_id] {
+        let m = z
+            .err("converse", json!({"session_id": ended, "message": "again"}))
+            .await;
+        assert!(m.contains("has ended"), "{m}");
+    }
+    z.signal_and_wait(libc::SIGTERM, KILL_LIMIT).await;
+}
+
+fn pairs<'a>(e: &'a [(String, &'static str)]) -> Vec<(&'a str, &'static str)> {
+    e.iter().map(|(i, s)| (i.as_str(), *s)).collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. Adoption by two servers
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_servers_starting_at_once_adopt_a_dead_servers_session_exactly_once() {
+    let env = fake_env();
+    let dir = session_dir(&env, "s", "COMMANDS=1\nHOLD=1\n");
+    let a = start(&env).await;
+    let r = a
+        .ok(
+            "delegate",
+            json!({"task": "adopt me", "mode": "async", "working_dir": dir}),
+        )
+        .await;
+    let id = sid(&r);
+    let thread = calls_thread(&dir).await;
+    // Its thread id in the database (progress is flushed in batches; see
+    // `the_executor_thread_id_survives_a_crash_right_after_it_is_reported` for the gap).
+    until(
+        "the thread id in the database",
+        Duration::from_secs(5),
+        async || (env.session_meta(&id)["native_id"] == thread.as_str()).then_some(()),
+    )
+    .await;
+    crash(a).await;
+    set_ctl(&dir, "COMMANDS=1\n");
+
+    let (b, c) = tokio::join!(start(&env), start(&env));
+    // Both look for sessions to adopt as they start; nobody has asked about this one yet.
+    until("start-up adoption", Duration::from_secs(10), async || {
+        (stored_status(&env, &id) != "running").then_some(())
+    })
+    .await;
+    let by = recovered_by(&env, &id);
+    assert_eq!(by.len(), 1, "adopted {} times: {by:?}", by.len());
+    let (adopter, other) = if by[0] == b.pid {
+        (&b, &c)
+    } else {
+        assert_eq!(by[0], c.pid, "adopted by an unknown server");
+        (&c, &b)
+    };
+    assert_eq!(env.session_meta(&id)["owner"]["pid"], adopter.pid);
+
+    // Both see it, with the same state.
+    for z in [&b, &c] {
+        let s = z.ok("check_session", json!({"session_id": id})).await;
+        assert_recovered(&s);
+        let l = z.ok("list_sessions", json!({})).await;
+        assert_eq!(l["total"], 1, "{l}");
+        assert_eq!(l["sessions"][0]["status"], "failed", "{l}");
+    }
+    // Only the adopter runs its turns; the other server says who does.
+    let m = other
+        .err("converse", json!({"session_id": id, "message": "mine?"}))
+        .await;
+    assert!(m.contains("belongs to another zwarm server"), "{m}");
+    assert!(m.contains(&format!("pid {}", adopter.pid)), "{m}");
+    let r = adopter
+        .ok("converse", json!({"session_id": id, "message": "go on"}))
+        .await;
+    assert_eq!(r["status"], "idle", "{r}");
+    assert_eq!(r["turn"], 2);
+    let last = calls(&dir).pop().expect("a call");
+    assert_eq!(
+        (last.1.as_str(), last.2.as_str()),
+        ("resume", thread.as_str())
+    );
+    let s = other
+        .ok(
+            "check_session",
+            json!({"session_id": id, "wait_seconds": 5}),
+        )
+        .await;
+    assert_eq!(s["status"], "idle", "{s}");
+    assert_eq!(s["turns"].as_array().map(Vec::len), Some(2));
+
+    // Stopped cleanly (their start-up tasks finished): still adopted once.
+    for z in [&b, &c] {
+        z.signal_and_wait(libc::SIGTERM, KILL_LIMIT).await;
+    }
+    assert_eq!(recovered_by(&env, &id).len(), 1);
+    assert_eq!(env.session_ids(), vec![id]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. Two live servers share the state
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_servers_session_is_visible_and_awaitable_from_another_server() {
+    let env = fake_env();
+    let dir = session_dir(&env, "s", "COMMANDS=2\nHOLD=1\nMESSAGE='done on a'\n");
+    let (a, b) = tokio::join!(start(&env), start(&env));
+    let r = a
+        .ok(
+            "delegate",
+            json!({"task": "shared", "mode": "async", "working_dir": dir}),
+        )
+        .await;
+    assert_eq!(r["status"], "running");
+    let id = sid(&r);
+
+    // Committed before A reported it: B sees the running turn at once.
+    let l = b.ok("list_sessions", json!({})).await;
+    assert_eq!(l["total"], 1, "{l}");
+    assert_eq!(l["sessions"][0]["session_id"], id.as_str());
+    assert_eq!(l["sessions"][0]["status"], "running");
+    let s = b.ok("check_session", json!({"session_id": id})).await;
+    assert_eq!(s["status"], "running", "{s}");
+    assert_eq!(s["turns"][0]["status"], "running");
+    // A's progress reaches B through the store.
+    until(
+        "B to see A's commands",
+        Duration::from_secs(5),
+        async || {
+            let s = b.ok("check_session", json!({"session_id": id})).await;
+            assert_eq!(s["status"], "running", "{s}");
+            (s["turns"][0]["commands"].as_array().map_or(0, Vec::len) == 2).then_some(())
+        },
+    )
+    .await;
+    let m = b
+        .err("converse", json!({"session_id": id, "message": "mine?"}))
+        .await;
+    assert!(m.contains(&format!("pid {}", a.pid)), "{m}");
+
+    // B waits for A's turn to finish.
+    let waited = async {
+        let s = b
+            .ok(
+                "check_session",
+                json!({"session_id": id, "wait_seconds": 30}),
+            )
+            .await;
+        (s, Instant::now())
+    };
+    let finish = async {
+        // Long enough for B's wait to be under way.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        release(&dir);
+        Instant::now()
+    };
+    let ((s, returned), released) = tokio::join!(waited, finish);
+    assert!(
+        returned > released,
+        "B's wait returned before the turn ended: {s}"
+    );
+    assert!(
+        returned - released < Duration::from_secs(3),
+        "B noticed the end after {:?}",
+        returned - released
+    );
+    assert_eq!(s["status"], "idle", "{s}");
+    assert_eq!(s["response"], "done on a");
+    assert_eq!(s["turns"][0]["status"], "completed");
+    let l = b.ok("list_sessions", json!({})).await;
+    assert_eq!(l["sessions"][0]["status"], "idle");
+    let s = a.ok("check_session", json!({"session_id": id})).await;
+    assert_eq!(s["status"], "idle");
+    assert_eq!(count(&events(&env), "session_recovered", &id), 0);
+    assert_eq!(env.session_meta(&id)["owner"]["pid"], a.pid);
+    for z in [&a, &b] {
+        z.signal_and_wait(libc::SIGTERM, KILL_LIMIT).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 6. Start-up does not touch idle sessions
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_up_adopts_running_sessions_and_leaves_idle_ones_alone() {
+    const IDLE: usize = 200;
+    let env = fake_env();
+    let dir = session_dir(&env, "many", "COMMANDS=1\n");
+    let z = start(&env).await;
+    let t = Instant::now();
+    let replies: Vec<Value> = futures::stream::iter(0..IDLE)
+        .map(|i| {
+            z.ok(
+                "delegate",
+                json!({"task": format!("quick {i}"), "working_dir": dir}),
+            )
+        })
+        .buffer_unordered(8)
+        .collect()
+        .await;
+    eprintln!("{IDLE} sync delegates took {:?}", t.elapsed());
+    for r in &replies {
+        assert_eq!(r["status"], "idle", "{r}");
+    }
+    z.signal_and_wait(libc::SIGTERM, KILL_LIMIT).await;
+    drop(z);
+    let idle_rows = stored_rows(&env);
+    let idle_turns = stored_turn_rows(&env);
+    assert_eq!(idle_rows.len(), IDLE);
+    assert!(idle_rows.values().all(|r| r.2 == "idle"));
+
+    // One more server leaves a session running when it dies.
+    let held = session_dir(&env, "held", "COMMANDS=1\nHOLD=1\n");
+    let z = start(&env).await;
+    let r = z
+        .ok(
+            "delegate",
+            json!({"task": "left running", "mode": "async", "working_dir": held}),
+        )
+        .await;
+    let running = sid(&r);
+    crash(z).await;
+    let before = stored_rows(&env)[&running].clone();
+    assert_eq!(before.2, "running");
+
+    // A new server adopts that one, on its own, and nothing else.
+    let z = start(&env).await;
+    let l = z.ok("list_sessions", json!({})).await;
+    assert_eq!(l["total"], IDLE + 1, "{l}");
+    until("start-up adoption", Duration::from_secs(10), async || {
+        (stored_status(&env, &running) == "failed").then_some(())
+    })
+    .await;
+    z.signal_and_wait(libc::SIGTERM, KILL_LIMIT).await;
+    drop(z);
+
+    let after = stored_rows(&env);
+    assert_eq!(after.len(), IDLE + 1);
+    let changed: Vec<&String> = idle_rows
+        .iter()
+        .filter(|(id, row)| after.get(*id) != Some(row))
+        .map(|(id, _)| id)
+        .collect();
+    assert!(
+        changed.is_empty(),
+        "{} idle session rows changed at start-up, e.g. {:?} → {:?}",
+        changed.len(),
+        idle_rows[changed[0]],
+        after.get(changed[0])
+    );
+    let turns_after = stored_turn_rows(&env);
+    for (k, v) in &idle_turns {
+        assert_eq!(turns_after.get(k), Some(v), "turn {k:?} changed");
+    }
+    let adopted = &after[&running];
+    assert_eq!(adopted.0, before.0 + 1, "adopted once, by one write");
+    assert_ne!(adopted.3, before.3, "owner changed");
+    assert_eq!(recovered_by(&env, &running).len(), 1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 7. The thread id is what a recovered session resumes with
+
+/// A recovered session's error says "Call converse to resume the same codex thread", so the
+/// thread id must survive a crash once the executor has announced it. Three rounds, each
+/// killing the server right after check_session first shows the thread id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_executor_thread_id_survives_a_crash_right_after_it_is_reported() {
+    let env = fake_env();
+    let mut z = start(&env).await;
+    let mut lost = vec![];
+    for round in 0..3 {
+        let dir = session_dir(&env, &format!("r{round}"), "COMMANDS=0\nHOLD=1\n");
+        let r = z
+            .ok(
+                "delegate",
+                json!({"task": format!("round {round}"), "mode": "async", "working_dir": dir}),
+            )
+            .await;
+        let id = sid(&r);
+        // Polled without pauses: the kill follows the first report as closely as it can.
+        let t = Instant::now();
+        let thread = loop {
+            let s = z.ok("check_session", json!({"session_id": id})).await;
+            if let Some(th) = s["native_id"].as_str() {
+                break th.to_string();
+            }
+            assert!(t.elapsed() < Duration::from_secs(10), "no thread id: {s}");
+            tokio::task::yield_now().await;
+        };
+        let stored_before_kill = env.session_meta(&id)["native_id"].clone();
+        z = crash_and_restart(&env, z).await;
+        let s = z.ok("check_session", json!({"session_id": id})).await;
+        assert_recovered(&s);
+        // What the error promises: converse resumes the same thread.
+        set_ctl(&dir, "COMMANDS=1\n");
+        let c = z
+            .ok("converse", json!({"session_id": id, "message": "go on"}))
+            .await;
+        assert_eq!(c["status"], "idle", "{c}");
+        let last = calls(&dir).pop().expect("a call");
+        if s["native_id"] != thread.as_str() || last.2 != thread {
+            lost.push(format!(
+                "round {round}: thread {thread} reported; stored at the kill: {stored_before_kill}; after the restart: {}; the next turn ran `{} {}`",
+                s["native_id"], last.1, last.2
+            ));
+        }
+    }
+    z.signal_and_wait(libc::SIGTERM, KILL_LIMIT).await;
+    assert!(
+        lost.is_empty(),
+        "the executor's thread id was lost by a crash after check_session reported it:\n{}",
+        lost.join("\n")
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 8. Two servers adopting on demand
+
+/// Idle sessions of a dead server, continued on two live servers at the same moment: each
+/// session runs on exactly one of them, and the other names the server that has it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn converse_racing_on_two_servers_adopts_each_session_once() {
+    const N: usize = 10;
+    let env = fake_env();
+    let dir = session_dir(&env, "s", "COMMANDS=1\n");
+    let a = start(&env).await;
+    let mut ids = vec![];
+    for i in 0..N {
+        let r = a
+            .ok(
+                "delegate",
+                json!({"task": format!("race {i}"), "working_dir": dir}),
+            )
+            .await;
+        assert_eq!(r["status"], "idle", "{r}");
+        ids.push(sid(&r));
+    }
+    crash(a).await;
+
+    let (b, c) = tokio::join!(start(&env), start(&env));
+    let text = |r: &rmcp::model::CallToolResult| {
+        r.content
+            .iter()
+            .filter_map(|c| c.as_text().map(|t| t.text.clone()))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let mut wrong = vec![];
+    for id in &ids {
+        let args = json!({"session_id": id, "message": "who runs me?"});
+        let (rb, rc) = tokio::join!(b.call("converse", args.clone()), c.call("converse", args));
+        let ok_b = rb.is_error != Some(true);
+        let ok_c = rc.is_error != Some(true);
+        assert!(
+            ok_b != ok_c,
+            "{id}: exactly one server must run the turn: b={} c={}",
+            text(&rb),
+            text(&rc)
+        );
+        let (winner, loser) = if ok_b { (&b, &rc) } else { (&c, &rb) };
+        let m = text(loser);
+        assert!(m.contains("belongs to another zwarm server"), "{id}: {m}");
+        if !m.contains(&format!("(pid {})", winner.pid)) {
+            wrong.push(format!(
+                "{id}: runs on pid {}, the other said: {m}",
+                winner.pid
+            ));
+        }
+        let s = wait_idle(winner, id).await;
+        assert_eq!(s["turns"].as_array().map(Vec::len), Some(2), "{s}");
+        assert_eq!(env.session_meta(id)["owner"]["pid"], winner.pid);
+    }
+    for z in [&b, &c] {
+        let l = z.ok("list_sessions", json!({})).await;
+        assert_eq!(l["total"], N);
+        z.signal_and_wait(libc::SIGTERM, KILL_LIMIT).await;
+    }
+    assert!(
+        wrong.is_empty(),
+        "the refusal names the wrong server:\n{}",
+        wrong.join("\n")
+    );
+}
+
+async fn wait_idle(z: &Zwarm, id: &str) -> Value {
+    let s = z
+        .ok(
+            "check_session",
+            json!({"session_id": id, "wait_seconds": 10}),
+        )
+        .await;
+    assert_eq!(s["status"], "idle", "{s}");
+    s
+}
+
+// ---------------------------------------------------------------------------------------------
+// 9. A dead server's turn is not listed as running
+
+/// list_sessions reads the stored status. A turn whose server died is not running, and must
+/// not be listed as such: not by a server started after the crash (adoption at start-up runs
+/// in the background), and not by a server that was already running when its peer died.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_sessions_does_not_show_a_dead_servers_turn_as_running() {
+    let env = fake_env();
+    let mut wrong = vec![];
+
+    // A restart: the first list_sessions of the new server.
+    let mut z = start(&env).await;
+    for round in 0..3 {
+        let d = session_dir(&env, &format!("r{round}"), "COMMANDS=1\nHOLD=1\n");
+        let r = z
+            .ok(
+                "delegate",
+                json!({"task": format!("r{round}"), "mode": "async", "working_dir": d}),
+            )
+            .await;
+        let id = sid(&r);
+        calls_thread(&d).await;
+        z = crash_and_restart(&env, z).await;
+        let l = z.ok("list_sessions", json!({"status": "running"})).await;
+        if l["total"] != 0 {
+            wrong.push(format!(
+                "restart round {round}: the new server's first list_sessions: {}",
+                l["sessions"]
+            ));
+        }
+        assert_recovered(&z.ok("check_session", json!({"session_id": id})).await);
+    }
+
+    // A survivor: B was running when A died, and nothing asks B about the session by id.
+    let (a, b) = (z, start(&env).await);
+    let d = session_dir(&env, "survivor", "COMMANDS=1\nHOLD=1\n");
+    let r = a
+        .ok(
+            "delegate",
+            json!({"task": "survivor", "mode": "async", "working_dir": d}),
+        )
+        .await;
+    let id = sid(&r);
+    calls_thread(&d).await;
+    crash(a).await;
+    let t = Instant::now();
+    let settled = loop {
+        let l = b.ok("list_sessions", json!({"status": "running"})).await;
+        if l["total"] == 0 {
+            break true;
+        }
+        if t.elapsed() > Duration::from_secs(5) {
+            break false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    if !settled {
+        wrong.push(format!(
+            "survivor: B still lists {id} as running 5 s after its server died"
+        ));
+    }
+    // Asked by id, B adopts it at once.
+    assert_recovered(&b.ok("check_session", json!({"session_id": id})).await);
+    let l = b.ok("list_sessions", json!({"status": "running"})).await;
+    assert_eq!(l["total"], 0, "{l}");
+    b.signal_and_wait(libc::SIGTERM, KILL_LIMIT).await;
+    assert!(
+        wrong.is_empty(),
+        "a dead server's turn was listed as running:\n{}",
+        wrong.join("\n")
+    );
+}

@@ -214,10 +214,20 @@ fn stored_turn(env: &Env, id: &str, idx: u32) -> Value {
         .unwrap_or(Value::Null)
 }
 
+/// Commands stored for a turn: those in its row, or, while it runs, those flushed as progress
+/// (`turn_commands`, numbered from 0), whichever reach further.
 fn stored_commands(env: &Env, id: &str, idx: u32) -> usize {
-    stored_turn(env, id, idx)["commands"]
+    let in_row = stored_turn(env, id, idx)["commands"]
         .as_array()
-        .map_or(0, Vec::len)
+        .map_or(0, Vec::len);
+    let flushed: i64 = db(env)
+        .query_row(
+            "SELECT COUNT(*) FROM turn_commands WHERE session_id = ?1 AND idx = ?2",
+            rusqlite::params![id, idx],
+            |r| r.get(0),
+        )
+        .expect("read turn_commands");
+    in_row.max(flushed as usize)
 }
 
 fn stored_status(env: &Env, id: &str) -> String {

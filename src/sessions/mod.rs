@@ -249,16 +249,17 @@ impl Inner {
                 continue;
             };
             let mut l = h.live.lock();
-            // Turns still running, and the last one (its end may still need writing).
-            let last = l.session.turns.last().map(|t| t.index);
-            let running: Vec<u32> = l
-                .session
-                .turns
-                .iter()
-                .filter(|t| t.ended_at.is_none() || Some(t.index) == last)
-                .map(|t| t.index)
-                .collect();
-            writes.extend(l.images(&running));
+            match l.session.turns.last() {
+                // A turn in progress: only what is new.
+                Some(t) if t.ended_at.is_none() => writes.extend(l.progress_images()),
+                // The last turn has ended (its end may still need writing, after a failed
+                // commit): the whole record.
+                Some(t) => {
+                    let i = t.index;
+                    writes.extend(l.images(&[i]));
+                }
+                None => writes.extend(l.images(&[])),
+            }
         }
         let _ = self.store.submit(writes);
     }
@@ -458,6 +459,9 @@ impl Manager {
                 .recovered_once
                 .store(true, std::sync::atomic::Ordering::SeqCst);
             m.inner.recovered.notify_waiters();
+            // Warm the watchers' totals (one read of every session's figures) after the
+            // host's `initialize` has been answered, not in its way.
+            tokio::time::sleep(Duration::from_millis(250)).await;
             drop(m.refresh_fleet().await);
             loop {
                 tokio::select! {

@@ -52,6 +52,8 @@ pub(crate) struct Live {
     pub pending: u64,
     /// Executor events applied since the last flush.
     pub unflushed: u32,
+    /// Commands of the running turn already written as progress: (turn, count).
+    pub commands_flushed: (u32, usize),
 }
 
 impl Live {
@@ -74,6 +76,62 @@ impl Live {
         }
         w
     }
+
+    /// Progress of the running turn: the session row, the turn's row without its commands,
+    /// and only the commands that are new since the last flush. What a turn has already
+    /// written is not written again, so a long turn's flushes do not grow with it.
+    pub fn progress_images(&mut self) -> Vec<Write> {
+        self.version += 1;
+        self.unflushed = 0;
+        let mut w = vec![Write::Session {
+            session: SessionImage::of(&self.session, self.version),
+            expect_owner: None,
+        }];
+        let Some(t) = self
+            .session
+            .turns
+            .iter()
+            .rev()
+            .find(|t| t.ended_at.is_none())
+        else {
+            return w;
+        };
+        let from = match self.commands_flushed {
+            (i, n) if i == t.index => n.min(t.commands.len()),
+            _ => 0,
+        };
+        let lite = crate::model::Turn {
+            index: t.index,
+            prompt: t.prompt.clone(),
+            status: t.status,
+            response: t.response.clone(),
+            error: t.error.clone(),
+            api_status: t.api_status,
+            usage: t.usage,
+            cost_usd: t.cost_usd,
+            started_at: t.started_at.clone(),
+            ended_at: None,
+            commands: vec![],
+            files_changed: t.files_changed.clone(),
+            permission_denials: t.permission_denials.clone(),
+            messages: t.messages.clone(),
+        };
+        if from < t.commands.len() {
+            w.push(Write::Commands {
+                session_id: self.session.id.clone(),
+                turn: t.index,
+                start: from,
+                commands: t.commands[from..].to_vec(),
+            });
+        }
+        self.commands_flushed = (t.index, t.commands.len());
+        w.push(Write::Turn {
+            session_id: self.session.id.clone(),
+            version: self.version,
+            turn: Box::new(lite),
+        });
+        w
+    }
 }
 
 pub(crate) struct Handle {
@@ -94,6 +152,7 @@ impl Handle {
                 ending: false,
                 pending: 0,
                 unflushed: 0,
+                commands_flushed: (0, 0),
             }),
             changed: watch::channel(0).0,
         })

@@ -86,6 +86,13 @@ pub(super) fn migrate_schema(c: &Connection) -> rusqlite::Result<()> {
             data TEXT NOT NULL,
             PRIMARY KEY (session_id, idx)
         ) WITHOUT ROWID;
+        CREATE TABLE IF NOT EXISTS turn_commands (
+            session_id TEXT NOT NULL,
+            idx INTEGER NOT NULL,
+            n INTEGER NOT NULL,
+            data TEXT NOT NULL,
+            PRIMARY KEY (session_id, idx, n)
+        ) WITHOUT ROWID;
         CREATE TABLE IF NOT EXISTS notes (
             seq INTEGER PRIMARY KEY,
             session_id TEXT NOT NULL,
@@ -267,6 +274,26 @@ pub(super) fn apply(c: &Connection, w: &Write) -> rusqlite::Result<bool> {
                 turn_status_str(turn.status),
                 data
             ])?;
+            if turn.ended_at.is_some() {
+                // The final row holds every command.
+                c.prepare_cached("DELETE FROM turn_commands WHERE session_id = ?1 AND idx = ?2")?
+                    .execute(params![session_id, turn.index])?;
+            }
+            Ok(true)
+        }
+        Write::Commands {
+            session_id,
+            turn,
+            start,
+            commands,
+        } => {
+            let mut st = c.prepare_cached(
+                "INSERT OR REPLACE INTO turn_commands (session_id, idx, n, data) VALUES (?1, ?2, ?3, ?4)",
+            )?;
+            for (i, cmd) in commands.iter().enumerate() {
+                let data = serde_json::to_string(cmd).unwrap_or_else(|_| "{}".into());
+                st.execute(params![session_id, turn, (start + i) as i64, data])?;
+            }
             Ok(true)
         }
         Write::Note { session_id, note } => {
@@ -380,8 +407,11 @@ pub(super) fn load_session(c: &Connection, id: &str) -> Result<Option<Session>, 
             .map_err(db)?;
         for row in rows {
             let (idx, data) = row.map_err(db)?;
-            let t: Turn = serde_json::from_str(&data)
+            let mut t: Turn = serde_json::from_str(&data)
                 .map_err(|e| corrupt(format!("turn {idx} of session {id}"), e))?;
+            if t.ended_at.is_none() {
+                extend_commands(c, id, &mut t)?;
+            }
             if i64::from(t.index) != idx {
                 return Err(corrupt(
                     format!("turn {idx} of session {id}"),
@@ -431,6 +461,27 @@ pub(super) fn load_session(c: &Connection, id: &str) -> Result<Option<Session>, 
         watcher_notes: notes,
         aborted: m.aborted,
     }))
+}
+
+/// A running turn's commands flushed as progress, after those its row already holds.
+fn extend_commands(c: &Connection, id: &str, t: &mut Turn) -> Result<(), StoreError> {
+    let mut st = c
+        .prepare_cached(
+            "SELECT data FROM turn_commands WHERE session_id = ?1 AND idx = ?2 AND n >= ?3 ORDER BY n",
+        )
+        .map_err(db)?;
+    let rows = st
+        .query_map(params![id, t.index, t.commands.len() as i64], |r| {
+            r.get::<_, String>(0)
+        })
+        .map_err(db)?;
+    for row in rows {
+        let data = row.map_err(db)?;
+        let cmd = serde_json::from_str(&data)
+            .map_err(|e| corrupt(format!("a command of turn {} of session {id}", t.index), e))?;
+        t.commands.push(cmd);
+    }
+    Ok(())
 }
 
 pub(super) fn version_of(c: &Connection, id: &str) -> Result<u64, StoreError> {

@@ -100,6 +100,15 @@ pub enum Write {
         version: u64,
         turn: Box<Turn>,
     },
+    /// Commands of a running turn, numbered from `start` (progress: a running turn's row is
+    /// written without its commands, which arrive here, so a flush costs what is new, not the
+    /// whole turn again). The turn's final row holds them all, and these rows go.
+    Commands {
+        session_id: String,
+        turn: u32,
+        start: usize,
+        commands: Vec<crate::model::CommandRecord>,
+    },
     /// Append a watcher note.
     Note {
         session_id: String,

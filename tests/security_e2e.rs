@@ -297,3 +297,49 @@ async fn tampered_records_are_refused_not_followed() {
         "{m}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_session_is_listed_with_the_reason_not_hidden() {
+    let (_mock, env) = codex_env();
+    let bin = fake(&env, "true");
+    let args = ["--set", &format!("codex.binary={bin}")];
+    let z = Zwarm::start(&env, &args).await;
+    let a = z.ok("delegate", json!({"task": "one"})).await;
+    let b = z.ok("delegate", json!({"task": "two"})).await;
+    z.signal_and_wait(libc::SIGTERM, Duration::from_secs(5))
+        .await;
+    drop(z);
+    let broken = a["session_id"].as_str().unwrap().to_string();
+    let conn = rusqlite::Connection::open(env.state.join("zwarm.db")).unwrap();
+    conn.execute(
+        "UPDATE sessions SET meta = '{not json' WHERE id = ?1",
+        [&broken],
+    )
+    .unwrap();
+    drop(conn);
+    let z = Zwarm::start(&env, &args).await;
+    let l = z.ok("list_sessions", json!({})).await;
+    assert_eq!(l["total"], 2, "{l}");
+    let row = l["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["session_id"] == broken.as_str())
+        .expect("the broken session is still listed")
+        .clone();
+    assert_eq!(row["status"], "unreadable", "{row}");
+    assert!(
+        row["task"].as_str().unwrap().contains("does not parse"),
+        "{row}"
+    );
+    // Reading it says why (a read error, not a save error); the other session is fine.
+    let m = z.err("check_session", json!({"session_id": broken})).await;
+    assert!(
+        m.contains("could not be read") && !m.contains("save"),
+        "{m}"
+    );
+    let ok = z
+        .ok("check_session", json!({"session_id": b["session_id"]}))
+        .await;
+    assert_eq!(ok["status"], "idle");
+}

@@ -26,6 +26,9 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use toml::Value;
 
+/// Default for `max_task_bytes`: the longest task or message zwarm sends to an executor.
+pub const DEFAULT_MAX_TASK_BYTES: usize = 1_048_576;
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
@@ -128,7 +131,7 @@ impl Default for Config {
             interrupt_grace_seconds: 5,
             max_response_chars: 8000,
             list_page_size: 50,
-            max_task_bytes: crate::executor::DEFAULT_MAX_TASK_BYTES,
+            max_task_bytes: DEFAULT_MAX_TASK_BYTES,
             containment: "auto".into(),
             cgroup_parent: None,
             codex: CodexConfig::default(),

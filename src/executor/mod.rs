@@ -69,8 +69,7 @@ pub enum ExecutorError {
     BadNativeId { id: String, why: &'static str },
 }
 
-/// Default for `max_task_bytes`: the longest task or message zwarm sends to an executor.
-pub const DEFAULT_MAX_TASK_BYTES: usize = 1_048_576;
+pub use crate::config::DEFAULT_MAX_TASK_BYTES;
 
 /// Check a task or message before a turn is started: no NUL bytes (no executor can receive
 /// them), at most `max_bytes` bytes (UTF-8). Call it up front, so a bad prompt is refused with

@@ -36,6 +36,22 @@ impl Default for ScopeConfig {
     }
 }
 
+/// Resolve `.` and `..` lexically, so `src/../secrets` is not taken for a path under `src`.
+fn normalize(p: &std::path::Path) -> std::path::PathBuf {
+    use std::path::Component;
+    let mut out = std::path::PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other.as_os_str()),
+        }
+    }
+    out
+}
+
 pub struct Scope {
     cfg: ScopeConfig,
     action: Action,
@@ -130,11 +146,11 @@ impl Watcher for Scope {
             .iter()
             .map(|p| {
                 let p = std::path::Path::new(p);
-                if p.is_absolute() {
+                normalize(&if p.is_absolute() {
                     p.to_path_buf()
                 } else {
                     wd.join(p)
-                }
+                })
             })
             .collect();
         let outside: Vec<&str> = turn
@@ -142,11 +158,11 @@ impl Watcher for Scope {
             .iter()
             .map(|f| f.path.as_str())
             .filter(|p| {
-                let abs = if std::path::Path::new(p).is_absolute() {
+                let abs = normalize(&if std::path::Path::new(p).is_absolute() {
                     std::path::PathBuf::from(p)
                 } else {
                     wd.join(p)
-                };
+                });
                 !allowed.iter().any(|a| abs.starts_with(a))
             })
             .collect();
@@ -161,5 +177,19 @@ impl Watcher for Scope {
                 outside.join(", ")
             ),
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::normalize;
+    use std::path::Path;
+
+    #[test]
+    fn dot_dot_cannot_smuggle_a_path_into_an_allowed_one() {
+        let p = normalize(Path::new("/w/src/../secrets/key"));
+        assert_eq!(p, Path::new("/w/secrets/key"));
+        assert!(!p.starts_with("/w/src"));
+        assert!(normalize(Path::new("/w/./src/a.rs")).starts_with("/w/src"));
     }
 }

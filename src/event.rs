@@ -78,6 +78,67 @@ pub struct PermissionDenial {
     pub input: Value,
 }
 
+/// A tool call that failed or was refused inside the executor's turn, other than a permission
+/// denial: claude's `is_error` tool results ("Blocked: sleep 61 …", "File does not exist", a
+/// timed-out command), codex's rejected commands and patches and failed MCP calls. The turn goes
+/// on, so only this record tells the orchestrator what the executor could not do.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ToolError {
+    /// The tool: claude `Bash`, `Read`, `mcp__server__tool`…; codex `exec_command`,
+    /// `apply_patch`, `mcp:<server>/<tool>`.
+    pub tool: String,
+    /// The start of the tool's input (the command, the file, the arguments); empty when the
+    /// executor did not report it.
+    pub input: String,
+    /// What the executor answered.
+    pub message: String,
+}
+
+/// Longest `input` kept in a [`ToolError`].
+pub const TOOL_INPUT_HEAD: usize = 200;
+/// Longest `message` kept in a [`ToolError`].
+pub const TOOL_MESSAGE_MAX: usize = 1000;
+
+impl ToolError {
+    /// A tool error with its input and message bounded (whitespace runs collapsed in the input).
+    pub fn new(tool: impl Into<String>, input: &Value, message: &str) -> ToolError {
+        ToolError {
+            tool: tool.into(),
+            input: input_head(input),
+            message: crate::text::truncate_chars(message.trim(), TOOL_MESSAGE_MAX),
+        }
+    }
+
+    /// Whether this error is the tool call `d` was denied (claude reports a denial both as an
+    /// error tool result and in `permission_denials`; the denial is the record that stays).
+    pub fn is_denial(&self, d: &PermissionDenial) -> bool {
+        self.tool == d.tool && self.input == input_head(&d.input)
+    }
+}
+
+/// The head of a tool input as one line: a command or a file path when the input has one,
+/// else the input's compact JSON.
+pub fn input_head(v: &Value) -> String {
+    let text = match v {
+        Value::Null => String::new(),
+        Value::String(s) => s.clone(),
+        Value::Object(o) => [
+            "command",
+            "cmd",
+            "file_path",
+            "notebook_path",
+            "path",
+            "url",
+        ]
+        .iter()
+        .find_map(|k| o.get(*k).and_then(Value::as_str))
+        .map(str::to_string)
+        .unwrap_or_else(|| v.to_string()),
+        other => other.to_string(),
+    };
+    crate::text::one_line(&text, TOOL_INPUT_HEAD)
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum ExecutorEvent {
@@ -114,6 +175,8 @@ pub enum ExecutorEvent {
         input: Value,
     },
     PermissionDenied(PermissionDenial),
+    /// A tool call failed or was refused inside the turn (see [`ToolError`]).
+    ToolFailed(ToolError),
     /// A non-fatal problem the executor reported (retry notices, metadata warnings).
     Warning {
         message: String,
@@ -174,6 +237,11 @@ impl ExecutorEvent {
             ExecutorEvent::PermissionDenied(d) => {
                 format!("{adapter} was denied permission to use {}", d.tool)
             }
+            ExecutorEvent::ToolFailed(e) => format!(
+                "{adapter}: {} failed — {}",
+                e.tool,
+                crate::text::one_line(&e.message, 160)
+            ),
             ExecutorEvent::Warning { message } => {
                 format!("{adapter} warning: {}", crate::text::one_line(message, 160))
             }

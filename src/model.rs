@@ -13,7 +13,7 @@ use std::collections::VecDeque;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::event::{FileChange, PermissionDenial, Usage};
+use crate::event::{FileChange, PermissionDenial, ToolError, Usage};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
@@ -191,6 +191,9 @@ pub struct Turn {
     pub permission_denials: Vec<PermissionDenial>,
     /// Agent messages before the final one (each bounded).
     pub messages: Vec<String>,
+    /// Tool calls that failed or were refused inside the turn (not permission denials).
+    #[serde(default)]
+    pub tool_errors: Vec<ToolError>,
 }
 
 /// Which server process owns (runs the turns of) a session.

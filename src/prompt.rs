@@ -37,6 +37,7 @@ Every result has a next_step field. Read it and follow it.
    - A model/API error or an interrupted turn: converse to retry in the same thread.
    - The agent is going in circles: end that session as failed and delegate a fresh, better-specified task.
    - permission_denials lists what the executor was not allowed to do. Either give it another way, or tell the user which permission is missing. Never try to get around the user's configuration.
+   - tool_errors lists tool calls that failed or were refused inside the turn (a blocked or timed-out command, a rejected patch, a missing file). The turn may still say "done": check whether the work needed them, and converse with another way to do it (for a long wait, a background command).
 6. Close every session with end_session:
    - "completed" only after you have verified the acceptance criteria, with a one-line summary of what was achieved;
    - "failed" when it could not be done;

@@ -17,9 +17,9 @@ use rmcp::model::{
     ProgressNotificationParam, Prompt, PromptArgument, PromptMessage, ReadResourceRequestParams,
     ReadResourceResponse, ReadResourceResult, Resource, ResourceContents, ResourceTemplate,
     ResourceUpdatedNotificationParam, Role, ServerCapabilities, ServerConfig,
-    SubscribeRequestParams, UnsubscribeRequestParams,
+    SubscribeRequestParams, SubscriptionFilter, UnsubscribeRequestParams,
 };
-use rmcp::service::{Peer, RequestContext};
+use rmcp::service::{Peer, RequestContext, SubscriptionContext, SubscriptionSink};
 use rmcp::{
     ErrorData as McpError, Json, RoleServer, ServerHandler, tool, tool_handler, tool_router,
 };
@@ -51,11 +51,18 @@ pub struct ZwarmServer {
     tool_router: rmcp::handler::server::router::tool::ToolRouter<ZwarmServer>,
     /// Resource subscriptions: (uri, the client that asked).
     subs: Subscriptions,
+    /// 2026-07-28 `subscriptions/listen` streams and the resources each one accepted.
+    listeners: Listeners,
     shutdown: CancellationToken,
 }
 
 /// Resource subscriptions: (uri, the client that asked).
 type Subscriptions = Arc<Mutex<Vec<(String, Peer<RoleServer>)>>>;
+
+/// `subscriptions/listen` streams: the sink, and each accepted uri as the client wrote it
+/// (notifications must use that spelling) with the uri zwarm's changes are matched against
+/// (a session prefix resolved to the full id).
+type Listeners = Arc<Mutex<Vec<(SubscriptionSink, Vec<(String, String)>)>>>;
 
 pub const SESSIONS_URI: &str = "zwarm://sessions";
 pub const EVENTS_URI: &str = "zwarm://events";
@@ -69,15 +76,19 @@ fn err(e: ManagerError) -> String {
     e.to_string()
 }
 
-/// Sync-wait policy for the calling host: (default, maximum) seconds. Hosts cancel tool calls
-/// after their own timeout (Codex 300 s, Claude Desktop about 60 s); zwarm returns earlier with
-/// status running so the orchestrator can poll instead of losing the call.
+/// Sync-wait policy for the calling host: (default, maximum) seconds. Hosts give up on a long
+/// tool call: Codex cancels it after `tool_timeout_sec` (300 s by default), Claude Desktop after
+/// about 60 s, and Claude Code (since 2.1.212) moves it to the background after 120 s
+/// (`CLAUDE_CODE_MCP_AUTO_BACKGROUND_MS`), after which its model may never read the result.
+/// zwarm returns before that with status running, so the orchestrator polls instead of losing
+/// the call. The name comes from `initialize`'s `clientInfo` or, in the 2026-07-28 revision,
+/// from the client info each request carries.
 pub fn host_wait_policy(client_name: Option<&str>) -> (u64, Option<u64>) {
     let name = client_name.unwrap_or("").to_ascii_lowercase();
     if name.contains("codex") {
         (240, Some(280))
     } else if name == "claude-code" {
-        (240, None)
+        (110, Some(115))
     } else if name.contains("claude") || name.contains("desktop") {
         (45, Some(55))
     } else {
@@ -90,8 +101,10 @@ impl ZwarmServer {
     /// into resource-updated notifications for subscribers.
     pub fn new(manager: Manager) -> Self {
         let subs: Subscriptions = Arc::default();
+        let listeners: Listeners = Arc::default();
         let mut changes = manager.subscribe_changes();
         let subs2 = subs.clone();
+        let listeners2 = listeners.clone();
         tokio::spawn(async move {
             use std::collections::BTreeSet;
             use tokio::sync::broadcast::error::RecvError;
@@ -132,12 +145,24 @@ impl ZwarmServer {
                             .await;
                     }
                 }
+                let listeners_now = listeners2.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                for (sink, uris) in listeners_now {
+                    for (asked, u) in uris {
+                        let hit = everything
+                            || u == SESSIONS_URI && !changed.is_empty()
+                            || changed.iter().any(|id| session_uri(id) == u);
+                        if hit {
+                            let _ = sink.notify_resource_updated(asked).await;
+                        }
+                    }
+                }
             }
         });
         ZwarmServer {
             manager,
             tool_router: Self::tool_router(),
             subs,
+            listeners,
             shutdown: CancellationToken::new(),
         }
     }
@@ -214,7 +239,8 @@ impl ZwarmServer {
         requested: Option<u64>,
         default_zero: bool,
     ) -> (Duration, u64) {
-        let name = ctx.peer.peer_info().map(|p| p.client_info.name.clone());
+        // The request's own client info (2026-07-28), else `initialize`'s.
+        let name = ctx.client_info().map(|c| c.name);
         let (host_default, host_max) = host_wait_policy(name.as_deref());
         let default = if default_zero {
             0
@@ -602,6 +628,40 @@ impl ServerHandler for ZwarmServer {
         Ok(())
     }
 
+    /// 2026-07-28 `subscriptions/listen`: resource updates for zwarm's own resources (rmcp
+    /// intersects this with what was requested and what `get_info` advertises).
+    fn accepted_subscription_filter(
+        &self,
+        requested: &SubscriptionFilter,
+    ) -> Option<SubscriptionFilter> {
+        let mut accepted = SubscriptionFilter::new();
+        accepted.resource_subscriptions = requested.resource_subscriptions.as_ref().map(|uris| {
+            uris.iter()
+                .filter(|u| u.starts_with("zwarm://"))
+                .cloned()
+                .collect()
+        });
+        Some(accepted)
+    }
+
+    async fn listen(&self, context: SubscriptionContext) -> Result<(), McpError> {
+        let sink = context.sink().clone();
+        let mut uris = Vec::new();
+        for u in sink.accepted().resource_subscriptions.iter().flatten() {
+            uris.push((u.clone(), self.normalize_uri(u).await));
+        }
+        self.listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((sink.clone(), uris));
+        context.cancelled().await;
+        self.listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(s, _)| s.id() != sink.id());
+        Ok(())
+    }
+
     #[allow(deprecated)]
     async fn unsubscribe(
         &self,
@@ -673,12 +733,40 @@ impl ServerHandler for ZwarmServer {
 mod tests {
     use super::host_wait_policy;
 
+    /// How long each host lets one tool call run before it stops waiting for it (README, "Sync,
+    /// async, and host timeouts"; shared/reference/HOSTS.md): (clientInfo.name, seconds, what).
+    const HOST_LIMITS: &[(&str, u64, &str)] = &[
+        (
+            "codex-mcp-client",
+            300,
+            "Codex cancels the call (tool_timeout_sec)",
+        ),
+        ("claude-ai", 60, "Claude Desktop cancels the call"),
+        (
+            "claude-code",
+            120,
+            "Claude Code moves the call to the background (CLAUDE_CODE_MCP_AUTO_BACKGROUND_MS)",
+        ),
+    ];
+
     #[test]
-    fn sync_waits_stay_under_each_hosts_timeout() {
-        // Codex cancels tool calls after 300 s, Claude Desktop after about 60 s.
-        assert_eq!(host_wait_policy(Some("codex-mcp-client")), (240, Some(280)));
-        assert_eq!(host_wait_policy(Some("claude-ai")), (45, Some(55)));
-        assert_eq!(host_wait_policy(Some("claude-code")), (240, None));
-        assert_eq!(host_wait_policy(None), (45, None));
+    fn sync_waits_end_before_each_host_gives_up() {
+        for (name, limit, what) in HOST_LIMITS {
+            let (default, max) = host_wait_policy(Some(name));
+            let max = max.unwrap_or_else(|| panic!("{name}: no maximum, but {what} at {limit} s"));
+            assert!(
+                default <= max && max < *limit,
+                "{name}: default {default} s, maximum {max} s, but {what} at {limit} s"
+            );
+            // Not so short that a sync call rarely gets its answer: most of the host's patience.
+            assert!(
+                default * 3 >= limit * 2,
+                "{name}: default {default} s wastes the host's {limit} s"
+            );
+        }
+        // A host zwarm does not know: below the 60 s that SDK-based clients (the Inspector)
+        // allow a request.
+        assert!(host_wait_policy(None).0 < 60);
+        assert!(host_wait_policy(Some("some-ide")).0 < 60);
     }
 }

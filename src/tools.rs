@@ -9,7 +9,7 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer, Serialize};
 
-use crate::event::{FileChange, PermissionDenial, Usage};
+use crate::event::{FileChange, PermissionDenial, ToolError, Usage};
 use crate::model::Adapter;
 use crate::model::{Mode, Session, SessionStatus, Turn, TurnStatus};
 use crate::text;
@@ -149,6 +149,9 @@ pub struct TurnReport {
     pub commands: Vec<CommandSummary>,
     /// Tool uses the executor's permission settings refused.
     pub permission_denials: Vec<PermissionDenial>,
+    /// Tool calls that failed or were refused inside the turn (a blocked or timed-out command,
+    /// a rejected patch, a missing file, a failed MCP call): what the executor could not do.
+    pub tool_errors: Vec<ToolError>,
     /// What the executor did most recently (while running).
     pub recent_progress: Vec<String>,
     pub error: Option<String>,
@@ -171,6 +174,7 @@ pub struct TurnSummary {
     pub files_changed: Vec<FileChange>,
     pub commands: Vec<CommandSummary>,
     pub permission_denials: Vec<PermissionDenial>,
+    pub tool_errors: Vec<ToolError>,
     pub started_at: String,
     pub ended_at: Option<String>,
 }
@@ -290,6 +294,12 @@ fn bounded_denials(t: &Turn) -> Vec<PermissionDenial> {
         .collect()
 }
 
+/// The last 20 tool errors of a turn (each is bounded when recorded).
+fn bounded_tool_errors(t: &Turn) -> Vec<ToolError> {
+    let skip = t.tool_errors.len().saturating_sub(20);
+    t.tool_errors.iter().skip(skip).cloned().collect()
+}
+
 fn bounded_files(t: &Turn) -> Vec<FileChange> {
     t.files_changed.iter().take(100).cloned().collect()
 }
@@ -350,6 +360,7 @@ pub fn turn_report(s: &Session, turn: u32, max_wait: u64, max_chars: usize) -> T
         files_changed: t.map(bounded_files).unwrap_or_default(),
         commands: t.map(commands).unwrap_or_default(),
         permission_denials: t.map(bounded_denials).unwrap_or_default(),
+        tool_errors: t.map(bounded_tool_errors).unwrap_or_default(),
         recent_progress: if running {
             s.recent.iter().rev().take(8).rev().cloned().collect()
         } else {
@@ -406,6 +417,7 @@ pub fn session_report(s: &Session, max_wait: u64, max_chars: usize) -> SessionRe
                 files_changed: bounded_files(t),
                 commands: commands(t),
                 permission_denials: bounded_denials(t),
+                tool_errors: bounded_tool_errors(t),
                 started_at: t.started_at.clone(),
                 ended_at: t.ended_at.clone(),
             })

@@ -102,24 +102,75 @@ async fn delegate_writes_files_and_converse_resumes_with_usage_and_cost() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn denied_bash_is_reported_as_a_permission_denial() {
+    // `manual` is newer Claude Code's name for `default`; zwarm passes the spelling every
+    // version accepts.
+    for mode in ["default", "manual"] {
+        let (_mock, env) = claude_env();
+        let set = format!("claude.permission_mode={mode}");
+        let z = Zwarm::start(&env, &["--set", &set]).await;
+        let r = z
+            .ok(
+                "delegate",
+                json!({"task": "@@bashonly", "adapter": "claude"}),
+            )
+            .await;
+        assert_eq!(r["status"], "idle", "{mode}: {r}\n{}", z.stderr());
+        let denials = r["permission_denials"].as_array().unwrap();
+        assert_eq!(denials.len(), 1, "{mode}: {r}");
+        assert_eq!(denials[0]["tool"], "Bash");
+        assert_eq!(denials[0]["input"]["command"], "echo hi > out.txt && ls");
+        // A denial is reported once, as a denial, not again as a tool error.
+        assert_eq!(r["tool_errors"], json!([]), "{mode}: {r}");
+        assert!(
+            !env.work.join("out.txt").exists(),
+            "the denied command must not have run"
+        );
+        assert_eq!(r["response"], "bash done");
+    }
+}
+
+/// Refusals inside a turn reach the orchestrator: Claude Code 2.1.332 blocks `sleep 61`
+/// ("Blocked: standalone sleep 61 … use Monitor / run_in_background"), 2.1.197 runs it and cuts
+/// it off at the tool's 2 s timeout; either way the turn completes, and `tool_errors` says what
+/// the executor could not do, with a Read of a missing file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocked_and_failed_tools_reach_the_orchestrator_as_tool_errors() {
     let (_mock, env) = claude_env();
-    let z = Zwarm::start(&env, &["--set", "claude.permission_mode=default"]).await;
+    let z = Zwarm::start(&env, &[]).await;
     let r = z
         .ok(
             "delegate",
-            json!({"task": "@@bashonly", "adapter": "claude"}),
+            json!({"task": "@@blockedsleep", "adapter": "claude"}),
         )
         .await;
-    assert_eq!(r["status"], "idle", "{r}");
-    let denials = r["permission_denials"].as_array().unwrap();
-    assert_eq!(denials.len(), 1, "{r}");
-    assert_eq!(denials[0]["tool"], "Bash");
-    assert_eq!(denials[0]["input"]["command"], "echo hi > out.txt && ls");
+    assert_eq!(r["status"], "idle", "{r}\n{}", z.stderr());
+    assert_eq!(r["response"], "gave up waiting");
+    assert_eq!(r["permission_denials"], json!([]), "{r}");
+    let errors = r["tool_errors"].as_array().unwrap();
+    assert_eq!(errors.len(), 2, "{r}");
+    assert_eq!(errors[0]["tool"], "Bash");
+    assert_eq!(errors[0]["input"], "sleep 61");
+    let m = errors[0]["message"].as_str().unwrap();
+    assert!(m.starts_with("Blocked:") || m.contains("timed out"), "{m}");
+    eprintln!("claude's answer to `sleep 61`: {m}");
+    assert_eq!(errors[1]["tool"], "Read");
     assert!(
-        !env.work.join("out.txt").exists(),
-        "the denied command must not have run"
+        errors[1]["input"]
+            .as_str()
+            .unwrap()
+            .ends_with("missing.txt")
     );
-    assert_eq!(r["response"], "bash done");
+    assert!(
+        errors[1]["message"]
+            .as_str()
+            .unwrap()
+            .contains("File does not exist")
+    );
+    // check_session shows them per turn too.
+    let s = z
+        .ok("check_session", json!({"session_id": r["session_id"]}))
+        .await;
+    assert_eq!(s["turns"][0]["tool_errors"], r["tool_errors"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

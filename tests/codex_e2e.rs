@@ -203,6 +203,30 @@ async fn list_check_end_follow_the_contract_and_survive_a_restart() {
     assert_eq!(c["turn"], 3);
 }
 
+/// What codex's sandbox and approval policy refuse reaches the orchestrator as `tool_errors`,
+/// although `codex exec --json` reports none of it: zwarm reads codex's stderr as the turn
+/// runs. Read-only sandbox: a patch that adds a file, a command asking for escalation, and a
+/// patch of a missing file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_commands_and_patches_reach_the_orchestrator_as_tool_errors() {
+    let (_mock, env) = codex_env();
+    let z = Zwarm::start(&env, &["--set", "codex.sandbox=read-only"]).await;
+    let r = z.ok("delegate", json!({"task": "@@toolerrors"})).await;
+    assert_eq!(r["status"], "idle", "{r}\n{}", z.stderr());
+    assert_eq!(r["response"], "tried four things");
+    assert!(!env.work.join("hello.py").exists());
+    let errors = r["tool_errors"].as_array().unwrap();
+    let tools: Vec<&str> = errors.iter().map(|e| e["tool"].as_str().unwrap()).collect();
+    assert_eq!(tools, ["apply_patch", "exec_command", "apply_patch"], "{r}");
+    let messages: Vec<&str> = errors
+        .iter()
+        .map(|e| e["message"].as_str().unwrap())
+        .collect();
+    assert!(messages[0].starts_with("patch rejected"), "{r}");
+    assert!(messages[1].contains("reject command"), "{r}");
+    assert!(messages[2].contains("nothere.py"), "{r}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn model_http_500_fails_the_turn_with_the_error() {
     let (_mock, env) = codex_env();

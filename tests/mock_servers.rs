@@ -600,6 +600,47 @@ async fn anthropic_step_index_counts_assistant_messages() {
     assert_eq!(blocks[0]["text"], "Hello from mock claude");
 }
 
+/// Deferred tools (newer Claude Code): a step with `if_tool` exists only when the request offers
+/// that tool, and the "Tool loaded." text after a ToolSearch result is not a new prompt.
+#[tokio::test]
+async fn anthropic_if_tool_steps_and_tool_search_results() {
+    let mock = AnthropicMock::start(json!({
+        "mode": "keyed",
+        "scenarios": {"host": [
+            {"if_tool": "ToolSearch", "content": [{"tool_use": {"name": "ToolSearch", "input": {"query": "select:mcp__zwarm__delegate"}}}]},
+            {"content": [{"tool_use": {"name": "mcp__zwarm__delegate", "input": {"task": "t"}}}]},
+            {"content": [{"text": "host done"}]}
+        ]}
+    }));
+    let port = mock.port();
+    let post = |tools: Value, messages: Value| async move {
+        let body = json!({"model": "m", "stream": true, "max_tokens": 100, "tools": tools, "messages": messages});
+        let r = request(port, "POST", "/v1/messages", Some(&body)).await;
+        rebuild(&r.events()).0
+    };
+    let deferred = json!([{"name": "ToolSearch"}, {"name": "DeferredToolPlaceholder"}]);
+    let loaded = json!([{"name": "ToolSearch"}, {"name": "mcp__zwarm__delegate"}]);
+    let inline = json!([{"name": "Bash"}, {"name": "mcp__zwarm__delegate"}]);
+    let prompt = json!({"role": "user", "content": "@@host"});
+    // Old Claude Code: no ToolSearch, the call comes first.
+    let b = post(inline.clone(), json!([prompt])).await;
+    assert_eq!(b[0]["name"], "mcp__zwarm__delegate");
+    // New Claude Code: fetch the schema, then call, then answer.
+    let b = post(deferred, json!([prompt])).await;
+    assert_eq!(b[0]["name"], "ToolSearch");
+    let search = json!({"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "ToolSearch", "input": {}}]});
+    let found = json!({"role": "user", "content": [
+        {"type": "tool_result", "tool_use_id": "t1", "content": [{"type": "tool_reference", "tool_name": "mcp__zwarm__delegate"}]},
+        {"type": "text", "text": "Tool loaded."}
+    ]});
+    let b = post(loaded.clone(), json!([prompt, search, found])).await;
+    assert_eq!(b[0]["name"], "mcp__zwarm__delegate");
+    let call = json!({"role": "assistant", "content": [{"type": "tool_use", "id": "t2", "name": "mcp__zwarm__delegate", "input": {}}]});
+    let result = json!({"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t2", "content": "{}"}]});
+    let b = post(loaded, json!([prompt, search, found, call, result])).await;
+    assert_eq!(b[0]["text"], "host done");
+}
+
 #[tokio::test]
 async fn anthropic_side_reply_json_errors_and_probes() {
     let mock = AnthropicMock::start(anthropic_script());

@@ -1,5 +1,7 @@
 //! Parser tests against REAL captured transcripts of `codex exec --json` (codex 0.169.0) and
-//! `claude -p --output-format stream-json --verbose` (Claude Code 2.1.197).
+//! `claude -p --output-format stream-json --verbose` (Claude Code 2.1.197). The `k_tool_errors_*`
+//! fixtures were captured with both the pinned and the newest CLIs (codex 0.169.0 and 0.171.0,
+//! Claude Code 2.1.197 and 2.1.332; scenario `toolerrors` of `tests/fixtures/scripts/*_keyed.json`).
 //!
 //! The fixtures in `tests/fixtures/{codex,claude}/` are verbatim captures (only absolute paths
 //! were replaced by `<workdir>`, `<home>`…; see shared/reference/fixtures/README.md). Every test
@@ -11,8 +13,8 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
 
 use serde_json::{Value, json};
-use zwarm::event::{ExecutorEvent, FileChange, PermissionDenial, Usage, UsageScope};
-use zwarm::executor::{Adapter, Parser};
+use zwarm::event::{ExecutorEvent, FileChange, PermissionDenial, ToolError, Usage, UsageScope};
+use zwarm::executor::{Adapter, Parser, parse_stderr_line};
 
 // ---------------------------------------------------------------------------------------------
 // helpers
@@ -156,6 +158,14 @@ fn claude_completed(input: u64, output: u64, cost: f64, final_text: &str) -> Exe
         cost_usd: Some(cost),
         final_text: Some(final_text.into()),
     }
+}
+
+fn tool_error(tool: &str, input: &str, message: &str) -> ExecutorEvent {
+    ExecutorEvent::ToolFailed(ToolError {
+        tool: tool.into(),
+        input: input.into(),
+        message: message.into(),
+    })
 }
 
 fn count(events: &[ExecutorEvent], pred: impl Fn(&ExecutorEvent) -> bool) -> usize {
@@ -441,6 +451,78 @@ fn codex_mcp_tool_call_structured() {
     );
 }
 
+/// A failed MCP call (`status: "failed"`, `error.message`) is a tool error. Captured with codex
+/// 0.169.0 as host of a server it had no approval for (shared/reference fixtures).
+#[test]
+fn codex_failed_mcp_call_is_a_tool_error() {
+    let events = codex("mcp_tool_call_no_approval.jsonl");
+    let msg = "MCP tool call requires approval, but approval policy is never";
+    assert!(
+        events.contains(&tool_error("mcp:zwarm/echo", r#"{"text":"ping-42"}"#, msg)),
+        "{events:#?}"
+    );
+    assert_eq!(
+        count(&events, |e| matches!(e, ExecutorEvent::ToolFailed(_))),
+        1
+    );
+}
+
+/// Codex in a read-only sandbox, scripted (`codex_keyed.json` scenario `toolerrors`) to write
+/// with a command, add a file with apply_patch, ask for an escalated command, and patch a
+/// missing file. `exec --json` reports none of it (the failed command's events are lost too, as
+/// EXECUTORS.md A.4 says they often are in read-only mode); codex logs the three refusals on
+/// stderr, the same in 0.169.0 and 0.171.0.
+#[test]
+fn codex_refused_commands_and_patches_come_from_stderr() {
+    for version in ["0.169.0", "0.171.0"] {
+        let events = codex(&format!("k_tool_errors_read_only_{version}.jsonl"));
+        assert_eq!(
+            count(&events, |e| matches!(
+                e,
+                ExecutorEvent::CommandStarted { .. }
+                    | ExecutorEvent::FilesChanged { .. }
+                    | ExecutorEvent::ToolFailed(_)
+            )),
+            0,
+            "{version}: {events:#?}"
+        );
+        let path = fixture_dir(Adapter::Codex)
+            .join(format!("k_tool_errors_read_only_{version}.stderr.txt"));
+        let stderr = std::fs::read_to_string(&path).unwrap();
+        let from_stderr: Vec<ExecutorEvent> = stderr
+            .lines()
+            .filter_map(|l| parse_stderr_line(Adapter::Codex, l))
+            .collect();
+        assert_eq!(
+            from_stderr,
+            vec![
+                tool_error(
+                    "apply_patch",
+                    "",
+                    "patch rejected: writing is blocked by read-only sandbox; rejected by user approval settings"
+                ),
+                tool_error(
+                    "exec_command",
+                    "",
+                    "approval policy is Never; reject command — you cannot ask for escalated permissions if the approval policy is Never"
+                ),
+                tool_error(
+                    "apply_patch",
+                    "",
+                    "apply_patch verification failed: Failed to read file to update <workdir>/nothere.py: No such file or directory (os error 2)"
+                ),
+            ],
+            "{version}"
+        );
+        // claude's stderr never carries events.
+        assert!(
+            stderr
+                .lines()
+                .all(|l| parse_stderr_line(Adapter::Claude, l).is_none())
+        );
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // claude -p --output-format stream-json --verbose
 
@@ -524,6 +606,9 @@ fn claude_permission_denied_bash() {
         vec![
             session("b06586c3-c217-497d-9704-f032ec21f683", Some(CLAUDE_MODEL)),
             cmd_started(id, cmd),
+            // Claude 2.1.197 does not say the error result is a denial until `result`: it is
+            // parsed as a tool error, and the session keeps it as the denial only (fold).
+            tool_error("Bash", cmd, blocked),
             // The command never ran: no exit code, not ok, the refusal as output.
             cmd_finished(id, cmd, None, blocked, false),
             message("bash done"),
@@ -546,6 +631,11 @@ fn claude_permission_denied_write_changes_no_file() {
         vec![
             session("b051b82f-5cdc-4b99-8318-63e11dcb7ba5", Some(CLAUDE_MODEL)),
             tool("toolu_000000000000000000000028", "Write", input.clone()),
+            tool_error(
+                "Write",
+                "<workdir>/w.txt",
+                "Claude requested permissions to write to <workdir>/w.txt, but you haven't granted it yet."
+            ),
             message("write done"),
             ExecutorEvent::PermissionDenied(PermissionDenial {
                 tool: "Write".into(),
@@ -815,4 +905,75 @@ fn malformed_known_events_do_not_panic() {
     for line in claude_lines {
         let _ = parser.parse_line(line);
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// tool errors inside a claude turn (`claude_keyed.json` scenario `toolerrors`, acceptEdits):
+// `sleep 61 && echo done`, a Read of a missing file, then `exit 3` (which acceptEdits denies).
+
+const BLOCKED_SLEEP: &str = "Blocked: sleep 61 followed by: echo done. To wait for a condition, use Monitor with an until-loop (e.g. `until <check>; do sleep 2; done`). To wait for a command you started, use run_in_background: true. Do not chain shorter sleeps to work around this block.";
+const MISSING_FILE: &str =
+    "File does not exist. Note: your current working directory is <workdir>.";
+
+/// Claude Code 2.1.332 refuses the long sleep inside the turn (not a permission denial: the
+/// result's `permission_denials` does not list it), and announces the real denial with a
+/// `system/permission_denied` line before its error result.
+#[test]
+fn claude_2_1_332_blocked_command_is_a_tool_error() {
+    let events = claude("k_tool_errors_2.1.332.jsonl");
+    let errors: Vec<&ExecutorEvent> = events
+        .iter()
+        .filter(|e| matches!(e, ExecutorEvent::ToolFailed(_)))
+        .collect();
+    assert_eq!(
+        errors,
+        vec![
+            &tool_error("Bash", "sleep 61 && echo done", BLOCKED_SLEEP),
+            &tool_error("Read", "<workdir>/missing.txt", MISSING_FILE),
+        ]
+    );
+    // The blocked command never ran: no exit code.
+    assert!(events.contains(&cmd_finished(
+        "toolu_000000000000000000000003",
+        "sleep 61 && echo done",
+        None,
+        &format!("<tool_use_error>{BLOCKED_SLEEP}</tool_use_error>"),
+        false
+    )));
+    assert!(
+        events.contains(&ExecutorEvent::PermissionDenied(PermissionDenial {
+            tool: "Bash".into(),
+            input: json!({"command": "exit 3", "description": "fail"}),
+        }))
+    );
+    assert!(matches!(
+        events.last(),
+        Some(ExecutorEvent::TurnCompleted { final_text: Some(t), .. }) if t == "tried three things"
+    ));
+}
+
+/// The same script under Claude Code 2.1.197: the sleep runs (61 s) and succeeds, the missing
+/// file is a tool error, and the denied `exit 3` is parsed as a tool error too (this version has
+/// no `system/permission_denied`); the session keeps that one as the denial only.
+#[test]
+fn claude_2_1_197_runs_the_sleep_and_reports_the_missing_file() {
+    let events = claude("k_tool_errors_2.1.197.jsonl");
+    let errors: Vec<&ExecutorEvent> = events
+        .iter()
+        .filter(|e| matches!(e, ExecutorEvent::ToolFailed(_)))
+        .collect();
+    assert_eq!(
+        errors,
+        vec![
+            &tool_error("Read", "<workdir>/missing.txt", MISSING_FILE),
+            &tool_error("Bash", "exit 3", "This command requires approval"),
+        ]
+    );
+    assert!(events.contains(&cmd_finished(
+        "toolu_000000000000000000000014",
+        "sleep 61 && echo done",
+        Some(0),
+        "done",
+        true
+    )));
 }

@@ -9,23 +9,36 @@
 //!   tools as an ordinary success with `permission_denials` — the exit code says little;
 //! * `result.usage` and `total_cost_usd` count only this invocation ([`UsageScope::Invocation`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
 
 use serde_json::Value;
 
 use super::TurnPlan;
-use crate::event::{ExecutorEvent, FileChange, PermissionDenial, Usage, UsageScope};
+use crate::event::{ExecutorEvent, FileChange, PermissionDenial, ToolError, Usage, UsageScope};
 
-/// `--permission-mode` values claude 2.1 accepts.
+/// `--permission-mode` values zwarm accepts in `claude.permission_mode`. `manual` is what newer
+/// Claude Code calls `default`; see [`cli_permission_mode`].
 pub const PERMISSION_MODES: &[&str] = &[
     "acceptEdits",
     "auto",
     "bypassPermissions",
     "default",
+    "manual",
     "dontAsk",
     "plan",
 ];
+
+/// The spelling of a permission mode that claude's `--permission-mode` accepts. Claude Code
+/// 2.1.197 knows only `default` (`manual` is refused: "argument 'manual' is invalid"); 2.1.332
+/// lists `manual` in `--help` but still accepts `default`, and reports either as
+/// `permissionMode: "default"`. So `manual` is passed as `default`, which every version takes.
+pub fn cli_permission_mode(mode: &str) -> &str {
+    match mode {
+        "manual" => "default",
+        other => other,
+    }
+}
 
 pub struct ClaudeSettings<'a> {
     pub permission_mode: &'a str,
@@ -42,7 +55,11 @@ pub fn build_args(plan: &TurnPlan, s: &ClaudeSettings) -> Vec<OsString> {
         "--output-format".into(),
         "stream-json".into(),
         "--verbose".into(),
-        format!("--permission-mode={}", s.permission_mode).into(),
+        format!(
+            "--permission-mode={}",
+            cli_permission_mode(s.permission_mode)
+        )
+        .into(),
     ];
     if let Some(m) = s.model {
         args.push(format!("--model={m}").into());
@@ -73,6 +90,9 @@ pub fn build_args(plan: &TurnPlan, s: &ClaudeSettings) -> Vec<OsString> {
 #[derive(Default)]
 pub struct ClaudeParser {
     pending: HashMap<String, PendingTool>,
+    /// Tool uses claude announced as denied (`system/permission_denied`, newer versions): their
+    /// error results are permission denials, reported from `result.permission_denials`.
+    denied: HashSet<String>,
 }
 
 struct PendingTool {
@@ -112,6 +132,12 @@ impl ClaudeParser {
                         .unwrap_or_default()
                 ),
             }],
+            ("system", "permission_denied") => {
+                if let Some(id) = v.get("tool_use_id").and_then(Value::as_str) {
+                    self.denied.insert(id.to_string());
+                }
+                other("system:permission_denied")
+            }
             ("assistant", _) => self.assistant(&v),
             ("user", _) => self.user(&v),
             ("result", _) => self.result(&v),
@@ -181,6 +207,12 @@ impl ClaudeParser {
             };
             let is_error = b.get("is_error").and_then(Value::as_bool).unwrap_or(false);
             let content = content_text(b.get("content"));
+            if is_error
+                && !self.denied.remove(&id)
+                && let Some(e) = tool_error(&tool, &content)
+            {
+                out.push(ExecutorEvent::ToolFailed(e));
+            }
             match tool.name.as_str() {
                 "Bash" => {
                     // A failed command's result starts with `Exit code N`; without that prefix
@@ -330,6 +362,27 @@ fn content_text(c: Option<&Value>) -> String {
     }
 }
 
+/// An error tool result as a [`ToolError`], or `None` when it is an ordinary failed command: a
+/// Bash command that ran and exited non-zero is reported with its exit code in `commands`. A
+/// command that never ran (blocked, refused) or was cut off (timed out) is a tool error, and so
+/// is any other tool's error result.
+fn tool_error(tool: &PendingTool, content: &str) -> Option<ToolError> {
+    let message = strip_tool_use_error(content);
+    if tool.name == "Bash" && parse_exit_code(message).is_some() && !message.contains("timed out") {
+        return None;
+    }
+    Some(ToolError::new(tool.name.clone(), &tool.input, message))
+}
+
+/// Claude wraps some tool errors in `<tool_use_error>…</tool_use_error>`.
+fn strip_tool_use_error(content: &str) -> &str {
+    let t = content.trim();
+    t.strip_prefix("<tool_use_error>")
+        .map(|r| r.strip_suffix("</tool_use_error>").unwrap_or(r))
+        .unwrap_or(t)
+        .trim()
+}
+
 /// Claude's failed Bash results start with `Exit code N`.
 fn parse_exit_code(content: &str) -> Option<i64> {
     let rest = content.trim_start().strip_prefix("Exit code ")?;
@@ -379,6 +432,55 @@ mod tests {
             !args.iter().any(|a| a.contains("not-a-flag")),
             "prompt in argv"
         );
+    }
+
+    #[test]
+    fn manual_is_passed_as_default_which_every_claude_accepts() {
+        assert_eq!(cli_permission_mode("manual"), "default");
+        for m in PERMISSION_MODES {
+            assert_ne!(cli_permission_mode(m), "manual", "{m}");
+        }
+        let plan = TurnPlan {
+            working_dir: "/w".into(),
+            prompt: "p".into(),
+            resume_id: None,
+        };
+        let args: Vec<String> = build_args(
+            &plan,
+            &ClaudeSettings {
+                permission_mode: "manual",
+                model: None,
+                max_turns: None,
+                allowed_tools: &[],
+                append_system_prompt: None,
+                extra_args: &[],
+            },
+        )
+        .into_iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+        assert!(args.contains(&"--permission-mode=default".to_string()));
+    }
+
+    #[test]
+    fn error_results_become_tool_errors_except_plain_exit_codes() {
+        let bash = |c: &str| PendingTool {
+            name: "Bash".into(),
+            input: serde_json::json!({"command": c}),
+        };
+        assert_eq!(tool_error(&bash("false"), "Exit code 1\n"), None);
+        let e = tool_error(
+            &bash("sleep 61"),
+            "Exit code 143\nCommand timed out after 2s",
+        )
+        .unwrap();
+        assert_eq!((e.tool.as_str(), e.input.as_str()), ("Bash", "sleep 61"));
+        let e = tool_error(
+            &bash("sleep 61"),
+            "<tool_use_error>Blocked: standalone sleep 61.</tool_use_error>",
+        )
+        .unwrap();
+        assert_eq!(e.message, "Blocked: standalone sleep 61.");
     }
 
     #[test]

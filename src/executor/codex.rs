@@ -18,7 +18,7 @@ use std::path::Path;
 use serde_json::Value;
 
 use super::TurnPlan;
-use crate::event::{ExecutorEvent, FileChange, Usage, UsageScope};
+use crate::event::{ExecutorEvent, FileChange, ToolError, Usage, UsageScope};
 
 /// Sandbox modes `codex exec -s` accepts.
 pub const SANDBOX_MODES: &[&str] = &["read-only", "workspace-write", "danger-full-access"];
@@ -139,19 +139,64 @@ fn parse_item(phase: &str, item: &Value) -> Vec<ExecutorEvent> {
         ("command_execution", "item.completed") => {
             let exit_code = item.get("exit_code").and_then(Value::as_i64);
             let status = str_field(item, "status");
-            vec![ExecutorEvent::CommandFinished {
+            let command = unwrap_shell(&str_field(item, "command"));
+            let output = str_field(item, "aggregated_output");
+            let mut out = Vec::new();
+            // Declined, or failed without running (no exit code): the command never ran, so
+            // the orchestrator hears it as a tool error. A non-zero exit is an ordinary failure.
+            if status == "declined" || (status == "failed" && exit_code.is_none()) {
+                let message = if output.trim().is_empty() {
+                    format!("the command was {status}")
+                } else {
+                    output.clone()
+                };
+                out.push(ExecutorEvent::ToolFailed(ToolError::new(
+                    "exec_command",
+                    &Value::String(command.clone()),
+                    &message,
+                )));
+            }
+            out.push(ExecutorEvent::CommandFinished {
                 id,
-                command: unwrap_shell(&str_field(item, "command")),
+                command,
                 exit_code,
-                output: str_field(item, "aggregated_output"),
+                output,
                 ok: status == "completed" && exit_code.unwrap_or(0) == 0,
-            }]
+            });
+            out
+        }
+        ("mcp_tool_call", "item.completed")
+            if item.get("status").and_then(Value::as_str) == Some("failed") =>
+        {
+            let message = item
+                .pointer("/error/message")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+                .or_else(|| item.pointer("/result/content").map(content_text))
+                .filter(|m| !m.trim().is_empty())
+                .unwrap_or_else(|| "the MCP tool call failed".into());
+            vec![ExecutorEvent::ToolFailed(ToolError::new(
+                format!(
+                    "mcp:{}/{}",
+                    str_field(item, "server"),
+                    str_field(item, "tool")
+                ),
+                item.get("arguments").unwrap_or(&Value::Null),
+                &message,
+            ))]
         }
         ("file_change", "item.completed") => {
             if item.get("status").and_then(Value::as_str) == Some("failed") {
-                return vec![ExecutorEvent::Warning {
-                    message: "a file change failed".into(),
-                }];
+                let paths: Vec<String> = item
+                    .get("changes")
+                    .and_then(Value::as_array)
+                    .map(|a| a.iter().map(|c| str_field(c, "path")).collect())
+                    .unwrap_or_default();
+                return vec![ExecutorEvent::ToolFailed(ToolError::new(
+                    "apply_patch",
+                    &Value::String(paths.join(" ")),
+                    "the patch failed",
+                ))];
             }
             let changes = item
                 .get("changes")
@@ -247,6 +292,46 @@ fn single_shell_word(s: &str) -> Option<String> {
     Some(out)
 }
 
+/// The text blocks of an MCP result's `content`.
+fn content_text(content: &Value) -> String {
+    match content {
+        Value::Array(a) => a
+            .iter()
+            .filter_map(|b| b.get("text").and_then(Value::as_str))
+            .collect::<Vec<_>>()
+            .join("\n"),
+        Value::String(s) => s.clone(),
+        _ => String::new(),
+    }
+}
+
+/// What codex's stderr says about a refused or failed tool call. `codex exec --json` emits no
+/// event at all for a command refused by the approval policy, a patch rejected by the sandbox
+/// or a patch that does not apply (0.169 and 0.171 alike); the model gets the refusal as the
+/// tool's output, and codex logs it on stderr as
+/// `<time> ERROR codex_core::tools::router: error=<message>`. The input is not in that line.
+pub fn parse_stderr_line(line: &str) -> Option<ExecutorEvent> {
+    const MARK: &str = " ERROR codex_core::tools::router: error=";
+    let message = line[line.find(MARK)? + MARK.len()..].trim();
+    if message.is_empty() {
+        return None;
+    }
+    let tool = if message.starts_with("patch rejected") || message.starts_with("apply_patch") {
+        "apply_patch".to_string()
+    } else if message.contains("reject command") || message.starts_with("exec_command") {
+        "exec_command".to_string()
+    } else if let Some(name) = message.strip_prefix("unsupported call: ") {
+        crate::text::one_line(name, 80)
+    } else {
+        "tool".to_string()
+    };
+    Some(ExecutorEvent::ToolFailed(ToolError::new(
+        tool,
+        &Value::Null,
+        message,
+    )))
+}
+
 fn parse_usage(u: &Value) -> Usage {
     let n = |k: &str| u.get(k).and_then(Value::as_u64).unwrap_or(0);
     Usage {
@@ -270,6 +355,42 @@ fn other(kind: &str) -> Vec<ExecutorEvent> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stderr_router_errors_are_tool_errors() {
+        // Verbatim lines from codex 0.169.0 and 0.171.0 (read-only sandbox, approval never).
+        let cases = [
+            (
+                "2026-12-01T07:17:02.781165Z ERROR codex_core::tools::router: error=patch rejected: writing is blocked by read-only sandbox; rejected by user approval settings",
+                "apply_patch",
+            ),
+            (
+                "2026-12-01T07:17:02.808151Z ERROR codex_core::tools::router: error=approval policy is Never; reject command — you cannot ask for escalated permissions if the approval policy is Never",
+                "exec_command",
+            ),
+            (
+                "2026-12-01T07:17:02.832756Z ERROR codex_core::tools::router: error=apply_patch verification failed: Failed to read file to update /w/nothere.py: No such file or directory (os error 2)",
+                "apply_patch",
+            ),
+        ];
+        for (line, tool) in cases {
+            match parse_stderr_line(line) {
+                Some(ExecutorEvent::ToolFailed(e)) => {
+                    assert_eq!(e.tool, tool, "{line}");
+                    assert!(line.ends_with(&e.message), "{e:?}");
+                    assert_eq!(e.input, "");
+                }
+                other => panic!("{line}: {other:?}"),
+            }
+        }
+        for line in [
+            "Reading additional input from stdin...",
+            "WARNING: proceeding, even though we could not create PATH aliases",
+            "2026-12-01T07:17:02Z ERROR codex_core::tools::router: error=",
+        ] {
+            assert_eq!(parse_stderr_line(line), None, "{line}");
+        }
+    }
 
     #[test]
     fn unwraps_login_shell() {

@@ -139,6 +139,16 @@ impl Parser {
     }
 }
 
+/// Events in one line of an executor's stderr: codex logs refused and failed tool calls there
+/// and nowhere in its JSON stream ([`codex::parse_stderr_line`]). Claude reports everything on
+/// stdout.
+pub fn parse_stderr_line(adapter: Adapter, line: &str) -> Option<ExecutorEvent> {
+    match adapter {
+        Adapter::Codex => codex::parse_stderr_line(line),
+        Adapter::Claude => None,
+    }
+}
+
 /// Build the process for one turn. `scratch` is a per-turn file path the executor may use
 /// (codex writes its last message there). The prompt goes to the process's stdin, never to
 /// argv. Checks the prompt ([`check_prompt`] with `max_task_bytes`) and the native id

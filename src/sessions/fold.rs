@@ -10,6 +10,8 @@ use crate::text;
 
 const OUTPUT_TAIL: usize = 2000;
 const MESSAGE_CAP: usize = 4000;
+/// Tool errors kept per turn (a looping executor cannot grow the record without bound).
+const TOOL_ERRORS_CAP: usize = 200;
 
 /// What the turn has come to so far.
 #[derive(Debug, Default, Clone)]
@@ -84,7 +86,25 @@ pub fn apply(s: &mut Session, index: u32, ev: &ExecutorEvent, outcome: &mut Outc
                     t.files_changed.push(c.clone());
                 }
             }
-            ExecutorEvent::PermissionDenied(d) => t.permission_denials.push(d.clone()),
+            ExecutorEvent::PermissionDenied(d) => {
+                // A denial also arrived as an error tool result: keep it as the denial only.
+                t.tool_errors.retain(|e| !e.is_denial(d));
+                t.permission_denials.push(d.clone());
+            }
+            ExecutorEvent::ToolFailed(e) => {
+                // The same refusal may be reported twice (codex: an event and its stderr log
+                // line, which has no input): keep the first.
+                let repeated = t
+                    .tool_errors
+                    .iter()
+                    .any(|x| x.message == e.message && (e.input.is_empty() || x.input == e.input));
+                if t.tool_errors.len() < TOOL_ERRORS_CAP
+                    && !repeated
+                    && !t.permission_denials.iter().any(|d| e.is_denial(d))
+                {
+                    t.tool_errors.push(e.clone());
+                }
+            }
             ExecutorEvent::Other { .. }
             | ExecutorEvent::TurnStarted
             | ExecutorEvent::Reasoning { .. } => significant = false,
@@ -271,6 +291,7 @@ mod tests {
                 files_changed: vec![],
                 permission_denials: vec![],
                 messages: vec![],
+                tool_errors: vec![],
             }],
             error: None,
             summary: None,
@@ -326,6 +347,45 @@ mod tests {
         assert_eq!(st, TurnStatus::Completed);
         assert_eq!(s.status, SessionStatus::Idle);
         assert_eq!(s.native_id.as_deref(), Some("th-1"));
+    }
+
+    #[test]
+    fn tool_errors_are_kept_apart_from_denials_and_not_repeated() {
+        use crate::event::{PermissionDenial, ToolError};
+        let mut s = session();
+        let mut o = Outcome::default();
+        let input = serde_json::json!({"command": "exit 3", "description": "fail"});
+        let denied = ToolError::new("Bash", &input, "This command requires approval");
+        let blocked = ToolError::new(
+            "Bash",
+            &serde_json::json!({"command": "sleep 61"}),
+            "Blocked: standalone sleep 61.",
+        );
+        for e in [&blocked, &denied, &blocked] {
+            apply(&mut s, 1, &ExecutorEvent::ToolFailed(e.clone()), &mut o);
+        }
+        assert_eq!(
+            s.turns[0].tool_errors,
+            vec![blocked.clone(), denied.clone()]
+        );
+        // claude lists the denial at the end of the turn: it is a denial, not a tool error.
+        let d = PermissionDenial {
+            tool: "Bash".into(),
+            input,
+        };
+        apply(&mut s, 1, &ExecutorEvent::PermissionDenied(d), &mut o);
+        assert_eq!(s.turns[0].tool_errors, vec![blocked.clone()]);
+        apply(&mut s, 1, &ExecutorEvent::ToolFailed(denied), &mut o);
+        assert_eq!(s.turns[0].tool_errors.len(), 1);
+        // The same refusal from codex's stderr (no input) after its event: kept once.
+        let no_input = ToolError::new("tool", &serde_json::Value::Null, &blocked.message);
+        apply(&mut s, 1, &ExecutorEvent::ToolFailed(no_input), &mut o);
+        assert_eq!(s.turns[0].tool_errors, vec![blocked]);
+        assert_eq!(
+            s.status,
+            SessionStatus::Running,
+            "a tool error does not end the turn"
+        );
     }
 
     #[test]

@@ -844,6 +844,7 @@ impl Manager {
                 files_changed: vec![],
                 permission_denials: vec![],
                 messages: vec![],
+                tool_errors: vec![],
             });
             l.session.status = session_status;
             l.session.error = None;

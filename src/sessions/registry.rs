@@ -115,6 +115,7 @@ impl Live {
             files_changed: t.files_changed.clone(),
             permission_denials: t.permission_denials.clone(),
             messages: t.messages.clone(),
+            tool_errors: t.tool_errors.clone(),
         };
         if from < t.commands.len() {
             w.push(Write::Commands {

@@ -227,6 +227,7 @@ pub(crate) async fn run(inner: Arc<Inner>, h: Arc<Handle>, index: u32, start: St
     tracing::info!(session = %id, turn = index, pid = ?pgid, program = %spec.program.display(), "executor started");
     let stderr_task = child.stderr.take().map(|mut err| {
         let sink = log.stderr_sink();
+        let mut events = StderrEvents::new(inner.clone(), h.clone(), index, adapter);
         tokio::spawn(async move {
             let mut tail: Vec<u8> = Vec::new();
             let mut buf = vec![0u8; 8192];
@@ -235,6 +236,7 @@ pub(crate) async fn run(inner: Arc<Inner>, h: Arc<Handle>, index: u32, start: St
                     Ok(0) | Err(_) => break,
                     Ok(n) => {
                         sink.write(&buf[..n]);
+                        events.feed(&buf[..n]);
                         tail.extend_from_slice(&buf[..n]);
                         if tail.len() > STDERR_TAIL * 2 {
                             tail.drain(..tail.len() - STDERR_TAIL);
@@ -370,6 +372,55 @@ pub(crate) async fn run(inner: Arc<Inner>, h: Arc<Handle>, index: u32, start: St
         ));
     }
     finish(&inner, &h, index, outcome, last_message).await;
+}
+
+/// Events an executor reports on stderr ([`executor::parse_stderr_line`]), applied as the
+/// lines arrive. Lines are bounded; a longer one is cut.
+struct StderrEvents {
+    inner: Arc<Inner>,
+    h: Arc<Handle>,
+    index: u32,
+    adapter: crate::model::Adapter,
+    line: Vec<u8>,
+}
+
+impl StderrEvents {
+    const MAX_LINE: usize = 64 * 1024;
+
+    fn new(inner: Arc<Inner>, h: Arc<Handle>, index: u32, adapter: crate::model::Adapter) -> Self {
+        StderrEvents {
+            inner,
+            h,
+            index,
+            adapter,
+            line: Vec::new(),
+        }
+    }
+
+    fn feed(&mut self, mut bytes: &[u8]) {
+        while let Some(nl) = bytes.iter().position(|b| *b == b'\n') {
+            self.push(&bytes[..nl]);
+            let line = String::from_utf8_lossy(&self.line).into_owned();
+            self.line.clear();
+            if let Some(ev) = executor::parse_stderr_line(self.adapter, &line) {
+                // Tool errors only: nothing here decides how the turn ends.
+                apply(
+                    &self.inner,
+                    &self.h,
+                    self.index,
+                    ev,
+                    &mut Outcome::default(),
+                );
+            }
+            bytes = &bytes[nl + 1..];
+        }
+        self.push(bytes);
+    }
+
+    fn push(&mut self, bytes: &[u8]) {
+        let room = Self::MAX_LINE.saturating_sub(self.line.len());
+        self.line.extend_from_slice(&bytes[..bytes.len().min(room)]);
+    }
 }
 
 /// Apply one executor event: fold it into the session, run the per-event watchers, tell

@@ -16,9 +16,19 @@ use tempfile::TempDir;
 use super::mock_anthropic::AnthropicMock;
 use super::mock_openai::OpenAiMock;
 
-/// Find a pinned CLI: on PATH, or in `.tools/` where `.ci/run` installs it. Missing is a
-/// failure, never a skip.
+/// Find a CLI: in `ZWARM_TEST_CLI_DIR` when set (`.ci/run` points it at `.tools-latest/` for
+/// the pass against the newest CLIs), else on PATH, or in `.tools/` where `.ci/install-clis`
+/// puts the pinned ones. Missing is a failure, never a skip.
 pub fn cli_dir(name: &str) -> PathBuf {
+    if let Some(dir) = std::env::var_os("ZWARM_TEST_CLI_DIR").filter(|d| !d.is_empty()) {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
+        assert!(
+            dir.join(name).exists(),
+            "`{name}` not found in ZWARM_TEST_CLI_DIR={}: run `bash .ci/install-clis`",
+            dir.display()
+        );
+        return dir;
+    }
     if let Ok(p) = which::which(name) {
         return p.parent().map(Path::to_path_buf).unwrap_or_default();
     }

@@ -16,7 +16,13 @@
 //! STEP keys (all optional): `content` (`{"text"}`, `{"thinking"}`, `{"tool_use":{name, input,
 //! id?}}`, `{"raw"}`), `stop_reason`, `usage` (merged into the defaults), `status` / `error_type` /
 //! `error_message` / `headers` (non-200 → JSON error), `delay_s` (before the headers), `stall_s`
-//! (after `message_start`), `stream_error` (SSE `error` event, no `message_stop`).
+//! (after `message_start`), `stream_error` (SSE `error` event, no `message_stop`), `if_tool`
+//! (keyed mode: the step exists only when the request offers a tool of that name).
+//!
+//! Deferred tools: newer Claude Code (2.1.328 and later) offers MCP tools behind `ToolSearch`.
+//! A model fetches their schemas first (`ToolSearch` with `select:<names>`); Claude answers with
+//! a `tool_reference` result and a "Tool loaded." text, which is not a new prompt. A scenario
+//! written for both old and new Claude Code starts with a `{"if_tool": "ToolSearch", …}` step.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -364,7 +370,9 @@ fn prompt_texts(content: Option<&Value>) -> Vec<String> {
             .map(|b| b.get("text").and_then(Value::as_str).unwrap_or(""))
             .filter(|t| {
                 let t = t.trim_start();
-                !t.starts_with("<system-reminder>") && !t.starts_with("[Request interrupted")
+                !t.starts_with("<system-reminder>")
+                    && !t.starts_with("[Request interrupted")
+                    && t.trim_end() != "Tool loaded."
             })
             .map(str::to_string)
             .collect(),
@@ -425,8 +433,19 @@ fn pick_step(state: &mut MockState, req: &Value) -> Value {
         let (text, n) = prompt_and_step_index(msgs);
         let steps = scenario_key(&text).and_then(|k| sc.get("scenarios")?.get(k));
         if let Some(steps) = steps {
-            let steps = steps.as_array().map(Vec::as_slice).unwrap_or(&[]);
-            return match steps.get(n) {
+            let offered = |name: &Value| {
+                req.get("tools")
+                    .and_then(Value::as_array)
+                    .is_some_and(|tools| tools.iter().any(|t| t.get("name") == Some(name)))
+            };
+            let steps: Vec<&Value> = steps
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or(&[])
+                .iter()
+                .filter(|st| st.get("if_tool").is_none_or(offered))
+                .collect();
+            return match steps.get(n).map(|st| (*st).clone()) {
                 Some(st) => st.clone(),
                 None => default_step(sc),
             };

@@ -282,6 +282,7 @@ mod tests {
             recent: Default::default(),
             watcher_notes: vec![],
             aborted: None,
+            isolation: None,
         }
     }
 

@@ -43,6 +43,7 @@ pub const INSTRUCTIONS: &str = "zwarm runs coding agents (codex, claude) for you
 2. If status is running, call check_session(session_id, wait_seconds) until it is idle or failed. Never re-delegate a running task.\n\
 3. Verify the result yourself (tests, diffs); use converse(session_id, message) to correct or continue in the same thread.\n\
 4. end_session(session_id, verdict, summary) when done: completed, failed or cancelled (cancelled stops a running turn).\n\
+Parallel work in one git repository: delegate each part with isolation=\"worktree\" (a worktree and branch per session), wait on several with check_session(session_ids, wait=\"any\"), review each `diff`, then end_session(…, integrate=\"merge\") one at a time.\n\
 list_sessions shows everything, including sessions from earlier runs. Every result has next_step: follow it.";
 
 #[derive(Clone)]

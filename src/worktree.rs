@@ -24,6 +24,8 @@ use serde::Serialize;
 
 /// Longest a git command may take before it is stopped.
 pub const GIT_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest `git worktree add` may take (it checks out the whole tree).
+pub const ADD_TIMEOUT: Duration = Duration::from_secs(300);
 /// Most output kept from one git command (a whole diff for the diff resource).
 pub const MAX_OUTPUT: usize = 64 * 1024 * 1024;
 /// Most files and commits listed in a diff summary (the totals count all of them).
@@ -269,26 +271,24 @@ pub fn branch_exists(repo: &Path, branch: &str) -> Result<bool, GitError> {
     Ok(run(repo, &["show-ref", "--verify", "--quiet", &r], GIT_TIMEOUT)?.success())
 }
 
-/// `git worktree add -b <branch> <path> <base>`.
+/// `git worktree add -b <branch> <path> <base>`. When it fails, whatever it made (a partial
+/// checkout, the branch) is removed again.
 pub fn add(repo: &Path, path: &Path, branch: &str, base: &str) -> Result<(), GitError> {
     let p = path.display().to_string();
-    run_ok(
+    let r = run_ok(
         repo,
         &["worktree", "add", "--quiet", "-b", branch, &p, base],
-        GIT_TIMEOUT,
-    )
-    .map(drop)
-}
-
-/// `git worktree add <path> <branch>` (an existing branch, e.g. to bring a worktree back).
-pub fn add_existing(repo: &Path, path: &Path, branch: &str) -> Result<(), GitError> {
-    let p = path.display().to_string();
-    run_ok(
-        repo,
-        &["worktree", "add", "--quiet", &p, branch],
-        GIT_TIMEOUT,
-    )
-    .map(drop)
+        ADD_TIMEOUT,
+    );
+    if r.is_err() {
+        let _ = remove(repo, path);
+        if path.exists() {
+            let _ = std::fs::remove_dir_all(path);
+            let _ = prune(repo);
+        }
+        let _ = delete_branch(repo, branch);
+    }
+    r.map(drop)
 }
 
 /// Remove a worktree (with whatever it holds) and its administrative files. A worktree whose

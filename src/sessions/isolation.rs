@@ -85,6 +85,27 @@ fn git_err(what: &str, e: GitError) -> ManagerError {
     ManagerError::Git(format!("{what}: {e}"))
 }
 
+/// A stored isolation record is read from disk, so it is checked before zwarm acts on it: the
+/// worktree must be `<state>/worktrees/<session id>` and the branch `zwarm/<id8>`.
+fn check_record(state: &Path, id: &str, iso: &Isolation) -> Result<(), String> {
+    let root = worktrees_dir(state);
+    let root = std::fs::canonicalize(&root).unwrap_or(root);
+    let wt = Path::new(&iso.worktree);
+    let branch = format!("zwarm/{}", id.get(..8).unwrap_or(id));
+    if wt.parent() != Some(root.as_path())
+        || wt.file_name().and_then(|n| n.to_str()) != Some(id)
+        || iso.branch != branch
+        || !crate::worktree::valid_rev(&iso.base)
+    {
+        return Err(format!(
+            "the session's stored worktree record (worktree `{}`, branch `{}`) is not one zwarm made; zwarm does not act on it",
+            crate::text::one_line(&iso.worktree, 200),
+            crate::text::one_line(&iso.branch, 100)
+        ));
+    }
+    Ok(())
+}
+
 impl Manager {
     /// Make a session's worktree when `isolation` (or the config's default) says so. Returns
     /// the isolation record and the directory the session's turns run in.
@@ -225,6 +246,7 @@ impl Manager {
         if status.is_final() {
             return Ok(()); // "has ended" says it better
         }
+        check_record(self.inner.store.root(), &h.id, &iso).map_err(ManagerError::Git)?;
         if iso.state != WorktreeState::Active {
             return Err(ManagerError::WorktreeRemoved {
                 id: h.id.clone(),
@@ -287,6 +309,7 @@ impl Manager {
                 status: status.as_str(),
             });
         }
+        check_record(self.inner.store.root(), &h.id, &iso).map_err(ManagerError::Git)?;
         // Verdict failed is not final (converse may retry): without an explicit `integrate`,
         // the worktree stays for that.
         let how = match how {
@@ -555,6 +578,9 @@ impl Manager {
     /// What a worktree session changed versus its base (check_session's `diff`).
     pub async fn diff_stat(&self, s: &Session) -> Option<Result<worktree::DiffStat, String>> {
         let iso = s.isolation.clone()?;
+        if let Err(e) = check_record(self.inner.store.root(), &s.id, &iso) {
+            return Some(Err(e));
+        }
         let uri = format!("{}/diff", crate::tools::session_uri(&s.id));
         Some(
             blocking(move || {
@@ -585,6 +611,7 @@ impl Manager {
                 integrate: "diff",
             });
         };
+        check_record(self.inner.store.root(), &s.id, &iso).map_err(ManagerError::Git)?;
         blocking(move || {
             let repo = PathBuf::from(&iso.repo);
             let wt = PathBuf::from(&iso.worktree);
@@ -613,6 +640,9 @@ impl Manager {
             let cwd = m.inner.cwd.clone();
             let Some(found) = blocking(move || {
                 let mut repos: Vec<PathBuf> = Vec::new();
+                if !root.is_dir() {
+                    return Vec::new(); // this state dir never had a worktree
+                }
                 if let Ok(Some(r)) = worktree::toplevel(&cwd) {
                     repos.push(r);
                 }
@@ -815,6 +845,7 @@ pub(super) async fn commit_turn(inner: &Arc<Inner>, h: &Arc<Handle>, index: u32)
 /// which must still be under the state dir. Blocking.
 pub(super) fn check_turn_dir(
     inner: &Inner,
+    id: &str,
     iso: &Isolation,
     working_dir: &str,
 ) -> Result<PathBuf, String> {
@@ -826,6 +857,7 @@ pub(super) fn check_turn_dir(
             iso.branch
         ));
     }
+    check_record(inner.store.root(), id, iso)?;
     let wt = Path::new(&iso.worktree);
     if !wt.join(".git").exists() {
         return Err(format!(
@@ -844,4 +876,45 @@ pub(super) fn check_turn_dir(
         ));
     }
     Ok(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn iso(worktree: &str, branch: &str) -> Isolation {
+        Isolation {
+            branch: branch.into(),
+            base_ref: "HEAD".into(),
+            base: "0123456789abcdef0123456789abcdef01234567".into(),
+            worktree: worktree.into(),
+            project_dir: "/p".into(),
+            repo: "/p".into(),
+            state: WorktreeState::Active,
+            merged_commit: None,
+        }
+    }
+
+    #[test]
+    fn only_records_zwarm_made_are_acted_on() {
+        let state = Path::new("/nonexistent-zwarm-state");
+        let id = "6883c685-0000-4000-8000-000000000001";
+        let wt = format!("/nonexistent-zwarm-state/worktrees/{id}");
+        assert!(check_record(state, id, &iso(&wt, "zwarm/6883c685")).is_ok());
+        // Another place, another session's directory, another branch: refused.
+        for (w, b) in [
+            ("/home/me/src/project", "zwarm/6883c685"),
+            (
+                "/nonexistent-zwarm-state/worktrees/6883c685-0000-4000-8000-000000000002",
+                "zwarm/6883c685",
+            ),
+            (
+                &format!("/nonexistent-zwarm-state/worktrees/{id}/.."),
+                "zwarm/6883c685",
+            ),
+            (wt.as_str(), "main"),
+        ] {
+            assert!(check_record(state, id, &iso(w, b)).is_err(), "{w} {b}");
+        }
+    }
 }

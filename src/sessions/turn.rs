@@ -162,7 +162,7 @@ pub(crate) async fn run(inner: Arc<Inner>, h: Arc<Handle>, index: u32, start: St
         tokio::task::spawn_blocking(move || -> Result<_, String> {
             let dir = match &isolation {
                 // A worktree session runs in its worktree, or not at all.
-                Some(iso) => super::isolation::check_turn_dir(&inner, iso, &working_dir)?,
+                Some(iso) => super::isolation::check_turn_dir(&inner, &id, iso, &working_dir)?,
                 None => inner.check_dir(Some(&working_dir)).map_err(|e| {
                     format!("the session's working_dir can no longer be used: {e}")
                 })?,

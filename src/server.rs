@@ -158,6 +158,15 @@ impl ZwarmServer {
     }
 
     async fn normalize_uri(&self, uri: &str) -> String {
+        if let Some(id) = uri
+            .strip_prefix("zwarm://sessions/")
+            .and_then(|r| r.strip_suffix("/diff"))
+        {
+            return match self.manager.resolve(id).await {
+                Ok(full) => format!("{}/diff", session_uri(&full)),
+                Err(_) => uri.to_string(),
+            };
+        }
         match uri.strip_prefix("zwarm://sessions/") {
             Some(id) => match self.manager.resolve(id).await {
                 Ok(full) => session_uri(&full),

@@ -266,6 +266,15 @@ async fn two_sessions_edit_one_file_merge_conflict_resolve_and_discard() {
     let cb = z.ok("check_session", json!({"session_id": idb})).await;
     assert_eq!(cb["status"], "idle", "{cb}");
 
+    // Subscribers to the diff (by a prefix of the id) hear when it changes.
+    #[allow(deprecated)]
+    z.client
+        .subscribe(rmcp::model::SubscribeRequestParams::new(format!(
+            "zwarm://sessions/{}/diff",
+            &idb[..8]
+        )))
+        .await
+        .unwrap();
     // Conversing resolves it: the executor merges main and writes the resolution; zwarm's
     // turn-end commit concludes the merge on the session's branch.
     let r = z
@@ -277,6 +286,17 @@ async fn two_sessions_edit_one_file_merge_conflict_resolve_and_discard() {
     assert_eq!(r["status"], "idle", "{r}");
     assert_eq!(r["commands"][0]["exit_code"], 0, "no markers seen: {r}");
     assert_eq!(read(wtb.join("shared.txt")), RESOLVED);
+    let diff_uri = format!("zwarm://sessions/{idb}/diff");
+    for _ in 0..50 {
+        if z.recorder.updated.lock().unwrap().contains(&diff_uri) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        z.recorder.updated.lock().unwrap().contains(&diff_uri),
+        "no update for {diff_uri}"
+    );
     let parents = git(&work, &["log", "-1", "--format=%P", s(&b["branch"])]);
     assert_eq!(
         parents.split_whitespace().count(),

@@ -52,7 +52,7 @@ fn codex_env() -> (OpenAiMock, Env) {
         json!({"items": [{"custom_tool_call": {"name": "apply_patch", "input": "*** Begin Patch\n*** Add File: notes.md\n+# notes\n+two\n*** End Patch\n"}}]}),
         say("added notes")
     ]);
-    sc["slow"] = json!([{"delay_s": 6, "items": [{"message": "slow done"}]}]);
+    sc["slow"] = json!([{"delay_s": 10, "items": [{"message": "slow done"}]}]);
     // Writes a file, then the model stalls (the server is killed meanwhile).
     sc["writestall"] = json!([
         json!({"items": [{"custom_tool_call": {"name": "apply_patch", "input": "*** Begin Patch\n*** Add File: half.txt\n+half done\n*** End Patch\n"}}]}),
@@ -374,18 +374,12 @@ async fn wait_any_returns_when_the_fast_session_finishes_then_all() {
         )
         .await;
     let (ids, idf) = (s(&slow["session_id"]), s(&fast["session_id"]));
-    let started = std::time::Instant::now();
     let r = z
         .ok(
             "check_session",
             json!({"session_ids": [ids, idf], "wait": "any", "wait_seconds": 60}),
         )
         .await;
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "wait any took {:?}",
-        started.elapsed()
-    );
     assert_eq!(r["finished"], json!([idf]), "{r}");
     let sessions = r["sessions"].as_array().unwrap();
     assert_eq!(sessions.len(), 2);

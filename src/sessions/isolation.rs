@@ -236,6 +236,16 @@ impl Manager {
         }
     }
 
+    /// [`check_record`] off the async workers (it resolves paths on disk).
+    async fn checked(&self, id: &str, iso: &Isolation) -> Result<(), ManagerError> {
+        let state = self.inner.store.root().to_path_buf();
+        let (id, iso) = (id.to_string(), iso.clone());
+        blocking(move || check_record(&state, &id, &iso))
+            .await
+            .ok_or(ManagerError::ShuttingDown)?
+            .map_err(ManagerError::Git)
+    }
+
     /// Refuse a turn of a worktree session whose worktree is gone (it never runs elsewhere).
     pub(super) async fn worktree_ready(&self, h: &Arc<Handle>) -> Result<(), ManagerError> {
         let (iso, status) = {
@@ -246,7 +256,7 @@ impl Manager {
         if status.is_final() {
             return Ok(()); // "has ended" says it better
         }
-        check_record(self.inner.store.root(), &h.id, &iso).map_err(ManagerError::Git)?;
+        self.checked(&h.id, &iso).await?;
         if iso.state != WorktreeState::Active {
             return Err(ManagerError::WorktreeRemoved {
                 id: h.id.clone(),
@@ -309,7 +319,7 @@ impl Manager {
                 status: status.as_str(),
             });
         }
-        check_record(self.inner.store.root(), &h.id, &iso).map_err(ManagerError::Git)?;
+        self.checked(&h.id, &iso).await?;
         // Verdict failed is not final (converse may retry): without an explicit `integrate`,
         // the worktree stays for that.
         let how = match how {
@@ -578,12 +588,12 @@ impl Manager {
     /// What a worktree session changed versus its base (check_session's `diff`).
     pub async fn diff_stat(&self, s: &Session) -> Option<Result<worktree::DiffStat, String>> {
         let iso = s.isolation.clone()?;
-        if let Err(e) = check_record(self.inner.store.root(), &s.id, &iso) {
-            return Some(Err(e));
-        }
         let uri = format!("{}/diff", crate::tools::session_uri(&s.id));
+        let state = self.inner.store.root().to_path_buf();
+        let id = s.id.clone();
         Some(
             blocking(move || {
+                check_record(&state, &id, &iso)?;
                 let repo = PathBuf::from(&iso.repo);
                 let wt = PathBuf::from(&iso.worktree);
                 let wt =
@@ -611,8 +621,9 @@ impl Manager {
                 integrate: "diff",
             });
         };
-        check_record(self.inner.store.root(), &s.id, &iso).map_err(ManagerError::Git)?;
+        let state = self.inner.store.root().to_path_buf();
         blocking(move || {
+            check_record(&state, &s.id, &iso).map_err(ManagerError::Git)?;
             let repo = PathBuf::from(&iso.repo);
             let wt = PathBuf::from(&iso.worktree);
             let wt = (iso.state == WorktreeState::Active && wt.join(".git").exists()).then_some(wt);

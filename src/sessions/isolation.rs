@@ -85,13 +85,18 @@ fn git_err(what: &str, e: GitError) -> ManagerError {
     ManagerError::Git(format!("{what}: {e}"))
 }
 
+/// The first 8 characters of a session id (branch names, commit messages).
+fn id8(id: &str) -> &str {
+    id.get(..8).unwrap_or(id)
+}
+
 /// A stored isolation record is read from disk, so it is checked before zwarm acts on it: the
 /// worktree must be `<state>/worktrees/<session id>` and the branch `zwarm/<id8>`.
 fn check_record(state: &Path, id: &str, iso: &Isolation) -> Result<(), String> {
     let root = worktrees_dir(state);
     let root = std::fs::canonicalize(&root).unwrap_or(root);
     let wt = Path::new(&iso.worktree);
-    let branch = format!("zwarm/{}", id.get(..8).unwrap_or(id));
+    let branch = format!("zwarm/{}", id8(id));
     if wt.parent() != Some(root.as_path())
         || wt.file_name().and_then(|n| n.to_str()) != Some(id)
         || iso.branch != branch
@@ -174,7 +179,7 @@ impl Manager {
             if existing >= max {
                 return Err(ManagerError::TooManyWorktrees { n: existing, max });
             }
-            let branch = format!("zwarm/{}", &id[..8]);
+            let branch = format!("zwarm/{}", id8(&id));
             if worktree::branch_exists(&repo, &branch)
                 .map_err(|e| git_err("cannot list branches", e))?
             {
@@ -411,7 +416,7 @@ impl Manager {
             h: h.clone(),
             armed: true,
         };
-        let id8 = h.id[..8].to_string();
+        let id8 = id8(&h.id).to_string();
         let sid = h.id.clone();
         let iso2 = iso.clone();
         let res = blocking(move || -> Result<worktree::Merged, String> {
@@ -517,7 +522,7 @@ impl Manager {
         how: Integrate,
     ) -> Result<WorktreeState, String> {
         let iso2 = iso.clone();
-        let id8 = h.id[..8].to_string();
+        let id8 = id8(&h.id).to_string();
         let sid = h.id.clone();
         let r = blocking(move || -> Result<WorktreeState, String> {
             let _admin = GIT_ADMIN.lock();
@@ -790,7 +795,7 @@ pub(super) async fn commit_turn(inner: &Arc<Inner>, h: &Arc<Handle>, index: u32)
     let first = prompt.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
     let message = format!(
         "zwarm {} turn {index}: {}\n\nsession {}, turn {index}",
-        &h.id[..8],
+        id8(&h.id),
         crate::text::one_line(first.trim(), 60),
         h.id
     );

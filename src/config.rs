@@ -60,6 +60,13 @@ pub struct Config {
     pub containment: String,
     /// Where turn cgroups are created (default: a `zwarm` cgroup next to zwarm's own).
     pub cgroup_parent: Option<PathBuf>,
+    /// Default `isolation` of `delegate`: `none` (work in the project) or `worktree` (a git
+    /// worktree and branch per session).
+    pub isolation: String,
+    /// Commit what changed in a session's worktree at the end of every turn.
+    pub worktree_commit_turns: bool,
+    /// Most session worktrees at once; `delegate` with isolation refuses more.
+    pub max_worktrees: usize,
     pub codex: CodexConfig,
     pub claude: ClaudeConfig,
     /// Guardrails (see `crate::watch`).
@@ -134,6 +141,9 @@ impl Default for Config {
             max_task_bytes: DEFAULT_MAX_TASK_BYTES,
             containment: "auto".into(),
             cgroup_parent: None,
+            isolation: "none".into(),
+            worktree_commit_turns: true,
+            max_worktrees: 32,
             codex: CodexConfig::default(),
             claude: ClaudeConfig::default(),
             watchers: Default::default(),
@@ -195,6 +205,9 @@ const KEYS: &[(&str, Kind)] = &[
     ("max_task_bytes", Kind::Int),
     ("containment", Kind::Str),
     ("cgroup_parent", Kind::Str),
+    ("isolation", Kind::Str),
+    ("worktree_commit_turns", Kind::Bool),
+    ("max_worktrees", Kind::Int),
     ("codex.binary", Kind::Str),
     ("codex.model", Kind::Str),
     ("codex.sandbox", Kind::Str),
@@ -667,6 +680,17 @@ fn validate(cfg: &Config) -> Result<(), ConfigError> {
             "containment is `{}`; use `auto` (a cgroup per turn where possible) or `process-group`",
             cfg.containment
         )));
+    }
+    if !matches!(cfg.isolation.as_str(), "none" | "worktree") {
+        return Err(ConfigError::Invalid(format!(
+            "isolation is `{}`; use `none` (sessions work in the project) or `worktree` (a git worktree per session)",
+            cfg.isolation
+        )));
+    }
+    if cfg.max_worktrees > 4096 {
+        return Err(ConfigError::Invalid(
+            "max_worktrees must be at most 4096".into(),
+        ));
     }
     if cfg.list_page_size == 0 {
         return Err(ConfigError::Invalid(

@@ -232,6 +232,58 @@ pub struct Session {
     /// A watcher stopped this session (its reason): it takes no more turns.
     #[serde(default)]
     pub aborted: Option<String>,
+    /// The session's own git worktree and branch (`isolation: "worktree"`); `None` when it
+    /// works in the project directly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub isolation: Option<Isolation>,
+}
+
+/// A session isolated in a git worktree of its own, on a branch of its own.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Isolation {
+    /// `zwarm/<first 8 characters of the session id>`.
+    pub branch: String,
+    /// The ref the branch was made from, as given (`HEAD` by default).
+    pub base_ref: String,
+    /// The commit `base_ref` named then.
+    pub base: String,
+    /// The worktree's path (under the state dir).
+    pub worktree: String,
+    /// The directory the session was asked to work in (in the project checkout).
+    pub project_dir: String,
+    /// The top of the project checkout (`git rev-parse --show-toplevel` of `project_dir`).
+    pub repo: String,
+    /// What has become of the worktree and branch.
+    #[serde(default)]
+    pub state: WorktreeState,
+    /// The commit the project's branch points to after `integrate: "merge"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub merged_commit: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum WorktreeState {
+    /// The worktree exists; turns run there.
+    #[default]
+    Active,
+    /// Merged into the project's branch; the worktree was removed, the branch kept.
+    Merged,
+    /// The worktree was removed and the branch kept.
+    Kept,
+    /// The worktree and the branch were removed.
+    Discarded,
+}
+
+impl WorktreeState {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            WorktreeState::Active => "active",
+            WorktreeState::Merged => "merged",
+            WorktreeState::Kept => "kept",
+            WorktreeState::Discarded => "discarded",
+        }
+    }
 }
 
 impl Session {

@@ -12,15 +12,15 @@ pub fn orchestrate(task: &str) -> String {
 {task}
 
 # Tools
-- delegate(task, mode?, adapter?, model?, working_dir?, wait_seconds?) starts a session with an executor ("codex" by default, or "claude") and gives it its first task. It returns a session_id.
+- delegate(task, mode?, adapter?, model?, working_dir?, wait_seconds?, isolation?, base?) starts a session with an executor ("codex" by default, or "claude") and gives it its first task. It returns a session_id. With isolation "worktree" the session works in a git worktree of its own, on a new branch made from base (default: the project's current HEAD).
 - converse(session_id, message) continues the same session: the executor remembers everything it did.
-- check_session(session_id, wait_seconds?) reports status, every turn's answer, commands run, files changed, usage and cost. With wait_seconds it first waits for a running turn.
-- end_session(session_id, verdict, summary) closes a session as completed, failed or cancelled. Cancelled also stops a running turn and its processes.
+- check_session(session_id, wait_seconds?) reports status, every turn's answer, commands run, files changed, usage and cost. With wait_seconds it first waits for a running turn. For a worktree session it also reports `diff`: the files its branch changed (lines added/removed) and its commits. check_session(session_ids=[…], wait="any"|"all", wait_seconds) waits on several sessions at once and lists the ones that finished under `finished`.
+- end_session(session_id, verdict, summary, integrate?) closes a session as completed, failed or cancelled. Cancelled also stops a running turn and its processes. For a worktree session, integrate "merge" merges its branch into the project's checked-out branch, "keep" (default) keeps the branch, "discard" throws it away.
 - list_sessions(status?) shows every session, including ones from earlier runs, so you can pick up where things stopped.
 Every result has a next_step field. Read it and follow it.
 
 # How to work
-1. Plan first. Split the goal into pieces that one agent can finish and that you can check on their own: a module, a bug with a reproduction, a test suite. Decide the order. Pieces that touch different files can run at the same time; pieces that touch the same files must not.
+1. Plan first. Split the goal into pieces that one agent can finish and that you can check on their own: a module, a bug with a reproduction, a test suite. Decide the order. Pieces that touch different files can run at the same time; pieces that may touch the same files must not, unless each runs in its own worktree (see "Parallel work" below).
 2. Write each delegation as a work order:
    - the context the agent needs (files, interfaces, constraints), because it starts knowing nothing about your plan;
    - exactly what to change;
@@ -44,6 +44,15 @@ Every result has a next_step field. Read it and follow it.
    - "cancelled" for work you no longer need.
 7. Keep your own context small. Responses longer than the limit come back cut in the middle, with a transcript_uri. Read that resource only when you need the details.
 
+# Parallel work in one repository (isolation "worktree")
+Agents working in one checkout at once overwrite each other's files. Give each its own worktree instead:
+1. Split the work into parts, then delegate each part with mode "async" and isolation "worktree". Each session gets its own branch (zwarm/<id>); the project's checkout is not touched while they work, and every turn is committed to the session's branch.
+2. Wait on all of them with one call: check_session(session_ids=[…], wait="any", wait_seconds=…). It returns when one finishes; review that one while the others keep running, then wait again on the rest (or wait="all").
+3. Review each branch before you accept it: the `diff` in check_session (files with added/removed lines, the commits), or the resource zwarm://sessions/<id>/diff for the whole unified diff. Converse to fix what is wrong.
+4. Merge one session at a time: end_session(session_id, verdict "completed", integrate "merge"). A clean merge fast-forwards (or makes a merge commit) and answers merged: true with the commit.
+5. A merge that conflicts, or that would touch files with uncommitted changes in the project, is refused and changes nothing in the project; the session stays open. For conflicts, zwarm merges the project's branch into the session's worktree with conflict markers: converse with that session ("resolve the merge conflicts in shared.txt, keeping both changes; run the tests"), then end_session with integrate "merge" again. For uncommitted changes, ask the user to commit or stash them first.
+6. Work you do not want: end_session with integrate "discard" (removes the worktree and the branch). integrate "keep" removes the worktree but keeps the branch for later.
+
 When the goal is met and verified, report to the user:
 - what was done, per session;
 - how you verified it;
@@ -63,6 +72,22 @@ mod tests {
             "check_session",
             "end_session",
             "list_sessions",
+        ] {
+            assert!(p.contains(t), "{t}");
+        }
+    }
+
+    #[test]
+    fn teaches_the_worktree_flow() {
+        let p = super::orchestrate("split the work");
+        for t in [
+            "isolation \"worktree\"",
+            "session_ids",
+            "wait=\"any\"",
+            "/diff",
+            "integrate \"merge\"",
+            "conflict markers",
+            "integrate \"discard\"",
         ] {
             assert!(p.contains(t), "{t}");
         }

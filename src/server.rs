@@ -43,6 +43,7 @@ pub const INSTRUCTIONS: &str = "zwarm runs coding agents (codex, claude) for you
 2. If status is running, call check_session(session_id, wait_seconds) until it is idle or failed. Never re-delegate a running task.\n\
 3. Verify the result yourself (tests, diffs); use converse(session_id, message) to correct or continue in the same thread.\n\
 4. end_session(session_id, verdict, summary) when done: completed, failed or cancelled (cancelled stops a running turn).\n\
+Parallel work in one git repository: delegate each part with isolation=\"worktree\" (a worktree and branch per session), wait on several with check_session(session_ids, wait=\"any\"), review each `diff`, then end_session(…, integrate=\"merge\") one at a time.\n\
 list_sessions shows everything, including sessions from earlier runs. Every result has next_step: follow it.";
 
 #[derive(Clone)]
@@ -138,7 +139,10 @@ impl ZwarmServer {
                 for (u, peer) in subs_now {
                     let hit = everything
                         || u == SESSIONS_URI && !changed.is_empty()
-                        || changed.iter().any(|id| session_uri(id) == u);
+                        || changed.iter().any(|id| session_uri(id) == u)
+                        || changed
+                            .iter()
+                            .any(|id| format!("{}/diff", session_uri(id)) == u);
                     if hit {
                         let _ = peer
                             .notify_resource_updated(ResourceUpdatedNotificationParam::new(u))
@@ -179,6 +183,15 @@ impl ZwarmServer {
     }
 
     async fn normalize_uri(&self, uri: &str) -> String {
+        if let Some(id) = uri
+            .strip_prefix("zwarm://sessions/")
+            .and_then(|r| r.strip_suffix("/diff"))
+        {
+            return match self.manager.resolve(id).await {
+                Ok(full) => format!("{}/diff", session_uri(&full)),
+                Err(_) => uri.to_string(),
+            };
+        }
         match uri.strip_prefix("zwarm://sessions/") {
             Some(id) => match self.manager.resolve(id).await {
                 Ok(full) => session_uri(&full),
@@ -217,6 +230,15 @@ impl ZwarmServer {
             serde_json::to_string_pretty(
                 &serde_json::json!({"count": rows.len(), "sessions": rows}),
             )
+        } else if let Some(id) = uri
+            .strip_prefix("zwarm://sessions/")
+            .and_then(|r| r.strip_suffix("/diff"))
+        {
+            return self
+                .manager
+                .diff_text(id)
+                .await
+                .map_err(|e| not_found(format!("no diff for session `{id}`: {e}")));
         } else if uri == EVENTS_URI {
             serde_json::to_string_pretty(&self.manager.recent_events(200).await.map_err(internal)?)
         } else if let Some(id) = uri.strip_prefix("zwarm://sessions/") {
@@ -345,6 +367,101 @@ impl ZwarmServer {
     }
 }
 
+/// check_session over several sessions, and the worktree diff.
+impl ZwarmServer {
+    /// Add a worktree session's diff to its report.
+    async fn add_diff(&self, r: &mut SessionReport, s: &Session) {
+        match self.manager.diff_stat(s).await {
+            Some(Ok(d)) => r.diff = Some(d),
+            Some(Err(e)) => r.diff_error = Some(e),
+            None => {}
+        }
+    }
+
+    /// check_session with `session_ids`: wait for any (or all) of them, report each.
+    async fn check_many(
+        &self,
+        a: &CheckArgs,
+        ids: &[String],
+        budget: Duration,
+        max: u64,
+        ctx: &RequestContext<RoleServer>,
+    ) -> Result<SessionReport, String> {
+        let all = match a.wait.as_deref().map(str::trim).filter(|w| !w.is_empty()) {
+            None => false,
+            Some(w) if w.eq_ignore_ascii_case("any") => false,
+            Some(w) if w.eq_ignore_ascii_case("all") => true,
+            Some(w) => {
+                return Err(format!(
+                    "unknown wait `{w}`: use \"any\" (return when one of session_ids has finished; the default) or \"all\"."
+                ));
+            }
+        };
+        let mut ids: Vec<String> = ids.to_vec();
+        if let Some(one) = a.session_id.as_deref().filter(|s| !s.trim().is_empty()) {
+            ids.insert(0, one.to_string());
+        }
+        if ids.len() > crate::sessions::MAX_WAIT_IDS {
+            return Err(format!(
+                "session_ids lists {} sessions; at most {} may be waited on in one call.",
+                ids.len(),
+                crate::sessions::MAX_WAIT_IDS
+            ));
+        }
+        let sessions = self
+            .manager
+            .wait_many(&ids, all, budget, &ctx.ct)
+            .await
+            .map_err(err)?;
+        // Bounded: the answers of all of them share max_response_chars.
+        let per = (self.max_chars() / (sessions.len() + 1)).max(500);
+        let mut reports = Vec::with_capacity(sessions.len());
+        for s in &sessions {
+            let mut r = session_report(s, max, per);
+            self.add_diff(&mut r, s).await;
+            reports.push(r);
+        }
+        let finished: Vec<String> = sessions
+            .iter()
+            .filter(|s| !s.status.is_active())
+            .map(|s| s.id.clone())
+            .collect();
+        let running: Vec<&str> = sessions
+            .iter()
+            .filter(|s| s.status.is_active())
+            .map(|s| s.id.as_str())
+            .collect();
+        let primary = sessions
+            .iter()
+            .find(|s| !s.status.is_active())
+            .or(sessions.first())
+            .ok_or_else(|| "session_ids is empty: list the sessions to wait on.".to_string())?;
+        let mut top = session_report(primary, max, per);
+        self.add_diff(&mut top, primary).await;
+        top.next_step = if running.is_empty() {
+            format!(
+                "All {} sessions have finished. Review each one under `sessions` (its response, and `diff` for worktree sessions), then converse to correct or end_session (integrate \"merge\" for worktree sessions, one at a time).",
+                sessions.len()
+            )
+        } else {
+            format!(
+                "{} of {} sessions have finished ({}); still running: {}. Review the finished ones under `sessions`, then call check_session with the remaining session_ids and wait_seconds (up to {max}) to wait for the rest.",
+                finished.len(),
+                sessions.len(),
+                if finished.is_empty() {
+                    "none yet".to_string()
+                } else {
+                    finished.join(", ")
+                },
+                running.join(", ")
+            )
+        };
+        top.sessions = Some(reports);
+        top.finished = Some(finished);
+        Ok(top)
+    }
+}
+
 #[tool_router]
 impl ZwarmServer {
     /// Start a coding session: hand a task to an executor (codex or claude) in a working
@@ -369,6 +486,8 @@ impl ZwarmServer {
                 mode: a.mode,
                 model: a.model,
                 working_dir: a.working_dir,
+                isolation: a.isolation,
+                base: a.base,
             })
             .await
             .map_err(err)?;
@@ -437,14 +556,23 @@ impl ZwarmServer {
     ) -> ToolResult<SessionReport> {
         let notes = self.guard("check_session", &a, false).await?;
         let (budget, max) = self.wait_budget(&ctx, a.wait_seconds, true);
+        if let Some(ids) = a.session_ids.as_ref().filter(|ids| !ids.is_empty()) {
+            let mut r = self.check_many(&a, ids, budget, max, &ctx).await?;
+            r.watchers = with_notes(r.watchers, notes);
+            return Ok(Json(r));
+        }
+        let Some(session_id) = a.session_id.as_deref().filter(|s| !s.trim().is_empty()) else {
+            return Err("check_session needs `session_id` (one session), or `session_ids` (a list, with `wait`: \"any\" or \"all\", and wait_seconds) to wait on several. list_sessions shows the ids.".into());
+        };
         let s = if budget.is_zero() {
-            self.manager.get(&a.session_id).await
+            self.manager.get(session_id).await
         } else {
-            self.manager.wait(&a.session_id, budget, &ctx.ct).await
+            self.manager.wait(session_id, budget, &ctx.ct).await
         }
         .map_err(err)?;
         self.manager.attach_notes(&s.id, None, &notes).await;
         let mut r = session_report(&s, max, self.max_chars());
+        self.add_diff(&mut r, &s).await;
         r.watchers = with_notes(r.watchers, notes);
         Ok(Json(r))
     }
@@ -477,9 +605,9 @@ impl ZwarmServer {
                 }
             },
         };
-        let (s, interrupted) = self
+        let (s, interrupted, integrated) = self
             .manager
-            .end(&a.session_id, verdict, a.summary)
+            .end_integrated(&a.session_id, verdict, a.summary, a.integrate.as_deref())
             .await
             .map_err(err)?;
         Ok(Json(EndReport {
@@ -488,6 +616,14 @@ impl ZwarmServer {
             summary: s.summary.clone(),
             interrupted_turn: interrupted,
             watchers: notes,
+            integrate: integrated
+                .as_ref()
+                .and_then(|i| i.integrate.map(|x| x.as_str().to_string())),
+            merged: integrated.as_ref().map(|i| i.merged),
+            commit: integrated.as_ref().and_then(|i| i.commit.clone()),
+            branch: integrated.as_ref().map(|i| i.branch.clone()),
+            worktree_state: integrated.as_ref().map(|i| i.state),
+            warning: integrated.and_then(|i| i.warning),
         }))
     }
 
@@ -551,6 +687,7 @@ fn transcript(s: &Session) -> serde_json::Value {
         "recent_progress": s.recent,
         "watcher_notes": s.watcher_notes,
         "turns": s.turns,
+        "isolation": s.isolation,
     })
 }
 
@@ -597,6 +734,11 @@ impl ServerHandler for ZwarmServer {
                     "Full transcript of one session: every turn's prompt, complete response, agent messages, commands with exit codes, file changes, permission denials and usage",
                 )
                 .with_mime_type("application/json"),
+            ResourceTemplate::new("zwarm://sessions/{id}/diff", "session-diff")
+                .with_description(
+                    "The whole unified diff of a worktree session (isolation \"worktree\") versus its base: committed turns and what is not committed yet",
+                )
+                .with_mime_type("text/x-diff"),
         ]))
     }
 
@@ -606,8 +748,13 @@ impl ServerHandler for ZwarmServer {
         _ctx: RequestContext<RoleServer>,
     ) -> Result<ReadResourceResponse, McpError> {
         let text = self.read(&request.uri).await?;
+        let mime = if request.uri.ends_with("/diff") {
+            "text/x-diff"
+        } else {
+            "application/json"
+        };
         Ok(ReadResourceResult::new(vec![
-            ResourceContents::text(text, request.uri.clone()).with_mime_type("application/json"),
+            ResourceContents::text(text, request.uri.clone()).with_mime_type(mime),
         ])
         .into())
     }

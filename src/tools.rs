@@ -37,6 +37,37 @@ fn lenient_u64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error>
     })
 }
 
+/// Accept a list of ids, or one string holding ids separated by commas or spaces (or a JSON
+/// list written as a string).
+fn lenient_ids<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
+    fn split(s: &str) -> Vec<String> {
+        s.split(|c: char| c == ',' || c.is_whitespace())
+            .map(|p| p.trim_matches(|c| c == '"' || c == '\'' || c == '[' || c == ']'))
+            .filter(|p| !p.is_empty())
+            .map(str::to_string)
+            .collect()
+    }
+    let v = Option::<serde_json::Value>::deserialize(d)?;
+    Ok(match v {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::Array(a)) => Some(
+            a.into_iter()
+                .flat_map(|x| match x {
+                    serde_json::Value::String(s) => split(&s),
+                    serde_json::Value::Null => vec![],
+                    other => vec![other.to_string()],
+                })
+                .collect(),
+        ),
+        Some(serde_json::Value::String(s)) => Some(split(&s)),
+        Some(other) => {
+            return Err(serde::de::Error::custom(format!(
+                "session_ids must be a list of session ids, got {other}"
+            )));
+        }
+    })
+}
+
 #[derive(Debug, Serialize, Deserialize, JsonSchema)]
 pub struct DelegateArgs {
     /// What the executor should do. Be specific and include acceptance criteria
@@ -63,6 +94,15 @@ pub struct DelegateArgs {
     /// Set to true to continue after a watcher paused zwarm (only after the user agreed).
     #[serde(default)]
     pub acknowledge_pause: bool,
+    /// "none": work in working_dir itself. "worktree": work in a git worktree of its own, on a
+    /// new branch `zwarm/<id8>` made from `base`; every turn is committed there, and
+    /// end_session merges, keeps or discards it. Default: the config's `isolation` ("none").
+    #[serde(default)]
+    pub isolation: Option<String>,
+    /// With isolation "worktree": the git ref (branch, tag, commit) the session's branch starts
+    /// from (default: the project's current HEAD).
+    #[serde(default)]
+    pub base: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize, JsonSchema)]
@@ -84,12 +124,21 @@ pub struct ConverseArgs {
 
 #[derive(Debug, Serialize, Deserialize, JsonSchema)]
 pub struct CheckArgs {
-    /// Session id (or a unique prefix of 8+ characters).
-    pub session_id: String,
+    /// Session id (or a unique prefix of 8+ characters). Give this or `session_ids`.
+    #[serde(default)]
+    pub session_id: Option<String>,
     /// If a turn is running, wait up to this many seconds for it to finish before reporting
     /// (default 0: report at once).
     #[serde(default, deserialize_with = "lenient_u64")]
     pub wait_seconds: Option<u64>,
+    /// Several sessions at once, instead of `session_id`: waits (up to wait_seconds) until
+    /// `wait` of them are no longer running or queued, then reports each under `sessions`
+    /// and lists the finished ones under `finished`.
+    #[serde(default, deserialize_with = "lenient_ids")]
+    pub session_ids: Option<Vec<String>>,
+    /// With session_ids: "any" (default: return when one of them has finished) or "all".
+    #[serde(default)]
+    pub wait: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize, JsonSchema)]
@@ -102,6 +151,13 @@ pub struct EndArgs {
     /// What was achieved, for the record.
     #[serde(default)]
     pub summary: Option<String>,
+    /// For a session with isolation "worktree": "merge" (merge its branch into the branch
+    /// checked out in the project: fast-forward when possible, else a merge commit; refused,
+    /// with nothing changed and the session left open, on conflicts or uncommitted files in
+    /// the way), "keep" (default: remove the worktree, keep the branch) or "discard" (remove
+    /// the worktree and the branch).
+    #[serde(default)]
+    pub integrate: Option<String>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize, JsonSchema)]
@@ -159,6 +215,18 @@ pub struct TurnReport {
     pub watchers: Vec<WatcherNote>,
     /// What the orchestrator should do now.
     pub next_step: String,
+    /// "worktree" when the session works in a git worktree of its own (absent otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub isolation: Option<String>,
+    /// The session's branch (`zwarm/<id8>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub branch: Option<String>,
+    /// The commit the branch started from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<String>,
+    /// The worktree's path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worktree: Option<String>,
 }
 
 #[derive(Debug, Serialize, JsonSchema)]
@@ -209,6 +277,39 @@ pub struct SessionReport {
     /// What zwarm's watchers (guardrails) say: read and act on these.
     pub watchers: Vec<WatcherNote>,
     pub next_step: String,
+    /// "worktree" when the session works in a git worktree of its own (absent otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub isolation: Option<String>,
+    /// The session's branch (`zwarm/<id8>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub branch: Option<String>,
+    /// The commit the branch started from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<String>,
+    /// The worktree's path (removed when the session ends; see `worktree_state`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worktree: Option<String>,
+    /// The directory in the project the session was asked to work in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project_dir: Option<String>,
+    /// What has become of the worktree: active, merged, kept or discarded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worktree_state: Option<crate::model::WorktreeState>,
+    /// The branch's changes versus `base`: files with added/removed lines (uncommitted ones
+    /// flagged) and the branch's commits. The whole unified diff is the resource `diff.uri`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diff: Option<crate::worktree::DiffStat>,
+    /// Why `diff` could not be computed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diff_error: Option<String>,
+    /// With `session_ids`: every session's report, in the order asked. The top-level fields
+    /// then describe the first of them that finished (else the first one), and `next_step`
+    /// covers them all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sessions: Option<Vec<SessionReport>>,
+    /// With `session_ids`: the ids (full) of those no longer running or queued.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished: Option<Vec<String>>,
 }
 
 /// Result of end_session.
@@ -221,6 +322,26 @@ pub struct EndReport {
     pub interrupted_turn: bool,
     /// What zwarm's watchers (guardrails) say: read and act on these.
     pub watchers: Vec<WatcherNote>,
+    /// Worktree sessions: what was done with the branch (merge, keep or discard; absent when
+    /// the worktree was left for a retry after verdict failed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub integrate: Option<String>,
+    /// Worktree sessions: whether the branch was merged into the project's branch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub merged: Option<bool>,
+    /// After a merge: the commit the project's branch points to now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit: Option<String>,
+    /// Worktree sessions: the session's branch (deleted by discard).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub branch: Option<String>,
+    /// Worktree sessions: what has become of the worktree (active, merged, kept, discarded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worktree_state: Option<crate::model::WorktreeState>,
+    /// Something that went wrong after the session ended (e.g. a worktree that could not be
+    /// removed), and what to do.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
 }
 
 #[derive(Debug, Serialize, JsonSchema)]
@@ -234,6 +355,9 @@ pub struct SessionRow {
     pub usage: Usage,
     pub cost_usd: Option<f64>,
     pub updated_at: String,
+    /// The session's git branch (isolation "worktree"; absent otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub branch: Option<String>,
 }
 
 /// Result of list_sessions.
@@ -373,7 +497,28 @@ pub fn turn_report(s: &Session, turn: u32, max_wait: u64, max_chars: usize) -> T
             .filter(|n| n.turn == Some(turn))
             .cloned()
             .collect(),
-        next_step: next_step(s, max_wait),
+        next_step: with_isolation_hint(next_step(s, max_wait), s),
+        isolation: s.isolation.as_ref().map(|_| "worktree".to_string()),
+        branch: s.isolation.as_ref().map(|i| i.branch.clone()),
+        base: s.isolation.as_ref().map(|i| i.base.clone()),
+        worktree: s.isolation.as_ref().map(|i| i.worktree.clone()),
+    }
+}
+
+/// For an idle worktree session: how to review and integrate its branch.
+fn with_isolation_hint(step: String, s: &Session) -> String {
+    match &s.isolation {
+        Some(i)
+            if i.state == crate::model::WorktreeState::Active
+                && matches!(s.status, SessionStatus::Idle) =>
+        {
+            format!(
+                "{step} This session works on branch `{}` in its own worktree: review its diff (check_session `diff`, resource {}/diff), then end_session with integrate \"merge\" to merge it into the project (or \"keep\" / \"discard\").",
+                i.branch,
+                session_uri(&s.id)
+            )
+        }
+        _ => step,
     }
 }
 
@@ -440,7 +585,17 @@ pub fn session_report(s: &Session, max_wait: u64, max_chars: usize) -> SessionRe
             .rev()
             .cloned()
             .collect(),
-        next_step: next_step(s, max_wait),
+        next_step: with_isolation_hint(next_step(s, max_wait), s),
+        isolation: s.isolation.as_ref().map(|_| "worktree".to_string()),
+        branch: s.isolation.as_ref().map(|i| i.branch.clone()),
+        base: s.isolation.as_ref().map(|i| i.base.clone()),
+        worktree: s.isolation.as_ref().map(|i| i.worktree.clone()),
+        project_dir: s.isolation.as_ref().map(|i| i.project_dir.clone()),
+        worktree_state: s.isolation.as_ref().map(|i| i.state),
+        diff: None,
+        diff_error: None,
+        sessions: None,
+        finished: None,
     }
 }
 
@@ -455,5 +610,6 @@ pub fn session_row(r: crate::store::SessionRow) -> SessionRow {
         usage: r.usage,
         cost_usd: r.cost_usd,
         updated_at: r.updated_at,
+        branch: r.branch,
     }
 }

@@ -303,6 +303,7 @@ mod tests {
             recent: Default::default(),
             watcher_notes: vec![],
             aborted: None,
+            isolation: None,
         }
     }
 

@@ -19,7 +19,9 @@
 //!   the background); a 0.2 state dir is imported once.
 
 mod fold;
+pub mod isolation;
 mod lines;
+mod multi;
 mod registry;
 mod turn;
 
@@ -47,6 +49,7 @@ use registry::{Handle, Registry, TurnControl, owner_alive};
 
 pub use fold::Outcome;
 pub use lines::{Line, LossyLines};
+pub use multi::MAX_IDS as MAX_WAIT_IDS;
 
 /// Longest any wait may be (a day): larger requests are clamped, never overflow.
 pub const MAX_WAIT: Duration = Duration::from_secs(86_400);
@@ -125,6 +128,58 @@ pub enum ManagerError {
         "could not read state: {0}. Check that the state dir is readable; `zwarm doctor` checks it."
     )]
     StoreRead(StoreError),
+    #[error(
+        "unknown isolation `{0}`: use `none` (the session works in the project directory) or `worktree` (a git worktree and branch of its own)."
+    )]
+    BadIsolation(String),
+    #[error(
+        "`base` (`{0}`) applies only with isolation \"worktree\": add isolation: \"worktree\", or omit base."
+    )]
+    BaseWithoutWorktree(String),
+    #[error(
+        "base `{base}` cannot be used: {reason}. Give a branch, tag or commit of the project's repository, or omit base to start from its current HEAD."
+    )]
+    BadBase { base: String, reason: String },
+    #[error(
+        "working_dir `{0}` is not in a git repository, so isolation \"worktree\" cannot be used there. Use isolation \"none\", or make it a git repository with at least one commit (`git init && git add -A && git commit -m init`)."
+    )]
+    NotGitRepo(String),
+    #[error(
+        "{n} session worktrees exist already (max_worktrees is {max}). End sessions you are done with (end_session with integrate merge, keep or discard removes their worktree), or raise max_worktrees in the zwarm config."
+    )]
+    TooManyWorktrees { n: usize, max: usize },
+    #[error("git: {0}")]
+    Git(String),
+    #[error(
+        "session {id}'s worktree `{path}` no longer exists (it was removed outside zwarm); zwarm will not run the session anywhere else. Its branch `{branch}` holds every committed turn: end_session, then delegate a new session with isolation \"worktree\" and base `{branch}` to go on."
+    )]
+    WorktreeGone {
+        id: String,
+        path: String,
+        branch: String,
+    },
+    #[error(
+        "session {id}'s worktree was removed at end_session ({state}); zwarm will not run the session anywhere else. Its branch `{branch}` holds its work (unless discarded): delegate a new session with isolation \"worktree\" and base `{branch}` to go on."
+    )]
+    WorktreeRemoved {
+        id: String,
+        state: &'static str,
+        branch: String,
+    },
+    #[error(
+        "unknown integrate `{0}`: use `merge` (merge the session's branch into the project's checked-out branch), `keep` (remove the worktree, keep the branch; the default) or `discard` (remove both)."
+    )]
+    BadIntegrate(String),
+    #[error(
+        "session {id} has no worktree (isolation none): it worked in the project directly, so `{integrate}` does not apply. Omit it."
+    )]
+    NotIsolated { id: String, integrate: &'static str },
+    #[error(
+        "session {0} is busy: a turn is still running. Wait for it (check_session with wait_seconds), review its diff, then call end_session with integrate merge."
+    )]
+    MergeBusy(String),
+    #[error("{0}")]
+    MergeRefused(String),
 }
 
 /// Write failures and read failures say different things (and suggest different fixes).
@@ -156,6 +211,10 @@ pub struct DelegateRequest {
     pub mode: Option<String>,
     pub model: Option<String>,
     pub working_dir: Option<String>,
+    /// `none` or `worktree` (default: the config's `isolation`).
+    pub isolation: Option<String>,
+    /// The git ref a worktree session's branch starts from (default: the project's HEAD).
+    pub base: Option<String>,
 }
 
 /// A page of `list_sessions`.
@@ -423,6 +482,7 @@ impl Manager {
             serde_json::json!({"version": env!("CARGO_PKG_VERSION"), "cwd": m.inner.cwd.display().to_string()}),
         );
         m.spawn_background();
+        m.spawn_worktree_cleanup();
         Ok(m)
     }
 
@@ -677,6 +737,13 @@ impl Manager {
         .await
         .ok_or(ManagerError::ShuttingDown)??;
         let id = uuid::Uuid::new_v4().to_string();
+        let (dir, isolation) = match self
+            .isolate(&id, &dir, req.isolation.as_deref(), req.base.as_deref())
+            .await?
+        {
+            Some((iso, wd)) => (wd, Some(iso)),
+            None => (dir, None),
+        };
         let ts = now();
         let s = Session {
             id: id.clone(),
@@ -697,6 +764,7 @@ impl Manager {
             recent: Default::default(),
             watcher_notes: vec![],
             aborted: None,
+            isolation: isolation.clone(),
         };
         let h = self.inner.registry.insert(Handle::new(s, 0));
         let started = self.inner.store.event(
@@ -706,6 +774,9 @@ impl Manager {
         );
         if let Err(e) = self.start_turn(&h, |_| Ok(task), vec![started]).await {
             self.inner.registry.remove(&id);
+            if let Some(iso) = isolation {
+                self.unisolate(&id, iso).await;
+            }
             self.inner.store.log(
                 "session_failed_to_start",
                 Some(&id),
@@ -728,6 +799,7 @@ impl Manager {
         let max = self.inner.cfg.max_task_bytes;
         executor::check_text("message", &message, max)?;
         let h = self.owned(id).await?;
+        self.worktree_ready(&h).await?;
         let head = text::truncate_chars(&message, 500);
         let sent = move |sid: &str, n: u32| serde_json::json!({"session": sid, "turn": n, "message": head});
         let msg = message.clone();

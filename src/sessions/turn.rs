@@ -152,6 +152,7 @@ pub(crate) async fn run(inner: Arc<Inner>, h: Arc<Handle>, index: u32, start: St
             s.working_dir.clone(),
         )
     };
+    let isolation = h.live.lock().session.isolation.clone();
     // Prepare off the async workers: the working dir is checked again (it may have been
     // swapped for a symlink since delegate), the log files opened, the command line built.
     let prep = {
@@ -159,9 +160,13 @@ pub(crate) async fn run(inner: Arc<Inner>, h: Arc<Handle>, index: u32, start: St
         let id = id.clone();
         let plan = plan.clone();
         tokio::task::spawn_blocking(move || -> Result<_, String> {
-            let dir = inner
-                .check_dir(Some(&working_dir))
-                .map_err(|e| format!("the session's working_dir can no longer be used: {e}"))?;
+            let dir = match &isolation {
+                // A worktree session runs in its worktree, or not at all.
+                Some(iso) => super::isolation::check_turn_dir(&inner, &id, iso, &working_dir)?,
+                None => inner.check_dir(Some(&working_dir)).map_err(|e| {
+                    format!("the session's working_dir can no longer be used: {e}")
+                })?,
+            };
             if dir.display().to_string() != working_dir {
                 return Err(format!(
                     "the session's working_dir `{working_dir}` now resolves to `{}` (a symlink was put in its place?); zwarm does not follow it. Start a new session in the directory you mean.",
@@ -578,6 +583,8 @@ pub(crate) async fn finish(
     outcome: Outcome,
     last_message: Option<String>,
 ) {
+    // A worktree session's turn is committed to its branch before the turn is reported.
+    super::isolation::commit_turn(inner, h, index).await;
     let ended_at = now();
     // Settle a copy first, for the watchers; the live session is settled identically below.
     let mut copy = {

@@ -145,6 +145,8 @@ struct MetaRef<'a> {
     owner: &'a Owner,
     recent: &'a std::collections::VecDeque<String>,
     aborted: &'a Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    isolation: &'a Option<crate::model::Isolation>,
 }
 
 #[derive(Deserialize)]
@@ -168,6 +170,8 @@ struct Meta {
     recent: std::collections::VecDeque<String>,
     #[serde(default)]
     aborted: Option<String>,
+    #[serde(default)]
+    isolation: Option<crate::model::Isolation>,
 }
 
 /// The values of one session row, computed from the session in memory.
@@ -216,6 +220,7 @@ impl RowValues {
             owner: &s.owner,
             recent: &s.recent,
             aborted: &s.aborted,
+            isolation: &s.isolation,
         };
         RowValues {
             id: s.id.clone(),
@@ -460,6 +465,7 @@ pub(super) fn load_session(c: &Connection, id: &str) -> Result<Option<Session>, 
         recent: m.recent,
         watcher_notes: notes,
         aborted: m.aborted,
+        isolation: m.isolation,
     }))
 }
 
@@ -521,6 +527,28 @@ pub struct SessionRow {
     pub usage: Usage,
     pub cost_usd: Option<f64>,
     pub updated_at: String,
+    /// The session's git branch (`isolation: "worktree"`), read from its record.
+    pub branch: Option<String>,
+}
+
+/// The branch in a stored session record, if it has one (cheap for records without).
+fn meta_branch(meta: &str) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Branch {
+        branch: String,
+    }
+    #[derive(Deserialize)]
+    struct WithIsolation {
+        #[serde(default)]
+        isolation: Option<Branch>,
+    }
+    if !meta.contains("\"isolation\"") {
+        return None;
+    }
+    serde_json::from_str::<WithIsolation>(meta)
+        .ok()
+        .and_then(|m| m.isolation)
+        .map(|i| i.branch)
 }
 
 fn usage_at(r: &rusqlite::Row, first: usize) -> rusqlite::Result<Usage> {
@@ -588,9 +616,12 @@ pub(super) fn page(
                 cost_usd: r.get(10)?,
                 updated_at: r.get(11)?,
                 session_id: id,
+                branch: None,
             };
+            let meta: String = r.get(12)?;
+            row.branch = meta_branch(&meta);
             // A record that cannot be used is listed as such, with the reason, never hidden.
-            let problem = check_meta(&row.session_id, &r.get::<_, String>(12)?).or_else(|| {
+            let problem = check_meta(&row.session_id, &meta).or_else(|| {
                 (row.status == SessionStatus::Unreadable)
                     .then(|| format!("its status `{status_text}` is not one zwarm knows"))
             });

@@ -1,0 +1,936 @@
+//! Sessions isolated in git worktrees: one worktree and branch per session, a commit per turn,
+//! review, and integration when the session ends.
+//!
+//! - **delegate** with `isolation: "worktree"` makes `<state>/worktrees/<id>` on a new branch
+//!   `zwarm/<id8>` from `base` ([`Manager::isolate`]); the session's `working_dir` is the
+//!   worktree, and [`Isolation::project_dir`] keeps the directory it was asked to work in.
+//! - **Every turn's end** commits what changed in the worktree onto the branch
+//!   ([`commit_turn`], unless `worktree_commit_turns` is off), before the turn is reported.
+//! - **end_session** integrates ([`Manager::end_integrated`]): `merge` merges the branch into
+//!   the project's checkout (nothing changes there when it conflicts or would touch uncommitted
+//!   files: the session stays open), `keep` removes the worktree and keeps the branch,
+//!   `discard` removes both.
+//! - **Start-up** prunes stale worktree records and reports orphans, after `initialize`.
+//!
+//! Git runs on the blocking pool with deadlines ([`crate::worktree`]); worktree creation,
+//! removal and merges are serialised within a server.
+
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::registry::Handle;
+use super::{Inner, Manager, ManagerError, blocking};
+use crate::event::FileChange;
+use crate::model::{Isolation, Session, SessionStatus, WorktreeState, now};
+use crate::worktree::{self, Commit, GitError, Refused};
+
+/// Serialises worktree creation (with its count against `max_worktrees`), removal and merges.
+static GIT_ADMIN: parking_lot::Mutex<()> = parking_lot::Mutex::new(());
+
+/// Longest a turn-end commit may take while the server shuts down.
+const SHUTDOWN_COMMIT: Duration = Duration::from_secs(1);
+
+/// How end_session leaves a worktree session's work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Integrate {
+    Merge,
+    Keep,
+    Discard,
+}
+
+impl Integrate {
+    pub fn parse(s: &str) -> Option<Integrate> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "merge" => Some(Integrate::Merge),
+            "keep" => Some(Integrate::Keep),
+            "discard" => Some(Integrate::Discard),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Integrate::Merge => "merge",
+            Integrate::Keep => "keep",
+            Integrate::Discard => "discard",
+        }
+    }
+}
+
+/// What end_session did to a worktree session's branch.
+#[derive(Debug, Clone)]
+pub struct Integrated {
+    /// `merge`, `keep` or `discard`; `None` when the worktree was left as it is (verdict
+    /// failed without `integrate`: the session may still converse).
+    pub integrate: Option<Integrate>,
+    pub merged: bool,
+    /// The commit the project's branch points to after the merge.
+    pub commit: Option<String>,
+    pub branch: String,
+    /// The worktree's state now.
+    pub state: WorktreeState,
+    /// Something that went wrong after the session was ended (e.g. a worktree that could not
+    /// be removed), for the result.
+    pub warning: Option<String>,
+}
+
+/// The directory under the state dir that holds every session worktree.
+pub fn worktrees_dir(state: &Path) -> PathBuf {
+    state.join("worktrees")
+}
+
+fn git_err(what: &str, e: GitError) -> ManagerError {
+    ManagerError::Git(format!("{what}: {e}"))
+}
+
+/// The first 8 characters of a session id (branch names, commit messages).
+fn id8(id: &str) -> &str {
+    id.get(..8).unwrap_or(id)
+}
+
+/// A stored isolation record is read from disk, so it is checked before zwarm acts on it: the
+/// worktree must be `<state>/worktrees/<session id>` and the branch `zwarm/<id8>`.
+fn check_record(state: &Path, id: &str, iso: &Isolation) -> Result<(), String> {
+    let root = worktrees_dir(state);
+    let root = std::fs::canonicalize(&root).unwrap_or(root);
+    let wt = Path::new(&iso.worktree);
+    let branch = format!("zwarm/{}", id8(id));
+    if wt.parent() != Some(root.as_path())
+        || wt.file_name().and_then(|n| n.to_str()) != Some(id)
+        || iso.branch != branch
+        || !crate::worktree::valid_rev(&iso.base)
+    {
+        return Err(format!(
+            "the session's stored worktree record (worktree `{}`, branch `{}`) is not one zwarm made; zwarm does not act on it",
+            crate::text::one_line(&iso.worktree, 200),
+            crate::text::one_line(&iso.branch, 100)
+        ));
+    }
+    Ok(())
+}
+
+impl Manager {
+    /// Make a session's worktree when `isolation` (or the config's default) says so. Returns
+    /// the isolation record and the directory the session's turns run in.
+    pub(super) async fn isolate(
+        &self,
+        id: &str,
+        dir: &Path,
+        isolation: Option<&str>,
+        base: Option<&str>,
+    ) -> Result<Option<(Isolation, PathBuf)>, ManagerError> {
+        let mode = isolation
+            .map(str::trim)
+            .filter(|m| !m.is_empty())
+            .unwrap_or(&self.inner.cfg.isolation)
+            .to_ascii_lowercase();
+        let base = base.map(str::trim).filter(|b| !b.is_empty());
+        match mode.as_str() {
+            "none" => {
+                if let Some(b) = base {
+                    return Err(ManagerError::BaseWithoutWorktree(b.to_string()));
+                }
+                return Ok(None);
+            }
+            "worktree" => {}
+            other => return Err(ManagerError::BadIsolation(other.to_string())),
+        }
+        let base_ref = base.unwrap_or("HEAD").to_string();
+        if !worktree::valid_rev(&base_ref) {
+            return Err(ManagerError::BadBase {
+                base: base_ref,
+                reason: "it is not a ref zwarm passes to git (no leading `-`, no `..`, no spaces)"
+                    .into(),
+            });
+        }
+        let id = id.to_string();
+        let dir = dir.to_path_buf();
+        let state = self.inner.store.root().to_path_buf();
+        let max = self.inner.cfg.max_worktrees;
+        let id2 = id.clone();
+        let made = blocking(move || -> Result<(Isolation, PathBuf), ManagerError> {
+            let id = id2;
+            let shown = dir.display().to_string();
+            let repo = worktree::toplevel(&dir)
+                .map_err(|e| git_err("cannot look for the git repository", e))?
+                .ok_or_else(|| ManagerError::NotGitRepo(shown.clone()))?;
+            let repo = std::fs::canonicalize(&repo).unwrap_or(repo);
+            let sha = worktree::resolve_commit(&repo, &base_ref)
+                .map_err(|e| git_err("cannot resolve base", e))?
+                .ok_or_else(|| ManagerError::BadBase {
+                    base: base_ref.clone(),
+                    reason: format!(
+                        "it names no commit in {} (a repository without commits has no HEAD yet: commit first)",
+                        repo.display()
+                    ),
+                })?;
+            let root = worktrees_dir(&state);
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&root)
+                .map_err(|e| ManagerError::Git(format!("cannot create {}: {e}", root.display())))?;
+            let _admin = GIT_ADMIN.lock();
+            let existing = std::fs::read_dir(&root)
+                .map(|d| d.flatten().filter(|e| e.path().is_dir()).count())
+                .unwrap_or(0);
+            if existing >= max {
+                return Err(ManagerError::TooManyWorktrees { n: existing, max });
+            }
+            let branch = format!("zwarm/{}", id8(&id));
+            if worktree::branch_exists(&repo, &branch)
+                .map_err(|e| git_err("cannot list branches", e))?
+            {
+                return Err(ManagerError::Git(format!(
+                    "branch `{branch}` already exists in {} (left by an earlier session?); delete it (`git branch -D {branch}`) or delegate again",
+                    repo.display()
+                )));
+            }
+            let path = root.join(&id);
+            worktree::add(&repo, &path, &branch, &sha)
+                .map_err(|e| git_err("cannot create the session's worktree", e))?;
+            let path = std::fs::canonicalize(&path).unwrap_or(path);
+            // The same place inside the worktree as `dir` is inside the project.
+            let working = match dir.strip_prefix(&repo) {
+                Ok(rel) if !rel.as_os_str().is_empty() => {
+                    let w = path.join(rel);
+                    let _ = std::fs::create_dir_all(&w);
+                    w
+                }
+                _ => path.clone(),
+            };
+            Ok((
+                Isolation {
+                    branch,
+                    base_ref,
+                    base: sha,
+                    worktree: path.display().to_string(),
+                    project_dir: shown,
+                    repo: repo.display().to_string(),
+                    state: WorktreeState::Active,
+                    merged_commit: None,
+                },
+                working,
+            ))
+        })
+        .await
+        .ok_or(ManagerError::ShuttingDown)??;
+        let (iso, _) = &made;
+        tracing::info!(session = %id, branch = %iso.branch, worktree = %iso.worktree, "worktree created");
+        self.inner.store.log(
+            "worktree_created",
+            Some(&id),
+            serde_json::json!({"branch": iso.branch, "base": iso.base, "base_ref": iso.base_ref, "worktree": iso.worktree, "repo": iso.repo}),
+        );
+        Ok(Some(made))
+    }
+
+    /// Undo [`Manager::isolate`] for a session that did not start.
+    pub(super) async fn unisolate(&self, id: &str, iso: Isolation) {
+        let r = blocking(move || {
+            let _admin = GIT_ADMIN.lock();
+            let repo = PathBuf::from(&iso.repo);
+            worktree::remove(&repo, Path::new(&iso.worktree))?;
+            worktree::delete_branch(&repo, &iso.branch)
+        })
+        .await;
+        if let Some(Err(e)) = r {
+            tracing::warn!(session = %id, error = %e, "cannot remove the worktree of a session that did not start");
+        }
+    }
+
+    /// [`check_record`] off the async workers (it resolves paths on disk).
+    async fn checked(&self, id: &str, iso: &Isolation) -> Result<(), ManagerError> {
+        let state = self.inner.store.root().to_path_buf();
+        let (id, iso) = (id.to_string(), iso.clone());
+        blocking(move || check_record(&state, &id, &iso))
+            .await
+            .ok_or(ManagerError::ShuttingDown)?
+            .map_err(ManagerError::Git)
+    }
+
+    /// Refuse a turn of a worktree session whose worktree is gone (it never runs elsewhere).
+    pub(super) async fn worktree_ready(&self, h: &Arc<Handle>) -> Result<(), ManagerError> {
+        let (iso, status) = {
+            let l = h.live.lock();
+            (l.session.isolation.clone(), l.session.status)
+        };
+        let Some(iso) = iso else { return Ok(()) };
+        if status.is_final() {
+            return Ok(()); // "has ended" says it better
+        }
+        self.checked(&h.id, &iso).await?;
+        if iso.state != WorktreeState::Active {
+            return Err(ManagerError::WorktreeRemoved {
+                id: h.id.clone(),
+                state: iso.state.as_str(),
+                branch: iso.branch,
+            });
+        }
+        let wt = PathBuf::from(&iso.worktree);
+        let present = blocking(move || wt.join(".git").exists())
+            .await
+            .unwrap_or(false);
+        if !present {
+            self.inner.store.log(
+                "worktree_missing",
+                Some(&h.id),
+                serde_json::json!({"worktree": iso.worktree, "branch": iso.branch}),
+            );
+            return Err(ManagerError::WorktreeGone {
+                id: h.id.clone(),
+                path: iso.worktree,
+                branch: iso.branch,
+            });
+        }
+        Ok(())
+    }
+
+    /// End a session and integrate its worktree (see [`Integrate`]). Sessions without a
+    /// worktree end as [`Manager::end`] ends them.
+    pub async fn end_integrated(
+        &self,
+        id: &str,
+        verdict: SessionStatus,
+        summary: Option<String>,
+        integrate: Option<&str>,
+    ) -> Result<(Session, bool, Option<Integrated>), ManagerError> {
+        let how = match integrate.map(str::trim).filter(|s| !s.is_empty()) {
+            None => None,
+            Some(v) => {
+                Some(Integrate::parse(v).ok_or_else(|| ManagerError::BadIntegrate(v.to_string()))?)
+            }
+        };
+        let h = self.owned(id).await?;
+        let (iso, status) = {
+            let l = h.live.lock();
+            (l.session.isolation.clone(), l.session.status)
+        };
+        let Some(iso) = iso else {
+            if let Some(i @ (Integrate::Merge | Integrate::Discard)) = how {
+                return Err(ManagerError::NotIsolated {
+                    id: h.id.clone(),
+                    integrate: i.as_str(),
+                });
+            }
+            let (s, interrupted) = self.end(&h.id, verdict, summary).await?;
+            return Ok((s, interrupted, None));
+        };
+        if status.is_final() {
+            return Err(ManagerError::Ended {
+                id: h.id.clone(),
+                status: status.as_str(),
+            });
+        }
+        self.checked(&h.id, &iso).await?;
+        // Verdict failed is not final (converse may retry): without an explicit `integrate`,
+        // the worktree stays for that.
+        let how = match how {
+            Some(h) => h,
+            None if verdict.is_final() => Integrate::Keep,
+            None => {
+                let (s, interrupted) = self.end(&h.id, verdict, summary).await?;
+                return Ok((
+                    s,
+                    interrupted,
+                    Some(Integrated {
+                        integrate: None,
+                        merged: false,
+                        commit: None,
+                        branch: iso.branch.clone(),
+                        state: iso.state,
+                        warning: None,
+                    }),
+                ));
+            }
+        };
+        match how {
+            Integrate::Merge => self.end_merging(&h, iso, verdict, summary).await,
+            Integrate::Keep | Integrate::Discard => {
+                let (s, interrupted) = self.end(&h.id, verdict, summary).await?;
+                let mut warning = None;
+                let mut state = iso.state;
+                if iso.state != WorktreeState::Discarded {
+                    match self.remove_worktree(&h, &iso, how).await {
+                        Ok(st) => state = st,
+                        Err(e) => warning = Some(e),
+                    }
+                }
+                let s = if state != iso.state {
+                    let mut new = iso.clone();
+                    new.state = state;
+                    self.save_isolation(&h, new).await;
+                    h.snapshot().0
+                } else {
+                    s
+                };
+                Ok((
+                    s,
+                    interrupted,
+                    Some(Integrated {
+                        integrate: Some(how),
+                        merged: false,
+                        commit: None,
+                        branch: iso.branch,
+                        state,
+                        warning,
+                    }),
+                ))
+            }
+        }
+    }
+
+    /// `integrate: "merge"`: merge first (refused, with everything kept and the session open,
+    /// on conflicts or uncommitted files in the way), then end the session.
+    async fn end_merging(
+        &self,
+        h: &Arc<Handle>,
+        iso: Isolation,
+        verdict: SessionStatus,
+        summary: Option<String>,
+    ) -> Result<(Session, bool, Option<Integrated>), ManagerError> {
+        if iso.state == WorktreeState::Discarded {
+            return Err(ManagerError::WorktreeRemoved {
+                id: h.id.clone(),
+                state: iso.state.as_str(),
+                branch: iso.branch,
+            });
+        }
+        {
+            let mut l = h.live.lock();
+            if l.session.status.is_active() {
+                return Err(ManagerError::MergeBusy(h.id.clone()));
+            }
+            if l.ending {
+                return Err(ManagerError::Ended {
+                    id: h.id.clone(),
+                    status: "being ended",
+                });
+            }
+            // No turn starts while the merge runs.
+            l.ending = true;
+        }
+        let guard = super::EndingGuard {
+            h: h.clone(),
+            armed: true,
+        };
+        let id8 = id8(&h.id).to_string();
+        let sid = h.id.clone();
+        let iso2 = iso.clone();
+        let res = blocking(move || -> Result<worktree::Merged, String> {
+            let _admin = GIT_ADMIN.lock();
+            let wt = PathBuf::from(&iso2.worktree);
+            if iso2.state == WorktreeState::Active && wt.join(".git").exists() {
+                // Whatever the last turns left uncommitted goes in too.
+                let msg = format!("zwarm {id8}: uncommitted work at end_session\n\nsession {sid}");
+                match worktree::commit_all(&wt, &iso2.branch, &msg, worktree::GIT_TIMEOUT) {
+                    Ok(Commit::Skipped(why)) => {
+                        return Err(format!(
+                            "merge refused: {why}. Nothing in the project checkout was changed; the branch `{}` and the worktree are kept and the session stays open. Converse with the session to finish, then call end_session with integrate merge again.",
+                            iso2.branch
+                        ));
+                    }
+                    Ok(_) => {}
+                    Err(e) => return Err(format!("merge refused: cannot commit the worktree's last changes: {e}. Nothing in the project checkout was changed.")),
+                }
+            }
+            let msg = format!(
+                "Merge zwarm session {id8} (branch {})\n\nsession {sid}",
+                iso2.branch
+            );
+            let project = PathBuf::from(&iso2.repo);
+            match worktree::merge(&project, &iso2.branch, &msg) {
+                Ok(m) => Ok(m),
+                Err(Refused::Conflicts { target, head, files }) => {
+                    // The resolution is prepared in the session's worktree (outside the
+                    // executor's sandbox, which may not let it write git's metadata): the
+                    // project's commit merged in, conflict markers in the files.
+                    let prepared = iso2.state == WorktreeState::Active
+                        && wt.join(".git").exists()
+                        && match worktree::start_merge(&wt, &head) {
+                            Ok(p) => p,
+                            Err(e) => {
+                                tracing::warn!(error = %e, "cannot prepare the merge in the worktree");
+                                false
+                            }
+                        };
+                    Err(conflict_refusal(&iso2, &target, &files, prepared))
+                }
+                Err(r) => Err(refusal(&iso2, r)),
+            }
+        })
+        .await
+        .ok_or(ManagerError::ShuttingDown)?;
+        let merged = match res {
+            Ok(m) => m,
+            Err(msg) => {
+                drop(guard);
+                tracing::info!(session = %h.id, reason = %msg, "merge refused");
+                self.inner.store.log(
+                    "merge_refused",
+                    Some(&h.id),
+                    serde_json::json!({"branch": iso.branch, "reason": msg}),
+                );
+                return Err(ManagerError::MergeRefused(msg));
+            }
+        };
+        tracing::info!(session = %h.id, branch = %iso.branch, commit = %merged.commit, into = %merged.target, "session branch merged");
+        self.inner.store.log(
+            "worktree_merged",
+            Some(&h.id),
+            serde_json::json!({"branch": iso.branch, "into": merged.target, "commit": merged.commit, "fast_forward": merged.fast_forward, "already_merged": merged.already}),
+        );
+        let mut warning = None;
+        let mut new = iso.clone();
+        new.merged_commit = Some(merged.commit.clone());
+        new.state = WorktreeState::Merged;
+        if iso.state == WorktreeState::Active
+            && let Err(e) = self.remove_worktree(h, &iso, Integrate::Merge).await
+        {
+            warning = Some(e);
+            new.state = WorktreeState::Active;
+        }
+        {
+            let mut l = h.live.lock();
+            l.session.isolation = Some(new.clone());
+        }
+        // The session may end now.
+        drop(guard);
+        let (s, interrupted) = self.end(&h.id, verdict, summary).await?;
+        Ok((
+            s,
+            interrupted,
+            Some(Integrated {
+                integrate: Some(Integrate::Merge),
+                merged: true,
+                commit: Some(merged.commit),
+                branch: iso.branch,
+                state: new.state,
+                warning,
+            }),
+        ))
+    }
+
+    /// Remove the worktree (and, for discard, the branch); uncommitted work is committed to
+    /// the branch first unless it is discarded. Returns the new state, or what went wrong.
+    async fn remove_worktree(
+        &self,
+        h: &Arc<Handle>,
+        iso: &Isolation,
+        how: Integrate,
+    ) -> Result<WorktreeState, String> {
+        let iso2 = iso.clone();
+        let id8 = id8(&h.id).to_string();
+        let sid = h.id.clone();
+        let r = blocking(move || -> Result<WorktreeState, String> {
+            let _admin = GIT_ADMIN.lock();
+            let repo = PathBuf::from(&iso2.repo);
+            let wt = PathBuf::from(&iso2.worktree);
+            if how != Integrate::Discard && wt.join(".git").exists() {
+                let msg = format!("zwarm {id8}: uncommitted work at end_session\n\nsession {sid}");
+                if let Err(e) = worktree::commit_all(&wt, &iso2.branch, &msg, worktree::GIT_TIMEOUT)
+                {
+                    return Err(format!(
+                        "the worktree {} was kept: its last changes could not be committed ({e})",
+                        iso2.worktree
+                    ));
+                }
+            }
+            worktree::remove(&repo, &wt)
+                .map_err(|e| format!("the worktree {} could not be removed: {e}", iso2.worktree))?;
+            if how == Integrate::Discard {
+                worktree::delete_branch(&repo, &iso2.branch)
+                    .map_err(|e| format!("the branch {} could not be deleted: {e}", iso2.branch))?;
+                return Ok(WorktreeState::Discarded);
+            }
+            Ok(match how {
+                Integrate::Merge => WorktreeState::Merged,
+                _ => WorktreeState::Kept,
+            })
+        })
+        .await
+        .unwrap_or_else(|| Err("zwarm is shutting down".into()));
+        match &r {
+            Ok(st) => {
+                self.inner.store.log(
+                    "worktree_removed",
+                    Some(&h.id),
+                    serde_json::json!({"worktree": iso.worktree, "branch": iso.branch, "integrate": how.as_str(), "branch_deleted": *st == WorktreeState::Discarded}),
+                );
+            }
+            Err(e) => {
+                tracing::warn!(session = %h.id, error = %e, "cannot remove a session worktree");
+                self.inner.store.log(
+                    "worktree_orphaned",
+                    Some(&h.id),
+                    serde_json::json!({"worktree": iso.worktree, "reason": e}),
+                );
+            }
+        }
+        r
+    }
+
+    /// Record a changed isolation state (a status change: committed before it is reported).
+    async fn save_isolation(&self, h: &Arc<Handle>, iso: Isolation) {
+        let ticket = {
+            let mut l = h.live.lock();
+            l.session.isolation = Some(iso);
+            l.session.updated_at = now();
+            let w = l.images(&[]);
+            let t = self.inner.store.submit(w);
+            l.pending = t.seq;
+            t
+        };
+        if let Err(e) = ticket.committed().await {
+            tracing::error!(session = %h.id, error = %e, "cannot save the worktree's state");
+        }
+        h.bump();
+        let _ = self.inner.changes.send(h.id.clone());
+    }
+
+    /// What a worktree session changed versus its base (check_session's `diff`).
+    pub async fn diff_stat(&self, s: &Session) -> Option<Result<worktree::DiffStat, String>> {
+        let iso = s.isolation.clone()?;
+        let uri = format!("{}/diff", crate::tools::session_uri(&s.id));
+        let state = self.inner.store.root().to_path_buf();
+        let id = s.id.clone();
+        Some(
+            blocking(move || {
+                check_record(&state, &id, &iso)?;
+                let repo = PathBuf::from(&iso.repo);
+                let wt = PathBuf::from(&iso.worktree);
+                let wt =
+                    (iso.state == WorktreeState::Active && wt.join(".git").exists()).then_some(wt);
+                if wt.is_none() && !worktree::branch_exists(&repo, &iso.branch).unwrap_or(false) {
+                    return Err(format!(
+                        "the branch `{}` no longer exists (discarded), so there is no diff",
+                        iso.branch
+                    ));
+                }
+                worktree::diff_stat(&repo, wt.as_deref(), &iso.base, &iso.branch, uri)
+                    .map_err(|e| format!("cannot compute the diff: {e}"))
+            })
+            .await
+            .unwrap_or_else(|| Err("zwarm is shutting down".into())),
+        )
+    }
+
+    /// The whole unified diff of a worktree session (resource `zwarm://sessions/{id}/diff`).
+    pub async fn diff_text(&self, id: &str) -> Result<String, ManagerError> {
+        let s = self.get(id).await?;
+        let Some(iso) = s.isolation.clone() else {
+            return Err(ManagerError::NotIsolated {
+                id: s.id,
+                integrate: "diff",
+            });
+        };
+        let state = self.inner.store.root().to_path_buf();
+        blocking(move || {
+            check_record(&state, &s.id, &iso).map_err(ManagerError::Git)?;
+            let repo = PathBuf::from(&iso.repo);
+            let wt = PathBuf::from(&iso.worktree);
+            let wt = (iso.state == WorktreeState::Active && wt.join(".git").exists()).then_some(wt);
+            if wt.is_none() && !worktree::branch_exists(&repo, &iso.branch).unwrap_or(false) {
+                return Err(ManagerError::Git(format!(
+                    "the branch `{}` no longer exists (discarded), so there is no diff",
+                    iso.branch
+                )));
+            }
+            worktree::diff_text(&repo, wt.as_deref(), &iso.base, &iso.branch)
+                .map_err(|e| git_err("cannot compute the diff", e))
+        })
+        .await
+        .ok_or(ManagerError::ShuttingDown)?
+    }
+
+    /// After start-up (never in the way of `initialize`): `git worktree prune` in the
+    /// repositories the state dir's worktrees belong to (and the project's), and report
+    /// worktrees no open session owns.
+    pub(super) fn spawn_worktree_cleanup(&self) {
+        let m = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let root = worktrees_dir(m.inner.store.root());
+            let cwd = m.inner.cwd.clone();
+            let Some(found) = blocking(move || {
+                let mut repos: Vec<PathBuf> = Vec::new();
+                if !root.is_dir() {
+                    return Vec::new(); // this state dir never had a worktree
+                }
+                if let Ok(Some(r)) = worktree::toplevel(&cwd) {
+                    repos.push(r);
+                }
+                let mut dirs = Vec::new();
+                for e in std::fs::read_dir(&root).into_iter().flatten().flatten() {
+                    let p = e.path();
+                    if !p.is_dir() {
+                        continue;
+                    }
+                    let repo = worktree::repo_of_worktree(&p);
+                    if let Some(r) = &repo
+                        && !repos.contains(r)
+                    {
+                        repos.push(r.clone());
+                    }
+                    dirs.push((e.file_name().to_string_lossy().into_owned(), p, repo));
+                }
+                for r in &repos {
+                    if let Err(e) = worktree::prune(r) {
+                        tracing::warn!(repo = %r.display(), error = %e, "git worktree prune failed");
+                    }
+                }
+                dirs
+            })
+            .await
+            else {
+                return;
+            };
+            for (name, path, repo) in found {
+                let reason = if !crate::model::valid_id(&name) {
+                    Some("its name is not a session id".to_string())
+                } else if repo.is_none() {
+                    Some("it is not a git worktree (no `.git` file)".to_string())
+                } else {
+                    match m.load(&name).await {
+                        Err(ManagerError::UnknownSession(_)) => {
+                            Some("no session has this id".to_string())
+                        }
+                        Err(e) => {
+                            tracing::warn!(session = %name, error = %e, "cannot check a worktree's session");
+                            None
+                        }
+                        Ok((s, _)) => match &s.isolation {
+                            Some(i) if i.state == WorktreeState::Active && !s.status.is_final() => {
+                                None
+                            }
+                            Some(i) => Some(format!(
+                                "its session is {} and its worktree was to be removed ({})",
+                                s.status.as_str(),
+                                i.state.as_str()
+                            )),
+                            None => Some("its session has no worktree".to_string()),
+                        },
+                    }
+                };
+                if let Some(reason) = reason {
+                    let shown = path.display().to_string();
+                    tracing::warn!(worktree = %shown, %reason, "orphaned session worktree (remove it with `git worktree remove --force`)");
+                    let sid = crate::model::valid_id(&name).then_some(name.as_str());
+                    m.inner.store.log(
+                        "worktree_orphaned",
+                        sid,
+                        serde_json::json!({"worktree": shown, "reason": reason}),
+                    );
+                }
+            }
+        });
+    }
+}
+
+/// The refusal text for a merge that conflicts.
+fn conflict_refusal(iso: &Isolation, target: &str, files: &[String], prepared: bool) -> String {
+    let files = files.join(", ");
+    let head = format!(
+        "merge refused: merging `{}` into `{target}` conflicts in {files}. Nothing in the project checkout was changed; the branch `{}` is kept and the session stays open.",
+        iso.branch, iso.branch
+    );
+    if prepared {
+        format!(
+            "{head} zwarm has merged `{target}` into the session's worktree without committing: {files} now hold conflict markers there. Converse with the session to resolve them, e.g. \"resolve the merge conflicts in {files}: keep both changes\"; zwarm commits the resolution (the merge commit) at the end of that turn. Then call end_session with integrate merge again. To give up instead: end_session with integrate keep or discard."
+        )
+    } else {
+        format!(
+            "{head} Converse with the session to resolve it, e.g. \"merge `{target}` into your branch and resolve the conflicts in {files}\" (zwarm commits the resolution at the end of the turn), then call end_session with integrate merge again."
+        )
+    }
+}
+
+/// The refusal text for a merge that was not done (nothing in the checkout changed).
+fn refusal(iso: &Isolation, r: Refused) -> String {
+    let kept = format!(
+        "Nothing in the project checkout was changed; the branch `{}` and its worktree are kept and the session stays open.",
+        iso.branch
+    );
+    match r {
+        Refused::Conflicts { target, files, .. } => conflict_refusal(iso, &target, &files, false),
+        Refused::Dirty { target, files } => format!(
+            "merge refused: it would change files with uncommitted changes in the project checkout {} (on `{target}`): {}. {kept} Commit or stash those changes in the project (ask the user if they are not yours), then call end_session with integrate merge again.",
+            iso.repo,
+            files.join(", ")
+        ),
+        Refused::Git(e) => format!(
+            "merge refused: {e}. {kept} Fix the cause, then call end_session with integrate merge again."
+        ),
+    }
+}
+
+/// At a turn's end, before it is reported: commit what changed in the session's worktree onto
+/// its branch. Files the executor did not report are taken from the commit, so the watchers
+/// judge them.
+pub(super) async fn commit_turn(inner: &Arc<Inner>, h: &Arc<Handle>, index: u32) {
+    if !inner.cfg.worktree_commit_turns {
+        return;
+    }
+    let (iso, prompt) = {
+        let l = h.live.lock();
+        let Some(t) = l.session.turn(index) else {
+            return;
+        };
+        if t.ended_at.is_some() {
+            return;
+        }
+        (l.session.isolation.clone(), t.prompt.clone())
+    };
+    let Some(iso) = iso else { return };
+    if iso.state != WorktreeState::Active {
+        return;
+    }
+    let timeout = if inner.shutdown.is_cancelled() {
+        SHUTDOWN_COMMIT
+    } else {
+        worktree::GIT_TIMEOUT
+    };
+    let first = prompt.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
+    let message = format!(
+        "zwarm {} turn {index}: {}\n\nsession {}, turn {index}",
+        id8(&h.id),
+        crate::text::one_line(first.trim(), 60),
+        h.id
+    );
+    let wt = PathBuf::from(&iso.worktree);
+    let branch = iso.branch.clone();
+    let r = blocking(move || {
+        if !wt.join(".git").exists() {
+            return Ok(Commit::Skipped("the worktree no longer exists".into()));
+        }
+        worktree::commit_all(&wt, &branch, &message, timeout)
+    })
+    .await;
+    match r {
+        Some(Ok(Commit::Made { sha, files })) => {
+            tracing::info!(session = %h.id, turn = index, commit = %sha, files = files.len(), "turn committed");
+            inner.store.log(
+                "turn_committed",
+                Some(&h.id),
+                serde_json::json!({"turn": index, "commit": sha, "branch": iso.branch, "files": files.len()}),
+            );
+            let mut l = h.live.lock();
+            if let Some(t) = l.session.turn_mut(index)
+                && t.files_changed.is_empty()
+            {
+                let root = Path::new(&iso.worktree);
+                t.files_changed = files
+                    .into_iter()
+                    .take(1000)
+                    .map(|(st, p)| FileChange {
+                        path: root.join(p).display().to_string(),
+                        kind: match st {
+                            'A' => "add",
+                            'D' => "delete",
+                            _ => "update",
+                        }
+                        .to_string(),
+                    })
+                    .collect();
+            }
+        }
+        Some(Ok(Commit::Nothing)) => {}
+        Some(Ok(Commit::Skipped(why))) => {
+            tracing::warn!(session = %h.id, turn = index, reason = %why, "turn not committed");
+            inner.store.log(
+                "turn_commit_skipped",
+                Some(&h.id),
+                serde_json::json!({"turn": index, "reason": why}),
+            );
+        }
+        Some(Err(e)) => {
+            tracing::warn!(session = %h.id, turn = index, error = %e, "cannot commit the turn");
+            inner.store.log(
+                "turn_commit_failed",
+                Some(&h.id),
+                serde_json::json!({"turn": index, "error": e.to_string()}),
+            );
+        }
+        None => {}
+    }
+}
+
+/// Before a turn of a worktree session: its working dir must still be inside its worktree,
+/// which must still be under the state dir. Blocking.
+pub(super) fn check_turn_dir(
+    inner: &Inner,
+    id: &str,
+    iso: &Isolation,
+    working_dir: &str,
+) -> Result<PathBuf, String> {
+    if iso.state != WorktreeState::Active {
+        return Err(format!(
+            "the session's worktree was removed at end_session ({}); its branch `{}` keeps its work. Delegate a new session with base `{}` to go on.",
+            iso.state.as_str(),
+            iso.branch,
+            iso.branch
+        ));
+    }
+    check_record(inner.store.root(), id, iso)?;
+    let wt = Path::new(&iso.worktree);
+    if !wt.join(".git").exists() {
+        return Err(format!(
+            "the session's worktree `{}` no longer exists (removed outside zwarm?); zwarm does not run the turn anywhere else. Its branch `{}` holds every committed turn: end the session, and delegate a new one with base `{}` to go on.",
+            iso.worktree, iso.branch, iso.branch
+        ));
+    }
+    let root = worktrees_dir(inner.store.root());
+    let root = std::fs::canonicalize(&root).unwrap_or(root);
+    let dir = std::fs::canonicalize(working_dir)
+        .map_err(|e| format!("the session's working_dir `{working_dir}` cannot be used: {e}"))?;
+    if dir.display().to_string() != working_dir || !dir.starts_with(wt) || !wt.starts_with(&root) {
+        return Err(format!(
+            "the session's working_dir `{working_dir}` now resolves to `{}`, outside its worktree (a symlink was put in its place?); zwarm does not follow it.",
+            dir.display()
+        ));
+    }
+    Ok(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn iso(worktree: &str, branch: &str) -> Isolation {
+        Isolation {
+            branch: branch.into(),
+            base_ref: "HEAD".into(),
+            base: "0123456789abcdef0123456789abcdef01234567".into(),
+            worktree: worktree.into(),
+            project_dir: "/p".into(),
+            repo: "/p".into(),
+            state: WorktreeState::Active,
+            merged_commit: None,
+        }
+    }
+
+    #[test]
+    fn only_records_zwarm_made_are_acted_on() {
+        let state = Path::new("/nonexistent-zwarm-state");
+        let id = "6883c685-0000-4000-8000-000000000001";
+        let wt = format!("/nonexistent-zwarm-state/worktrees/{id}");
+        assert!(check_record(state, id, &iso(&wt, "zwarm/6883c685")).is_ok());
+        // Another place, another session's directory, another branch: refused.
+        for (w, b) in [
+            ("/home/me/src/project", "zwarm/6883c685"),
+            (
+                "/nonexistent-zwarm-state/worktrees/6883c685-0000-4000-8000-000000000002",
+                "zwarm/6883c685",
+            ),
+            (
+                &format!("/nonexistent-zwarm-state/worktrees/{id}/.."),
+                "zwarm/6883c685",
+            ),
+            (wt.as_str(), "main"),
+        ] {
+            assert!(check_record(state, id, &iso(w, b)).is_err(), "{w} {b}");
+        }
+    }
+}

@@ -289,11 +289,12 @@ pub fn render(f: &mut Frame, app: &App) {
     .areas(f.area());
     let s = &app.snap;
     let mut line2 = vec![Span::raw(format!(
-        "{} sessions · {} running · tokens {} · cost {}",
+        "{} session{} · {} running · tokens {} · cost {}",
         s.sessions,
+        if s.sessions == 1 { "" } else { "s" },
         s.running,
         fmt_tokens(s.tokens),
-        fmt_cost(Some(s.cost))
+        fmt_cost((s.cost > 0.0).then_some(s.cost))
     ))];
     line2.push(Span::raw(if s.budget.is_empty() {
         " · budget: no limits".to_string()
@@ -816,6 +817,31 @@ mod tests {
                 .is_some_and(|m| m.contains("ended already"))
         );
         assert_eq!(on_key(&mut app, key(KeyCode::Char('q')), 10), Action::Quit);
+    }
+
+    #[test]
+    #[ignore]
+    fn capture_for_the_readme() {
+        let mut app = sample();
+        app.snap.rows[0].last = "codex runs `cargo test -p parser`".into();
+        app.snap.rows[0].elapsed = Some(222);
+        app.snap.rows[0].updated = Some(2);
+        app.snap.rows[0].cost = None;
+        app.snap.rows[1].adapter = "claude".into();
+        app.snap.rows[1].cost = Some(0.0412);
+        app.snap.tokens = 37_035;
+        app.snap.cost = 0.0412;
+        app.snap.budget = vec!["cost $0.0412 of $5.00 (1%)".into()];
+        app.snap.rows[1].last = "claude says: Added --json; tests pass.".into();
+        app.snap.rows[1].elapsed = Some(94);
+        app.snap.rows[1].updated = Some(720);
+        app.snap.rows[1].tokens = 18_204;
+        app.snap.rows[2].last = "codex: turn finished".into();
+        app.snap.rows[2].elapsed = Some(41);
+        app.snap.rows[2].updated = Some(3900);
+        app.snap.rows[2].tokens = 6_486;
+        app.snap.rows[2].cost = None;
+        print!("{}", render_to_text(&app, 110, 10));
     }
 
     #[test]

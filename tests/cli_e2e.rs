@@ -176,12 +176,14 @@ async fn ps_show_logs_end_work_on_a_state_a_running_server_writes() {
 
     // `logs -f` follows from now on, while the server works.
     let state = env.state.display().to_string();
-    let mut follow = zwarm(&env, &["logs", "-f", "-n", "0", "--state-dir", &state])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("logs -f");
-    let lines = line_reader(&mut follow);
+    let mut follow = KillOnDrop(
+        zwarm(&env, &["logs", "-f", "-n", "0", "--state-dir", &state])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("logs -f"),
+    );
+    let lines = line_reader(&mut follow.0);
 
     // ps --json: both sessions, the running one with its live server.
     let ps = json_of(&cli(&env, &["ps", "--json"]));
@@ -280,8 +282,7 @@ async fn ps_show_logs_end_work_on_a_state_a_running_server_writes() {
     wait_for_line(&lines, "message_sent", &mut seen);
     wait_for_line(&lines, "turn_finished", &mut seen);
     assert!(seen.iter().any(|l| l.contains(&idle[..8])), "{seen:?}");
-    let _ = follow.kill();
-    let _ = follow.wait();
+    drop(follow);
 
     // The server dies (SIGKILL) with a turn running: `end` adopts the session and ends it.
     z.signal_and_wait(libc::SIGKILL, Duration::from_secs(10))
@@ -751,6 +752,36 @@ fn wait_file(p: &Path, limit: Duration) -> Option<String> {
     None
 }
 
+/// A tmux server of the test's own (its socket name), killed however the test ends.
+struct TmuxServer(String);
+
+impl TmuxServer {
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new("tmux")
+            .arg("-L")
+            .arg(&self.0)
+            .args(args)
+            .output()
+            .expect("tmux")
+    }
+}
+
+impl Drop for TmuxServer {
+    fn drop(&mut self) {
+        let _ = self.run(&["kill-server"]);
+    }
+}
+
+/// A child process killed (and reaped) however the test ends.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[test]
 fn top_draws_in_a_real_terminal_and_quits_on_q() {
     let (_mock, env) = codex_env();
@@ -769,15 +800,8 @@ fn top_draws_in_a_real_terminal_and_quits_on_q() {
         ran += 1;
         let rc = env.dir.path().join("top-tmux.rc");
         let script = top_script(&env, &rc);
-        let sock = format!("zwarm-test-{}", std::process::id());
-        let tmux = |args: &[&str]| {
-            Command::new("tmux")
-                .arg("-L")
-                .arg(&sock)
-                .args(args)
-                .output()
-                .expect("tmux")
-        };
+        let server = TmuxServer(format!("zwarm-test-{}", std::process::id()));
+        let tmux = |args: &[&str]| server.run(args);
         let o = tmux(&[
             "new-session",
             "-d",
@@ -841,7 +865,7 @@ fn top_draws_in_a_real_terminal_and_quits_on_q() {
         wait_screen("completed  codex");
         tmux(&["send-keys", "-t", "top", "q"]);
         let code = wait_file(&rc, Duration::from_secs(10));
-        let _ = tmux(&["kill-server"]);
+        drop(server);
         assert_eq!(
             code.as_deref().map(str::trim),
             Some("0"),
@@ -856,18 +880,20 @@ fn top_draws_in_a_real_terminal_and_quits_on_q() {
         ran += 1;
         let rc = env.dir.path().join("top-script.rc");
         let script = top_script(&env, &rc);
-        let mut child = Command::new("script")
-            .args([
-                "-qfec",
-                &format!("stty rows 30 cols 120; {}", script.display()),
-                "/dev/null",
-            ])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("script");
-        let out = child.stdout.take().expect("stdout");
+        let mut child = KillOnDrop(
+            Command::new("script")
+                .args([
+                    "-qfec",
+                    &format!("stty rows 30 cols 120; {}", script.display()),
+                    "/dev/null",
+                ])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("script"),
+        );
+        let out = child.0.stdout.take().expect("stdout");
         let reader = std::thread::spawn(move || {
             let mut buf = Vec::new();
             let _ = std::io::Read::read_to_end(&mut { out }, &mut buf);
@@ -876,7 +902,7 @@ fn top_draws_in_a_real_terminal_and_quits_on_q() {
         std::thread::sleep(Duration::from_millis(1500));
         {
             use std::io::Write;
-            let mut stdin = child.stdin.take().expect("stdin");
+            let mut stdin = child.0.stdin.take().expect("stdin");
             let _ = stdin.write_all(b"q");
             let _ = stdin.flush();
             let code = wait_file(&rc, Duration::from_secs(10));
@@ -887,7 +913,7 @@ fn top_draws_in_a_real_terminal_and_quits_on_q() {
                 "top under script did not exit 0 on q"
             );
         }
-        let _ = child.wait();
+        let _ = child.0.wait();
         let drawn = text(&reader.join().unwrap_or_default());
         assert!(drawn.contains("zwarm top"), "{drawn}");
         assert!(drawn.contains(&id[..8]), "{drawn}");

@@ -39,6 +39,9 @@ pub enum Scope {
 }
 
 #[derive(Debug, clap::Args)]
+#[command(
+    after_help = "--state-dir, --config and --set are passed on to `zwarm serve` in the entry; Claude Desktop gets a state dir of its own ($XDG_STATE_HOME/zwarm/claude-desktop) by default. The entry runs this zwarm binary by its absolute path. A second run changes nothing; a changed file is first copied to <file>.bak-<timestamp>."
+)]
 pub struct SetupArgs {
     /// The host to configure.
     #[arg(value_enum)]
@@ -49,8 +52,6 @@ pub struct SetupArgs {
     /// The host's config file, instead of its usual place.
     #[arg(long, value_name = "PATH")]
     pub config_file: Option<PathBuf>,
-    /// --state-dir, --config and --set given here are passed on to `zwarm serve` in the
-    /// entry (Claude Desktop gets a state dir of its own by default).
     #[command(flatten)]
     pub state: StateArgs,
 }

@@ -262,13 +262,18 @@ impl ReadOnlyStore {
         after: i64,
         limit: usize,
     ) -> Result<Vec<Value>, StoreError> {
-        let mut st = self
-            .conn
-            .prepare_cached(
+        // Two statements, so each uses its index (the primary key; `events_by_session`).
+        let sql = match session {
+            None => {
                 "SELECT seq, ts, server, pid, session_id, kind, data FROM events
-                 WHERE seq > ?1 AND (?2 IS NULL OR session_id = ?2) ORDER BY seq LIMIT ?3",
-            )
-            .map_err(e)?;
+                 WHERE seq > ?1 AND ?2 IS NULL ORDER BY seq LIMIT ?3"
+            }
+            Some(_) => {
+                "SELECT seq, ts, server, pid, session_id, kind, data FROM events
+                 WHERE session_id = ?2 AND seq > ?1 ORDER BY seq LIMIT ?3"
+            }
+        };
+        let mut st = self.conn.prepare_cached(sql).map_err(e)?;
         let rows = st
             .query_map(params![after, session, limit as i64], event_row)
             .map_err(e)?;
@@ -281,13 +286,17 @@ impl ReadOnlyStore {
         session: Option<&str>,
         limit: usize,
     ) -> Result<Vec<Value>, StoreError> {
-        let mut st = self
-            .conn
-            .prepare_cached(
+        let sql = match session {
+            None => {
                 "SELECT * FROM (SELECT seq, ts, server, pid, session_id, kind, data FROM events
-                   WHERE (?1 IS NULL OR session_id = ?1) ORDER BY seq DESC LIMIT ?2) ORDER BY seq",
-            )
-            .map_err(e)?;
+                   WHERE ?1 IS NULL ORDER BY seq DESC LIMIT ?2) ORDER BY seq"
+            }
+            Some(_) => {
+                "SELECT * FROM (SELECT seq, ts, server, pid, session_id, kind, data FROM events
+                   WHERE session_id = ?1 ORDER BY seq DESC LIMIT ?2) ORDER BY seq"
+            }
+        };
+        let mut st = self.conn.prepare_cached(sql).map_err(e)?;
         let rows = st
             .query_map(params![session, limit as i64], event_row)
             .map_err(e)?;
@@ -330,4 +339,52 @@ fn event_row(r: &rusqlite::Row) -> rusqlite::Result<Value> {
         }
     }
     Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_a_live_store_without_creating_or_writing_anything() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let root = d.path().join("state");
+        // Nothing there: an error, and nothing is created.
+        assert!(Store::open_read_only(&root).is_err());
+        assert!(!root.exists());
+
+        let instance = uuid::Uuid::new_v4().to_string();
+        let store = Store::open(&root, &instance).expect("open");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        store.log("server_started", None, serde_json::json!({"version": "t"}));
+        rt.block_on(store.sync());
+
+        // While the server's store is open (and holds its lock), a reader sees its events.
+        let ro = Store::open_read_only(&root).expect("read-only open");
+        let evs = ro.last_events(None, 10).expect("events");
+        assert_eq!(evs.len(), 1);
+        assert_eq!(evs[0]["event"], "server_started");
+        assert!(ro.owner_alive(&instance), "the live server's lock is held");
+        assert!(!ro.owner_alive(&uuid::Uuid::new_v4().to_string()));
+        assert!(ro.page(None, 10, 0).expect("page").0.is_empty());
+        assert!(matches!(ro.resolve("0123"), Err(ResolveError::Short(_))));
+        assert!(matches!(
+            ro.resolve("01234567"),
+            Err(ResolveError::Unknown(_))
+        ));
+        // It cannot write, even by mistake.
+        assert!(ro.conn.execute("DELETE FROM events", []).is_err());
+        // The writer goes on while the reader is open, and the reader sees what follows.
+        let seq = ro.last_event_seq().expect("seq");
+        store.log("server_stopped", None, serde_json::json!({}));
+        rt.block_on(store.sync());
+        let new = ro.events_after(None, seq, 10).expect("after");
+        assert_eq!(new.len(), 1);
+        assert_eq!(new[0]["event"], "server_stopped");
+        // A look at the lock leaves it as it was: the file is still there.
+        assert!(root.join("locks").join(format!("{instance}.lock")).exists());
+    }
 }

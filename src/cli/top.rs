@@ -638,41 +638,62 @@ pub fn main(a: TopArgs) -> anyhow::Result<i32> {
         if !event::poll(wait)? {
             continue;
         }
-        match event::read()? {
-            Event::Key(k) if k.kind == KeyEventKind::Press => {
-                dirty = true;
-                let page = term
-                    .size()
-                    .map(|s| s.height.saturating_sub(6))
-                    .unwrap_or(10);
-                match on_key(&mut app, k, page.max(1)) {
-                    Action::None => {}
-                    Action::Quit => break,
-                    Action::Open(id) => {
-                        let loaded = store.as_ref().map(|st| st.load_session(&id));
-                        match loaded {
-                            Some(Ok(Some(s))) => {
-                                app.view = View::Transcript {
-                                    id,
-                                    lines: super::show::transcript(&s, false),
-                                    scroll: 0,
-                                }
-                            }
-                            Some(Err(e)) => app.message = Some(format!("cannot read it: {e}")),
-                            _ => app.message = Some("that session is gone".into()),
-                        }
-                    }
-                    Action::End { id, verdict } => {
-                        spawn_end(&a.state, &cfg, id, verdict, tx.clone());
-                    }
+        // Every event already queued is handled before the next draw (a held key redraws
+        // once per burst, not once per repeat).
+        loop {
+            let quit = match event::read()? {
+                Event::Key(k) if k.kind == KeyEventKind::Press => {
+                    dirty = true;
+                    let page = term
+                        .size()
+                        .map(|s| s.height.saturating_sub(6))
+                        .unwrap_or(10);
+                    let action = on_key(&mut app, k, page.max(1));
+                    act(action, &mut app, store.as_ref(), &a.state, &cfg, &tx)
                 }
+                Event::Resize(..) => {
+                    dirty = true;
+                    false
+                }
+                _ => false,
+            };
+            if quit {
+                drop(term);
+                return Ok(0);
             }
-            Event::Resize(..) => dirty = true,
-            _ => {}
+            if !event::poll(Duration::ZERO)? {
+                break;
+            }
         }
     }
-    drop(term);
-    Ok(0)
+}
+
+/// Carry out what a key asked for; true to quit.
+fn act(
+    action: Action,
+    app: &mut App,
+    store: Option<&ReadOnlyStore>,
+    state: &StateArgs,
+    cfg: &Config,
+    tx: &mpsc::Sender<String>,
+) -> bool {
+    match action {
+        Action::None => {}
+        Action::Quit => return true,
+        Action::Open(id) => match store.map(|st| st.load_session(&id)) {
+            Some(Ok(Some(s))) => {
+                app.view = View::Transcript {
+                    id,
+                    lines: super::show::transcript(&s, false),
+                    scroll: 0,
+                }
+            }
+            Some(Err(e)) => app.message = Some(format!("cannot read it: {e}")),
+            _ => app.message = Some("that session is gone".into()),
+        },
+        Action::End { id, verdict } => spawn_end(state, cfg, id, verdict, tx.clone()),
+    }
+    false
 }
 
 /// End a session through `zwarm end` in a child process (the dashboard keeps drawing).

@@ -45,14 +45,22 @@ enum Command {
         #[arg(long = "set", value_name = "KEY=VALUE")]
         sets: Vec<String>,
     },
+    /// The terminal commands: run, ps, show, logs, end, diff, top, doctor, setup.
+    #[command(flatten)]
+    Cli(zwarm::cli::Command),
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // The server logs what it does; terminal commands only warnings (their output is the point).
+    let default_filter = match cli.command {
+        Command::Serve { .. } => "info",
+        Command::Cli(_) => "warn",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("ZWARM_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
         )
         .with_writer(std::io::stderr)
         .with_ansi(false)
@@ -74,6 +82,7 @@ fn main() -> anyhow::Result<()> {
             rt.shutdown_timeout(Duration::from_millis(200));
             std::process::exit(code);
         }
+        Command::Cli(cmd) => std::process::exit(zwarm::cli::main(cmd)),
     }
 }
 

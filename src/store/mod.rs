@@ -33,6 +33,7 @@
 mod db;
 pub mod legacy;
 pub mod logs;
+pub mod readonly;
 mod writer;
 
 use std::fs::{File, OpenOptions};

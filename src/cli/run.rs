@@ -1,0 +1,259 @@
+//! `zwarm run TASK`: one delegation from the terminal, with the engine in this process.
+//!
+//! The session is created and recorded exactly like one a host delegates (same state dir,
+//! same watchers, same event log), so `zwarm ps`, `show` and an orchestrator see it. Progress
+//! (what the executor runs and edits) goes to stderr, as a spinner line on a terminal and as
+//! plain lines otherwise; the final answer goes to stdout. Exit 0 when the turn finished,
+//! 1 when it failed, 130 when it was interrupted with Ctrl-C.
+
+use std::io::{IsTerminal, Read};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressStyle};
+use tokio::sync::broadcast::error::RecvError;
+use tokio_util::sync::CancellationToken;
+
+use super::{StateArgs, fmt_cost, short_id};
+use crate::event::ExecutorEvent;
+use crate::model::{Session, TurnStatus};
+use crate::sessions::{DelegateRequest, MAX_WAIT, Manager};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Isolation {
+    /// Run the session in its own git worktree and branch.
+    Worktree,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// `codex` or `claude` (default: the config's default_adapter).
+    #[arg(long, value_name = "A")]
+    pub adapter: Option<String>,
+    /// Model for the executor (default: the config's, else the executor's own).
+    #[arg(long, value_name = "M")]
+    pub model: Option<String>,
+    /// Isolate the session's changes (`worktree`).
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub isolation: Option<Isolation>,
+    /// Directory the executor works in (default: the current directory). Must be inside the
+    /// allowed roots.
+    #[arg(long, value_name = "D")]
+    pub working_dir: Option<PathBuf>,
+    /// The task (several words are joined with spaces); `-` reads it from stdin.
+    #[arg(required = true, num_args = 1.., value_name = "TASK")]
+    pub task: Vec<String>,
+    #[command(flatten)]
+    pub state: StateArgs,
+}
+
+pub fn main(a: RunArgs) -> anyhow::Result<i32> {
+    if a.isolation == Some(Isolation::Worktree) {
+        // The engine of this build has no worktree isolation (DelegateRequest has no
+        // `isolation` field): refuse rather than run in the working directory unasked.
+        anyhow::bail!(
+            "--isolation worktree is not supported yet by this zwarm: sessions run in the working directory itself. Leave out --isolation, or use a git worktree of your own as --working-dir."
+        );
+    }
+    let task = if a.task.len() == 1 && a.task[0] == "-" {
+        let mut t = String::new();
+        std::io::stdin()
+            .read_to_string(&mut t)
+            .context("reading the task from stdin")?;
+        t
+    } else {
+        a.task.join(" ")
+    };
+    if task.trim().is_empty() {
+        anyhow::bail!("the task is empty: say what the executor should do");
+    }
+    let cfg = a.state.load()?;
+    let rt = super::runtime()?;
+    let manager = super::start_engine(&rt, cfg)?;
+    let req = Request {
+        task,
+        adapter: a.adapter,
+        model: a.model,
+        working_dir: a.working_dir.map(|d| d.display().to_string()),
+    };
+    let r = rt.block_on(run_one(&manager, req));
+    rt.block_on(manager.shutdown(Duration::from_millis(1700)));
+    rt.shutdown_timeout(Duration::from_millis(200));
+    r
+}
+
+struct Request {
+    task: String,
+    adapter: Option<String>,
+    model: Option<String>,
+    working_dir: Option<String>,
+}
+
+/// Where progress goes: a spinner on a terminal, plain lines otherwise.
+struct Progress {
+    bar: Option<ProgressBar>,
+}
+
+impl Progress {
+    fn new() -> Progress {
+        if !std::io::stderr().is_terminal() {
+            return Progress { bar: None };
+        }
+        let bar = ProgressBar::new_spinner();
+        if let Ok(style) = ProgressStyle::with_template("{spinner} {elapsed:>4} {wide_msg}") {
+            bar.set_style(style);
+        }
+        bar.enable_steady_tick(Duration::from_millis(120));
+        Progress { bar: Some(bar) }
+    }
+
+    /// A line that stays (above the spinner).
+    fn line(&self, text: &str) {
+        match &self.bar {
+            Some(b) => b.println(text),
+            None => eprintln!("{text}"),
+        }
+    }
+
+    /// What is happening now (the spinner's message; a plain line without a terminal).
+    fn status(&self, text: &str, keep: bool) {
+        match &self.bar {
+            Some(b) => {
+                if keep {
+                    b.println(format!("  {text}"));
+                }
+                b.set_message(text.to_string());
+            }
+            None => eprintln!("  {text}"),
+        }
+    }
+
+    fn done(&self) {
+        if let Some(b) = &self.bar {
+            b.finish_and_clear();
+        }
+    }
+}
+
+async fn run_one(manager: &Manager, req: Request) -> anyhow::Result<i32> {
+    use tokio::signal::unix::{SignalKind, signal};
+    // Subscribe before the turn starts, so no progress is missed.
+    let mut notices = Some(manager.subscribe());
+    let args = serde_json::json!({
+        "task": req.task, "adapter": req.adapter, "model": req.model, "working_dir": req.working_dir,
+    });
+    // The watchers see a terminal delegation like any other (budget, scope, pause).
+    let notes = manager
+        .before_call("delegate", &args, false)
+        .await
+        .map_err(|refusal| anyhow::anyhow!("{refusal}"))?;
+    let id = manager
+        .delegate(DelegateRequest {
+            task: req.task,
+            adapter: req.adapter,
+            mode: None,
+            model: req.model,
+            working_dir: req.working_dir,
+        })
+        .await?;
+    let progress = Progress::new();
+    progress.line(&format!(
+        "zwarm: session {id} started (see it with `zwarm show {}`)",
+        short_id(&id)
+    ));
+    progress.status("starting the executor…", false);
+    let cancel = CancellationToken::new();
+    let wait = manager.wait(&id, MAX_WAIT, &cancel);
+    tokio::pin!(wait);
+    let mut int = signal(SignalKind::interrupt()).context("installing a Ctrl-C handler")?;
+    let mut term = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
+    let mut interrupted = false;
+    let session = loop {
+        let next_notice = async {
+            match notices.as_mut() {
+                Some(rx) => Some(rx.recv().await),
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            s = &mut wait => break s?,
+            n = next_notice => match n {
+                Some(Ok(n)) if n.session_id == id => {
+                    let text = n.message.clone().or_else(|| n.event.summary("executor"));
+                    if let Some(text) = text {
+                        let keep = matches!(
+                            n.event,
+                            ExecutorEvent::CommandFinished { .. } | ExecutorEvent::FilesChanged { .. }
+                                | ExecutorEvent::PermissionDenied(_) | ExecutorEvent::TurnFailed { .. }
+                        );
+                        progress.status(&text, keep);
+                    }
+                }
+                Some(Ok(_)) | Some(Err(RecvError::Lagged(_))) => {}
+                Some(Err(RecvError::Closed)) | None => notices = None,
+            },
+            _ = async { tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} } } => {
+                if interrupted {
+                    progress.done();
+                    eprintln!("zwarm: second interrupt, exiting now");
+                    std::process::exit(130);
+                }
+                interrupted = true;
+                progress.line("zwarm: interrupting the turn (again to exit at once)…");
+                let m = manager.clone();
+                let sid = id.clone();
+                tokio::spawn(async move {
+                    let _ = m.interrupt(&sid, "interrupted from the terminal").await;
+                });
+            }
+        }
+    };
+    progress.done();
+    manager.attach_notes(&id, Some(1), &notes).await;
+    Ok(report(&session, interrupted))
+}
+
+/// Print the outcome (answer on stdout, the rest on stderr) and choose the exit code.
+fn report(s: &Session, interrupted: bool) -> i32 {
+    let Some(t) = s.turns.last() else {
+        eprintln!("zwarm: session {} has no turn", s.id);
+        return 1;
+    };
+    let u = s.total_usage();
+    eprintln!(
+        "zwarm: session {} {} · {} command(s), {} file(s) changed · tokens in {} out {} · cost {}",
+        short_id(&s.id),
+        s.status.as_str(),
+        t.commands.len(),
+        t.files_changed.len(),
+        u.input_tokens,
+        u.output_tokens,
+        fmt_cost(s.total_cost()),
+    );
+    for n in &s.watcher_notes {
+        eprintln!("zwarm: watcher {}: {}", n.watcher, n.message);
+    }
+    for d in &t.permission_denials {
+        eprintln!("zwarm: permission denied: {} {}", d.tool, d.input);
+    }
+    match t.status {
+        TurnStatus::Completed => {
+            let answer = t.response.clone().unwrap_or_default();
+            let nl = if answer.ends_with('\n') { "" } else { "\n" };
+            if super::out(&format!("{answer}{nl}")).is_err() {
+                return 1;
+            }
+            0
+        }
+        _ => {
+            let why = t
+                .error
+                .clone()
+                .or_else(|| s.error.clone())
+                .unwrap_or_else(|| format!("the turn ended {:?}", t.status));
+            eprintln!("zwarm: the turn failed: {why}");
+            if interrupted { 130 } else { 1 }
+        }
+    }
+}

@@ -1,0 +1,232 @@
+//! `zwarm show ID`: a session's transcript, for a person (or as JSON).
+
+use serde_json::{Value, json};
+
+use super::{StateArgs, fmt_cost, fmt_duration, fmt_time, open_state, parse_time};
+use crate::event::Usage;
+use crate::model::{Session, Turn};
+
+#[derive(Debug, clap::Args)]
+pub struct ShowArgs {
+    /// Session id, or a unique prefix of 8 or more characters.
+    pub id: String,
+    /// Print the whole session record as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Also print the end of each command's output.
+    #[arg(long)]
+    pub output: bool,
+    #[command(flatten)]
+    pub state: StateArgs,
+}
+
+pub fn main(a: ShowArgs) -> anyhow::Result<i32> {
+    let cfg = a.state.load()?;
+    let store = open_state(&cfg)?;
+    let id = store.resolve(&a.id)?;
+    let Some(s) = store.load_session(&id)? else {
+        anyhow::bail!("session {id} is gone from the state database");
+    };
+    if a.json {
+        super::out(&format!("{}\n", to_json(&s)))?;
+    } else {
+        super::out(&transcript(&s, a.output).join("\n"))?;
+        super::out("\n")?;
+    }
+    Ok(0)
+}
+
+/// The session record as JSON, with its totals.
+pub fn to_json(s: &Session) -> Value {
+    let mut v = serde_json::to_value(s).unwrap_or_else(|_| json!({}));
+    if let Value::Object(o) = &mut v {
+        o.remove("native_usage");
+        o.insert("session_id".into(), Value::String(s.id.clone()));
+        o.insert("usage".into(), json!(s.total_usage()));
+        o.insert("cost_usd".into(), json!(s.total_cost()));
+    }
+    v
+}
+
+fn usage_line(u: &Usage, cost: Option<f64>) -> String {
+    format!(
+        "in {} (cached {}) · out {} (reasoning {}) · cost {}",
+        u.input_tokens,
+        u.cached_input_tokens,
+        u.output_tokens,
+        u.reasoning_output_tokens,
+        fmt_cost(cost)
+    )
+}
+
+fn indented(out: &mut Vec<String>, text: &str) {
+    for l in text.lines() {
+        out.push(format!("    {l}"));
+    }
+    if text.is_empty() {
+        out.push("    (empty)".into());
+    }
+}
+
+fn turn_duration(t: &Turn) -> Option<String> {
+    let start = parse_time(&t.started_at)?;
+    let end = t.ended_at.as_deref().and_then(parse_time)?;
+    let d = end.duration_since(start).ok()?;
+    Some(if d.as_secs() < 10 {
+        format!("{:.1}s", d.as_secs_f64())
+    } else {
+        fmt_duration(d.as_secs())
+    })
+}
+
+fn file_mark(kind: &str) -> &'static str {
+    match kind {
+        "add" => "+",
+        "delete" => "-",
+        _ => "~",
+    }
+}
+
+/// The transcript as lines of text (also shown by `zwarm top`).
+pub fn transcript(s: &Session, with_output: bool) -> Vec<String> {
+    let mut o = Vec::new();
+    let mode = serde_json::to_value(s.mode)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default();
+    o.push(format!(
+        "session {}  ({}, {}, {mode})",
+        s.id,
+        s.adapter.as_str(),
+        s.status.as_str()
+    ));
+    o.push(format!("task     {}", first_line(&s.task)));
+    if s.task.lines().count() > 1 {
+        for l in s.task.lines().skip(1) {
+            o.push(format!("         {l}"));
+        }
+    }
+    o.push(format!("dir      {}", s.working_dir));
+    o.push(format!(
+        "model    {}    native id {}",
+        s.model.as_deref().unwrap_or("(executor default)"),
+        s.native_id.as_deref().unwrap_or("-")
+    ));
+    o.push(format!(
+        "created  {}    updated {}",
+        fmt_time(&s.created_at),
+        fmt_time(&s.updated_at)
+    ));
+    o.push(format!(
+        "usage    {}",
+        usage_line(&s.total_usage(), s.total_cost())
+    ));
+    if let Some(x) = &s.summary {
+        o.push(format!("summary  {x}"));
+    }
+    if let Some(x) = &s.error {
+        o.push(format!("error    {x}"));
+    }
+    if let Some(x) = &s.aborted {
+        o.push(format!("stopped  by a watcher: {x}"));
+    }
+    for t in &s.turns {
+        o.push(String::new());
+        let status = serde_json::to_value(t.status)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        let mut head = format!(
+            "── turn {} · {status} · {}",
+            t.index,
+            fmt_time(&t.started_at)
+        );
+        if let Some(d) = turn_duration(t) {
+            head.push_str(&format!(" · {d}"));
+        }
+        head.push_str(" ──");
+        o.push(head);
+        o.push("  prompt".into());
+        indented(&mut o, &t.prompt);
+        if !t.commands.is_empty() {
+            o.push("  commands".into());
+            for c in &t.commands {
+                let mark = if c.ok { "✓" } else { "✗" };
+                let code = c
+                    .exit_code
+                    .map(|x| format!("exit {x}"))
+                    .unwrap_or_else(|| "running".into());
+                o.push(format!(
+                    "    {mark} {}  ({code})",
+                    crate::text::one_line(&c.command, 200)
+                ));
+                if with_output && !c.output_tail.trim().is_empty() {
+                    let lines: Vec<&str> = c.output_tail.trim_end().lines().collect();
+                    for l in &lines[lines.len().saturating_sub(10)..] {
+                        o.push(format!("        │ {l}"));
+                    }
+                }
+            }
+        }
+        if !t.files_changed.is_empty() {
+            o.push("  files".into());
+            for f in &t.files_changed {
+                o.push(format!("    {} {}", file_mark(&f.kind), f.path));
+            }
+        }
+        if !t.permission_denials.is_empty() {
+            o.push("  permission denied".into());
+            for d in &t.permission_denials {
+                o.push(format!(
+                    "    {} {}",
+                    d.tool,
+                    crate::text::one_line(&d.input.to_string(), 160)
+                ));
+            }
+        }
+        if !t.messages.is_empty() {
+            o.push("  messages".into());
+            for m in &t.messages {
+                indented(&mut o, m);
+            }
+        }
+        match &t.response {
+            Some(r) => {
+                o.push("  answer".into());
+                indented(&mut o, r);
+            }
+            None if t.ended_at.is_none() => o.push("  (turn in progress)".into()),
+            None => {}
+        }
+        if let Some(e) = &t.error {
+            let api = t
+                .api_status
+                .map(|c| format!(" (API {c})"))
+                .unwrap_or_default();
+            o.push(format!("  error{api}"));
+            indented(&mut o, e);
+        }
+        o.push(format!("  usage  {}", usage_line(&t.usage, t.cost_usd)));
+    }
+    if !s.watcher_notes.is_empty() {
+        o.push(String::new());
+        o.push("── watcher notes ──".into());
+        for n in &s.watcher_notes {
+            let action = serde_json::to_value(n.action)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default();
+            let turn = n.turn.map(|t| format!("turn {t} · ")).unwrap_or_default();
+            o.push(format!(
+                "  {turn}{} ({action}): {}",
+                n.watcher,
+                crate::text::one_line(&n.message, 300)
+            ));
+        }
+    }
+    o
+}
+
+fn first_line(s: &str) -> &str {
+    s.lines().next().unwrap_or("")
+}

@@ -1,0 +1,873 @@
+//! `zwarm top`: a live dashboard of running and recent sessions.
+//!
+//! The state dir is read read-only, at most every [`REFRESH`]; between refreshes the loop
+//! blocks on terminal input with a timeout, so an idle dashboard costs nothing. The screen is
+//! redrawn only when the data changed or a key was pressed. Drawing is a pure function of
+//! [`App`] ([`render`]), so it is tested with ratatui's `TestBackend`.
+//!
+//! Keys: ↑/↓ (or k/j) select, Enter shows the transcript, `e` ends the selected session after
+//! a confirmation (through `zwarm end`, so a session a live server owns is refused the same
+//! way), `q` quits.
+
+use std::sync::mpsc;
+use std::time::{Duration, Instant, SystemTime};
+
+use crossterm::event::{self, Event, KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
+use ratatui::Frame;
+use ratatui::layout::{Constraint, Layout, Rect};
+use ratatui::style::{Color, Modifier, Style};
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Block, Borders, Cell, Clear, Paragraph, Row, Table, TableState, Wrap};
+
+use super::{StateArgs, fmt_cost, fmt_duration, fmt_tokens, one_line, secs_since, short_id};
+use crate::config::Config;
+use crate::fleet::Fleet;
+use crate::model::SessionStatus;
+use crate::store::readonly::ReadOnlyStore;
+
+/// How often the state database is read.
+pub const REFRESH: Duration = Duration::from_millis(500);
+
+#[derive(Debug, clap::Args)]
+pub struct TopArgs {
+    /// How many recent sessions to show (running ones always show).
+    #[arg(long, default_value_t = 100)]
+    pub limit: usize,
+    #[command(flatten)]
+    pub state: StateArgs,
+}
+
+/// One session line.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TopRow {
+    pub id: String,
+    /// As a person reads it (`stale` for a running session whose server is gone).
+    pub status: String,
+    pub active: bool,
+    pub is_final: bool,
+    pub adapter: String,
+    /// Running: since the turn started; otherwise the session's whole span.
+    pub elapsed: Option<u64>,
+    /// Seconds since the session last changed.
+    pub updated: Option<u64>,
+    pub last: String,
+    pub tokens: u64,
+    pub cost: Option<f64>,
+    pub task: String,
+}
+
+/// What the dashboard shows, read from the state dir.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Snapshot {
+    pub state_dir: String,
+    pub rows: Vec<TopRow>,
+    pub sessions: usize,
+    pub running: usize,
+    pub tokens: u64,
+    pub cost: f64,
+    /// "cost $0.12 of $5.00 (2%)", one per budget limit set.
+    pub budget: Vec<String>,
+    /// Why the last read failed (the previous rows stay).
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum View {
+    List,
+    Transcript {
+        id: String,
+        lines: Vec<String>,
+        scroll: u16,
+    },
+    ConfirmEnd {
+        id: String,
+        status: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct App {
+    pub snap: Snapshot,
+    pub selected: usize,
+    pub view: View,
+    /// A line for the footer (the outcome of `e`, an error).
+    pub message: Option<String>,
+}
+
+impl App {
+    pub fn new(snap: Snapshot) -> App {
+        App {
+            snap,
+            selected: 0,
+            view: View::List,
+            message: None,
+        }
+    }
+
+    fn selected_row(&self) -> Option<&TopRow> {
+        self.snap.rows.get(self.selected)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reading
+
+/// Running totals across every session, updated from the rows changed since the last look.
+#[derive(Default)]
+pub struct Totals {
+    fleet: Fleet,
+    rev: i64,
+}
+
+/// Read a snapshot: running and queued sessions, then the most recent ones (a few indexed
+/// queries, one short read each).
+pub fn snapshot(
+    store: &ReadOnlyStore,
+    totals: &mut Totals,
+    cfg: &Config,
+    limit: usize,
+    now: SystemTime,
+) -> Result<Snapshot, crate::store::StoreError> {
+    let mut rows = Vec::new();
+    for st in [
+        Some(SessionStatus::Running),
+        Some(SessionStatus::Queued),
+        None,
+    ] {
+        let (page, _) = store.page(st, if st.is_some() { 200 } else { limit }, 0)?;
+        for r in page {
+            if !rows
+                .iter()
+                .any(|x: &crate::store::readonly::SessionRow| x.session_id == r.session_id)
+            {
+                rows.push(r);
+            }
+        }
+    }
+    let ids: Vec<String> = rows.iter().map(|r| r.session_id.clone()).collect();
+    let mut extras = store.extras(&ids)?;
+    let mut out = Vec::new();
+    for r in rows {
+        let x = extras.remove(&r.session_id).unwrap_or_default();
+        let active = r.status.is_active();
+        let alive = !active || store.owner_alive(&x.owner_instance);
+        let elapsed = if active {
+            x.turn_started_at
+                .as_deref()
+                .and_then(|t| secs_since(t, now))
+        } else {
+            match (
+                super::parse_time(&x.created_at),
+                super::parse_time(&r.updated_at),
+            ) {
+                (Some(a), Some(b)) => Some(b.duration_since(a).map(|d| d.as_secs()).unwrap_or(0)),
+                _ => None,
+            }
+        };
+        let last = match (&x.last_progress, &x.error) {
+            (_, Some(e)) if r.status == SessionStatus::Failed => e.clone(),
+            (Some(p), _) => p.clone(),
+            (None, _) => String::new(),
+        };
+        out.push(TopRow {
+            id: r.session_id.clone(),
+            status: if alive {
+                r.status.as_str().to_string()
+            } else {
+                "stale".into()
+            },
+            active,
+            is_final: r.status.is_final(),
+            adapter: r.adapter.as_str().to_string(),
+            elapsed,
+            updated: secs_since(&r.updated_at, now),
+            last: one_line(&last, 200),
+            tokens: r.usage.total_tokens(),
+            cost: r.cost_usd,
+            task: one_line(&r.task, 200),
+        });
+    }
+    let (stats, rev) = store.stats_since(totals.rev)?;
+    for s in stats {
+        totals.fleet.update(s);
+    }
+    totals.rev = rev;
+    let cost = priced_cost(&totals.fleet, cfg);
+    let tokens = totals.fleet.usage().total_tokens();
+    let b = &cfg.watchers.budget;
+    let mut budget = Vec::new();
+    let pct = |v: f64, max: f64| {
+        if max > 0.0 {
+            format!("{:.0}%", 100.0 * v / max)
+        } else {
+            "-".into()
+        }
+    };
+    if let Some(max) = b.max_cost_usd {
+        budget.push(format!(
+            "cost {} of {} ({})",
+            fmt_cost(Some(cost)),
+            fmt_cost(Some(max)),
+            pct(cost, max)
+        ));
+    }
+    if let Some(max) = b.max_tokens {
+        budget.push(format!(
+            "tokens {} of {} ({})",
+            fmt_tokens(tokens),
+            fmt_tokens(max),
+            pct(tokens as f64, max as f64)
+        ));
+    }
+    if let Some(max) = b.max_sessions {
+        budget.push(format!(
+            "sessions {} of {max} ({})",
+            totals.fleet.len(),
+            pct(totals.fleet.len() as f64, max as f64)
+        ));
+    }
+    if let Some(max) = b.max_running {
+        budget.push(format!("running {} of {max}", totals.fleet.active()));
+    }
+    Ok(Snapshot {
+        state_dir: store.root().display().to_string(),
+        rows: out,
+        sessions: totals.fleet.len(),
+        running: totals.fleet.active(),
+        tokens,
+        cost,
+        budget,
+        error: None,
+    })
+}
+
+/// Cost so far as the budget watcher counts it: what executors reported, plus tokens priced
+/// from `[watchers.budget.prices]` (codex reports none).
+pub fn priced_cost(fleet: &Fleet, cfg: &Config) -> f64 {
+    let prices = &cfg.watchers.budget.prices;
+    let mut c = fleet.reported_cost();
+    for (model, u) in fleet.unpriced() {
+        let Some(p) = model
+            .and_then(|m| prices.get(m))
+            .or_else(|| prices.get("default"))
+        else {
+            continue;
+        };
+        let cached = u.cached_input_tokens.min(u.input_tokens) as f64;
+        let fresh = u.input_tokens as f64 - cached;
+        c += (fresh * p.input_per_million
+            + cached * p.cached_input_per_million.unwrap_or(p.input_per_million)
+            + u.output_tokens as f64 * p.output_per_million)
+            / 1_000_000.0;
+    }
+    c
+}
+
+// ---------------------------------------------------------------------------------------------
+// Drawing (pure)
+
+fn status_style(status: &str) -> Style {
+    match status {
+        "running" => Style::default()
+            .fg(Color::Green)
+            .add_modifier(Modifier::BOLD),
+        "queued" => Style::default().fg(Color::Yellow),
+        "failed" | "stale" | "unreadable" => Style::default().fg(Color::Red),
+        "completed" => Style::default().fg(Color::Blue),
+        "cancelled" => Style::default().fg(Color::DarkGray),
+        _ => Style::default(),
+    }
+}
+
+/// Draw the dashboard.
+pub fn render(f: &mut Frame, app: &App) {
+    let [head, body, foot] = Layout::vertical([
+        Constraint::Length(2),
+        Constraint::Min(3),
+        Constraint::Length(1),
+    ])
+    .areas(f.area());
+    let s = &app.snap;
+    let mut line2 = vec![Span::raw(format!(
+        "{} session{} · {} running · tokens {} · cost {}",
+        s.sessions,
+        if s.sessions == 1 { "" } else { "s" },
+        s.running,
+        fmt_tokens(s.tokens),
+        fmt_cost((s.cost > 0.0).then_some(s.cost))
+    ))];
+    line2.push(Span::raw(if s.budget.is_empty() {
+        " · budget: no limits".to_string()
+    } else {
+        format!(" · budget: {}", s.budget.join(", "))
+    }));
+    if let Some(e) = &s.error {
+        line2.push(Span::styled(
+            format!(" · read failed: {e}"),
+            Style::default().fg(Color::Red),
+        ));
+    }
+    let header = Paragraph::new(vec![
+        Line::from(vec![
+            Span::styled("zwarm top", Style::default().add_modifier(Modifier::BOLD)),
+            Span::raw(format!(" · {}", s.state_dir)),
+        ]),
+        Line::from(line2),
+    ]);
+    f.render_widget(header, head);
+
+    match &app.view {
+        View::Transcript { id, lines, scroll } => {
+            let text: Vec<Line> = lines.iter().map(|l| Line::raw(l.as_str())).collect();
+            let p = Paragraph::new(text)
+                .block(
+                    Block::default()
+                        .borders(Borders::TOP)
+                        .title(format!(" transcript {} ", short_id(id))),
+                )
+                .wrap(Wrap { trim: false })
+                .scroll((*scroll, 0));
+            f.render_widget(p, body);
+        }
+        View::List | View::ConfirmEnd { .. } => render_table(f, app, body),
+    }
+    if let View::ConfirmEnd { id, status } = &app.view {
+        let area = centered(body, 64, 5);
+        f.render_widget(Clear, area);
+        let text = vec![
+            Line::raw(format!("End session {} ({status})?", short_id(id))),
+            Line::raw("A running turn is interrupted first."),
+            Line::styled(
+                "[y] end as completed   [c] end as cancelled   [n] keep it",
+                Style::default().add_modifier(Modifier::BOLD),
+            ),
+        ];
+        f.render_widget(
+            Paragraph::new(text).block(Block::default().borders(Borders::ALL).title(" end ")),
+            area,
+        );
+    }
+    let keys = match app.view {
+        View::List => "↑↓ select · Enter transcript · e end · q quit",
+        View::Transcript { .. } => "↑↓ PgUp PgDn scroll · e end · Esc back · q quit",
+        View::ConfirmEnd { .. } => "y / c end · n keep",
+    };
+    let mut foot_spans = vec![Span::styled(keys, Style::default().fg(Color::DarkGray))];
+    if let Some(m) = &app.message {
+        foot_spans.push(Span::raw(format!("  {m}")));
+    }
+    f.render_widget(Paragraph::new(Line::from(foot_spans)), foot);
+}
+
+fn render_table(f: &mut Frame, app: &App, area: Rect) {
+    let s = &app.snap;
+    if s.rows.is_empty() {
+        f.render_widget(
+            Paragraph::new("no sessions yet: delegate from your agent, or `zwarm run TASK`")
+                .block(Block::default().borders(Borders::TOP)),
+            area,
+        );
+        return;
+    }
+    let header = Row::new(
+        [
+            "ID",
+            "STATUS",
+            "ADAPTER",
+            "ELAPSED",
+            "TOKENS",
+            "COST",
+            "LAST ACTIVITY",
+            "TASK",
+        ]
+        .map(Cell::from),
+    )
+    .style(Style::default().add_modifier(Modifier::BOLD));
+    let rows = s.rows.iter().map(|r| {
+        let last = match r.updated {
+            Some(u) if !r.last.is_empty() => format!("{} ago · {}", super::fmt_age(u), r.last),
+            Some(u) => format!("{} ago", super::fmt_age(u)),
+            None => r.last.clone(),
+        };
+        Row::new(vec![
+            Cell::from(short_id(&r.id).to_string()),
+            Cell::from(r.status.clone()).style(status_style(&r.status)),
+            Cell::from(r.adapter.clone()),
+            Cell::from(r.elapsed.map(fmt_duration).unwrap_or_else(|| "-".into())),
+            Cell::from(fmt_tokens(r.tokens)),
+            Cell::from(fmt_cost(r.cost)),
+            Cell::from(last),
+            Cell::from(r.task.clone()),
+        ])
+    });
+    let table = Table::new(
+        rows,
+        [
+            Constraint::Length(8),
+            Constraint::Length(10),
+            Constraint::Length(7),
+            Constraint::Length(7),
+            Constraint::Length(6),
+            Constraint::Length(8),
+            Constraint::Fill(3),
+            Constraint::Fill(2),
+        ],
+    )
+    .header(header)
+    .block(Block::default().borders(Borders::TOP))
+    .row_highlight_style(Style::default().add_modifier(Modifier::REVERSED))
+    .highlight_symbol("▶ ");
+    let mut state = TableState::default().with_selected(Some(app.selected.min(s.rows.len() - 1)));
+    f.render_stateful_widget(table, area, &mut state);
+}
+
+fn centered(area: Rect, w: u16, h: u16) -> Rect {
+    let w = w.min(area.width);
+    let h = h.min(area.height);
+    Rect {
+        x: area.x + (area.width - w) / 2,
+        y: area.y + (area.height - h) / 2,
+        width: w,
+        height: h,
+    }
+}
+
+/// The dashboard drawn into a plain-text grid (tests, the README capture).
+pub fn render_to_text(app: &App, width: u16, height: u16) -> String {
+    let backend = ratatui::backend::TestBackend::new(width, height);
+    let Ok(mut term) = ratatui::Terminal::new(backend);
+    if term.draw(|f| render(f, app)).is_err() {
+        return String::new();
+    }
+    let buf = term.backend().buffer();
+    let mut out = String::new();
+    for y in 0..buf.area.height {
+        let mut line = String::new();
+        for x in 0..buf.area.width {
+            line.push_str(buf[(x, y)].symbol());
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// Keys
+
+/// What a key press asks the loop to do beyond changing the view.
+#[derive(Debug, PartialEq)]
+pub enum Action {
+    None,
+    Quit,
+    Open(String),
+    End { id: String, verdict: &'static str },
+}
+
+/// Apply a key to the app (pure: no I/O).
+pub fn on_key(app: &mut App, k: KeyEvent, page: u16) -> Action {
+    if k.modifiers.contains(KeyModifiers::CONTROL) && k.code == KeyCode::Char('c') {
+        return Action::Quit;
+    }
+    let n = app.snap.rows.len();
+    match &mut app.view {
+        View::List => match k.code {
+            KeyCode::Char('q') | KeyCode::Esc => return Action::Quit,
+            KeyCode::Up | KeyCode::Char('k') => app.selected = app.selected.saturating_sub(1),
+            KeyCode::Down | KeyCode::Char('j') => {
+                app.selected = (app.selected + 1).min(n.saturating_sub(1))
+            }
+            KeyCode::PageUp => app.selected = app.selected.saturating_sub(page as usize),
+            KeyCode::PageDown => {
+                app.selected = (app.selected + page as usize).min(n.saturating_sub(1))
+            }
+            KeyCode::Home => app.selected = 0,
+            KeyCode::End => app.selected = n.saturating_sub(1),
+            KeyCode::Enter => {
+                if let Some(r) = app.selected_row() {
+                    return Action::Open(r.id.clone());
+                }
+            }
+            KeyCode::Char('e') => confirm_end(app),
+            _ => {}
+        },
+        View::Transcript { scroll, .. } => match k.code {
+            KeyCode::Char('q') => return Action::Quit,
+            KeyCode::Esc | KeyCode::Left | KeyCode::Backspace => app.view = View::List,
+            KeyCode::Up | KeyCode::Char('k') => *scroll = scroll.saturating_sub(1),
+            KeyCode::Down | KeyCode::Char('j') => *scroll = scroll.saturating_add(1),
+            KeyCode::PageUp => *scroll = scroll.saturating_sub(page),
+            KeyCode::PageDown | KeyCode::Char(' ') => *scroll = scroll.saturating_add(page),
+            KeyCode::Home => *scroll = 0,
+            KeyCode::Char('e') => confirm_end(app),
+            _ => {}
+        },
+        View::ConfirmEnd { id, .. } => {
+            let id = id.clone();
+            app.view = View::List;
+            let verdict = match k.code {
+                KeyCode::Char('y') => "completed",
+                KeyCode::Char('c') => "cancelled",
+                _ => {
+                    app.message = Some("kept".into());
+                    return Action::None;
+                }
+            };
+            app.message = Some(format!("ending {}…", short_id(&id)));
+            return Action::End { id, verdict };
+        }
+    }
+    Action::None
+}
+
+fn confirm_end(app: &mut App) {
+    let target = match &app.view {
+        View::Transcript { id, .. } => app.snap.rows.iter().find(|r| &r.id == id),
+        _ => app.selected_row(),
+    };
+    match target {
+        Some(r) if r.is_final => {
+            app.message = Some(format!("{} has ended already", short_id(&r.id)))
+        }
+        Some(r) => {
+            app.view = View::ConfirmEnd {
+                id: r.id.clone(),
+                status: r.status.clone(),
+            }
+        }
+        None => {}
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The loop
+
+/// Puts the terminal back however `top` ends.
+struct TerminalGuard;
+
+impl Drop for TerminalGuard {
+    fn drop(&mut self) {
+        restore_terminal();
+    }
+}
+
+fn restore_terminal() {
+    let _ = crossterm::terminal::disable_raw_mode();
+    let _ = crossterm::execute!(
+        std::io::stdout(),
+        crossterm::terminal::LeaveAlternateScreen,
+        crossterm::cursor::Show
+    );
+}
+
+pub fn main(a: TopArgs) -> anyhow::Result<i32> {
+    use std::io::IsTerminal;
+    let cfg = a.state.load()?;
+    if !std::io::stdout().is_terminal() {
+        anyhow::bail!("`zwarm top` needs a terminal; use `zwarm ps` (or `ps --json`) in scripts");
+    }
+    // The state may not exist yet: wait for the first server, showing an empty dashboard.
+    let mut store: Option<ReadOnlyStore> = None;
+    let mut totals = Totals::default();
+    let mut app = App::new(Snapshot {
+        state_dir: cfg.state_dir.display().to_string(),
+        ..Default::default()
+    });
+    crossterm::terminal::enable_raw_mode()?;
+    let _guard = TerminalGuard;
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |p| {
+        restore_terminal();
+        hook(p);
+    }));
+    crossterm::execute!(
+        std::io::stdout(),
+        crossterm::terminal::EnterAlternateScreen,
+        crossterm::cursor::Hide
+    )?;
+    let mut term =
+        ratatui::Terminal::new(ratatui::backend::CrosstermBackend::new(std::io::stdout()))?;
+    let (tx, rx) = mpsc::channel::<String>();
+    let mut last_read: Option<Instant> = None;
+    let mut dirty = true;
+    loop {
+        if last_read.is_none_or(|t| t.elapsed() >= REFRESH) {
+            last_read = Some(Instant::now());
+            if store.is_none() && ReadOnlyStore::exists(&cfg.state_dir) {
+                store = ReadOnlyStore::open(&cfg.state_dir).ok();
+            }
+            if let Some(st) = &store {
+                let snap = match snapshot(st, &mut totals, &cfg, a.limit.max(1), SystemTime::now())
+                {
+                    Ok(s) => s,
+                    Err(e) => Snapshot {
+                        error: Some(e.to_string()),
+                        ..app.snap.clone()
+                    },
+                };
+                if snap != app.snap {
+                    app.snap = snap;
+                    app.selected = app.selected.min(app.snap.rows.len().saturating_sub(1));
+                    dirty = true;
+                }
+                // A running session's transcript follows it.
+                if let View::Transcript { id, lines, .. } = &mut app.view
+                    && app.snap.rows.iter().any(|r| &r.id == id && r.active)
+                    && let Ok(Some(s)) = st.load_session(id)
+                {
+                    let new = super::show::transcript(&s, false);
+                    if &new != lines {
+                        *lines = new;
+                        dirty = true;
+                    }
+                }
+            }
+        }
+        while let Ok(msg) = rx.try_recv() {
+            app.message = Some(msg);
+            last_read = None;
+            dirty = true;
+        }
+        if dirty {
+            term.draw(|f| render(f, &app))?;
+            dirty = false;
+        }
+        let wait = last_read
+            .map(|t| REFRESH.saturating_sub(t.elapsed()))
+            .unwrap_or(Duration::ZERO);
+        if !event::poll(wait)? {
+            continue;
+        }
+        // Every event already queued is handled before the next draw (a held key redraws
+        // once per burst, not once per repeat).
+        loop {
+            let quit = match event::read()? {
+                Event::Key(k) if k.kind == KeyEventKind::Press => {
+                    dirty = true;
+                    let page = term
+                        .size()
+                        .map(|s| s.height.saturating_sub(6))
+                        .unwrap_or(10);
+                    let action = on_key(&mut app, k, page.max(1));
+                    act(action, &mut app, store.as_ref(), &a.state, &cfg, &tx)
+                }
+                Event::Resize(..) => {
+                    dirty = true;
+                    false
+                }
+                _ => false,
+            };
+            if quit {
+                drop(term);
+                return Ok(0);
+            }
+            if !event::poll(Duration::ZERO)? {
+                break;
+            }
+        }
+    }
+}
+
+/// Carry out what a key asked for; true to quit.
+fn act(
+    action: Action,
+    app: &mut App,
+    store: Option<&ReadOnlyStore>,
+    state: &StateArgs,
+    cfg: &Config,
+    tx: &mpsc::Sender<String>,
+) -> bool {
+    match action {
+        Action::None => {}
+        Action::Quit => return true,
+        Action::Open(id) => match store.map(|st| st.load_session(&id)) {
+            Some(Ok(Some(s))) => {
+                app.view = View::Transcript {
+                    id,
+                    lines: super::show::transcript(&s, false),
+                    scroll: 0,
+                }
+            }
+            Some(Err(e)) => app.message = Some(format!("cannot read it: {e}")),
+            _ => app.message = Some("that session is gone".into()),
+        },
+        Action::End { id, verdict } => spawn_end(state, cfg, id, verdict, tx.clone()),
+    }
+    false
+}
+
+/// End a session through `zwarm end` in a child process (the dashboard keeps drawing).
+fn spawn_end(state: &StateArgs, cfg: &Config, id: String, verdict: &str, tx: mpsc::Sender<String>) {
+    let exe = std::env::current_exe();
+    let mut args: Vec<std::ffi::OsString> = vec!["end".into(), id.clone().into()];
+    args.push("--verdict".into());
+    args.push(verdict.into());
+    args.extend(state.to_args(&cfg.state_dir));
+    let cwd = cfg.project_dir.clone();
+    std::thread::spawn(move || {
+        let msg = match exe.and_then(|exe| {
+            std::process::Command::new(exe)
+                .args(&args)
+                .current_dir(&cwd)
+                .stdin(std::process::Stdio::null())
+                .output()
+        }) {
+            Ok(o) => {
+                let text = if o.status.success() {
+                    String::from_utf8_lossy(&o.stdout).into_owned()
+                } else {
+                    String::from_utf8_lossy(&o.stderr).into_owned()
+                };
+                one_line(text.trim().trim_start_matches("zwarm: "), 200)
+            }
+            Err(e) => format!("could not run `zwarm end`: {e}"),
+        };
+        let _ = tx.send(msg);
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(id: &str, status: &str, task: &str) -> TopRow {
+        TopRow {
+            id: id.into(),
+            status: status.into(),
+            active: status == "running",
+            is_final: status == "completed",
+            adapter: "codex".into(),
+            elapsed: Some(75),
+            updated: Some(3),
+            last: "codex runs `cargo test`".into(),
+            tokens: 12_345,
+            cost: Some(0.0123),
+            task: task.into(),
+        }
+    }
+
+    pub fn sample() -> App {
+        App::new(Snapshot {
+            state_dir: "/home/me/.local/state/zwarm/home-me-src-proj-90c1ba2b".into(),
+            rows: vec![
+                row(
+                    "0f3e7c1d-7b52-4a9a-8f3e-7c1d7b52a9a0",
+                    "running",
+                    "fix the failing tests in src/parser",
+                ),
+                row(
+                    "5d54d971-04ac-4fc5-8706-cc9e722763be",
+                    "idle",
+                    "add a --json flag to the export command",
+                ),
+                row(
+                    "9a0f3e7c-1d7b-4529-a0f3-e7c1d7b52a9b",
+                    "completed",
+                    "write the changelog",
+                ),
+            ],
+            sessions: 3,
+            running: 1,
+            tokens: 37_035,
+            cost: 0.0369,
+            budget: vec!["cost $0.0369 of $5.00 (1%)".into()],
+            error: None,
+        })
+    }
+
+    #[test]
+    fn the_table_shows_the_sessions() {
+        let text = render_to_text(&sample(), 120, 12);
+        println!("{text}");
+        assert!(text.contains("zwarm top"), "{text}");
+        assert!(text.contains("3 sessions · 1 running"), "{text}");
+        assert!(
+            text.contains("budget: cost $0.0369 of $5.00 (1%)"),
+            "{text}"
+        );
+        for (id, status) in [
+            ("0f3e7c1d", "running"),
+            ("5d54d971", "idle"),
+            ("9a0f3e7c", "completed"),
+        ] {
+            let line = text
+                .lines()
+                .find(|l| l.contains(id))
+                .unwrap_or_else(|| panic!("{id}: {text}"));
+            assert!(line.contains(status), "{line}");
+            assert!(line.contains("12.3k") && line.contains("$0.0123"), "{line}");
+        }
+        assert!(
+            text.contains("▶ 0f3e7c1d"),
+            "the first row is selected: {text}"
+        );
+        assert!(text.contains("q quit"), "{text}");
+    }
+
+    #[test]
+    fn keys_select_open_and_confirm() {
+        let mut app = sample();
+        let key = |c| KeyEvent::new(c, KeyModifiers::NONE);
+        assert_eq!(on_key(&mut app, key(KeyCode::Down), 10), Action::None);
+        assert_eq!(app.selected, 1);
+        assert_eq!(
+            on_key(&mut app, key(KeyCode::Enter), 10),
+            Action::Open("5d54d971-04ac-4fc5-8706-cc9e722763be".into())
+        );
+        on_key(&mut app, key(KeyCode::Char('e')), 10);
+        assert!(matches!(app.view, View::ConfirmEnd { .. }));
+        let text = render_to_text(&app, 120, 14);
+        assert!(text.contains("End session 5d54d971 (idle)?"), "{text}");
+        assert_eq!(on_key(&mut app, key(KeyCode::Char('n')), 10), Action::None);
+        assert_eq!(app.view, View::List);
+        on_key(&mut app, key(KeyCode::Char('e')), 10);
+        assert_eq!(
+            on_key(&mut app, key(KeyCode::Char('y')), 10),
+            Action::End {
+                id: "5d54d971-04ac-4fc5-8706-cc9e722763be".into(),
+                verdict: "completed"
+            }
+        );
+        // A completed session cannot be ended again.
+        on_key(&mut app, key(KeyCode::End), 10);
+        on_key(&mut app, key(KeyCode::Char('e')), 10);
+        assert_eq!(app.view, View::List);
+        assert!(
+            app.message
+                .as_deref()
+                .is_some_and(|m| m.contains("ended already"))
+        );
+        assert_eq!(on_key(&mut app, key(KeyCode::Char('q')), 10), Action::Quit);
+    }
+
+    #[test]
+    #[ignore]
+    fn capture_for_the_readme() {
+        let mut app = sample();
+        app.snap.rows[0].last = "codex runs `cargo test -p parser`".into();
+        app.snap.rows[0].elapsed = Some(222);
+        app.snap.rows[0].updated = Some(2);
+        app.snap.rows[0].cost = None;
+        app.snap.rows[1].adapter = "claude".into();
+        app.snap.rows[1].cost = Some(0.0412);
+        app.snap.tokens = 37_035;
+        app.snap.cost = 0.0412;
+        app.snap.budget = vec!["cost $0.0412 of $5.00 (1%)".into()];
+        app.snap.rows[1].last = "claude says: Added --json; tests pass.".into();
+        app.snap.rows[1].elapsed = Some(94);
+        app.snap.rows[1].updated = Some(720);
+        app.snap.rows[1].tokens = 18_204;
+        app.snap.rows[2].last = "codex: turn finished".into();
+        app.snap.rows[2].elapsed = Some(41);
+        app.snap.rows[2].updated = Some(3900);
+        app.snap.rows[2].tokens = 6_486;
+        app.snap.rows[2].cost = None;
+        print!("{}", render_to_text(&app, 110, 10));
+    }
+
+    #[test]
+    fn an_empty_state_says_how_to_start() {
+        let text = render_to_text(&App::new(Snapshot::default()), 80, 8);
+        assert!(text.contains("no sessions yet"), "{text}");
+    }
+}

@@ -1,0 +1,925 @@
+//! The terminal commands end to end: `zwarm run` with the real codex against the scripted
+//! model; `ps`, `show`, `logs`, `end` on a state a running `zwarm serve` writes; `doctor`
+//! with a missing CLI and with a CLI that lost a flag; `setup` run twice on existing host
+//! configs; `top` in a real terminal (tmux, and a pty made by `script`).
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use support::harness::{Env, Zwarm, cli_dir, keyed_script, wait_done};
+use support::mock_openai::OpenAiMock;
+
+fn codex_env() -> (OpenAiMock, Env) {
+    let mock = OpenAiMock::start(json!({}));
+    let env = Env::new(Some(&mock), None);
+    mock.set_script(keyed_script("codex_keyed.json", &env.work));
+    (mock, env)
+}
+
+/// `zwarm <args>` in the test's work dir with the test's environment (no stray ZWARM_*).
+fn zwarm(env: &Env, args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_zwarm"));
+    cmd.args(args).current_dir(&env.work).stdin(Stdio::null());
+    for (k, _) in std::env::vars() {
+        if k.starts_with("ZWARM_") || k == "IS_SANDBOX" || k == "CLAUDECODE" || k == "RUST_LOG" {
+            cmd.env_remove(k);
+        }
+    }
+    for (k, v) in &env.vars {
+        cmd.env(k, v);
+    }
+    cmd.env("ZWARM_LOG", "warn");
+    cmd
+}
+
+/// Run `zwarm <args> --state-dir <state>` to the end.
+fn cli(env: &Env, args: &[&str]) -> Output {
+    let state = env.state.display().to_string();
+    let mut all: Vec<&str> = args.to_vec();
+    all.extend(["--state-dir", &state]);
+    zwarm(env, &all).output().expect("run zwarm")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn show(o: &Output) -> String {
+    format!(
+        "exit {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+        o.status.code(),
+        text(&o.stdout),
+        text(&o.stderr)
+    )
+}
+
+fn json_of(o: &Output) -> Value {
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", show(o)))
+}
+
+#[test]
+fn run_answers_on_stdout_shows_progress_and_records_the_session() {
+    let (_mock, env) = codex_env();
+    let t = Instant::now();
+    let o = cli(&env, &["run", "@@tools", "please"]);
+    println!("zwarm run took {:?}", t.elapsed());
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    assert_eq!(
+        text(&o.stdout),
+        "Done: ran a command and created hello.py\n",
+        "{}",
+        show(&o)
+    );
+    let err = text(&o.stderr);
+    // Progress (plain lines without a terminal): what the executor ran and edited.
+    assert!(err.contains("ran `"), "{err}");
+    assert!(err.contains("hello.py"), "{err}");
+    assert!(env.work.join("hello.py").exists());
+
+    // Recorded like any other session.
+    let ps = json_of(&cli(&env, &["ps", "--json"]));
+    let sessions = ps["sessions"].as_array().expect("sessions");
+    assert_eq!(sessions.len(), 1, "{ps}");
+    let s = &sessions[0];
+    assert_eq!(s["status"], "idle", "{ps}");
+    assert_eq!(s["adapter"], "codex");
+    assert_eq!(s["mode"], "sync");
+    assert_eq!(s["task"], "@@tools please");
+    assert_eq!(s["turns"], 1);
+    assert_eq!(s["usage"]["input_tokens"], 30);
+    assert!(
+        s["updated_at"].is_string() && s.get("branch").is_none(),
+        "{s}"
+    );
+    let id = s["session_id"].as_str().expect("id").to_string();
+    assert!(err.contains(&id), "the session id is announced: {err}");
+    let events = env.events();
+    for kind in [
+        "server_started",
+        "session_started",
+        "turn_started",
+        "turn_finished",
+        "server_stopped",
+    ] {
+        assert!(
+            events.contains(&format!("\"event\":\"{kind}\"")),
+            "{kind}: {events}"
+        );
+    }
+
+    // A failing turn: exit 1, the reason on stderr, nothing on stdout.
+    let o = cli(&env, &["run", "--adapter", "codex", "@@err500"]);
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    assert!(text(&o.stdout).is_empty(), "{}", show(&o));
+    assert!(text(&o.stderr).contains("the turn failed"), "{}", show(&o));
+    let ps = json_of(&cli(&env, &["ps", "--json", "--status", "failed"]));
+    assert_eq!(ps["sessions"].as_array().map(Vec::len), Some(1), "{ps}");
+
+    // Worktree isolation is refused clearly until the engine has it.
+    let o = cli(&env, &["run", "--isolation", "worktree", "x"]);
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    assert!(
+        text(&o.stderr).contains("not supported yet"),
+        "{}",
+        show(&o)
+    );
+}
+
+/// Read lines from a child's stdout on a thread, so a test can wait for one with a deadline.
+fn line_reader(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let out = child.stdout.take().expect("stdout");
+    std::thread::spawn(move || {
+        for l in BufReader::new(out).lines() {
+            let Ok(l) = l else { break };
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+fn wait_for_line(rx: &std::sync::mpsc::Receiver<String>, needle: &str, seen: &mut Vec<String>) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if let Ok(l) = rx.recv_timeout(Duration::from_millis(200)) {
+            let hit = l.contains(needle);
+            seen.push(l);
+            if hit {
+                return;
+            }
+        }
+    }
+    panic!(
+        "no line with {needle:?} within 30 s; saw:\n{}",
+        seen.join("\n")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ps_show_logs_end_work_on_a_state_a_running_server_writes() {
+    let (_mock, env) = codex_env();
+    let z = Zwarm::start(&env, &[]).await;
+    let done = z.ok("delegate", json!({"task": "@@tools please"})).await;
+    let idle = done["session_id"].as_str().expect("id").to_string();
+    let stalled = z
+        .ok("delegate", json!({"task": "@@stall", "mode": "async"}))
+        .await;
+    let running = stalled["session_id"].as_str().expect("id").to_string();
+    assert_eq!(stalled["status"], "running");
+
+    // `logs -f` follows from now on, while the server works.
+    let state = env.state.display().to_string();
+    let mut follow = KillOnDrop(
+        zwarm(&env, &["logs", "-f", "-n", "0", "--state-dir", &state])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("logs -f"),
+    );
+    let lines = line_reader(&mut follow.0);
+
+    // ps --json: both sessions, the running one with its live server.
+    let ps = json_of(&cli(&env, &["ps", "--json"]));
+    let find = |id: &str| {
+        ps["sessions"]
+            .as_array()
+            .and_then(|a| a.iter().find(|s| s["session_id"] == id).cloned())
+            .unwrap_or_else(|| panic!("{id} not listed: {ps}"))
+    };
+    assert_eq!(find(&idle)["status"], "idle");
+    assert_eq!(find(&running)["status"], "running");
+    assert_eq!(find(&running)["server_alive"], true);
+    for key in [
+        "session_id",
+        "status",
+        "adapter",
+        "mode",
+        "task",
+        "turns",
+        "usage",
+        "cost_usd",
+        "updated_at",
+    ] {
+        assert!(find(&idle).get(key).is_some(), "{key} missing: {ps}");
+    }
+    let table = cli(&env, &["ps"]);
+    let table_text = text(&table.stdout);
+    assert!(table_text.starts_with("ID "), "{}", show(&table));
+    assert!(
+        table_text.contains(&idle[..8]) && table_text.contains(&running[..8]),
+        "{table_text}"
+    );
+
+    // show: the transcript of the finished session, by prefix.
+    let o = cli(&env, &["show", &idle[..8]]);
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    let t = text(&o.stdout);
+    for want in [
+        idle.as_str(),
+        "@@tools please",
+        "echo hello-from-shell > from_shell.txt",
+        "(exit 0)",
+        "+ ",
+        "hello.py",
+        "Done: ran a command and created hello.py",
+        "in 30",
+    ] {
+        assert!(t.contains(want), "{want:?} missing:\n{t}");
+    }
+    let o = cli(&env, &["show", &running[..10]]);
+    assert!(
+        text(&o.stdout).contains("(turn in progress)"),
+        "{}",
+        show(&o)
+    );
+    let j = json_of(&cli(&env, &["show", &idle, "--json"]));
+    assert_eq!(j["session_id"], idle.as_str());
+    assert_eq!(j["turns"][0]["commands"][0]["exit_code"], 0, "{j}");
+    let o = cli(&env, &["show", "0123"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o.stderr).contains("at least 8"), "{}", show(&o));
+
+    // logs: the history as lines, one session's only with an id.
+    let o = cli(&env, &["logs"]);
+    let l = text(&o.stdout);
+    assert!(
+        l.contains("session_started") && l.contains("turn_finished"),
+        "{l}"
+    );
+    let o = cli(&env, &["logs", &running[..8]]);
+    let l = text(&o.stdout);
+    assert!(
+        l.contains("session_started") && !l.contains(&idle[..8]),
+        "{l}"
+    );
+
+    // end: a session a live server owns is that server's.
+    let o = cli(&env, &["end", &running[..8]]);
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    assert!(
+        text(&o.stderr).contains("still running")
+            && text(&o.stderr).contains(&format!("pid {}", z.pid)),
+        "{}",
+        show(&o)
+    );
+
+    // The server goes on working meanwhile, and `logs -f` shows it.
+    let c = z
+        .ok(
+            "converse",
+            json!({"session_id": idle, "message": "and now say hello"}),
+        )
+        .await;
+    assert_eq!(c["status"], "idle", "{c}");
+    let mut seen = Vec::new();
+    wait_for_line(&lines, "message_sent", &mut seen);
+    wait_for_line(&lines, "turn_finished", &mut seen);
+    assert!(seen.iter().any(|l| l.contains(&idle[..8])), "{seen:?}");
+    drop(follow);
+
+    // The server dies (SIGKILL) with a turn running: `end` adopts the session and ends it.
+    z.signal_and_wait(libc::SIGKILL, Duration::from_secs(10))
+        .await;
+    // (The kernel releases a killed process's lock as its last thread exits, a moment after
+    // the process shows as gone.)
+    let t = Instant::now();
+    let ps = loop {
+        let ps = json_of(&cli(&env, &["ps", "--json", "--status", "running"]));
+        if ps["sessions"][0]["server_alive"] == false || t.elapsed() > Duration::from_secs(10) {
+            break ps;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(ps["sessions"][0]["server_alive"], false, "{ps}");
+    let o = cli(
+        &env,
+        &[
+            "end",
+            &running,
+            "--verdict",
+            "cancelled",
+            "--summary",
+            "stopped from the terminal",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    assert!(text(&o.stdout).contains("as cancelled"), "{}", show(&o));
+    let j = json_of(&cli(&env, &["show", &running, "--json"]));
+    assert_eq!(j["status"], "cancelled", "{j}");
+    assert_eq!(j["summary"], "stopped from the terminal");
+    assert_eq!(j["turns"][0]["status"], "interrupted", "{j}");
+    let o = cli(&env, &["end", &running]);
+    assert_eq!(o.status.code(), Some(1), "ending twice: {}", show(&o));
+    let o = cli(&env, &["diff", &idle]);
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    assert!(
+        text(&o.stderr).contains("no worktree") && text(&o.stderr).contains("hello.py"),
+        "{}",
+        show(&o)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_never_hold_up_a_busy_server() {
+    // While the CLI polls the state (ps and logs in a loop), the server's tool calls answer
+    // as usual.
+    let (_mock, env) = codex_env();
+    let z = Zwarm::start(&env, &[]).await;
+    let first = z.ok("delegate", json!({"task": "warm up"})).await;
+    assert_eq!(first["status"], "idle");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let state = env.state.display().to_string();
+    let readers: Vec<_> = (0..2)
+        .map(|i| {
+            let mut cmd = zwarm(
+                &env,
+                &[if i == 0 { "ps" } else { "logs" }, "--state-dir", &state],
+            );
+            cmd.stdout(Stdio::null()).stderr(Stdio::piped());
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut n = 0;
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    let o = cmd.output().expect("run");
+                    assert!(o.status.success(), "{}", text(&o.stderr));
+                    n += 1;
+                }
+                n
+            })
+        })
+        .collect();
+    for i in 0..3 {
+        let r = z.ok("delegate", json!({"task": format!("task {i}")})).await;
+        assert_eq!(r["status"], "idle", "{r}");
+        let s = wait_done(&z, r["session_id"].as_str().expect("id")).await;
+        assert_eq!(s["status"], "idle");
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    for r in readers {
+        let n = r.join().expect("reader");
+        assert!(n > 0);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// doctor
+
+fn write_script(path: &Path, body: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, body).expect("write script");
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+}
+
+fn doctor(env: &Env, path: &str) -> Output {
+    let state = env.state.display().to_string();
+    zwarm(env, &["doctor", "--state-dir", &state])
+        .env("PATH", path)
+        .output()
+        .expect("doctor")
+}
+
+#[test]
+fn doctor_passes_with_the_pinned_clis() {
+    let (_mock, env) = codex_env();
+    let path = env
+        .vars
+        .iter()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| v.clone())
+        .expect("PATH");
+    let t = Instant::now();
+    let o = doctor(&env, &path);
+    println!("{}\ndoctor took {:?}", show(&o), t.elapsed());
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    let out = text(&o.stdout);
+    for want in [
+        "✓ codex found",
+        "✓ codex version",
+        "✓ codex flags",
+        "✓ codex auth",
+        "✓ codex sandbox",
+        "✓ claude found",
+        "✓ claude version",
+        "✓ claude flags",
+        "✓ claude auth",
+        "✓ state dir",
+        "✓ config layers",
+    ] {
+        assert!(out.contains(want), "{want:?} missing:\n{out}");
+    }
+    let state = env.state.display().to_string();
+    let j = zwarm(&env, &["doctor", "--json", "--state-dir", &state])
+        .env("PATH", &path)
+        .output()
+        .expect("doctor --json");
+    let v = json_of(&j);
+    assert_eq!(v["ok"], true, "{v}");
+    assert!(v["checks"].as_array().is_some_and(|c| c.len() >= 12), "{v}");
+}
+
+#[test]
+fn doctor_fails_when_a_cli_is_missing_or_lost_a_flag() {
+    let (_mock, env) = codex_env();
+    let bins = env.dir.path().join("bins");
+    // Only codex on PATH (claude's directory left out).
+    let only_codex = bins.join("only-codex");
+    std::fs::create_dir_all(&only_codex).expect("mkdir");
+    std::os::unix::fs::symlink(cli_dir("codex").join("codex"), only_codex.join("codex"))
+        .expect("symlink");
+    let o = doctor(&env, &format!("{}:/usr/bin:/bin", only_codex.display()));
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    let out = text(&o.stdout);
+    assert!(out.contains("✓ codex found"), "{out}");
+    assert!(out.contains("✗ claude found"), "{out}");
+    assert!(
+        out.contains("npm install -g @anthropic-ai/claude-code"),
+        "{out}"
+    );
+
+    // A codex whose `exec --help` no longer lists --json.
+    let stub = bins.join("stub");
+    std::fs::create_dir_all(&stub).expect("mkdir");
+    write_script(
+        &stub.join("codex"),
+        r#"#!/bin/sh
+case "$1" in
+  --version) echo "codex-cli 0.169.0" ;;
+  exec) cat <<'EOF'
+Run Codex non-interactively
+
+Usage: codex exec [OPTIONS] [PROMPT]
+
+Options:
+  -s, --sandbox <SANDBOX_MODE>
+  -C, --cd <DIR>
+      --skip-git-repo-check
+  -o, --output-last-message <FILE>
+      --json-schema <FILE>
+EOF
+  ;;
+  login) echo "Logged in using an API key" ;;
+  sandbox) while [ "$1" != "--" ]; do shift; done; shift; exec "$@" ;;
+  *) exit 2 ;;
+esac
+"#,
+    );
+    let path = format!(
+        "{}:{}:/usr/bin:/bin",
+        stub.display(),
+        cli_dir("claude").display()
+    );
+    let o = doctor(&env, &path);
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    let out = text(&o.stdout);
+    let flags = out
+        .lines()
+        .find(|l| l.contains("codex flags"))
+        .unwrap_or_else(|| panic!("no flags line:\n{out}"));
+    assert!(flags.contains('✗') && flags.contains("--json"), "{flags}");
+    assert!(out.contains("✓ claude flags"), "{out}");
+    let state = env.state.display().to_string();
+    let j = zwarm(&env, &["doctor", "--json", "--state-dir", &state])
+        .env("PATH", &path)
+        .output()
+        .expect("doctor --json");
+    assert_eq!(j.status.code(), Some(1));
+    let v = json_of(&j);
+    assert_eq!(v["ok"], false);
+    let check = v["checks"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["name"] == "codex flags").cloned())
+        .unwrap_or_else(|| panic!("{v}"));
+    assert_eq!(check["status"], "fail", "{check}");
+    assert!(
+        check["fix"]
+            .as_str()
+            .is_some_and(|f| f.contains("@openai/codex@0.169.0")),
+        "{check}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// setup
+
+fn backups(dir: &Path, name: &str) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .expect("read dir")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&format!("{name}.bak-")))
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+fn exe() -> String {
+    std::fs::canonicalize(env!("CARGO_BIN_EXE_zwarm"))
+        .expect("exe")
+        .display()
+        .to_string()
+}
+
+#[test]
+fn setup_codex_twice_keeps_the_file_and_changes_nothing_the_second_time() {
+    let env = Env::new(None, None);
+    let home = PathBuf::from(
+        env.vars
+            .iter()
+            .find(|(k, _)| k == "CODEX_HOME")
+            .map(|(_, v)| v.clone())
+            .expect("CODEX_HOME"),
+    );
+    let file = home.join("config.toml");
+    let before = format!(
+        "{}\n# my MCP servers\n[mcp_servers.docs]\ncommand = \"docs-server\" # keep me\nargs = [\"--port\", \"1\"]\n",
+        std::fs::read_to_string(&file).expect("config")
+    );
+    std::fs::write(&file, &before).expect("write");
+    let o = zwarm(&env, &["setup", "codex"]).output().expect("setup");
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    assert!(text(&o.stdout).contains("updated"), "{}", show(&o));
+    assert!(
+        text(&o.stdout).contains("+ mcp_servers.zwarm.command"),
+        "{}",
+        show(&o)
+    );
+    let after = std::fs::read_to_string(&file).expect("config");
+    assert!(
+        after.starts_with(&before),
+        "everything before is kept as it was:\n{after}"
+    );
+    let doc: toml::Table = after.parse().expect("valid TOML");
+    let z = &doc["mcp_servers"]["zwarm"];
+    assert_eq!(z["command"].as_str(), Some(exe().as_str()));
+    assert_eq!(z["args"].as_array().map(|a| a.len()), Some(1));
+    assert_eq!(z["required"].as_bool(), Some(true));
+    assert_eq!(z["default_tools_approval_mode"].as_str(), Some("approve"));
+    assert_eq!(z["tool_timeout_sec"].as_integer(), Some(300));
+    assert_eq!(z["supports_parallel_tool_calls"].as_bool(), Some(true));
+    assert_eq!(doc["model_provider"].as_str(), Some("mock"));
+    let b = backups(&home, "config.toml");
+    assert_eq!(b.len(), 1, "{b:?}");
+    assert_eq!(std::fs::read_to_string(&b[0]).expect("backup"), before);
+
+    let o = zwarm(&env, &["setup", "codex"]).output().expect("setup");
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    assert!(text(&o.stdout).contains("nothing changed"), "{}", show(&o));
+    assert_eq!(std::fs::read_to_string(&file).expect("config"), after);
+    assert_eq!(backups(&home, "config.toml").len(), 1);
+}
+
+#[test]
+fn setup_claude_desktop_twice_merges_and_keeps_the_rest() {
+    let env = Env::new(None, None);
+    let dir = env.dir.path().join("desktop");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let file = dir.join("claude_desktop_config.json");
+    let before = "{\n  \"mcpServers\": {\n    \"files\": {\n      \"command\": \"npx\",\n      \"args\": [\"-y\", \"files-server\"]\n    }\n  },\n  \"preferences\": {\"theme\": \"dark\", \"zoom\": 1.25}\n}\n";
+    std::fs::write(&file, before).expect("write");
+    let f = file.display().to_string();
+    let o = zwarm(&env, &["setup", "claude-desktop", "--config-file", &f])
+        .output()
+        .expect("setup");
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    assert!(
+        text(&o.stdout).contains("+ mcpServers.zwarm"),
+        "{}",
+        show(&o)
+    );
+    let after = std::fs::read_to_string(&file).expect("config");
+    let v: Value = serde_json::from_str(&after).expect("valid JSON");
+    assert_eq!(v["mcpServers"]["files"]["args"][1], "files-server");
+    assert_eq!(v["preferences"]["zoom"], 1.25);
+    assert!(
+        after.contains("\"preferences\": {\"theme\": \"dark\", \"zoom\": 1.25}"),
+        "{after}"
+    );
+    let z = &v["mcpServers"]["zwarm"];
+    assert_eq!(z["command"], exe().as_str());
+    assert_eq!(z["args"][0], "serve");
+    assert_eq!(z["args"][1], "--state-dir");
+    assert!(
+        z["args"][2].as_str().is_some_and(|d| d.starts_with('/')),
+        "{z}"
+    );
+    let b = backups(&dir, "claude_desktop_config.json");
+    assert_eq!(b.len(), 1);
+    assert_eq!(std::fs::read_to_string(&b[0]).expect("backup"), before);
+
+    let o = zwarm(&env, &["setup", "claude-desktop", "--config-file", &f])
+        .output()
+        .expect("setup");
+    assert!(text(&o.stdout).contains("nothing changed"), "{}", show(&o));
+    assert_eq!(std::fs::read_to_string(&file).expect("config"), after);
+    assert_eq!(backups(&dir, "claude_desktop_config.json").len(), 1);
+}
+
+#[test]
+fn setup_claude_code_runs_claude_mcp_add_once() {
+    let env = Env::new(None, None);
+    let config_dir = PathBuf::from(
+        env.vars
+            .iter()
+            .find(|(k, _)| k == "CLAUDE_CONFIG_DIR")
+            .map(|(_, v)| v.clone())
+            .expect("CLAUDE_CONFIG_DIR"),
+    );
+    let file = config_dir.join(".claude.json");
+    std::fs::write(&file, "{\"numStartups\": 4, \"theme\": \"dark\"}\n").expect("write");
+    // A stub `claude` that records its argv and writes the entry as `claude mcp add` would.
+    let bin = env.dir.path().join("stub-claude");
+    std::fs::create_dir_all(&bin).expect("mkdir");
+    let log = env.dir.path().join("claude-argv.log");
+    write_script(
+        &bin.join("claude"),
+        r#"#!/bin/sh
+echo "$*" >> "$CLAUDE_ARGV_LOG"
+if [ "$1 $2" = "mcp add" ]; then
+  while [ "$1" != "--" ]; do shift; done; shift
+  printf '{"numStartups": 4, "theme": "dark", "mcpServers": {"zwarm": {"type": "stdio", "command": "%s", "args": ["%s"], "env": {}}}}\n' "$1" "$2" > "$CLAUDE_CONFIG_DIR/.claude.json"
+fi
+"#,
+    );
+    let path = format!("{}:/usr/bin:/bin", bin.display());
+    let run = || {
+        zwarm(&env, &["setup", "claude-code"])
+            .env("PATH", &path)
+            .env("CLAUDE_ARGV_LOG", &log)
+            .output()
+            .expect("setup")
+    };
+    let o = run();
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    let argv = std::fs::read_to_string(&log).expect("argv log");
+    assert_eq!(
+        argv.trim(),
+        format!("mcp add zwarm --scope user -- {} serve", exe())
+    );
+    assert_eq!(backups(&config_dir, ".claude.json").len(), 1);
+    let o = run();
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    assert!(text(&o.stdout).contains("nothing changed"), "{}", show(&o));
+    assert_eq!(
+        std::fs::read_to_string(&log)
+            .expect("argv log")
+            .lines()
+            .count(),
+        1
+    );
+    assert_eq!(backups(&config_dir, ".claude.json").len(), 1);
+}
+
+#[test]
+fn setup_claude_code_with_the_real_claude() {
+    let env = Env::new(None, None);
+    let config_dir = PathBuf::from(
+        env.vars
+            .iter()
+            .find(|(k, _)| k == "CLAUDE_CONFIG_DIR")
+            .map(|(_, v)| v.clone())
+            .expect("CLAUDE_CONFIG_DIR"),
+    );
+    std::fs::write(config_dir.join(".claude.json"), "{\"numStartups\": 2}\n").expect("write");
+    let o = zwarm(&env, &["setup", "claude-code"])
+        .output()
+        .expect("setup");
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    let v: Value = serde_json::from_str(
+        &std::fs::read_to_string(config_dir.join(".claude.json")).expect("config"),
+    )
+    .expect("JSON");
+    assert_eq!(v["mcpServers"]["zwarm"]["command"], exe().as_str(), "{v}");
+    assert_eq!(v["mcpServers"]["zwarm"]["args"], json!(["serve"]));
+    assert_eq!(v["numStartups"], 2);
+    let o = zwarm(&env, &["setup", "claude-code"])
+        .output()
+        .expect("setup");
+    assert!(text(&o.stdout).contains("nothing changed"), "{}", show(&o));
+}
+
+// ---------------------------------------------------------------------------------------------
+// top in a real terminal
+
+/// A shell script that runs `zwarm top` with the test's environment and records its exit code.
+fn top_script(env: &Env, rc: &Path) -> PathBuf {
+    let q = |s: &str| format!("'{}'", s.replace('\'', "'\\''"));
+    let mut sh = String::from("#!/bin/sh\n");
+    for (k, _) in std::env::vars() {
+        if k.starts_with("ZWARM_") {
+            sh.push_str(&format!("unset {k}\n"));
+        }
+    }
+    for (k, v) in &env.vars {
+        sh.push_str(&format!("export {k}={}\n", q(v)));
+    }
+    sh.push_str("export ZWARM_LOG=warn TERM=xterm-256color\n");
+    sh.push_str(&format!("cd {}\n", q(&env.work.display().to_string())));
+    sh.push_str(&format!(
+        "{} top --state-dir {}\necho $? > {}\n",
+        q(env!("CARGO_BIN_EXE_zwarm")),
+        q(&env.state.display().to_string()),
+        q(&rc.display().to_string())
+    ));
+    let p = env
+        .dir
+        .path()
+        .join(format!("top-{}.sh", std::process::id()));
+    write_script(&p, &sh);
+    p
+}
+
+fn wait_file(p: &Path, limit: Duration) -> Option<String> {
+    let t = Instant::now();
+    while t.elapsed() < limit {
+        if let Ok(s) = std::fs::read_to_string(p)
+            && !s.is_empty()
+        {
+            return Some(s);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    None
+}
+
+/// A tmux server of the test's own (its socket name), killed however the test ends.
+struct TmuxServer(String);
+
+impl TmuxServer {
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new("tmux")
+            .arg("-L")
+            .arg(&self.0)
+            .args(args)
+            .output()
+            .expect("tmux")
+    }
+}
+
+impl Drop for TmuxServer {
+    fn drop(&mut self) {
+        let _ = self.run(&["kill-server"]);
+    }
+}
+
+/// A child process killed (and reaped) however the test ends.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn top_draws_in_a_real_terminal_and_quits_on_q() {
+    let (_mock, env) = codex_env();
+    let o = cli(&env, &["run", "@@tools", "please"]);
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    let id = json_of(&cli(&env, &["ps", "--json"]))["sessions"][0]["session_id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let mut ran = 0;
+    if Command::new("tmux")
+        .arg("-V")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        ran += 1;
+        let rc = env.dir.path().join("top-tmux.rc");
+        let script = top_script(&env, &rc);
+        let server = TmuxServer(format!("zwarm-test-{}", std::process::id()));
+        let tmux = |args: &[&str]| server.run(args);
+        let o = tmux(&[
+            "new-session",
+            "-d",
+            "-s",
+            "top",
+            "-x",
+            "120",
+            "-y",
+            "30",
+            &script.display().to_string(),
+        ]);
+        assert!(o.status.success(), "{}", show(&o));
+        let t = Instant::now();
+        let mut screen = String::new();
+        while t.elapsed() < Duration::from_secs(20) {
+            screen = text(&tmux(&["capture-pane", "-p", "-t", "top"]).stdout);
+            if screen.contains("zwarm top") && screen.contains(&id[..8]) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        println!("{screen}");
+        assert!(
+            screen.contains("zwarm top") && screen.contains("1 session ·"),
+            "{screen}"
+        );
+        let line = screen
+            .lines()
+            .find(|l| l.contains(&id[..8]))
+            .unwrap_or_else(|| panic!("{screen}"));
+        assert!(line.contains("idle") && line.contains("codex"), "{line}");
+        // Enter shows the transcript; Esc goes back.
+        let wait_screen = |needle: &str| {
+            let t = Instant::now();
+            loop {
+                let s = text(&tmux(&["capture-pane", "-p", "-t", "top"]).stdout);
+                if s.contains(needle) {
+                    return s;
+                }
+                assert!(
+                    t.elapsed() < Duration::from_secs(20),
+                    "no {needle:?} on screen:\n{s}"
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        };
+        tmux(&["send-keys", "-t", "top", "Enter"]);
+        let screen = wait_screen("Done: ran a command and created hello.py");
+        assert!(
+            screen.contains(&format!("transcript {}", &id[..8])),
+            "{screen}"
+        );
+        tmux(&["send-keys", "-t", "top", "Escape"]);
+        wait_screen("LAST ACTIVITY");
+        // e asks first; y ends the session (through `zwarm end`).
+        tmux(&["send-keys", "-t", "top", "e"]);
+        wait_screen("End session");
+        tmux(&["send-keys", "-t", "top", "y"]);
+        let screen = wait_screen(&format!("ended session {}", &id[..8]));
+        assert!(screen.contains("as completed"), "{screen}");
+        wait_screen("completed  codex");
+        tmux(&["send-keys", "-t", "top", "q"]);
+        let code = wait_file(&rc, Duration::from_secs(10));
+        drop(server);
+        assert_eq!(
+            code.as_deref().map(str::trim),
+            Some("0"),
+            "top did not exit 0 on q"
+        );
+    }
+    if Command::new("script")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        ran += 1;
+        let rc = env.dir.path().join("top-script.rc");
+        let script = top_script(&env, &rc);
+        let mut child = KillOnDrop(
+            Command::new("script")
+                .args([
+                    "-qfec",
+                    &format!("stty rows 30 cols 120; {}", script.display()),
+                    "/dev/null",
+                ])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("script"),
+        );
+        let out = child.0.stdout.take().expect("stdout");
+        let reader = std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = std::io::Read::read_to_end(&mut { out }, &mut buf);
+            buf
+        });
+        std::thread::sleep(Duration::from_millis(1500));
+        {
+            use std::io::Write;
+            let mut stdin = child.0.stdin.take().expect("stdin");
+            let _ = stdin.write_all(b"q");
+            let _ = stdin.flush();
+            let code = wait_file(&rc, Duration::from_secs(10));
+            drop(stdin);
+            assert_eq!(
+                code.as_deref().map(str::trim),
+                Some("0"),
+                "top under script did not exit 0 on q"
+            );
+        }
+        let _ = child.0.wait();
+        let drawn = text(&reader.join().unwrap_or_default());
+        assert!(drawn.contains("zwarm top"), "{drawn}");
+        assert!(drawn.contains(&id[..8]), "{drawn}");
+    }
+    assert!(
+        ran > 0,
+        "neither tmux nor script is available to give `zwarm top` a terminal"
+    );
+}

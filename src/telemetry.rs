@@ -620,7 +620,7 @@ pub fn tool_done(span: &Span, result: &Result<rmcp::model::CallToolResponse, rmc
                 span.record("zwarm.session.id", one_line(id, 64).as_str());
             }
             if let Some(t) = field("turn").and_then(|v| v.as_u64()) {
-                span.record("zwarm.turn", t);
+                span.record("zwarm.turn", int(t));
             }
             match field("status").and_then(|v| v.as_str()) {
                 Some(s) => span.record("zwarm.result.status", one_line(s, 32).as_str()),
@@ -685,7 +685,7 @@ pub fn turn_span(session_id: &str, index: u32, describe: impl FnOnce() -> Adapte
         zwarm.usage.reasoning_output_tokens = Empty,
         zwarm.cost_usd = Empty,
         zwarm.session.id = session_id,
-        zwarm.turn = index,
+        zwarm.turn = i64::from(index),
         zwarm.turn.status = Empty,
         zwarm.turn.duration_ms = Empty,
         process.exit.code = Empty,
@@ -852,15 +852,15 @@ pub fn turn_finished(s: &Session, index: u32) {
     if let Some(m) = &s.model {
         span.record("gen_ai.request.model", one_line(m, 64).as_str());
     }
-    span.record("gen_ai.usage.input_tokens", t.usage.input_tokens);
-    span.record("gen_ai.usage.output_tokens", t.usage.output_tokens);
+    span.record("gen_ai.usage.input_tokens", int(t.usage.input_tokens));
+    span.record("gen_ai.usage.output_tokens", int(t.usage.output_tokens));
     span.record(
         "gen_ai.usage.cache_read.input_tokens",
-        t.usage.cached_input_tokens,
+        int(t.usage.cached_input_tokens),
     );
     span.record(
         "zwarm.usage.reasoning_output_tokens",
-        t.usage.reasoning_output_tokens,
+        int(t.usage.reasoning_output_tokens),
     );
     if let Some(c) = t.cost_usd {
         span.record("zwarm.cost_usd", c);
@@ -869,7 +869,7 @@ pub fn turn_finished(s: &Session, index: u32) {
     if let (Some(a), Some(b)) = (ms(&t.started_at), t.ended_at.as_deref().and_then(ms))
         && let Ok(d) = b.duration_since(a)
     {
-        span.record("zwarm.turn.duration_ms", d.as_millis() as u64);
+        span.record("zwarm.turn.duration_ms", int(d.as_millis() as u64));
     }
     if t.status == TurnStatus::Failed {
         span.record("error.type", "turn_failed");
@@ -878,6 +878,12 @@ pub fn turn_finished(s: &Session, index: u32) {
             MAX_TEXT,
         )));
     }
+}
+
+/// OpenTelemetry has no unsigned integers (and `tracing-opentelemetry` records a `u64` as a
+/// string): counts go in as `i64`.
+fn int(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
 }
 
 /// A watcher firing, as an event on the current span (a tool call's or a turn's).

@@ -410,6 +410,46 @@ async fn an_async_turn_keeps_its_call_as_parent_and_shutdown_flushes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_2026_07_28_request_is_parented_by_its_meta_traceparent() {
+    use rmcp::ClientServiceExt;
+    use rmcp::service::ClientLifecycleMode;
+    use rmcp::transport::TokioChildProcess;
+    let rx = Receiver::start();
+    let mut f = fake();
+    f.env.set("OTEL_BSP_SCHEDULE_DELAY", "50");
+    f.env
+        .set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", &rx.endpoint());
+    let cmd = f.env.command(&["--set", f.binary.as_str()]);
+    let (transport, _) = TokioChildProcess::builder(cmd)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn zwarm");
+    // Stateless: no initialize; protocol version and capabilities travel in every _meta.
+    let client = ()
+        .serve_with_lifecycle(
+            transport,
+            ClientLifecycleMode::Discover {
+                preferred_versions: vec![rmcp::model::ProtocolVersion::V_2026_07_28],
+            },
+        )
+        .await
+        .expect("server/discover");
+    let mut p = CallToolRequestParams::new("list_sessions").with_arguments(serde_json::Map::new());
+    p.set_traceparent(&format!("00-{TRACE_ID}-{CALLER_SPAN}-01"));
+    let r = client.call_tool(p).await.expect("list_sessions");
+    assert_ne!(r.is_error, Some(true), "{:?}", r.content);
+    let spans = spans_until(&rx, "the list_sessions call", |s| {
+        !named(s, "tools/call list_sessions").is_empty()
+    })
+    .await;
+    let call = one(&spans, "tools/call list_sessions");
+    assert_eq!(call.trace_id, TRACE_ID);
+    assert_eq!(call.parent_span_id, CALLER_SPAN);
+    assert_eq!(call.attr("zwarm.tool.argument_keys"), &json!([]));
+    let _ = client.cancel().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_export_off_nothing_is_sent_and_executors_get_no_traceparent() {
     let rx = Receiver::start();
     let mut f = fake();

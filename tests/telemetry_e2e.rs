@@ -3,7 +3,9 @@
 //! attributes, that a turn is the child of the call that started it (sync and async), that a
 //! caller's `_meta.traceparent` parents the call, that the executor gets its turn's
 //! `TRACEPARENT`, that with export off nothing is sent, and that a collector that hangs slows
-//! no call and the spans it costs are counted at shutdown.
+//! no call and the spans it costs are counted at shutdown. Then the real CLIs (against the
+//! scripted model servers): codex and claude, with their own trace export turned on, put their
+//! spans under the zwarm turn that ran them.
 
 #[path = "support/otlp.rs"]
 mod otlp;
@@ -16,7 +18,9 @@ use std::time::{Duration, Instant};
 use otlp::{Receiver, Span};
 use rmcp::model::{CallToolRequestParams, CallToolResult, RequestParamsMeta};
 use serde_json::{Value, json};
-use support::harness::{Env, Zwarm};
+use support::harness::{Env, Zwarm, keyed_script};
+use support::mock_anthropic::AnthropicMock;
+use support::mock_openai::OpenAiMock;
 
 /// A fake `codex exec --json`: reads and discards the prompt on stdin, records the trace
 /// context it was given, waits `delay` seconds when the working dir has that file, and prints
@@ -530,6 +534,93 @@ async fn a_hanging_collector_slows_no_call_and_lost_spans_are_counted() {
     assert_eq!(field("spans"), 20, "{line}");
     assert_eq!(field("exported"), 0, "{line}");
     assert!(field("dropped") > 0, "{line}");
+}
+
+/// The executor's own spans whose parent is `turn` (a span of another service).
+fn executor_children<'a>(spans: &'a [Span], turn: &Span) -> Vec<&'a Span> {
+    spans
+        .iter()
+        .filter(|s| s.service != "zwarm" && s.parent_span_id == turn.span_id)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_real_codex_puts_its_spans_under_the_turn() {
+    let rx = Receiver::start();
+    let mock = OpenAiMock::start(json!({}));
+    let mut env = Env::new(Some(&mock), None);
+    mock.set_script(keyed_script("codex_keyed.json", &env.work));
+    env.set("OTEL_BSP_SCHEDULE_DELAY", "50");
+    // codex exports traces when its config says so (`[otel] trace_exporter`); it continues
+    // the trace in TRACEPARENT.
+    let codex_otel = format!(
+        r#"codex.extra_args=['-c', 'otel.trace_exporter={{ otlp-http = {{ endpoint = "{}", protocol = "binary" }} }}']"#,
+        rx.endpoint()
+    );
+    let endpoint = format!("telemetry.endpoint={}", rx.endpoint());
+    let z = Zwarm::start(&env, &["--set", &endpoint, "--set", &codex_otel]).await;
+    let r = z.ok("delegate", json!({"task": "say hello"})).await;
+    assert_eq!(r["status"], "idle", "{r}\n{}", z.stderr());
+    let spans = spans_until(&rx, "codex's spans under the zwarm turn", |s| {
+        named(s, "invoke_agent codex")
+            .first()
+            .is_some_and(|t| !executor_children(s, t).is_empty())
+    })
+    .await;
+    let t = turn(&spans, 1);
+    let call = one(&spans, "tools/call delegate");
+    assert_eq!(t.parent_span_id, call.span_id);
+    for c in executor_children(&spans, t) {
+        assert_eq!(c.trace_id, t.trace_id, "{c:#?}");
+    }
+    // (codex 0.169's start-up and shutdown spans — auth, model info, the session loop — are
+    // traces of their own; the turn's work is under the zwarm turn.)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_real_claude_puts_its_spans_under_the_turn() {
+    let rx = Receiver::start();
+    let mock = AnthropicMock::start(json!({}));
+    let mut env = Env::new(None, Some(&mock));
+    mock.set_script(keyed_script("claude_keyed.json", &env.work));
+    // One set of standard variables configures both: zwarm exports (an endpoint is set), and
+    // claude exports its traces (beta) when its telemetry is enabled.
+    for (k, v) in [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", rx.base().as_str()),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+        ("OTEL_TRACES_EXPORTER", "otlp"),
+        ("OTEL_METRICS_EXPORTER", "none"),
+        ("OTEL_LOGS_EXPORTER", "none"),
+        ("OTEL_BSP_SCHEDULE_DELAY", "50"),
+        ("CLAUDE_CODE_ENABLE_TELEMETRY", "1"),
+        ("CLAUDE_CODE_ENHANCED_TELEMETRY_BETA", "1"),
+    ] {
+        env.set(k, v);
+    }
+    let z = Zwarm::start(&env, &[]).await;
+    let r = z
+        .ok(
+            "delegate",
+            json!({"task": "say hello", "adapter": "claude"}),
+        )
+        .await;
+    assert_eq!(r["status"], "idle", "{r}\n{}", z.stderr());
+    let spans = spans_until(&rx, "claude's spans under the zwarm turn", |s| {
+        named(s, "invoke_agent claude")
+            .first()
+            .is_some_and(|t| !executor_children(s, t).is_empty())
+    })
+    .await;
+    let t = one(&spans, "invoke_agent claude");
+    assert_eq!(t.attr("gen_ai.system"), "anthropic");
+    assert_eq!(t.parent_span_id, one(&spans, "tools/call delegate").span_id);
+    let children = executor_children(&spans, t);
+    assert!(
+        children
+            .iter()
+            .all(|c| c.service == "claude-code" && c.trace_id == t.trace_id),
+        "{children:#?}"
+    );
 }
 
 #[test]

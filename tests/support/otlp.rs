@@ -149,14 +149,25 @@ fn serve(conn: TcpStream, st: Arc<Mutex<State>>, answer: bool) {
                 headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
             }
         }
-        let len: usize = headers
-            .get("content-length")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        let mut body = vec![0u8; len.min(64 << 20)];
-        if r.read_exact(&mut body).is_err() {
-            return;
-        }
+        let chunked = headers
+            .get("transfer-encoding")
+            .is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
+        let body = if chunked {
+            match read_chunked(&mut r) {
+                Some(b) => b,
+                None => return,
+            }
+        } else {
+            let len: usize = headers
+                .get("content-length")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            let mut body = vec![0u8; len.min(64 << 20)];
+            if r.read_exact(&mut body).is_err() {
+                return;
+            }
+            body
+        };
         let spans = decode(&body);
         {
             let mut s = st.lock().unwrap();
@@ -179,6 +190,29 @@ fn serve(conn: TcpStream, st: Arc<Mutex<State>>, answer: bool) {
         if w.write_all(ok.as_bytes()).is_err() {
             return;
         }
+    }
+}
+
+/// A `Transfer-Encoding: chunked` body (what Node's exporters send).
+fn read_chunked(r: &mut impl BufRead) -> Option<Vec<u8>> {
+    let mut body = Vec::new();
+    loop {
+        let mut size = String::new();
+        r.read_line(&mut size).ok()?;
+        let size = usize::from_str_radix(size.trim().split(';').next()?.trim(), 16).ok()?;
+        if size == 0 {
+            let mut end = String::new();
+            r.read_line(&mut end).ok()?;
+            return Some(body);
+        }
+        if body.len() + size > 64 << 20 {
+            return None;
+        }
+        let start = body.len();
+        body.resize(start + size, 0);
+        r.read_exact(&mut body[start..]).ok()?;
+        let mut crlf = String::new();
+        r.read_line(&mut crlf).ok()?;
     }
 }
 

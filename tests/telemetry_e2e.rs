@@ -621,6 +621,31 @@ async fn the_real_claude_puts_its_spans_under_the_turn() {
             .all(|c| c.service == "claude-code" && c.trace_id == t.trace_id),
         "{children:#?}"
     );
+
+    // The next turn (claude --resume, a second run with the same claude home) too.
+    let sid = r["session_id"].as_str().expect("session_id").to_string();
+    let c = z
+        .ok(
+            "converse",
+            json!({"session_id": sid, "message": "say hello again"}),
+        )
+        .await;
+    assert_eq!(c["status"], "idle", "{c}\n{}", z.stderr());
+    let spans = spans_until(&rx, "claude's spans under the second turn", |s| {
+        named(s, "invoke_agent claude")
+            .iter()
+            .find(|t| t.attr("zwarm.turn") == &json!(2))
+            .is_some_and(|t| !executor_children(s, t).is_empty())
+    })
+    .await;
+    let t2 = named(&spans, "invoke_agent claude")
+        .into_iter()
+        .find(|t| t.attr("zwarm.turn") == &json!(2))
+        .expect("turn 2");
+    assert_eq!(
+        t2.parent_span_id,
+        one(&spans, "tools/call converse").span_id
+    );
 }
 
 #[test]

@@ -43,7 +43,8 @@ use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig};
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{
-    BatchSpanProcessor, SdkTracerProvider, SpanData, SpanExporter, SpanProcessor,
+    BatchConfigBuilder, BatchSpanProcessor, SdkTracerProvider, SpanData, SpanExporter,
+    SpanProcessor,
 };
 use serde::{Deserialize, Serialize};
 use tracing::Span;
@@ -369,13 +370,32 @@ fn build(s: &Settings) -> Result<(Telemetry, opentelemetry_sdk::trace::SdkTracer
         .with_http_client(UreqClient(agent))
         .build()
         .map_err(|e| format!("cannot build the OTLP exporter: {e}"))?;
-    let stats = Arc::new(Stats::default());
-    // Bounded queue, batches, its own thread (OTEL_BSP_* tune it; defaults: 2048 spans, every
-    // 5 s or 512 spans).
+    // A bounded queue, batches, one thread (OTEL_BSP_* tune it; defaults: 2048 spans, sent
+    // every 5 s or by 512). zwarm keeps the queue's bound itself, to count what it drops: the
+    // SDK's own queue is a batch larger, so it never drops a span unseen.
+    let env_usize = |k: &str| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.trim().parse::<usize>().ok())
+    };
+    let queue = env_usize("OTEL_BSP_MAX_QUEUE_SIZE").unwrap_or(2048).max(1);
+    let batch_size = env_usize("OTEL_BSP_MAX_EXPORT_BATCH_SIZE")
+        .unwrap_or(512)
+        .clamp(1, queue);
+    let stats = Arc::new(Stats {
+        queue: queue as u64,
+        ..Stats::default()
+    });
     let batch = BatchSpanProcessor::builder(Counted {
         inner: exporter,
         stats: stats.clone(),
     })
+    .with_batch_config(
+        BatchConfigBuilder::default()
+            .with_max_queue_size(queue + batch_size)
+            .with_max_export_batch_size(batch_size)
+            .build(),
+    )
     .build();
     let provider = SdkTracerProvider::builder()
         .with_span_processor(Ends {
@@ -390,6 +410,7 @@ fn build(s: &Settings) -> Result<(Telemetry, opentelemetry_sdk::trace::SdkTracer
         )
         .build();
     let tracer = provider.tracer("zwarm");
+    let _ = STATS.set(stats.clone());
     Ok((Telemetry { provider, stats }, tracer))
 }
 
@@ -401,38 +422,76 @@ impl Telemetry {
         let r = self.provider.shutdown_with_timeout(timeout);
         self.stats.closed.store(true, Ordering::Relaxed);
         let s = &self.stats;
-        let ended = s.ended.load(Ordering::Relaxed);
+        let accepted = s.accepted.load(Ordering::Relaxed);
+        let dropped = s.dropped.load(Ordering::Relaxed);
         let exported = s.exported.load(Ordering::Relaxed);
         let failed = s.failed.load(Ordering::Relaxed);
-        let dropped = ended.saturating_sub(exported + failed);
+        let unsent = accepted.saturating_sub(exported + failed);
         if let Err(e) = &r {
             tracing::warn!(error = %e, "traces: the final flush did not complete");
         }
-        if failed > 0 || dropped > 0 {
+        let spans = accepted + dropped;
+        if failed > 0 || dropped > 0 || unsent > 0 {
             tracing::warn!(
-                spans = ended,
+                spans,
                 exported,
                 failed,
                 dropped,
-                "traces: some spans were not exported (failed: the collector refused them or could not be reached; dropped: the queue was full, or the final flush ran out of time)"
+                unsent,
+                "traces: some spans were not exported (failed: the collector refused them or could not be reached; dropped: the export queue was full; unsent: still queued when the final flush ran out of time)"
             );
         } else {
-            tracing::info!(spans = ended, exported, "traces flushed");
+            tracing::info!(spans, exported, "traces flushed");
         }
     }
 }
 
+/// The exporter's counts, for the log. Set once the exporter runs.
+static STATS: std::sync::OnceLock<Arc<Stats>> = std::sync::OnceLock::new();
+
 #[derive(Debug, Default)]
 struct Stats {
-    /// Spans that ended (handed to the batch queue, or dropped by it when full).
-    ended: AtomicU64,
+    /// The export queue's bound (spans queued or being sent).
+    queue: u64,
+    /// Spans put in the queue.
+    accepted: AtomicU64,
+    /// Spans dropped because the queue was full.
+    dropped: AtomicU64,
     exported: AtomicU64,
     failed: AtomicU64,
     /// Set after shutdown: spans that end later are not sent to a stopped queue.
     closed: AtomicBool,
+    /// Drops already logged, and when (at most one line a minute).
+    reported: AtomicU64,
+    last_report: parking_lot::Mutex<Option<std::time::Instant>>,
 }
 
-/// Counts the spans that end, in front of the batch processor.
+impl Stats {
+    /// Log new drops, at most once a minute. Called where logging is safe (a tool call's end,
+    /// the export thread), never from inside the subscriber.
+    fn report_drops(&self) {
+        let dropped = self.dropped.load(Ordering::Relaxed);
+        if dropped == self.reported.load(Ordering::Relaxed) {
+            return;
+        }
+        {
+            let mut last = self.last_report.lock();
+            if last.is_some_and(|t| t.elapsed() < Duration::from_secs(60)) {
+                return;
+            }
+            *last = Some(std::time::Instant::now());
+        }
+        self.reported.store(dropped, Ordering::Relaxed);
+        tracing::warn!(
+            dropped,
+            queue = self.queue,
+            "traces: spans dropped so far because the export queue was full (the collector is slow or unreachable); tool calls are not affected"
+        );
+    }
+}
+
+/// In front of the batch processor: counts the spans that end, and drops those that do not fit
+/// in the queue.
 #[derive(Debug)]
 struct Ends<P> {
     inner: P,
@@ -445,10 +504,16 @@ impl<P: SpanProcessor> SpanProcessor for Ends<P> {
     }
 
     fn on_end(&self, span: SpanData) {
-        if self.stats.closed.load(Ordering::Relaxed) {
+        let s = &self.stats;
+        if s.closed.load(Ordering::Relaxed) {
             return;
         }
-        self.stats.ended.fetch_add(1, Ordering::Relaxed);
+        let done = s.exported.load(Ordering::Relaxed) + s.failed.load(Ordering::Relaxed);
+        if s.accepted.load(Ordering::Relaxed).saturating_sub(done) >= s.queue {
+            s.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        s.accepted.fetch_add(1, Ordering::Relaxed);
         self.inner.on_end(span);
     }
 
@@ -482,6 +547,7 @@ impl<E: SpanExporter> SpanExporter for Counted<E> {
             &self.stats.failed
         };
         counter.fetch_add(n, Ordering::Relaxed);
+        self.stats.report_drops();
         r
     }
 
@@ -608,6 +674,9 @@ pub fn remote_context(
 pub fn tool_done(span: &Span, result: &Result<rmcp::model::CallToolResponse, rmcp::ErrorData>) {
     if span.is_disabled() {
         return;
+    }
+    if let Some(s) = STATS.get() {
+        s.report_drops();
     }
     use rmcp::model::CallToolResponse;
     match result {

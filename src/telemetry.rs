@@ -338,8 +338,11 @@ pub fn install(cfg: &TelemetryConfig) -> Option<Telemetry> {
             Some(telemetry)
         }
         other => {
-            let _ = tracing_subscriber::registry()
-                .with(stderr().with_filter(log_filter()))
+            // Export off: the stderr log alone, as without this module.
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(log_filter())
+                .with_writer(std::io::stderr)
+                .with_ansi(false)
                 .try_init();
             if let Err(e) = other {
                 tracing::error!("traces are not exported: {e}");

@@ -71,6 +71,8 @@ pub struct Config {
     pub claude: ClaudeConfig,
     /// Guardrails (see `crate::watch`).
     pub watchers: crate::watch::WatchersConfig,
+    /// Trace export (see `crate::telemetry`).
+    pub telemetry: crate::telemetry::TelemetryConfig,
 
     // Not config keys: facts [`load`] found while loading.
     /// The project: the server's working directory, canonical.
@@ -147,6 +149,7 @@ impl Default for Config {
             codex: CodexConfig::default(),
             claude: ClaudeConfig::default(),
             watchers: Default::default(),
+            telemetry: Default::default(),
             project_dir: PathBuf::new(),
             legacy_state_dir: None,
             ignored: vec![],
@@ -249,6 +252,10 @@ const KEYS: &[(&str, Kind)] = &[
     ("watchers.quality.priority", Kind::Int),
     ("watchers.quality.max_files", Kind::Int),
     ("watchers.quality.require_tests", Kind::Bool),
+    ("telemetry.enabled", Kind::Bool),
+    ("telemetry.endpoint", Kind::Str),
+    ("telemetry.headers", Kind::Str),
+    ("telemetry.service_name", Kind::Str),
 ];
 
 /// Environment variables that are not config keys but are still zwarm's.
@@ -284,6 +291,18 @@ pub const TRUSTED_ONLY: &[(&str, &str)] = &[
     (
         "claude.extra_args",
         "it adds arguments to the claude command line",
+    ),
+    (
+        "telemetry.enabled",
+        "it decides whether traces of your sessions leave the machine",
+    ),
+    (
+        "telemetry.endpoint",
+        "it chooses where traces of your sessions are sent",
+    ),
+    (
+        "telemetry.headers",
+        "it chooses the credentials sent with traces",
     ),
 ];
 

@@ -15,6 +15,7 @@ pub mod prompt;
 pub mod server;
 pub mod sessions;
 pub mod store;
+pub mod telemetry;
 pub mod text;
 pub mod tools;
 pub mod watch;

@@ -52,33 +52,38 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    // The server logs what it does; terminal commands only warnings (their output is the point).
-    let default_filter = match cli.command {
-        Command::Serve { .. } => "info",
-        Command::Cli(_) => "warn",
-    };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("ZWARM_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .init();
+    // Terminal commands log only warnings (their output is the point); `serve` installs its
+    // own subscriber below (with the trace exporter when configured).
+    if matches!(cli.command, Command::Cli(_)) {
+        tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_env("ZWARM_LOG")
+                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+            )
+            .with_writer(std::io::stderr)
+            .with_ansi(false)
+            .init();
+    }
     match cli.command {
         Command::Serve {
             state_dir,
             config,
             sets,
         } => {
-            let sources = zwarm::config::Sources::from_process_env(config, state_dir, sets)
-                .context("reading the current directory")?;
-            let cfg = zwarm::config::load(&sources).context("loading configuration")?;
+            // Loading the config logs to stderr; the process-wide subscriber comes next, with
+            // the trace exporter when the config asks for it.
+            let cfg =
+                tracing::subscriber::with_default(zwarm::telemetry::stderr_subscriber(), || {
+                    let sources = zwarm::config::Sources::from_process_env(config, state_dir, sets)
+                        .context("reading the current directory")?;
+                    zwarm::config::load(&sources).context("loading configuration")
+                })?;
+            let telemetry = zwarm::telemetry::install(&cfg.telemetry);
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
                 .build()?;
-            let code = rt.block_on(serve(cfg))?;
+            let code = rt.block_on(serve(cfg, telemetry))?;
             rt.shutdown_timeout(Duration::from_millis(200));
             std::process::exit(code);
         }
@@ -86,7 +91,10 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-async fn serve(cfg: zwarm::config::Config) -> anyhow::Result<i32> {
+async fn serve(
+    cfg: zwarm::config::Config,
+    telemetry: Option<zwarm::telemetry::Telemetry>,
+) -> anyhow::Result<i32> {
     zwarm::process::become_subreaper();
     let pref = match (cfg.containment.as_str(), &cfg.cgroup_parent) {
         ("process-group", _) => zwarm::process::ContainmentPreference::ProcessGroup,
@@ -127,7 +135,14 @@ async fn serve(cfg: zwarm::config::Config) -> anyhow::Result<i32> {
         };
         tracing::info!(reason = %quit, "shutting down");
     }
+    let stopping = std::time::Instant::now();
     manager.shutdown(Duration::from_millis(1700)).await;
+    if let Some(t) = telemetry {
+        // The spans of the turns just stopped, within the same 2 s: at most 300 ms.
+        let left = Duration::from_millis(1800).saturating_sub(stopping.elapsed());
+        let flush = left.min(Duration::from_millis(300));
+        let _ = tokio::task::spawn_blocking(move || t.shutdown(flush)).await;
+    }
     Ok(0)
 }
 

@@ -706,6 +706,19 @@ impl ServerHandler for ZwarmServer {
         .with_instructions(INSTRUCTIONS)
     }
 
+    /// Every tool call, in its trace span when traces are exported (see [`crate::telemetry`]).
+    async fn call_tool(
+        &self,
+        request: rmcp::model::CallToolRequestParams,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::CallToolResponse, McpError> {
+        let span = crate::telemetry::tool_span(&request, &ctx);
+        let call = rmcp::handler::server::tool::ToolCallContext::new(self, request, ctx);
+        let r = tracing::Instrument::instrument(self.tool_router.call(call), span.clone()).await;
+        crate::telemetry::tool_done(&span, &r);
+        r
+    }
+
     async fn list_resources(
         &self,
         _request: Option<PaginatedRequestParams>,

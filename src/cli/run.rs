@@ -155,6 +155,8 @@ async fn run_one(manager: &Manager, req: Request) -> anyhow::Result<i32> {
             mode: None,
             model: req.model,
             working_dir: req.working_dir,
+            isolation: None,
+            base: None,
         })
         .await?;
     let progress = Progress::new();

@@ -943,6 +943,7 @@ impl Manager {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let inner = self.inner.clone();
         let h2 = h.clone();
+        let trace = crate::telemetry::turn_span(&h.id, index, || h.live.lock().session.adapter);
         self.inner.tasks.spawn(async move {
             use futures::FutureExt;
             let start = turn::Start {
@@ -953,6 +954,7 @@ impl Manager {
                 undo,
             };
             let run = turn::run(inner.clone(), h2.clone(), index, start);
+            let run = tracing::Instrument::instrument(run, trace);
             if std::panic::AssertUnwindSafe(run).catch_unwind().await.is_err() {
                 tracing::error!(session = %h2.id, turn = index, "turn task panicked");
                 let marker = format!("{}.{index}", h2.id);
@@ -1196,6 +1198,7 @@ impl Manager {
                 .before_call(&CallInfo { tool, args }, &f.fleet, acknowledge)
         };
         for f in &d.firings {
+            crate::telemetry::watcher_fired(f);
             self.inner.store.log(
                 "watcher_fired",
                 None,

@@ -210,6 +210,7 @@ pub(crate) async fn run(inner: Arc<Inner>, h: Arc<Handle>, index: u32, start: St
             return;
         }
     };
+    let spec = crate::telemetry::with_trace_env(spec);
     let marker = format!("{id}.{index}");
     let mut child = match process::spawn(&spec, &marker).await {
         Ok(c) => c,
@@ -261,6 +262,7 @@ pub(crate) async fn run(inner: Arc<Inner>, h: Arc<Handle>, index: u32, start: St
     };
     let mut lines = FramedRead::new(stdout, LossyLines::new(MAX_LINE));
     let mut parser = Parser::new(adapter);
+    let mut trace = crate::telemetry::TurnTrace::default();
     let deadline = Instant::now() + Duration::from_secs(inner.cfg.turn_timeout_seconds);
     let mut exited = false;
     let mut drain_until: Option<Instant> = None;
@@ -278,6 +280,7 @@ pub(crate) async fn run(inner: Arc<Inner>, h: Arc<Handle>, index: u32, start: St
             Step::Line(Some(Ok(Line::Text(line)))) => {
                 log.out(line.as_bytes());
                 for ev in parser.parse_line(&line) {
+                    trace.event(&ev);
                     apply(&inner, &h, index, ev, &mut outcome);
                 }
             }
@@ -336,6 +339,7 @@ pub(crate) async fn run(inner: Arc<Inner>, h: Arc<Handle>, index: u32, start: St
         process::terminate(&mut child, &marker, Duration::from_millis(500)).await;
     }
     let exit = child.try_wait().ok().flatten();
+    crate::telemetry::turn_exit(exit.as_ref());
     {
         let marker = marker.clone();
         let _ =
@@ -363,11 +367,13 @@ pub(crate) async fn run(inner: Arc<Inner>, h: Arc<Handle>, index: u32, start: St
     .flatten();
     drop(permit);
     if skipped_lines > 0 {
-        inner.store.log(
+        // Committed before the turn's end is reported, like the end itself.
+        let ev = inner.store.event(
             "lines_skipped",
             Some(&id),
             serde_json::json!({"turn": index, "lines": skipped_lines, "max_bytes": MAX_LINE}),
         );
+        let _ = inner.store.submit(vec![ev]).committed().await;
     }
     if !outcome.completed && outcome.failed.is_none() && outcome.interrupted.is_none() {
         let s = h.live.lock().session.clone();
@@ -554,6 +560,7 @@ fn enforce(
     stop: Option<(Option<TurnControl>, String)>,
 ) {
     for f in firings {
+        crate::telemetry::watcher_fired(f);
         tracing::info!(session = %id, watcher = %f.watcher, action = ?f.action, message = %f.message, "watcher fired");
     }
     if let Some((Some(c), reason)) = stop {
@@ -606,6 +613,7 @@ pub(crate) async fn finish(
         fleet.fleet.update(Stat::of(&copy));
         inner.watchers.after_turn(&copy, &fleet.fleet)
     };
+    crate::telemetry::turn_finished(&copy, index);
     let (ticket, status, error, stop) = {
         let mut l = h.live.lock();
         let (status, error) = fold::settle(
@@ -659,12 +667,14 @@ pub(crate) async fn finish(
     // Slow checks (a bounded git scan) after the result is out.
     let inner2 = inner.clone();
     let h2 = h.clone();
+    let turn_trace = crate::telemetry::capture();
     inner.tasks.spawn(async move {
         let w = inner2.clone();
         let firings = tokio::task::spawn_blocking(move || w.watchers.after_turn_background(&copy))
             .await
             .unwrap_or_default();
         if !firings.is_empty() {
+            let _trace = crate::telemetry::after_turn_span(&turn_trace).entered();
             record_firings(&inner2, &h2, Some(index), &firings);
             h2.bump();
             let _ = inner2.changes.send(h2.id.clone());

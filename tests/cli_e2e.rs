@@ -119,14 +119,155 @@ fn run_answers_on_stdout_shows_progress_and_records_the_session() {
     assert!(text(&o.stderr).contains("the turn failed"), "{}", show(&o));
     let ps = json_of(&cli(&env, &["ps", "--json", "--status", "failed"]));
     assert_eq!(ps["sessions"].as_array().map(Vec::len), Some(1), "{ps}");
+}
 
-    // Worktree isolation is refused clearly until the engine has it.
-    let o = cli(&env, &["run", "--isolation", "worktree", "x"]);
-    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+fn git(dir: &Path, args: &[&str]) -> String {
+    let o = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_AUTHOR_NAME", "t")
+        .env("GIT_AUTHOR_EMAIL", "t@t")
+        .env("GIT_COMMITTER_NAME", "t")
+        .env("GIT_COMMITTER_EMAIL", "t@t")
+        .output()
+        .expect("run git");
+    assert!(o.status.success(), "git {args:?}: {}", text(&o.stderr));
+    text(&o.stdout)
+}
+
+/// The reviewable path from a terminal: `run --isolation worktree` leaves the checkout alone,
+/// `diff` shows the branch's changes, `end --integrate merge` lands them; `discard` drops a
+/// second session's branch; the refusals say what to do.
+#[test]
+fn run_in_a_worktree_then_diff_and_merge_or_discard_from_the_terminal() {
+    let (_mock, env) = codex_env();
+    git(&env.work, &["init", "-q", "-b", "main"]);
+    std::fs::write(env.work.join("README"), "project\n").expect("write");
+    git(&env.work, &["add", "-A"]);
+    git(&env.work, &["commit", "-q", "-m", "init"]);
+
+    let o = cli(&env, &["run", "--isolation", "worktree", "@@tools please"]);
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    assert_eq!(
+        text(&o.stdout),
+        "Done: ran a command and created hello.py\n"
+    );
+    let err = text(&o.stderr);
     assert!(
-        text(&o.stderr).contains("not supported yet"),
+        err.contains("on branch zwarm/")
+            && err.contains("zwarm diff ")
+            && err.contains("--integrate merge"),
+        "the next steps are said: {err}"
+    );
+    // The checkout is untouched: the work is on the session's branch.
+    assert!(!env.work.join("hello.py").exists(), "{err}");
+    let ps = json_of(&cli(&env, &["ps", "--json"]));
+    let s = &ps["sessions"][0];
+    let id = s["session_id"].as_str().expect("id").to_string();
+    let branch = s["branch"].as_str().expect("branch").to_string();
+    assert_eq!(branch, format!("zwarm/{}", &id[..8]), "{ps}");
+    let table = cli(&env, &["ps"]);
+    assert!(text(&table.stdout).contains(&branch), "{}", show(&table));
+
+    let o = cli(&env, &["diff", &id[..8]]);
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    let diff = text(&o.stdout);
+    assert!(
+        diff.contains("+++ b/hello.py") && diff.contains("+print('hi from apply_patch')"),
         "{}",
         show(&o)
+    );
+    assert!(text(&o.stderr).contains(&branch), "{}", show(&o));
+
+    let o = cli(&env, &["end", &id, "--integrate", "merge"]);
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    assert!(
+        text(&o.stdout).contains("merged into the project checkout"),
+        "{}",
+        show(&o)
+    );
+    assert_eq!(
+        std::fs::read_to_string(env.work.join("hello.py")).expect("merged"),
+        "print('hi from apply_patch')\n"
+    );
+    assert!(git(&env.work, &["status", "--porcelain"]).trim().is_empty());
+    let j = json_of(&cli(&env, &["show", &id, "--json"]));
+    assert_eq!(j["status"], "completed", "{j}");
+    let o = cli(&env, &["show", &id]);
+    let t = text(&o.stdout);
+    assert!(
+        t.contains(&format!("branch   {branch} from ")) && t.contains("merged at "),
+        "{}",
+        show(&o)
+    );
+    // The branch's diff stays readable after the merge (the worktree is gone).
+    let o = cli(&env, &["diff", &id]);
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    assert!(text(&o.stdout).contains("hello.py"), "{}", show(&o));
+
+    // A second session, discarded: its branch is gone and the checkout unchanged.
+    let o = cli(
+        &env,
+        &[
+            "run",
+            "--isolation",
+            "worktree",
+            "--base",
+            "main",
+            "@@tools again",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    let ps = json_of(&cli(&env, &["ps", "--json", "--status", "idle"]));
+    let id2 = ps["sessions"][0]["session_id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let head = git(&env.work, &["rev-parse", "HEAD"]);
+    let o = cli(&env, &["end", &id2, "--integrate", "discard"]);
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    assert!(text(&o.stdout).contains("discarded"), "{}", show(&o));
+    assert_eq!(git(&env.work, &["rev-parse", "HEAD"]), head);
+    assert!(
+        git(
+            &env.work,
+            &["branch", "--list", &format!("zwarm/{}", &id2[..8])]
+        )
+        .trim()
+        .is_empty()
+    );
+    let o = cli(&env, &["diff", &id2]);
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    assert!(text(&o.stderr).contains("no longer exists"), "{}", show(&o));
+
+    // Refusals: a bad base, and merging a session that has no worktree.
+    let o = cli(
+        &env,
+        &[
+            "run",
+            "--isolation",
+            "worktree",
+            "--base",
+            "no-such-branch",
+            "x",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    assert!(text(&o.stderr).contains("no-such-branch"), "{}", show(&o));
+    let o = cli(&env, &["run", "@@tools plain"]);
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    let ps = json_of(&cli(&env, &["ps", "--json", "--status", "idle"]));
+    let plain = ps["sessions"][0]["session_id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let o = cli(&env, &["end", &plain, "--integrate", "merge"]);
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    assert!(text(&o.stderr).contains("worktree"), "{}", show(&o));
+    let j = json_of(&cli(&env, &["show", &plain, "--json"]));
+    assert_eq!(
+        j["status"], "idle",
+        "a refused end leaves the session as it was: {j}"
     );
 }
 

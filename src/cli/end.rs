@@ -10,12 +10,50 @@ use std::time::Duration;
 use super::{StateArgs, open_state, short_id};
 use crate::model::SessionStatus;
 use crate::sessions::ManagerError;
+use crate::sessions::isolation::{Integrate as EngineIntegrate, Integrated, session_diff};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Verdict {
     Completed,
     Failed,
     Cancelled,
+}
+
+impl Integrate {
+    fn as_str(self) -> &'static str {
+        match self {
+            Integrate::Merge => "merge",
+            Integrate::Keep => "keep",
+            Integrate::Discard => "discard",
+        }
+    }
+}
+
+/// What became of a worktree session's branch, as the end of `end`'s line.
+fn integration(i: &Integrated) -> String {
+    match i.integrate {
+        Some(EngineIntegrate::Merge) => format!(
+            "; branch `{}` merged into the project checkout{}",
+            i.branch,
+            i.commit
+                .as_deref()
+                .map(|c| format!(" (now at {})", c.get(..12).unwrap_or(c)))
+                .unwrap_or_default()
+        ),
+        Some(EngineIntegrate::Keep) => format!(
+            "; branch `{}` kept (worktree {}): merge it yourself with `git merge {}`",
+            i.branch,
+            i.state.as_str(),
+            i.branch
+        ),
+        Some(EngineIntegrate::Discard) => {
+            format!("; branch `{}` and its worktree discarded", i.branch)
+        }
+        None => format!(
+            "; its worktree and branch `{}` are kept for a retry",
+            i.branch
+        ),
+    }
 }
 
 impl Verdict {
@@ -86,23 +124,29 @@ pub fn main(a: EndArgs) -> anyhow::Result<i32> {
         }
         id
     };
-    if let Some(how) = a.integrate {
-        eprintln!(
-            "zwarm: --integrate {how:?} ignored: sessions of this zwarm have no worktree of their own (their changes are already in their working directory)"
-        );
-    }
     let rt = super::runtime()?;
     let manager = super::start_engine(&rt, cfg)?;
-    let r = rt.block_on(manager.end(&id, a.verdict.status(), a.summary.clone()));
+    let r = rt.block_on(manager.end_integrated(
+        &id,
+        a.verdict.status(),
+        a.summary.clone(),
+        a.integrate.map(Integrate::as_str),
+    ));
     rt.block_on(manager.shutdown(Duration::from_millis(1700)));
     rt.shutdown_timeout(Duration::from_millis(200));
     match r {
-        Ok((s, interrupted)) => {
+        Ok((s, interrupted, integrated)) => {
             let mut msg = format!("ended session {} as {}", short_id(&s.id), s.status.as_str());
             if interrupted {
                 msg.push_str("; its running turn was interrupted");
             }
+            if let Some(i) = &integrated {
+                msg.push_str(&integration(i));
+            }
             super::out(&format!("{msg}\n"))?;
+            if let Some(w) = integrated.and_then(|i| i.warning) {
+                eprintln!("zwarm: warning: {w}");
+            }
             Ok(0)
         }
         Err(ManagerError::ForeignOwner { id, pid }) => {
@@ -123,8 +167,39 @@ pub fn diff_main(a: DiffArgs) -> anyhow::Result<i32> {
     let Some(s) = store.load_session(&id)? else {
         anyhow::bail!("session {id} is gone from the state database");
     };
+    let Some(iso) = s.isolation.clone() else {
+        return no_worktree(&s);
+    };
+    // Read-only like `show`: git reads the worktree (or the branch once it is removed); no
+    // engine starts and nothing in the session changes.
+    let diff = match session_diff(store.root(), &s.id, &iso) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("zwarm: session {}: {e}", short_id(&s.id));
+            return Ok(1);
+        }
+    };
     eprintln!(
-        "zwarm: session {} has no worktree of its own, so there is no diff to show: this zwarm runs sessions in their working directory ({}), and worktree isolation is not supported yet. Use `git diff` there; the files it reported changing:",
+        "zwarm: session {} · branch {} from {} · worktree {}{}",
+        short_id(&s.id),
+        iso.branch,
+        iso.base.get(..12).unwrap_or(&iso.base),
+        iso.state.as_str(),
+        if diff.is_empty() {
+            " · no changes"
+        } else {
+            ""
+        }
+    );
+    super::out(&diff)?;
+    Ok(0)
+}
+
+/// `zwarm diff` of a session that ran in its working directory: there is no branch to diff,
+/// so say where its changes are, and list the files it reported. Exit 1.
+fn no_worktree(s: &crate::model::Session) -> anyhow::Result<i32> {
+    eprintln!(
+        "zwarm: session {} has no worktree of its own, so there is no diff to show: it ran in its working directory ({}), where its changes already are. Use `git diff` there (start sessions with `zwarm run --isolation worktree` or delegate's `isolation: \"worktree\"` to review them before they land). The files it reported changing:",
         short_id(&s.id),
         s.working_dir
     );

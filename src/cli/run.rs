@@ -37,6 +37,10 @@ pub struct RunArgs {
     /// Isolate the session's changes (`worktree`).
     #[arg(long, value_enum, value_name = "MODE")]
     pub isolation: Option<Isolation>,
+    /// With `--isolation worktree`: the commit or branch the session's branch starts from
+    /// (default: the checkout's HEAD).
+    #[arg(long, value_name = "REV", requires = "isolation")]
+    pub base: Option<String>,
     /// Directory the executor works in (default: the current directory). Must be inside the
     /// allowed roots.
     #[arg(long, value_name = "D")]
@@ -49,13 +53,6 @@ pub struct RunArgs {
 }
 
 pub fn main(a: RunArgs) -> anyhow::Result<i32> {
-    if a.isolation == Some(Isolation::Worktree) {
-        // The engine of this build has no worktree isolation (DelegateRequest has no
-        // `isolation` field): refuse rather than run in the working directory unasked.
-        anyhow::bail!(
-            "--isolation worktree is not supported yet by this zwarm: sessions run in the working directory itself. Leave out --isolation, or use a git worktree of your own as --working-dir."
-        );
-    }
     let task = if a.task.len() == 1 && a.task[0] == "-" {
         let mut t = String::new();
         std::io::stdin()
@@ -76,6 +73,10 @@ pub fn main(a: RunArgs) -> anyhow::Result<i32> {
         adapter: a.adapter,
         model: a.model,
         working_dir: a.working_dir.map(|d| d.display().to_string()),
+        isolation: a.isolation.map(|i| match i {
+            Isolation::Worktree => "worktree".to_string(),
+        }),
+        base: a.base,
     };
     let r = rt.block_on(run_one(&manager, req));
     rt.block_on(manager.shutdown(Duration::from_millis(1700)));
@@ -88,6 +89,8 @@ struct Request {
     adapter: Option<String>,
     model: Option<String>,
     working_dir: Option<String>,
+    isolation: Option<String>,
+    base: Option<String>,
 }
 
 /// Where progress goes: a spinner on a terminal, plain lines otherwise.
@@ -142,6 +145,7 @@ async fn run_one(manager: &Manager, req: Request) -> anyhow::Result<i32> {
     let mut notices = Some(manager.subscribe());
     let args = serde_json::json!({
         "task": req.task, "adapter": req.adapter, "model": req.model, "working_dir": req.working_dir,
+        "isolation": req.isolation, "base": req.base,
     });
     // The watchers see a terminal delegation like any other (budget, scope, pause).
     let notes = manager
@@ -155,8 +159,8 @@ async fn run_one(manager: &Manager, req: Request) -> anyhow::Result<i32> {
             mode: None,
             model: req.model,
             working_dir: req.working_dir,
-            isolation: None,
-            base: None,
+            isolation: req.isolation,
+            base: req.base,
         })
         .await?;
     let progress = Progress::new();
@@ -238,6 +242,13 @@ fn report(s: &Session, interrupted: bool) -> i32 {
     }
     for d in &t.permission_denials {
         eprintln!("zwarm: permission denied: {} {}", d.tool, d.input);
+    }
+    if let Some(iso) = &s.isolation {
+        let id = short_id(&s.id);
+        eprintln!(
+            "zwarm: the changes are on branch {} (worktree {}); review them with `zwarm diff {id}`, then `zwarm end {id} --integrate merge` (or keep, discard)",
+            iso.branch, iso.worktree
+        );
     }
     match t.status {
         TurnStatus::Completed => {

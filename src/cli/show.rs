@@ -107,6 +107,20 @@ pub fn transcript(s: &Session, with_output: bool) -> Vec<String> {
         }
     }
     o.push(format!("dir      {}", s.working_dir));
+    if let Some(iso) = &s.isolation {
+        o.push(format!(
+            "branch   {} from {} ({})    worktree {}{}",
+            iso.branch,
+            iso.base.get(..12).unwrap_or(&iso.base),
+            iso.base_ref,
+            iso.state.as_str(),
+            iso.merged_commit
+                .as_deref()
+                .map(|c| format!(", merged at {}", c.get(..12).unwrap_or(c)))
+                .unwrap_or_default()
+        ));
+        o.push(format!("project  {}", iso.project_dir));
+    }
     o.push(format!(
         "model    {}    native id {}",
         s.model.as_deref().unwrap_or("(executor default)"),

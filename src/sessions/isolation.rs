@@ -111,6 +111,24 @@ fn check_record(state: &Path, id: &str, iso: &Isolation) -> Result<(), String> {
     Ok(())
 }
 
+/// The whole unified diff of a worktree session against its base: the worktree's state
+/// (committed or not) while it exists, else the branch. Blocking (runs git); used by the
+/// diff resource and by `zwarm diff`, which reads the state without an engine.
+pub fn session_diff(state: &Path, id: &str, iso: &Isolation) -> Result<String, String> {
+    check_record(state, id, iso)?;
+    let repo = PathBuf::from(&iso.repo);
+    let wt = PathBuf::from(&iso.worktree);
+    let wt = (iso.state == WorktreeState::Active && wt.join(".git").exists()).then_some(wt);
+    if wt.is_none() && !worktree::branch_exists(&repo, &iso.branch).unwrap_or(false) {
+        return Err(format!(
+            "the branch `{}` no longer exists (discarded), so there is no diff",
+            iso.branch
+        ));
+    }
+    worktree::diff_text(&repo, wt.as_deref(), &iso.base, &iso.branch)
+        .map_err(|e| format!("cannot compute the diff: {e}"))
+}
+
 impl Manager {
     /// Make a session's worktree when `isolation` (or the config's default) says so. Returns
     /// the isolation record and the directory the session's turns run in.
@@ -627,22 +645,9 @@ impl Manager {
             });
         };
         let state = self.inner.store.root().to_path_buf();
-        blocking(move || {
-            check_record(&state, &s.id, &iso).map_err(ManagerError::Git)?;
-            let repo = PathBuf::from(&iso.repo);
-            let wt = PathBuf::from(&iso.worktree);
-            let wt = (iso.state == WorktreeState::Active && wt.join(".git").exists()).then_some(wt);
-            if wt.is_none() && !worktree::branch_exists(&repo, &iso.branch).unwrap_or(false) {
-                return Err(ManagerError::Git(format!(
-                    "the branch `{}` no longer exists (discarded), so there is no diff",
-                    iso.branch
-                )));
-            }
-            worktree::diff_text(&repo, wt.as_deref(), &iso.base, &iso.branch)
-                .map_err(|e| git_err("cannot compute the diff", e))
-        })
-        .await
-        .ok_or(ManagerError::ShuttingDown)?
+        blocking(move || session_diff(&state, &s.id, &iso).map_err(ManagerError::Git))
+            .await
+            .ok_or(ManagerError::ShuttingDown)?
     }
 
     /// After start-up (never in the way of `initialize`): `git worktree prune` in the

@@ -170,8 +170,7 @@ impl ReadOnlyStore {
             let mut st = tx
                 .prepare_cached(
                     "SELECT created_at, model, owner_instance, owner_pid,
-                       CASE WHEN json_valid(meta) THEN coalesce(json_extract(meta, '$.branch'),
-                         json_extract(meta, '$.worktree.branch')) END,
+                       CASE WHEN json_valid(meta) THEN json_extract(meta, '$.isolation.branch') END,
                        CASE WHEN json_valid(meta) THEN json_extract(meta, '$.recent[#-1]') END,
                        CASE WHEN json_valid(meta) THEN json_extract(meta, '$.error') END,
                        (SELECT CASE WHEN json_valid(t.data) THEN json_extract(t.data, '$.started_at') END

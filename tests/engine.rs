@@ -29,39 +29,16 @@ const RECOVERED: &str = "stopped before it finished";
 
 /// A hermetic environment for the fake executor: no real CLI, no model server.
 fn fake_env() -> Env {
-    let dir = tempfile::Builder::new()
-        .prefix("zwarm-engine-")
-        .tempdir()
-        .expect("tempdir");
-    let work = dir.path().join("work");
-    let home = dir.path().join("home");
-    for d in [&work, &home] {
-        std::fs::create_dir_all(d).expect("mkdir");
-    }
-    let work = std::fs::canonicalize(&work).expect("canonicalize");
-    let state = dir.path().join("state");
+    let env = Env::without_clis("zwarm-engine-");
     // A copy, made executable here whatever the checkout did to file modes.
-    let fake = dir.path().join("fake-codex");
+    let fake = env.dir.path().join("fake-codex");
     std::fs::copy(
         Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fake/codex.sh"),
         &fake,
     )
     .expect("copy the fake codex");
     std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    let p = |s: &str| dir.path().join(s).display().to_string();
-    let vars: Vec<(String, String)> = vec![
-        ("PATH".into(), std::env::var("PATH").unwrap_or_default()),
-        ("HOME".into(), home.display().to_string()),
-        ("XDG_CONFIG_HOME".into(), p("xdg-config")),
-        ("XDG_STATE_HOME".into(), p("xdg-state")),
-        ("ZWARM_LOG".into(), "info".into()),
-    ];
-    Env {
-        dir,
-        work,
-        state,
-        vars,
-    }
+    env
 }
 
 /// `zwarm serve` on the env's state dir, running the fake as codex.

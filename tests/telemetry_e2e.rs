@@ -53,27 +53,12 @@ struct Fake {
 }
 
 fn fake() -> Fake {
-    let dir = tempfile::Builder::new()
-        .prefix("zwarm-otel-")
-        .tempdir()
-        .expect("tempdir");
-    let work = dir.path().join("work");
-    let home = dir.path().join("home");
-    for d in [&work, &home] {
-        std::fs::create_dir_all(d).expect("mkdir");
-    }
-    let work = std::fs::canonicalize(&work).expect("canonicalize");
-    let bin = dir.path().join("fake-codex");
+    let mut env = Env::without_clis("zwarm-otel-");
+    let bin = env.dir.path().join("fake-codex");
     std::fs::write(&bin, FAKE_CODEX).expect("write the fake codex");
     std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    let trace_log = dir.path().join("executor-trace.log");
-    let p = |s: &str| dir.path().join(s).display().to_string();
-    let vars: Vec<(String, String)> = vec![
-        ("PATH".into(), std::env::var("PATH").unwrap_or_default()),
-        ("HOME".into(), home.display().to_string()),
-        ("XDG_CONFIG_HOME".into(), p("xdg-config")),
-        ("XDG_STATE_HOME".into(), p("xdg-state")),
-        ("ZWARM_LOG".into(), "info".into()),
+    let trace_log = env.dir.path().join("executor-trace.log");
+    env.vars.extend([
         ("ZW_FAKE_TRACE_LOG".into(), trace_log.display().to_string()),
         // Whatever the test runner's own environment says about traces does not leak in.
         ("TRACEPARENT".into(), String::new()),
@@ -82,16 +67,10 @@ fn fake() -> Fake {
         ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT".into(), String::new()),
         ("OTEL_EXPORTER_OTLP_HEADERS".into(), String::new()),
         ("OTEL_SERVICE_NAME".into(), String::new()),
-    ];
-    let state = dir.path().join("state");
+    ]);
     let binary = format!("codex.binary={}", bin.display());
     Fake {
-        env: Env {
-            dir,
-            work,
-            state,
-            vars,
-        },
+        env,
         trace_log,
         binary,
     }

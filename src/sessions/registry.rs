@@ -59,12 +59,7 @@ pub(crate) struct Live {
 impl Live {
     /// Images of the session row and of the given turns, at a new version.
     pub fn images(&mut self, turns: &[u32]) -> Vec<Write> {
-        self.version += 1;
-        self.unflushed = 0;
-        let mut w = vec![Write::Session {
-            session: SessionImage::of(&self.session, self.version),
-            expect_owner: None,
-        }];
+        let mut w = self.next_version();
         for &i in turns {
             if let Some(t) = self.session.turn(i) {
                 w.push(Write::Turn {
@@ -81,57 +76,53 @@ impl Live {
     /// and only the commands that are new since the last flush. What a turn has already
     /// written is not written again, so a long turn's flushes do not grow with it.
     pub fn progress_images(&mut self) -> Vec<Write> {
-        self.version += 1;
-        self.unflushed = 0;
-        let mut w = vec![Write::Session {
-            session: SessionImage::of(&self.session, self.version),
-            expect_owner: None,
-        }];
+        let mut w = self.next_version();
+        let version = self.version;
+        let id = self.session.id.clone();
+        let flushed = self.commands_flushed;
         let Some(t) = self
             .session
             .turns
-            .iter()
+            .iter_mut()
             .rev()
             .find(|t| t.ended_at.is_none())
         else {
             return w;
         };
-        let from = match self.commands_flushed {
+        let from = match flushed {
             (i, n) if i == t.index => n.min(t.commands.len()),
             _ => 0,
         };
-        let lite = crate::model::Turn {
-            index: t.index,
-            prompt: t.prompt.clone(),
-            status: t.status,
-            response: t.response.clone(),
-            error: t.error.clone(),
-            api_status: t.api_status,
-            usage: t.usage,
-            cost_usd: t.cost_usd,
-            started_at: t.started_at.clone(),
-            ended_at: None,
-            commands: vec![],
-            files_changed: t.files_changed.clone(),
-            permission_denials: t.permission_denials.clone(),
-            messages: t.messages.clone(),
-            tool_errors: t.tool_errors.clone(),
-        };
         if from < t.commands.len() {
             w.push(Write::Commands {
-                session_id: self.session.id.clone(),
+                session_id: id.clone(),
                 turn: t.index,
                 start: from,
                 commands: t.commands[from..].to_vec(),
             });
         }
+        // The turn's row without its commands (they are rows of their own while it runs):
+        // set them aside for the clone rather than copying them.
+        let commands = std::mem::take(&mut t.commands);
+        let lite = t.clone();
+        t.commands = commands;
         self.commands_flushed = (t.index, t.commands.len());
         w.push(Write::Turn {
-            session_id: self.session.id.clone(),
-            version: self.version,
+            session_id: id,
+            version,
             turn: Box::new(lite),
         });
         w
+    }
+
+    /// Start a new version of the session: bump it, and the write of its row.
+    fn next_version(&mut self) -> Vec<Write> {
+        self.version += 1;
+        self.unflushed = 0;
+        vec![Write::Session {
+            session: SessionImage::of(&self.session, self.version),
+            expect_owner: None,
+        }]
     }
 }
 

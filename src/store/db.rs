@@ -395,13 +395,7 @@ pub(super) fn load_session(c: &Connection, id: &str) -> Result<Option<Session>, 
     let Some((meta, _version)) = row else {
         return Ok(None);
     };
-    let m: Meta = serde_json::from_str(&meta).map_err(|e| corrupt(format!("session {id}"), e))?;
-    if m.id != id || !crate::model::valid_id(&m.id) {
-        return Err(corrupt(
-            format!("session {id}"),
-            format!("its record names id `{}`", m.id),
-        ));
-    }
+    let m = parse_meta(id, &meta).map_err(|why| corrupt(format!("session {id}"), why))?;
     let mut turns: Vec<Turn> = Vec::new();
     {
         let mut st = c
@@ -531,26 +525,6 @@ pub struct SessionRow {
     pub branch: Option<String>,
 }
 
-/// The branch in a stored session record, if it has one (cheap for records without).
-fn meta_branch(meta: &str) -> Option<String> {
-    #[derive(Deserialize)]
-    struct Branch {
-        branch: String,
-    }
-    #[derive(Deserialize)]
-    struct WithIsolation {
-        #[serde(default)]
-        isolation: Option<Branch>,
-    }
-    if !meta.contains("\"isolation\"") {
-        return None;
-    }
-    serde_json::from_str::<WithIsolation>(meta)
-        .ok()
-        .and_then(|m| m.isolation)
-        .map(|i| i.branch)
-}
-
 fn usage_at(r: &rusqlite::Row, first: usize) -> rusqlite::Result<Usage> {
     let g = |i: usize| r.get::<_, i64>(first + i).map(|v| v.max(0) as u64);
     Ok(Usage {
@@ -565,19 +539,25 @@ fn parse_status(s: &str) -> SessionStatus {
     SessionStatus::parse(s).unwrap_or(SessionStatus::Unreadable)
 }
 
-/// Why a stored session record cannot be used, if it cannot.
-fn check_meta(id: &str, meta: &str) -> Option<String> {
+/// A stored session record, validated: the row's id is a UUID and the record parses and names
+/// that id. The one check behind both listing (a row that fails is listed as unreadable, with
+/// the reason) and loading (it is an error).
+fn parse_meta(id: &str, meta: &str) -> Result<Meta, String> {
     if !crate::model::valid_id(id) {
-        return Some(format!(
+        return Err(format!(
             "its id `{}` is not a UUID",
             crate::text::one_line(id, 60)
         ));
     }
-    match serde_json::from_str::<Meta>(meta) {
-        Err(e) => Some(format!("its record does not parse: {e}")),
-        Ok(m) if m.id != id => Some(format!("its record names another id `{}`", m.id)),
-        Ok(_) => None,
+    let m: Meta =
+        serde_json::from_str(meta).map_err(|e| format!("its record does not parse: {e}"))?;
+    if m.id != id {
+        return Err(format!(
+            "its record names another id `{}`",
+            crate::text::one_line(&m.id, 60)
+        ));
     }
+    Ok(m)
 }
 
 pub(super) fn page(
@@ -619,12 +599,15 @@ pub(super) fn page(
                 branch: None,
             };
             let meta: String = r.get(12)?;
-            row.branch = meta_branch(&meta);
             // A record that cannot be used is listed as such, with the reason, never hidden.
-            let problem = check_meta(&row.session_id, &meta).or_else(|| {
-                (row.status == SessionStatus::Unreadable)
-                    .then(|| format!("its status `{status_text}` is not one zwarm knows"))
-            });
+            let problem = match parse_meta(&row.session_id, &meta) {
+                Ok(m) => {
+                    row.branch = m.isolation.map(|i| i.branch);
+                    (row.status == SessionStatus::Unreadable)
+                        .then(|| format!("its status `{status_text}` is not one zwarm knows"))
+                }
+                Err(why) => Some(why),
+            };
             if let Some(why) = problem {
                 row.status = SessionStatus::Unreadable;
                 row.task = format!("(unreadable: {why})");

@@ -114,6 +114,36 @@ impl Env {
         }
     }
 
+    /// A hermetic environment for tests that run no real CLI (a fake executor, config only):
+    /// a work dir, a private HOME and XDG dirs, the runner's PATH, and nothing else.
+    pub fn without_clis(prefix: &str) -> Env {
+        let dir = tempfile::Builder::new()
+            .prefix(prefix)
+            .tempdir()
+            .expect("tempdir");
+        let work = dir.path().join("work");
+        let home = dir.path().join("home");
+        for d in [&work, &home] {
+            std::fs::create_dir_all(d).expect("mkdir");
+        }
+        let work = std::fs::canonicalize(&work).expect("canonicalize");
+        let state = dir.path().join("state");
+        let p = |s: &str| dir.path().join(s).display().to_string();
+        let vars: Vec<(String, String)> = vec![
+            ("PATH".into(), std::env::var("PATH").unwrap_or_default()),
+            ("HOME".into(), home.display().to_string()),
+            ("XDG_CONFIG_HOME".into(), p("xdg-config")),
+            ("XDG_STATE_HOME".into(), p("xdg-state")),
+            ("ZWARM_LOG".into(), "info".into()),
+        ];
+        Env {
+            dir,
+            work,
+            state,
+            vars,
+        }
+    }
+
     /// The event log in the state database, one JSON object per line (oldest first), as
     /// `{"event": kind, "session_id": …, …data}`.
     pub fn events(&self) -> String {

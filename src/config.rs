@@ -13,7 +13,8 @@
 //! Keys that choose what runs or widen what it may do ([`TRUSTED_ONLY`], and a sandbox or
 //! permission mode wider than the default) count only from trusted layers (all but the project
 //! file). In the project file they are ignored, logged and listed in [`Config::ignored`]; the
-//! server still starts. Every file layer is checked against the list of known keys, so a typo is
+//! server still starts. The project file's watcher settings count only when they tighten the
+//! layers below ([`guardrails`]). Every file layer is checked against the list of known keys, so a typo is
 //! an error naming the file and the key. An unknown `ZWARM_*` variable is only a warning
 //! ([`Config::warnings`]): hosts start servers with the user's whole environment.
 //!
@@ -25,6 +26,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use toml::Value;
+
+mod guardrails;
 
 /// Default for `max_task_bytes`: the longest task or message zwarm sends to an executor.
 pub const DEFAULT_MAX_TASK_BYTES: usize = 1_048_576;
@@ -651,6 +654,15 @@ fn strip_untrusted(
         };
         remove_path(project, mode.key);
         ignore(mode.key, why);
+    }
+    for (key, why) in guardrails::tighten_only(project, user) {
+        ignored.push(IgnoredKey {
+            file: file.to_path_buf(),
+            reason: format!(
+                "the project file may tighten the watchers, not loosen them: `{key}`: {why}; {TRUSTED_LAYERS}"
+            ),
+            key,
+        });
     }
     ignored
 }

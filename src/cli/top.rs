@@ -840,9 +840,10 @@ mod tests {
         assert_eq!(on_key(&mut app, key(KeyCode::Char('q')), 10), Action::Quit);
     }
 
+    /// The capture in README.md is this rendering: the test fails when the dashboard's look
+    /// changes and README was not updated with it.
     #[test]
-    #[ignore]
-    fn capture_for_the_readme() {
+    fn the_readme_capture_is_what_top_draws() {
         let mut app = sample();
         app.snap.rows[0].last = "codex runs `cargo test -p parser`".into();
         app.snap.rows[0].elapsed = Some(222);
@@ -862,7 +863,26 @@ mod tests {
         app.snap.rows[2].updated = Some(3900);
         app.snap.rows[2].tokens = 6_486;
         app.snap.rows[2].cost = None;
-        print!("{}", render_to_text(&app, 110, 10));
+        let drawn: Vec<String> = render_to_text(&app, 110, 10)
+            .lines()
+            .map(|l| l.trim_end().to_string())
+            .collect();
+        let readme = include_str!("../../README.md");
+        let block: Vec<String> = readme
+            .split("```\nzwarm top · ")
+            .nth(1)
+            .and_then(|rest| rest.split("\n```").next())
+            .map(|b| format!("zwarm top · {b}"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| l.trim_end().to_string())
+            .collect();
+        let drawn = drawn.join("\n").trim_end().to_string();
+        let block = block.join("\n").trim_end().to_string();
+        assert_eq!(
+            block, drawn,
+            "README's `zwarm top` capture differs from what top draws"
+        );
     }
 
     #[test]

@@ -1,0 +1,416 @@
+//! The project file may tighten the watchers, never loosen them.
+//!
+//! Executors write anywhere in their workspace, `.zwarm/config.toml` included, and the next
+//! server started there reads it. So a watcher setting from the project file counts only when it
+//! is at least as strict as what the layers below it (the defaults and the user config file)
+//! say: it may turn a watcher on, lower a limit, make an action stronger, add rules, avoided
+//! topics and prices, and narrow the allowed paths. What would loosen a guardrail (turn a watcher
+//! off, raise or lift a limit, weaken an action, drop a rule or an allowed-path restriction,
+//! lower a price) is ignored, logged and listed like a trusted-only key. The layers above the
+//! project file (`--config`, `ZWARM_*`, `--set`) are the user's own and may set anything.
+
+use std::path::{Component, Path, PathBuf};
+
+use toml::Value;
+
+use super::{get_path, remove_path};
+
+/// How a watcher key's values order from loose to strict.
+enum Strict {
+    /// `true` is stricter (`enabled`, `builtin_rules`, `require_tests`).
+    True,
+    /// A watcher action: continue < nudge < pause < abort.
+    Action,
+    /// A number where lower is stricter; unset means no limit at all.
+    Limit,
+    /// A number where lower is stricter, with a default below it.
+    Threshold,
+}
+
+const KEYS: &[(&str, Strict)] = &[
+    ("watchers.progress.enabled", Strict::True),
+    ("watchers.progress.repeat_calls", Strict::Threshold),
+    ("watchers.progress.stalled_calls", Strict::Threshold),
+    ("watchers.progress.repeat_commands", Strict::Threshold),
+    ("watchers.progress.action", Strict::Action),
+    ("watchers.budget.enabled", Strict::True),
+    ("watchers.budget.max_sessions", Strict::Limit),
+    ("watchers.budget.max_running", Strict::Limit),
+    ("watchers.budget.max_turns_per_session", Strict::Limit),
+    ("watchers.budget.max_tokens", Strict::Limit),
+    ("watchers.budget.max_cost_usd", Strict::Limit),
+    ("watchers.budget.warn_percent", Strict::Threshold),
+    ("watchers.budget.action", Strict::Action),
+    ("watchers.scope.enabled", Strict::True),
+    ("watchers.scope.action", Strict::Action),
+    ("watchers.pattern.enabled", Strict::True),
+    ("watchers.pattern.builtin_rules", Strict::True),
+    ("watchers.quality.enabled", Strict::True),
+    ("watchers.quality.max_files", Strict::Threshold),
+    ("watchers.quality.require_tests", Strict::True),
+];
+
+fn action_rank(v: &Value) -> Option<u8> {
+    match v.as_str()? {
+        "continue" => Some(0),
+        "nudge" => Some(1),
+        "pause" => Some(2),
+        "abort" => Some(3),
+        _ => None,
+    }
+}
+
+fn num(v: &Value) -> Option<f64> {
+    v.as_float().or_else(|| v.as_integer().map(|i| i as f64))
+}
+
+/// Why `value` (from the project file) is looser than `below`, if it is. Values of the wrong
+/// type are left for the config's own validation to report.
+fn looser(kind: &Strict, value: &Value, below: Option<&Value>) -> Option<String> {
+    let shown = |v: &Value| v.to_string();
+    match kind {
+        Strict::True => (value.as_bool() == Some(false)
+            && below.and_then(Value::as_bool) == Some(true))
+        .then(|| "it turns off what the layers below it turn on".to_string()),
+        Strict::Action => {
+            let below = below?;
+            let (v, b) = (action_rank(value)?, action_rank(below)?);
+            (v < b).then(|| format!("{} is weaker than {}", shown(value), shown(below)))
+        }
+        Strict::Limit | Strict::Threshold => {
+            let v = num(value)?;
+            match below.and_then(num) {
+                Some(b) if v > b => Some(format!(
+                    "{} is higher than {}",
+                    shown(value),
+                    below.map(shown).unwrap_or_default()
+                )),
+                _ => None,
+            }
+        }
+    }
+}
+
+/// Lexical normalisation (`a/./b/../c` is `a/c`), as the scope watcher compares paths.
+fn normalize(p: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if !out.pop() {
+                    out.push("..");
+                }
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Whether `path` lies inside one of `roots` (all as written: relative to the working dir, or
+/// absolute). A path that climbs out with `..` is inside nothing.
+fn within(path: &str, roots: &[String]) -> bool {
+    let p = normalize(Path::new(path));
+    if p.starts_with("..") {
+        return false;
+    }
+    roots.iter().any(|r| {
+        let r = normalize(Path::new(r));
+        r.as_os_str().is_empty() || p.starts_with(&r)
+    })
+}
+
+fn strings(v: &Value) -> Option<Vec<String>> {
+    v.as_array()?
+        .iter()
+        .map(|x| x.as_str().map(str::to_string))
+        .collect()
+}
+
+/// The watchers as the layers below the project file leave them: the defaults, then the user
+/// config file.
+fn below_table(user: Option<&toml::Table>) -> toml::Table {
+    let mut t = toml::Table::new();
+    if let Ok(Value::Table(w)) = Value::try_from(crate::watch::WatchersConfig::default()) {
+        t.insert("watchers".into(), Value::Table(w));
+    }
+    if let Some(Value::Table(uw)) = user.and_then(|u| u.get("watchers")) {
+        let mut only = toml::Table::new();
+        only.insert("watchers".into(), Value::Table(uw.clone()));
+        super::merge(&mut t, only);
+    }
+    t
+}
+
+/// Apply the rule to the project file's table: remove what would loosen a watcher (returned as
+/// `(key, why)`), and turn lists that add to the layers below (`scope.avoid`, `pattern.rules`)
+/// into those layers' lists plus the project's additions.
+pub(super) fn tighten_only(
+    project: &mut toml::Table,
+    user: Option<&toml::Table>,
+) -> Vec<(String, String)> {
+    if !project.contains_key("watchers") {
+        return Vec::new();
+    }
+    let below = below_table(user);
+    let mut out = Vec::new();
+    for (key, kind) in KEYS {
+        let Some(value) = get_path(project, key) else {
+            continue;
+        };
+        if let Some(why) = looser(kind, value, get_path(&below, key)) {
+            remove_path(project, key);
+            out.push((key.to_string(), why));
+        }
+    }
+
+    // Allowed paths: an empty list below means anywhere, so any list narrows it; otherwise only
+    // paths inside the allowed ones below are kept.
+    let key = "watchers.scope.allowed_paths";
+    if let Some(list) = get_path(project, key).and_then(strings) {
+        let allowed = get_path(&below, key).and_then(strings).unwrap_or_default();
+        if !allowed.is_empty() {
+            let (kept, dropped): (Vec<String>, Vec<String>) =
+                list.into_iter().partition(|p| within(p, &allowed));
+            if !dropped.is_empty() {
+                out.push((
+                    key.to_string(),
+                    format!(
+                        "{} {} outside the allowed paths {:?} below it",
+                        dropped
+                            .iter()
+                            .map(|d| format!("`{d}`"))
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        if dropped.len() == 1 { "is" } else { "are" },
+                        allowed
+                    ),
+                ));
+                if kept.is_empty() {
+                    remove_path(project, key);
+                } else {
+                    set(project, key, Value::from(kept));
+                }
+            }
+        }
+    }
+
+    // Lists of things to watch for: the project's entries are added to those below.
+    for key in ["watchers.scope.avoid", "watchers.pattern.rules"] {
+        let Some(Value::Array(add)) = get_path(project, key).cloned() else {
+            continue;
+        };
+        let Some(Value::Array(mut all)) = get_path(&below, key).cloned() else {
+            continue;
+        };
+        for v in add {
+            if !all.contains(&v) {
+                all.push(v);
+            }
+        }
+        set(project, key, Value::Array(all));
+    }
+
+    // Prices: a model priced below keeps at least that price (a lower one would let sessions
+    // spend more under the same cost limit); a model priced only here is added.
+    let key = "watchers.budget.prices";
+    let mut lowered = Vec::new();
+    if let (Some(Value::Table(mine)), Some(Value::Table(theirs))) =
+        (get_path(project, key), get_path(&below, key))
+    {
+        for (model, price) in mine {
+            let Some(Value::Table(b)) = theirs.get(model) else {
+                continue;
+            };
+            let cheaper = price.as_table().is_none_or(|p| {
+                b.iter()
+                    .any(|(field, bv)| match (p.get(field).and_then(num), num(bv)) {
+                        (Some(v), Some(bv)) => v < bv,
+                        // A field priced below and left out here would price it at nothing.
+                        (None, Some(_)) => true,
+                        _ => false,
+                    })
+            });
+            if cheaper {
+                lowered.push(model.clone());
+            }
+        }
+    }
+    for model in lowered {
+        remove_path(project, &format!("{key}.{model}"));
+        out.push((
+            format!("{key}.{model}"),
+            "it prices the model lower than the user config file does".to_string(),
+        ));
+    }
+    out
+}
+
+/// Set a dotted key in a table whose parent tables exist (it was just read from there).
+fn set(t: &mut toml::Table, key: &str, v: Value) {
+    match key.split_once('.') {
+        Some((head, rest)) => {
+            if let Some(Value::Table(sub)) = t.get_mut(head) {
+                set(sub, rest, v);
+            }
+        }
+        None => {
+            t.insert(key.to_string(), v);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(s: &str) -> toml::Table {
+        s.parse().expect("toml")
+    }
+
+    fn keys(v: &[(String, String)]) -> Vec<&str> {
+        v.iter().map(|(k, _)| k.as_str()).collect()
+    }
+
+    #[test]
+    fn loosening_is_removed_tightening_kept() {
+        let mut p = table(
+            r#"
+[watchers.budget]
+enabled = false
+max_cost_usd = 1.0
+action = "nudge"
+warn_percent = 90.0
+[watchers.pattern]
+builtin_rules = false
+[watchers.progress]
+repeat_calls = 2
+action = "pause"
+[watchers.quality]
+max_files = 100
+"#,
+        );
+        let out = tighten_only(&mut p, None);
+        assert_eq!(
+            keys(&out),
+            vec![
+                "watchers.budget.enabled",
+                "watchers.budget.warn_percent",
+                "watchers.budget.action",
+                "watchers.pattern.builtin_rules",
+                "watchers.quality.max_files",
+            ]
+        );
+        // A first limit and stricter values stay.
+        assert_eq!(
+            get_path(&p, "watchers.budget.max_cost_usd"),
+            Some(&Value::Float(1.0))
+        );
+        assert_eq!(
+            get_path(&p, "watchers.progress.repeat_calls"),
+            Some(&Value::Integer(2))
+        );
+        assert_eq!(
+            get_path(&p, "watchers.progress.action"),
+            Some(&Value::String("pause".into()))
+        );
+        assert!(get_path(&p, "watchers.budget.enabled").is_none());
+    }
+
+    #[test]
+    fn limits_compare_with_the_user_file() {
+        let user = table("[watchers.budget]\nmax_cost_usd = 5\nmax_tokens = 1000\n");
+        let mut p = table("[watchers.budget]\nmax_cost_usd = 50.0\nmax_tokens = 10\n");
+        let out = tighten_only(&mut p, Some(&user));
+        assert_eq!(keys(&out), vec!["watchers.budget.max_cost_usd"]);
+        assert!(out[0].1.contains("higher than 5"), "{out:?}");
+        assert_eq!(
+            get_path(&p, "watchers.budget.max_tokens"),
+            Some(&Value::Integer(10))
+        );
+        // The user file turned a watcher off: the project may turn it back on.
+        let user = table("[watchers.quality]\nenabled = false\n");
+        let mut p = table("[watchers.quality]\nenabled = true\n");
+        assert!(tighten_only(&mut p, Some(&user)).is_empty());
+    }
+
+    #[test]
+    fn lists_add_and_allowed_paths_narrow() {
+        let user = table(
+            r#"
+[watchers.scope]
+avoid = ["billing"]
+allowed_paths = ["src", "docs"]
+[[watchers.pattern.rules]]
+name = "no-push"
+regex = "git push"
+action = "abort"
+"#,
+        );
+        let mut p = table(
+            r#"
+[watchers.scope]
+avoid = ["auth"]
+allowed_paths = ["src/core", "/etc", "src/../secrets"]
+[[watchers.pattern.rules]]
+name = "no-curl"
+regex = "curl"
+"#,
+        );
+        let out = tighten_only(&mut p, Some(&user));
+        assert_eq!(keys(&out), vec!["watchers.scope.allowed_paths"]);
+        assert!(
+            out[0].1.contains("`/etc`, `src/../secrets` are outside"),
+            "{out:?}"
+        );
+        assert_eq!(
+            get_path(&p, "watchers.scope.allowed_paths").and_then(strings),
+            Some(vec!["src/core".to_string()])
+        );
+        assert_eq!(
+            get_path(&p, "watchers.scope.avoid").and_then(strings),
+            Some(vec!["billing".to_string(), "auth".to_string()])
+        );
+        let rules = get_path(&p, "watchers.pattern.rules").and_then(Value::as_array);
+        let names: Vec<&str> = rules
+            .into_iter()
+            .flatten()
+            .filter_map(|r| r.get("name").and_then(Value::as_str))
+            .collect();
+        assert_eq!(names, vec!["no-push", "no-curl"]);
+
+        // Nothing left inside: the restriction below stays as it is.
+        let mut p = table("[watchers.scope]\nallowed_paths = [\"..\"]\n");
+        assert_eq!(tighten_only(&mut p, Some(&user)).len(), 1);
+        assert!(get_path(&p, "watchers.scope.allowed_paths").is_none());
+        // No restriction below: any list narrows.
+        let mut p = table("[watchers.scope]\nallowed_paths = [\"/anywhere\"]\n");
+        assert!(tighten_only(&mut p, None).is_empty());
+    }
+
+    #[test]
+    fn prices_may_be_added_not_lowered() {
+        let user = table(
+            "[watchers.budget.prices.gpt-5]\ninput_per_million = 1.25\noutput_per_million = 10.0\n",
+        );
+        let mut p = table(
+            r#"
+[watchers.budget.prices.gpt-5]
+input_per_million = 0.0
+output_per_million = 10.0
+[watchers.budget.prices.my-model]
+input_per_million = 3.0
+output_per_million = 15.0
+"#,
+        );
+        let out = tighten_only(&mut p, Some(&user));
+        assert_eq!(keys(&out), vec!["watchers.budget.prices.gpt-5"]);
+        assert!(get_path(&p, "watchers.budget.prices.gpt-5").is_none());
+        assert!(get_path(&p, "watchers.budget.prices.my-model").is_some());
+        let mut p = table(
+            "[watchers.budget.prices.gpt-5]\ninput_per_million = 2.0\noutput_per_million = 12.0\n",
+        );
+        assert!(tighten_only(&mut p, Some(&user)).is_empty());
+    }
+}

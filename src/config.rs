@@ -56,6 +56,9 @@ pub struct Config {
     pub max_response_chars: usize,
     /// Default page size of list_sessions.
     pub list_page_size: usize,
+    /// Seconds a session this server holds stays in memory, at rest (no turn running) and
+    /// unused, before it is let go (it is read back from the state database when needed).
+    pub hold_idle_seconds: u64,
     /// Largest task or message accepted, in bytes (refused up front; sent on stdin).
     pub max_task_bytes: usize,
     /// How a turn's processes are contained: `auto` (a cgroup per turn where cgroup v2 is
@@ -143,6 +146,7 @@ impl Default for Config {
             interrupt_grace_seconds: 5,
             max_response_chars: 8000,
             list_page_size: 50,
+            hold_idle_seconds: 600,
             max_task_bytes: DEFAULT_MAX_TASK_BYTES,
             containment: "auto".into(),
             cgroup_parent: None,
@@ -208,6 +212,7 @@ const KEYS: &[(&str, Kind)] = &[
     ("interrupt_grace_seconds", Kind::Int),
     ("max_response_chars", Kind::Int),
     ("list_page_size", Kind::Int),
+    ("hold_idle_seconds", Kind::Int),
     ("max_task_bytes", Kind::Int),
     ("containment", Kind::Str),
     ("cgroup_parent", Kind::Str),
@@ -721,6 +726,11 @@ fn validate(cfg: &Config) -> Result<(), ConfigError> {
     if cfg.max_worktrees > 4096 {
         return Err(ConfigError::Invalid(
             "max_worktrees must be at most 4096".into(),
+        ));
+    }
+    if cfg.hold_idle_seconds == 0 {
+        return Err(ConfigError::Invalid(
+            "hold_idle_seconds must be at least 1".into(),
         ));
     }
     if cfg.list_page_size == 0 {

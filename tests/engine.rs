@@ -1233,3 +1233,96 @@ async fn list_sessions_does_not_show_a_dead_servers_turn_as_running() {
         wrong.join("\n")
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// 6. Memory follows what runs
+
+/// A session at rest is let go after `hold_idle_seconds` and read back when needed: its
+/// transcript, a resume of the same thread, the list and end_session all work as before; a
+/// running session is never let go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_sessions_are_let_go_and_come_back_whole() {
+    let mut env = fake_env();
+    for (k, v) in env.vars.iter_mut() {
+        if k == "ZWARM_LOG" {
+            *v = "info,zwarm::sessions=debug".into();
+        }
+    }
+    let z = start_with(&env, &["--set", "hold_idle_seconds=1"]).await;
+    let da = session_dir(&env, "a", "COMMANDS=2\n");
+    let a = sid(&z
+        .ok(
+            "delegate",
+            json!({"task": "a", "working_dir": da.display().to_string()}),
+        )
+        .await);
+    let thread = calls(&da)[0].2.clone();
+    // B runs (held by its turn) while A is idle.
+    let db_dir = session_dir(&env, "b", "COMMANDS=1\nHOLD=1\n");
+    let b = sid(&z
+        .ok(
+            "delegate",
+            json!({"task": "b", "mode": "async", "working_dir": db_dir.display().to_string()}),
+        )
+        .await);
+    let line = until(
+        "the server to let A go",
+        Duration::from_secs(10),
+        async || {
+            z.stderr()
+                .lines()
+                .find(|l| l.contains("let go of idle sessions"))
+                .map(str::to_string)
+        },
+    )
+    .await;
+    assert!(
+        line.contains("sessions=1") && line.contains("held=1"),
+        "only A is let go; B, running, stays: {line}"
+    );
+    let s = z.ok("check_session", json!({"session_id": b})).await;
+    assert_eq!(s["status"], "running", "{s}");
+
+    // A comes back whole.
+    let s = z.ok("check_session", json!({"session_id": a})).await;
+    assert_eq!(s["status"], "idle", "{s}");
+    assert_eq!(s["turns"][0]["commands"].as_array().map(Vec::len), Some(2));
+    assert_eq!(s["native_id"], thread.as_str());
+    set_ctl(&da, "COMMANDS=1\n");
+    let c = z
+        .ok("converse", json!({"session_id": a, "message": "more"}))
+        .await;
+    assert_eq!(c["status"], "idle", "{c}");
+    assert_eq!(c["turn"], 2);
+    let last = calls(&da).pop().expect("a call");
+    assert_eq!(
+        (last.1.as_str(), last.2.as_str()),
+        ("resume", thread.as_str())
+    );
+    // Let go again after its second turn, then listed and ended from the store.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let l = z.ok("list_sessions", json!({"status": "idle"})).await;
+    assert_eq!(l["sessions"][0]["session_id"], a.as_str(), "{l}");
+    assert_eq!(l["sessions"][0]["turns"], 2, "{l}");
+    let e = z
+        .ok(
+            "end_session",
+            json!({"session_id": a, "verdict": "completed", "summary": "done"}),
+        )
+        .await;
+    assert_eq!(e["status"], "completed", "{e}");
+    assert_eq!(stored_status(&env, &a), "completed");
+    assert_eq!(count(&events(&env), "session_recovered", &a), 0);
+
+    // B, held all along, finishes normally.
+    release(&db_dir);
+    let s = z
+        .ok(
+            "check_session",
+            json!({"session_id": b, "wait_seconds": 10}),
+        )
+        .await;
+    assert_eq!(s["status"], "idle", "{s}");
+    assert_eq!(s["turns"].as_array().map(Vec::len), Some(1));
+    z.signal_and_wait(libc::SIGTERM, KILL_LIMIT).await;
+}

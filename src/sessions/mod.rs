@@ -510,6 +510,19 @@ impl Manager {
                 blocking(process::reap_orphan_zombies).await;
             }
         });
+        // Let go of sessions at rest and unused for `hold_idle_seconds`.
+        let m = self.clone();
+        tokio::spawn(async move {
+            let idle = Duration::from_secs(m.inner.cfg.hold_idle_seconds);
+            let every = idle.min(Duration::from_secs(60));
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(every) => {}
+                    _ = m.inner.shutdown.cancelled() => break,
+                }
+                m.evict_idle(idle).await;
+            }
+        });
         // Adopt what dead servers left running (now, then every few seconds: a server
         // sharing this state dir may die while this one runs), and warm the watchers' totals.
         let m = self.clone();
@@ -1102,6 +1115,49 @@ impl Manager {
         })
     }
 
+    /// Let go of held sessions that are at rest, unused for `idle`, and complete in the store
+    /// (its committed version is the one in memory). The next call that needs one adopts it
+    /// again from the store.
+    async fn evict_idle(&self, idle: Duration) -> usize {
+        let candidates = self.inner.registry.idle_candidates(idle);
+        if candidates.is_empty() {
+            return 0;
+        }
+        let ids: Vec<String> = candidates.iter().map(|(id, _)| id.clone()).collect();
+        let stored = self
+            .inner
+            .store
+            .read(move |c| {
+                ids.into_iter()
+                    .map(|id| {
+                        let v = crate::store::version_with(c, &id)?;
+                        Ok((id, v))
+                    })
+                    .collect::<Result<std::collections::HashMap<String, u64>, StoreError>>()
+            })
+            .await;
+        let stored = match stored {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot check idle sessions before letting them go");
+                return 0;
+            }
+        };
+        let complete: Vec<(String, u64)> = candidates
+            .into_iter()
+            .filter(|(id, v)| stored.get(id) == Some(v))
+            .collect();
+        let n = self.inner.registry.evict(&complete, idle);
+        if n > 0 {
+            tracing::debug!(
+                sessions = n,
+                held = self.inner.registry.len(),
+                "let go of idle sessions (they are read back from the store when needed)"
+            );
+        }
+        n
+    }
+
     /// Wait (briefly) for the start-up recovery, so nothing a dead server left running is
     /// reported as running.
     async fn await_recovery(&self) {
@@ -1122,6 +1178,23 @@ impl Manager {
             return;
         }
         let Some(h) = self.inner.registry.get(id) else {
+            // Not held here (an idle session let go, or one from an earlier run): the notes
+            // go straight to the store, where check_session reads them.
+            let w = notes
+                .iter()
+                .map(|n| {
+                    let mut n = n.clone();
+                    n.turn = n.turn.or(turn);
+                    Write::Note {
+                        session_id: id.to_string(),
+                        note: n,
+                    }
+                })
+                .collect();
+            if let Err(e) = self.inner.store.submit(w).committed().await {
+                tracing::error!(error = %e, "cannot save watcher notes");
+            }
+            let _ = self.inner.changes.send(id.to_string());
             return;
         };
         let ticket = {

@@ -8,9 +8,17 @@
 //!
 //! Adoption is a compare-and-set on the owner column in the store, so two servers (or two
 //! calls) can never both adopt one session.
+//!
+//! A held session that is at rest (no turn queued or running, not being ended, nothing waiting
+//! to be flushed) and unused for `hold_idle_seconds` is let go ([`Registry::evict_idle`]): its
+//! record is complete in the store, and the next call that needs it adopts it again (this
+//! server still owns it, so that is a reload). A long-lived server's memory follows what it
+//! runs, not everything it ever ran.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use tokio::sync::watch;
@@ -131,6 +139,14 @@ pub(crate) struct Handle {
     /// Bumped whenever the session changes (after status changes are committed).
     pub changed: watch::Sender<u64>,
     pub id: String,
+    /// When the registry last handed this handle out ([`clock`] milliseconds).
+    last_used: AtomicU64,
+}
+
+/// Milliseconds since this process's first call: a cheap, monotonic clock for `last_used`.
+fn clock() -> u64 {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64
 }
 
 impl Handle {
@@ -147,7 +163,21 @@ impl Handle {
                 commands_flushed: (0, 0),
             }),
             changed: watch::channel(0).0,
+            last_used: AtomicU64::new(clock()),
         })
+    }
+
+    fn touch(&self) {
+        self.last_used.store(clock(), Ordering::Relaxed);
+    }
+
+    /// Whether nothing is under way: no turn queued or running, no end in progress, no
+    /// progress waiting for the flusher.
+    fn at_rest(&self) -> bool {
+        let Some(l) = self.live.try_lock() else {
+            return false; // someone is working on it right now
+        };
+        l.control.is_none() && !l.ending && l.unflushed == 0 && !l.session.status.is_active()
     }
 
     pub fn bump(&self) {
@@ -168,12 +198,59 @@ pub(crate) struct Registry {
 
 impl Registry {
     pub fn get(&self, id: &str) -> Option<Arc<Handle>> {
-        self.held.lock().get(id).cloned()
+        let h = self.held.lock().get(id).cloned()?;
+        h.touch();
+        Some(h)
     }
 
     /// Insert, or return the handle already held for that id.
     pub fn insert(&self, h: Arc<Handle>) -> Arc<Handle> {
-        self.held.lock().entry(h.id.clone()).or_insert(h).clone()
+        let h = self.held.lock().entry(h.id.clone()).or_insert(h).clone();
+        h.touch();
+        h
+    }
+
+    /// Held sessions that may be let go: at rest, unused for `idle`, and held by no one but
+    /// the registry; with their versions (see [`Registry::evict`]).
+    pub fn idle_candidates(&self, idle: Duration) -> Vec<(String, u64)> {
+        let before = clock().saturating_sub(idle.as_millis() as u64);
+        let held = self.held.lock();
+        held.values()
+            .filter(|h| Self::evictable(h, before))
+            .filter_map(|h| Some((h.id.clone(), h.live.try_lock()?.version)))
+            .collect()
+    }
+
+    /// Let go of `candidates` whose stored version (the second item: what the store has
+    /// committed) still equals their version in memory, so nothing of them exists only here;
+    /// each is checked again under the registry's lock. Returns how many were let go.
+    ///
+    /// A handle anyone else holds (a call or a turn task has a clone) is kept: clones are only
+    /// made from the map under its lock, so a count of one under that lock means no one is
+    /// using it, and no one can start to until it is gone from the map.
+    pub fn evict(&self, candidates: &[(String, u64)], idle: Duration) -> usize {
+        let before = clock().saturating_sub(idle.as_millis() as u64);
+        let mut held = self.held.lock();
+        let mut n = 0;
+        for (id, stored) in candidates {
+            let Some(h) = held.get(id) else { continue };
+            let same = h.live.try_lock().is_some_and(|l| l.version == *stored);
+            if same && Self::evictable(h, before) {
+                held.remove(id);
+                n += 1;
+            }
+        }
+        n
+    }
+
+    fn evictable(h: &Arc<Handle>, used_before: u64) -> bool {
+        Arc::strong_count(h) == 1
+            && h.last_used.load(Ordering::Relaxed) <= used_before
+            && h.at_rest()
+    }
+
+    pub fn len(&self) -> usize {
+        self.held.lock().len()
     }
 
     pub fn remove(&self, id: &str) {

@@ -347,3 +347,50 @@ pub fn valid_native_id(s: &str) -> bool {
         && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'))
 }
+
+#[cfg(test)]
+impl Session {
+    /// A running codex session with one running turn, for unit tests.
+    pub(crate) fn sample() -> Session {
+        Session {
+            id: "00000000-0000-4000-8000-000000000001".into(),
+            adapter: Adapter::Codex,
+            mode: Mode::Sync,
+            status: SessionStatus::Running,
+            task: "t".into(),
+            working_dir: "/tmp".into(),
+            model: None,
+            native_id: None,
+            created_at: "2026-01-01T00:00:00.000Z".into(),
+            updated_at: "2026-01-01T00:00:00.000Z".into(),
+            turns: vec![Turn {
+                index: 1,
+                prompt: "t".into(),
+                status: TurnStatus::Running,
+                response: None,
+                error: None,
+                api_status: None,
+                usage: Usage::default(),
+                cost_usd: None,
+                started_at: "2026-01-01T00:00:00.000Z".into(),
+                ended_at: None,
+                commands: vec![],
+                files_changed: vec![],
+                permission_denials: vec![],
+                messages: vec![],
+                tool_errors: vec![],
+            }],
+            error: None,
+            summary: None,
+            native_usage: Usage::default(),
+            owner: Owner {
+                pid: 1,
+                instance: "x".into(),
+            },
+            recent: Default::default(),
+            watcher_notes: vec![],
+            aborted: None,
+            isolation: None,
+        }
+    }
+}

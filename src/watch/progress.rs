@@ -144,4 +144,37 @@ impl Watcher for Progress {
         }
         Ok(None)
     }
+
+    /// A finished turn's command counts are not needed any more: forget the session's, so
+    /// the counts follow the running turns, not every turn the server has seen.
+    fn after_turn(&self, session: &Session, _fleet: &Fleet) -> Result<Finding, String> {
+        let mut st = self
+            .state
+            .lock()
+            .map_err(|_| "state poisoned".to_string())?;
+        st.commands.retain(|(id, _), _| id != &session.id);
+        Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repeated_commands_nudge_once_per_turn_and_are_forgotten_when_it_ends() {
+        let p = Progress::new(&ProgressConfig::default());
+        let s = Session::sample();
+        let ev = ExecutorEvent::CommandStarted {
+            id: "c".into(),
+            command: "cargo test".into(),
+        };
+        let found: Vec<bool> = (0..4)
+            .map(|_| p.on_event(&s, &ev).expect("on_event").is_some())
+            .collect();
+        assert_eq!(found, vec![false, false, true, false]);
+        assert_eq!(p.state.lock().expect("lock").commands.len(), 1);
+        p.after_turn(&s, &Fleet::default()).expect("after_turn");
+        assert!(p.state.lock().expect("lock").commands.is_empty());
+    }
 }

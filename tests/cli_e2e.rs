@@ -154,7 +154,8 @@ fn run_in_a_worktree_then_diff_and_merge_or_discard_from_the_terminal() {
     );
     let err = text(&o.stderr);
     assert!(
-        err.contains("on branch zwarm/")
+        err.contains("working on branch zwarm/")
+            && err.contains("the changes are on branch zwarm/")
             && err.contains("zwarm diff ")
             && err.contains("--integrate merge"),
         "the next steps are said: {err}"

@@ -168,6 +168,16 @@ async fn run_one(manager: &Manager, req: Request) -> anyhow::Result<i32> {
         "zwarm: session {id} started (see it with `zwarm show {}`)",
         short_id(&id)
     ));
+    if let Ok(Session {
+        isolation: Some(iso),
+        ..
+    }) = manager.get(&id).await
+    {
+        progress.line(&format!(
+            "zwarm: working on branch {} in its own worktree ({}); your checkout is untouched",
+            iso.branch, iso.worktree
+        ));
+    }
     progress.status("starting the executor…", false);
     let cancel = CancellationToken::new();
     let wait = manager.wait(&id, MAX_WAIT, &cancel);

@@ -37,9 +37,9 @@ pub struct RunArgs {
     /// Isolate the session's changes (`worktree`).
     #[arg(long, value_enum, value_name = "MODE")]
     pub isolation: Option<Isolation>,
-    /// With `--isolation worktree`: the commit or branch the session's branch starts from
-    /// (default: the checkout's HEAD).
-    #[arg(long, value_name = "REV", requires = "isolation")]
+    /// For a worktree session (`--isolation worktree`, or the config's `isolation`): the
+    /// commit or branch the session's branch starts from (default: the checkout's HEAD).
+    #[arg(long, value_name = "REV")]
     pub base: Option<String>,
     /// Directory the executor works in (default: the current directory). Must be inside the
     /// allowed roots.

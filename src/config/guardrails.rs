@@ -25,13 +25,15 @@ enum Strict {
     Limit,
     /// A number where lower is stricter, with a default below it.
     Threshold,
+    /// A count where lower is stricter, down to 1 (0 turns the check off).
+    Count,
 }
 
 const KEYS: &[(&str, Strict)] = &[
     ("watchers.progress.enabled", Strict::True),
-    ("watchers.progress.repeat_calls", Strict::Threshold),
-    ("watchers.progress.stalled_calls", Strict::Threshold),
-    ("watchers.progress.repeat_commands", Strict::Threshold),
+    ("watchers.progress.repeat_calls", Strict::Count),
+    ("watchers.progress.stalled_calls", Strict::Count),
+    ("watchers.progress.repeat_commands", Strict::Count),
     ("watchers.progress.action", Strict::Action),
     ("watchers.budget.enabled", Strict::True),
     ("watchers.budget.max_sessions", Strict::Limit),
@@ -64,6 +66,19 @@ fn num(v: &Value) -> Option<f64> {
     v.as_float().or_else(|| v.as_integer().map(|i| i as f64))
 }
 
+/// Whether `v` is a higher number than `b` (two integers compared exactly).
+fn higher(v: &Value, b: &Value) -> bool {
+    match (v.as_integer(), b.as_integer()) {
+        (Some(v), Some(b)) => v > b,
+        _ => matches!((num(v), num(b)), (Some(v), Some(b)) if v > b),
+    }
+}
+
+/// A number that is not finite (`nan`, `inf`): no limit or price can be compared with it.
+fn not_finite(v: &Value) -> bool {
+    v.as_float().is_some_and(|f| !f.is_finite())
+}
+
 /// Why `value` (from the project file) is looser than `below`, if it is. Values of the wrong
 /// type are left for the config's own validation to report.
 fn looser(kind: &Strict, value: &Value, below: Option<&Value>) -> Option<String> {
@@ -77,16 +92,17 @@ fn looser(kind: &Strict, value: &Value, below: Option<&Value>) -> Option<String>
             let (v, b) = (action_rank(value)?, action_rank(below)?);
             (v < b).then(|| format!("{} is weaker than {}", shown(value), shown(below)))
         }
-        Strict::Limit | Strict::Threshold => {
-            let v = num(value)?;
-            match below.and_then(num) {
-                Some(b) if v > b => Some(format!(
-                    "{} is higher than {}",
-                    shown(value),
-                    below.map(shown).unwrap_or_default()
-                )),
-                _ => None,
+        Strict::Limit | Strict::Threshold | Strict::Count => {
+            num(value)?;
+            if not_finite(value) {
+                return Some(format!("{} is not a finite number", shown(value)));
             }
+            if matches!(kind, Strict::Count) && value.as_integer().is_some_and(|n| n < 1) {
+                return Some(format!("{} turns the check off", shown(value)));
+            }
+            let below = below?;
+            higher(value, below)
+                .then(|| format!("{} is higher than {}", shown(value), shown(below)))
         }
     }
 }
@@ -170,7 +186,14 @@ pub(super) fn tighten_only(
     let key = "watchers.scope.allowed_paths";
     if let Some(list) = get_path(project, key).and_then(strings) {
         let allowed = get_path(&below, key).and_then(strings).unwrap_or_default();
-        if !allowed.is_empty() {
+        if !allowed.is_empty() && list.is_empty() {
+            // An empty list means anywhere.
+            remove_path(project, key);
+            out.push((
+                key.to_string(),
+                format!("an empty list allows any path, wider than {allowed:?} below it"),
+            ));
+        } else if !allowed.is_empty() {
             let (kept, dropped): (Vec<String>, Vec<String>) =
                 list.into_iter().partition(|p| within(p, &allowed));
             if !dropped.is_empty() {
@@ -212,27 +235,25 @@ pub(super) fn tighten_only(
         set(project, key, Value::Array(all));
     }
 
-    // Prices: a model priced below keeps at least that price (a lower one would let sessions
-    // spend more under the same cost limit); a model priced only here is added.
+    // Prices: a model keeps at least the price the layers below give it (its own, else
+    // `default`): a lower one would let sessions spend more under the same cost limit. Prices
+    // must be finite and not negative.
     let key = "watchers.budget.prices";
     let mut lowered = Vec::new();
-    if let (Some(Value::Table(mine)), Some(Value::Table(theirs))) =
-        (get_path(project, key), get_path(&below, key))
-    {
+    if let Some(Value::Table(mine)) = get_path(project, key) {
+        let theirs = get_path(&below, key).and_then(Value::as_table);
         for (model, price) in mine {
-            let Some(Value::Table(b)) = theirs.get(model) else {
-                continue;
+            let Some(p) = price.as_table() else {
+                continue; // not a price table: the config's own validation says so
             };
-            let cheaper = price.as_table().is_none_or(|p| {
-                b.iter()
-                    .any(|(field, bv)| match (p.get(field).and_then(num), num(bv)) {
-                        (Some(v), Some(bv)) => v < bv,
-                        // A field priced below and left out here would price it at nothing.
-                        (None, Some(_)) => true,
-                        _ => false,
-                    })
-            });
-            if cheaper {
+            let bad = p
+                .values()
+                .any(|v| not_finite(v) || num(v).is_some_and(|n| n < 0.0));
+            let floor = theirs.and_then(|t| t.get(model).or_else(|| t.get("default")));
+            let cheaper = floor
+                .and_then(Value::as_table)
+                .is_some_and(|b| cheaper_than(p, b));
+            if bad || cheaper {
                 lowered.push(model.clone());
             }
         }
@@ -241,10 +262,34 @@ pub(super) fn tighten_only(
         remove_path(project, &format!("{key}.{model}"));
         out.push((
             format!("{key}.{model}"),
-            "it prices the model lower than the user config file does".to_string(),
+            "it prices the model lower than the layers below it do (or not as a finite, non-negative number)".to_string(),
         ));
     }
     out
+}
+
+/// Whether price `p` charges less than `b` for any kind of token, comparing effective prices
+/// (cached input costs the input price unless priced on its own).
+fn cheaper_than(p: &toml::Table, b: &toml::Table) -> bool {
+    let field = |t: &toml::Table, f: &str| t.get(f).and_then(num);
+    let effective = |t: &toml::Table| {
+        let input = field(t, "input_per_million");
+        (
+            input,
+            field(t, "output_per_million"),
+            field(t, "cached_input_per_million").or(input),
+        )
+    };
+    let (pi, po, pc) = effective(p);
+    let (bi, bo, bc) = effective(b);
+    [(pi, bi), (po, bo), (pc, bc)]
+        .into_iter()
+        .any(|(v, b)| match (v, b) {
+            (Some(v), Some(b)) => v < b,
+            // Priced below and left out here: it would cost nothing.
+            (None, Some(_)) => true,
+            _ => false,
+        })
 }
 
 /// Set a dotted key in a table whose parent tables exist (it was just read from there).
@@ -390,6 +435,42 @@ regex = "curl"
     }
 
     #[test]
+    fn no_number_tricks() {
+        let user = table(
+            "[watchers.budget]\nmax_cost_usd = 5.0\nmax_tokens = 9007199254740993\n[watchers.scope]\nallowed_paths = [\"src\"]\n",
+        );
+        let mut p = table(
+            r#"
+[watchers.budget]
+max_cost_usd = nan
+max_tokens = 9007199254740994
+warn_percent = inf
+[watchers.progress]
+stalled_calls = 0
+repeat_commands = 1
+[watchers.scope]
+allowed_paths = []
+"#,
+        );
+        let out = tighten_only(&mut p, Some(&user));
+        assert_eq!(
+            keys(&out),
+            vec![
+                "watchers.progress.stalled_calls",
+                "watchers.budget.max_tokens",
+                "watchers.budget.max_cost_usd",
+                "watchers.budget.warn_percent",
+                "watchers.scope.allowed_paths",
+            ],
+            "{out:?}"
+        );
+        assert_eq!(
+            get_path(&p, "watchers.progress.repeat_commands"),
+            Some(&Value::Integer(1))
+        );
+    }
+
+    #[test]
     fn prices_may_be_added_not_lowered() {
         let user = table(
             "[watchers.budget.prices.gpt-5]\ninput_per_million = 1.25\noutput_per_million = 10.0\n",
@@ -412,5 +493,38 @@ output_per_million = 15.0
             "[watchers.budget.prices.gpt-5]\ninput_per_million = 2.0\noutput_per_million = 12.0\n",
         );
         assert!(tighten_only(&mut p, Some(&user)).is_empty());
+        // Cached input priced at nothing where the user's falls back to the input price.
+        let mut p = table(
+            "[watchers.budget.prices.gpt-5]\ninput_per_million = 1.25\noutput_per_million = 10.0\ncached_input_per_million = 0.0\n",
+        );
+        assert_eq!(tighten_only(&mut p, Some(&user)).len(), 1);
+        // A model the user prices only through `default`, and a negative price.
+        let user = table(
+            "[watchers.budget.prices.default]\ninput_per_million = 1.0\noutput_per_million = 4.0\n",
+        );
+        let mut p = table(
+            r#"
+[watchers.budget.prices.cheap]
+input_per_million = 0.01
+output_per_million = 0.01
+[watchers.budget.prices.negative]
+input_per_million = 5.0
+output_per_million = -100.0
+[watchers.budget.prices.dear]
+input_per_million = 2.0
+output_per_million = 8.0
+"#,
+        );
+        let out = tighten_only(&mut p, Some(&user));
+        let mut k = keys(&out);
+        k.sort_unstable();
+        assert_eq!(
+            k,
+            vec![
+                "watchers.budget.prices.cheap",
+                "watchers.budget.prices.negative"
+            ]
+        );
+        assert!(get_path(&p, "watchers.budget.prices.dear").is_some());
     }
 }

@@ -598,8 +598,16 @@ impl Manager {
         if let Some(h) = self.inner.registry.get(id) {
             return Ok(h);
         }
+        // Writes submitted before now (e.g. a watcher's notes on a session just let go) are
+        // committed before it is read back.
+        self.inner.store.sync().await;
         let (mut s, version) = self.load(id).await?;
         let old_owner = s.owner.instance.clone();
+        if old_owner == self.inner.instance && !s.status.is_active() {
+            // Ours, let go while at rest: read back as it was, nothing to record.
+            let h = self.inner.registry.insert(Handle::new(s, version));
+            return Ok(h);
+        }
         if old_owner != self.inner.instance && owner_alive(&self.inner.store, &old_owner).await {
             return Err(ManagerError::ForeignOwner {
                 id: id.to_string(),
@@ -1030,7 +1038,7 @@ impl Manager {
     /// committed), others from the store. A session a dead server left running is adopted.
     pub async fn get(&self, id: &str) -> Result<Session, ManagerError> {
         let id = self.resolve(id).await?;
-        if let Some(h) = self.inner.registry.get(&id) {
+        if let Some(h) = self.inner.registry.used(&id) {
             return Ok(self.snapshot(&h).await);
         }
         let (s, _) = self.load(&id).await?;
@@ -1062,7 +1070,7 @@ impl Manager {
     /// The handle of a session this server may run turns for (adopting it if its owner died).
     async fn owned(&self, id: &str) -> Result<Arc<Handle>, ManagerError> {
         let id = self.resolve(id).await?;
-        if let Some(h) = self.inner.registry.get(&id) {
+        if let Some(h) = self.inner.registry.used(&id) {
             return Ok(h);
         }
         self.adopt(&id).await
@@ -1115,39 +1123,37 @@ impl Manager {
         })
     }
 
-    /// Let go of held sessions that are at rest, unused for `idle`, and complete in the store
-    /// (its committed version is the one in memory). The next call that needs one adopts it
-    /// again from the store.
+    /// Let go of held sessions that are at rest and unused for `idle`: each one's whole
+    /// record (session row and every turn) is written and committed first, so nothing of it
+    /// exists only in memory; it is let go only if nothing changed meanwhile. The next call
+    /// that needs it adopts it again from the store.
     async fn evict_idle(&self, idle: Duration) -> usize {
-        let candidates = self.inner.registry.idle_candidates(idle);
-        if candidates.is_empty() {
+        let mut saved = Vec::new();
+        for id in self.inner.registry.idle_candidates(idle) {
+            let Some(h) = self.inner.registry.get(&id) else {
+                continue;
+            };
+            let (ticket, version) = {
+                let mut l = h.live.lock();
+                if !l.at_rest() {
+                    continue;
+                }
+                let turns: Vec<u32> = l.session.turns.iter().map(|t| t.index).collect();
+                let w = l.images(&turns);
+                (self.inner.store.submit(w), l.version)
+            };
+            drop(h);
+            match ticket.committed().await {
+                Ok(()) => saved.push((id, version)),
+                Err(e) => {
+                    tracing::warn!(session = %id, error = %e, "cannot save an idle session; it stays in memory")
+                }
+            }
+        }
+        if saved.is_empty() {
             return 0;
         }
-        let ids: Vec<String> = candidates.iter().map(|(id, _)| id.clone()).collect();
-        let stored = self
-            .inner
-            .store
-            .read(move |c| {
-                ids.into_iter()
-                    .map(|id| {
-                        let v = crate::store::version_with(c, &id)?;
-                        Ok((id, v))
-                    })
-                    .collect::<Result<std::collections::HashMap<String, u64>, StoreError>>()
-            })
-            .await;
-        let stored = match stored {
-            Ok(v) => v,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot check idle sessions before letting them go");
-                return 0;
-            }
-        };
-        let complete: Vec<(String, u64)> = candidates
-            .into_iter()
-            .filter(|(id, v)| stored.get(id) == Some(v))
-            .collect();
-        let n = self.inner.registry.evict(&complete, idle);
+        let n = self.inner.registry.evict(&saved, idle);
         if n > 0 {
             tracing::debug!(
                 sessions = n,
@@ -1320,7 +1326,7 @@ impl Manager {
     ) -> Result<Session, ManagerError> {
         let id = self.resolve(id).await?;
         let deadline = Instant::now() + timeout.min(MAX_WAIT);
-        match self.inner.registry.get(&id) {
+        match self.inner.registry.used(&id) {
             Some(h) => {
                 let mut rx = h.changed.subscribe();
                 loop {

@@ -10,10 +10,10 @@
 //! calls) can never both adopt one session.
 //!
 //! A held session that is at rest (no turn queued or running, not being ended, nothing waiting
-//! to be flushed) and unused for `hold_idle_seconds` is let go ([`Registry::evict_idle`]): its
-//! record is complete in the store, and the next call that needs it adopts it again (this
-//! server still owns it, so that is a reload). A long-lived server's memory follows what it
-//! runs, not everything it ever ran.
+//! to be flushed) and unused for `hold_idle_seconds` is let go (`Manager::evict_idle`): its
+//! whole record is written and committed first, and the next call that needs it adopts it
+//! again (this server still owns it, so that is a reload). A long-lived server's memory
+//! follows what it runs, not everything it ever ran.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -123,6 +123,15 @@ impl Live {
         w
     }
 
+    /// Nothing under way: no turn queued or running, no end in progress, no progress waiting
+    /// for the flusher.
+    pub fn at_rest(&self) -> bool {
+        self.control.is_none()
+            && !self.ending
+            && self.unflushed == 0
+            && !self.session.status.is_active()
+    }
+
     /// Start a new version of the session: bump it, and the write of its row.
     fn next_version(&mut self) -> Vec<Write> {
         self.version += 1;
@@ -146,7 +155,11 @@ pub(crate) struct Handle {
 /// Milliseconds since this process's first call: a cheap, monotonic clock for `last_used`.
 fn clock() -> u64 {
     static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    START.get_or_init(Instant::now).elapsed().as_millis() as u64
+    millis(START.get_or_init(Instant::now).elapsed())
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 impl Handle {
@@ -167,17 +180,15 @@ impl Handle {
         })
     }
 
-    fn touch(&self) {
+    /// Count the session as used now (a call asked for it, or its turn ended).
+    pub fn touch(&self) {
         self.last_used.store(clock(), Ordering::Relaxed);
     }
 
-    /// Whether nothing is under way: no turn queued or running, no end in progress, no
-    /// progress waiting for the flusher.
+    /// Whether nothing is under way (see [`Live::at_rest`]); `false` while someone holds
+    /// the lock.
     fn at_rest(&self) -> bool {
-        let Some(l) = self.live.try_lock() else {
-            return false; // someone is working on it right now
-        };
-        l.control.is_none() && !l.ending && l.unflushed == 0 && !l.session.status.is_active()
+        self.live.try_lock().is_some_and(|l| l.at_rest())
     }
 
     pub fn bump(&self) {
@@ -197,8 +208,14 @@ pub(crate) struct Registry {
 }
 
 impl Registry {
+    /// The handle, if held (not counted as a use: listings and the flusher look too).
     pub fn get(&self, id: &str) -> Option<Arc<Handle>> {
-        let h = self.held.lock().get(id).cloned()?;
+        self.held.lock().get(id).cloned()
+    }
+
+    /// The handle, if held, for a call that uses the session (it stays in memory longer).
+    pub fn used(&self, id: &str) -> Option<Arc<Handle>> {
+        let h = self.get(id)?;
         h.touch();
         Some(h)
     }
@@ -211,28 +228,28 @@ impl Registry {
     }
 
     /// Held sessions that may be let go: at rest, unused for `idle`, and held by no one but
-    /// the registry; with their versions (see [`Registry::evict`]).
-    pub fn idle_candidates(&self, idle: Duration) -> Vec<(String, u64)> {
-        let before = clock().saturating_sub(idle.as_millis() as u64);
+    /// the registry.
+    pub fn idle_candidates(&self, idle: Duration) -> Vec<String> {
+        let before = clock().saturating_sub(millis(idle));
         let held = self.held.lock();
         held.values()
             .filter(|h| Self::evictable(h, before))
-            .filter_map(|h| Some((h.id.clone(), h.live.try_lock()?.version)))
+            .map(|h| h.id.clone())
             .collect()
     }
 
-    /// Let go of `candidates` whose stored version (the second item: what the store has
-    /// committed) still equals their version in memory, so nothing of them exists only here;
-    /// each is checked again under the registry's lock. Returns how many were let go.
+    /// Let go of `saved`: sessions whose whole record was committed at the version given, if
+    /// they are still at that version (nothing changed since), at rest and unused; each is
+    /// checked under the registry's lock. Returns how many were let go.
     ///
     /// A handle anyone else holds (a call or a turn task has a clone) is kept: clones are only
     /// made from the map under its lock, so a count of one under that lock means no one is
     /// using it, and no one can start to until it is gone from the map.
-    pub fn evict(&self, candidates: &[(String, u64)], idle: Duration) -> usize {
-        let before = clock().saturating_sub(idle.as_millis() as u64);
+    pub fn evict(&self, saved: &[(String, u64)], idle: Duration) -> usize {
+        let before = clock().saturating_sub(millis(idle));
         let mut held = self.held.lock();
         let mut n = 0;
-        for (id, stored) in candidates {
+        for (id, stored) in saved {
             let Some(h) = held.get(id) else { continue };
             let same = h.live.try_lock().is_some_and(|l| l.version == *stored);
             if same && Self::evictable(h, before) {

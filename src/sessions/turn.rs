@@ -661,6 +661,8 @@ pub(crate) async fn finish(
         }
         inner.mark_dirty(&h.id, false);
     }
+    // A turn's end counts as a use: the session stays in memory for hold_idle_seconds.
+    h.touch();
     h.bump();
     let _ = inner.changes.send(h.id.clone());
     tracing::info!(session = %h.id, turn = index, ?status, "turn finished");

@@ -122,9 +122,17 @@ impl Firing {
     }
 }
 
-/// The strongest firing: most severe action, then highest priority.
+/// The firing that decides: the strongest action; among aborts, a server-wide one (the budget)
+/// before any session's, whatever the priorities, so no priority setting can keep the budget
+/// from stopping every turn; then the highest priority.
 pub fn winner(firings: &[Firing]) -> Option<&Firing> {
-    firings.iter().max_by_key(|f| (f.action, f.priority))
+    firings.iter().max_by_key(|f| {
+        (
+            f.action,
+            f.action == Action::Abort && f.scope == AbortScope::Server,
+            f.priority,
+        )
+    })
 }
 
 #[derive(Debug, Default, Clone)]
@@ -162,7 +170,7 @@ impl Watchers {
         let mut list: Vec<(Box<dyn Watcher>, i32)> = Vec::new();
         if cfg.progress.enabled {
             list.push((
-                Box::new(progress::Progress::new(&cfg.progress)),
+                Box::new(progress::Progress::new(&cfg.progress)?),
                 cfg.progress.priority,
             ));
         }
@@ -393,6 +401,20 @@ mod tests {
             },
         ];
         assert_eq!(winner(&f).unwrap().watcher, "c");
+        // Among aborts the server-wide one decides, even against a higher priority.
+        let abort = |w: &str, priority, scope| Firing {
+            watcher: w.into(),
+            action: Action::Abort,
+            message: String::new(),
+            priority,
+            scope,
+        };
+        let f = vec![
+            abort("scope", 99, AbortScope::Session),
+            abort("budget", 10, AbortScope::Server),
+            abort("pattern", 20, AbortScope::Session),
+        ];
+        assert_eq!(winner(&f).unwrap().watcher, "budget");
     }
 
     #[test]

@@ -60,12 +60,12 @@ struct State {
 }
 
 impl Progress {
-    pub fn new(cfg: &ProgressConfig) -> Progress {
-        Progress {
-            action: Action::parse(&cfg.action).unwrap_or(Action::Nudge),
+    pub fn new(cfg: &ProgressConfig) -> Result<Progress, String> {
+        Ok(Progress {
+            action: super::action_setting("watchers.progress.action", &cfg.action)?,
             cfg: cfg.clone(),
             state: Mutex::new(State::default()),
-        }
+        })
     }
 }
 
@@ -163,7 +163,7 @@ mod tests {
 
     #[test]
     fn repeated_commands_nudge_once_per_turn_and_are_forgotten_when_it_ends() {
-        let p = Progress::new(&ProgressConfig::default());
+        let p = Progress::new(&ProgressConfig::default()).expect("default config");
         let s = Session::sample();
         let ev = ExecutorEvent::CommandStarted {
             id: "c".into(),

@@ -1299,8 +1299,18 @@ async fn idle_sessions_are_let_go_and_come_back_whole() {
         (last.1.as_str(), last.2.as_str()),
         ("resume", thread.as_str())
     );
-    // Let go again after its second turn, then listed and ended from the store.
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // Let go again after its second turn, though a client keeps listing it (a listing is not
+    // a use); then listed and ended from the store.
+    until(
+        "the server to let A go again while it is listed",
+        Duration::from_secs(10),
+        async || {
+            z.ok("list_sessions", json!({})).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            (z.stderr().matches("let go of idle sessions").count() >= 2).then_some(())
+        },
+    )
+    .await;
     let l = z.ok("list_sessions", json!({"status": "idle"})).await;
     assert_eq!(l["sessions"][0]["session_id"], a.as_str(), "{l}");
     assert_eq!(l["sessions"][0]["turns"], 2, "{l}");

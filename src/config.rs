@@ -13,8 +13,8 @@
 //! Keys that choose what runs or widen what it may do ([`TRUSTED_ONLY`], and a sandbox or
 //! permission mode wider than the default) count only from trusted layers (all but the project
 //! file). In the project file they are ignored, logged and listed in [`Config::ignored`]; the
-//! server still starts. The project file's watcher settings count only when they tighten the
-//! layers below ([`guardrails`]). Every file layer is checked against the list of known keys, so a typo is
+//! server still starts. The project file's guardrail settings (watchers, turn timeout, turns
+//! and worktrees at once) count only when they tighten the layers below ([`guardrails`]). Every file layer is checked against the list of known keys, so a typo is
 //! an error naming the file and the key. An unknown `ZWARM_*` variable is only a warning
 //! ([`Config::warnings`]): hosts start servers with the user's whole environment.
 //!
@@ -664,7 +664,7 @@ fn strip_untrusted(
         ignored.push(IgnoredKey {
             file: file.to_path_buf(),
             reason: format!(
-                "the project file may tighten the watchers, not loosen them: `{key}`: {why}; {TRUSTED_LAYERS}"
+                "the project file may tighten guardrails, not loosen them: `{key}`: {why}; {TRUSTED_LAYERS}"
             ),
             key,
         });

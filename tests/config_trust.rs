@@ -516,3 +516,69 @@ fn legacy_state_dir_is_detected() {
     assert_eq!(c.state_dir, f.project.join(".zwarm"));
     assert_eq!(c.legacy_state_dir, None);
 }
+
+/// Guardrails from the project file count only when they tighten the user's: the user's
+/// limits and watchers hold against a file an executor wrote, and every loosening is named.
+#[test]
+fn project_file_may_tighten_guardrails_but_not_loosen_them() {
+    let f = Fixture::new();
+    f.user_file(
+        "turn_timeout_seconds = 900\nmax_running = 2\n[watchers.budget]\nmax_cost_usd = 5.0\n[watchers.scope]\nallowed_paths = [\"src\"]\navoid = [\"billing\"]\n",
+    );
+    let file = f.project_file(
+        r#"
+turn_timeout_seconds = 86400
+max_running = 1
+max_worktrees = 2
+[watchers.budget]
+max_cost_usd = 500.0
+action = "nudge"
+[watchers.scope]
+allowed_paths = ["src/ui", "/"]
+avoid = ["auth"]
+[watchers.pattern]
+enabled = false
+[watchers.quality]
+max_files = 5
+"#,
+    );
+    let c = f.load();
+    // Loosenings are ignored: the user's values stand.
+    assert_eq!(c.turn_timeout_seconds, 900);
+    assert_eq!(c.watchers.budget.max_cost_usd, Some(5.0));
+    assert_eq!(c.watchers.budget.action, "abort");
+    assert!(c.watchers.pattern.enabled);
+    // Tightenings apply.
+    assert_eq!(c.max_running, 1);
+    assert_eq!(c.max_worktrees, 2);
+    assert_eq!(c.watchers.quality.max_files, 5);
+    assert_eq!(c.watchers.scope.allowed_paths, vec!["src/ui"]);
+    assert_eq!(c.watchers.scope.avoid, vec!["billing", "auth"]);
+    let mut keys: Vec<&str> = c.ignored.iter().map(|i| i.key.as_str()).collect();
+    keys.sort_unstable();
+    assert_eq!(
+        keys,
+        vec![
+            "turn_timeout_seconds",
+            "watchers.budget.action",
+            "watchers.budget.max_cost_usd",
+            "watchers.pattern.enabled",
+            "watchers.scope.allowed_paths",
+        ]
+    );
+    for i in &c.ignored {
+        assert_eq!(i.file, file);
+        assert!(i.reason.contains("tighten"), "{i:?}");
+    }
+    // The same settings from a trusted layer apply as written.
+    let c = f
+        .load_with(|s| {
+            s.sets = vec![
+                "turn_timeout_seconds=86400".into(),
+                "watchers.pattern.enabled=false".into(),
+            ]
+        })
+        .expect("load");
+    assert_eq!(c.turn_timeout_seconds, 86400);
+    assert!(!c.watchers.pattern.enabled);
+}

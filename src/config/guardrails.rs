@@ -1,13 +1,14 @@
-//! The project file may tighten the watchers, never loosen them.
+//! The project file may tighten the guardrails, never loosen them.
 //!
 //! Executors write anywhere in their workspace, `.zwarm/config.toml` included, and the next
-//! server started there reads it. So a watcher setting from the project file counts only when it
-//! is at least as strict as what the layers below it (the defaults and the user config file)
-//! say: it may turn a watcher on, lower a limit, make an action stronger, add rules, avoided
-//! topics and prices, and narrow the allowed paths. What would loosen a guardrail (turn a watcher
-//! off, raise or lift a limit, weaken an action, drop a rule or an allowed-path restriction,
-//! lower a price) is ignored, logged and listed like a trusted-only key. The layers above the
-//! project file (`--config`, `ZWARM_*`, `--set`) are the user's own and may set anything.
+//! server started there reads it. So a guardrail setting from the project file — the watchers,
+//! and the limits on how long and how many turns and worktrees run — counts only when it is at
+//! least as strict as what the layers below it (the defaults and the user config file) say: it
+//! may turn a watcher on, lower a limit, make an action stronger, add rules, avoided topics and
+//! prices, and narrow the allowed paths. What would loosen a guardrail (turn a watcher off,
+//! raise or lift a limit, weaken an action, drop a rule or an allowed-path restriction, lower a
+//! price) is ignored, logged and listed like a trusted-only key. The layers above the project
+//! file (`--config`, `ZWARM_*`, `--set`) are the user's own and may set anything.
 
 use std::path::{Component, Path, PathBuf};
 
@@ -30,6 +31,9 @@ enum Strict {
 }
 
 const KEYS: &[(&str, Strict)] = &[
+    ("turn_timeout_seconds", Strict::Threshold),
+    ("max_running", Strict::Threshold),
+    ("max_worktrees", Strict::Threshold),
     ("watchers.progress.enabled", Strict::True),
     ("watchers.progress.repeat_calls", Strict::Count),
     ("watchers.progress.stalled_calls", Strict::Count),
@@ -144,31 +148,26 @@ fn strings(v: &Value) -> Option<Vec<String>> {
         .collect()
 }
 
-/// The watchers as the layers below the project file leave them: the defaults, then the user
+/// The config as the layers below the project file leave it: the defaults, then the user
 /// config file.
 fn below_table(user: Option<&toml::Table>) -> toml::Table {
-    let mut t = toml::Table::new();
-    if let Ok(Value::Table(w)) = Value::try_from(crate::watch::WatchersConfig::default()) {
-        t.insert("watchers".into(), Value::Table(w));
-    }
-    if let Some(Value::Table(uw)) = user.and_then(|u| u.get("watchers")) {
-        let mut only = toml::Table::new();
-        only.insert("watchers".into(), Value::Table(uw.clone()));
-        super::merge(&mut t, only);
+    let mut t = match Value::try_from(super::Config::default()) {
+        Ok(Value::Table(t)) => t,
+        _ => toml::Table::new(),
+    };
+    if let Some(u) = user {
+        super::merge(&mut t, u.clone());
     }
     t
 }
 
-/// Apply the rule to the project file's table: remove what would loosen a watcher (returned as
+/// Apply the rule to the project file's table: remove what would loosen a guardrail (returned as
 /// `(key, why)`), and turn lists that add to the layers below (`scope.avoid`, `pattern.rules`)
 /// into those layers' lists plus the project's additions.
 pub(super) fn tighten_only(
     project: &mut toml::Table,
     user: Option<&toml::Table>,
 ) -> Vec<(String, String)> {
-    if !project.contains_key("watchers") {
-        return Vec::new();
-    }
     let below = below_table(user);
     let mut out = Vec::new();
     for (key, kind) in KEYS {
@@ -361,6 +360,18 @@ max_files = 100
             Some(&Value::String("pause".into()))
         );
         assert!(get_path(&p, "watchers.budget.enabled").is_none());
+    }
+
+    #[test]
+    fn run_limits_may_only_go_down() {
+        let user = table("max_running = 2\n");
+        let mut p = table("turn_timeout_seconds = 86400\nmax_running = 16\nmax_worktrees = 4\n");
+        let out = tighten_only(&mut p, Some(&user));
+        assert_eq!(keys(&out), vec!["turn_timeout_seconds", "max_running"]);
+        assert!(out[0].1.contains("higher than 3600"), "{out:?}");
+        assert_eq!(get_path(&p, "max_worktrees"), Some(&Value::Integer(4)));
+        let mut p = table("turn_timeout_seconds = 1800\nmax_running = 1\n");
+        assert!(tighten_only(&mut p, Some(&user)).is_empty());
     }
 
     #[test]

@@ -192,7 +192,7 @@ pub fn snapshot(
         totals.fleet.update(s);
     }
     totals.rev = rev;
-    let cost = priced_cost(&totals.fleet, cfg);
+    let cost = crate::watch::priced_cost(&totals.fleet, &cfg.watchers.budget.prices);
     let tokens = totals.fleet.usage().total_tokens();
     let b = &cfg.watchers.budget;
     let mut budget = Vec::new();
@@ -239,28 +239,6 @@ pub fn snapshot(
         budget,
         error: None,
     })
-}
-
-/// Cost so far as the budget watcher counts it: what executors reported, plus tokens priced
-/// from `[watchers.budget.prices]` (codex reports none).
-pub fn priced_cost(fleet: &Fleet, cfg: &Config) -> f64 {
-    let prices = &cfg.watchers.budget.prices;
-    let mut c = fleet.reported_cost();
-    for (model, u) in fleet.unpriced() {
-        let Some(p) = model
-            .and_then(|m| prices.get(m))
-            .or_else(|| prices.get("default"))
-        else {
-            continue;
-        };
-        let cached = u.cached_input_tokens.min(u.input_tokens) as f64;
-        let fresh = u.input_tokens as f64 - cached;
-        c += (fresh * p.input_per_million
-            + cached * p.cached_input_per_million.unwrap_or(p.input_per_million)
-            + u.output_tokens as f64 * p.output_per_million)
-            / 1_000_000.0;
-    }
-    c
 }
 
 // ---------------------------------------------------------------------------------------------

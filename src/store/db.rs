@@ -679,36 +679,34 @@ pub(super) fn recent_events(
     };
     let mut st = c.prepare_cached(sql).map_err(db)?;
     let rows = st
-        .query_map(params![after, limit as i64], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, i64>(3)?,
-                r.get::<_, Option<String>>(4)?,
-                r.get::<_, String>(5)?,
-                r.get::<_, String>(6)?,
-            ))
-        })
+        .query_map(params![after, limit as i64], event_row)
         .map_err(db)?;
-    let mut out = Vec::new();
-    for row in rows {
-        let (seq, ts, server, pid, sid, kind, data) = row.map_err(db)?;
-        let mut v =
-            serde_json::json!({"seq": seq, "ts": ts, "server": server, "pid": pid, "event": kind});
-        if let Some(id) = sid {
-            v["session_id"] = Value::String(id);
-        }
-        if let (Value::Object(dst), Ok(Value::Object(src))) =
-            (&mut v, serde_json::from_str::<Value>(&data))
-        {
-            for (k, val) in src {
-                dst.entry(k).or_insert(val);
-            }
-        }
-        out.push(v);
+    rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db)
+}
+
+/// An event row (`seq, ts, server, pid, session_id, kind, data`) as the JSON the tools and
+/// `zwarm logs` show: the record's fields, then its data's (which never override them).
+pub(super) fn event_row(r: &rusqlite::Row) -> rusqlite::Result<Value> {
+    let seq: i64 = r.get(0)?;
+    let ts: String = r.get(1)?;
+    let server: String = r.get(2)?;
+    let pid: i64 = r.get(3)?;
+    let sid: Option<String> = r.get(4)?;
+    let kind: String = r.get(5)?;
+    let data: String = r.get(6)?;
+    let mut v =
+        serde_json::json!({"seq": seq, "ts": ts, "server": server, "pid": pid, "event": kind});
+    if let Some(id) = sid {
+        v["session_id"] = Value::String(id);
     }
-    Ok(out)
+    if let (Value::Object(dst), Ok(Value::Object(src))) =
+        (&mut v, serde_json::from_str::<Value>(&data))
+    {
+        for (k, val) in src {
+            dst.entry(k).or_insert(val);
+        }
+    }
+    Ok(v)
 }
 
 pub(super) fn meta_set(c: &Connection, key: &str, value: &str) -> rusqlite::Result<()> {

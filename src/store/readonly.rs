@@ -274,7 +274,7 @@ impl ReadOnlyStore {
         };
         let mut st = self.conn.prepare_cached(sql).map_err(e)?;
         let rows = st
-            .query_map(params![after, session, limit as i64], event_row)
+            .query_map(params![after, session, limit as i64], db::event_row)
             .map_err(e)?;
         rows.collect::<rusqlite::Result<Vec<_>>>().map_err(e)
     }
@@ -297,7 +297,7 @@ impl ReadOnlyStore {
         };
         let mut st = self.conn.prepare_cached(sql).map_err(e)?;
         let rows = st
-            .query_map(params![session, limit as i64], event_row)
+            .query_map(params![session, limit as i64], db::event_row)
             .map_err(e)?;
         rows.collect::<rusqlite::Result<Vec<_>>>().map_err(e)
     }
@@ -315,29 +315,6 @@ impl ReadOnlyStore {
         // The live owner holds the lock exclusively; a shared probe fails only while it lives.
         super::flock(&f, libc::LOCK_SH | libc::LOCK_NB).is_err()
     }
-}
-
-fn event_row(r: &rusqlite::Row) -> rusqlite::Result<Value> {
-    let seq: i64 = r.get(0)?;
-    let ts: String = r.get(1)?;
-    let server: String = r.get(2)?;
-    let pid: i64 = r.get(3)?;
-    let sid: Option<String> = r.get(4)?;
-    let kind: String = r.get(5)?;
-    let data: String = r.get(6)?;
-    let mut v =
-        serde_json::json!({"seq": seq, "ts": ts, "server": server, "pid": pid, "event": kind});
-    if let Some(id) = sid {
-        v["session_id"] = Value::String(id);
-    }
-    if let (Value::Object(dst), Ok(Value::Object(src))) =
-        (&mut v, serde_json::from_str::<Value>(&data))
-    {
-        for (k, val) in src {
-            dst.entry(k).or_insert(val);
-        }
-    }
-    Ok(v)
 }
 
 #[cfg(test)]

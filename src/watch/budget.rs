@@ -73,24 +73,30 @@ impl Budget {
         })
     }
 
-    /// Cost so far in USD: what executors reported (claude) plus tokens priced from the
-    /// config (codex; `default` prices sessions without a model).
+    /// Cost so far in USD (see [`priced_cost`]).
     pub fn cost(&self, fleet: &Fleet) -> f64 {
-        let mut c = fleet.reported_cost();
-        for (model, u) in fleet.unpriced() {
-            let price = model
-                .and_then(|m| self.cfg.prices.get(m))
-                .or_else(|| self.cfg.prices.get("default"));
-            let Some(p) = price else { continue };
-            let cached = u.cached_input_tokens.min(u.input_tokens) as f64;
-            let fresh = u.input_tokens as f64 - cached;
-            c += (fresh * p.input_per_million
-                + cached * p.cached_input_per_million.unwrap_or(p.input_per_million)
-                + u.output_tokens as f64 * p.output_per_million)
-                / 1_000_000.0;
-        }
-        c
+        priced_cost(fleet, &self.cfg.prices)
     }
+}
+
+/// Cost so far in USD: what executors reported (claude) plus tokens priced from `prices`
+/// (codex; `default` prices sessions without a priced model). What the budget counts, and what
+/// `zwarm top` shows.
+pub fn priced_cost(fleet: &Fleet, prices: &BTreeMap<String, Price>) -> f64 {
+    let mut c = fleet.reported_cost();
+    for (model, u) in fleet.unpriced() {
+        let price = model
+            .and_then(|m| prices.get(m))
+            .or_else(|| prices.get("default"));
+        let Some(p) = price else { continue };
+        let cached = u.cached_input_tokens.min(u.input_tokens) as f64;
+        let fresh = u.input_tokens as f64 - cached;
+        c += (fresh * p.input_per_million
+            + cached * p.cached_input_per_million.unwrap_or(p.input_per_million)
+            + u.output_tokens as f64 * p.output_per_million)
+            / 1_000_000.0;
+    }
+    c
 }
 
 impl Watcher for Budget {

@@ -37,6 +37,7 @@ use crate::fleet::Fleet;
 use crate::model::Session;
 
 pub use budget::BudgetConfig;
+pub use budget::priced_cost;
 pub use pattern::{PatternConfig, PatternRule};
 pub use progress::ProgressConfig;
 pub use quality::QualityConfig;

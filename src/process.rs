@@ -26,6 +26,9 @@
 //! zwarm is a child subreaper, so orphans are re-parented to zwarm rather than to PID 1, and
 //! are reaped here.
 
+mod bounded;
+pub use bounded::{Bounded, run_bounded};
+
 use std::collections::HashMap;
 use std::ffi::OsString;
 use std::io::Write;

@@ -16,8 +16,8 @@
 use std::collections::BTreeSet;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use schemars::JsonSchema;
 use serde::Serialize;
@@ -94,8 +94,8 @@ pub enum GitError {
     Timeout { args: String, secs: u64 },
     #[error("`git {args}` failed: {stderr}")]
     Failed { args: String, stderr: String },
-    #[error("`git {args}` printed more than {MAX_OUTPUT} bytes")]
-    TooLong { args: String },
+    #[error("`git {args}` printed more than {max} bytes")]
+    TooLong { args: String, max: usize },
 }
 
 /// What a git command did.
@@ -122,87 +122,43 @@ fn shown(args: &[&str]) -> String {
 /// Run `git <args>` in `dir`, whatever its exit code; `Err` only when it could not run, ran
 /// too long or printed too much.
 pub fn run(dir: &Path, args: &[&str], timeout: Duration) -> Result<Out, GitError> {
+    run_capped(dir, args, timeout, MAX_OUTPUT)
+}
+
+/// [`run`] keeping at most `max` bytes of output (more is [`GitError::TooLong`]).
+pub fn run_capped(
+    dir: &Path,
+    args: &[&str],
+    timeout: Duration,
+    max: usize,
+) -> Result<Out, GitError> {
     let mut cmd = Command::new("git");
     cmd.args(SAFE)
         .args(args)
         .current_dir(dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
         .env("GIT_TERMINAL_PROMPT", "0")
         .env("GIT_OPTIONAL_LOCKS", "0")
         .env("LC_ALL", "C");
     for k in SCRUB {
         cmd.env_remove(k);
     }
-    let mut child = cmd.spawn().map_err(GitError::Spawn)?;
-    // Readers drain both pipes to the end (keeping at most MAX_OUTPUT bytes), so git never
-    // blocks on a full pipe.
-    let reader = |pipe: Option<Box<dyn Read + Send>>| {
-        std::thread::spawn(move || {
-            let mut kept = Vec::new();
-            let mut over = false;
-            if let Some(mut p) = pipe {
-                let mut buf = vec![0u8; 64 * 1024];
-                loop {
-                    match p.read(&mut buf) {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => {
-                            if kept.len() + n <= MAX_OUTPUT {
-                                kept.extend_from_slice(&buf[..n]);
-                            } else {
-                                over = true;
-                            }
-                        }
-                    }
-                }
-            }
-            (kept, over)
-        })
-    };
-    let out = reader(
-        child
-            .stdout
-            .take()
-            .map(|p| Box::new(p) as Box<dyn Read + Send>),
-    );
-    let err = reader(
-        child
-            .stderr
-            .take()
-            .map(|p| Box::new(p) as Box<dyn Read + Send>),
-    );
-    let deadline = Instant::now() + timeout;
-    let mut nap = Duration::from_millis(1);
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(st)) => break Some(st),
-            Ok(None) if Instant::now() < deadline => {
-                std::thread::sleep(nap);
-                nap = (nap * 2).min(Duration::from_millis(20));
-            }
-            _ => {
-                let _ = child.kill();
-                let _ = child.wait();
-                break None;
-            }
-        }
-    };
-    let (stdout, over) = out.join().unwrap_or_default();
-    let (stderr, _) = err.join().unwrap_or_default();
-    let Some(status) = status else {
+    let b = crate::process::run_bounded(&mut cmd, timeout, max).map_err(GitError::Spawn)?;
+    let Some(status) = b.status else {
         return Err(GitError::Timeout {
             args: shown(args),
             secs: timeout.as_secs(),
         });
     };
-    if over {
-        return Err(GitError::TooLong { args: shown(args) });
+    if b.stdout_over {
+        return Err(GitError::TooLong {
+            args: shown(args),
+            max,
+        });
     }
     Ok(Out {
         code: status.code(),
-        stdout,
-        stderr: crate::text::one_line(String::from_utf8_lossy(&stderr).trim(), 2000),
+        stdout: b.stdout,
+        stderr: crate::text::one_line(String::from_utf8_lossy(&b.stderr).trim(), 2000),
     })
 }
 

@@ -6,10 +6,9 @@
 //! ignored). Every external command runs with a timeout. Exit 1 when a check fails; warnings
 //! (an untested version, process-group containment, an ignored key) do not fail.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use serde::Serialize;
 use serde_json::json;
@@ -227,84 +226,32 @@ impl Output {
 }
 
 /// Run a command with stdin closed, in its own process group, killed (group and all) after
-/// `timeout`.
+/// `timeout` ([`crate::process::run_bounded`]; at most 4 MiB of each output kept).
 pub fn run_with_timeout(
     program: &Path,
     args: &[&str],
     cwd: Option<&Path>,
     timeout: Duration,
 ) -> Output {
-    use std::os::unix::process::CommandExt;
     let mut cmd = Command::new(program);
     cmd.args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
         .env_remove("RUST_BACKTRACE")
-        .env_remove("CLAUDECODE")
-        .process_group(0);
+        .env_remove("CLAUDECODE");
     if let Some(d) = cwd {
         cmd.current_dir(d);
     }
-    let mut child = match cmd.spawn() {
-        Ok(c) => c,
-        Err(e) => {
-            return Output {
-                spawn_error: Some(e.to_string()),
-                ..Default::default()
-            };
-        }
-    };
-    let read = |r: Option<Box<dyn Read + Send>>| {
-        std::thread::spawn(move || {
-            let mut buf = Vec::new();
-            if let Some(mut r) = r {
-                let _ = r.by_ref().take(4 << 20).read_to_end(&mut buf);
-            }
-            String::from_utf8_lossy(&buf).into_owned()
-        })
-    };
-    let out_t = read(
-        child
-            .stdout
-            .take()
-            .map(|s| Box::new(s) as Box<dyn Read + Send>),
-    );
-    let err_t = read(
-        child
-            .stderr
-            .take()
-            .map(|s| Box::new(s) as Box<dyn Read + Send>),
-    );
-    let start = Instant::now();
-    let mut timed_out = false;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(st)) => break Some(st),
-            Ok(None) if start.elapsed() >= timeout => {
-                timed_out = true;
-                // SAFETY: signalling the process group of the child we spawned.
-                unsafe {
-                    libc::kill(-(child.id() as i32), libc::SIGKILL);
-                }
-                let _ = child.kill();
-                break child.wait().ok();
-            }
-            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
-            Err(_) => break None,
-        }
-    };
-    // Whatever the command left in its group goes with it.
-    // SAFETY: as above; the group is ours and may already be empty.
-    unsafe {
-        libc::kill(-(child.id() as i32), libc::SIGKILL);
-    }
-    Output {
-        code: status.and_then(|s| s.code()),
-        stdout: out_t.join().unwrap_or_default(),
-        stderr: err_t.join().unwrap_or_default(),
-        timed_out,
-        spawn_error: None,
+    match crate::process::run_bounded(&mut cmd, timeout, 4 << 20) {
+        Ok(b) => Output {
+            code: b.status.and_then(|s| s.code()),
+            stdout: String::from_utf8_lossy(&b.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&b.stderr).into_owned(),
+            timed_out: b.status.is_none(),
+            spawn_error: None,
+        },
+        Err(e) => Output {
+            spawn_error: Some(e.to_string()),
+            ..Default::default()
+        },
     }
 }
 
@@ -908,6 +855,7 @@ fn config_checks(cfg: &Config, sources: Option<&crate::config::Sources>) -> Vec<
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Instant;
 
     #[test]
     fn versions_and_ranges() {

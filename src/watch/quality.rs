@@ -6,7 +6,6 @@
 //! a 20,000-file repository costs nothing on the tool call.
 
 use std::path::Path;
-use std::process::Stdio;
 
 use serde::{Deserialize, Serialize};
 
@@ -70,44 +69,15 @@ pub fn is_code_file(path: &str) -> bool {
 
 /// Longest a git scan may take, and most output read from it.
 const GIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
-const GIT_MAX_OUTPUT: u64 = 4 * 1024 * 1024;
+const GIT_MAX_OUTPUT: usize = 4 * 1024 * 1024;
 
-/// Run git with a deadline and an output cap; `None` on failure, timeout or overflow.
+/// Run git the way zwarm always does ([`crate::worktree::run_capped`]: no hooks, no
+/// fsmonitor or pager from the repository's config, which the executor can write), with a
+/// deadline and an output cap; `None` on failure, timeout or overflow.
 fn git(dir: &str, args: &[&str]) -> Option<String> {
-    use std::io::Read;
-    let mut child = std::process::Command::new("git")
-        .args(args)
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .ok()?;
-    let stdout = child.stdout.take()?;
-    let reader = std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        let r = stdout.take(GIT_MAX_OUTPUT + 1).read_to_end(&mut buf);
-        r.ok().map(|_| buf)
-    });
-    let deadline = std::time::Instant::now() + GIT_TIMEOUT;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(st)) => break Some(st),
-            Ok(None) if std::time::Instant::now() < deadline => {
-                std::thread::sleep(std::time::Duration::from_millis(5))
-            }
-            _ => {
-                let _ = child.kill();
-                let _ = child.wait();
-                break None;
-            }
-        }
-    };
-    let out = reader.join().ok().flatten()?;
-    if !status?.success() || out.len() as u64 > GIT_MAX_OUTPUT {
-        return None;
-    }
-    Some(String::from_utf8_lossy(&out).into_owned())
+    let o = crate::worktree::run_capped(Path::new(dir), args, GIT_TIMEOUT, GIT_MAX_OUTPUT).ok()?;
+    o.success()
+        .then(|| String::from_utf8_lossy(&o.stdout).into_owned())
 }
 
 /// Files `git status` reports as changed or new that were modified since `since` (so a repo
@@ -272,5 +242,31 @@ mod tests {
         }
         assert!(is_code_file("src/lib.rs"));
         assert!(!is_code_file("README.md"));
+    }
+
+    /// The scan runs git in the executor's workspace, whose `.git/config` the executor can
+    /// write: an fsmonitor or hook set there must not run.
+    #[test]
+    fn the_git_scan_runs_nothing_the_repository_config_names() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let repo = dir.path().join("repo");
+        std::fs::create_dir_all(&repo).expect("mkdir");
+        let pwned = dir.path().join("pwned");
+        let sh = |cmd: &str| {
+            let ok = std::process::Command::new("sh")
+                .args(["-c", cmd])
+                .current_dir(&repo)
+                .status()
+                .expect("sh")
+                .success();
+            assert!(ok, "{cmd}");
+        };
+        sh("git init -q . && echo a > a.rs");
+        let hook = format!("touch {}", pwned.display());
+        sh(&format!("git config core.fsmonitor '{hook}'"));
+        let since = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
+        let changed = git_changed(&repo.display().to_string(), since);
+        assert_eq!(changed, vec!["a.rs".to_string()]);
+        assert!(!pwned.exists(), "the repository's fsmonitor ran");
     }
 }

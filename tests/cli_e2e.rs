@@ -11,7 +11,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use support::harness::{Env, Zwarm, cli_dir, keyed_script, wait_done};
+use support::harness::{Env, Zwarm, cli_dir, git, keyed_script, wait_done};
 use support::mock_openai::OpenAiMock;
 
 fn codex_env() -> (OpenAiMock, Env) {
@@ -119,20 +119,6 @@ fn run_answers_on_stdout_shows_progress_and_records_the_session() {
     assert!(text(&o.stderr).contains("the turn failed"), "{}", show(&o));
     let ps = json_of(&cli(&env, &["ps", "--json", "--status", "failed"]));
     assert_eq!(ps["sessions"].as_array().map(Vec::len), Some(1), "{ps}");
-}
-
-fn git(dir: &Path, args: &[&str]) -> String {
-    let o = Command::new("git")
-        .args(args)
-        .current_dir(dir)
-        .env("GIT_AUTHOR_NAME", "t")
-        .env("GIT_AUTHOR_EMAIL", "t@t")
-        .env("GIT_COMMITTER_NAME", "t")
-        .env("GIT_COMMITTER_EMAIL", "t@t")
-        .output()
-        .expect("run git");
-    assert!(o.status.success(), "git {args:?}: {}", text(&o.stderr));
-    text(&o.stdout)
 }
 
 /// The reviewable path from a terminal: `run --isolation worktree` leaves the checkout alone,

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use support::harness::{Env, Zwarm, keyed_script, wait_done};
+use support::harness::{Env, Zwarm, git, keyed_script, wait_done};
 use support::mock_openai::OpenAiMock;
 
 const ORIGINAL: &str = "line1\nline2\nline3\n";
@@ -60,25 +60,6 @@ fn codex_env() -> (OpenAiMock, Env) {
     ]);
     mock.set_script(s);
     (mock, env)
-}
-
-fn git(dir: &Path, args: &[&str]) -> String {
-    let o = std::process::Command::new("git")
-        .args(args)
-        .current_dir(dir)
-        .env("GIT_AUTHOR_NAME", "t")
-        .env("GIT_AUTHOR_EMAIL", "t@t")
-        .env("GIT_COMMITTER_NAME", "t")
-        .env("GIT_COMMITTER_EMAIL", "t@t")
-        .output()
-        .expect("run git");
-    assert!(
-        o.status.success(),
-        "git {args:?} in {}: {}",
-        dir.display(),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).trim().to_string()
 }
 
 /// A project repository on `main` with shared.txt committed.

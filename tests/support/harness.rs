@@ -443,3 +443,24 @@ pub fn keyed_script(name: &str, cwd: &Path) -> Value {
     let outside = std::env::temp_dir().join("zwarm-outside");
     super::script_with_placeholders(&text, cwd, &outside)
 }
+
+/// `git <args>` in `dir` as a test user; panics with git's message when it fails. Its stdout,
+/// trimmed.
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    let o = std::process::Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_AUTHOR_NAME", "t")
+        .env("GIT_AUTHOR_EMAIL", "t@t")
+        .env("GIT_COMMITTER_NAME", "t")
+        .env("GIT_COMMITTER_EMAIL", "t@t")
+        .output()
+        .expect("run git");
+    assert!(
+        o.status.success(),
+        "git {args:?} in {}: {}",
+        dir.display(),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}

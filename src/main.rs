@@ -23,14 +23,18 @@ struct Cli {
 enum Command {
     /// Run the MCP server on stdio (stdout carries JSON-RPC only; logs go to stderr).
     ///
-    /// The project is the current directory. Config layers, lowest first:
+    /// The project is the top level of the git repository holding the current directory
+    /// (else the current directory). Config layers, lowest first:
     ///   1. the user file: $XDG_CONFIG_HOME/zwarm/config.toml, else ~/.config/zwarm/config.toml
-    ///   2. the project file .zwarm/config.toml, untrusted: binaries, extra arguments, allowed
-    ///      tools, allowed roots, the state dir, and a sandbox or permission mode wider than
-    ///      the default are ignored there (with a warning)
+    ///   2. the project file .zwarm/config.toml, untrusted: it may not choose what runs or what
+    ///      goes into an executor's command line or prompt, and may only tighten limits, modes
+    ///      and watchers; what it may not set, unknown keys and bad values are ignored there
+    ///      (with a warning)
     ///   3. --config FILE
     ///   4. ZWARM_<KEY> environment variables (e.g. ZWARM_CODEX_SANDBOX)
     ///   5. --set KEY=VALUE and --state-dir DIR
+    ///
+    /// Every key: docs/configuration.md. A configuration error exits with status 2.
     #[command(verbatim_doc_comment)]
     Serve {
         /// State directory. Default: $XDG_STATE_HOME/zwarm/<project-slug>, else
@@ -50,7 +54,7 @@ enum Command {
     Cli(zwarm::cli::Command),
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() {
     let cli = Cli::parse();
     // Terminal commands log only warnings (their output is the point); `serve` installs its
     // own subscriber below (with the trace exporter when configured).
@@ -72,23 +76,37 @@ fn main() -> anyhow::Result<()> {
         } => {
             // Loading the config logs to stderr; the process-wide subscriber comes next, with
             // the trace exporter when the config asks for it.
-            let cfg =
+            let loaded =
                 tracing::subscriber::with_default(zwarm::telemetry::stderr_subscriber(), || {
                     let sources = zwarm::config::Sources::from_process_env(config, state_dir, sets)
                         .context("reading the current directory")?;
                     zwarm::config::load(&sources).context("loading configuration")
-                })?;
+                });
+            let cfg = loaded.unwrap_or_else(|e| fail(zwarm::config::EXIT_CONFIG, &e));
             let telemetry = zwarm::telemetry::install(&cfg.telemetry);
-            let rt = tokio::runtime::Builder::new_multi_thread()
+            let code = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
-                .build()?;
-            let code = rt.block_on(serve(cfg, telemetry))?;
-            rt.shutdown_timeout(Duration::from_millis(200));
+                .build()
+                .context("starting the async runtime")
+                .and_then(|rt| {
+                    let code = rt.block_on(serve(cfg, telemetry));
+                    rt.shutdown_timeout(Duration::from_millis(200));
+                    code
+                })
+                .unwrap_or_else(|e| fail(1, &e));
             std::process::exit(code);
         }
         Command::Cli(cmd) => std::process::exit(zwarm::cli::main(cmd)),
     }
+}
+
+/// Say what went wrong, with its causes, on one line of stderr (no backtrace, whatever
+/// `RUST_BACKTRACE` says: the message is for a person), and exit with `code`.
+fn fail(code: i32, e: &anyhow::Error) -> ! {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "zwarm: {e:#}");
+    std::process::exit(code)
 }
 
 async fn serve(

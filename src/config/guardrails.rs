@@ -14,47 +14,8 @@ use std::path::{Component, Path, PathBuf};
 
 use toml::Value;
 
-use super::{get_path, remove_path};
-
-/// How a watcher key's values order from loose to strict.
-enum Strict {
-    /// `true` is stricter (`enabled`, `builtin_rules`, `require_tests`).
-    True,
-    /// A watcher action: continue < nudge < pause < abort.
-    Action,
-    /// A number where lower is stricter; unset means no limit at all.
-    Limit,
-    /// A number where lower is stricter, with a default below it.
-    Threshold,
-    /// A count where lower is stricter, down to 1 (0 turns the check off).
-    Count,
-}
-
-const KEYS: &[(&str, Strict)] = &[
-    ("turn_timeout_seconds", Strict::Threshold),
-    ("max_running", Strict::Threshold),
-    ("max_worktrees", Strict::Threshold),
-    ("watchers.progress.enabled", Strict::True),
-    ("watchers.progress.repeat_calls", Strict::Count),
-    ("watchers.progress.stalled_calls", Strict::Count),
-    ("watchers.progress.repeat_commands", Strict::Count),
-    ("watchers.progress.action", Strict::Action),
-    ("watchers.budget.enabled", Strict::True),
-    ("watchers.budget.max_sessions", Strict::Limit),
-    ("watchers.budget.max_running", Strict::Limit),
-    ("watchers.budget.max_turns_per_session", Strict::Limit),
-    ("watchers.budget.max_tokens", Strict::Limit),
-    ("watchers.budget.max_cost_usd", Strict::Limit),
-    ("watchers.budget.warn_percent", Strict::Threshold),
-    ("watchers.budget.action", Strict::Action),
-    ("watchers.scope.enabled", Strict::True),
-    ("watchers.scope.action", Strict::Action),
-    ("watchers.pattern.enabled", Strict::True),
-    ("watchers.pattern.builtin_rules", Strict::True),
-    ("watchers.quality.enabled", Strict::True),
-    ("watchers.quality.max_files", Strict::Threshold),
-    ("watchers.quality.require_tests", Strict::True),
-];
+use super::keys::{self, ModeKey, Tighten, Trust};
+use super::layers::{get_path, remove_path};
 
 fn action_rank(v: &Value) -> Option<u8> {
     match v.as_str()? {
@@ -85,29 +46,54 @@ fn not_finite(v: &Value) -> bool {
 
 /// Why `value` (from the project file) is looser than `below`, if it is. Values of the wrong
 /// type are left for the config's own validation to report.
-fn looser(kind: &Strict, value: &Value, below: Option<&Value>) -> Option<String> {
+fn looser(kind: &Tighten, value: &Value, below: Option<&Value>) -> Option<String> {
     let shown = |v: &Value| v.to_string();
     match kind {
-        Strict::True => (value.as_bool() == Some(false)
+        Tighten::On => (value.as_bool() == Some(false)
             && below.and_then(Value::as_bool) == Some(true))
         .then(|| "it turns off what the layers below it turn on".to_string()),
-        Strict::Action => {
+        Tighten::Action => {
             let below = below?;
             let (v, b) = (action_rank(value)?, action_rank(below)?);
             (v < b).then(|| format!("{} is weaker than {}", shown(value), shown(below)))
         }
-        Strict::Limit | Strict::Threshold | Strict::Count => {
+        Tighten::Mode(mode) => looser_mode(mode, value, below),
+        Tighten::Lower(_) | Tighten::Count => {
             num(value)?;
             if not_finite(value) {
                 return Some(format!("{} is not a finite number", shown(value)));
             }
-            if matches!(kind, Strict::Count) && value.as_integer().is_some_and(|n| n < 1) {
+            if matches!(kind, Tighten::Count) && value.as_integer().is_some_and(|n| n < 1) {
                 return Some(format!("{} turns the check off", shown(value)));
             }
-            let below = below?;
-            higher(value, below)
-                .then(|| format!("{} is higher than {}", shown(value), shown(below)))
+            let unset = match kind {
+                Tighten::Lower(Some(n)) => i64::try_from(*n).ok().map(Value::Integer),
+                _ => None,
+            };
+            let below = below.cloned().or(unset)?;
+            higher(value, &below)
+                .then(|| format!("{} is higher than {}", shown(value), shown(&below)))
         }
+        // Lists and prices: see `tighten_only`.
+        Tighten::Add | Tighten::WithinPaths | Tighten::Subset | Tighten::Prices => None,
+    }
+}
+
+/// A mode no wider than the default and than the layers below.
+fn looser_mode(mode: &ModeKey, value: &Value, below: Option<&Value>) -> Option<String> {
+    let value = value.as_str()?;
+    let below = below.and_then(Value::as_str).unwrap_or(mode.default);
+    if mode.width(value)? > mode.width(mode.default)? {
+        Some(format!(
+            "`{value}` is wider than the default `{}`",
+            mode.default
+        ))
+    } else if mode.width(value) > mode.width(below) {
+        Some(format!(
+            "`{value}` is wider than `{below}` from the user config file"
+        ))
+    } else {
+        None
     }
 }
 
@@ -156,7 +142,7 @@ fn below_table(user: Option<&toml::Table>) -> toml::Table {
         _ => toml::Table::new(),
     };
     if let Some(u) = user {
-        super::merge(&mut t, u.clone());
+        super::layers::merge(&mut t, u.clone());
     }
     t
 }
@@ -170,21 +156,39 @@ pub(super) fn tighten_only(
 ) -> Vec<(String, String)> {
     let below = below_table(user);
     let mut out = Vec::new();
-    for (key, kind) in KEYS {
-        let Some(value) = get_path(project, key) else {
+    for k in keys::table() {
+        let Trust::TightenOnly(kind) = &k.trust else {
             continue;
         };
-        if let Some(why) = looser(kind, value, get_path(&below, key)) {
-            remove_path(project, key);
-            out.push((key.to_string(), why));
+        let Some(value) = get_path(project, k.key) else {
+            continue;
+        };
+        match kind {
+            Tighten::WithinPaths => within_paths(project, &below, k.key, &mut out),
+            Tighten::Subset => subset(project, &below, k.key, &mut out),
+            Tighten::Add => add(project, &below, k.key),
+            Tighten::Prices => prices(project, &below, k.key, &mut out),
+            _ => {
+                if let Some(why) = looser(kind, value, get_path(&below, k.key)) {
+                    remove_path(project, k.key);
+                    out.push((k.key.to_string(), why));
+                }
+            }
         }
     }
+    out
+}
 
-    // Allowed paths: an empty list below means anywhere, so any list narrows it; otherwise only
-    // paths inside the allowed ones below are kept.
-    let key = "watchers.scope.allowed_paths";
+/// Allowed paths: an empty list below means anywhere, so any list narrows it; otherwise only
+/// paths inside the allowed ones below are kept.
+fn within_paths(
+    project: &mut toml::Table,
+    below: &toml::Table,
+    key: &str,
+    out: &mut Vec<(String, String)>,
+) {
     if let Some(list) = get_path(project, key).and_then(strings) {
-        let allowed = get_path(&below, key).and_then(strings).unwrap_or_default();
+        let allowed = get_path(below, key).and_then(strings).unwrap_or_default();
         if !allowed.is_empty() && list.is_empty() {
             // An empty list means anywhere.
             remove_path(project, key);
@@ -217,30 +221,60 @@ pub(super) fn tighten_only(
             }
         }
     }
+}
 
-    // Lists of things to watch for: the project's entries are added to those below.
-    for key in ["watchers.scope.avoid", "watchers.pattern.rules"] {
-        let Some(Value::Array(add)) = get_path(project, key).cloned() else {
-            continue;
-        };
-        let Some(Value::Array(mut all)) = get_path(&below, key).cloned() else {
-            continue;
-        };
-        for v in add {
-            if !all.contains(&v) {
-                all.push(v);
-            }
-        }
-        set(project, key, Value::Array(all));
+/// Entries that must be among those below, unless there are none below (any list narrows).
+fn subset(
+    project: &mut toml::Table,
+    below: &toml::Table,
+    key: &str,
+    out: &mut Vec<(String, String)>,
+) {
+    let Some(list) = get_path(project, key).and_then(strings) else {
+        return;
+    };
+    let theirs = get_path(below, key).and_then(strings).unwrap_or_default();
+    if theirs.is_empty() {
+        return;
     }
+    let extra: Vec<&String> = list.iter().filter(|e| !theirs.contains(e)).collect();
+    if list.is_empty() || !extra.is_empty() {
+        remove_path(project, key);
+        out.push((
+            key.to_string(),
+            format!("{list:?} is not a narrowing of {theirs:?} below it"),
+        ));
+    }
+}
 
-    // Prices: a model keeps at least the price the layers below give it (its own, else
-    // `default`): a lower one would let sessions spend more under the same cost limit. Prices
-    // must be finite and not negative.
-    let key = "watchers.budget.prices";
+/// Lists of things to watch for: the project's entries are added to those below.
+fn add(project: &mut toml::Table, below: &toml::Table, key: &str) {
+    let Some(Value::Array(add)) = get_path(project, key).cloned() else {
+        return;
+    };
+    let Some(Value::Array(mut all)) = get_path(below, key).cloned() else {
+        return;
+    };
+    for v in add {
+        if !all.contains(&v) {
+            all.push(v);
+        }
+    }
+    set(project, key, Value::Array(all));
+}
+
+/// Prices: a model keeps at least the price the layers below give it (its own, else
+/// `default`): a lower one would let sessions spend more under the same cost limit. Prices
+/// must be finite and not negative.
+fn prices(
+    project: &mut toml::Table,
+    below: &toml::Table,
+    key: &str,
+    out: &mut Vec<(String, String)>,
+) {
     let mut lowered = Vec::new();
     if let Some(Value::Table(mine)) = get_path(project, key) {
-        let theirs = get_path(&below, key).and_then(Value::as_table);
+        let theirs = get_path(below, key).and_then(Value::as_table);
         for (model, price) in mine {
             let Some(p) = price.as_table() else {
                 continue; // not a price table: the config's own validation says so
@@ -264,7 +298,6 @@ pub(super) fn tighten_only(
             "it prices the model lower than the layers below it do (or not as a finite, non-negative number)".to_string(),
         ));
     }
-    out
 }
 
 /// Whether price `p` charges less than `b` for any kind of token, comparing effective prices

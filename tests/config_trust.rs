@@ -715,3 +715,326 @@ max_files = 5
     assert_eq!(c.turn_timeout_seconds, 86400);
     assert!(!c.watchers.pattern.enabled);
 }
+
+// ---- Every key of the table, in the project file -------------------------------------------
+
+use toml::Value;
+use zwarm::config::keys::{self, Kind, Tighten, Trust};
+
+/// `key = value` as a TOML document.
+fn doc(key: &str, value: Value) -> String {
+    let mut v = value;
+    for part in key.rsplit('.') {
+        let mut t = toml::Table::new();
+        t.insert(part.to_string(), v);
+        v = Value::Table(t);
+    }
+    toml::to_string(&v).expect("toml")
+}
+
+/// The loaded value of a dotted key (as the config serialises it).
+fn effective(c: &Config, key: &str) -> Option<Value> {
+    let mut v = Value::try_from(c).expect("serialise");
+    for part in key.split('.') {
+        v = v.as_table()?.get(part)?.clone();
+    }
+    Some(v)
+}
+
+fn strs(list: &[&str]) -> Value {
+    Value::Array(list.iter().map(|s| Value::String(s.to_string())).collect())
+}
+
+fn price(p: f64) -> Value {
+    let mut m = toml::Table::new();
+    m.insert("input_per_million".into(), Value::Float(p));
+    m.insert("output_per_million".into(), Value::Float(p));
+    let mut t = toml::Table::new();
+    t.insert("m".into(), Value::Table(m));
+    Value::Table(t)
+}
+
+fn rule(name: &str) -> Value {
+    let mut r = toml::Table::new();
+    r.insert("name".into(), Value::String(name.into()));
+    r.insert("regex".into(), Value::String(name.into()));
+    Value::Array(vec![Value::Table(r)])
+}
+
+/// For a tighten-only key: the user file's value, a stricter one, and a looser one (none for
+/// lists that only add).
+fn tighten_samples(k: &keys::KeyDef, t: &Tighten) -> (Value, Value, Option<Value>) {
+    match t {
+        Tighten::On => (
+            Value::Boolean(true),
+            Value::Boolean(true),
+            Some(Value::Boolean(false)),
+        ),
+        Tighten::Lower(_) | Tighten::Count => match (&k.default, k.kind) {
+            (d, Kind::Float) => {
+                let f = d.as_ref().and_then(Value::as_float).unwrap_or(10.0);
+                (
+                    Value::Float(f),
+                    Value::Float(f - 1.0),
+                    Some(Value::Float(f + 1.0)),
+                )
+            }
+            (d, _) => {
+                let n = d.as_ref().and_then(Value::as_integer).unwrap_or(10);
+                (
+                    Value::Integer(n),
+                    Value::Integer(n - 1),
+                    Some(Value::Integer(n + 1)),
+                )
+            }
+        },
+        Tighten::Action => (
+            Value::String("pause".into()),
+            Value::String("abort".into()),
+            Some(Value::String("nudge".into())),
+        ),
+        Tighten::Mode(m) => {
+            let narrowest = m.values.first().expect("values").0;
+            let widest = m.values.last().expect("values").0;
+            let below = if m.default == widest {
+                narrowest
+            } else {
+                m.default
+            };
+            (
+                Value::String(below.into()),
+                Value::String(narrowest.into()),
+                Some(Value::String(widest.into())),
+            )
+        }
+        Tighten::Add if k.kind == Kind::StrList => (strs(&["a"]), strs(&["b"]), None),
+        Tighten::Add => (rule("a"), rule("b"), None),
+        Tighten::WithinPaths => (strs(&["src"]), strs(&["src/a"]), Some(strs(&["/"]))),
+        Tighten::Subset => (strs(&["a", "b"]), strs(&["a"]), Some(strs(&["c"]))),
+        Tighten::Prices => (price(1.0), price(2.0), Some(price(0.5))),
+    }
+}
+
+/// A value of the key's type that a trusted layer may set.
+fn sample(k: &keys::KeyDef) -> Value {
+    if let Some(m) = k.mode() {
+        return Value::String(m.values.last().expect("values").0.into());
+    }
+    match k.kind {
+        Kind::Str if k.key == "default_adapter" => Value::String("claude".into()),
+        Kind::Str => Value::String("/tmp/sample".into()),
+        Kind::Int => Value::Integer(7),
+        Kind::Float => Value::Float(7.0),
+        Kind::Bool => Value::Boolean(true),
+        Kind::StrList => strs(&["sample"]),
+        Kind::Free | Kind::Section => panic!("no sample for {}", k.key),
+    }
+}
+
+/// Issue: every key of the table has a rule, and the project file follows it: a trusted-only
+/// key is ignored (and applies from the user file), a tighten-only key applies when tighter
+/// and is ignored when looser, a free key applies.
+#[test]
+fn every_key_follows_its_rule_in_the_project_file() {
+    let mut counts = [0usize; 3];
+    for k in keys::table() {
+        let ignored_keys = |c: &Config| -> Vec<String> {
+            c.ignored.iter().map(|i| i.key.clone()).collect::<Vec<_>>()
+        };
+        match &k.trust {
+            Trust::TrustedOnly(_) => {
+                counts[0] += 1;
+                let v = sample(k);
+                let f = Fixture::new();
+                f.project_file(&doc(k.key, v.clone()));
+                let c = f.load();
+                assert_eq!(ignored_keys(&c), vec![k.key.to_string()], "{}", k.key);
+                assert!(c.ignored[0].reason.contains("trusted"), "{:?}", c.ignored);
+                assert_ne!(effective(&c, k.key).as_ref(), Some(&v), "{}", k.key);
+                // From the user file it applies.
+                let f = Fixture::new();
+                f.user_file(&doc(k.key, v.clone()));
+                let c = f.load();
+                assert!(c.ignored.is_empty());
+                if let Some(got) = effective(&c, k.key) {
+                    assert_eq!(got, v, "{}", k.key);
+                }
+            }
+            Trust::TightenOnly(t) => {
+                counts[1] += 1;
+                let (below, tight, loose) = tighten_samples(k, t);
+                let f = Fixture::new();
+                f.user_file(&doc(k.key, below.clone()));
+                f.project_file(&doc(k.key, tight.clone()));
+                let c = f.load();
+                assert!(c.ignored.is_empty(), "{}: {:?}", k.key, c.ignored);
+                let got = effective(&c, k.key).expect("set");
+                match t {
+                    Tighten::Add => {
+                        assert_eq!(got.as_array().map(Vec::len), Some(2), "{}: {got}", k.key)
+                    }
+                    _ => assert_eq!(got, tight, "{}", k.key),
+                }
+                if let Some(loose) = loose {
+                    f.project_file(&doc(k.key, loose));
+                    let c = f.load();
+                    // Prices are ignored model by model (`watchers.budget.prices.MODEL`).
+                    let ignored = ignored_keys(&c);
+                    assert_eq!(ignored.len(), 1, "{}: {ignored:?}", k.key);
+                    assert!(ignored[0].starts_with(k.key), "{}: {ignored:?}", k.key);
+                    assert!(c.ignored[0].reason.contains("tighten"), "{:?}", c.ignored);
+                    assert_eq!(effective(&c, k.key), Some(below), "{}", k.key);
+                }
+            }
+            Trust::Free => {
+                counts[2] += 1;
+                let v = sample(k);
+                let f = Fixture::new();
+                f.project_file(&doc(k.key, v.clone()));
+                let c = f.load();
+                assert!(c.ignored.is_empty(), "{}: {:?}", k.key, c.ignored);
+                assert_eq!(effective(&c, k.key), Some(v), "{}", k.key);
+            }
+            Trust::Section | Trust::NotAKey => unreachable!("not a key: {}", k.key),
+        }
+    }
+    // The keys issue 19 names.
+    for key in [
+        "interrupt_grace_seconds",
+        "max_task_bytes",
+        "max_response_chars",
+        "sync_wait_seconds",
+        "hold_idle_seconds",
+    ] {
+        let k = keys::find(key).expect("known");
+        assert!(matches!(k.trust, Trust::TightenOnly(_)), "{key}");
+    }
+    for key in [
+        "claude.append_system_prompt",
+        "claude.extra_args",
+        "codex.extra_args",
+        "claude.model",
+        "codex.model",
+        "executors.mcp_servers",
+    ] {
+        let k = keys::find(key).expect("known");
+        assert!(matches!(k.trust, Trust::TrustedOnly(_)), "{key}");
+    }
+    assert!(counts.iter().all(|n| *n > 0), "{counts:?}");
+}
+
+/// With nothing below, `sync_wait_seconds` from the project file may not exceed the shortest
+/// host default (45 s); limits with no limit below may be set to anything.
+#[test]
+fn sync_wait_from_the_project_file_stays_short() {
+    let f = Fixture::new();
+    f.project_file("sync_wait_seconds = 600\n");
+    let c = f.load();
+    assert_eq!(c.sync_wait_seconds, None);
+    assert_eq!(c.ignored.len(), 1);
+    f.project_file("sync_wait_seconds = 30\n");
+    assert_eq!(f.load().sync_wait_seconds, Some(30));
+    f.project_file("interrupt_grace_seconds = 600\nmax_task_bytes = 2097152\n");
+    let c = f.load();
+    assert_eq!(
+        c.interrupt_grace_seconds,
+        Config::default().interrupt_grace_seconds
+    );
+    assert_eq!(c.max_task_bytes, Config::default().max_task_bytes);
+    assert_eq!(c.ignored.len(), 2);
+}
+
+#[test]
+fn executors_mcp_servers_from_trusted_layers() {
+    let f = Fixture::new();
+    let c = f
+        .load_with(|s| s.sets = vec!["executors.mcp_servers=github, docs".into()])
+        .expect("load");
+    assert_eq!(c.executors.mcp_servers, vec!["github", "docs"]);
+    assert!(Config::default().executors.mcp_servers.is_empty());
+}
+
+/// docs/configuration.md carries the key reference the table generates.
+#[test]
+fn the_docs_list_every_key() {
+    let doc = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/docs/configuration.md"
+    ))
+    .expect("docs/configuration.md");
+    let table = keys::reference_markdown();
+    assert!(
+        doc.contains(&table),
+        "docs/configuration.md is out of date; its key reference should be:\n\n{table}"
+    );
+    for k in keys::table() {
+        assert!(doc.contains(&format!("`{}`", k.key)), "{}", k.key);
+    }
+}
+
+fn git_init(dir: &Path) {
+    let out = std::process::Command::new("git")
+        .args(["init", "-q"])
+        .arg(dir)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("git");
+    assert!(out.status.success(), "{out:?}");
+}
+
+/// Issue 20 item 2: from any subdirectory of a git work tree, the project is its top level:
+/// the same state, the same project file, the same default allowed root.
+#[test]
+fn the_project_is_the_git_top_level() {
+    let f = Fixture::new();
+    git_init(&f.project);
+    f.project_file("max_running = 2\n");
+    let deep = f.project.join("src/deep");
+    std::fs::create_dir_all(&deep).expect("mkdir");
+    let top = f.load();
+    let sub = f.load_with(|s| s.cwd = deep.clone()).expect("load");
+    assert_eq!(sub.project_dir, f.project);
+    assert_eq!(sub.cwd, deep);
+    assert_eq!(top.cwd, f.project);
+    assert_eq!(sub.state_dir, top.state_dir);
+    assert_eq!(
+        sub.max_running, 2,
+        "the project file at the top level counts"
+    );
+    assert_eq!(
+        zwarm::config::project_root(&deep),
+        f.project,
+        "the public helper agrees"
+    );
+
+    // A `.git` that is no repository is passed over; one that points at a git dir counts
+    // (a linked worktree or a submodule is a top level of its own).
+    let stray = f.project.join("src");
+    std::fs::write(stray.join(".git"), "not a repository\n").expect("write");
+    assert_eq!(
+        f.load_with(|s| s.cwd = deep.clone())
+            .expect("load")
+            .project_dir,
+        f.project
+    );
+    std::fs::create_dir(deep.join(".git")).expect("mkdir");
+    assert_eq!(
+        zwarm::config::project_root(&deep),
+        f.project,
+        "empty .git dir"
+    );
+    std::fs::remove_dir(deep.join(".git")).expect("rmdir");
+    std::fs::write(stray.join(".git"), "gitdir: ../.git\n").expect("write");
+    let c = f.load_with(|s| s.cwd = deep.clone()).expect("load");
+    assert_eq!(c.project_dir, stray);
+    assert_ne!(c.state_dir, top.state_dir);
+
+    // Outside any repository: the working directory itself.
+    let plain = f.dir.path().join("plain/sub");
+    std::fs::create_dir_all(&plain).expect("mkdir");
+    let plain = std::fs::canonicalize(&plain).expect("canonicalize");
+    let c = f.load_with(|s| s.cwd = plain.clone()).expect("load");
+    assert_eq!(c.project_dir, plain);
+}

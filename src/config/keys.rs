@@ -170,12 +170,20 @@ impl ModeKey {
         self.width(value) > self.width(self.default)
     }
 
+    /// `a` < `b` = `c` < ...: the values from narrowest to widest.
     fn order(&self) -> String {
-        self.values
-            .iter()
-            .map(|(v, _)| format!("`{v}`"))
-            .collect::<Vec<_>>()
-            .join(" < ")
+        let mut s = String::new();
+        let mut last = None;
+        for (v, w) in self.values {
+            match last {
+                None => {}
+                Some(l) if l == *w => s.push_str(" = "),
+                Some(_) => s.push_str(" < "),
+            }
+            s.push_str(&format!("`{v}`"));
+            last = Some(*w);
+        }
+        s
     }
 }
 
@@ -475,6 +483,7 @@ pub fn reference_markdown() -> String {
     for k in table() {
         let default = match (&k.default, k.kind) {
             (None, _) => "unset".to_string(),
+            (Some(Value::String(s)), _) if s.is_empty() => "unset".to_string(),
             (Some(Value::Array(a)), _) if a.is_empty() => "`[]`".to_string(),
             (Some(Value::Table(t)), _) if t.is_empty() => "`{}`".to_string(),
             (Some(v), _) => format!("`{v}`"),

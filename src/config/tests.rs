@@ -194,3 +194,63 @@ fn slug_is_stable_readable_and_bounded() {
     let odd = project_slug(Path::new("/tmp/a b/ü"));
     assert!(odd.starts_with("tmp-a_b-_-"), "{odd}");
 }
+
+#[test]
+fn the_key_table_is_whole() {
+    use keys::Trust;
+    // Every section's fields are listed, and every key lies in a listed section.
+    for s in keys::all()
+        .iter()
+        .filter(|k| matches!(k.trust, Trust::Section))
+    {
+        let prefix = format!("{}.", s.key);
+        assert!(
+            keys::all().iter().any(|k| k.key.starts_with(&prefix)),
+            "section `{}` has no fields listed: add a fields! block for it",
+            s.key
+        );
+    }
+    for k in keys::table() {
+        if let Some((parent, _)) = k.key.rsplit_once('.') {
+            assert!(keys::is_section(parent), "{}", k.key);
+        }
+        assert!(!k.doc.is_empty(), "{} has no documentation", k.key);
+        assert_eq!(
+            keys::from_env_name(&k.env_name()).map(|d| d.key),
+            Some(k.key)
+        );
+    }
+    // Variable names are unique, aliases name keys.
+    let mut names: Vec<String> = keys::table().map(|k| k.env_name()).collect();
+    let n = names.len();
+    names.sort();
+    names.dedup();
+    assert_eq!(names.len(), n);
+    for (alias, key) in keys::ENV_ALIASES {
+        assert!(keys::find(key).is_some(), "{alias}");
+        assert_eq!(keys::from_env_name(alias).map(|d| d.key), Some(*key));
+    }
+    // Every default serialises back to a config that loads.
+    let mut t = toml::Table::new();
+    for k in keys::table() {
+        if let Some(v) = &k.default {
+            layers::insert_path(&mut t, k.key, v.clone()).unwrap();
+        }
+    }
+    let c: Config = toml::Value::Table(t).try_into().unwrap();
+    validate(&c).unwrap();
+}
+
+#[test]
+fn suggestions_are_near_misses_only() {
+    assert_eq!(keys::suggest("defualt_adapter"), Some("default_adapter"));
+    assert_eq!(
+        keys::suggest("watchers.budget.max_cost"),
+        Some("watchers.budget.max_cost_usd")
+    );
+    assert_eq!(keys::suggest("zzz"), None);
+    assert_eq!(
+        keys::suggest_env("ZWARM_MAX_RUNING").as_deref(),
+        Some("ZWARM_MAX_RUNNING")
+    );
+}

@@ -1038,3 +1038,51 @@ fn the_project_is_the_git_top_level() {
     let c = f.load_with(|s| s.cwd = plain.clone()).expect("load");
     assert_eq!(c.project_dir, plain);
 }
+
+/// `zwarm serve` with the fixture's environment, in `cwd`, stdin closed (it stops at EOF).
+fn serve(f: &Fixture, cwd: &Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_zwarm"))
+        .arg("serve")
+        .args(args)
+        .current_dir(cwd)
+        .env_clear()
+        .envs(f.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("RUST_BACKTRACE", "1")
+        .env("RUST_LIB_BACKTRACE", "1")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run zwarm serve")
+}
+
+/// A configuration error in a trusted layer: one plain line naming the key and the nearest
+/// one, exit status 2, no backtrace even with RUST_BACKTRACE=1. The same typo in the project
+/// file: the server starts and warns.
+#[test]
+fn serve_reports_config_errors_plainly() {
+    let f = Fixture::new();
+    f.user_file("defualt_adapter = \"claude\"\n");
+    let out = serve(&f, &f.project, &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("did you mean `default_adapter`?") && err.contains("defualt_adapter"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("backtrace") && !err.contains("Stack"),
+        "{err}"
+    );
+    assert!(err.lines().count() <= 2, "{err}");
+
+    let out = serve(&f, &f.project, &["--set", "max_running=many"]);
+    assert_eq!(out.status.code(), Some(2));
+
+    let f = Fixture::new();
+    f.project_file("defualt_adapter = \"claude\"\nmax_running = 0\n");
+    let out = serve(&f, &f.project, &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("did you mean `default_adapter`?"), "{err}");
+    assert!(err.contains("max_running"), "{err}");
+}

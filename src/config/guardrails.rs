@@ -1,14 +1,14 @@
-//! The project file may tighten the guardrails, never loosen them.
+//! The project file may tighten, never loosen.
 //!
 //! Executors write anywhere in their workspace, `.zwarm/config.toml` included, and the next
-//! server started there reads it. So a guardrail setting from the project file — the watchers,
-//! and the limits on how long and how many turns and worktrees run — counts only when it is at
-//! least as strict as what the layers below it (the defaults and the user config file) say: it
-//! may turn a watcher on, lower a limit, make an action stronger, add rules, avoided topics and
-//! prices, and narrow the allowed paths. What would loosen a guardrail (turn a watcher off,
-//! raise or lift a limit, weaken an action, drop a rule or an allowed-path restriction, lower a
-//! price) is ignored, logged and listed like a trusted-only key. The layers above the project
-//! file (`--config`, `ZWARM_*`, `--set`) are the user's own and may set anything.
+//! server started there reads it. So a setting from the project file whose key is tighten-only
+//! in the key table ([`Trust::TightenOnly`]) counts only when it is at least as strict as what
+//! the layers below it (the defaults and the user config file) say: it may turn a watcher on,
+//! lower a limit, narrow a mode, make an action stronger, add rules, avoided topics and prices,
+//! and narrow the allowed paths and focus. What would loosen (turn a watcher off, raise or lift
+//! a limit, widen a mode, weaken an action, drop a rule or a restriction, lower a price) is
+//! ignored, logged and listed like a trusted-only key. The layers above the project file
+//! (`--config`, `ZWARM_*`, `--set`) are the user's own and may set anything.
 
 use std::path::{Component, Path, PathBuf};
 

@@ -1086,3 +1086,45 @@ fn serve_reports_config_errors_plainly() {
     assert!(err.contains("did you mean `default_adapter`?"), "{err}");
     assert!(err.contains("max_running"), "{err}");
 }
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = std::process::Command::new("git")
+        .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("git");
+    assert!(out.status.success(), "{args:?}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// The top level zwarm finds is the one git reports, in a repository and in a linked worktree.
+#[test]
+fn the_project_root_agrees_with_git() {
+    let f = Fixture::new();
+    git_init(&f.project);
+    git(
+        &f.project,
+        &["commit", "-q", "--allow-empty", "-m", "first"],
+    );
+    let wt = f.dir.path().join("linked");
+    git(
+        &f.project,
+        &["worktree", "add", "-q", &wt.display().to_string()],
+    );
+    for top in [f.project.clone(), std::fs::canonicalize(&wt).expect("wt")] {
+        let deep = top.join("a/b");
+        std::fs::create_dir_all(&deep).expect("mkdir");
+        let from_git = PathBuf::from(git(&deep, &["rev-parse", "--show-toplevel"]));
+        assert_eq!(zwarm::config::project_root(&deep), from_git);
+        assert_eq!(
+            f.load_with(|s| s.cwd = deep.clone())
+                .expect("load")
+                .project_dir,
+            from_git
+        );
+    }
+}

@@ -7,7 +7,7 @@
 //! - names its git dir and work tree explicitly (`--git-dir`, `--work-tree`), and a session
 //!   worktree's git dir is the one recorded when zwarm created it: a worktree whose `.git` file
 //!   points elsewhere is refused ([`GitError::Redirected`]);
-//! - runs no hook (`core.hooksPath=/dev/null`), no fsmonitor, no pager, no editor, no
+//! - runs no hook (`core.hooksPath=/dev/null`), no fsmonitor, no pager (`--no-pager`), no editor, no
 //!   credential helper, no signing or signature check, no automatic gc;
 //! - reads no attributes a repository names: `.gitattributes` is read from the empty tree
 //!   (`GIT_ATTR_SOURCE`), the global attributes file is `/dev/null`, the system one is off;
@@ -290,6 +290,8 @@ impl Git {
     /// `GIT_CONFIG_*` so that no key or value needs quoting, and a scrubbed environment.
     fn command(&self, extra: &[(String, String)]) -> Command {
         let mut cmd = Command::new("git");
+        // No pager at all, whatever `pager.<command>` the config names.
+        cmd.arg("--no-pager");
         if let Some(d) = &self.git_dir {
             cmd.arg(format!("--git-dir={}", d.display()));
         }

@@ -119,6 +119,8 @@ fn plant() -> Planted {
         ("core.hooksPath", hooks.display().to_string()),
         ("core.fsmonitor", e("fsmonitor")),
         ("core.pager", e("pager")),
+        ("pager.status", e("pager-status")),
+        ("pager.diff", e("pager-diff")),
         ("core.editor", e("editor")),
         ("sequence.editor", e("sequence-editor")),
         ("core.askPass", e("askpass")),

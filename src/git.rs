@@ -471,4 +471,68 @@ mod tests {
             );
         }
     }
+
+    fn sh(dir: &Path, script: &str) {
+        let ok = Command::new("sh")
+            .args(["-c", script])
+            .current_dir(dir)
+            .env("GIT_AUTHOR_NAME", "t")
+            .env("GIT_AUTHOR_EMAIL", "t@t")
+            .env("GIT_COMMITTER_NAME", "t")
+            .env("GIT_COMMITTER_EMAIL", "t@t")
+            .status()
+            .expect("sh")
+            .success();
+        assert!(ok, "{script}");
+    }
+
+    /// With the record: only the recorded git dir. Without one (a worktree made before
+    /// zwarm recorded it): only a git dir that looks like `git worktree add`'s, pointing back.
+    #[test]
+    fn a_worktree_is_run_only_with_its_own_git_dir() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let repo = d.path().join("repo");
+        std::fs::create_dir_all(&repo).expect("mkdir");
+        sh(
+            &repo,
+            "git init -q && echo a > a && git add a && git commit -qm a",
+        );
+        let wt = d.path().join("wts").join("s1");
+        sh(
+            &repo,
+            &format!("git worktree add -q -b s1 {}", wt.display()),
+        );
+        let t = Duration::from_secs(30);
+        // No record yet: the git dir `git worktree add` made is accepted.
+        Git::worktree(&wt, Some(&repo), t).expect("legacy worktree");
+        record_worktree(&wt).expect("record");
+        Git::worktree(&wt, Some(&repo), t).expect("recorded worktree");
+        // Pointed at a copy inside the worktree: refused, with or without the record.
+        sh(
+            &wt,
+            "cp -r \"$(sed -n 's/^gitdir: //p' .git)\" .copy && printf 'gitdir: .copy\\n' > .git",
+        );
+        for _ in 0..2 {
+            let e = Git::worktree(&wt, None, t).expect_err("redirected");
+            assert!(
+                matches!(e, GitError::Redirected { .. }) && e.to_string().contains(".copy"),
+                "{e}"
+            );
+            forget_worktree(&wt);
+        }
+        // Another repository's worktree is not this repository's.
+        let other = d.path().join("other");
+        std::fs::create_dir_all(&other).expect("mkdir");
+        sh(
+            &other,
+            "git init -q && echo b > b && git add b && git commit -qm b",
+        );
+        let wt2 = d.path().join("wts").join("s2");
+        sh(
+            &other,
+            &format!("git worktree add -q -b s2 {}", wt2.display()),
+        );
+        let e = Git::worktree(&wt2, Some(&repo), t).expect_err("another repository");
+        assert!(e.to_string().contains("is not in the repository"), "{e}");
+    }
 }

@@ -125,8 +125,16 @@ fn run_answers_on_stdout_shows_progress_and_records_the_session() {
     assert!(l.contains("created hello.py"), "{l}");
     assert!(l.contains("session_ended"), "{l}");
 
+    // Outside a git repository a worktree is refused with a way out the CLI accepts.
+    let o = cli(&env, &["run", "--isolation", "worktree", "hello"]);
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    assert!(
+        text(&o.stderr).contains("isolation \"none\""),
+        "{}",
+        show(&o)
+    );
     // --keep leaves the session open for converse.
-    let o = cli(&env, &["run", "--keep", "hello"]);
+    let o = cli(&env, &["run", "--keep", "--isolation", "none", "hello"]);
     assert_eq!(o.status.code(), Some(0), "{}", show(&o));
     assert!(
         text(&o.stderr).contains("stays open (--keep)"),
@@ -1316,4 +1324,31 @@ fn the_commands_readme_shows_exist_with_their_options() {
         checked >= 5,
         "README shows {checked} zwarm commands in code blocks"
     );
+}
+
+/// The help texts say what the commands do (each was once wrong or silent).
+#[test]
+fn help_texts_match_what_the_commands_do() {
+    let help = |sub: &str| {
+        let o = Command::new(env!("CARGO_BIN_EXE_zwarm"))
+            .args([sub, "--help"])
+            .output()
+            .expect("help");
+        text(&o.stdout)
+    };
+    let end = help("end");
+    assert!(
+        end.contains("branch checked out in the project") && !end.contains("started from"),
+        "{end}"
+    );
+    assert!(end.contains("remove its worktree"), "{end}");
+    let ps = help("ps");
+    assert!(
+        ps.contains("\"total\"") && ps.contains("since created"),
+        "{ps}"
+    );
+    let run = help("run");
+    assert!(run.contains("--keep") && run.contains("none"), "{run}");
+    let prune = help("prune");
+    assert!(prune.contains("--older-than"), "{prune}");
 }

@@ -1324,6 +1324,30 @@ fn the_commands_readme_shows_exist_with_their_options() {
         checked >= 5,
         "README shows {checked} zwarm commands in code blocks"
     );
+
+    // The pages it links that this repository writes exist (architecture, executors,
+    // configuration, hosts and security are written with their code).
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for link in readme.split("](").skip(1) {
+        let target = link.split(')').next().unwrap_or("");
+        if target.starts_with("docs/") {
+            assert!(
+                root.join(target).is_file()
+                    || [
+                        "docs/architecture.md",
+                        "docs/executors.md",
+                        "docs/configuration.md",
+                        "docs/hosts.md",
+                        "docs/security.md"
+                    ]
+                    .contains(&target),
+                "README links {target}, which does not exist"
+            );
+        }
+    }
+    // The test command README gives is the one CI runs.
+    let ci = std::fs::read_to_string(root.join(".ci/run")).expect(".ci/run");
+    assert!(readme.contains("\ncargo test ") && ci.contains("\ncargo test\n"));
 }
 
 /// The help texts say what the commands do (each was once wrong or silent).

@@ -123,6 +123,8 @@ fn run_answers_on_stdout_shows_progress_and_records_the_session() {
         show(&o)
     );
     assert!(l.contains("created hello.py"), "{l}");
+    // Watcher firings too (hello.py is code, and no test changed).
+    assert!(l.contains("watcher quality nudge"), "{l}");
     assert!(l.contains("session_ended"), "{l}");
 
     // Outside a git repository a worktree is refused with a way out the CLI accepts.

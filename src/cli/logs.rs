@@ -46,6 +46,19 @@ pub fn line(ev: &Value) -> String {
     let ts = ev["ts"].as_str().map(fmt_time).unwrap_or_default();
     let kind = ev["event"].as_str().unwrap_or("?");
     let sid = ev["session_id"].as_str().map(short_id).unwrap_or("-");
+    if kind == "watcher_fired" {
+        // What a person wants to read: who said what, and what it does.
+        let turn = ev["turn"]
+            .as_u64()
+            .map(|t| format!(" (turn {t})"))
+            .unwrap_or_default();
+        return format!(
+            "{ts}  {kind:<18} {sid:<8}  watcher {} {}{turn}: {}",
+            ev["watcher"].as_str().unwrap_or("?"),
+            ev["action"].as_str().unwrap_or("?"),
+            one_line(ev["message"].as_str().unwrap_or(""), 200)
+        );
+    }
     let mut data = Vec::new();
     if let Value::Object(o) = ev {
         for (k, v) in o {
@@ -262,6 +275,15 @@ mod tests {
         assert_eq!(
             line(&ev),
             "2026-12-01 07:16:22  turn_finished      01234567  status=completed turn=1"
+        );
+        let ev = serde_json::json!({
+            "seq": 8, "ts": "2026-12-01T07:16:23.000Z", "event": "watcher_fired",
+            "session_id": "0123456789abcdef", "turn": 2, "watcher": "quality",
+            "action": "nudge", "message": "code changed but no test did",
+        });
+        assert_eq!(
+            line(&ev),
+            "2026-12-01 07:16:23  watcher_fired      01234567  watcher quality nudge (turn 2): code changed but no test did"
         );
     }
 }

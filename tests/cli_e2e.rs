@@ -1257,6 +1257,12 @@ fn tool_errors_and_cut_off_commands_are_shown() {
     }
     let status = child.0.wait().expect("wait");
     assert_eq!(status.code(), Some(130), "{seen:?}");
+    // run's summary names it too.
+    wait_for_line(
+        &rx,
+        "zwarm: cut off before it finished: sleep 60",
+        &mut seen,
+    );
     let ps = json_of(&cli(&env, &["ps", "--json", "--status", "cancelled"]));
     let id = ps["sessions"][0]["session_id"]
         .as_str()

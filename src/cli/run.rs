@@ -256,7 +256,20 @@ async fn run_one(manager: &Manager, req: Request) -> anyhow::Result<i32> {
     } else {
         end_after_turn(manager, session).await
     };
-    Ok(report(&session, interrupted, req.keep))
+    // Commands the turn started and never finished (cut off by Ctrl-C or a failure).
+    let cut = match session.turns.last() {
+        Some(t) if t.status != TurnStatus::Completed => {
+            let evs = super::activity::read_turn(
+                manager.state_dir(),
+                &session.id,
+                t.index,
+                session.adapter,
+            );
+            super::activity::unfinished_commands(&evs)
+        }
+        _ => Vec::new(),
+    };
+    Ok(report(&session, interrupted, req.keep, &cut))
 }
 
 /// The verdict a finished turn gives its session when `run` ends it.
@@ -288,7 +301,7 @@ async fn end_after_turn(manager: &Manager, s: Session) -> Session {
 }
 
 /// Print the outcome (answer on stdout, the rest on stderr) and choose the exit code.
-fn report(s: &Session, interrupted: bool, keep: bool) -> i32 {
+fn report(s: &Session, interrupted: bool, keep: bool, cut: &[String]) -> i32 {
     let Some(t) = s.turns.last() else {
         say(&format!("zwarm: session {} has no turn", s.id));
         return 1;
@@ -310,6 +323,12 @@ fn report(s: &Session, interrupted: bool, keep: bool) -> i32 {
     ));
     for e in &t.tool_errors {
         say(&format!("zwarm: {}", super::show::tool_error_line(e)));
+    }
+    for c in cut {
+        say(&format!(
+            "zwarm: cut off before it finished: {}",
+            crate::text::one_line(c, 200)
+        ));
     }
     for n in &s.watcher_notes {
         say(&format!("zwarm: watcher {}: {}", n.watcher, n.message));

@@ -218,7 +218,10 @@ fn run_in_a_worktree_then_diff_and_merge_or_discard_from_the_terminal() {
     let o = cli(&env, &["show", &id]);
     let t = text(&o.stdout);
     assert!(
-        t.contains(&format!("branch   {branch} from ")) && t.contains("merged at "),
+        t.contains(&format!("branch   {branch} from "))
+            && t.contains("merged; worktree removed, branch kept")
+            && t.contains(" (removed)")
+            && t.contains("merged at "),
         "{}",
         show(&o)
     );
@@ -346,6 +349,32 @@ fn run_in_a_worktree_then_diff_and_merge_or_discard_from_the_terminal() {
     assert_eq!(
         j["status"], "idle",
         "a refused end leaves the session as it was: {j}"
+    );
+
+    // keep (the default): the branch stays, the worktree goes, and both messages say so.
+    let o = cli(&env, &["run", "--isolation", "worktree", "@@tools kept"]);
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    let ps = json_of(&cli(&env, &["ps", "--json", "--limit", "1"]));
+    let id4 = ps["sessions"][0]["session_id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let o = cli(&env, &["end", &id4]);
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    assert!(
+        text(&o.stdout).contains("kept and its worktree removed"),
+        "{}",
+        show(&o)
+    );
+    let t = text(&cli(&env, &["show", &id4]).stdout);
+    assert!(t.contains("branch kept; worktree removed"), "{t}");
+    assert!(
+        !git(
+            &env.work,
+            &["branch", "--list", &format!("zwarm/{}", &id4[..8])]
+        )
+        .trim()
+        .is_empty()
     );
 }
 

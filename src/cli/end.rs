@@ -231,11 +231,11 @@ pub fn diff_main(a: DiffArgs) -> anyhow::Result<i32> {
         }
     };
     eprintln!(
-        "zwarm: session {} · branch {} from {} · worktree {}{}",
+        "zwarm: session {} · branch {} from {} · {}{}",
         short_id(&s.id),
         iso.branch,
         iso.base.get(..12).unwrap_or(&iso.base),
-        iso.state.as_str(),
+        super::show::worktree_text(iso.state),
         if diff.is_empty() {
             " · no changes"
         } else {

@@ -90,6 +90,17 @@ fn file_mark(kind: &str) -> &'static str {
     }
 }
 
+/// What became of a session's worktree and branch, in words.
+pub fn worktree_text(state: crate::model::WorktreeState) -> &'static str {
+    use crate::model::WorktreeState::*;
+    match state {
+        Active => "worktree active",
+        Merged => "merged; worktree removed, branch kept",
+        Kept => "branch kept; worktree removed",
+        Discarded => "branch and worktree removed",
+    }
+}
+
 /// A tool error as one line: `Write /a/b.txt failed: File does not exist`.
 pub fn tool_error_line(e: &ToolError) -> String {
     let input = if e.input.is_empty() {
@@ -147,14 +158,22 @@ pub fn transcript_with(
             o.push(format!("         {l}"));
         }
     }
-    o.push(format!("dir      {}", s.working_dir));
+    let removed = s
+        .isolation
+        .as_ref()
+        .is_some_and(|i| i.state != crate::model::WorktreeState::Active);
+    o.push(format!(
+        "dir      {}{}",
+        s.working_dir,
+        if removed { " (removed)" } else { "" }
+    ));
     if let Some(iso) = &s.isolation {
         o.push(format!(
-            "branch   {} from {} ({})    worktree {}{}",
+            "branch   {} from {} ({})    {}{}",
             iso.branch,
             iso.base.get(..12).unwrap_or(&iso.base),
             iso.base_ref,
-            iso.state.as_str(),
+            worktree_text(iso.state),
             iso.merged_commit
                 .as_deref()
                 .map(|c| format!(", merged at {}", c.get(..12).unwrap_or(c)))

@@ -243,6 +243,10 @@ pub fn main(a: LogsArgs) -> anyhow::Result<i32> {
     };
     if a.follow {
         activity.follow_running(&store);
+        if a.lines == 0 {
+            // `-n 0`: only what happens from now on.
+            activity.drain_all(NO_TIME, a.json, &mut String::new());
+        }
     }
     let first = store.last_events(session.as_deref(), a.lines)?;
     print(&store, &mut activity, &first, a.json, None)?;

@@ -141,7 +141,11 @@ pub fn main(cmd: Command) -> i32 {
         Ok(code) => code,
         Err(e) => {
             let _ = writeln!(std::io::stderr(), "zwarm: {e:#}");
-            1
+            if crate::config::is_config_error(&e) {
+                crate::config::EXIT_CONFIG
+            } else {
+                1
+            }
         }
     }
 }

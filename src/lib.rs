@@ -9,6 +9,7 @@ pub mod config;
 pub mod event;
 pub mod executor;
 pub mod fleet;
+pub mod mcp;
 pub mod model;
 pub mod process;
 pub mod prompt;

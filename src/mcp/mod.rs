@@ -18,6 +18,8 @@ mod handlers;
 pub mod host;
 mod progress;
 mod prompts;
+#[cfg(test)]
+mod protocol_tests;
 pub mod report;
 pub mod resources;
 pub mod validate;

@@ -14,6 +14,7 @@ use rmcp::{ErrorData as McpError, RoleServer};
 
 use super::ZwarmServer;
 use super::dto::SessionRow;
+use super::errors::tool_error;
 use super::report::{session_row, session_uri};
 use crate::model::Session;
 use crate::sessions::{Manager, ManagerError};
@@ -124,7 +125,8 @@ impl ZwarmServer {
     fn not_found(uri: &str, what: String) -> McpError {
         McpError::resource_not_found(
             format!(
-                "{what}. Resources: {SESSIONS_URI} (paged: ?offset=N&limit=M), {SESSIONS_URI}/{{id}}, {SESSIONS_URI}/{{id}}/diff, {EVENTS_URI}"
+                "{}. Resources: {SESSIONS_URI} (paged: ?offset=N&limit=M), {SESSIONS_URI}/{{id}}, {SESSIONS_URI}/{{id}}/diff, {EVENTS_URI}",
+                what.trim_end_matches('.')
             ),
             Some(serde_json::json!({ "uri": uri })),
         )
@@ -151,7 +153,7 @@ impl ZwarmServer {
             .manager
             .resolve(id)
             .await
-            .map_err(|e| Self::not_found(uri, format!("no session `{id}`: {e}")))?;
+            .map_err(|e| Self::not_found(uri, tool_error(&e)))?;
         Ok(if diff {
             format!("{}/diff", session_uri(&full))
         } else {
@@ -224,7 +226,7 @@ impl ZwarmServer {
                 .manager
                 .get(id)
                 .await
-                .map_err(|e| Self::not_found(uri, format!("no session `{id}`: {e}")))?;
+                .map_err(|e| Self::not_found(uri, tool_error(&e)))?;
             serde_json::to_string_pretty(&transcript(&s))
         } else {
             return Err(Self::not_found(uri, format!("unknown resource `{uri}`")));

@@ -43,17 +43,24 @@ fn parse_mode(mode: Option<&str>) -> Result<Mode, String> {
 }
 
 impl ZwarmServer {
-    /// Run the watchers before a call: a refusal becomes the call's error result.
-    async fn guard(&self, call: Call, acknowledge: bool) -> Result<Vec<WatcherNote>, String> {
+    /// Run the watchers before a call: a refusal becomes the call's error result. Gives the
+    /// call back, for the handler to go on with.
+    async fn guard(
+        &self,
+        call: Call,
+        acknowledge: bool,
+    ) -> Result<(Vec<WatcherNote>, Call), String> {
         let tool = call.tool().to_string();
         // The manager's entry point is untyped; the typed call in scope is what the watchers
         // judge (no JSON is built for them).
-        crate::watch::with_typed_call(
+        let (notes, call) = crate::watch::with_typed_call(
             call,
             self.manager
                 .before_call(&tool, &serde_json::Value::Null, acknowledge),
         )
-        .await
+        .await;
+        let call = call.ok_or_else(|| format!("internal error: the {tool} call was lost"))?;
+        Ok((notes?, call))
     }
 
     /// Add a worktree session's diff to its report.
@@ -173,18 +180,20 @@ impl ZwarmServer {
             isolation: a.isolation,
             base: a.base,
         };
-        let notes = self.guard(call.clone(), a.acknowledge_pause).await?;
-        let Call::Delegate {
-            task,
-            adapter,
-            model,
-            working_dir,
-            isolation,
-            base,
-            ..
-        } = call
+        let (
+            notes,
+            Call::Delegate {
+                task,
+                adapter,
+                model,
+                working_dir,
+                isolation,
+                base,
+                ..
+            },
+        ) = self.guard(call, a.acknowledge_pause).await?
         else {
-            return Err("internal: delegate call lost its type".into());
+            return Err("internal error: the delegate call changed its kind".into());
         };
         let id = self
             .manager
@@ -233,19 +242,25 @@ impl ZwarmServer {
     ) -> ToolResult<TurnReport> {
         let mode = parse_mode(a.mode.as_deref())?;
         let is_async = mode == Mode::Async;
-        let notes = self
-            .guard(
-                Call::Converse {
-                    session_id: a.session_id.clone(),
-                    message: a.message.clone(),
-                    mode,
-                },
-                a.acknowledge_pause,
-            )
-            .await?;
+        let call = Call::Converse {
+            session_id: a.session_id,
+            message: a.message,
+            mode,
+        };
+        let (
+            notes,
+            Call::Converse {
+                session_id,
+                message,
+                ..
+            },
+        ) = self.guard(call, a.acknowledge_pause).await?
+        else {
+            return Err("internal error: the converse call changed its kind".into());
+        };
         let (id, turn) = self
             .manager
-            .converse(&a.session_id, &a.message)
+            .converse(&session_id, &message)
             .await
             .map_err(err)?;
         let (budget, max) = self.wait_budget(&ctx, a.wait_seconds, false);
@@ -279,7 +294,7 @@ impl ZwarmServer {
             .chain(a.session_ids.iter().flatten())
             .cloned()
             .collect();
-        let notes = self
+        let (notes, _) = self
             .guard(Call::CheckSession { session_ids }, false)
             .await?;
         let (budget, max) = self.wait_budget(&ctx, a.wait_seconds, true);
@@ -311,7 +326,7 @@ impl ZwarmServer {
         annotations(title = "End a session", read_only_hint = false, destructive_hint = true, idempotent_hint = false, open_world_hint = false)
     )]
     async fn end_session(&self, Parameters(a): Parameters<EndArgs>) -> ToolResult<EndReport> {
-        let notes = self
+        let (notes, _) = self
             .guard(
                 Call::EndSession {
                     session_id: a.session_id.clone(),
@@ -369,7 +384,7 @@ impl ZwarmServer {
         annotations(title = "List sessions", read_only_hint = true, open_world_hint = false)
     )]
     async fn list_sessions(&self, Parameters(a): Parameters<ListArgs>) -> ToolResult<SessionList> {
-        let notes = self.guard(Call::ListSessions, false).await?;
+        let (notes, _) = self.guard(Call::ListSessions, false).await?;
         let status = match a.status.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
             None => None,
             Some(s) => match SessionStatus::parse(s) {

@@ -173,10 +173,17 @@ tokio::task_local! {
 }
 
 /// Run `f` (the session manager's `before_call`) with `call` in scope: the watchers then judge
-/// this typed call instead of re-reading the JSON they are handed. A bridge until the manager
-/// takes a [`Call`] itself.
-pub async fn with_typed_call<F: std::future::Future>(call: Call, f: F) -> F::Output {
-    TYPED_CALL.scope(call, f).await
+/// this typed call instead of re-reading the JSON they are handed. Gives the call back with
+/// `f`'s output (the call is `None` only if `f` panicked). A bridge until the manager takes a
+/// [`Call`] itself.
+pub async fn with_typed_call<F: std::future::Future>(
+    call: Call,
+    f: F,
+) -> (F::Output, Option<Call>) {
+    let scoped = TYPED_CALL.scope(call, f);
+    tokio::pin!(scoped);
+    let out = (&mut scoped).await;
+    (out, scoped.as_mut().take_value())
 }
 
 /// What an abort stops.

@@ -161,10 +161,13 @@ impl ServerHandler for ZwarmServer {
         if self.executor_turn {
             return Ok(error_result(host::EXECUTOR_TURN_INSTRUCTIONS.into()));
         }
-        if self.tool_router.has_route(&request.name)
-            && let Some(why) = validate::check_arguments(&request.name, request.arguments.as_ref())
-        {
-            return Ok(error_result(why));
+        if let Some(tool) = self.tool_router.get(&request.name) {
+            let args = request.arguments.as_ref();
+            let why = validate::check_arguments(&request.name, args)
+                .or_else(|| validate::check_types(&tool.input_schema, args));
+            if let Some(why) = why {
+                return Ok(error_result(why));
+            }
         }
         let span = crate::telemetry::tool_span(&request, &ctx);
         let call = rmcp::handler::server::tool::ToolCallContext::new(self, request, ctx);

@@ -143,6 +143,9 @@ async fn every_bad_line_gets_an_answer_that_says_what_was_wrong() {
     let t = error_text(&r);
     assert!(t.contains("`limit` must be a number"), "{t}");
     assert!(!t.contains("wait_seconds"), "{t}");
+    let r = c.call(51, "delegate", json!({"task": 5})).await;
+    let t = error_text(&r);
+    assert!(t.contains("`task` must be a string, got 5"), "{t}");
     // A NUL in any string argument, and a model no executor can take: refused up front.
     let r = c
         .call(

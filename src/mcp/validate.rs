@@ -23,6 +23,46 @@ pub fn check_arguments(tool: &str, args: Option<&Map<String, Value>>) -> Option<
     None
 }
 
+/// A string or boolean argument of the wrong JSON type, checked against the tool's input
+/// schema so the answer names the field ("`task` must be a string, got a number"); the
+/// argument parser alone says only "invalid type". Numbers and id lists are parsed leniently
+/// (and name their field) by the argument types themselves.
+pub fn check_types(
+    schema: &Map<String, Value>,
+    args: Option<&Map<String, Value>>,
+) -> Option<String> {
+    let props = schema.get("properties")?.as_object()?;
+    for (name, value) in args? {
+        let Some(types) = props.get(name).and_then(|p| p.get("type")) else {
+            continue;
+        };
+        let types: Vec<&str> = match types {
+            Value::String(t) => vec![t.as_str()],
+            Value::Array(a) => a.iter().filter_map(Value::as_str).collect(),
+            _ => continue,
+        };
+        let null_ok = types.contains(&"null");
+        let (want, fits) = if types.contains(&"string") {
+            ("a string", value.is_string())
+        } else if types.contains(&"boolean") {
+            ("true or false", value.is_boolean())
+        } else {
+            continue;
+        };
+        if !(fits || null_ok && value.is_null()) {
+            return Some(format!(
+                "`{name}` must be {want}, got {}. Fix it and call again.",
+                match value {
+                    Value::Null => "null".to_string(),
+                    Value::String(s) => format!("the string {s:?}"),
+                    other => other.to_string(),
+                }
+            ));
+        }
+    }
+    None
+}
+
 /// The first string with a NUL in it: its path (`task`, `session_ids[2]`) and the position.
 fn find_nul(args: &Map<String, Value>) -> Option<(String, usize)> {
     fn walk(v: &Value, path: String) -> Option<(String, usize)> {
@@ -70,6 +110,29 @@ mod tests {
 
     fn obj(v: Value) -> Map<String, Value> {
         v.as_object().cloned().unwrap_or_default()
+    }
+
+    #[test]
+    fn a_wrong_type_names_its_field() {
+        let schema = obj(json!({"properties": {
+            "task": {"type": "string"},
+            "mode": {"type": ["string", "null"]},
+            "acknowledge_pause": {"type": "boolean"},
+            "wait_seconds": {"type": ["integer", "null"]}
+        }}));
+        let check = |v: Value| check_types(&schema, Some(&obj(v)));
+        assert!(
+            check(json!({"task": 5}))
+                .unwrap_or_default()
+                .contains("`task` must be a string")
+        );
+        assert!(
+            check(json!({"task": "t", "acknowledge_pause": "yes"}))
+                .unwrap_or_default()
+                .contains("`acknowledge_pause`")
+        );
+        assert!(check(json!({"task": "t", "mode": null, "wait_seconds": "30"})).is_none());
+        assert!(check(json!({"task": null})).is_some());
     }
 
     #[test]

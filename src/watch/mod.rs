@@ -604,6 +604,67 @@ mod tests {
         );
     }
 
+    /// Says what task or message it was shown.
+    struct Echo;
+    impl Watcher for Echo {
+        fn name(&self) -> &'static str {
+            "echo"
+        }
+        fn before_call(&self, call: &Call, _: &Fleet) -> Result<Finding, String> {
+            Ok(Some((
+                Action::Nudge,
+                call.text().unwrap_or("-").to_string(),
+            )))
+        }
+    }
+
+    #[tokio::test]
+    async fn the_untyped_entry_judges_the_typed_call_in_scope() {
+        let w = Watchers::with(vec![(Box::new(Echo), 0)]);
+        let seen = |d: CallDecision| d.firings[0].message.clone();
+        let typed = Call::Converse {
+            session_id: "s".into(),
+            message: "typed message".into(),
+            mode: Mode::Sync,
+        };
+        let json = serde_json::json!({"session_id": "s", "message": "json message"});
+        let (d, back) = with_typed_call(typed.clone(), async {
+            w.before_call(
+                &CallInfo {
+                    tool: "converse",
+                    args: &Value::Null,
+                },
+                &Fleet::default(),
+                false,
+            )
+        })
+        .await;
+        assert_eq!(seen(d), "typed message");
+        assert_eq!(back, Some(typed.clone()));
+        // Another tool's call, or no call in scope: the JSON is read.
+        let (d, _) = with_typed_call(typed, async {
+            w.before_call(
+                &CallInfo {
+                    tool: "delegate",
+                    args: &serde_json::json!({"task": "json task"}),
+                },
+                &Fleet::default(),
+                false,
+            )
+        })
+        .await;
+        assert_eq!(seen(d), "json task");
+        let d = w.before_call(
+            &CallInfo {
+                tool: "converse",
+                args: &json,
+            },
+            &Fleet::default(),
+            false,
+        );
+        assert_eq!(seen(d), "json message");
+    }
+
     #[test]
     fn a_session_scoped_abort_refuses_only_that_call() {
         let w = Watchers::with(vec![(Box::new(Fixed("scope", Action::Abort)), 0)]);

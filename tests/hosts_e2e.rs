@@ -695,11 +695,14 @@ async fn inside_an_executor_turn_codex_runs_its_turn_without_zwarm_tools() {
     }
 }
 
-/// The same under Claude Code: the server connects, and the model is offered no zwarm tool.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn inside_an_executor_turn_claude_code_connects_and_offers_no_zwarm_tools() {
+/// Claude Code as the host of `zwarm serve` with the executor's environment (`turn_env`
+/// adds ZWARM_EXECUTOR_TURN); its model just answers. Returns zwarm's server status and the
+/// tools Claude Code offers, from the `init` event.
+async fn claude_host_init(turn_env: bool) -> (Value, String, String) {
     let (_exec_mock, mut exec_env) = executor_side();
-    exec_env.set("ZWARM_EXECUTOR_TURN", "1");
+    if turn_env {
+        exec_env.set("ZWARM_EXECUTOR_TURN", "1");
+    }
     let host_mock = AnthropicMock::start(json!({
         "mode": "keyed",
         "scenarios": {"hostdelegate": [{"content": [{"text": "host done"}]}]}
@@ -712,9 +715,20 @@ async fn inside_an_executor_turn_claude_code_connects_and_offers_no_zwarm_tools(
     let zwarm = init["mcp_servers"]
         .as_array()
         .and_then(|s| s.iter().find(|s| s["name"] == "zwarm"))
-        .unwrap_or_else(|| panic!("zwarm not among the servers: {init}"));
-    assert_eq!(zwarm["status"], "connected", "{init}");
-    let tools = init["tools"].to_string();
+        .unwrap_or_else(|| panic!("zwarm not among the servers: {init}"))
+        .clone();
+    (zwarm["status"].clone(), init["tools"].to_string(), stdout)
+}
+
+/// The same under Claude Code: the server connects, and the model is offered no zwarm tool
+/// (without the variable, the same host offers them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inside_an_executor_turn_claude_code_connects_and_offers_no_zwarm_tools() {
+    let (status, tools, _) = claude_host_init(false).await;
+    assert_eq!(status, "connected");
+    assert!(tools.contains("mcp__zwarm__delegate"), "control: {tools}");
+    let (status, tools, stdout) = claude_host_init(true).await;
+    assert_eq!(status, "connected", "{stdout}");
     assert!(!tools.contains("mcp__zwarm__"), "{tools}");
     assert!(stdout.contains("host done"), "{stdout}");
 }

@@ -250,3 +250,53 @@ async fn a_huge_answer_is_capped_in_the_result_and_whole_in_the_resource() {
         p2["sessions"][0]["session_id"]
     );
 }
+
+/// Through `zwarm serve`: arguments no executor can take are refused up front, naming the
+/// field, and start nothing (the model server gets no request); the session index is paged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_arguments_are_refused_up_front_and_name_the_field() {
+    let (mock, env) = codex_env(json!({}));
+    let z = Zwarm::start(&env, &[]).await;
+    let cases = [
+        (
+            "delegate",
+            json!({"task": "write x\u{0}y", "mode": "async"}),
+            "`task` contains a NUL",
+        ),
+        (
+            "delegate",
+            json!({"task": "write x", "model": "gpt\u{0}5", "mode": "async"}),
+            "`model` contains a NUL",
+        ),
+        (
+            "delegate",
+            json!({"task": "write x", "model": "-c sandbox=none", "mode": "async"}),
+            "model `-c sandbox=none`",
+        ),
+        (
+            "delegate",
+            json!({"task": ["write x"], "mode": "async"}),
+            "`task` must be a string",
+        ),
+        (
+            "list_sessions",
+            json!({"limit": "ten"}),
+            "`limit` must be a number",
+        ),
+        (
+            "check_session",
+            json!({"session_ids": ["a", "b\u{0}"]}),
+            "`session_ids[1]` contains a NUL",
+        ),
+    ];
+    for (tool, args, want) in cases {
+        let e = z.err(tool, args).await;
+        assert!(e.contains(want), "{tool}: {e}");
+    }
+    let l = z.ok("list_sessions", json!({})).await;
+    assert_eq!(l["total"], 0, "{l}");
+    assert!(mock.model_requests().is_empty());
+    let index = read(&z, "zwarm://sessions?limit=5").await;
+    assert_eq!(index["total"], 0, "{index}");
+    assert_eq!(index["next_uri"], Value::Null, "{index}");
+}

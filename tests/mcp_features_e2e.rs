@@ -249,6 +249,20 @@ async fn a_huge_answer_is_capped_in_the_result_and_whole_in_the_resource() {
         p1["sessions"][0]["session_id"],
         p2["sessions"][0]["session_id"]
     );
+    // So does the index resource, and its next page is named.
+    let r1 = read(&z, "zwarm://sessions?limit=1").await;
+    assert_eq!(
+        (r1["count"].clone(), r1["total"].clone()),
+        (json!(1), json!(2))
+    );
+    let next = r1["next_uri"].as_str().unwrap_or_else(|| panic!("{r1}"));
+    let r2 = read(&z, next).await;
+    assert_eq!(r2["count"], 1, "{r2}");
+    assert!(r2["next_uri"].is_null(), "{r2}");
+    assert_eq!(
+        r2["sessions"][0]["session_id"],
+        p2["sessions"][0]["session_id"]
+    );
 }
 
 /// Through `zwarm serve`: arguments no executor can take are refused up front, naming the

@@ -40,7 +40,7 @@ impl Stat {
 
     /// Claude reports its cost; codex sessions are priced from tokens by the budget watcher.
     pub fn reports_cost(&self) -> bool {
-        self.adapter == Adapter::Claude || self.cost_usd.is_some()
+        crate::executor::get(self.adapter).reports_cost() || self.cost_usd.is_some()
     }
 }
 

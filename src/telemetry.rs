@@ -735,10 +735,7 @@ pub fn turn_span(session_id: &str, index: u32, describe: impl FnOnce() -> Adapte
         return Span::none();
     }
     let adapter = describe();
-    let system = match adapter {
-        Adapter::Codex => "openai",
-        Adapter::Claude => "anthropic",
-    };
+    let system = crate::executor::get(adapter).provider();
     let parent = Span::current().context();
     let span = tracing::info_span!(
         target: TARGET,

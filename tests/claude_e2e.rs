@@ -239,3 +239,45 @@ async fn failed_resume_says_what_happened() {
         "{e}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claude_turn_never_loads_zwarm_even_after_setup_claude_code() {
+    let (mock, env) = claude_env();
+    // User scope: every claude of this user, executors included, would start zwarm.
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_zwarm"));
+    cmd.args(["setup", "claude-code", "--scope", "user", "--state-dir"])
+        .arg(&env.state)
+        .current_dir(&env.work)
+        .env_clear();
+    for (k, v) in &env.vars {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run zwarm setup");
+    assert!(
+        out.status.success(),
+        "zwarm setup claude-code: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let z = Zwarm::start(&env, &[]).await;
+    let r = z
+        .ok(
+            "delegate",
+            json!({"task": "say hello", "adapter": "claude"}),
+        )
+        .await;
+    assert_eq!(r["status"], "idle", "{r}\n{}", z.stderr());
+    let reqs = mock.model_requests();
+    assert!(!reqs.is_empty());
+    for req in &reqs {
+        let tools: Vec<&str> = req.body["tools"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|t| t["name"].as_str()).collect())
+            .unwrap_or_default();
+        assert!(
+            !tools.iter().any(|t| t.contains("zwarm")),
+            "zwarm offered to claude: {tools:?}"
+        );
+    }
+    let started = env.events().matches("\"server_started\"").count();
+    assert_eq!(started, 1, "{}", env.events());
+}

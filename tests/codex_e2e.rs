@@ -374,3 +374,54 @@ async fn missing_codex_binary_says_how_to_install_it() {
 async fn alive(z: &Zwarm) {
     z.ok("list_sessions", json!({})).await;
 }
+
+/// Run `zwarm setup HOST --state-dir STATE` in the test's environment, as a user would.
+fn zwarm_setup(env: &Env, host: &str) {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_zwarm"));
+    cmd.args(["setup", host, "--state-dir"])
+        .arg(&env.state)
+        .current_dir(&env.work)
+        .env_clear();
+    for (k, v) in &env.vars {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run zwarm setup");
+    assert!(
+        out.status.success(),
+        "zwarm setup {host}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_codex_turn_never_loads_zwarm_even_after_setup_codex() {
+    let (mock, mut env) = codex_env();
+    // codex's own config now starts zwarm (required = true) for every codex, executors included.
+    zwarm_setup(&env, "codex");
+    let config = std::fs::read_to_string(env.dir.path().join("codex-home/config.toml")).unwrap();
+    assert!(config.contains("[mcp_servers.zwarm]"), "{config}");
+    env.set("ZWARM_LOG", "info");
+    let z = Zwarm::start(&env, &[]).await;
+    // An unknown model slug makes codex list MCP tools inline in `tools` (EXECUTORS.md §A.2).
+    let r = z
+        .ok(
+            "delegate",
+            json!({"task": "say hello", "model": "mock-model"}),
+        )
+        .await;
+    assert_eq!(r["status"], "idle", "{r}\n{}", z.stderr());
+    let reqs = mock.model_requests();
+    assert!(!reqs.is_empty());
+    for req in &reqs {
+        let tools = req.body["tools"].to_string();
+        for name in ["mcp__zwarm", "\"name\":\"delegate\"", "list_sessions"] {
+            assert!(
+                !tools.contains(name),
+                "zwarm offered to codex ({name}): {tools}"
+            );
+        }
+    }
+    // No nested `zwarm serve` started on this state: one server_started, the test's own.
+    let started = env.events().matches("\"server_started\"").count();
+    assert_eq!(started, 1, "{}", env.events());
+}

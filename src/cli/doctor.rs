@@ -603,4 +603,59 @@ mod tests {
         assert!(!help_has_flag("  -s, --sandbox", "--skip-git-repo-check"));
         assert!(help_has_flag("  -s, --sandbox <MODE>", "-s"));
     }
+
+    fn c(name: &str, status: Status) -> Check {
+        check("executors", name, status, format!("{name} detail"))
+    }
+
+    #[test]
+    fn one_missing_executor_is_a_warning_while_another_works() {
+        let mut per = vec![
+            (
+                "codex",
+                vec![c("codex found", Status::Ok), c("codex auth", Status::Ok)],
+            ),
+            ("claude", vec![c("claude found", Status::Fail)]),
+        ];
+        soften_missing(&mut per);
+        assert_eq!(per[1].1[0].status, Status::Warn);
+        assert!(
+            per[1].1[0].detail.contains("codex works"),
+            "{:?}",
+            per[1].1[0]
+        );
+        // Neither works: both stay failures.
+        let mut per = vec![
+            ("codex", vec![c("codex found", Status::Fail)]),
+            ("claude", vec![c("claude found", Status::Fail)]),
+        ];
+        soften_missing(&mut per);
+        assert!(per.iter().all(|(_, c)| c[0].status == Status::Fail));
+        // A found executor that fails another check is not "missing": it stays a failure.
+        let mut per = vec![
+            (
+                "codex",
+                vec![c("codex found", Status::Ok), c("codex flags", Status::Fail)],
+            ),
+            ("claude", vec![c("claude found", Status::Fail)]),
+        ];
+        soften_missing(&mut per);
+        assert_eq!(per[1].1[0].status, Status::Fail);
+        assert_eq!(per[0].1[1].status, Status::Fail);
+    }
+
+    #[test]
+    fn a_fix_the_detail_already_says_is_not_repeated() {
+        let said = check(
+            "g",
+            "x found",
+            Status::Fail,
+            "not found. Install it with `npm i x`",
+        )
+        .fix("npm i x");
+        let new = check("g", "y auth", Status::Fail, "not logged in").fix("run `y login`");
+        let out = render(&[said, new]);
+        assert!(!out.contains("fix: npm i x"), "{out}");
+        assert!(out.contains("fix: run `y login`"), "{out}");
+    }
 }

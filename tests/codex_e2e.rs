@@ -425,3 +425,59 @@ async fn a_codex_turn_never_loads_zwarm_even_after_setup_codex() {
     let started = env.events().matches("\"server_started\"").count();
     assert_eq!(started, 1, "{}", env.events());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_turn_is_marked_with_its_session_id() {
+    use std::os::unix::fs::PermissionsExt;
+    let (_mock, env) = codex_env();
+    // A codex that writes down its marker, then runs the real one.
+    let marker = env.dir.path().join("marker");
+    let wrapper = env.dir.path().join("codex-wrapper");
+    let real = support::harness::cli_dir("codex").join("codex");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nprintf '%s\\n' \"$ZWARM_EXECUTOR_TURN\" >> '{}'\nexec '{}' \"$@\"\n",
+            marker.display(),
+            real.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let set = format!("codex.binary={}", wrapper.display());
+    let z = Zwarm::start(&env, &["--set", &set]).await;
+    let r = z.ok("delegate", json!({"task": "say hello"})).await;
+    assert_eq!(r["status"], "idle", "{r}\n{}", z.stderr());
+    let id = r["session_id"].as_str().unwrap().to_string();
+    let c = z
+        .ok("converse", json!({"session_id": id, "message": "again"}))
+        .await;
+    assert_eq!(c["status"], "idle", "{c}\n{}", z.stderr());
+    let seen = std::fs::read_to_string(&marker).unwrap();
+    assert_eq!(seen, format!("{id}\n{id}\n"), "one marker per turn");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_symlink_planted_as_the_last_message_file_is_never_written_through() {
+    let (_mock, env) = codex_env();
+    let z = Zwarm::start(&env, &[]).await;
+    let r = z.ok("delegate", json!({"task": "say hello"})).await;
+    assert_eq!(r["status"], "idle", "{r}\n{}", z.stderr());
+    let id = r["session_id"].as_str().unwrap().to_string();
+    // Something plants turn 2's -o file as a link to a file outside the state.
+    let victim = env.dir.path().join("victim.txt");
+    std::fs::write(&victim, "precious").unwrap();
+    let planted = env.state.join("turns").join(&id).join("2.last-message");
+    std::os::unix::fs::symlink(&victim, &planted).unwrap();
+    let c = z
+        .ok("converse", json!({"session_id": id, "message": "again"}))
+        .await;
+    assert_eq!(c["status"], "failed", "{c}");
+    assert!(
+        c["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("symbolic link")),
+        "{c}"
+    );
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+}

@@ -231,10 +231,18 @@ pub fn claude_registrations(project: Option<&Path>) -> Vec<String> {
 /// The user-scope definitions of the MCP servers a claude executor may load (`allowed`, by
 /// name), never zwarm's, as the `--mcp-config` JSON claude takes.
 pub fn claude_allowed_config(allowed: &[String]) -> String {
+    if allowed.is_empty() {
+        return allowed_config_from(None, allowed);
+    }
+    allowed_config_from(claude_state_file().as_deref(), allowed)
+}
+
+/// [`claude_allowed_config`] with the user state file given.
+fn allowed_config_from(state: Option<&Path>, allowed: &[String]) -> String {
     let mut servers = serde_json::Map::new();
     if !allowed.is_empty()
-        && let Some(p) = claude_state_file()
-        && let Ok(text) = std::fs::read_to_string(&p)
+        && let Some(p) = state
+        && let Ok(text) = std::fs::read_to_string(p)
         && let Ok(v) = serde_json::from_str::<serde_json::Value>(&text)
         && let Some(defs) = v.get("mcpServers").and_then(|s| s.as_object())
     {
@@ -309,6 +317,25 @@ mod tests {
         assert_eq!(found, ["dev", "zwarm"]);
         assert_eq!(toml_key("my zw"), "\"my zw\"");
         assert_eq!(toml_key("a_b-c"), "a_b-c");
+    }
+
+    #[test]
+    fn only_allowed_servers_reach_claude_and_never_zwarm() {
+        let d = tempfile::tempdir().unwrap();
+        let state = d.path().join(".claude.json");
+        std::fs::write(
+            &state,
+            r#"{"mcpServers": {"zwarm": {"command": "/x/zwarm", "args": ["serve"]},
+                "fs": {"command": "npx", "args": ["fs"]}, "web": {"command": "web"}}}"#,
+        )
+        .unwrap();
+        let allowed = vec!["fs".to_string(), "zwarm".to_string(), "missing".to_string()];
+        let cfg: serde_json::Value =
+            serde_json::from_str(&allowed_config_from(Some(&state), &allowed)).unwrap();
+        let names: Vec<&String> = cfg["mcpServers"].as_object().unwrap().keys().collect();
+        assert_eq!(names, ["fs"]);
+        assert_eq!(cfg["mcpServers"]["fs"]["args"][0], "fs");
+        assert_eq!(claude_allowed_config(&[]), r#"{"mcpServers":{}}"#);
     }
 
     #[test]

@@ -281,3 +281,42 @@ async fn a_claude_turn_never_loads_zwarm_even_after_setup_claude_code() {
     let started = env.events().matches("\"server_started\"").count();
     assert_eq!(started, 1, "{}", env.events());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_cost_and_tokens_from_an_executor_are_never_stored_or_summed() {
+    use std::os::unix::fs::PermissionsExt;
+    let (_mock, env) = claude_env();
+    // A claude that reports a negative cost and a negative token count.
+    let fake = env.dir.path().join("fake-claude");
+    std::fs::write(
+        &fake,
+        r#"#!/bin/sh
+cat > /dev/null
+echo '{"type":"system","subtype":"init","session_id":"11111111-2222-4333-8444-555555555555","model":"m"}'
+echo '{"type":"assistant","message":{"model":"m","content":[{"type":"text","text":"done"}]}}'
+echo '{"type":"result","subtype":"success","is_error":false,"result":"done","total_cost_usd":-1000,"usage":{"input_tokens":-5,"output_tokens":7,"cache_creation_input_tokens":0,"cache_read_input_tokens":0}}'
+"#,
+    )
+    .unwrap();
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let set = format!("claude.binary={}", fake.display());
+    let z = Zwarm::start(&env, &["--set", &set]).await;
+    let r = z
+        .ok("delegate", json!({"task": "go", "adapter": "claude"}))
+        .await;
+    assert_eq!(r["status"], "idle", "{r}\n{}", z.stderr());
+    assert_eq!(r["response"], "done");
+    let id = r["session_id"].as_str().unwrap().to_string();
+    let s = z.ok("check_session", json!({"session_id": id})).await;
+    let turn = &s["turns"][0];
+    assert!(turn["cost_usd"].is_null(), "negative cost stored: {s}");
+    assert!(s["cost_usd"].is_null(), "negative cost summed: {s}");
+    assert_eq!(turn["usage"]["input_tokens"], 0, "{s}");
+    assert_eq!(s["usage"]["input_tokens"], 0, "{s}");
+    // Said, not silently dropped.
+    let progress = s["recent_progress"].to_string();
+    assert!(
+        progress.contains("invalid cost") && progress.contains("invalid token count"),
+        "{s}"
+    );
+}

@@ -368,7 +368,7 @@ pub fn executor_checks(ex: &dyn Executor, cfg: &Config) -> Vec<Check> {
     if !found.is_empty() {
         out.push(check(
             g,
-            &format!("{cli} sees zwarm"),
+            &format!("{cli} host config"),
             Status::Ok,
             format!(
                 "zwarm is registered for {cli} in {}; zwarm's turns do not load it (an executor never gets zwarm's tools), but a {cli} you start yourself does",

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::ExecutorError;
+use super::api::ExecutorError;
 
 /// Given the npm wrapper `…/node_modules/@openai/codex/bin/codex.js`, find the native binary
 /// shipped in the platform package next to it.

@@ -7,7 +7,7 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use super::ExecutorError;
+use super::api::ExecutorError;
 
 /// Set in every executor turn's environment to the session id (`1` when unknown). A
 /// `zwarm serve` that finds it is running inside an executor's turn.

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use crate::executor::{Finding, Health};
+use crate::executor::api::{Finding, Health};
 
 fn env_set(name: &str) -> bool {
     std::env::var_os(name).is_some_and(|v| !v.is_empty())

@@ -19,10 +19,11 @@ pub mod events;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
-use super::{
+use super::api::{
     ConfigKey, DoctorSpec, Executor, ExecutorError, FailureContext, Finding, Health, Launch,
-    LaunchContext, StreamParser, TurnPlan, nested,
+    LaunchContext, StreamParser, TurnPlan,
 };
+use super::nested;
 use crate::config::Config;
 use crate::event::{ToolError, UsageScope};
 use crate::model::Adapter;
@@ -123,7 +124,7 @@ impl Executor for Claude {
             )));
         }
         if mode == "bypassPermissions"
-            && super::is_root()
+            && is_root()
             && std::env::var("IS_SANDBOX").as_deref() != Ok("1")
         {
             return Err(ExecutorError::Misconfigured(
@@ -301,6 +302,11 @@ fn strip_tool_use_error(content: &str) -> &str {
 pub(super) fn parse_exit_code(content: &str) -> Option<i64> {
     let rest = content.trim_start().strip_prefix("Exit code ")?;
     rest.split_whitespace().next()?.parse().ok()
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
 }
 
 #[cfg(test)]

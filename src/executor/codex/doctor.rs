@@ -2,9 +2,9 @@
 
 use std::path::Path;
 
+use crate::executor::api::{Finding, Health};
 use crate::executor::nested::codex_home;
 use crate::executor::probe::{COMMAND_TIMEOUT, run_with_timeout};
-use crate::executor::{Finding, Health};
 
 fn env_set(name: &str) -> bool {
     std::env::var_os(name).is_some_and(|v| !v.is_empty())

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::event::{ExecutorEvent, FileChange, ToolError, Usage, UsageScope};
-use crate::executor::StreamParser;
+use crate::executor::api::StreamParser;
 use crate::executor::numbers::{self, Reported, content_text, other};
 
 /// One line of `codex exec --json`.

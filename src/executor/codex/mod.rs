@@ -20,10 +20,11 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use super::{
+use super::api::{
     ConfigKey, DoctorSpec, Executor, ExecutorError, FailureContext, Finding, Launch, LaunchContext,
-    ReadBack, StreamParser, TurnPlan, nested,
+    ReadBack, StreamParser, TurnPlan,
 };
+use super::nested;
 use crate::config::Config;
 use crate::event::{ExecutorEvent, ToolError, UsageScope};
 use crate::model::Adapter;
@@ -92,7 +93,7 @@ impl Executor for Codex {
         // npm installs a Node wrapper (`bin/codex.js`) that spawns the native binary; calling
         // the native binary directly saves a ~45 MB Node process per turn and keeps signals
         // direct.
-        Ok(super::native_codex_for(&found).unwrap_or(found))
+        Ok(super::binary::native_codex_for(&found).unwrap_or(found))
     }
     fn launch(
         &self,

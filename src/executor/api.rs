@@ -191,8 +191,8 @@ pub trait Executor: Send + Sync {
     fn doctor_spec(&self) -> DoctorSpec;
     /// Is there a login or key for it.
     fn doctor_auth(&self, program: &Path) -> Finding;
-    /// Does its sandbox or permission mode work as configured. `refused` is why zwarm refuses
-    /// the configured setting, if it does.
+    /// Does its sandbox or permission mode work as configured (a setting zwarm refuses is
+    /// reported by doctor from [`Executor::launch`]'s error instead).
     fn doctor_sandbox(&self, program: &Path, cfg: &Config) -> Finding;
     /// Host configurations of this CLI that register zwarm as an MCP server: a turn would have
     /// loaded zwarm without zwarm's exclusion ([`super::nested`]).

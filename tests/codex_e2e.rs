@@ -472,12 +472,20 @@ async fn a_symlink_planted_as_the_last_message_file_is_never_written_through() {
     let c = z
         .ok("converse", json!({"session_id": id, "message": "again"}))
         .await;
-    assert_eq!(c["status"], "failed", "{c}");
-    assert!(
-        c["error"]
-            .as_str()
-            .is_some_and(|e| e.contains("symbolic link")),
-        "{c}"
-    );
+    // Either the turn is refused, saying why, or the link is replaced by a file of zwarm's
+    // own before codex runs; never is the file it names written.
+    match c["status"].as_str() {
+        Some("failed") => assert!(
+            c["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("symbolic link") || e.contains("symlink")),
+            "{c}"
+        ),
+        Some("idle") => assert!(
+            !std::fs::symlink_metadata(&planted).is_ok_and(|m| m.file_type().is_symlink()),
+            "{c}"
+        ),
+        _ => panic!("{c}"),
+    }
     assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
 }

@@ -681,7 +681,7 @@ fn doctor_passes_with_the_pinned_clis() {
 }
 
 #[test]
-fn doctor_fails_when_a_cli_is_missing_or_lost_a_flag() {
+fn doctor_warns_of_a_missing_cli_and_fails_when_one_lost_a_flag() {
     let (_mock, env) = codex_env();
     let bins = env.dir.path().join("bins");
     // Only codex on PATH (claude's directory left out).
@@ -689,11 +689,12 @@ fn doctor_fails_when_a_cli_is_missing_or_lost_a_flag() {
     std::fs::create_dir_all(&only_codex).expect("mkdir");
     std::os::unix::fs::symlink(cli_dir("codex").join("codex"), only_codex.join("codex"))
         .expect("symlink");
+    // A codex-only user: claude missing is a warning, not a failure, while codex works.
     let o = doctor(&env, &format!("{}:/usr/bin:/bin", only_codex.display()));
-    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
     let out = text(&o.stdout);
     assert!(out.contains("✓ codex found"), "{out}");
-    assert!(out.contains("✗ claude found"), "{out}");
+    assert!(out.contains("! claude found"), "{out}");
     assert!(
         out.contains("npm install -g @anthropic-ai/claude-code"),
         "{out}"

@@ -26,6 +26,7 @@
 //! (at least one), shown as `n=…` next to its figure. The scenario itself never changes.
 //!
 //! The table goes to stdout (markdown); progress goes to stderr.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is a failed test
 
 use std::fmt::Write as _;
 use std::io::Write as _;

@@ -9,6 +9,7 @@
 //! turn can print thousands of events at once, stream until told to stop, or hold still. So
 //! the tests wait on conditions (what check_session reports, what the database holds), not on
 //! an executor's timing.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is a failed test
 
 mod support;
 

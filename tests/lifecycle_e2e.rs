@@ -1,5 +1,6 @@
 //! Async sessions and the lifecycle: interrupts, shutdown, crashes, the running cap, two
 //! servers on one state dir — with the real codex CLI running scripted slow commands.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is a failed test
 
 mod support;
 

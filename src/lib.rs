@@ -12,6 +12,7 @@ pub mod fleet;
 pub mod model;
 pub mod process;
 pub mod prompt;
+pub mod runner;
 pub mod server;
 pub mod sessions;
 pub mod store;

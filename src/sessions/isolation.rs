@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use super::registry::Handle;
 use super::{Inner, Manager, ManagerError, blocking};
-use crate::event::FileChange;
+use crate::event::{FileChange, LogEvent};
 use crate::model::{Isolation, Session, SessionStatus, WorktreeState, now};
 use crate::worktree::{self, Commit, GitError, Refused};
 
@@ -237,10 +237,15 @@ impl Manager {
         .ok_or(ManagerError::ShuttingDown)??;
         let (iso, _) = &made;
         tracing::info!(session = %id, branch = %iso.branch, worktree = %iso.worktree, "worktree created");
-        self.inner.store.log(
-            "worktree_created",
+        self.inner.log(
+            LogEvent::WorktreeCreated {
+                branch: iso.branch.clone(),
+                base: iso.base.clone(),
+                base_ref: iso.base_ref.clone(),
+                worktree: iso.worktree.clone(),
+                repo: iso.repo.clone(),
+            },
             Some(&id),
-            serde_json::json!({"branch": iso.branch, "base": iso.base, "base_ref": iso.base_ref, "worktree": iso.worktree, "repo": iso.repo}),
         );
         Ok(Some(made))
     }
@@ -292,10 +297,12 @@ impl Manager {
             .await
             .unwrap_or(false);
         if !present {
-            self.inner.store.log(
-                "worktree_missing",
+            self.inner.log(
+                LogEvent::WorktreeMissing {
+                    worktree: iso.worktree.clone(),
+                    branch: iso.branch.clone(),
+                },
                 Some(&h.id),
-                serde_json::json!({"worktree": iso.worktree, "branch": iso.branch}),
             );
             return Err(ManagerError::WorktreeGone {
                 id: h.id.clone(),
@@ -430,7 +437,7 @@ impl Manager {
             // No turn starts while the merge runs.
             l.ending = true;
         }
-        let guard = super::EndingGuard {
+        let guard = super::api::EndingGuard {
             h: h.clone(),
             armed: true,
         };
@@ -486,19 +493,26 @@ impl Manager {
             Err(msg) => {
                 drop(guard);
                 tracing::info!(session = %h.id, reason = %msg, "merge refused");
-                self.inner.store.log(
-                    "merge_refused",
+                self.inner.log(
+                    LogEvent::MergeRefused {
+                        branch: iso.branch.clone(),
+                        reason: msg.clone(),
+                    },
                     Some(&h.id),
-                    serde_json::json!({"branch": iso.branch, "reason": msg}),
                 );
                 return Err(ManagerError::MergeRefused(msg));
             }
         };
         tracing::info!(session = %h.id, branch = %iso.branch, commit = %merged.commit, into = %merged.target, "session branch merged");
-        self.inner.store.log(
-            "worktree_merged",
+        self.inner.log(
+            LogEvent::WorktreeMerged {
+                branch: iso.branch.clone(),
+                into: serde_json::json!(merged.target),
+                commit: serde_json::json!(merged.commit),
+                fast_forward: serde_json::json!(merged.fast_forward),
+                already_merged: serde_json::json!(merged.already),
+            },
             Some(&h.id),
-            serde_json::json!({"branch": iso.branch, "into": merged.target, "commit": merged.commit, "fast_forward": merged.fast_forward, "already_merged": merged.already}),
         );
         let mut warning = None;
         let mut new = iso.clone();
@@ -572,18 +586,24 @@ impl Manager {
         .unwrap_or_else(|| Err("zwarm is shutting down".into()));
         match &r {
             Ok(st) => {
-                self.inner.store.log(
-                    "worktree_removed",
+                self.inner.log(
+                    LogEvent::WorktreeRemoved {
+                        worktree: iso.worktree.clone(),
+                        branch: iso.branch.clone(),
+                        integrate: how.as_str().into(),
+                        branch_deleted: *st == WorktreeState::Discarded,
+                    },
                     Some(&h.id),
-                    serde_json::json!({"worktree": iso.worktree, "branch": iso.branch, "integrate": how.as_str(), "branch_deleted": *st == WorktreeState::Discarded}),
                 );
             }
             Err(e) => {
                 tracing::warn!(session = %h.id, error = %e, "cannot remove a session worktree");
-                self.inner.store.log(
-                    "worktree_orphaned",
+                self.inner.log(
+                    LogEvent::WorktreeOrphaned {
+                        worktree: iso.worktree.clone(),
+                        reason: e.clone(),
+                    },
                     Some(&h.id),
-                    serde_json::json!({"worktree": iso.worktree, "reason": e}),
                 );
             }
         }
@@ -592,20 +612,18 @@ impl Manager {
 
     /// Record a changed isolation state (a status change: committed before it is reported).
     async fn save_isolation(&self, h: &Arc<Handle>, iso: Isolation) {
-        let ticket = {
-            let mut l = h.live.lock();
-            l.session.isolation = Some(iso);
-            l.session.updated_at = now();
-            let w = l.images(&[]);
-            let t = self.inner.store.submit(w);
-            l.pending = t.seq;
-            t
-        };
-        if let Err(e) = ticket.committed().await {
+        let ((), r) = self
+            .inner
+            .commit(h, |l, w| {
+                l.session.isolation = Some(iso);
+                l.session.updated_at = now();
+                w.extend(l.images(&[]));
+            })
+            .await;
+        if let Err(e) = r {
             tracing::error!(session = %h.id, error = %e, "cannot save the worktree's state");
+            self.inner.publish(h);
         }
-        h.bump();
-        let _ = self.inner.changes.send(h.id.clone());
     }
 
     /// What a worktree session changed versus its base (check_session's `diff`).
@@ -723,10 +741,12 @@ impl Manager {
                     let shown = path.display().to_string();
                     tracing::warn!(worktree = %shown, %reason, "orphaned session worktree (remove it with `git worktree remove --force`)");
                     let sid = crate::model::valid_id(&name).then_some(name.as_str());
-                    m.inner.store.log(
-                        "worktree_orphaned",
+                    m.inner.log(
+                        LogEvent::WorktreeOrphaned {
+                            worktree: shown.clone(),
+                            reason: reason.clone(),
+                        },
                         sid,
-                        serde_json::json!({"worktree": shown, "reason": reason}),
                     );
                 }
             }
@@ -816,10 +836,14 @@ pub(super) async fn commit_turn(inner: &Arc<Inner>, h: &Arc<Handle>, index: u32)
     match r {
         Some(Ok(Commit::Made { sha, files })) => {
             tracing::info!(session = %h.id, turn = index, commit = %sha, files = files.len(), "turn committed");
-            inner.store.log(
-                "turn_committed",
+            inner.log(
+                LogEvent::TurnCommitted {
+                    turn: index,
+                    commit: sha.clone(),
+                    branch: iso.branch.clone(),
+                    files: files.len(),
+                },
                 Some(&h.id),
-                serde_json::json!({"turn": index, "commit": sha, "branch": iso.branch, "files": files.len()}),
             );
             let mut l = h.live.lock();
             if let Some(t) = l.session.turn_mut(index)
@@ -844,18 +868,22 @@ pub(super) async fn commit_turn(inner: &Arc<Inner>, h: &Arc<Handle>, index: u32)
         Some(Ok(Commit::Nothing)) => {}
         Some(Ok(Commit::Skipped(why))) => {
             tracing::warn!(session = %h.id, turn = index, reason = %why, "turn not committed");
-            inner.store.log(
-                "turn_commit_skipped",
+            inner.log(
+                LogEvent::TurnCommitSkipped {
+                    turn: index,
+                    reason: why.clone(),
+                },
                 Some(&h.id),
-                serde_json::json!({"turn": index, "reason": why}),
             );
         }
         Some(Err(e)) => {
             tracing::warn!(session = %h.id, turn = index, error = %e, "cannot commit the turn");
-            inner.store.log(
-                "turn_commit_failed",
+            inner.log(
+                LogEvent::TurnCommitFailed {
+                    turn: index,
+                    error: e.to_string(),
+                },
                 Some(&h.id),
-                serde_json::json!({"turn": index, "error": e.to_string()}),
             );
         }
         None => {}

@@ -244,6 +244,17 @@ impl Store {
         let _ = self.submit(vec![self.event(kind, session_id, data)]);
     }
 
+    /// A typed log event of `session` (or of the server), to add to a group of writes.
+    pub fn record(&self, ev: crate::event::LogEvent, session_id: Option<&str>) -> Write {
+        let (kind, data) = ev.into_parts();
+        self.event(&kind, session_id, data)
+    }
+
+    /// Append a typed log event without waiting for it.
+    pub fn log_event(&self, ev: crate::event::LogEvent, session_id: Option<&str>) {
+        let _ = self.submit(vec![self.record(ev, session_id)]);
+    }
+
     /// Import a zwarm 0.2 state dir found at `from` (once; see [`legacy`]). Blocking.
     pub fn import_legacy(&self, from: &Path) -> Result<Option<legacy::ImportReport>, StoreError> {
         if !legacy::has_legacy(from) {

@@ -1667,4 +1667,41 @@ mod in_process {
         assert_eq!(owner, std::process::id());
         drop(m1);
     }
+
+    /// A turn that ends while a reader waits for the turn's start to be committed is
+    /// reported only once its end is committed too (the reader used to get the newer,
+    /// uncommitted state).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_session_is_never_reported_before_its_last_change_is_committed() {
+        let e = engine(
+            |_| {},
+            |l| Script {
+                stdout: codex_turn(&thread_of(l), "quick"),
+                ..Default::default()
+            },
+        )
+        .await;
+        let id = e.m.delegate(task("x")).await.expect("delegate");
+        let db = rusqlite::Connection::open(e._dir.path().join("state/zwarm.db")).expect("db");
+        let finished = || -> i64 {
+            db.query_row(
+                "SELECT count(*) FROM events WHERE kind = 'turn_finished'",
+                [],
+                |r| r.get(0),
+            )
+            .expect("count")
+        };
+        for n in 1..=20i64 {
+            if n > 1 {
+                e.m.converse(&id, "more").await.expect("converse");
+            }
+            let s = settled(&e, &id).await;
+            assert_eq!(s.status.as_str(), "idle");
+            assert_eq!(
+                finished(),
+                n,
+                "turn {n} reported before its end was committed"
+            );
+        }
+    }
 }

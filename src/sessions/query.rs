@@ -72,13 +72,16 @@ impl Manager {
         Ok(s)
     }
 
+    /// The held session as last committed: if a change is still being committed, wait for
+    /// it (and for any change made meanwhile), so nothing is reported before it is on disk.
     pub(super) async fn snapshot(&self, h: &Handle) -> Session {
-        let (s, pending) = h.snapshot();
-        if pending == 0 || *self.inner.store.applied().borrow() >= pending {
-            return s;
+        loop {
+            let (s, pending) = h.snapshot();
+            if pending == 0 || *self.inner.store.applied().borrow() >= pending {
+                return s;
+            }
+            committed(&self.inner.store, pending).await;
         }
-        committed(&self.inner.store, pending).await;
-        h.snapshot().0
     }
 
     /// The handle of a session this server may run turns for (adopting it if its owner died).

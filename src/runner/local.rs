@@ -3,6 +3,7 @@
 //! [`crate::process`] for how processes are started, contained and stopped).
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::process::Child;
@@ -14,13 +15,29 @@ use crate::process;
 /// How long [`LocalTurn::stop`] may take without a deadline, after the grace period.
 const STOP_BOUND: Duration = Duration::from_secs(8);
 
-/// Runs turns as local child processes.
-#[derive(Debug, Default, Clone)]
-pub struct LocalRunner {}
+/// Runs turns as local child processes. Its state (the containment mode, the turn cgroups
+/// it made, the thread executors are forked from) is its [`process::Containment`].
+#[derive(Debug, Clone)]
+pub struct LocalRunner {
+    containment: Arc<process::Containment>,
+}
+
+impl Default for LocalRunner {
+    fn default() -> Self {
+        LocalRunner::new()
+    }
+}
 
 impl LocalRunner {
+    /// On the process-wide containment ([`process::Containment::shared`]), the one zwarm's
+    /// start-up configures.
     pub fn new() -> LocalRunner {
-        LocalRunner {}
+        LocalRunner::with(process::Containment::shared().clone())
+    }
+
+    /// On a containment of its own.
+    pub fn with(containment: Arc<process::Containment>) -> LocalRunner {
+        LocalRunner { containment }
     }
 }
 
@@ -31,7 +48,10 @@ impl Runner for LocalRunner {
     }
 
     async fn start(&self, launch: Launch) -> Result<RunningTurn, RunnerError> {
-        let mut child = process::spawn(&launch.process_launch(), &launch.label).await?;
+        let mut child = self
+            .containment
+            .spawn(&launch.process_launch(), &launch.label)
+            .await?;
         let pid = child.id();
         let stdout = child.stdout.take().map(|s| Box::pin(s) as super::Output);
         let stderr = child.stderr.take().map(|s| Box::pin(s) as super::Output);
@@ -45,19 +65,21 @@ impl Runner for LocalRunner {
                 read_back: launch.read_back,
                 exited: false,
                 _registered: process::ExecutorGuard(pid),
+                containment: self.containment.clone(),
             }),
         })
     }
 
     async fn clean_up(&self, label: &str) -> usize {
-        let label = label.to_string();
-        tokio::task::spawn_blocking(move || process::kill_marked(&label, None))
+        let (label, c) = (label.to_string(), self.containment.clone());
+        tokio::task::spawn_blocking(move || c.kill_marked(&label, None))
             .await
             .unwrap_or(0)
     }
 
     async fn housekeeping(&self) {
-        let _ = tokio::task::spawn_blocking(process::reap_orphan_zombies).await;
+        let c = self.containment.clone();
+        let _ = tokio::task::spawn_blocking(move || c.reap_orphan_zombies()).await;
     }
 }
 
@@ -69,6 +91,7 @@ struct LocalTurn {
     exited: bool,
     /// Forgets the executor (for the orphan reaper) on every path out, panics included.
     _registered: process::ExecutorGuard,
+    containment: Arc<process::Containment>,
 }
 
 #[async_trait::async_trait]
@@ -83,16 +106,19 @@ impl TurnProcess for LocalTurn {
 
     async fn stop(&mut self, grace: Duration, deadline: Option<Instant>) {
         let by = deadline.unwrap_or_else(|| Instant::now() + grace + STOP_BOUND);
-        process::stop_turn(&mut self.child, &self.label, grace, by).await;
+        self.containment
+            .stop_turn(&mut self.child, &self.label, grace, by)
+            .await;
         self.exited = true;
     }
 
     async fn finish(mut self: Box<Self>) -> Finished {
         let exit = self.child.try_wait().ok().flatten();
         let (pid, label, paths) = (self.pid, self.label.clone(), self.read_back.clone());
+        let c = self.containment.clone();
         // Leftovers of the turn go, then the files it wrote are read back (and removed).
         let files = tokio::task::spawn_blocking(move || {
-            process::cleanup_after_exit(pid, &label);
+            c.cleanup_after_exit(pid, &label);
             paths
                 .into_iter()
                 .map(|p| {

@@ -20,8 +20,10 @@
 
 mod api;
 mod fold;
+mod integrate;
 pub mod isolation;
 mod lines;
+mod links;
 mod multi;
 mod owner;
 mod query;

@@ -90,9 +90,33 @@ pub(super) fn id8(id: &str) -> &str {
     id.get(..8).unwrap_or(id)
 }
 
+/// Why a worktree session's worktree cannot be used (each is recorded as a turn's failure or
+/// returned as a refusal; the texts are the ones the session shows).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum WorktreeCheck {
+    #[error(
+        "the session's stored worktree record (worktree `{worktree}`, branch `{branch}`) is not one zwarm made; zwarm does not act on it"
+    )]
+    NotOurs { worktree: String, branch: String },
+    #[error(
+        "the session's worktree was removed at end_session ({state}); its branch `{branch}` keeps its work. Delegate a new session with base `{branch}` to go on."
+    )]
+    Removed { state: &'static str, branch: String },
+    #[error(
+        "the session's worktree `{worktree}` no longer exists (removed outside zwarm?); zwarm does not run the turn anywhere else. Its branch `{branch}` holds every committed turn: end the session, and delegate a new one with base `{branch}` to go on."
+    )]
+    Gone { worktree: String, branch: String },
+    #[error("the session's working_dir `{dir}` cannot be used: {err}")]
+    Unusable { dir: String, err: std::io::Error },
+    #[error(
+        "the session's working_dir `{dir}` now resolves to `{now}`, outside its worktree (a symlink was put in its place?); zwarm does not follow it."
+    )]
+    Escaped { dir: String, now: String },
+}
+
 /// A stored isolation record is read from disk, so it is checked before zwarm acts on it: the
 /// worktree must be `<state>/worktrees/<session id>` and the branch `zwarm/<id8>`.
-fn check_record(state: &Path, id: &str, iso: &Isolation) -> Result<(), String> {
+fn check_record(state: &Path, id: &str, iso: &Isolation) -> Result<(), WorktreeCheck> {
     let root = worktrees_dir(state);
     let root = std::fs::canonicalize(&root).unwrap_or(root);
     let wt = Path::new(&iso.worktree);
@@ -102,11 +126,10 @@ fn check_record(state: &Path, id: &str, iso: &Isolation) -> Result<(), String> {
         || iso.branch != branch
         || !crate::worktree::valid_rev(&iso.base)
     {
-        return Err(format!(
-            "the session's stored worktree record (worktree `{}`, branch `{}`) is not one zwarm made; zwarm does not act on it",
-            crate::text::one_line(&iso.worktree, 200),
-            crate::text::one_line(&iso.branch, 100)
-        ));
+        return Err(WorktreeCheck::NotOurs {
+            worktree: crate::text::one_line(&iso.worktree, 200),
+            branch: crate::text::one_line(&iso.branch, 100),
+        });
     }
     Ok(())
 }
@@ -115,7 +138,7 @@ fn check_record(state: &Path, id: &str, iso: &Isolation) -> Result<(), String> {
 /// (committed or not) while it exists, else the branch. Blocking (runs git); used by the
 /// diff resource and by `zwarm diff`, which reads the state without an engine.
 pub fn session_diff(state: &Path, id: &str, iso: &Isolation) -> Result<String, String> {
-    check_record(state, id, iso)?;
+    check_record(state, id, iso).map_err(|e| e.to_string())?;
     let repo = PathBuf::from(&iso.repo);
     let wt = PathBuf::from(&iso.worktree);
     let wt = (iso.state == WorktreeState::Active && wt.join(".git").exists()).then_some(wt);
@@ -271,7 +294,7 @@ impl Manager {
         blocking(move || check_record(&state, &id, &iso))
             .await
             .ok_or(ManagerError::ShuttingDown)?
-            .map_err(ManagerError::Git)
+            .map_err(|e| ManagerError::Git(e.to_string()))
     }
 
     /// Refuse a turn of a worktree session whose worktree is gone (it never runs elsewhere).
@@ -347,7 +370,7 @@ impl Manager {
         let id = s.id.clone();
         Some(
             blocking(move || {
-                check_record(&state, &id, &iso)?;
+                check_record(&state, &id, &iso).map_err(|e| e.to_string())?;
                 let repo = PathBuf::from(&iso.repo);
                 let wt = PathBuf::from(&iso.worktree);
                 let wt =
@@ -573,32 +596,32 @@ pub(super) fn check_turn_dir(
     id: &str,
     iso: &Isolation,
     working_dir: &str,
-) -> Result<PathBuf, String> {
+) -> Result<PathBuf, WorktreeCheck> {
     if iso.state != WorktreeState::Active {
-        return Err(format!(
-            "the session's worktree was removed at end_session ({}); its branch `{}` keeps its work. Delegate a new session with base `{}` to go on.",
-            iso.state.as_str(),
-            iso.branch,
-            iso.branch
-        ));
+        return Err(WorktreeCheck::Removed {
+            state: iso.state.as_str(),
+            branch: iso.branch.clone(),
+        });
     }
     check_record(inner.store.root(), id, iso)?;
     let wt = Path::new(&iso.worktree);
     if !wt.join(".git").exists() {
-        return Err(format!(
-            "the session's worktree `{}` no longer exists (removed outside zwarm?); zwarm does not run the turn anywhere else. Its branch `{}` holds every committed turn: end the session, and delegate a new one with base `{}` to go on.",
-            iso.worktree, iso.branch, iso.branch
-        ));
+        return Err(WorktreeCheck::Gone {
+            worktree: iso.worktree.clone(),
+            branch: iso.branch.clone(),
+        });
     }
     let root = worktrees_dir(inner.store.root());
     let root = std::fs::canonicalize(&root).unwrap_or(root);
-    let dir = std::fs::canonicalize(working_dir)
-        .map_err(|e| format!("the session's working_dir `{working_dir}` cannot be used: {e}"))?;
+    let dir = std::fs::canonicalize(working_dir).map_err(|err| WorktreeCheck::Unusable {
+        dir: working_dir.to_string(),
+        err,
+    })?;
     if dir.display().to_string() != working_dir || !dir.starts_with(wt) || !wt.starts_with(&root) {
-        return Err(format!(
-            "the session's working_dir `{working_dir}` now resolves to `{}`, outside its worktree (a symlink was put in its place?); zwarm does not follow it.",
-            dir.display()
-        ));
+        return Err(WorktreeCheck::Escaped {
+            dir: working_dir.to_string(),
+            now: dir.display().to_string(),
+        });
     }
     Ok(dir)
 }

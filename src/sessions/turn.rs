@@ -43,7 +43,7 @@ pub(crate) enum TurnError {
     #[error("the session's working_dir can no longer be used: {0}")]
     Dir(ManagerError),
     #[error("{0}")]
-    Worktree(String),
+    Worktree(super::isolation::WorktreeCheck),
     #[error(
         "the session's working_dir `{was}` now resolves to `{now}` (a symlink was put in its place?); zwarm does not follow it. Start a new session in the directory you mean."
     )]

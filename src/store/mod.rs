@@ -31,6 +31,7 @@
 //! session is adopted exactly once.
 
 mod db;
+mod events;
 pub mod legacy;
 pub mod logs;
 pub mod readonly;

@@ -1812,4 +1812,60 @@ mod in_process {
             "{err}"
         );
     }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_watchers_pause_refuses_work_until_acknowledged_and_is_logged() {
+        use zwarm::model::Mode;
+        use zwarm::watch::Call;
+        let e = engine(
+            |c| {
+                c.watchers.budget.enabled = true;
+                c.watchers.budget.max_sessions = Some(1);
+                c.watchers.budget.action = "pause".into();
+            },
+            quick,
+        )
+        .await;
+        let id = e.m.delegate(task("first")).await.expect("delegate");
+        settled(&e, &id).await;
+        let converse = Call::Converse {
+            session_id: id.clone(),
+            message: "more".into(),
+            mode: Mode::Async,
+        };
+        let delegate = Call::Delegate {
+            task: "second".into(),
+            mode: Mode::Async,
+            adapter: None,
+            model: None,
+            working_dir: None,
+            isolation: None,
+            base: None,
+        };
+        let refused = e.m.check_call(&delegate, false).await.expect_err("paused");
+        assert!(refused.to_string().contains("budget"), "{refused}");
+        // Paused for every call that starts work, not for inspection.
+        assert!(e.m.check_call(&converse, false).await.is_err());
+        e.m.check_call(
+            &Call::CheckSession {
+                session_ids: vec![id.clone()],
+            },
+            false,
+        )
+        .await
+        .expect("check_session goes on");
+        // Acknowledged: the call goes on, and the log says so.
+        e.m.check_call(&converse, true).await.expect("acknowledged");
+        e.m.store().sync().await;
+        let kinds: Vec<String> =
+            e.m.recent_events(1000)
+                .await
+                .expect("events")
+                .into_iter()
+                .map(|v| v["event"].as_str().unwrap_or_default().to_string())
+                .collect();
+        for k in ["watcher_fired", "call_refused", "pause_acknowledged"] {
+            assert!(kinds.iter().any(|x| x == k), "no {k}: {kinds:?}");
+        }
+    }
 }

@@ -24,6 +24,7 @@ pub mod top;
 
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
@@ -169,10 +170,34 @@ pub fn start_engine(
     cfg: Config,
 ) -> anyhow::Result<crate::sessions::Manager> {
     crate::process::become_subreaper();
-    crate::process::configure_containment(containment_pref(&cfg));
+    let runner = local_runner(&cfg);
     let project_dir = cfg.project_dir.clone();
-    rt.block_on(crate::sessions::Manager::start(cfg, project_dir))
-        .context("opening the state directory")
+    rt.block_on(crate::sessions::Manager::start_with(
+        cfg,
+        project_dir,
+        Arc::new(runner),
+    ))
+    .context("opening the state directory")
+}
+
+/// The local runner as the config asks for it, with a [`crate::process::Reaper`] (a helper
+/// process that kills the running turns if this process dies). Blocking: probes the
+/// containment mode and starts the helper. Without the helper (it cannot be started), turns
+/// still get the parent-death signal; the reason is logged.
+pub fn local_runner(cfg: &Config) -> crate::runner::local::LocalRunner {
+    let containment = crate::process::Containment::new(containment_pref(cfg));
+    match crate::process::Reaper::start() {
+        Ok(r) => {
+            tracing::debug!(pid = r.pid(), "reaper started");
+            containment.set_reaper(Arc::new(r));
+        }
+        Err(e) => tracing::warn!(
+            error = %e,
+            "cannot start the reaper: a turn's processes may outlive zwarm if it is killed"
+        ),
+    }
+    containment.probe();
+    crate::runner::local::LocalRunner::with(containment)
 }
 
 /// The containment the config asks for (as `zwarm serve` reads it).

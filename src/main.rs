@@ -128,10 +128,7 @@ async fn serve(
         .await
         .context("setting up executor containment")?;
     tracing::info!(containment = runner.mode_name(), "executor containment");
-    let project_dir = cfg.project_dir.clone();
-    let manager = zwarm::sessions::Manager::start_with(cfg, project_dir, Arc::new(runner))
-        .await
-        .context("opening the state directory")?;
+    let manager = zwarm::cli::start_manager(cfg, Arc::new(runner)).await?;
     tracing::info!(state_dir = %manager.state_dir().display(), version = env!("CARGO_PKG_VERSION"), "zwarm serving MCP on stdio");
     let ct = CancellationToken::new();
     tokio::spawn(cancel_on_signal(ct.clone()));

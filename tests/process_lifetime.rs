@@ -310,3 +310,58 @@ async fn a_process_that_left_the_turn_cgroup_is_killed_when_the_turn_ends() {
     // The server is still running: it was the turn's end that killed them.
     assert!(pid_alive(z.pid as i32));
 }
+
+/// The server's reaper helper (a child of `server` running with the hidden argument).
+fn reaper_of(server: u32) -> Option<i32> {
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .find(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, r)| r.split_whitespace().nth(1)?.parse::<u32>().ok());
+            ppid == Some(server)
+                && cmdline(*pid).contains(zwarm::process::REAPER_ARG)
+                && pid_alive(*pid)
+        })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_reaper_is_replaced_before_the_next_turn_needs_it() {
+    let env = Env::new(None, None);
+    let fake = forking_fake(&env, false);
+    let bin = format!("codex.binary={}", fake.display());
+    let z = Zwarm::start(&env, &["--set", &bin]).await;
+    let first = reaper_of(z.pid).expect("the server has a reaper");
+    // SAFETY: killing the helper our own test server started.
+    unsafe {
+        libc::kill(first, libc::SIGKILL);
+    }
+    let start = Instant::now();
+    while pid_alive(first) {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "the reaper survived SIGKILL"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let r = z
+        .ok("delegate", json!({"task": "fork a lot", "mode": "async"}))
+        .await;
+    let id = r["session_id"].as_str().unwrap().to_string();
+    let pids = read_pids(&env.dir.path().join("pids.txt"), 4, &z).await;
+    let second = reaper_of(z.pid).expect("a new reaper");
+    assert_ne!(first, second);
+    let mut all = pids.clone();
+    all.extend(turn_pids(&id));
+    let at = kill_9(&z).await;
+    assert_dead_by(
+        &all,
+        at,
+        AFTER_DEATH,
+        "after kill -9, with a replaced reaper",
+    )
+    .await;
+}

@@ -37,11 +37,56 @@ const SAMPLE: Duration = Duration::from_millis(100);
 /// At most this many distinct processes are remembered per turn.
 const SEEN_CAP: usize = 8192;
 
-/// The server's end: a pipe to the helper.
+/// The server's end: a pipe to the helper, and what was registered (to replay to a new helper
+/// when the old one is found dead).
 #[derive(Debug)]
 pub struct Reaper {
-    pipe: Mutex<Option<std::process::ChildStdin>>,
+    program: PathBuf,
+    args: Vec<String>,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    pipe: Option<std::process::ChildStdin>,
     pid: u32,
+    /// marker → (process group, cgroup) of every turn watched and not released.
+    turns: HashMap<String, (i32, Option<PathBuf>)>,
+}
+
+fn start_helper(
+    program: &Path,
+    args: &[String],
+) -> std::io::Result<(std::process::ChildStdin, u32)> {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = std::process::Command::new(program);
+    cmd.args(args)
+        .stdin(Stdio::piped())
+        // zwarm's stdout is the MCP channel: the helper never holds it.
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .current_dir("/")
+        .env_remove(TURN_MARKER)
+        .process_group(0);
+    // Never waited for: when it exits, zwarm's orphan reaper collects it (it is outside
+    // zwarm's process group and not an executor).
+    let mut child = cmd.spawn()?;
+    let pipe = child
+        .stdin
+        .take()
+        .ok_or_else(|| std::io::Error::other("the reaper has no stdin pipe"))?;
+    Ok((pipe, child.id()))
+}
+
+fn watch_line(marker: &str, pgid: i32, cgroup: Option<&Path>) -> String {
+    let mut l = json!({
+        "watch": marker,
+        "pgid": pgid,
+        "cgroup": cgroup.map(|p| p.to_string_lossy()),
+    })
+    .to_string();
+    l.push('\n');
+    l
 }
 
 impl Reaper {
@@ -54,44 +99,58 @@ impl Reaper {
 
     /// Start the helper as `program args…`: a program that runs [`run`].
     pub fn start_program(program: &Path, args: &[&str]) -> std::io::Result<Reaper> {
-        use std::os::unix::process::CommandExt;
-        let mut cmd = std::process::Command::new(program);
-        cmd.args(args)
-            .stdin(Stdio::piped())
-            // zwarm's stdout is the MCP channel: the helper never holds it.
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .current_dir("/")
-            .env_remove(TURN_MARKER)
-            .process_group(0);
-        // Never waited for: if it exits early, zwarm's orphan reaper collects it (it is
-        // outside zwarm's process group and not an executor).
-        let mut child = cmd.spawn()?;
-        let pipe = child.stdin.take();
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let (pipe, pid) = start_helper(program, &args)?;
         Ok(Reaper {
-            pipe: Mutex::new(pipe),
-            pid: child.id(),
+            program: program.to_path_buf(),
+            args,
+            inner: Mutex::new(Inner {
+                pipe: Some(pipe),
+                pid,
+                turns: HashMap::new(),
+            }),
         })
     }
 
-    /// The helper's process id.
+    /// The helper's process id (of the current helper, after a restart).
     pub fn pid(&self) -> u32 {
-        self.pid
+        lock(&self.inner).pid
     }
 
-    /// Whether the helper still listens (a failed write closes the pipe).
-    pub fn is_listening(&self) -> bool {
-        lock(&self.pipe).is_some()
-    }
-
-    fn send(&self, msg: &Value) {
-        let mut pipe = lock(&self.pipe);
-        let Some(p) = pipe.as_mut() else { return };
-        let mut line = msg.to_string();
-        line.push('\n');
-        if let Err(e) = p.write_all(line.as_bytes()) {
-            tracing::warn!(error = %e, pid = self.pid, "the reaper is gone: turns are no longer killed if zwarm dies");
-            *pipe = None;
+    /// Write `line`; when the helper is gone, start a new one, tell it every turn still
+    /// registered, and write `line` to it.
+    fn send(&self, line: &str) {
+        let mut inner = lock(&self.inner);
+        if let Some(p) = inner.pipe.as_mut()
+            && p.write_all(line.as_bytes()).is_ok()
+        {
+            return;
+        }
+        let old = inner.pid;
+        inner.pipe = None;
+        match start_helper(&self.program, &self.args) {
+            Ok((mut pipe, pid)) => {
+                let replay: String = inner
+                    .turns
+                    .iter()
+                    .map(|(m, (pg, cg))| watch_line(m, *pg, cg.as_deref()))
+                    .collect();
+                if pipe.write_all(replay.as_bytes()).is_ok()
+                    && pipe.write_all(line.as_bytes()).is_ok()
+                {
+                    tracing::warn!(
+                        old,
+                        new = pid,
+                        turns = inner.turns.len(),
+                        "the reaper was gone; started a new one"
+                    );
+                    inner.pipe = Some(pipe);
+                    inner.pid = pid;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "the reaper is gone and cannot be restarted: turns are not killed if zwarm dies")
+            }
         }
     }
 
@@ -99,17 +158,31 @@ impl Reaper {
     /// group `pgid` (0: not known yet), its cgroup, and whatever carries `ZWARM_TURN=<marker>`.
     /// Sent again with more detail, it updates what is known.
     pub fn watch(&self, marker: &str, pgid: i32, cgroup: Option<&Path>) {
-        self.send(&json!({
-            "watch": marker,
-            "pgid": pgid,
-            "cgroup": cgroup.map(|p| p.to_string_lossy()),
-        }));
+        {
+            let mut inner = lock(&self.inner);
+            let e = inner.turns.entry(marker.to_string()).or_insert((0, None));
+            if pgid > 1 {
+                e.0 = pgid;
+            }
+            if let Some(c) = cgroup {
+                e.1 = Some(c.to_path_buf());
+            }
+        }
+        self.send(&watch_line(marker, pgid, cgroup));
     }
 
     /// The turn is over and its processes were stopped: forget it, killing any process that
     /// was seen in its cgroup and left it.
     pub fn release(&self, marker: &str) {
-        self.send(&json!({ "release": marker }));
+        lock(&self.inner).turns.remove(marker);
+        let mut l = json!({ "release": marker }).to_string();
+        l.push('\n');
+        self.send(&l);
+    }
+
+    /// Check that the helper still listens (restarting it if not). Called periodically.
+    pub fn check(&self) {
+        self.send("{}\n");
     }
 }
 

@@ -97,7 +97,14 @@ impl Runner for LocalRunner {
 
     async fn housekeeping(&self) {
         let c = self.containment.clone();
-        let _ = tokio::task::spawn_blocking(move || c.reap_orphan_zombies()).await;
+        let _ = tokio::task::spawn_blocking(move || {
+            c.reap_orphan_zombies();
+            // A reaper found dead is replaced (and told the running turns).
+            if let Some(r) = c.reaper() {
+                r.check();
+            }
+        })
+        .await;
     }
 }
 

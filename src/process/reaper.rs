@@ -209,14 +209,22 @@ pub fn run() -> i32 {
     let mut buf = [0u8; 8192];
     let mut next_sample = Instant::now();
     loop {
-        let wait = next_sample.saturating_duration_since(Instant::now());
+        // Asleep until the server writes (or goes) while no turn has a cgroup to look at.
+        let timeout = if turns.values().any(|t| t.cgroup.is_some()) {
+            next_sample
+                .saturating_duration_since(Instant::now())
+                .as_millis()
+                .min(1000) as i32
+        } else {
+            -1
+        };
         let mut fds = libc::pollfd {
             fd: 0,
             events: libc::POLLIN,
             revents: 0,
         };
         // SAFETY: poll on one valid pollfd struct.
-        let r = unsafe { libc::poll(&mut fds, 1, wait.as_millis().min(1000) as i32) };
+        let r = unsafe { libc::poll(&mut fds, 1, timeout) };
         if r < 0 {
             if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
                 continue;

@@ -52,7 +52,13 @@ struct Inner {
     pid: u32,
     /// marker → (process group, cgroup) of every turn watched and not released.
     turns: HashMap<String, (i32, Option<PathBuf>)>,
+    /// When the helper was last restarted: a helper that keeps dying (a program that does not
+    /// run [`run`]) is restarted at most once per [`RESTART_EVERY`].
+    restarted: Option<Instant>,
 }
+
+/// The least time between two restarts of the helper.
+const RESTART_EVERY: Duration = Duration::from_secs(5);
 
 fn start_helper(
     program: &Path,
@@ -108,6 +114,7 @@ impl Reaper {
                 pipe: Some(pipe),
                 pid,
                 turns: HashMap::new(),
+                restarted: None,
             }),
         })
     }
@@ -127,7 +134,13 @@ impl Reaper {
             return;
         }
         let old = inner.pid;
-        inner.pipe = None;
+        if inner.pipe.take().is_some() {
+            tracing::warn!(pid = old, "the reaper is gone");
+        }
+        if inner.restarted.is_some_and(|t| t.elapsed() < RESTART_EVERY) {
+            return;
+        }
+        inner.restarted = Some(Instant::now());
         match start_helper(&self.program, &self.args) {
             Ok((mut pipe, pid)) => {
                 let replay: String = inner
@@ -404,4 +417,61 @@ fn kill_all(turns: &HashMap<String, Turn>) -> usize {
         cgroup::remove_tree(dir);
     }
     n
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watch_lines_register_update_and_release_a_turn() {
+        let mut turns = HashMap::new();
+        handle(
+            &mut turns,
+            watch_line("s.1", 0, Some(Path::new("/cg/turn-s.1"))).as_bytes(),
+        );
+        handle(&mut turns, watch_line("s.1", 4242, None).as_bytes());
+        let t = turns.get("s.1").expect("registered");
+        assert_eq!(t.pgid, 4242);
+        assert_eq!(t.cgroup.as_deref(), Some(Path::new("/cg/turn-s.1")));
+        // A pgid of 0 or 1 never replaces a known one (killpg(1) would be everyone).
+        handle(&mut turns, watch_line("s.1", 1, None).as_bytes());
+        assert_eq!(turns["s.1"].pgid, 4242);
+        handle(&mut turns, b"not json\n");
+        handle(&mut turns, b"{}\n");
+        assert_eq!(turns.len(), 1);
+        handle(&mut turns, br#"{"release":"s.1"}"#);
+        assert!(turns.is_empty());
+    }
+
+    #[test]
+    fn a_helper_that_keeps_dying_is_restarted_at_most_once_per_period() {
+        let r = Reaper::start_program(Path::new("/bin/true"), &[]).expect("start");
+        let wait_dead = |pid: u32| {
+            let start = Instant::now();
+            while super::super::pid_alive(pid as i32) {
+                assert!(
+                    start.elapsed() < Duration::from_secs(10),
+                    "{pid} still runs"
+                );
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            // The pipe's reader is gone once it exited.
+        };
+        let first = r.pid();
+        wait_dead(first);
+        r.watch("t.1", 0, None);
+        let second = r.pid();
+        assert_ne!(first, second, "not restarted");
+        wait_dead(second);
+        r.watch("t.2", 0, None);
+        r.check();
+        assert_eq!(r.pid(), second, "restarted again within {RESTART_EVERY:?}");
+        for pid in [first, second] {
+            // SAFETY: reaping the helpers this test started.
+            unsafe {
+                libc::waitpid(pid as i32, std::ptr::null_mut(), 0);
+            }
+        }
+    }
 }

@@ -9,19 +9,21 @@
 //!
 //! **Containment.** Where cgroup v2 is writable (root, or a delegated subtree), every turn's
 //! executor is moved into its own cgroup before it execs (`<own cgroup>/zwarm/turn-<marker>`,
-//! or under a parent set with [`configure_containment`]). Nothing a turn starts can leave that
-//! cgroup — not even `setsid env -i …` — and `cgroup.kill` stops all of it at once. Otherwise
+//! or under the parent given by [`ContainmentPreference::CgroupParent`]). Nothing a turn
+//! starts can leave that cgroup — not even `setsid env -i …` — unless it runs as root (the
+//! [`Reaper`] kills one it saw there, at the turn's end), and `cgroup.kill` stops all of it
+//! at once. Otherwise
 //! zwarm falls back to the process group plus a marker: each turn's executor gets
 //! `ZWARM_TURN=<id>`, which its commands inherit, and when the turn ends every process still
 //! carrying the marker is killed. In that mode a command that both leaves the group (`setsid`)
 //! and clears its environment (`env -i`) escapes; that is the fallback's known limit.
-//! [`containment_mode`] says which mode is in use; the reason for a fallback is logged.
+//! [`Containment::mode_name`] says which mode is in use; the reason for a fallback is logged.
 //!
 //! **Stopping** is an escalation — SIGINT (both CLIs then kill the tool command they are
 //! running), a grace period, SIGTERM, then SIGKILL of the group and `cgroup.kill` — because
 //! SIGTERM alone orphans the command a CLI was running (EXECUTORS.md §A.8, §B.6).
-//! [`stop_turn`] fits the whole sequence into a deadline, using only tokio timers on the async
-//! side; /proc scans and waits for the kernel run on the blocking pool.
+//! [`Containment::stop_turn`] fits the whole sequence into a deadline, using only tokio timers
+//! on the async side; /proc scans and waits for the kernel run on the blocking pool.
 //!
 //! zwarm is a child subreaper, so orphans are re-parented to zwarm rather than to PID 1, and
 //! are reaped here.
@@ -92,7 +94,7 @@ impl std::ops::Deref for Launch {
     }
 }
 
-/// What [`spawn`] accepts: a bare [`ProcessSpec`] (stdin `/dev/null`) or a [`Launch`].
+/// What [`Containment::spawn`] accepts: a bare [`ProcessSpec`] (stdin `/dev/null`) or a [`Launch`].
 pub trait Spawnable {
     fn process_spec(&self) -> &ProcessSpec;
     fn stdin_bytes(&self) -> Option<&[u8]> {

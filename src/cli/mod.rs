@@ -68,7 +68,7 @@ pub enum Command {
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct StateArgs {
     /// State directory. Default: the one `zwarm serve` started here would use
-    /// (`$XDG_STATE_HOME/zwarm/<project-slug>`, else `~/.local/state/zwarm/<project-slug>`).
+    /// ($XDG_STATE_HOME/zwarm/<project-slug>, else ~/.local/state/zwarm/<project-slug>).
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
     /// A trusted TOML config file, layered over the user and project config files.

@@ -30,6 +30,7 @@ mod query;
 mod recovery;
 mod registry;
 mod settle;
+mod steer;
 mod turn;
 
 use std::collections::HashSet;
@@ -465,6 +466,7 @@ impl Manager {
         );
         m.spawn_background();
         m.spawn_worktree_cleanup();
+        steer::spawn(&m);
         Ok(m)
     }
 

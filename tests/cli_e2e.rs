@@ -1405,6 +1405,8 @@ fn help_texts_match_what_the_commands_do() {
     );
     let run = help("run");
     assert!(run.contains("--keep") && run.contains("none"), "{run}");
+    assert!(run.contains("--session"), "{run}");
+    assert!(end.contains("--wait"), "{end}");
     let prune = help("prune");
     assert!(prune.contains("--older-than"), "{prune}");
 }

@@ -1570,3 +1570,54 @@ fn run_continues_a_session_no_server_owns() {
     assert_eq!(o.status.code(), Some(1), "{}", show(&o));
     assert!(text(&o.stderr).contains("has ended"), "{}", show(&o));
 }
+
+#[test]
+fn end_stops_a_run_in_another_terminal() {
+    let (_mock, env) = codex_env();
+    let state = env.state.display().to_string();
+    let mut run = KillOnDrop(
+        zwarm(&env, &["run", "@@slowcmd", "--state-dir", &state])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("zwarm run"),
+    );
+    let run_pid = run.0.id();
+    let mut id = String::new();
+    wait_until("the run's slow command starts", || {
+        if id.is_empty()
+            && let Some(s) =
+                json_of(&cli(&env, &["ps", "--json"]))["sessions"][0]["session_id"].as_str()
+        {
+            id = s.to_string();
+        }
+        !id.is_empty()
+            && std::fs::read_to_string(env.state.join("turns").join(&id).join("1.jsonl"))
+                .is_ok_and(|l| l.contains("sleep 60"))
+    });
+    // That `run` owns the session; `end` asks it, and it interrupts its own turn.
+    let o = cli(&env, &["end", &id[..8], "--verdict", "cancelled"]);
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    assert!(
+        text(&o.stdout).contains("its running turn was interrupted")
+            && text(&o.stdout).contains(&format!("pid {run_pid}")),
+        "{}",
+        show(&o)
+    );
+    let mut status = None;
+    wait_until("the run exits", || {
+        status = run.0.try_wait().expect("try_wait");
+        status.is_some()
+    });
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut run.0.stderr.take().expect("stderr"), &mut err).unwrap();
+    assert_eq!(status.and_then(|s| s.code()), Some(1), "{err}");
+    assert!(err.contains("cancelled"), "{err}");
+    assert!(
+        !err.contains("warning"),
+        "it does not try to end it again: {err}"
+    );
+    let j = json_of(&cli(&env, &["show", &id, "--json"]));
+    assert_eq!(j["status"], "cancelled", "{j}");
+    assert_eq!(j["turns"][0]["status"], "interrupted", "{j}");
+}

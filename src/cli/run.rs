@@ -344,12 +344,32 @@ async fn end_after_turn(manager: &Manager, s: Session) -> Session {
     let summary = Some("ended by `zwarm run` when its turn was over".to_string());
     match manager.end(&s.id, verdict, summary).await {
         Ok((ended, _)) => ended,
+        // Being ended from elsewhere (`zwarm end` asked this process): show how it ended.
+        Err(crate::sessions::ManagerError::Ended { .. }) => ended_elsewhere(manager, s).await,
         Err(e) => {
             say(&format!(
                 "zwarm: warning: the session stays {}: {e}",
                 s.status.as_str()
             ));
             s
+        }
+    }
+}
+
+/// The session once the end someone else asked for is recorded (at most a few seconds).
+async fn ended_elsewhere(manager: &Manager, s: Session) -> Session {
+    let mut changes = manager.subscribe_changes();
+    let until = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(now) = manager.get(&s.id).await
+            && now.status.is_final()
+        {
+            return now;
+        }
+        tokio::select! {
+            _ = changes.recv() => {}
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            _ = tokio::time::sleep_until(until) => return s,
         }
     }
 }

@@ -1621,3 +1621,38 @@ fn end_stops_a_run_in_another_terminal() {
     assert_eq!(j["status"], "cancelled", "{j}");
     assert_eq!(j["turns"][0]["status"], "interrupted", "{j}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn end_merges_a_worktree_session_a_live_server_owns() {
+    let (_mock, env) = codex_env();
+    git(&env.work, &["init", "-q", "-b", "main"]);
+    std::fs::write(env.work.join("README"), "project\n").expect("write");
+    git(&env.work, &["add", "-A"]);
+    git(&env.work, &["commit", "-q", "-m", "init"]);
+    let z = Zwarm::start(&env, &[]).await;
+    let done = z
+        .ok(
+            "delegate",
+            json!({"task": "@@tools please", "isolation": "worktree"}),
+        )
+        .await;
+    let id = done["session_id"].as_str().expect("id").to_string();
+    assert!(!env.work.join("hello.py").exists());
+    // The server merges (its engine, its git lock) and `end` reports what became of the branch.
+    let o = cli(&env, &["end", &id[..8], "--integrate", "merge"]);
+    assert_eq!(o.status.code(), Some(0), "{}\n{}", show(&o), z.stderr());
+    let out = text(&o.stdout);
+    assert!(
+        out.contains(&format!("branch `zwarm/{}` merged into `main`", &id[..8]))
+            && out.contains("(now at ")
+            && out.contains(&format!("pid {}", z.pid)),
+        "{}",
+        show(&o)
+    );
+    assert!(
+        env.work.join("hello.py").exists(),
+        "merged into the checkout"
+    );
+    let j = json_of(&cli(&env, &["show", &id, "--json"]));
+    assert_eq!(j["status"], "completed", "{j}");
+}

@@ -1406,7 +1406,10 @@ fn help_texts_match_what_the_commands_do() {
     let run = help("run");
     assert!(run.contains("--keep") && run.contains("none"), "{run}");
     assert!(run.contains("--session"), "{run}");
-    assert!(end.contains("--wait"), "{end}");
+    assert!(
+        end.contains("--wait") && end.contains("--accept-outside-symlinks"),
+        "{end}"
+    );
     let prune = help("prune");
     assert!(prune.contains("--older-than"), "{prune}");
 }
@@ -1638,8 +1641,28 @@ async fn end_merges_a_worktree_session_a_live_server_owns() {
         .await;
     let id = done["session_id"].as_str().expect("id").to_string();
     assert!(!env.work.join("hello.py").exists());
-    // The server merges (its engine, its git lock) and `end` reports what became of the branch.
+    // A symlink out of the repository in the session's work: the merge is refused (by the
+    // server, nothing changed) until accepted.
+    let j = json_of(&cli(&env, &["show", &id, "--json"]));
+    let wt = PathBuf::from(j["isolation"]["worktree"].as_str().expect("worktree"));
+    std::os::unix::fs::symlink("/etc/hostname", wt.join("outside")).expect("symlink");
     let o = cli(&env, &["end", &id[..8], "--integrate", "merge"]);
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    assert!(text(&o.stderr).contains("outside"), "{}", show(&o));
+    let j = json_of(&cli(&env, &["show", &id, "--json"]));
+    assert_eq!(j["status"], "idle", "refused, left open: {j}");
+    assert!(!env.work.join("hello.py").exists());
+    // The server merges (its engine, its git lock) and `end` reports what became of the branch.
+    let o = cli(
+        &env,
+        &[
+            "end",
+            &id[..8],
+            "--integrate",
+            "merge",
+            "--accept-outside-symlinks",
+        ],
+    );
     assert_eq!(o.status.code(), Some(0), "{}\n{}", show(&o), z.stderr());
     let out = text(&o.stdout);
     assert!(

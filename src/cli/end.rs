@@ -139,6 +139,11 @@ pub struct EndArgs {
     /// with `--verdict failed`, which leaves branch and worktree for a retry.
     #[arg(long, value_enum, value_name = "HOW")]
     pub integrate: Option<Integrate>,
+    /// With `--integrate merge`: merge also when the session's branch brings symlinks that
+    /// point outside the repository (absolute, or climbing above its top). Without it such a
+    /// merge is refused and names the links; review them with `zwarm diff ID` first.
+    #[arg(long)]
+    pub accept_outside_symlinks: bool,
     /// When a live zwarm server owns the session, how many seconds to wait for it to end the
     /// session (it is asked to; a running turn is interrupted first).
     #[arg(long, default_value_t = 60, value_name = "SECS")]
@@ -185,6 +190,22 @@ fn ended_line(
     msg
 }
 
+/// What to say on stderr after an end: the symlinks an accepted merge brought, and any warning.
+fn warn_after(integrated: Option<Integrated>) {
+    let Some(i) = integrated else { return };
+    if !i.outside_links.is_empty() {
+        eprintln!(
+            "zwarm: the merge brought symlinks that point outside the repository (accepted):"
+        );
+        for l in &i.outside_links {
+            eprintln!("  {l}");
+        }
+    }
+    if let Some(w) = i.warning {
+        eprintln!("zwarm: warning: {w}");
+    }
+}
+
 /// Ask the live server that owns session `id` to end it, and report its answer. `None`:
 /// that server exited before answering (the session can be adopted here now).
 fn end_through_owner(
@@ -203,6 +224,7 @@ fn end_through_owner(
         verdict: a.verdict.status(),
         summary: a.summary.clone(),
         integrate: a.integrate.map(|i| i.as_str().to_string()),
+        accept_outside_symlinks: a.accept_outside_symlinks,
     };
     let o = match remote::ask(store, id, owner, ask, Duration::from_secs(a.wait))? {
         remote::Asked::Answered(o) => o,
@@ -226,6 +248,14 @@ fn end_through_owner(
         branch: f.branch,
         state: f.state,
         warning: f.warning,
+        outside_links: f
+            .outside_links
+            .into_iter()
+            .map(|l| crate::worktree::Link {
+                path: l.path,
+                target: l.target,
+            })
+            .collect(),
     });
     let status = o.status.unwrap_or(a.verdict.status());
     let msg = ended_line(cfg, id, status, o.interrupted, integrated.as_ref());
@@ -233,9 +263,7 @@ fn end_through_owner(
         "{msg} (by the zwarm server that owns it, pid {})\n",
         o.server_pid
     ))?;
-    if let Some(w) = integrated.and_then(|i| i.warning) {
-        eprintln!("zwarm: warning: {w}");
-    }
+    warn_after(integrated);
     Ok(Some(0))
 }
 
@@ -256,11 +284,12 @@ pub fn main(a: EndArgs) -> anyhow::Result<i32> {
     };
     let rt = super::runtime()?;
     let manager = super::start_engine(&rt, cfg)?;
-    let r = rt.block_on(manager.end_integrated(
+    let r = rt.block_on(manager.end_integrated_with(
         &id,
         a.verdict.status(),
         a.summary.clone(),
         a.integrate.map(Integrate::as_str),
+        a.accept_outside_symlinks,
     ));
     rt.block_on(manager.shutdown(Duration::from_millis(1700)));
     rt.shutdown_timeout(Duration::from_millis(200));
@@ -268,9 +297,7 @@ pub fn main(a: EndArgs) -> anyhow::Result<i32> {
         Ok((s, interrupted, integrated)) => {
             let msg = ended_line(&read_cfg, &s.id, s.status, interrupted, integrated.as_ref());
             super::out(&format!("{msg}\n"))?;
-            if let Some(w) = integrated.and_then(|i| i.warning) {
-                eprintln!("zwarm: warning: {w}");
-            }
+            warn_after(integrated);
             Ok(0)
         }
         Err(ManagerError::ForeignOwner { id, pid }) => {

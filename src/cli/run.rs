@@ -182,13 +182,17 @@ impl Progress {
 async fn run_one(manager: &Manager, req: Request) -> anyhow::Result<i32> {
     // Subscribe before the turn starts, so no progress is missed.
     let notices = manager.subscribe();
-    let args = serde_json::json!({
-        "task": req.task, "adapter": req.adapter, "model": req.model, "working_dir": req.working_dir,
-        "isolation": req.isolation, "base": req.base,
-    });
-    // The watchers see a terminal delegation like any other (budget, scope, pause).
+    let call = crate::watch::Call::Delegate {
+        task: req.task.clone(),
+        mode: crate::model::Mode::Sync,
+        adapter: req.adapter.clone(),
+        model: req.model.clone(),
+        working_dir: req.working_dir.clone(),
+        isolation: req.isolation.clone(),
+        base: req.base.clone(),
+    };
     let notes = manager
-        .before_call("delegate", &args, false)
+        .check_call(&call, false)
         .await
         .map_err(|refusal| anyhow::anyhow!("{refusal}"))?;
     let id = manager

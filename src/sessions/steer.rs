@@ -11,7 +11,8 @@
 use std::time::Duration;
 
 use super::{Manager, blocking};
-use crate::store::requests::{self, Ask, IntegratedFacts, Outcome, Request};
+use crate::store::requests::{self, Ask, IntegratedFacts, LinkFacts, Outcome, Request};
+use crate::watch::Call;
 
 /// How often the request folder is looked at (a request is picked up within this).
 pub const POLL: Duration = Duration::from_millis(250);
@@ -75,8 +76,15 @@ async fn carry_out(m: &Manager, req: Request) -> Outcome {
             verdict,
             summary,
             integrate,
+            accept_outside_symlinks,
         } => match m
-            .end_integrated(&id, verdict, summary, integrate.as_deref())
+            .end_integrated_with(
+                &id,
+                verdict,
+                summary,
+                integrate.as_deref(),
+                accept_outside_symlinks,
+            )
             .await
         {
             Ok((s, interrupted, integrated)) => Outcome {
@@ -89,6 +97,14 @@ async fn carry_out(m: &Manager, req: Request) -> Outcome {
                     branch: i.branch,
                     state: i.state,
                     warning: i.warning,
+                    outside_links: i
+                        .outside_links
+                        .into_iter()
+                        .map(|l| LinkFacts {
+                            path: l.path,
+                            target: l.target,
+                        })
+                        .collect(),
                 }),
                 ..Outcome::default()
             },
@@ -96,12 +112,17 @@ async fn carry_out(m: &Manager, req: Request) -> Outcome {
         },
         Ask::Converse { message } => {
             // The watchers see a converse from the terminal like a host's.
-            let args = serde_json::json!({"session_id": id, "message": message});
-            let notes = match m.before_call("converse", &args, false).await {
+            let call = Call::Converse {
+                session_id: id.clone(),
+                message: message.clone(),
+                // The terminal waits for the turn.
+                mode: crate::model::Mode::Sync,
+            };
+            let notes = match m.check_call(&call, false).await {
                 Ok(n) => n,
                 Err(refusal) => {
                     return Outcome {
-                        error: Some(refusal),
+                        error: Some(refusal.to_string()),
                         ..Outcome::default()
                     };
                 }

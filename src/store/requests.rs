@@ -51,6 +51,10 @@ pub enum Ask {
         /// `merge`, `keep` or `discard` (worktree sessions).
         #[serde(default)]
         integrate: Option<String>,
+        /// With `merge`: also merge when the branch brings symlinks pointing outside the
+        /// repository.
+        #[serde(default)]
+        accept_outside_symlinks: bool,
     },
     /// Continue the session with a new message (a new turn).
     Converse { message: String },
@@ -93,6 +97,17 @@ pub struct IntegratedFacts {
     pub branch: String,
     pub state: WorktreeState,
     pub warning: Option<String>,
+    /// Symlinks pointing outside the repository that the merge brought (accepted).
+    #[serde(default)]
+    pub outside_links: Vec<LinkFacts>,
+}
+
+/// One symlink: where it is (relative to the checkout's top) and what it points to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinkFacts {
+    pub path: String,
+    pub target: String,
 }
 
 /// The owner's answer to one request.
@@ -396,6 +411,7 @@ mod tests {
             verdict: SessionStatus::Cancelled,
             summary: Some("stop".into()),
             integrate: None,
+            accept_outside_symlinks: false,
         }
     }
 

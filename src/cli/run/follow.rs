@@ -45,9 +45,13 @@ pub fn main(cfg: Config, prefix: &str, task: String) -> anyhow::Result<i32> {
 async fn here(manager: &Manager, id: &str, task: String) -> anyhow::Result<i32> {
     let notices = manager.subscribe();
     // The watchers see a converse from the terminal like a host's.
-    let args = serde_json::json!({"session_id": id, "message": task});
+    let call = crate::watch::Call::Converse {
+        session_id: id.to_string(),
+        message: task.clone(),
+        mode: crate::model::Mode::Sync,
+    };
     let notes = manager
-        .before_call("converse", &args, false)
+        .check_call(&call, false)
         .await
         .map_err(|refusal| anyhow::anyhow!("{refusal}"))?;
     let (sid, turn) = manager.converse(id, &task).await?;

@@ -515,15 +515,8 @@ async fn ps_show_logs_end_work_on_a_state_a_running_server_writes() {
         "{l}"
     );
 
-    // end: a session a live server owns is that server's.
-    let o = cli(&env, &["end", &running[..8]]);
-    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
-    assert!(
-        text(&o.stderr).contains("still running")
-            && text(&o.stderr).contains(&format!("pid {}", z.pid)),
-        "{}",
-        show(&o)
-    );
+    // (`end` of a session a live server owns asks that server: see
+    // `end_and_continue_sessions_a_live_server_owns`.)
 
     // The server goes on working meanwhile, and `logs -f` shows it.
     let c = z
@@ -1412,6 +1405,277 @@ fn help_texts_match_what_the_commands_do() {
     );
     let run = help("run");
     assert!(run.contains("--keep") && run.contains("none"), "{run}");
+    assert!(run.contains("--session"), "{run}");
+    assert!(
+        end.contains("--wait") && end.contains("--accept-outside-symlinks"),
+        "{end}"
+    );
     let prune = help("prune");
     assert!(prune.contains("--older-than"), "{prune}");
+}
+
+/// Wait until `f` holds (up to 30 s), or fail with `what`.
+fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !f() {
+        assert!(t.elapsed() < Duration::from_secs(30), "{what} within 30 s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn end_and_continue_sessions_a_live_server_owns() {
+    let (_mock, env) = codex_env();
+    let z = Zwarm::start(&env, &[]).await;
+    let by_server = format!("pid {}", z.pid);
+    let done = z.ok("delegate", json!({"task": "@@tools please"})).await;
+    let idle = done["session_id"].as_str().expect("id").to_string();
+
+    // Continue it from the terminal: the server runs the turn, `run` follows it.
+    let o = cli(&env, &["run", "--session", &idle[..8], "and now say hello"]);
+    assert_eq!(o.status.code(), Some(0), "{}\n{}", show(&o), z.stderr());
+    assert_eq!(text(&o.stdout), "Hello from mock model\n", "{}", show(&o));
+    let err = text(&o.stderr);
+    assert!(
+        err.contains("asking it to run the turn") && err.contains(&by_server),
+        "{}",
+        show(&o)
+    );
+    assert!(err.contains("stays open"), "{}", show(&o));
+    let j = json_of(&cli(&env, &["show", &idle, "--json"]));
+    assert_eq!(j["status"], "idle", "{j}");
+    assert_eq!(j["turns"][1]["prompt"], "and now say hello", "{j}");
+    assert_eq!(j["turns"][1]["response"], "Hello from mock model", "{j}");
+    // The server holds the session still: a host continues it as usual.
+    let c = z
+        .ok(
+            "converse",
+            json!({"session_id": idle, "message": "once more"}),
+        )
+        .await;
+    assert_eq!(c["status"], "idle", "{c}");
+
+    // A session busy with a long command: `end` asks the server, which interrupts the turn
+    // first, then ends the session; the cut-off command is shown.
+    let slow = z
+        .ok("delegate", json!({"task": "@@slowcmd", "mode": "async"}))
+        .await;
+    let slow = slow["session_id"].as_str().expect("id").to_string();
+    let log = env.state.join("turns").join(&slow).join("1.jsonl");
+    wait_until("the slow command starts", || {
+        std::fs::read_to_string(&log).is_ok_and(|l| l.contains("sleep 60"))
+    });
+    let o = cli(
+        &env,
+        &[
+            "end",
+            &slow[..8],
+            "--verdict",
+            "cancelled",
+            "--summary",
+            "stop it",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}\n{}", show(&o), z.stderr());
+    let out = text(&o.stdout);
+    assert!(
+        out.contains("as cancelled")
+            && out.contains("its running turn was interrupted")
+            && out.contains(&by_server),
+        "{}",
+        show(&o)
+    );
+    let j = json_of(&cli(&env, &["show", &slow, "--json"]));
+    assert_eq!(j["status"], "cancelled", "{j}");
+    assert_eq!(j["summary"], "stop it", "{j}");
+    assert_eq!(j["turns"][0]["status"], "interrupted", "{j}");
+    let o = cli(&env, &["show", &slow[..8]]);
+    assert!(text(&o.stdout).contains("sleep 60"), "{}", show(&o));
+    // The server recorded the end (its own event), and goes on serving.
+    let o = cli(&env, &["logs", &slow[..8]]);
+    assert!(text(&o.stdout).contains("session_ended"), "{}", show(&o));
+    let l = z.ok("list_sessions", json!({})).await;
+    assert!(l.to_string().contains(&slow), "{l}");
+
+    // Ending it twice: the server's refusal, exit 1.
+    let o = cli(&env, &["end", &slow]);
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    assert!(text(&o.stderr).contains("has ended"), "{}", show(&o));
+
+    // A server that does not answer (stopped): the request is taken back, nothing changes.
+    // SAFETY: signals to the server this test started.
+    unsafe { libc::kill(z.pid as i32, libc::SIGSTOP) };
+    let o = cli(&env, &["end", &idle]);
+    unsafe { libc::kill(z.pid as i32, libc::SIGCONT) };
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    assert!(
+        text(&o.stderr).contains("did not pick up") && text(&o.stderr).contains("nothing changed"),
+        "{}",
+        show(&o)
+    );
+    let j = json_of(&cli(&env, &["show", &idle, "--json"]));
+    assert_eq!(j["status"], "idle", "withdrawn, never carried out: {j}");
+    // Once it runs again, `end` works (and the withdrawn request was not carried out meanwhile:
+    // this end is the first).
+    let o = cli(&env, &["end", &idle]);
+    assert_eq!(o.status.code(), Some(0), "{}\n{}", show(&o), z.stderr());
+    assert!(
+        text(&o.stdout).contains("as completed") && text(&o.stdout).contains(&by_server),
+        "{}",
+        show(&o)
+    );
+    let requests = env.state.join("requests");
+    let left: Vec<_> = walk(&requests);
+    assert!(left.is_empty(), "request files left behind: {left:?}");
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[test]
+fn run_continues_a_session_no_server_owns() {
+    let (_mock, env) = codex_env();
+    let o = cli(&env, &["run", "--keep", "@@tools", "please"]);
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    let ps = json_of(&cli(&env, &["ps", "--json"]));
+    let id = ps["sessions"][0]["session_id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    // That `run` has exited: this one adopts the session and runs the turn itself.
+    let o = cli(&env, &["run", "--session", &id[..8], "and now say hello"]);
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    assert_eq!(text(&o.stdout), "Hello from mock model\n", "{}", show(&o));
+    assert!(
+        !text(&o.stderr).contains("asking it"),
+        "no server was asked: {}",
+        show(&o)
+    );
+    let j = json_of(&cli(&env, &["show", &id, "--json"]));
+    assert_eq!(j["status"], "idle", "a continued session stays open: {j}");
+    assert_eq!(j["turns"].as_array().map(Vec::len), Some(2), "{j}");
+    // Options that only make sense for a new session are refused with --session.
+    let o = cli(&env, &["run", "--session", &id, "--adapter", "codex", "x"]);
+    assert_eq!(o.status.code(), Some(2), "{}", show(&o));
+    // An ended session cannot continue: the engine says so.
+    assert_eq!(cli(&env, &["end", &id]).status.code(), Some(0));
+    let o = cli(&env, &["run", "--session", &id, "more"]);
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    assert!(text(&o.stderr).contains("has ended"), "{}", show(&o));
+}
+
+#[test]
+fn end_stops_a_run_in_another_terminal() {
+    let (_mock, env) = codex_env();
+    let state = env.state.display().to_string();
+    let mut run = KillOnDrop(
+        zwarm(&env, &["run", "@@slowcmd", "--state-dir", &state])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("zwarm run"),
+    );
+    let run_pid = run.0.id();
+    let mut id = String::new();
+    wait_until("the run's slow command starts", || {
+        if id.is_empty()
+            && let Some(s) =
+                json_of(&cli(&env, &["ps", "--json"]))["sessions"][0]["session_id"].as_str()
+        {
+            id = s.to_string();
+        }
+        !id.is_empty()
+            && std::fs::read_to_string(env.state.join("turns").join(&id).join("1.jsonl"))
+                .is_ok_and(|l| l.contains("sleep 60"))
+    });
+    // That `run` owns the session; `end` asks it, and it interrupts its own turn.
+    let o = cli(&env, &["end", &id[..8], "--verdict", "cancelled"]);
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    assert!(
+        text(&o.stdout).contains("its running turn was interrupted")
+            && text(&o.stdout).contains(&format!("pid {run_pid}")),
+        "{}",
+        show(&o)
+    );
+    let mut status = None;
+    wait_until("the run exits", || {
+        status = run.0.try_wait().expect("try_wait");
+        status.is_some()
+    });
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut run.0.stderr.take().expect("stderr"), &mut err).unwrap();
+    assert_eq!(status.and_then(|s| s.code()), Some(1), "{err}");
+    assert!(err.contains("cancelled"), "{err}");
+    assert!(
+        !err.contains("warning"),
+        "it does not try to end it again: {err}"
+    );
+    let j = json_of(&cli(&env, &["show", &id, "--json"]));
+    assert_eq!(j["status"], "cancelled", "{j}");
+    assert_eq!(j["turns"][0]["status"], "interrupted", "{j}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn end_merges_a_worktree_session_a_live_server_owns() {
+    let (_mock, env) = codex_env();
+    git(&env.work, &["init", "-q", "-b", "main"]);
+    std::fs::write(env.work.join("README"), "project\n").expect("write");
+    git(&env.work, &["add", "-A"]);
+    git(&env.work, &["commit", "-q", "-m", "init"]);
+    let z = Zwarm::start(&env, &[]).await;
+    let done = z
+        .ok(
+            "delegate",
+            json!({"task": "@@tools please", "isolation": "worktree"}),
+        )
+        .await;
+    let id = done["session_id"].as_str().expect("id").to_string();
+    assert!(!env.work.join("hello.py").exists());
+    // A symlink out of the repository in the session's work: the merge is refused (by the
+    // server, nothing changed) until accepted.
+    let j = json_of(&cli(&env, &["show", &id, "--json"]));
+    let wt = PathBuf::from(j["isolation"]["worktree"].as_str().expect("worktree"));
+    std::os::unix::fs::symlink("/etc/hostname", wt.join("outside")).expect("symlink");
+    let o = cli(&env, &["end", &id[..8], "--integrate", "merge"]);
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    assert!(text(&o.stderr).contains("outside"), "{}", show(&o));
+    let j = json_of(&cli(&env, &["show", &id, "--json"]));
+    assert_eq!(j["status"], "idle", "refused, left open: {j}");
+    assert!(!env.work.join("hello.py").exists());
+    // The server merges (its engine, its git lock) and `end` reports what became of the branch.
+    let o = cli(
+        &env,
+        &[
+            "end",
+            &id[..8],
+            "--integrate",
+            "merge",
+            "--accept-outside-symlinks",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}\n{}", show(&o), z.stderr());
+    let out = text(&o.stdout);
+    assert!(
+        out.contains(&format!("branch `zwarm/{}` merged into `main`", &id[..8]))
+            && out.contains("(now at ")
+            && out.contains(&format!("pid {}", z.pid)),
+        "{}",
+        show(&o)
+    );
+    assert!(
+        env.work.join("hello.py").exists(),
+        "merged into the checkout"
+    );
+    let j = json_of(&cli(&env, &["show", &id, "--json"]));
+    assert_eq!(j["status"], "completed", "{j}");
 }

@@ -1,9 +1,14 @@
 //! `zwarm end ID` and `zwarm diff ID`.
 //!
-//! `end` runs the engine in this process, like `run`: it adopts the session when the server
-//! that ran it is gone (recording a turn that server left running as failed, and stopping what
-//! it left behind), then ends it with the verdict. A session a live server owns is that
-//! server's to end: `end` says so and exits 1, without touching it.
+//! A session a live server owns (a `zwarm serve` of some host, or a `zwarm run` in another
+//! terminal) is ended by that server: `end` leaves it a request in the store ([`remote`]),
+//! the server interrupts a running turn and ends the session through its normal end path, and
+//! `end` reports what it answered (or that it did not answer within `--wait`). Otherwise `end`
+//! runs the engine in this process, like `run`: it adopts the session when the server that
+//! ran it is gone (recording a turn that server left running as failed, and stopping what it
+//! left behind), then ends it with the verdict.
+
+pub mod remote;
 
 use std::time::Duration;
 
@@ -134,6 +139,15 @@ pub struct EndArgs {
     /// with `--verdict failed`, which leaves branch and worktree for a retry.
     #[arg(long, value_enum, value_name = "HOW")]
     pub integrate: Option<Integrate>,
+    /// With `--integrate merge`: merge also when the session's branch brings symlinks that
+    /// point outside the repository (absolute, or climbing above its top). Without it such a
+    /// merge is refused and names the links; review them with `zwarm diff ID` first.
+    #[arg(long)]
+    pub accept_outside_symlinks: bool,
+    /// When a live zwarm server owns the session, how many seconds to wait for it to end the
+    /// session (it is asked to; a running turn is interrupted first).
+    #[arg(long, default_value_t = 60, value_name = "SECS")]
+    pub wait: u64,
     #[command(flatten)]
     pub state: StateArgs,
 }
@@ -146,58 +160,144 @@ pub struct DiffArgs {
     pub state: StateArgs,
 }
 
-/// The message for a session a live server owns.
+/// The message for a session another live server took over meanwhile.
 fn owned_elsewhere(id: &str, pid: u32) -> String {
     format!(
-        "session {id} belongs to a zwarm server that is still running (pid {pid}). End it from that server's host (end_session), or run `zwarm end` again after that server has exited."
+        "session {id} belongs to a zwarm server that is still running (pid {pid}), which did not take the request to end it. End it from that server's host (end_session), or run `zwarm end` again."
     )
+}
+
+/// The line `end` prints for an ended session.
+fn ended_line(
+    read_cfg: &crate::config::Config,
+    s_id: &str,
+    status: SessionStatus,
+    interrupted: bool,
+    integrated: Option<&Integrated>,
+) -> String {
+    let mut msg = format!("ended session {} as {}", short_id(s_id), status.as_str());
+    if interrupted {
+        msg.push_str("; its running turn was interrupted");
+    }
+    if let Some(i) = integrated {
+        let facts = if i.merged {
+            merge_facts(read_cfg, s_id)
+        } else {
+            MergeFacts::default()
+        };
+        msg.push_str(&integration(i, &facts));
+    }
+    msg
+}
+
+/// What to say on stderr after an end: the symlinks an accepted merge brought, and any warning.
+fn warn_after(integrated: Option<Integrated>) {
+    let Some(i) = integrated else { return };
+    if !i.outside_links.is_empty() {
+        eprintln!(
+            "zwarm: the merge brought symlinks that point outside the repository (accepted):"
+        );
+        for l in &i.outside_links {
+            eprintln!("  {l}");
+        }
+    }
+    if let Some(w) = i.warning {
+        eprintln!("zwarm: warning: {w}");
+    }
+}
+
+/// Ask the live server that owns session `id` to end it, and report its answer. `None`:
+/// that server exited before answering (the session can be adopted here now).
+fn end_through_owner(
+    a: &EndArgs,
+    cfg: &crate::config::Config,
+    store: &crate::store::readonly::ReadOnlyStore,
+    id: &str,
+    owner: &remote::Owner,
+) -> anyhow::Result<Option<i32>> {
+    eprintln!(
+        "zwarm: session {} belongs to a running zwarm server (pid {}); asking it to end the session…",
+        short_id(id),
+        owner.pid
+    );
+    let ask = crate::store::requests::Ask::End {
+        verdict: a.verdict.status(),
+        summary: a.summary.clone(),
+        integrate: a.integrate.map(|i| i.as_str().to_string()),
+        accept_outside_symlinks: a.accept_outside_symlinks,
+    };
+    let o = match remote::ask(store, id, owner, ask, Duration::from_secs(a.wait))? {
+        remote::Asked::Answered(o) => o,
+        remote::Asked::OwnerGone => {
+            eprintln!("zwarm: that server exited before it answered; ending the session here");
+            return Ok(None);
+        }
+        remote::Asked::NoAnswer(why) => {
+            eprintln!("zwarm: {why}");
+            return Ok(Some(1));
+        }
+    };
+    if let Some(e) = o.error {
+        eprintln!("zwarm: the server that owns it (pid {}): {e}", o.server_pid);
+        return Ok(Some(1));
+    }
+    let integrated = o.integrated.map(|f| Integrated {
+        integrate: f.integrate.as_deref().and_then(EngineIntegrate::parse),
+        merged: f.merged,
+        commit: f.commit,
+        branch: f.branch,
+        state: f.state,
+        warning: f.warning,
+        outside_links: f
+            .outside_links
+            .into_iter()
+            .map(|l| crate::worktree::Link {
+                path: l.path,
+                target: l.target,
+            })
+            .collect(),
+    });
+    let status = o.status.unwrap_or(a.verdict.status());
+    let msg = ended_line(cfg, id, status, o.interrupted, integrated.as_ref());
+    super::out(&format!(
+        "{msg} (by the zwarm server that owns it, pid {})\n",
+        o.server_pid
+    ))?;
+    warn_after(integrated);
+    Ok(Some(0))
 }
 
 pub fn main(a: EndArgs) -> anyhow::Result<i32> {
     let cfg = a.state.load()?;
     let read_cfg = cfg.clone();
-    // Look first, read-only: a session a live server owns is not ours to touch, and starting
-    // an engine for nothing would only add a server to the log.
+    // Look first, read-only: a session a live server owns is that server's to end (it is
+    // asked to), and starting an engine for nothing would only add a server to the log.
     let id = {
         let store = open_state(&cfg)?;
         let id = store.resolve(&a.id)?;
-        let extra = store.extras(std::slice::from_ref(&id))?.remove(&id);
-        if let Some(x) = extra
-            && store.owner_alive(&x.owner_instance)
+        if let Some(owner) = remote::live_owner(&store, &id)?
+            && let Some(code) = end_through_owner(&a, &read_cfg, &store, &id, &owner)?
         {
-            eprintln!("zwarm: {}", owned_elsewhere(&id, x.owner_pid));
-            return Ok(1);
+            return Ok(code);
         }
         id
     };
     let rt = super::runtime()?;
     let manager = super::start_engine(&rt, cfg)?;
-    let r = rt.block_on(manager.end_integrated(
+    let r = rt.block_on(manager.end_integrated_with(
         &id,
         a.verdict.status(),
         a.summary.clone(),
         a.integrate.map(Integrate::as_str),
+        a.accept_outside_symlinks,
     ));
     rt.block_on(manager.shutdown(Duration::from_millis(1700)));
     rt.shutdown_timeout(Duration::from_millis(200));
     match r {
         Ok((s, interrupted, integrated)) => {
-            let mut msg = format!("ended session {} as {}", short_id(&s.id), s.status.as_str());
-            if interrupted {
-                msg.push_str("; its running turn was interrupted");
-            }
-            if let Some(i) = &integrated {
-                let facts = if i.merged {
-                    merge_facts(&read_cfg, &s.id)
-                } else {
-                    MergeFacts::default()
-                };
-                msg.push_str(&integration(i, &facts));
-            }
+            let msg = ended_line(&read_cfg, &s.id, s.status, interrupted, integrated.as_ref());
             super::out(&format!("{msg}\n"))?;
-            if let Some(w) = integrated.and_then(|i| i.warning) {
-                eprintln!("zwarm: warning: {w}");
-            }
+            warn_after(integrated);
             Ok(0)
         }
         Err(ManagerError::ForeignOwner { id, pid }) => {

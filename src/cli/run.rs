@@ -11,6 +11,12 @@
 //! the session is ended (completed, failed or cancelled, as the turn ended) unless `--keep`
 //! leaves it open for `converse`; a worktree session stays open for its review
 //! (`zwarm diff`, then `zwarm end --integrate`).
+//!
+//! `--session ID` continues an open session instead ([`follow`]): when a live server owns it
+//! (a host's `zwarm serve`, a `zwarm run` elsewhere) that server is asked to start the turn
+//! (through the store, like `zwarm end`) and `run` follows the turn read-only; otherwise the
+//! engine here adopts the session and runs the turn, as for a new one. Either way the session
+//! stays open afterwards.
 
 use std::io::{IsTerminal, Read, Write};
 use std::path::PathBuf;
@@ -20,6 +26,8 @@ use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
+
+mod follow;
 
 use super::{StateArgs, fmt_cost, short_id};
 use crate::event::ExecutorEvent;
@@ -60,6 +68,11 @@ pub struct RunArgs {
     /// session always stays open for its review: end it with `zwarm end ID --integrate …`.
     #[arg(long)]
     pub keep: bool,
+    /// Continue session ID (an id or unique prefix of 8+ characters) with TASK as its next
+    /// message, instead of starting a new session. When a running zwarm server owns it, that
+    /// server runs the turn (it is asked to) and `run` follows it. The session stays open.
+    #[arg(long, value_name = "ID", conflicts_with_all = ["adapter", "model", "isolation", "base", "working_dir", "keep"])]
+    pub session: Option<String>,
     /// The task (several words are joined with spaces); `-` reads it from stdin.
     #[arg(required = true, num_args = 1.., value_name = "TASK")]
     pub task: Vec<String>,
@@ -81,6 +94,9 @@ pub fn main(a: RunArgs) -> anyhow::Result<i32> {
         anyhow::bail!("the task is empty: say what the executor should do");
     }
     let cfg = a.state.load()?;
+    if let Some(prefix) = &a.session {
+        return follow::main(cfg, prefix, task);
+    }
     let rt = super::runtime()?;
     let manager = super::start_engine(&rt, cfg)?;
     let req = Request {
@@ -164,16 +180,19 @@ impl Progress {
 }
 
 async fn run_one(manager: &Manager, req: Request) -> anyhow::Result<i32> {
-    use tokio::signal::unix::{SignalKind, signal};
     // Subscribe before the turn starts, so no progress is missed.
-    let mut notices = Some(manager.subscribe());
-    let args = serde_json::json!({
-        "task": req.task, "adapter": req.adapter, "model": req.model, "working_dir": req.working_dir,
-        "isolation": req.isolation, "base": req.base,
-    });
-    // The watchers see a terminal delegation like any other (budget, scope, pause).
+    let notices = manager.subscribe();
+    let call = crate::watch::Call::Delegate {
+        task: req.task.clone(),
+        mode: crate::model::Mode::Sync,
+        adapter: req.adapter.clone(),
+        model: req.model.clone(),
+        working_dir: req.working_dir.clone(),
+        isolation: req.isolation.clone(),
+        base: req.base.clone(),
+    };
     let notes = manager
-        .before_call("delegate", &args, false)
+        .check_call(&call, false)
         .await
         .map_err(|refusal| anyhow::anyhow!("{refusal}"))?;
     let id = manager
@@ -202,6 +221,32 @@ async fn run_one(manager: &Manager, req: Request) -> anyhow::Result<i32> {
             iso.branch, iso.worktree
         ));
     }
+    follow_turn(
+        manager,
+        &id,
+        1,
+        notices,
+        &notes,
+        progress,
+        Origin::Made { keep: req.keep },
+    )
+    .await
+}
+
+/// Follow turn `turn` of session `id` (run by this process's engine) to its end, then report;
+/// A session `run` made is ended after the turn unless kept (see [`Origin`]).
+async fn follow_turn(
+    manager: &Manager,
+    id: &str,
+    turn: u32,
+    notices: tokio::sync::broadcast::Receiver<crate::sessions::Notice>,
+    notes: &[crate::model::WatcherNote],
+    progress: Progress,
+    origin: Origin,
+) -> anyhow::Result<i32> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let id = id.to_string();
+    let mut notices = Some(notices);
     progress.status("starting the executor…", false);
     let cancel = CancellationToken::new();
     let wait = manager.wait(&id, MAX_WAIT, &cancel);
@@ -250,8 +295,8 @@ async fn run_one(manager: &Manager, req: Request) -> anyhow::Result<i32> {
         }
     };
     progress.done();
-    manager.attach_notes(&id, Some(1), &notes).await;
-    let session = if req.keep || session.isolation.is_some() {
+    manager.attach_notes(&id, Some(turn), notes).await;
+    let session = if origin != (Origin::Made { keep: false }) || session.isolation.is_some() {
         session
     } else {
         end_after_turn(manager, session).await
@@ -269,7 +314,7 @@ async fn run_one(manager: &Manager, req: Request) -> anyhow::Result<i32> {
         }
         _ => Vec::new(),
     };
-    Ok(report(&session, interrupted, req.keep, &cut))
+    Ok(report(&session, interrupted, origin, &cut))
 }
 
 /// The verdict a finished turn gives its session when `run` ends it.
@@ -282,14 +327,29 @@ fn verdict_of(t: Option<TurnStatus>) -> Option<SessionStatus> {
     }
 }
 
+/// Whose session a followed turn is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    /// Made by this `run`: ended when the turn is over unless `keep`.
+    Made { keep: bool },
+    /// Continued (`--session`): it stays open.
+    Continued,
+}
+
 /// End the session `run` made, as its turn ended; the session as it is afterwards.
 async fn end_after_turn(manager: &Manager, s: Session) -> Session {
+    // Ended meanwhile (`zwarm end` from another terminal asked this process to).
+    if s.status.is_final() {
+        return s;
+    }
     let Some(verdict) = verdict_of(s.turns.last().map(|t| t.status)) else {
         return s;
     };
     let summary = Some("ended by `zwarm run` when its turn was over".to_string());
     match manager.end(&s.id, verdict, summary).await {
         Ok((ended, _)) => ended,
+        // Being ended from elsewhere (`zwarm end` asked this process): show how it ended.
+        Err(crate::sessions::ManagerError::Ended { .. }) => ended_elsewhere(manager, s).await,
         Err(e) => {
             say(&format!(
                 "zwarm: warning: the session stays {}: {e}",
@@ -300,8 +360,26 @@ async fn end_after_turn(manager: &Manager, s: Session) -> Session {
     }
 }
 
+/// The session once the end someone else asked for is recorded (at most a few seconds).
+async fn ended_elsewhere(manager: &Manager, s: Session) -> Session {
+    let mut changes = manager.subscribe_changes();
+    let until = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(now) = manager.get(&s.id).await
+            && now.status.is_final()
+        {
+            return now;
+        }
+        tokio::select! {
+            _ = changes.recv() => {}
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            _ = tokio::time::sleep_until(until) => return s,
+        }
+    }
+}
+
 /// Print the outcome (answer on stdout, the rest on stderr) and choose the exit code.
-fn report(s: &Session, interrupted: bool, keep: bool, cut: &[String]) -> i32 {
+fn report(s: &Session, interrupted: bool, origin: Origin, cut: &[String]) -> i32 {
     let Some(t) = s.turns.last() else {
         say(&format!("zwarm: session {} has no turn", s.id));
         return 1;
@@ -342,9 +420,14 @@ fn report(s: &Session, interrupted: bool, keep: bool, cut: &[String]) -> i32 {
             "zwarm: the changes are on branch {} (worktree {}); review them with `zwarm diff {id}`, then `zwarm end {id} --integrate merge` (or keep, discard)",
             iso.branch, iso.worktree
         ));
-    } else if keep && !s.status.is_final() {
+    } else if origin != (Origin::Made { keep: false }) && !s.status.is_final() {
         say(&format!(
-            "zwarm: session {id} stays open (--keep); end it with `zwarm end {id}`"
+            "zwarm: session {id} stays open{}; continue it with `zwarm run --session {id} TASK`, end it with `zwarm end {id}`",
+            if origin == (Origin::Made { keep: true }) {
+                " (--keep)"
+            } else {
+                ""
+            }
         ));
     }
     match t.status {

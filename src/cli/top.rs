@@ -6,8 +6,9 @@
 //! [`App`] ([`render`]), so it is tested with ratatui's `TestBackend`.
 //!
 //! Keys: ↑/↓ (or k/j) select, Enter shows the transcript, `e` ends the selected session after
-//! a confirmation (through `zwarm end`, so a session a live server owns is refused the same
-//! way), `q` quits.
+//! a confirmation (through `zwarm end`: a session a live server owns is ended by that server,
+//! which interrupts a running turn first), `q` quits. The cursor stays on the same session
+//! (by id) as the list changes.
 
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime};
@@ -19,10 +20,8 @@ use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Cell, Clear, Paragraph, Row, Table, TableState, Wrap};
 
-use super::{StateArgs, fmt_cost, fmt_duration, fmt_tokens, one_line, secs_since, short_id};
+use super::{StateArgs, fmt_cost, fmt_duration, fmt_tokens, one_line, short_id};
 use crate::config::Config;
-use crate::fleet::Fleet;
-use crate::model::SessionStatus;
 use crate::store::readonly::ReadOnlyStore;
 
 /// How often the state database is read.
@@ -46,6 +45,8 @@ pub struct TopRow {
     pub active: bool,
     pub is_final: bool,
     pub adapter: String,
+    /// A worktree session's branch.
+    pub branch: Option<String>,
     /// Running: since the turn started; otherwise the session's whole span.
     pub elapsed: Option<u64>,
     /// Seconds since the session last changed.
@@ -107,138 +108,18 @@ impl App {
     fn selected_row(&self) -> Option<&TopRow> {
         self.snap.rows.get(self.selected)
     }
-}
 
-// ---------------------------------------------------------------------------------------------
-// Reading
-
-/// Running totals across every session, updated from the rows changed since the last look.
-#[derive(Default)]
-pub struct Totals {
-    fleet: Fleet,
-    rev: i64,
-}
-
-/// Read a snapshot: running and queued sessions, then the most recent ones (a few indexed
-/// queries, one short read each).
-pub fn snapshot(
-    store: &ReadOnlyStore,
-    totals: &mut Totals,
-    cfg: &Config,
-    limit: usize,
-    now: SystemTime,
-) -> Result<Snapshot, crate::store::StoreError> {
-    let mut rows = Vec::new();
-    for st in [
-        Some(SessionStatus::Running),
-        Some(SessionStatus::Queued),
-        None,
-    ] {
-        let (page, _) = store.page(st, if st.is_some() { 200 } else { limit }, 0)?;
-        for r in page {
-            if !rows
-                .iter()
-                .any(|x: &crate::store::readonly::SessionRow| x.session_id == r.session_id)
-            {
-                rows.push(r);
-            }
-        }
+    /// Take a new snapshot, keeping the cursor on the same session wherever it moved (an
+    /// ended session moves up the list: the cursor goes with it, so a second `e` finds it
+    /// ended rather than ending its neighbour).
+    pub fn replace_snap(&mut self, snap: Snapshot) {
+        let id = self.selected_row().map(|r| r.id.clone());
+        self.snap = snap;
+        let n = self.snap.rows.len();
+        self.selected = id
+            .and_then(|id| self.snap.rows.iter().position(|r| r.id == id))
+            .unwrap_or(self.selected.min(n.saturating_sub(1)));
     }
-    let ids: Vec<String> = rows.iter().map(|r| r.session_id.clone()).collect();
-    let mut extras = store.extras(&ids)?;
-    let mut out = Vec::new();
-    for r in rows {
-        let x = extras.remove(&r.session_id).unwrap_or_default();
-        let active = r.status.is_active();
-        let alive = !active || store.owner_alive(&x.owner_instance);
-        let elapsed = if active {
-            x.turn_started_at
-                .as_deref()
-                .and_then(|t| secs_since(t, now))
-        } else {
-            match (
-                super::parse_time(&x.created_at),
-                super::parse_time(&r.updated_at),
-            ) {
-                (Some(a), Some(b)) => Some(b.duration_since(a).map(|d| d.as_secs()).unwrap_or(0)),
-                _ => None,
-            }
-        };
-        let last = match (&x.last_progress, &x.error) {
-            (_, Some(e)) if r.status == SessionStatus::Failed => e.clone(),
-            (Some(p), _) => p.clone(),
-            (None, _) => String::new(),
-        };
-        out.push(TopRow {
-            id: r.session_id.clone(),
-            status: if alive {
-                r.status.as_str().to_string()
-            } else {
-                "stale".into()
-            },
-            active,
-            is_final: r.status.is_final(),
-            adapter: r.adapter.as_str().to_string(),
-            elapsed,
-            updated: secs_since(&r.updated_at, now),
-            last: one_line(&last, 200),
-            tokens: r.usage.total_tokens(),
-            cost: r.cost_usd,
-            task: one_line(&r.task, 200),
-        });
-    }
-    let (stats, rev) = store.stats_since(totals.rev)?;
-    for s in stats {
-        totals.fleet.update(s);
-    }
-    totals.rev = rev;
-    let cost = crate::watch::priced_cost(&totals.fleet, &cfg.watchers.budget.prices);
-    let tokens = totals.fleet.usage().total_tokens();
-    let b = &cfg.watchers.budget;
-    let mut budget = Vec::new();
-    let pct = |v: f64, max: f64| {
-        if max > 0.0 {
-            format!("{:.0}%", 100.0 * v / max)
-        } else {
-            "-".into()
-        }
-    };
-    if let Some(max) = b.max_cost_usd {
-        budget.push(format!(
-            "cost {} of {} ({})",
-            fmt_cost(Some(cost)),
-            fmt_cost(Some(max)),
-            pct(cost, max)
-        ));
-    }
-    if let Some(max) = b.max_tokens {
-        budget.push(format!(
-            "tokens {} of {} ({})",
-            fmt_tokens(tokens),
-            fmt_tokens(max),
-            pct(tokens as f64, max as f64)
-        ));
-    }
-    if let Some(max) = b.max_sessions {
-        budget.push(format!(
-            "sessions {} of {max} ({})",
-            totals.fleet.len(),
-            pct(totals.fleet.len() as f64, max as f64)
-        ));
-    }
-    if let Some(max) = b.max_running {
-        budget.push(format!("running {} of {max}", totals.fleet.active()));
-    }
-    Ok(Snapshot {
-        state_dir: store.root().display().to_string(),
-        rows: out,
-        sessions: totals.fleet.len(),
-        running: totals.fleet.active(),
-        tokens,
-        cost,
-        budget,
-        error: None,
-    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -352,6 +233,7 @@ fn render_table(f: &mut Frame, app: &App, area: Rect) {
             "ID",
             "STATUS",
             "ADAPTER",
+            "BRANCH",
             "ELAPSED",
             "TOKENS",
             "COST",
@@ -371,6 +253,7 @@ fn render_table(f: &mut Frame, app: &App, area: Rect) {
             Cell::from(short_id(&r.id).to_string()),
             Cell::from(r.status.clone()).style(status_style(&r.status)),
             Cell::from(r.adapter.clone()),
+            Cell::from(r.branch.clone().unwrap_or_else(|| "-".into())),
             Cell::from(r.elapsed.map(fmt_duration).unwrap_or_else(|| "-".into())),
             Cell::from(fmt_tokens(r.tokens)),
             Cell::from(fmt_cost(r.cost)),
@@ -384,6 +267,7 @@ fn render_table(f: &mut Frame, app: &App, area: Rect) {
             Constraint::Length(8),
             Constraint::Length(10),
             Constraint::Length(7),
+            Constraint::Length(14),
             Constraint::Length(7),
             Constraint::Length(6),
             Constraint::Length(8),
@@ -566,8 +450,7 @@ pub fn main(a: TopArgs) -> anyhow::Result<i32> {
                     },
                 };
                 if snap != app.snap {
-                    app.snap = snap;
-                    app.selected = app.selected.min(app.snap.rows.len().saturating_sub(1));
+                    app.replace_snap(snap);
                     dirty = true;
                 }
                 // A running session's transcript follows it.
@@ -575,7 +458,8 @@ pub fn main(a: TopArgs) -> anyhow::Result<i32> {
                     && app.snap.rows.iter().any(|r| &r.id == id && r.active)
                     && let Ok(Some(s)) = st.load_session(id)
                 {
-                    let new = super::show::transcript(&s, false);
+                    let cut = super::show::unfinished(st.root(), &s);
+                    let new = super::show::transcript_with(&s, false, &cut);
                     if &new != lines {
                         *lines = new;
                         dirty = true;
@@ -642,9 +526,13 @@ fn act(
         Action::Quit => return true,
         Action::Open(id) => match store.map(|st| st.load_session(&id)) {
             Some(Ok(Some(s))) => {
+                // Commands cut off mid-run show too (read from the turn's log).
+                let cut = store
+                    .map(|st| super::show::unfinished(st.root(), &s))
+                    .unwrap_or_default();
                 app.view = View::Transcript {
                     id,
-                    lines: super::show::transcript(&s, false),
+                    lines: super::show::transcript_with(&s, false, &cut),
                     scroll: 0,
                 }
             }
@@ -686,8 +574,11 @@ fn spawn_end(state: &StateArgs, cfg: &Config, id: String, verdict: &str, tx: mps
     });
 }
 
+mod read;
 mod terminal;
 #[cfg(test)]
 mod tests;
+
+pub use read::{Totals, snapshot};
 
 use terminal::{TerminalGuard, restore_terminal};

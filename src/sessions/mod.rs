@@ -29,6 +29,7 @@ mod query;
 mod recovery;
 mod registry;
 mod settle;
+mod steer;
 mod turn;
 
 use std::collections::HashSet;
@@ -478,6 +479,7 @@ impl Manager {
         );
         m.spawn_background();
         m.spawn_worktree_cleanup();
+        steer::spawn(&m);
         Ok(m)
     }
 

@@ -35,6 +35,7 @@ mod events;
 pub mod legacy;
 pub mod logs;
 pub mod readonly;
+pub mod requests;
 mod writer;
 
 use std::fs::{File, OpenOptions};

@@ -9,6 +9,7 @@ fn row(id: &str, status: &str, task: &str) -> TopRow {
         active: status == "running",
         is_final: status == "completed",
         adapter: "codex".into(),
+        branch: None,
         elapsed: Some(75),
         updated: Some(3),
         last: "codex runs `cargo test`".into(),
@@ -122,6 +123,7 @@ fn the_readme_capture_is_what_top_draws() {
     app.snap.rows[0].updated = Some(2);
     app.snap.rows[0].cost = None;
     app.snap.rows[1].adapter = "claude".into();
+    app.snap.rows[1].branch = Some("zwarm/5d54d971".into());
     app.snap.rows[1].cost = Some(0.0412);
     app.snap.tokens = 37_035;
     app.snap.cost = 0.0412;
@@ -155,6 +157,58 @@ fn the_readme_capture_is_what_top_draws() {
         block, drawn,
         "README's `zwarm top` capture differs from what top draws"
     );
+}
+
+#[test]
+fn the_cursor_stays_on_its_session_as_the_list_changes() {
+    let mut app = sample();
+    let key = |c| KeyEvent::new(c, KeyModifiers::NONE);
+    on_key(&mut app, key(KeyCode::Down), 10);
+    on_key(&mut app, key(KeyCode::Char('e')), 10);
+    let ended = "5d54d971-04ac-4fc5-8706-cc9e722763be";
+    assert_eq!(
+        on_key(&mut app, key(KeyCode::Char('y')), 10),
+        Action::End {
+            id: ended.into(),
+            verdict: "completed"
+        }
+    );
+    // Once ended, the session is the most recently updated: it moves to the top. The cursor
+    // goes with it, so a second `e` does not end the session that took its place.
+    let mut snap = app.snap.clone();
+    let mut row = snap.rows.remove(1);
+    row.status = "completed".into();
+    row.is_final = true;
+    snap.rows.insert(0, row);
+    app.replace_snap(snap);
+    assert_eq!(app.selected, 0);
+    assert_eq!(app.selected_row().map(|r| r.id.as_str()), Some(ended));
+    on_key(&mut app, key(KeyCode::Char('e')), 10);
+    assert_eq!(app.view, View::List, "no second end");
+    assert!(
+        app.message
+            .as_deref()
+            .is_some_and(|m| m.contains("ended already"))
+    );
+    // A session that is gone from the list: the cursor stays in range.
+    let mut snap = app.snap.clone();
+    snap.rows.truncate(1);
+    snap.rows[0].id = "00000000-0000-4000-8000-000000000000".into();
+    app.selected = 2;
+    app.replace_snap(snap);
+    assert_eq!(app.selected, 0);
+}
+
+#[test]
+fn the_table_shows_branches() {
+    let mut app = sample();
+    app.snap.rows[1].branch = Some("zwarm/5d54d971".into());
+    let text = render_to_text(&app, 140, 12);
+    assert!(text.contains("BRANCH"), "{text}");
+    let line = text.lines().find(|l| l.contains("5d54d971 idle")).unwrap();
+    assert!(line.contains("zwarm/5d54d971"), "{line}");
+    let line = text.lines().find(|l| l.contains("0f3e7c1d")).unwrap();
+    assert!(line.contains(" - "), "no branch: {line}");
 }
 
 #[test]

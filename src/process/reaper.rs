@@ -128,7 +128,11 @@ impl Reaper {
     /// registered, and write `line` to it.
     fn send(&self, line: &str) {
         let mut inner = lock(&self.inner);
-        if let Some(p) = inner.pipe.as_mut()
+        // A write can succeed after the helper died while a process forked meanwhile (and not
+        // yet exec'd) still holds the pipe's read end: check the helper itself too.
+        let alive = super::pid_alive(inner.pid as i32);
+        if alive
+            && let Some(p) = inner.pipe.as_mut()
             && p.write_all(line.as_bytes()).is_ok()
         {
             return;
@@ -143,6 +147,9 @@ impl Reaper {
         inner.restarted = Some(Instant::now());
         match start_helper(&self.program, &self.args) {
             Ok((mut pipe, pid)) => {
+                // The new helper's pid even if it died at once (its pipe is then dropped and
+                // the next send tries again after RESTART_EVERY).
+                inner.pid = pid;
                 let replay: String = inner
                     .turns
                     .iter()
@@ -158,7 +165,6 @@ impl Reaper {
                         "the reaper was gone; started a new one"
                     );
                     inner.pipe = Some(pipe);
-                    inner.pid = pid;
                 }
             }
             Err(e) => {

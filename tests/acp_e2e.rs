@@ -1,0 +1,494 @@
+//! ACP agents driven by zwarm's ACP client, against the real CLIs (pinned in
+//! `.ci/install-acp-clis`) and scripted model servers: gemini against the Gemini API mock.
+
+mod support;
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use support::mock_gemini::{GeminiMock, contents_text};
+use tempfile::TempDir;
+use tokio_util::sync::CancellationToken;
+use zwarm::acp::{
+    AcpAgent, AcpEvent, AgentCommand, Level, Policy, PromptOptions, Rule, TurnEnd, Verdict,
+};
+
+/// Where the ACP CLIs are: `ZWARM_TEST_ACP_CLI_DIR`, else PATH, else `.tools-acp/` where
+/// `.ci/install-acp-clis` puts the pinned ones. Missing is a failure, never a skip.
+fn acp_cli(name: &str) -> PathBuf {
+    if let Some(dir) = std::env::var_os("ZWARM_TEST_ACP_CLI_DIR").filter(|d| !d.is_empty()) {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join(dir).join(name);
+        assert!(p.exists(), "`{name}` not found in ZWARM_TEST_ACP_CLI_DIR");
+        return p;
+    }
+    let local = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(".tools-acp/node_modules/.bin")
+        .join(name);
+    if local.exists() {
+        return local;
+    }
+    if let Ok(p) = which::which(name) {
+        return p;
+    }
+    panic!("`{name}` not found in .tools-acp/ or on PATH: run `bash .ci/install-acp-clis`");
+}
+
+const LONG: Duration = Duration::from_secs(120);
+
+/// A hermetic home and work dir for one agent.
+struct AgentEnv {
+    _dir: TempDir,
+    home: PathBuf,
+    work: PathBuf,
+}
+
+impl AgentEnv {
+    fn new() -> AgentEnv {
+        let dir = tempfile::Builder::new()
+            .prefix("zwarm-acp-")
+            .tempdir()
+            .expect("tempdir");
+        let root = std::fs::canonicalize(dir.path()).expect("canonicalize");
+        let home = root.join("home");
+        let work = root.join("work");
+        for d in [&home, &work] {
+            std::fs::create_dir_all(d).expect("mkdir");
+        }
+        AgentEnv {
+            _dir: dir,
+            home,
+            work,
+        }
+    }
+
+    fn gemini(&self, mock: &GeminiMock) -> AgentCommand {
+        let gdir = self.home.join(".gemini");
+        std::fs::create_dir_all(&gdir).expect("mkdir .gemini");
+        std::fs::write(
+            gdir.join("settings.json"),
+            json!({
+                "security": {"auth": {"selectedType": "gemini-api-key"}},
+                "privacy": {"usageStatisticsEnabled": false},
+                "telemetry": {"enabled": false},
+                "general": {"enableAutoUpdate": false, "enableAutoUpdateNotification": false, "sessionRetention": {"enabled": false}},
+            })
+            .to_string(),
+        )
+        .expect("write settings");
+        AgentCommand {
+            program: acp_cli("gemini"),
+            args: vec![OsString::from("--acp")],
+            cwd: self.work.clone(),
+            env_set: vec![
+                ("HOME".into(), self.home.display().to_string()),
+                ("GOOGLE_GEMINI_BASE_URL".into(), mock.base_url()),
+                ("GEMINI_API_KEY".into(), "x".into()),
+                ("GEMINI_CLI_TRUST_WORKSPACE".into(), "true".into()),
+                (
+                    "XDG_CONFIG_HOME".into(),
+                    self.home.join(".config").display().to_string(),
+                ),
+            ],
+            env_remove: vec![
+                "GOOGLE_API_KEY".into(),
+                "GOOGLE_CLOUD_PROJECT".into(),
+                "GOOGLE_APPLICATION_CREDENTIALS".into(),
+            ],
+        }
+    }
+}
+
+#[derive(Default, Clone)]
+struct Events(Arc<Mutex<Vec<AcpEvent>>>);
+
+impl Events {
+    fn all(&self) -> Vec<AcpEvent> {
+        self.0.lock().unwrap().clone()
+    }
+    fn message(&self) -> String {
+        self.all()
+            .iter()
+            .filter_map(|e| match e {
+                AcpEvent::AgentMessage { text } => Some(text.clone()),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+            .join("")
+    }
+    fn permissions(&self) -> Vec<(Verdict, String, Option<String>)> {
+        self.all()
+            .iter()
+            .filter_map(|e| match e {
+                AcpEvent::Permission {
+                    decision, option, ..
+                } => Some((decision.verdict, decision.rule.clone(), option.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+async fn prompt(
+    agent: &mut AcpAgent,
+    session: &str,
+    text: &str,
+    policy: &Policy,
+    events: &Events,
+    cancel: CancellationToken,
+) -> TurnEnd {
+    let opts = PromptOptions {
+        policy,
+        approver: None,
+        ask_timeout: Duration::from_secs(5),
+        cancel,
+        cancel_grace: Duration::from_secs(10),
+    };
+    let sink_events = events.clone();
+    let mut sink = move |e: AcpEvent| sink_events.0.lock().unwrap().push(e);
+    tokio::time::timeout(LONG, agent.prompt(session, text, &opts, &mut sink))
+        .await
+        .expect("the turn ended in time")
+}
+
+/// Is any process of group `pgid` still running (zombies waiting for init do not count)?
+fn group_alive(pgid: u32) -> bool {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    dir.flatten().any(|e| {
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            return false;
+        };
+        // pid (comm) state ppid pgrp ...; comm may contain spaces: split after the last ')'.
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+            return false;
+        };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        f.len() > 2 && f[0] != "Z" && f[2] == pgid.to_string()
+    })
+}
+
+fn write_call(path: &Path, content: &str) -> Value {
+    json!({"call": {"name": "write_file", "args": {"file_path": path.display().to_string(), "content": content}}})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gemini_writes_a_file_continues_the_session_and_reloads_it() {
+    let env = AgentEnv::new();
+    let target = env.work.join("hello.txt");
+    let mock = GeminiMock::start(json!({"turns": [
+        write_call(&target, "hello from gemini\n"),
+        {"text": "I wrote hello.txt."},
+        {"text": "You asked me to write hello.txt; I did."},
+        {"text": "Still here after the reload."},
+    ]}));
+    let cmd = env.gemini(&mock);
+    let mut agent = AcpAgent::start(&cmd, LONG).await.expect("initialize");
+    assert_eq!(agent.info.protocol_version, 1);
+    assert!(agent.info.load_session, "gemini advertises loadSession");
+    let session = agent
+        .new_session(&env.work, LONG)
+        .await
+        .expect("session/new");
+    let policy = Policy::new(Level::WorkspaceWrite, &env.work);
+
+    let ev = Events::default();
+    let end = prompt(
+        &mut agent,
+        &session,
+        "write hello.txt",
+        &policy,
+        &ev,
+        CancellationToken::new(),
+    )
+    .await;
+    assert_eq!(
+        end,
+        TurnEnd::Completed { note: None },
+        "events: {:#?}",
+        ev.all()
+    );
+    assert_eq!(
+        std::fs::read_to_string(&target).expect("hello.txt written"),
+        "hello from gemini\n"
+    );
+    let perms = ev.permissions();
+    assert_eq!(perms.len(), 1, "one permission request: {perms:?}");
+    assert_eq!(perms[0].0, Verdict::Allow);
+    assert_eq!(
+        perms[0].1,
+        "default workspace-write: edit inside the working dir"
+    );
+    assert!(perms[0].2.is_some(), "an allow option was selected");
+    assert!(
+        ev.message().contains("I wrote hello.txt."),
+        "message: {:?}",
+        ev.message()
+    );
+    assert!(
+        ev.all().iter().any(|e| matches!(e, AcpEvent::ToolCall { kind, status, .. } if kind == "edit" && status == "completed")),
+        "a completed edit tool call: {:#?}",
+        ev.all()
+    );
+
+    // Turn 2 continues the same agent session: the model sees the first exchange.
+    let ev2 = Events::default();
+    let end = prompt(
+        &mut agent,
+        &session,
+        "what did you do?",
+        &policy,
+        &ev2,
+        CancellationToken::new(),
+    )
+    .await;
+    assert_eq!(end, TurnEnd::Completed { note: None });
+    assert!(
+        ev2.message().contains("You asked me"),
+        "message: {:?}",
+        ev2.message()
+    );
+    let last = mock
+        .model_requests()
+        .last()
+        .cloned()
+        .expect("model requests");
+    let seen = contents_text(&last.body);
+    assert!(
+        seen.contains("write hello.txt") && seen.contains("what did you do?"),
+        "history: {seen}"
+    );
+    assert!(
+        seen.contains("I wrote hello.txt."),
+        "history has the first answer: {seen}"
+    );
+
+    // A new agent process continues it (as after an idle stop or a zwarm restart). gemini
+    // 0.61.0 advertises session/load, but after a restart its load rewrites the saved chat
+    // before reading it and answers "No previous sessions found": zwarm then starts a new
+    // session with a summary of the earlier turns and says so.
+    let pid = agent.pid().expect("pid");
+    agent.stop(Duration::from_secs(5)).await;
+    assert!(
+        !group_alive(pid),
+        "the agent's process group is gone after stop"
+    );
+    let mut agent = AcpAgent::start(&cmd, LONG).await.expect("initialize again");
+    let earlier = vec![
+        zwarm::acp::EarlierTurn {
+            prompt: "write hello.txt".into(),
+            response: Some("I wrote hello.txt.".into()),
+        },
+        zwarm::acp::EarlierTurn {
+            prompt: "what did you do?".into(),
+            response: Some("You asked me to write hello.txt; I did.".into()),
+        },
+    ];
+    let opened = agent
+        .open_session(Some(&session), &env.work, &earlier, LONG)
+        .await
+        .expect("open session");
+    let text = match &opened.preamble {
+        Some(p) => format!("{p}are you there?"),
+        None => "are you there?".to_string(),
+    };
+    if !opened.loaded {
+        let note = opened
+            .note
+            .clone()
+            .expect("a note says the session was not continued");
+        assert!(
+            note.contains(&session) && note.contains("summary"),
+            "note: {note}"
+        );
+    }
+    let ev3 = Events::default();
+    let end = prompt(
+        &mut agent,
+        &opened.session_id,
+        &text,
+        &policy,
+        &ev3,
+        CancellationToken::new(),
+    )
+    .await;
+    assert_eq!(end, TurnEnd::Completed { note: None });
+    assert_eq!(
+        ev3.message(),
+        "Still here after the reload.",
+        "no replayed text leaks into the turn"
+    );
+    let seen = contents_text(&mock.model_requests().last().expect("request").body);
+    assert!(
+        seen.contains("write hello.txt")
+            && seen.contains("I wrote hello.txt.")
+            && seen.contains("are you there?"),
+        "history after restart: {seen}"
+    );
+    let pid = agent.pid().expect("pid");
+    agent.stop(Duration::from_secs(5)).await;
+    assert!(!group_alive(pid));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gemini_policy_denials_leave_files_untouched_and_are_reported() {
+    let env = AgentEnv::new();
+    let readonly = env.work.join("notes.txt");
+    let secret = env.work.join("secret.txt");
+    std::fs::write(&secret, "original\n").expect("seed");
+    let mock = GeminiMock::start(json!({"turns": [
+        write_call(&readonly, "written\n"),
+        {"text": "I could not write it."},
+        write_call(&secret, "overwritten\n"),
+        {"text": "Refused again."},
+    ]}));
+    let mut agent = AcpAgent::start(&env.gemini(&mock), LONG)
+        .await
+        .expect("initialize");
+    let session = agent
+        .new_session(&env.work, LONG)
+        .await
+        .expect("session/new");
+
+    // The level's default: a read-only session may not edit.
+    let policy = Policy::new(Level::ReadOnly, &env.work);
+    let ev = Events::default();
+    let end = prompt(
+        &mut agent,
+        &session,
+        "write notes",
+        &policy,
+        &ev,
+        CancellationToken::new(),
+    )
+    .await;
+    assert!(!readonly.exists(), "the denied write did not happen");
+    let perms = ev.permissions();
+    assert_eq!(perms.len(), 1, "{perms:?}");
+    assert_eq!(perms[0].0, Verdict::Deny);
+    assert_eq!(perms[0].1, "default read-only: edit not allowed read-only");
+    let mapped: Vec<_> = ev
+        .all()
+        .iter()
+        .flat_map(zwarm::acp::update::to_executor_events)
+        .collect();
+    assert!(
+        mapped.iter().any(|e| matches!(e, zwarm::event::ExecutorEvent::PermissionDenied(d) if d.input["rule"] == "default read-only: edit not allowed read-only")),
+        "the denial is reported as a permission denial: {mapped:#?}"
+    );
+    assert!(
+        matches!(end, TurnEnd::Completed { .. } | TurnEnd::Interrupted),
+        "{end:?}"
+    );
+
+    // A configured rule denies an edit the level would allow, and is named.
+    let policy = Policy::new(Level::FullAccess, &env.work)
+        .with_rules(vec![Rule {
+            verdict: Verdict::Deny,
+            kinds: vec!["edit".into()],
+            pattern: Some("secret".into()),
+        }])
+        .expect("policy");
+    let ev = Events::default();
+    prompt(
+        &mut agent,
+        &session,
+        "overwrite the secret",
+        &policy,
+        &ev,
+        CancellationToken::new(),
+    )
+    .await;
+    assert_eq!(
+        std::fs::read_to_string(&secret).expect("read"),
+        "original\n"
+    );
+    let perms = ev.permissions();
+    assert_eq!(perms.len(), 1, "{perms:?}");
+    assert_eq!(
+        (perms[0].0, perms[0].1.as_str()),
+        (Verdict::Deny, "rule 1 (deny edit /secret/)")
+    );
+    let pid = agent.pid().expect("pid");
+    agent.stop(Duration::from_secs(5)).await;
+    assert!(!group_alive(pid));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gemini_dying_mid_turn_fails_the_turn_and_leaves_no_process() {
+    let env = AgentEnv::new();
+    let mock = GeminiMock::start(json!({"turns": [{"text": "too late", "stall_s": 600}]}));
+    let mut agent = AcpAgent::start(&env.gemini(&mock), LONG)
+        .await
+        .expect("initialize");
+    let session = agent
+        .new_session(&env.work, LONG)
+        .await
+        .expect("session/new");
+    let policy = Policy::new(Level::WorkspaceWrite, &env.work);
+    let pid = agent.pid().expect("pid");
+    let killer = {
+        let mock_requests = move || mock.model_requests().len();
+        tokio::spawn(async move {
+            // Wait until the model request is in flight, then kill the agent's whole group.
+            while mock_requests() == 0 {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            // SAFETY: a plain signal to the agent's process group.
+            unsafe { libc::killpg(pid as i32, libc::SIGKILL) };
+        })
+    };
+    let ev = Events::default();
+    let end = prompt(
+        &mut agent,
+        &session,
+        "take your time",
+        &policy,
+        &ev,
+        CancellationToken::new(),
+    )
+    .await;
+    killer.await.expect("killer");
+    let TurnEnd::Failed { reason } = end else {
+        panic!("expected a failed turn, got {end:?}")
+    };
+    assert!(
+        reason.contains("killed by signal 9") || reason.contains("closed its output"),
+        "reason: {reason}"
+    );
+    agent.stop(Duration::from_secs(5)).await;
+    assert!(!group_alive(pid), "no process of the agent is left");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gemini_cancel_interrupts_the_turn() {
+    let env = AgentEnv::new();
+    let mock = GeminiMock::start(json!({"turns": [{"text": "too late", "stall_s": 600}]}));
+    let mut agent = AcpAgent::start(&env.gemini(&mock), LONG)
+        .await
+        .expect("initialize");
+    let session = agent
+        .new_session(&env.work, LONG)
+        .await
+        .expect("session/new");
+    let policy = Policy::new(Level::WorkspaceWrite, &env.work);
+    let cancel = CancellationToken::new();
+    let trigger = cancel.clone();
+    let watcher = tokio::spawn(async move {
+        while mock.model_requests().is_empty() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        trigger.cancel();
+        mock
+    });
+    let ev = Events::default();
+    let end = prompt(&mut agent, &session, "take your time", &policy, &ev, cancel).await;
+    let _mock = watcher.await.expect("watcher");
+    assert_eq!(end, TurnEnd::Interrupted);
+    let pid = agent.pid().expect("pid");
+    agent.stop(Duration::from_secs(5)).await;
+    assert!(!group_alive(pid));
+}

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{Value, json};
+use support::mock_chat::{ChatMock, messages_text};
 use support::mock_gemini::{GeminiMock, contents_text};
 use tempfile::TempDir;
 use tokio_util::sync::CancellationToken;
@@ -96,6 +97,90 @@ impl AgentEnv {
                 "GOOGLE_API_KEY".into(),
                 "GOOGLE_CLOUD_PROJECT".into(),
                 "GOOGLE_APPLICATION_CREDENTIALS".into(),
+            ],
+        }
+    }
+}
+
+impl AgentEnv {
+    fn qwen(&self, mock: &ChatMock) -> AgentCommand {
+        let qdir = self.home.join(".qwen");
+        std::fs::create_dir_all(&qdir).expect("mkdir .qwen");
+        std::fs::write(
+            qdir.join("settings.json"),
+            json!({
+                "security": {"auth": {"selectedType": "openai"}, "folderTrust": {"enabled": false}},
+                "privacy": {"usageStatisticsEnabled": false},
+                "telemetry": {"enabled": false},
+                "general": {"disableAutoUpdate": true},
+                "memory": {"enableManagedAutoMemory": false, "enableManagedAutoDream": false},
+            })
+            .to_string(),
+        )
+        .expect("write settings");
+        AgentCommand {
+            program: acp_cli("qwen"),
+            args: vec![OsString::from("--acp")],
+            cwd: self.work.clone(),
+            env_set: vec![
+                ("HOME".into(), self.home.display().to_string()),
+                ("OPENAI_BASE_URL".into(), mock.base_url()),
+                ("OPENAI_API_KEY".into(), "x".into()),
+                ("OPENAI_MODEL".into(), "mock-model".into()),
+                (
+                    "XDG_CONFIG_HOME".into(),
+                    self.home.join(".config").display().to_string(),
+                ),
+            ],
+            env_remove: vec!["DASHSCOPE_API_KEY".into(), "QWEN_MODEL".into()],
+        }
+    }
+}
+
+impl AgentEnv {
+    /// OpenCode on its google provider, pointed at the Gemini mock. Its permission config
+    /// makes it ask before edits and commands (by default it asks nothing).
+    fn opencode(&self, mock: &GeminiMock) -> AgentCommand {
+        let config = json!({
+            "provider": {"google": {"options": {"baseURL": format!("{}/v1beta", mock.base_url()), "apiKey": "x"}}},
+            "model": "google/gemini-2.5-flash",
+            "small_model": "google/gemini-2.5-flash",
+            "permission": {"edit": "ask", "bash": "ask", "webfetch": "ask"},
+            "autoupdate": false,
+            "share": "disabled",
+        });
+        AgentCommand {
+            program: acp_cli("opencode"),
+            args: vec![OsString::from("acp")],
+            cwd: self.work.clone(),
+            env_set: vec![
+                ("HOME".into(), self.home.display().to_string()),
+                (
+                    "XDG_CONFIG_HOME".into(),
+                    self.home.join(".config").display().to_string(),
+                ),
+                (
+                    "XDG_DATA_HOME".into(),
+                    self.home.join(".local/share").display().to_string(),
+                ),
+                (
+                    "XDG_STATE_HOME".into(),
+                    self.home.join(".local/state").display().to_string(),
+                ),
+                (
+                    "XDG_CACHE_HOME".into(),
+                    self.home.join(".cache").display().to_string(),
+                ),
+                ("OPENCODE_CONFIG_CONTENT".into(), config.to_string()),
+                ("OPENCODE_DISABLE_MODELS_FETCH".into(), "1".into()),
+                ("OPENCODE_DISABLE_AUTOUPDATE".into(), "1".into()),
+                ("OPENCODE_DISABLE_LSP_DOWNLOAD".into(), "1".into()),
+                ("OPENCODE_DISABLE_SHARE".into(), "1".into()),
+                ("OPENCODE_DISABLE_CLAUDE_CODE".into(), "1".into()),
+            ],
+            env_remove: vec![
+                "GOOGLE_GENERATIVE_AI_API_KEY".into(),
+                "GEMINI_API_KEY".into(),
             ],
         }
     }
@@ -488,6 +573,154 @@ async fn gemini_cancel_interrupts_the_turn() {
     let end = prompt(&mut agent, &session, "take your time", &policy, &ev, cancel).await;
     let _mock = watcher.await.expect("watcher");
     assert_eq!(end, TurnEnd::Interrupted);
+    let pid = agent.pid().expect("pid");
+    agent.stop(Duration::from_secs(5)).await;
+    assert!(!group_alive(pid));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qwen_writes_a_file_and_continues_the_session() {
+    let env = AgentEnv::new();
+    let target = env.work.join("hello.txt");
+    let mock = ChatMock::start(json!({"turns": [
+        write_call(&target, "hello from qwen\n"),
+        {"text": "I wrote hello.txt."},
+        {"text": "You asked me to write hello.txt; I did."},
+    ]}));
+    let mut agent = AcpAgent::start(&env.qwen(&mock), LONG)
+        .await
+        .expect("initialize");
+    let session = agent
+        .new_session(&env.work, LONG)
+        .await
+        .expect("session/new");
+    let policy = Policy::new(Level::WorkspaceWrite, &env.work);
+    let ev = Events::default();
+    let end = prompt(
+        &mut agent,
+        &session,
+        "write hello.txt",
+        &policy,
+        &ev,
+        CancellationToken::new(),
+    )
+    .await;
+    assert_eq!(
+        end,
+        TurnEnd::Completed { note: None },
+        "events: {:#?}",
+        ev.all()
+    );
+    assert_eq!(
+        std::fs::read_to_string(&target).expect("hello.txt written"),
+        "hello from qwen\n"
+    );
+    let perms = ev.permissions();
+    assert_eq!(
+        perms.len(),
+        1,
+        "{perms:?} {} {:#?}",
+        agent.session_info,
+        ev.all()
+    );
+    assert_eq!(perms[0].0, Verdict::Allow);
+    assert!(
+        ev.message().contains("I wrote hello.txt."),
+        "message: {:?}",
+        ev.message()
+    );
+    let ev2 = Events::default();
+    let end = prompt(
+        &mut agent,
+        &session,
+        "what did you do?",
+        &policy,
+        &ev2,
+        CancellationToken::new(),
+    )
+    .await;
+    assert_eq!(end, TurnEnd::Completed { note: None });
+    let seen = messages_text(&mock.model_requests().last().expect("request").body);
+    assert!(
+        seen.contains("write hello.txt")
+            && seen.contains("I wrote hello.txt.")
+            && seen.contains("what did you do?"),
+        "history: {seen}"
+    );
+    let pid = agent.pid().expect("pid");
+    agent.stop(Duration::from_secs(5)).await;
+    assert!(!group_alive(pid));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opencode_writes_a_file_and_continues_the_session() {
+    let env = AgentEnv::new();
+    let target = env.work.join("hello.txt");
+    let mock = GeminiMock::start(json!({"turns": [
+        {"call": {"name": "write", "args": {"filePath": target.display().to_string(), "content": "hello from opencode\n"}}},
+        {"text": "I wrote hello.txt."},
+        {"text": "You asked me to write hello.txt; I did."},
+    ]}));
+    let mut agent = AcpAgent::start(&env.opencode(&mock), LONG)
+        .await
+        .expect("initialize");
+    let session = agent
+        .new_session(&env.work, LONG)
+        .await
+        .expect("session/new");
+    let policy = Policy::new(Level::WorkspaceWrite, &env.work);
+    let ev = Events::default();
+    let end = prompt(
+        &mut agent,
+        &session,
+        "write hello.txt",
+        &policy,
+        &ev,
+        CancellationToken::new(),
+    )
+    .await;
+    assert_eq!(
+        end,
+        TurnEnd::Completed { note: None },
+        "events: {:#?}",
+        ev.all()
+    );
+    assert_eq!(
+        std::fs::read_to_string(&target).expect("hello.txt written"),
+        "hello from opencode\n"
+    );
+    let perms = ev.permissions();
+    assert_eq!(
+        perms.len(),
+        1,
+        "{perms:?} {} {:#?}",
+        agent.session_info,
+        ev.all()
+    );
+    assert_eq!(perms[0].0, Verdict::Allow);
+    assert!(
+        ev.message().contains("I wrote hello.txt."),
+        "message: {:?}",
+        ev.message()
+    );
+    let ev2 = Events::default();
+    let end = prompt(
+        &mut agent,
+        &session,
+        "what did you do?",
+        &policy,
+        &ev2,
+        CancellationToken::new(),
+    )
+    .await;
+    assert_eq!(end, TurnEnd::Completed { note: None });
+    let seen = contents_text(&mock.model_requests().last().expect("request").body);
+    assert!(
+        seen.contains("write hello.txt")
+            && seen.contains("I wrote hello.txt.")
+            && seen.contains("what did you do?"),
+        "history: {seen}"
+    );
     let pid = agent.pid().expect("pid");
     agent.stop(Duration::from_secs(5)).await;
     assert!(!group_alive(pid));

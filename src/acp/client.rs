@@ -19,6 +19,9 @@ use super::policy::{Decision, PermissionAsk, Policy, Verdict};
 use super::rpc::{Connection, Incoming, RpcError};
 use super::update::{AcpEvent, Mapper, input_paths, kind_str};
 
+/// The session mode in which agents ask before they edit or run anything.
+pub const ASKING_MODE: &str = "default";
+
 /// The ACP protocol version zwarm speaks.
 pub const PROTOCOL_VERSION: u64 = 1;
 
@@ -135,6 +138,8 @@ pub struct AcpAgent {
     conn: Connection,
     incoming: UnboundedReceiver<Incoming>,
     pub info: AgentInfo,
+    /// The agent's answer to the last `session/new` or `session/load` (its modes, models).
+    pub session_info: Value,
     mapper: Mapper,
 }
 
@@ -151,6 +156,7 @@ impl AcpAgent {
             conn,
             incoming,
             info: AgentInfo::default(),
+            session_info: Value::Null,
             mapper: Mapper::default(),
         };
         let params = json!({
@@ -205,13 +211,46 @@ impl AcpAgent {
                 timeout,
             )
             .await?;
-        r.get("sessionId")
+        self.session_info = r.clone();
+        let id = r
+            .get("sessionId")
             .and_then(Value::as_str)
             .map(str::to_string)
             .ok_or_else(|| AcpError::Protocol {
                 method: "session/new",
                 why: "no sessionId".into(),
-            })
+            })?;
+        self.ensure_asking_mode(&id, timeout).await?;
+        Ok(id)
+    }
+
+    /// zwarm's policy can only act on what the agent asks about, so a session runs in the
+    /// agent's mode that asks before edits and commands: `default` (gemini and qwen name it
+    /// so; qwen starts in `auto`, where its own classifier approves). An agent without modes,
+    /// or without one of that name, is left as it is.
+    async fn ensure_asking_mode(&mut self, id: &str, timeout: Duration) -> Result<(), AcpError> {
+        let modes = self
+            .session_info
+            .get("modes")
+            .cloned()
+            .unwrap_or(Value::Null);
+        let current = modes.get("currentModeId").and_then(Value::as_str);
+        let has_default = modes
+            .get("availableModes")
+            .and_then(Value::as_array)
+            .is_some_and(|m| {
+                m.iter()
+                    .any(|m| m.get("id").and_then(Value::as_str) == Some(ASKING_MODE))
+            });
+        if has_default && current != Some(ASKING_MODE) {
+            self.call(
+                "session/set_mode",
+                json!({"sessionId": id, "modeId": ASKING_MODE}),
+                timeout,
+            )
+            .await?;
+        }
+        Ok(())
     }
 
     /// `session/load` of an earlier session (the agent replays it; the replay is not
@@ -222,12 +261,14 @@ impl AcpAgent {
         cwd: &Path,
         timeout: Duration,
     ) -> Result<(), AcpError> {
-        self.call(
-            "session/load",
-            json!({"sessionId": session_id, "cwd": cwd, "mcpServers": []}),
-            timeout,
-        )
-        .await?;
+        self.session_info = self
+            .call(
+                "session/load",
+                json!({"sessionId": session_id, "cwd": cwd, "mcpServers": []}),
+                timeout,
+            )
+            .await?;
+        self.ensure_asking_mode(session_id, timeout).await?;
         // The replayed messages must not leak into the next turn's message.
         self.mapper = Mapper::default();
         Ok(())

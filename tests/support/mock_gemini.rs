@@ -12,7 +12,8 @@
 //! `status` + `error_message` (non-200: a JSON error), `stall_s` (seconds to wait before the
 //! body), `finish` (finishReason, default `STOP`).
 //!
-//! Every `generateContent` call (not streamed) is a side request: gemini's routing classifier
+//! A streamed request that offers no tools (OpenCode's session title) is answered "Mock title"
+//! and consumes no turn. Every `generateContent` call (not streamed) is a side request: gemini's routing classifier
 //! on a flash-lite model, its next-speaker and loop checks. They ask for JSON with a response
 //! schema; the mock answers an object that fills each schema property (`complexity_score` 20,
 //! `next_speaker` "user", strings "ok", numbers 20, booleans false). They never consume turns.
@@ -64,11 +65,11 @@ impl GeminiMock {
             .collect()
     }
 
-    /// The main (streamed) model requests, in order.
+    /// The main model requests (streamed, offering tools), in order.
     pub fn model_requests(&self) -> Vec<RecordedRequest> {
         self.requests()
             .into_iter()
-            .filter(|r| r.path_only().ends_with(":streamGenerateContent"))
+            .filter(|r| r.path_only().ends_with(":streamGenerateContent") && has_tools(&r.body))
             .collect()
     }
 
@@ -137,6 +138,11 @@ impl Handler for Inner {
                 json!({"error": {"code": 404, "message": "mock: no such endpoint", "status": "NOT_FOUND"}}),
             );
         }
+        if !has_tools(&body) {
+            // A side request streamed (OpenCode's session title): never a turn.
+            drop(st);
+            return stream_answer(&json!({"text": "Mock title"}), &model);
+        }
         let step = {
             let turns = st.script.get("turns").and_then(Value::as_array);
             match turns.and_then(|t| t.get(st.seq)).cloned() {
@@ -154,6 +160,12 @@ impl Handler for Inner {
         drop(st);
         stream_answer(&step, &model)
     }
+}
+
+fn has_tools(body: &Value) -> bool {
+    body.get("tools")
+        .and_then(Value::as_array)
+        .is_some_and(|t| !t.is_empty())
 }
 
 fn model_of(path: &str) -> String {
@@ -222,7 +234,7 @@ fn side_answer(body: &Value, model: &str) -> Value {
         .get("responseJsonSchema")
         .or_else(|| cfg.get("responseSchema"));
     let text = match schema {
-        Some(s) => fill(s).to_string(),
+        Some(s) => fill_schema(s).to_string(),
         None => "ok".to_string(),
     };
     json!({
@@ -232,7 +244,8 @@ fn side_answer(body: &Value, model: &str) -> Value {
     })
 }
 
-fn fill(schema: &Value) -> Value {
+/// A JSON value that fills `schema` (see the module docs).
+pub(crate) fn fill_schema(schema: &Value) -> Value {
     let ty = schema
         .get("type")
         .and_then(Value::as_str)
@@ -246,7 +259,7 @@ fn fill(schema: &Value) -> Value {
                     let val = match k.as_str() {
                         "complexity_score" => json!(20),
                         "next_speaker" => json!("user"),
-                        _ => fill(v),
+                        _ => fill_schema(v),
                     };
                     out.insert(k.clone(), val);
                 }

@@ -224,10 +224,40 @@ async fn prompt(
     events: &Events,
     cancel: CancellationToken,
 ) -> TurnEnd {
+    prompt_with(agent, session, text, policy, None, events, cancel).await
+}
+
+/// An approver that answers every ask with `answer` (`None`: never answers), and records
+/// what it was asked.
+struct ScriptedApprover {
+    answer: Option<bool>,
+    asked: Mutex<Vec<zwarm::acp::PermissionAsk>>,
+}
+
+#[async_trait::async_trait]
+impl zwarm::acp::Approver for ScriptedApprover {
+    async fn approve(&self, ask: &zwarm::acp::PermissionAsk) -> Option<bool> {
+        self.asked.lock().unwrap().push(ask.clone());
+        match self.answer {
+            Some(a) => Some(a),
+            None => std::future::pending().await,
+        }
+    }
+}
+
+async fn prompt_with(
+    agent: &mut AcpAgent,
+    session: &str,
+    text: &str,
+    policy: &Policy,
+    approver: Option<&dyn zwarm::acp::Approver>,
+    events: &Events,
+    cancel: CancellationToken,
+) -> TurnEnd {
     let opts = PromptOptions {
         policy,
-        approver: None,
-        ask_timeout: Duration::from_secs(5),
+        approver,
+        ask_timeout: Duration::from_secs(2),
         cancel,
         cancel_grace: Duration::from_secs(10),
     };
@@ -720,6 +750,91 @@ async fn opencode_writes_a_file_and_continues_the_session() {
             && seen.contains("I wrote hello.txt.")
             && seen.contains("what did you do?"),
         "history: {seen}"
+    );
+    let pid = agent.pid().expect("pid");
+    agent.stop(Duration::from_secs(5)).await;
+    assert!(!group_alive(pid));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gemini_asks_are_approved_or_denied_at_the_timeout() {
+    let env = AgentEnv::new();
+    let approved = env.work.join("approved.txt");
+    let unanswered = env.work.join("unanswered.txt");
+    let mock = GeminiMock::start(json!({"turns": [
+        write_call(&approved, "yes\n"),
+        {"text": "Written after approval."},
+        write_call(&unanswered, "no\n"),
+        {"text": "Not written."},
+    ]}));
+    let mut agent = AcpAgent::start(&env.gemini(&mock), LONG)
+        .await
+        .expect("initialize");
+    let session = agent
+        .new_session(&env.work, LONG)
+        .await
+        .expect("session/new");
+    let policy = Policy::new(Level::WorkspaceWrite, &env.work)
+        .with_rules(vec![Rule {
+            verdict: Verdict::Ask,
+            kinds: vec!["edit".into()],
+            pattern: None,
+        }])
+        .expect("policy");
+
+    let yes = ScriptedApprover {
+        answer: Some(true),
+        asked: Mutex::default(),
+    };
+    let ev = Events::default();
+    let end = prompt_with(
+        &mut agent,
+        &session,
+        "write approved",
+        &policy,
+        Some(&yes),
+        &ev,
+        CancellationToken::new(),
+    )
+    .await;
+    assert_eq!(end, TurnEnd::Completed { note: None });
+    assert_eq!(
+        std::fs::read_to_string(&approved).expect("written"),
+        "yes\n"
+    );
+    let asked = yes.asked.lock().unwrap().clone();
+    assert_eq!(asked.len(), 1);
+    assert_eq!(asked[0].kind, "edit");
+    assert!(
+        asked[0].paths.iter().any(|p| p.ends_with("approved.txt")),
+        "{asked:?}"
+    );
+    assert_eq!(ev.permissions()[0].1, "rule 1 (ask edit); approved");
+
+    let silent = ScriptedApprover {
+        answer: None,
+        asked: Mutex::default(),
+    };
+    let ev = Events::default();
+    prompt_with(
+        &mut agent,
+        &session,
+        "write unanswered",
+        &policy,
+        Some(&silent),
+        &ev,
+        CancellationToken::new(),
+    )
+    .await;
+    assert!(!unanswered.exists(), "an unanswered ask is a denial");
+    let perms = ev.permissions();
+    assert_eq!(perms.len(), 1, "{perms:?}");
+    assert_eq!(
+        (perms[0].0, perms[0].1.as_str()),
+        (
+            Verdict::Deny,
+            "rule 1 (ask edit); no answer within 2 s, so denied"
+        )
     );
     let pid = agent.pid().expect("pid");
     agent.stop(Duration::from_secs(5)).await;

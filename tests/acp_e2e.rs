@@ -80,6 +80,7 @@ impl AgentEnv {
         )
         .expect("write settings");
         AgentCommand {
+            share_group: false,
             program: acp_cli("gemini"),
             args: vec![OsString::from("--acp")],
             cwd: self.work.clone(),
@@ -119,6 +120,7 @@ impl AgentEnv {
         )
         .expect("write settings");
         AgentCommand {
+            share_group: false,
             program: acp_cli("qwen"),
             args: vec![OsString::from("--acp")],
             cwd: self.work.clone(),
@@ -150,6 +152,7 @@ impl AgentEnv {
             "share": "disabled",
         });
         AgentCommand {
+            share_group: false,
             program: acp_cli("opencode"),
             args: vec![OsString::from("acp")],
             cwd: self.work.clone(),
@@ -839,4 +842,88 @@ async fn gemini_asks_are_approved_or_denied_at_the_timeout() {
     let pid = agent.pid().expect("pid");
     agent.stop(Duration::from_secs(5)).await;
     assert!(!group_alive(pid));
+}
+
+/// One turn through the `zwarm-acp` bridge process: the job on stdin, the events it prints.
+fn bridge_turn(job: &Value) -> (i32, Vec<Value>) {
+    use std::io::Write;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_zwarm-acp"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("start zwarm-acp");
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin
+        .write_all(job.to_string().as_bytes())
+        .expect("write job");
+    drop(stdin);
+    let out = child.wait_with_output().expect("zwarm-acp ran");
+    let events = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not an event line ({e}): {l}")))
+        .collect();
+    (out.status.code().unwrap_or(-1), events)
+}
+
+#[test]
+fn the_bridge_runs_gemini_turns_as_processes_and_continues_with_a_summary() {
+    let env = AgentEnv::new();
+    let target = env.work.join("bridge.txt");
+    let denied = env.work.join("denied.txt");
+    let mock = GeminiMock::start(json!({"turns": [
+        write_call(&target, "via the bridge\n"),
+        {"text": "Bridge wrote it."},
+        write_call(&denied, "never\n"),
+        {"text": "Could not write it."},
+    ]}));
+    let cmd = env.gemini(&mock);
+    let job = |prompt: &str, resume: Option<&str>, earlier: Value| {
+        json!({
+            "program": cmd.program, "args": ["--acp"], "env_set": cmd.env_set,
+            "env_remove": cmd.env_remove, "cwd": env.work, "prompt": prompt,
+            "resume_id": resume, "earlier": earlier, "level": "workspace-write",
+            "rules": [{"verdict": "deny", "kinds": ["edit"], "pattern": "denied"}],
+        })
+    };
+    let (code, events) = bridge_turn(&job("write bridge.txt", None, json!([])));
+    assert_eq!(code, 0, "{events:#?}");
+    assert_eq!(
+        std::fs::read_to_string(&target).expect("written"),
+        "via the bridge\n"
+    );
+    assert_eq!(events[0]["event"], "session_started", "{events:#?}");
+    let native = events[0]["native_id"]
+        .as_str()
+        .expect("native id")
+        .to_string();
+    let last = events.last().expect("events");
+    assert_eq!(last["event"], "turn_completed");
+    assert_eq!(last["final_text"], "Bridge wrote it.");
+    assert!(
+        events.iter().any(|e| e["event"] == "files_changed"),
+        "{events:#?}"
+    );
+
+    // The next turn is a new process: gemini cannot load its session after a restart, so the
+    // bridge starts a new one with a summary, says so, and the rule denies the write.
+    let earlier = json!([{"prompt": "write bridge.txt", "response": "Bridge wrote it."}]);
+    let (code, events) = bridge_turn(&job("write denied.txt", Some(&native), earlier));
+    assert_eq!(code, 0, "{events:#?}");
+    assert!(!denied.exists(), "the rule denied the write");
+    assert!(
+        events.iter().any(|e| e["event"] == "warning"
+            && e["message"].as_str().is_some_and(|m| m.contains(&native))),
+        "the result says the session was not continued: {events:#?}"
+    );
+    let denial = events
+        .iter()
+        .find(|e| e["event"] == "permission_denied")
+        .expect("a denial event");
+    assert_eq!(denial["input"]["rule"], "rule 1 (deny edit /denied/)");
+    let seen = contents_text(&mock.model_requests().last().expect("request").body);
+    assert!(
+        seen.contains("write bridge.txt") && seen.contains("Bridge wrote it."),
+        "summary: {seen}"
+    );
 }

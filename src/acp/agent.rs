@@ -31,12 +31,17 @@ pub struct AgentCommand {
     pub cwd: PathBuf,
     pub env_set: Vec<(String, String)>,
     pub env_remove: Vec<String>,
+    /// Stay in the caller's process group instead of a group of its own: when the caller is
+    /// itself a turn process that zwarm's runner contains and stops as a group (the bridge).
+    pub share_group: bool,
 }
 
 /// A running agent process.
 pub struct AgentProcess {
     child: Child,
-    pgid: Option<i32>,
+    pid: Option<i32>,
+    /// Its pid is its process group id.
+    own_group: bool,
     stderr_tail: Arc<Mutex<VecDeque<String>>>,
     exit: Option<ExitStatus>,
 }
@@ -50,8 +55,10 @@ impl AgentProcess {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .process_group(0)
             .kill_on_drop(true);
+        if !cmd.share_group {
+            c.process_group(0);
+        }
         for k in &cmd.env_remove {
             c.env_remove(k);
         }
@@ -59,7 +66,7 @@ impl AgentProcess {
             c.env(k, v);
         }
         let mut child = c.spawn()?;
-        let pgid = child.id().and_then(|p| i32::try_from(p).ok());
+        let pid = child.id().and_then(|p| i32::try_from(p).ok());
         let missing = || std::io::Error::other("the agent's stdio was not piped");
         let stdin = child.stdin.take().ok_or_else(missing)?;
         let stdout = child.stdout.take().ok_or_else(missing)?;
@@ -81,7 +88,8 @@ impl AgentProcess {
         Ok((
             AgentProcess {
                 child,
-                pgid,
+                pid,
+                own_group: !cmd.share_group,
                 stderr_tail,
                 exit: None,
             },
@@ -90,9 +98,9 @@ impl AgentProcess {
         ))
     }
 
-    /// The process id of the agent (its process group id too).
+    /// The process id of the agent (its process group id too, unless it shares the caller's).
     pub fn id(&self) -> Option<u32> {
-        self.pgid.and_then(|p| u32::try_from(p).ok())
+        self.pid.and_then(|p| u32::try_from(p).ok())
     }
 
     /// The last lines the agent wrote to stderr.
@@ -132,11 +140,15 @@ impl AgentProcess {
         self.exit
     }
 
+    /// SIGKILL its process group, or only the agent when it shares the caller's group.
     fn kill_group(&self) {
-        if let Some(pgid) = self.pgid {
-            // SAFETY: killpg has no memory effects; a group with no members is ESRCH.
-            unsafe {
-                libc::killpg(pgid, libc::SIGKILL);
+        let Some(pid) = self.pid else { return };
+        // SAFETY: kill/killpg have no memory effects; a group with no members is ESRCH.
+        unsafe {
+            if self.own_group {
+                libc::killpg(pid, libc::SIGKILL);
+            } else if self.exit.is_none() {
+                libc::kill(pid, libc::SIGKILL);
             }
         }
     }

@@ -14,6 +14,7 @@
 //! executor-agnostic machinery that zwarm does not need).
 
 pub mod agent;
+pub mod bridge;
 pub mod client;
 pub mod policy;
 pub mod rpc;

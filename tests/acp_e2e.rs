@@ -271,6 +271,48 @@ async fn prompt_with(
         .expect("the turn ended in time")
 }
 
+/// Stop `agent`, start a new process of `cmd` and open `session` again (session/load, else a
+/// new session with a summary of the first turn); one more turn, "are you there?".
+async fn restart_and_continue(
+    cmd: &AgentCommand,
+    agent: AcpAgent,
+    session: &str,
+    work: &Path,
+    policy: &Policy,
+) -> (AcpAgent, zwarm::acp::OpenedSession) {
+    let pid = agent.pid().expect("pid");
+    agent.stop(Duration::from_secs(5)).await;
+    assert!(
+        !group_alive(pid),
+        "the agent's process group is gone after stop"
+    );
+    let mut agent = AcpAgent::start(cmd, LONG).await.expect("initialize again");
+    let earlier = vec![zwarm::acp::EarlierTurn {
+        prompt: "write hello.txt".into(),
+        response: Some("I wrote hello.txt.".into()),
+    }];
+    let opened = agent
+        .open_session(Some(session), work, &earlier, LONG)
+        .await
+        .expect("open session");
+    let text = format!(
+        "{}are you there?",
+        opened.preamble.clone().unwrap_or_default()
+    );
+    let ev = Events::default();
+    let end = prompt(
+        &mut agent,
+        &opened.session_id,
+        &text,
+        policy,
+        &ev,
+        CancellationToken::new(),
+    )
+    .await;
+    assert_eq!(end, TurnEnd::Completed { note: None });
+    (agent, opened)
+}
+
 /// Is any process of group `pgid` still running (zombies waiting for init do not count)?
 fn group_alive(pgid: u32) -> bool {
     let Ok(dir) = std::fs::read_dir("/proc") else {
@@ -680,6 +722,18 @@ async fn qwen_writes_a_file_and_continues_the_session() {
             && seen.contains("what did you do?"),
         "history: {seen}"
     );
+    let cmd = env.qwen(&mock);
+    let (agent, opened) = restart_and_continue(&cmd, agent, &session, &env.work, &policy).await;
+    assert!(
+        opened.loaded,
+        "qwen loads its session in a new process: {:?}",
+        opened.note
+    );
+    let seen = messages_text(&mock.model_requests().last().expect("request").body);
+    assert!(
+        seen.contains("write hello.txt") && seen.contains("are you there?"),
+        "history after restart: {seen}"
+    );
     let pid = agent.pid().expect("pid");
     agent.stop(Duration::from_secs(5)).await;
     assert!(!group_alive(pid));
@@ -753,6 +807,18 @@ async fn opencode_writes_a_file_and_continues_the_session() {
             && seen.contains("I wrote hello.txt.")
             && seen.contains("what did you do?"),
         "history: {seen}"
+    );
+    let cmd = env.opencode(&mock);
+    let (agent, opened) = restart_and_continue(&cmd, agent, &session, &env.work, &policy).await;
+    assert!(
+        opened.loaded,
+        "opencode loads its session in a new process: {:?}",
+        opened.note
+    );
+    let seen = contents_text(&mock.model_requests().last().expect("request").body);
+    assert!(
+        seen.contains("write hello.txt") && seen.contains("are you there?"),
+        "history after restart: {seen}"
     );
     let pid = agent.pid().expect("pid");
     agent.stop(Duration::from_secs(5)).await;
@@ -878,15 +944,17 @@ fn the_bridge_runs_gemini_turns_as_processes_and_continues_with_a_summary() {
         {"text": "Could not write it."},
     ]}));
     let cmd = env.gemini(&mock);
-    let job = |prompt: &str, resume: Option<&str>, earlier: Value| {
+    let transcript = env.home.join("acp-transcript.jsonl");
+    let job = |prompt: &str, resume: Option<&str>| {
         json!({
+            "transcript": transcript,
             "program": cmd.program, "args": ["--acp"], "env_set": cmd.env_set,
             "env_remove": cmd.env_remove, "cwd": env.work, "prompt": prompt,
-            "resume_id": resume, "earlier": earlier, "level": "workspace-write",
+            "resume_id": resume, "level": "workspace-write",
             "rules": [{"verdict": "deny", "kinds": ["edit"], "pattern": "denied"}],
         })
     };
-    let (code, events) = bridge_turn(&job("write bridge.txt", None, json!([])));
+    let (code, events) = bridge_turn(&job("write bridge.txt", None));
     assert_eq!(code, 0, "{events:#?}");
     assert_eq!(
         std::fs::read_to_string(&target).expect("written"),
@@ -907,8 +975,8 @@ fn the_bridge_runs_gemini_turns_as_processes_and_continues_with_a_summary() {
 
     // The next turn is a new process: gemini cannot load its session after a restart, so the
     // bridge starts a new one with a summary, says so, and the rule denies the write.
-    let earlier = json!([{"prompt": "write bridge.txt", "response": "Bridge wrote it."}]);
-    let (code, events) = bridge_turn(&job("write denied.txt", Some(&native), earlier));
+    // The earlier turns come from the transcript the bridge keeps.
+    let (code, events) = bridge_turn(&job("write denied.txt", Some(&native)));
     assert_eq!(code, 0, "{events:#?}");
     assert!(!denied.exists(), "the rule denied the write");
     assert!(

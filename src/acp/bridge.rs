@@ -43,6 +43,11 @@ pub struct BridgeJob {
     /// The earlier turns, for the summary when the session cannot be loaded.
     #[serde(default)]
     pub earlier: Vec<BridgeTurn>,
+    /// A file the bridge keeps the session's turns in (one JSON [`BridgeTurn`] a line),
+    /// appended after each completed turn, read for the summary when `earlier` is empty. The
+    /// executor puts it in the zwarm session's turn directory, so it outlives a restart.
+    #[serde(default)]
+    pub transcript: Option<PathBuf>,
     /// The permission level: `read-only`, `workspace-write`, `full-access`.
     pub level: Level,
     #[serde(default)]
@@ -87,6 +92,31 @@ fn failed(message: String) -> ExecutorEvent {
     }
 }
 
+/// The turns in a transcript file; a missing file or a bad line is no turn.
+fn read_transcript(path: &std::path::Path) -> Vec<BridgeTurn> {
+    std::fs::read_to_string(path)
+        .map(|t| {
+            t.lines()
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn append_transcript(path: &std::path::Path, turn: &BridgeTurn) {
+    let Ok(line) = serde_json::to_string(turn) else {
+        return;
+    };
+    let r = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .and_then(|mut f| writeln!(f, "{line}"));
+    if let Err(e) = r {
+        tracing::warn!(path = %path.display(), "acp bridge: cannot keep the transcript: {e}");
+    }
+}
+
 /// Run one turn. Returns the process exit status: 0 when the turn completed.
 pub async fn run(job: BridgeJob, out: &mut (dyn Write + Send), cancel: CancellationToken) -> i32 {
     let policy = match Policy::new(job.level, &job.cwd).with_rules(job.rules.clone()) {
@@ -112,8 +142,18 @@ pub async fn run(job: BridgeJob, out: &mut (dyn Write + Send), cancel: Cancellat
             return 1;
         }
     };
-    let earlier: Vec<EarlierTurn> = job
-        .earlier
+    let from_file;
+    let earlier_src: &[BridgeTurn] = if job.earlier.is_empty() {
+        from_file = job
+            .transcript
+            .as_deref()
+            .map(read_transcript)
+            .unwrap_or_default();
+        &from_file
+    } else {
+        &job.earlier
+    };
+    let earlier: Vec<EarlierTurn> = earlier_src
         .iter()
         .map(|t| EarlierTurn {
             prompt: t.prompt.clone(),
@@ -185,6 +225,15 @@ pub async fn run(job: BridgeJob, out: &mut (dyn Write + Send), cancel: Cancellat
     agent.stop(STOP_GRACE).await;
     match end {
         TurnEnd::Completed { note } => {
+            if let Some(path) = &job.transcript {
+                append_transcript(
+                    path,
+                    &BridgeTurn {
+                        prompt: job.prompt.clone(),
+                        response: last_message.clone(),
+                    },
+                );
+            }
             if let Some(n) = note {
                 emit(out, &ExecutorEvent::Warning { message: n });
             }

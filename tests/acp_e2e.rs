@@ -995,3 +995,91 @@ fn the_bridge_runs_gemini_turns_as_processes_and_continues_with_a_summary() {
         "summary: {seen}"
     );
 }
+
+/// A turn the way the engine runs one: the gemini executor's launch (the bridge, the job on
+/// stdin), its stdout parsed by the executor's parser.
+#[test]
+fn the_gemini_executor_runs_turns_through_the_bridge() {
+    use std::io::Write;
+    use zwarm::executor::acp::{AcpExecutor, GEMINI, TRANSCRIPT_FILE};
+    use zwarm::executor::{Executor, LaunchContext, TurnPlan};
+
+    let env = AgentEnv::new();
+    let target = env.work.join("exec.txt");
+    let mock = GeminiMock::start(json!({"turns": [
+        write_call(&target, "via the executor\n"),
+        {"text": "Executor wrote it."},
+        {"text": "Second turn."},
+    ]}));
+    let gemini_cmd = env.gemini(&mock);
+    // The registry entry will name its own adapter; the launch does not depend on it.
+    let exec = AcpExecutor::new(zwarm::model::Adapter::Codex, &GEMINI);
+    let cfg = zwarm::config::Config::default();
+    let turns = env.home.join("turns").join("s1");
+    std::fs::create_dir_all(&turns).expect("turn dir");
+    let run = |prompt: &str, resume: Option<String>, n: u32| {
+        let plan = TurnPlan {
+            working_dir: env.work.clone(),
+            prompt: prompt.into(),
+            resume_id: resume,
+        };
+        let ctx = LaunchContext {
+            scratch: turns.join(format!("{n}.last-message")),
+            ..LaunchContext::default()
+        };
+        let launch = exec
+            .launch_with(
+                &cfg,
+                &plan,
+                &ctx,
+                gemini_cmd.program.clone(),
+                env!("CARGO_BIN_EXE_zwarm-acp").into(),
+            )
+            .expect("launch");
+        let mut child = std::process::Command::new(&launch.program)
+            .args(&launch.args)
+            .current_dir(&launch.cwd)
+            .envs(gemini_cmd.env_set.iter().cloned())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("start the bridge");
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin.write_all(&launch.stdin).expect("job");
+        drop(stdin);
+        let out = child.wait_with_output().expect("bridge ran");
+        let mut parser = exec.parser();
+        let events: Vec<zwarm::event::ExecutorEvent> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .flat_map(|l| parser.parse_line(l))
+            .collect();
+        (out.status.code(), events)
+    };
+    let (code, events) = run("write exec.txt", None, 1);
+    assert_eq!(code, Some(0), "{events:#?}");
+    assert_eq!(
+        std::fs::read_to_string(&target).expect("written"),
+        "via the executor\n"
+    );
+    let Some(zwarm::event::ExecutorEvent::SessionStarted { native_id, .. }) = events.first() else {
+        panic!("the first event names the agent session: {events:#?}");
+    };
+    assert!(
+        matches!(
+            events.last(),
+            Some(zwarm::event::ExecutorEvent::TurnCompleted { final_text: Some(t), .. }) if t == "Executor wrote it."
+        ),
+        "{events:#?}"
+    );
+    assert!(
+        turns.join(TRANSCRIPT_FILE).exists(),
+        "the transcript is kept in the session's turn dir"
+    );
+    let (code, events) = run("and now?", Some(native_id.clone()), 2);
+    assert_eq!(code, Some(0), "{events:#?}");
+    let seen = contents_text(&mock.model_requests().last().expect("request").body);
+    assert!(
+        seen.contains("write exec.txt") && seen.contains("and now?"),
+        "history: {seen}"
+    );
+}

@@ -17,7 +17,8 @@ use tokio_util::sync::CancellationToken;
 use super::agent::{AgentCommand, AgentProcess, describe_exit};
 use super::policy::{Decision, PermissionAsk, Policy, Verdict};
 use super::rpc::{Connection, Incoming, RpcError};
-use super::update::{AcpEvent, Mapper, input_paths, kind_str};
+use super::schema::tool_kind;
+use super::update::{AcpEvent, Mapper, input_paths};
 
 /// The session mode in which agents ask before they edit or run anything.
 pub const ASKING_MODE: &str = "default";
@@ -518,8 +519,8 @@ impl AcpAgent {
         let known = self.mapper.known_call(&tool_call_id);
         let kind = tc
             .get("kind")
-            .and_then(|k| serde_json::from_value(k.clone()).ok())
-            .map(|k| kind_str(&k))
+            .and_then(Value::as_str)
+            .map(|k| tool_kind(Some(k)))
             .or_else(|| known.as_ref().map(|k| k.0.clone()))
             .filter(|k| !k.is_empty())
             .unwrap_or_else(|| "other".into());

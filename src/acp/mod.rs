@@ -9,15 +9,16 @@
 //! - [`update`]: `session/update` → [`update::AcpEvent`] → [`crate::event::ExecutorEvent`].
 //! - [`policy`]: allow / deny / ask for each permission request, and why.
 //!
-//! The protocol's message types come from the `agent-client-protocol` crate's schema; the
-//! connection is zwarm's own small loop on tokio (the crate's connection model brings its own
-//! executor-agnostic machinery that zwarm does not need).
+//! The message types zwarm reads are in [`schema`] (not from the `agent-client-protocol`
+//! crate: it turns on serde_json's `preserve_order` for the whole program); the connection is
+//! zwarm's own small loop on tokio.
 
 pub mod agent;
 pub mod bridge;
 pub mod client;
 pub mod policy;
 pub mod rpc;
+pub mod schema;
 pub mod update;
 
 pub use agent::AgentCommand;

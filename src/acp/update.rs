@@ -7,13 +7,11 @@
 
 use std::collections::HashMap;
 
-use agent_client_protocol::v1::schema::{
-    ContentBlock, SessionNotification, SessionUpdate, ToolCallContent, ToolCallStatus, ToolKind,
-};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::policy::{Decision, PermissionAsk};
+use super::schema::{ContentBlock, SessionNotification, SessionUpdate, ToolCallContent, tool_kind};
 use crate::event::{ExecutorEvent, FileChange, PermissionDenial, ToolError};
 
 /// What happened in an ACP turn, in ACP's terms.
@@ -90,20 +88,6 @@ pub struct Mapper {
     pub last_usage: Option<(u64, u64, Option<f64>)>,
 }
 
-pub fn kind_str(k: &ToolKind) -> String {
-    serde_json::to_value(k)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_else(|| "other".into())
-}
-
-fn status_str(s: &ToolCallStatus) -> String {
-    serde_json::to_value(s)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_else(|| "pending".into())
-}
-
 /// Path-like values of a tool input (`file_path`, `filePath`, `path`, `absolute_path`, …).
 pub fn input_paths(input: &Value) -> Vec<String> {
     let mut out = Vec::new();
@@ -125,10 +109,11 @@ pub fn input_paths(input: &Value) -> Vec<String> {
 fn content_text(content: &[ToolCallContent]) -> String {
     let mut out = String::new();
     for c in content {
-        if let ToolCallContent::Content(c) = c
-            && let ContentBlock::Text(t) = &c.content
+        if let ToolCallContent::Content {
+            content: ContentBlock::Text { text },
+        } = c
         {
-            out.push_str(&t.text);
+            out.push_str(text);
         }
     }
     crate::text::truncate_chars(&out, OUTPUT_MAX)
@@ -138,9 +123,10 @@ fn diffs(content: &[ToolCallContent]) -> Vec<AcpEvent> {
     content
         .iter()
         .filter_map(|c| match c {
-            ToolCallContent::Diff(d) => Some(AcpEvent::FileEdit {
-                path: d.path.display().to_string(),
-                kind: if d.old_text.is_none() {
+            ToolCallContent::Diff { path, old_text } => Some(AcpEvent::FileEdit {
+                path: path.display().to_string(),
+                // qwen sends an empty old text for a new file.
+                kind: if old_text.as_deref().is_none_or(str::is_empty) {
                     "add"
                 } else {
                     "update"
@@ -163,74 +149,57 @@ impl Mapper {
         match n.update {
             SessionUpdate::AgentMessageChunk(c) => {
                 self.flush_thought(&mut out);
-                if let ContentBlock::Text(t) = c.content {
-                    self.message.push_str(&t.text);
+                if let ContentBlock::Text { text } = c.content {
+                    self.message.push_str(&text);
                 }
             }
             SessionUpdate::AgentThoughtChunk(c) => {
                 self.flush_message(&mut out);
-                if let ContentBlock::Text(t) = c.content {
-                    self.thought.push_str(&t.text);
+                if let ContentBlock::Text { text } = c.content {
+                    self.thought.push_str(&text);
                 }
             }
-            SessionUpdate::ToolCall(tc) => {
+            SessionUpdate::ToolCall(tc) | SessionUpdate::ToolCallUpdate(tc) => {
                 self.flush(&mut out);
-                let input = tc.raw_input.clone().unwrap_or(Value::Null);
-                let mut paths: Vec<String> = tc
-                    .locations
-                    .iter()
-                    .map(|l| l.path.display().to_string())
-                    .collect();
-                for p in input_paths(&input) {
-                    if !paths.contains(&p) {
-                        paths.push(p);
-                    }
-                }
-                let st = CallState {
-                    kind: kind_str(&tc.kind),
-                    title: tc.title.clone(),
-                    input,
-                    paths,
-                    status: status_str(&tc.status),
-                };
-                out.push(self.call_event(&tc.tool_call_id.to_string(), &st, String::new()));
-                out.extend(diffs(&tc.content));
-                self.calls.insert(tc.tool_call_id.to_string(), st);
-            }
-            SessionUpdate::ToolCallUpdate(u) => {
-                self.flush(&mut out);
-                let id = u.tool_call_id.to_string();
+                let id = tc.tool_call_id.clone();
                 let st = self.calls.entry(id.clone()).or_default();
-                let f = u.fields;
-                if let Some(k) = &f.kind {
-                    st.kind = kind_str(k);
+                if tc.kind.is_some() || st.kind.is_empty() {
+                    st.kind = tool_kind(tc.kind.as_deref());
                 }
-                if let Some(t) = f.title {
+                if let Some(t) = tc.title {
                     st.title = t;
                 }
-                if let Some(i) = f.raw_input {
-                    st.input = i;
-                }
-                if let Some(l) = &f.locations {
-                    for p in l.iter().map(|l| l.path.display().to_string()) {
+                if let Some(i) = tc.raw_input {
+                    for p in input_paths(&i) {
                         if !st.paths.contains(&p) {
                             st.paths.push(p);
                         }
                     }
+                    st.input = i;
                 }
-                let content = f.content.unwrap_or_default();
-                let new_status = f.status.as_ref().map(status_str);
-                let changed = new_status.as_ref().is_some_and(|s| *s != st.status);
-                if let Some(s) = new_status {
-                    st.status = s;
+                for p in tc
+                    .locations
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|l| l.path.display().to_string())
+                {
+                    if !st.paths.contains(&p) {
+                        st.paths.push(p);
+                    }
                 }
-                if st.kind.is_empty() {
-                    st.kind = "other".into();
-                }
+                let content = tc.content.unwrap_or_default();
+                let first = st.status.is_empty();
+                let new_status = tc.status.unwrap_or_else(|| {
+                    if first {
+                        "pending".into()
+                    } else {
+                        st.status.clone()
+                    }
+                });
+                let changed = first || new_status != st.status;
+                st.status = new_status;
                 if changed {
-                    let output = content_text(&content);
-                    let ev = Mapper::call_event_of(&id, st, output);
-                    out.push(ev);
+                    out.push(Mapper::call_event_of(&id, st, content_text(&content)));
                 }
                 out.extend(diffs(&content));
             }
@@ -242,10 +211,7 @@ impl Mapper {
                         .iter()
                         .map(|e| PlanItem {
                             content: e.content.clone(),
-                            status: serde_json::to_value(&e.status)
-                                .ok()
-                                .and_then(|v| v.as_str().map(str::to_string))
-                                .unwrap_or_default(),
+                            status: e.status.clone(),
                         })
                         .collect(),
                 });
@@ -263,13 +229,9 @@ impl Mapper {
                     cost_usd: cost,
                 });
             }
-            _ => {}
+            SessionUpdate::Other => {}
         }
         out
-    }
-
-    fn call_event(&self, id: &str, st: &CallState, output: String) -> AcpEvent {
-        Mapper::call_event_of(id, st, output)
     }
 
     fn call_event_of(id: &str, st: &CallState, output: String) -> AcpEvent {

@@ -1,5 +1,6 @@
 //! ACP agents driven by zwarm's ACP client, against the real CLIs (pinned in
 //! `.ci/install-acp-clis`) and scripted model servers: gemini against the Gemini API mock.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is a failed test
 
 mod support;
 
@@ -310,6 +311,8 @@ async fn restart_and_continue(
     )
     .await;
     assert_eq!(end, TurnEnd::Completed { note: None });
+    // The mocks answer "done" once their script is used up; nothing replayed leaks in.
+    assert_eq!(ev.message(), "done", "the turn's message after the restart");
     (agent, opened)
 }
 
@@ -479,7 +482,9 @@ async fn gemini_writes_a_file_continues_the_session_and_reloads_it() {
     assert_eq!(
         ev3.message(),
         "Still here after the reload.",
-        "no replayed text leaks into the turn"
+        "no replayed text leaks into the turn (loaded: {}): {:#?}",
+        opened.loaded,
+        ev3.all()
     );
     let seen = contents_text(&mock.model_requests().last().expect("request").body);
     assert!(

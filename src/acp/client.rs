@@ -23,6 +23,9 @@ use super::update::{AcpEvent, Mapper, input_paths};
 /// The session mode in which agents ask before they edit or run anything.
 pub const ASKING_MODE: &str = "default";
 
+/// At most this many round trips wait for a load's replay to end.
+const BARRIER_ROUNDS: usize = 20;
+
 /// The ACP protocol version zwarm speaks.
 pub const PROTOCOL_VERSION: u64 = 1;
 
@@ -142,6 +145,8 @@ pub struct AcpAgent {
     /// The agent's answer to the last `session/new` or `session/load` (its modes, models).
     pub session_info: Value,
     mapper: Mapper,
+    /// Notifications that came outside a turn (a load's replay), dropped.
+    dropped: usize,
 }
 
 impl AcpAgent {
@@ -159,6 +164,7 @@ impl AcpAgent {
             info: AgentInfo::default(),
             session_info: Value::Null,
             mapper: Mapper::default(),
+            dropped: 0,
         };
         let params = json!({
             "protocolVersion": PROTOCOL_VERSION,
@@ -270,6 +276,19 @@ impl AcpAgent {
             )
             .await?;
         self.ensure_asking_mode(session_id, timeout).await?;
+        // gemini streams the replay without waiting for it, so part of it can come after the
+        // load's answer. Round trips (any answer, even "method not found", will do) until one
+        // sees no replayed update: the replay has ended, and all of it was dropped.
+        for _ in 0..BARRIER_ROUNDS {
+            let before = self.dropped;
+            match self.call("zwarm/barrier", json!({}), timeout).await {
+                Ok(_) | Err(AcpError::Rpc(RpcError::Remote { .. })) => {}
+                Err(e) => return Err(e),
+            }
+            if self.dropped == before {
+                break;
+            }
+        }
         // The replayed messages must not leak into the next turn's message.
         self.mapper = Mapper::default();
         Ok(())
@@ -348,11 +367,10 @@ impl AcpAgent {
                         Err(e) => Err(e.into()),
                     };
                 }
-                Some(m) = self.incoming.recv() => {
-                    if let Incoming::Request { id, method, .. } = m {
-                        refuse(&self.conn, &id, &method);
-                    }
-                }
+                Some(m) = self.incoming.recv() => match m {
+                    Incoming::Request { id, method, .. } => refuse(&self.conn, &id, &method),
+                    Incoming::Notification { .. } => self.dropped += 1,
+                },
                 _ = &mut deadline => {
                     return Err(AcpError::Timeout { method, secs: timeout.as_secs() });
                 }

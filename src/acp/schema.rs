@@ -22,6 +22,7 @@ pub struct SessionNotification {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "sessionUpdate", rename_all = "snake_case")]
 pub enum SessionUpdate {
+    UserMessageChunk(ContentChunk),
     AgentMessageChunk(ContentChunk),
     AgentThoughtChunk(ContentChunk),
     ToolCall(ToolCall),

@@ -147,6 +147,12 @@ impl Mapper {
         };
         let mut out = Vec::new();
         match n.update {
+            // Agents do not echo the prompt; a user message is a replayed history still
+            // streaming after a load: what was gathered so far is history too.
+            SessionUpdate::UserMessageChunk(_) => {
+                self.message.clear();
+                self.thought.clear();
+            }
             SessionUpdate::AgentMessageChunk(c) => {
                 self.flush_thought(&mut out);
                 if let ContentBlock::Text { text } = c.content {

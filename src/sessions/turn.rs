@@ -252,7 +252,11 @@ async fn prepare(
         )
     };
     let inner = inner.clone();
+    // The turn's span, so the launch carries its trace context (TRACEPARENT) from the blocking
+    // thread too.
+    let span = tracing::Span::current();
     let r = tokio::task::spawn_blocking(move || -> Result<_, TurnError> {
+        let _span = span.enter();
         let dir = match &isolation {
             // A worktree session runs in its worktree, or not at all.
             Some(iso) => super::isolation::check_turn_dir(&inner, &id, iso, &working_dir)

@@ -1088,3 +1088,32 @@ fn the_gemini_executor_runs_turns_through_the_bridge() {
         "history: {seen}"
     );
 }
+
+#[test]
+fn doctor_handshakes_each_agent() {
+    use zwarm::executor::acp::{GEMINI, OPENCODE, QWEN, handshake};
+    let env = AgentEnv::new();
+    let h = |k: &str, sub: &str| (k.to_string(), env.home.join(sub).display().to_string());
+    let vars = vec![
+        h("HOME", ""),
+        h("XDG_CONFIG_HOME", ".config"),
+        h("XDG_DATA_HOME", ".local/share"),
+        h("XDG_STATE_HOME", ".local/state"),
+        h("XDG_CACHE_HOME", ".cache"),
+        ("OPENCODE_DISABLE_MODELS_FETCH".to_string(), "1".to_string()),
+        ("OPENCODE_DISABLE_AUTOUPDATE".to_string(), "1".to_string()),
+    ];
+    // Only initialize: no model request is made, so no mock is needed.
+    for (spec, name) in [
+        (&GEMINI, "gemini"),
+        (&QWEN, "qwen"),
+        (&OPENCODE, "opencode"),
+    ] {
+        let info = handshake(spec, &acp_cli(name), &env.work, &vars)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(info.protocol_version, 1, "{name}");
+        assert!(info.load_session, "{name} offers session/load");
+    }
+    let missing = handshake(&GEMINI, &env.work.join("no-such-agent"), &env.work, &vars);
+    assert!(missing.unwrap_err().contains("could not start"));
+}

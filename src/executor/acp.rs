@@ -191,6 +191,92 @@ impl StreamParser for BridgeParser {
 
 const CONFIG_KEYS: &[ConfigKey] = &[];
 
+/// How long doctor waits for an agent's `initialize` answer.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Start the agent and `initialize` it (then end it): what it says about itself. Runs on a
+/// thread of its own with its own runtime, so it may be called from sync code inside or
+/// outside a tokio runtime.
+/// `env` is set in addition to the spec's environment.
+pub fn handshake(
+    spec: &AcpAgentSpec,
+    program: &Path,
+    cwd: &Path,
+    env: &[(String, String)],
+) -> Result<crate::acp::AgentInfo, String> {
+    let cmd = crate::acp::AgentCommand {
+        program: program.to_path_buf(),
+        args: spec.args.iter().map(Into::into).collect(),
+        cwd: cwd.to_path_buf(),
+        env_set: spec
+            .env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .chain(env.iter().cloned())
+            .collect(),
+        env_remove: vec![],
+        share_group: false,
+    };
+    let worker = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        rt.block_on(async move {
+            let agent = crate::acp::AcpAgent::start(&cmd, HANDSHAKE_TIMEOUT)
+                .await
+                .map_err(|e| e.to_string())?;
+            let info = agent.info.clone();
+            agent.stop(std::time::Duration::from_secs(3)).await;
+            Ok(info)
+        })
+    });
+    worker
+        .join()
+        .unwrap_or_else(|_| Err("the handshake thread panicked".into()))
+}
+
+/// Doctor's finding about the ACP handshake.
+fn handshake_finding(spec: &AcpAgentSpec, program: &Path) -> Finding {
+    let cwd = std::env::temp_dir();
+    match handshake(spec, program, &cwd, &[]) {
+        Ok(info) if info.protocol_version == crate::acp::client::PROTOCOL_VERSION => Finding::new(
+            Health::Ok,
+            format!(
+                "ACP handshake answered: protocol {}, session/load {}, sign-in methods: {}",
+                info.protocol_version,
+                if info.load_session {
+                    "offered"
+                } else {
+                    "not offered (later turns start from a summary)"
+                },
+                if info.auth_methods.is_empty() {
+                    "none".to_string()
+                } else {
+                    info.auth_methods.join(", ")
+                }
+            ),
+        ),
+        Ok(info) => Finding::new(
+            Health::Fail,
+            format!(
+                "ACP handshake answered protocol {}; zwarm speaks {}",
+                info.protocol_version,
+                crate::acp::client::PROTOCOL_VERSION
+            ),
+        )
+        .fix(format!(
+            "install a {} version in the tested range",
+            spec.package
+        )),
+        Err(e) => Finding::new(Health::Fail, format!("ACP handshake failed: {e}")).fix(format!(
+            "run `{} {}` by hand and check that it starts",
+            spec.program,
+            spec.args.join(" ")
+        )),
+    }
+}
+
 impl Executor for AcpExecutor {
     fn adapter(&self) -> Adapter {
         self.adapter
@@ -250,14 +336,8 @@ impl Executor for AcpExecutor {
             flags: self.spec.args,
         }
     }
-    fn doctor_auth(&self, _program: &Path) -> Finding {
-        Finding::new(
-            Health::Ok,
-            format!(
-                "{} authenticates itself; zwarm advertises no auth and sends no authenticate call",
-                self.spec.name
-            ),
-        )
+    fn doctor_auth(&self, program: &Path) -> Finding {
+        handshake_finding(self.spec, program)
     }
     fn doctor_sandbox(&self, _program: &Path, cfg: &Config) -> Finding {
         Finding::new(

@@ -263,12 +263,12 @@ impl ContainerRunner {
         let attached = match attached {
             Ok(a) => a,
             Err(e) => {
-                remove(&self.docker, &id).await;
+                remove_container(&self.docker, &id).await;
                 return Err(e.into());
             }
         };
         if let Err(e) = self.docker.start_container(&id, None).await {
-            remove(&self.docker, &id).await;
+            remove_container(&self.docker, &id).await;
             return Err(e.into());
         }
         Ok(ContainerTurn::new(
@@ -329,7 +329,7 @@ impl ContainerRunner {
     pub async fn clean_up(&self, label: &str) -> usize {
         let ids = self.containers(LABEL, label).await;
         for id in &ids {
-            remove(&self.docker, id).await;
+            remove_container(&self.docker, id).await;
         }
         ids.len()
     }
@@ -355,7 +355,7 @@ impl ContainerRunner {
                 .cloned()
                 .unwrap_or_default();
             if let (Some(id), false) = (c.id, server_alive(&server)) {
-                remove(&self.docker, &id).await;
+                remove_container(&self.docker, &id).await;
                 n += 1;
             }
         }
@@ -364,7 +364,7 @@ impl ContainerRunner {
 }
 
 /// Stop (SIGKILL) and remove a container with its anonymous volumes; errors are logged.
-pub(crate) async fn remove(docker: &Docker, id: &str) {
+pub async fn remove_container(docker: &Docker, id: &str) {
     let r = docker
         .remove_container(
             id,

@@ -149,7 +149,7 @@ impl ContainerTurn {
             Some(s) => (None, s.oom_killed.unwrap_or(false)),
             None => (None, false),
         };
-        super::remove(&self.docker, &self.id).await;
+        super::remove_container(&self.docker, &self.id).await;
         self.removed = true;
         if let Some(p) = self.pump.take() {
             // The stream ends with the container; a stuck daemon connection is not waited on.
@@ -184,7 +184,7 @@ impl Drop for ContainerTurn {
         }
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             let (docker, id) = (self.docker.clone(), self.id.clone());
-            rt.spawn(async move { super::remove(&docker, &id).await });
+            rt.spawn(async move { super::remove_container(&docker, &id).await });
         }
     }
 }

@@ -97,19 +97,19 @@ fn codex_home(env: &Env) -> String {
     env.dir.path().join("codex-home").display().to_string()
 }
 
-/// `codex exec` as zwarm launches it, with the container as the sandbox.
-fn codex_spec(env: &Env, label: &str, last: &Path, tail: &[&str]) -> TurnSpec {
-    let mut a = args(&[
-        "exec",
-        "--json",
-        "--skip-git-repo-check",
-        "--dangerously-bypass-approvals-and-sandbox",
-        "-C",
-    ]);
+/// `codex exec` as zwarm launches it (the prompt on stdin, never in argv), with the container
+/// as the sandbox.
+fn codex_spec(env: &Env, label: &str, last: &Path, resume: Option<&str>, prompt: &str) -> TurnSpec {
+    let mut a = args(&["exec", "--json", "--skip-git-repo-check", "-C"]);
     a.push(env.work.clone().into_os_string());
-    a.push("-o".into());
+    a.extend(args(&["-s", "danger-full-access", "-o"]));
     a.push(last.into());
-    a.extend(args(tail));
+    if let Some(thread) = resume {
+        a.extend(args(&["resume", "--", thread]));
+    } else {
+        a.push("--".into());
+    }
+    a.push("-".into());
     TurnSpec {
         program: PathBuf::from("/somewhere/on/the/host/codex"),
         args: a,
@@ -119,7 +119,7 @@ fn codex_spec(env: &Env, label: &str, last: &Path, tail: &[&str]) -> TurnSpec {
             ("MOCK_KEY".into(), "x".into()),
         ],
         env_remove: vec!["RUST_BACKTRACE".into()],
-        stdin: None,
+        stdin: Some(prompt.as_bytes().to_vec()),
         read_back: vec![last.to_path_buf()],
         label: label.into(),
     }
@@ -145,13 +145,14 @@ async fn codex_in_a_container_writes_into_the_workspace_and_resumes() {
 
     let one = run(
         &r,
-        codex_spec(&env, &format!("{s}.1"), &last, &["@@tools please"]),
+        codex_spec(&env, &format!("{s}.1"), &last, None, "@@tools please"),
     )
     .await;
     assert_eq!(
         one.finished.exit.and_then(|e| e.code()),
         Some(0),
-        "stderr: {}",
+        "stdout: {}\nstderr: {}",
+        one.stdout,
         one.stderr
     );
     assert!(!one.finished.oom_killed);
@@ -171,9 +172,11 @@ async fn codex_in_a_container_writes_into_the_workspace_and_resumes() {
         one.stdout
     );
     assert!(
-        one.stderr.contains("Reading additional input from stdin"),
-        "{}",
-        one.stderr
+        one.stdout
+            .lines()
+            .all(|l| serde_json::from_str::<Value>(l).is_ok()),
+        "stdout carries only codex's JSONL: {}",
+        one.stdout
     );
     // The -o file came back under the name codex was given, and is gone from disk.
     assert_eq!(
@@ -193,7 +196,8 @@ async fn codex_in_a_container_writes_into_the_workspace_and_resumes() {
             &env,
             &format!("{s}.2"),
             &last,
-            &["resume", &thread, "and now say hello"],
+            Some(&thread),
+            "and now say hello",
         ),
     )
     .await;

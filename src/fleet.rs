@@ -38,9 +38,12 @@ impl Stat {
         }
     }
 
-    /// Claude reports its cost; codex sessions are priced from tokens by the budget watcher.
+    /// Whether the executor reported a cost for this session (claude does with every usage
+    /// report). Sessions without one (codex, or a turn whose reported cost was refused as
+    /// invalid) are priced from their tokens by the budget watcher. Decided from the data, not
+    /// the adapter, so the fleet needs no executor knowledge.
     pub fn reports_cost(&self) -> bool {
-        self.adapter == Adapter::Claude || self.cost_usd.is_some()
+        self.cost_usd.is_some()
     }
 }
 

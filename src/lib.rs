@@ -10,6 +10,8 @@ pub mod container;
 pub mod event;
 pub mod executor;
 pub mod fleet;
+pub mod git;
+pub mod mcp;
 pub mod model;
 pub mod process;
 pub mod prompt;

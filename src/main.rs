@@ -1,11 +1,12 @@
 //! The `zwarm` binary: a thin runner around the library.
 
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use rmcp::ServiceExt;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
@@ -130,15 +131,18 @@ async fn serve(
     tracing::info!(state_dir = %manager.state_dir().display(), version = env!("CARGO_PKG_VERSION"), "zwarm serving MCP on stdio");
     let ct = CancellationToken::new();
     tokio::spawn(cancel_on_signal(ct.clone()));
-    let server = zwarm::server::ZwarmServer::new(manager.clone()).with_shutdown(ct.clone());
+    let server = zwarm::mcp::ZwarmServer::new(manager.clone()).with_shutdown(ct.clone());
     // stdio_pipes: a pending stdin read does not pin the process after a signal. EOF on stdin
     // cancels at once (rmcp alone would wait up to 5 s for in-flight calls first).
     let (stdin, stdout) = rmcp::transport::stdio_pipes();
+    let stdin_closed = Arc::new(AtomicBool::new(false));
     let stdin = EofCancels {
         inner: stdin,
         ct: ct.clone(),
+        closed: stdin_closed.clone(),
     };
-    let service = match server.serve_with_ct((stdin, stdout), ct.clone()).await {
+    // serve_framed: malformed, oversized or non-UTF-8 lines get JSON-RPC errors, not silence.
+    let service = match server.serve_framed((stdin, stdout), ct.clone()).await {
         Ok(s) => Some(s),
         Err(e) => {
             tracing::error!(error = %e, "MCP initialization failed");
@@ -149,7 +153,11 @@ async fn serve(
         // Ends on stdin EOF or when a signal cancels `ct`.
         let quit = tokio::select! {
             q = service.waiting() => format!("{q:?}"),
-            _ = ct.cancelled() => "signal".to_string(),
+            _ = ct.cancelled() => if stdin_closed.load(Ordering::SeqCst) {
+                "stdin closed".to_string()
+            } else {
+                "signal".to_string()
+            },
         };
         tracing::info!(reason = %quit, "shutting down");
     }
@@ -196,6 +204,8 @@ async fn cancel_on_signal(ct: CancellationToken) {
 struct EofCancels<R> {
     inner: R,
     ct: CancellationToken,
+    /// Set before `ct` is cancelled, so the shutdown log can say why it stopped.
+    closed: Arc<AtomicBool>,
 }
 
 impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for EofCancels<R> {
@@ -211,6 +221,7 @@ impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for EofCancels<R> {
             && buf.remaining() > 0
         {
             tracing::info!("stdin closed");
+            self.closed.store(true, Ordering::SeqCst);
             self.ct.cancel();
         }
         r

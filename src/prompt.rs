@@ -5,6 +5,11 @@
 //! tool to call when and what "done" means.
 
 pub fn orchestrate(task: &str) -> String {
+    let adapters = crate::executor::REGISTRY
+        .iter()
+        .map(|e| format!("\"{}\"", e.name()))
+        .collect::<Vec<_>>()
+        .join(", ");
     format!(
         r#"You are the orchestrator. You do not write the code yourself: you plan, delegate to coding agents (executors) through zwarm's tools, check their work, and decide when the goal is met.
 
@@ -12,7 +17,7 @@ pub fn orchestrate(task: &str) -> String {
 {task}
 
 # Tools
-- delegate(task, mode?, adapter?, model?, working_dir?, wait_seconds?, isolation?, base?) starts a session with an executor ("codex" by default, or "claude") and gives it its first task. It returns a session_id. With isolation "worktree" the session works in a git worktree of its own, on a new branch made from base (default: the project's current HEAD).
+- delegate(task, mode?, adapter?, model?, working_dir?, wait_seconds?, isolation?, base?) starts a session with an executor (adapter: {adapters}; zwarm's configured default when omitted) and gives it its first task. It returns a session_id. With isolation "worktree" the session works in a git worktree of its own, on a new branch made from base (default: the project's current HEAD).
 - converse(session_id, message) continues the same session: the executor remembers everything it did.
 - check_session(session_id, wait_seconds?) reports status, every turn's answer, commands run, files changed, usage and cost. With wait_seconds it first waits for a running turn. For a worktree session it also reports `diff`: the files its branch changed (lines added/removed) and its commits. check_session(session_ids=[…], wait="any"|"all", wait_seconds) waits on several sessions at once and lists the ones that finished under `finished`.
 - end_session(session_id, verdict, summary, integrate?) closes a session as completed, failed or cancelled. Cancelled also stops a running turn and its processes. For a worktree session, integrate "merge" merges its branch into the project's checked-out branch, "keep" (default) keeps the branch, "discard" throws it away.

@@ -4,23 +4,32 @@
 //! deadline): call it from `spawn_blocking`, never on an async worker. It knows nothing about
 //! sessions; `crate::sessions::isolation` decides when to call what.
 //!
-//! Git runs with hooks, fsmonitor, automatic gc and signing off: an executor may have written
-//! the repository's hooks or config, and zwarm runs git outside the executor's sandbox. zwarm's
-//! own commits are authored `zwarm <zwarm@localhost>`.
+//! Git runs through [`crate::git`]: with an explicit git dir and work tree, and with hooks,
+//! fsmonitor, filters, textconv, external diff, merge drivers, credential helpers, automatic
+//! gc and signing off, because an executor may have written the repository's config and
+//! attributes, and zwarm runs git outside the executor's sandbox. A session worktree whose
+//! `.git` file no longer points at the git dir zwarm made for it is refused. zwarm's own
+//! commits are authored `zwarm <zwarm@localhost>`.
 //!
 //! Merging back never leaves the project checkout half-merged: the merge is computed first
 //! without touching any checkout (`git merge-tree --write-tree`, then `git commit-tree`), refused
-//! when it conflicts or would touch a file with uncommitted changes, and only then applied with
-//! `git merge --ff-only`, which cannot conflict.
+//! when it conflicts, would touch a file with uncommitted changes or brings a symlink pointing
+//! outside the repository (unless asked), and only then applied with `git merge --ff-only`,
+//! which cannot conflict.
 
 use std::collections::BTreeSet;
 use std::io::Read;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
-use schemars::JsonSchema;
-use serde::Serialize;
+use crate::git::Git;
+pub use crate::git::{GitError, Out};
+
+mod diff;
+mod merge;
+pub use diff::{CommitInfo, DiffFile, DiffStat, diff_stat, diff_text};
+pub use merge::{Link, Merged, Refused, merge, merge_with};
 
 /// Longest a git command may take before it is stopped.
 pub const GIT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -31,147 +40,25 @@ pub const MAX_OUTPUT: usize = 64 * 1024 * 1024;
 /// Most files and commits listed in a diff summary (the totals count all of them).
 pub const MAX_FILES: usize = 200;
 pub const MAX_COMMITS: usize = 30;
-/// Most untracked files shown in the whole diff, and most bytes read of each.
-const MAX_UNTRACKED_IN_DIFF: usize = 500;
+/// Most bytes read of one file zwarm looks into (conflict markers, line counts).
 const MAX_SCAN_BYTES: u64 = 8 * 1024 * 1024;
 
-/// Settings every zwarm git command runs with.
-const SAFE: &[&str] = &[
-    "-c",
-    "core.hooksPath=/dev/null",
-    "-c",
-    "core.fsmonitor=false",
-    "-c",
-    "core.pager=cat",
-    "-c",
-    "gc.auto=0",
-    "-c",
-    "maintenance.auto=false",
-    "-c",
-    "commit.gpgsign=false",
-    "-c",
-    "tag.gpgsign=false",
-    "-c",
-    "color.ui=false",
-    "-c",
-    "user.name=zwarm",
-    "-c",
-    "user.email=zwarm@localhost",
-];
-
-/// Environment variables that would point git somewhere else, or speak for someone else.
-const SCRUB: &[&str] = &[
-    "GIT_DIR",
-    "GIT_WORK_TREE",
-    "GIT_INDEX_FILE",
-    "GIT_OBJECT_DIRECTORY",
-    "GIT_ALTERNATE_OBJECT_DIRECTORIES",
-    "GIT_COMMON_DIR",
-    "GIT_NAMESPACE",
-    "GIT_CEILING_DIRECTORIES",
-    "GIT_DISCOVERY_ACROSS_FILESYSTEM",
-    "GIT_CONFIG",
-    "GIT_CONFIG_PARAMETERS",
-    "GIT_CONFIG_COUNT",
-    "GIT_AUTHOR_NAME",
-    "GIT_AUTHOR_EMAIL",
-    "GIT_AUTHOR_DATE",
-    "GIT_COMMITTER_NAME",
-    "GIT_COMMITTER_EMAIL",
-    "GIT_COMMITTER_DATE",
-    "GIT_EDITOR",
-    "GIT_SEQUENCE_EDITOR",
-    "GIT_EXTERNAL_DIFF",
-    "GIT_PAGER",
-    "GIT_TRACE",
-];
-
-#[derive(Debug, thiserror::Error)]
-pub enum GitError {
-    #[error("could not run git ({0}); install git, or use isolation \"none\"")]
-    Spawn(std::io::Error),
-    #[error("`git {args}` did not finish within {secs} s and was stopped")]
-    Timeout { args: String, secs: u64 },
-    #[error("`git {args}` failed: {stderr}")]
-    Failed { args: String, stderr: String },
-    #[error("`git {args}` printed more than {max} bytes")]
-    TooLong { args: String, max: usize },
-}
-
-/// What a git command did.
-pub struct Out {
-    pub code: Option<i32>,
-    pub stdout: Vec<u8>,
-    pub stderr: String,
-}
-
-impl Out {
-    pub fn success(&self) -> bool {
-        self.code == Some(0)
-    }
-
-    pub fn text(&self) -> String {
-        String::from_utf8_lossy(&self.stdout).into_owned()
-    }
-}
-
-fn shown(args: &[&str]) -> String {
-    crate::text::one_line(&args.join(" "), 200)
-}
-
-/// Run `git <args>` in `dir`, whatever its exit code; `Err` only when it could not run, ran
-/// too long or printed too much.
-pub fn run(dir: &Path, args: &[&str], timeout: Duration) -> Result<Out, GitError> {
-    run_capped(dir, args, timeout, MAX_OUTPUT)
-}
-
-/// [`run`] keeping at most `max` bytes of output (more is [`GitError::TooLong`]).
-pub fn run_capped(
-    dir: &Path,
-    args: &[&str],
-    timeout: Duration,
-    max: usize,
-) -> Result<Out, GitError> {
-    let mut cmd = Command::new("git");
-    cmd.args(SAFE)
-        .args(args)
-        .current_dir(dir)
-        .env("GIT_TERMINAL_PROMPT", "0")
-        .env("GIT_OPTIONAL_LOCKS", "0")
-        .env("LC_ALL", "C");
-    for k in SCRUB {
-        cmd.env_remove(k);
-    }
-    let b = crate::process::run_bounded(&mut cmd, timeout, max).map_err(GitError::Spawn)?;
-    let Some(status) = b.status else {
-        return Err(GitError::Timeout {
-            args: shown(args),
-            secs: timeout.as_secs(),
-        });
-    };
-    if b.stdout_over {
-        return Err(GitError::TooLong {
-            args: shown(args),
-            max,
-        });
-    }
-    Ok(Out {
-        code: status.code(),
-        stdout: b.stdout,
-        stderr: crate::text::one_line(String::from_utf8_lossy(&b.stderr).trim(), 2000),
+/// git for the repository whose checkout (or bare git dir) is `repo`.
+fn repo_git(repo: &Path) -> Result<Git, GitError> {
+    Git::open(repo, GIT_TIMEOUT)?.ok_or_else(|| GitError::Failed {
+        args: "rev-parse --absolute-git-dir".into(),
+        stderr: format!("{} is not in a git repository", repo.display()),
     })
 }
 
-/// Run `git <args>`; a non-zero exit is an error carrying git's message.
+/// `git <args>` in `dir`'s repository, whatever its exit code (see [`Git::run`]).
+pub fn run(dir: &Path, args: &[&str], timeout: Duration) -> Result<Out, GitError> {
+    repo_git(dir)?.run(args, timeout, MAX_OUTPUT)
+}
+
+/// [`run`]; a non-zero exit is an error carrying git's message.
 pub fn run_ok(dir: &Path, args: &[&str], timeout: Duration) -> Result<String, GitError> {
-    let o = run(dir, args, timeout)?;
-    if !o.success() {
-        return Err(GitError::Failed {
-            args: shown(args),
-            stderr: o.stderr,
-        });
-    }
-    Ok(o.text())
+    repo_git(dir)?.ok(args, timeout, MAX_OUTPUT)
 }
 
 /// NUL-separated output as strings (empty entries dropped).
@@ -183,18 +70,25 @@ fn nul_list(bytes: &[u8]) -> Vec<String> {
         .collect()
 }
 
+/// At most `MAX_SCAN_BYTES` of the regular file `path` (never a symlink, FIFO or device);
+/// `None` when it is not one or cannot be read.
+fn read_regular(path: &Path) -> Option<Vec<u8>> {
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .ok()?;
+    if !f.metadata().ok()?.is_file() {
+        return None;
+    }
+    let mut buf = Vec::new();
+    f.take(MAX_SCAN_BYTES).read_to_end(&mut buf).ok()?;
+    Some(buf)
+}
+
 /// The top of the checkout `dir` is in; `None` when it is not in a git work tree.
 pub fn toplevel(dir: &Path) -> Result<Option<PathBuf>, GitError> {
-    let o = run(dir, &["rev-parse", "--show-toplevel"], GIT_TIMEOUT)?;
-    if !o.success() {
-        return Ok(None);
-    }
-    let t = o.text();
-    let t = t.trim();
-    if t.is_empty() {
-        return Ok(None);
-    }
-    Ok(Some(PathBuf::from(t)))
+    Ok(Git::open(dir, GIT_TIMEOUT)?.and_then(|g| g.work_tree().map(Path::to_path_buf)))
 }
 
 /// Whether a user-given ref may be passed to git (it can never be read as an option).
@@ -227,15 +121,22 @@ pub fn branch_exists(repo: &Path, branch: &str) -> Result<bool, GitError> {
     Ok(run(repo, &["show-ref", "--verify", "--quiet", &r], GIT_TIMEOUT)?.success())
 }
 
-/// `git worktree add -b <branch> <path> <base>`. When it fails, whatever it made (a partial
-/// checkout, the branch) is removed again.
+/// `git worktree add -b <branch> <path> <base>`, and the record of the git dir it made (the
+/// only one zwarm runs git with in that worktree from then on). When it fails, whatever it
+/// made (a partial checkout, the branch) is removed again.
 pub fn add(repo: &Path, path: &Path, branch: &str, base: &str) -> Result<(), GitError> {
     let p = path.display().to_string();
     let r = run_ok(
         repo,
         &["worktree", "add", "--quiet", "-b", branch, &p, base],
         ADD_TIMEOUT,
-    );
+    )
+    .and_then(|_| {
+        crate::git::record_worktree(path).map_err(|e| GitError::Failed {
+            args: format!("worktree add {p}"),
+            stderr: format!("cannot record the worktree's git dir: {e}"),
+        })
+    });
     if r.is_err() {
         let _ = remove(repo, path);
         if path.exists() {
@@ -244,7 +145,7 @@ pub fn add(repo: &Path, path: &Path, branch: &str, base: &str) -> Result<(), Git
         }
         let _ = delete_branch(repo, branch);
     }
-    r.map(drop)
+    r
 }
 
 /// Remove a worktree (with whatever it holds) and its administrative files. A worktree whose
@@ -264,6 +165,7 @@ pub fn remove(repo: &Path, path: &Path) -> Result<(), GitError> {
             });
         }
     }
+    crate::git::forget_worktree(path);
     prune(repo)
 }
 
@@ -280,11 +182,16 @@ pub fn prune(repo: &Path) -> Result<(), GitError> {
     run_ok(repo, &["worktree", "prune"], GIT_TIMEOUT).map(drop)
 }
 
-/// The repository (common git dir's checkout) a worktree belongs to, read from its `.git`
-/// file: `gitdir: <common>/worktrees/<name>`.
+/// The repository (common git dir's checkout) a worktree belongs to, read from the git dir
+/// recorded when zwarm made it, else from its `.git` file: `gitdir: <common>/worktrees/<name>`.
 pub fn repo_of_worktree(wt: &Path) -> Option<PathBuf> {
-    let text = std::fs::read_to_string(wt.join(".git")).ok()?;
-    let gitdir = PathBuf::from(text.trim().strip_prefix("gitdir:")?.trim());
+    let gitdir = match crate::git::recorded_git_dir(wt) {
+        Some(g) => g,
+        None => {
+            let text = std::fs::read_to_string(wt.join(".git")).ok()?;
+            PathBuf::from(text.trim().strip_prefix("gitdir:")?.trim())
+        }
+    };
     // <repo>/.git/worktrees/<name> -> <repo>/.git -> <repo>
     let common = gitdir.parent()?.parent()?;
     if common.file_name().is_some_and(|n| n == ".git") {
@@ -293,6 +200,12 @@ pub fn repo_of_worktree(wt: &Path) -> Option<PathBuf> {
         // A bare repository: git commands run in it directly.
         Some(common.to_path_buf())
     }
+}
+
+/// Whether the session worktree `wt` still points at the git dir zwarm made for it (`Err`
+/// says how it does not). For a check before a turn starts.
+pub fn check_worktree(wt: &Path) -> Result<(), GitError> {
+    Git::worktree(wt, None, GIT_TIMEOUT).map(drop)
 }
 
 /// What [`commit_all`] did.
@@ -314,13 +227,9 @@ pub enum Commit {
 fn with_markers(wt: &Path, paths: &[String]) -> Vec<String> {
     let mut out = Vec::new();
     for p in paths {
-        let Ok(f) = std::fs::File::open(wt.join(p)) else {
+        let Some(buf) = read_regular(&wt.join(p)) else {
             continue; // deleted: resolved by removal
         };
-        let mut buf = Vec::new();
-        if f.take(MAX_SCAN_BYTES).read_to_end(&mut buf).is_err() {
-            continue;
-        }
         let text = String::from_utf8_lossy(&buf);
         if text.lines().any(|l| {
             l.starts_with("<<<<<<< ")
@@ -336,14 +245,18 @@ fn with_markers(wt: &Path, paths: &[String]) -> Vec<String> {
 
 /// Commit everything that changed in the worktree `wt` (tracked and untracked, minus ignored
 /// files) onto `branch`. A merge the executor started and resolved is concluded by this
-/// commit; one with conflict markers left is not committed.
+/// commit; one with conflict markers left is not committed. A worktree whose `.git` file no
+/// longer points at its own git dir is [`GitError::Redirected`].
 pub fn commit_all(
     wt: &Path,
     branch: &str,
     message: &str,
     timeout: Duration,
 ) -> Result<Commit, GitError> {
-    let head = run(wt, &["symbolic-ref", "--quiet", "HEAD"], timeout)?;
+    let g = Git::worktree(wt, None, timeout)?;
+    let run = |args: &[&str]| g.run(args, timeout, MAX_OUTPUT);
+    let run_ok = |args: &[&str]| g.ok(args, timeout, MAX_OUTPUT);
+    let head = run(&["symbolic-ref", "--quiet", "HEAD"])?;
     let want = format!("refs/heads/{branch}");
     let on = head.text().trim().to_string();
     if !head.success() || on != want {
@@ -356,7 +269,7 @@ pub fn commit_all(
             "the worktree is on {now}, not on the session's branch `{branch}`; zwarm commits only to that branch"
         )));
     }
-    let unmerged = run(wt, &["ls-files", "--unmerged", "-z"], timeout)?;
+    let unmerged = run(&["ls-files", "--unmerged", "-z"])?;
     let mut conflicted: BTreeSet<String> = BTreeSet::new();
     for e in nul_list(&unmerged.stdout) {
         // <mode> <sha> <stage>\t<path>
@@ -374,44 +287,38 @@ pub fn commit_all(
             )));
         }
     }
-    run_ok(wt, &["add", "--all"], timeout)?;
-    let staged = run(wt, &["diff", "--cached", "--quiet"], timeout)?;
-    let merging = run(
-        wt,
-        &["rev-parse", "--quiet", "--verify", "MERGE_HEAD"],
-        timeout,
-    )?
-    .success();
+    run_ok(&["add", "--all"])?;
+    let staged = run(&[
+        "diff",
+        "--cached",
+        "--quiet",
+        "--no-ext-diff",
+        "--no-textconv",
+    ])?;
+    let merging = run(&["rev-parse", "--quiet", "--verify", "MERGE_HEAD"])?.success();
     if staged.success() && !merging {
         return Ok(Commit::Nothing);
     }
-    run_ok(
-        wt,
-        &[
-            "commit",
-            "--quiet",
-            "--no-verify",
-            "--allow-empty",
-            "-m",
-            message,
-        ],
-        timeout,
-    )?;
-    let sha = run_ok(wt, &["rev-parse", "HEAD"], timeout)?
-        .trim()
-        .to_string();
-    let names = run_ok(
-        wt,
-        &[
-            "diff",
-            "--name-status",
-            "--no-renames",
-            "-z",
-            "HEAD^1",
-            "HEAD",
-        ],
-        timeout,
-    )?;
+    run_ok(&[
+        "commit",
+        "--quiet",
+        "--no-verify",
+        "--no-gpg-sign",
+        "--allow-empty",
+        "-m",
+        message,
+    ])?;
+    let sha = run_ok(&["rev-parse", "HEAD"])?.trim().to_string();
+    let names = run_ok(&[
+        "diff",
+        "--name-status",
+        "--no-renames",
+        "--no-ext-diff",
+        "--no-textconv",
+        "-z",
+        "HEAD^1",
+        "HEAD",
+    ])?;
     let items = nul_list(names.as_bytes());
     let mut files = Vec::new();
     for pair in items.chunks(2) {
@@ -421,454 +328,31 @@ pub fn commit_all(
     }
     Ok(Commit::Made { sha, files })
 }
-
-/// One changed file in a session's diff.
-#[derive(Debug, Clone, Serialize, JsonSchema)]
-pub struct DiffFile {
-    /// Relative to the top of the checkout.
-    pub path: String,
-    /// Lines added (absent for a binary file).
-    pub added: Option<u64>,
-    /// Lines removed (absent for a binary file).
-    pub removed: Option<u64>,
-    /// The file has changes not committed to the branch yet (an untracked file counts).
-    pub uncommitted: bool,
-}
-
-/// One commit on a session's branch.
-#[derive(Debug, Clone, Serialize, JsonSchema)]
-pub struct CommitInfo {
-    pub sha: String,
-    pub subject: String,
-}
-
-/// What a session's branch changed versus its base.
-#[derive(Debug, Clone, Serialize, JsonSchema)]
-pub struct DiffStat {
-    /// The base commit compared against.
-    pub base: String,
-    pub branch: String,
-    /// Changed files (at most 200; `files_total` counts all).
-    pub files: Vec<DiffFile>,
-    pub files_total: usize,
-    /// Lines added and removed over all files.
-    pub added: u64,
-    pub removed: u64,
-    /// The branch's commits since the base, newest first (at most 30; `commits_total` counts all).
-    pub commits: Vec<CommitInfo>,
-    pub commits_total: usize,
-    /// Some changes are not committed yet (a turn is running, or worktree_commit_turns is off).
-    pub uncommitted: bool,
-    /// Resource with the whole unified diff.
-    pub uri: String,
-}
-
-fn numstat(bytes: &[u8]) -> Vec<(Option<u64>, Option<u64>, String)> {
-    let mut out = Vec::new();
-    for e in nul_list(bytes) {
-        let mut parts = e.splitn(3, '\t');
-        let (Some(a), Some(r), Some(p)) = (parts.next(), parts.next(), parts.next()) else {
-            continue;
-        };
-        out.push((a.parse().ok(), r.parse().ok(), p.to_string()));
-    }
-    out
-}
-
-/// Paths `git status` reports in `dir`: (changed tracked paths, untracked paths).
-fn status_paths(dir: &Path, timeout: Duration) -> Result<(Vec<String>, Vec<String>), GitError> {
-    let o = run_ok(
-        dir,
-        &[
-            "--no-optional-locks",
-            "status",
-            "--porcelain",
-            "-z",
-            "--untracked-files=all",
-            "--no-renames",
-        ],
-        timeout,
-    )?;
-    let mut tracked = Vec::new();
-    let mut untracked = Vec::new();
-    for e in nul_list(o.as_bytes()) {
-        let (Some(xy), Some(path)) = (e.get(..2), e.get(3..)) else {
-            continue;
-        };
-        if xy == "??" {
-            untracked.push(path.to_string());
-        } else {
-            tracked.push(path.to_string());
-        }
-    }
-    Ok((tracked, untracked))
-}
-
-/// Lines in a file (bounded read); `None` for a binary file.
-fn count_lines(path: &Path) -> Option<u64> {
-    let f = std::fs::File::open(path).ok()?;
-    let mut buf = Vec::new();
-    f.take(MAX_SCAN_BYTES).read_to_end(&mut buf).ok()?;
-    if buf.contains(&0) {
-        return None;
-    }
-    let n = buf.iter().filter(|b| **b == b'\n').count() as u64;
-    Some(if buf.last().is_some_and(|b| *b != b'\n') {
-        n + 1
-    } else {
-        n
-    })
-}
-
-/// The commit the branch's changes are counted from: where it left `base`.
-fn fork_point(repo: &Path, base: &str, tip: &str) -> Result<String, GitError> {
-    let o = run(repo, &["merge-base", base, tip], GIT_TIMEOUT)?;
-    let mb = o.text().trim().to_string();
-    Ok(if o.success() && !mb.is_empty() {
-        mb
-    } else {
-        base.to_string()
-    })
-}
-
-/// The session's changes versus `base`: committed on `branch` (`git diff --numstat
-/// base...branch`), plus what is not committed yet in the worktree `wt` when it exists.
-pub fn diff_stat(
-    repo: &Path,
-    wt: Option<&Path>,
-    base: &str,
-    branch: &str,
-    uri: String,
-) -> Result<DiffStat, GitError> {
-    let tip = format!("refs/heads/{branch}");
-    let (dir, from) = match wt {
-        Some(w) => (w.to_path_buf(), fork_point(w, base, "HEAD")?),
-        None => (repo.to_path_buf(), fork_point(repo, base, &tip)?),
-    };
-    let mut files: Vec<DiffFile> = Vec::new();
-    let mut uncommitted_any = false;
-    if let Some(w) = wt {
-        // The working tree against the fork point: committed and uncommitted changes at once.
-        let o = run_ok(
-            w,
-            &["diff", "--numstat", "-z", "--no-renames", &from],
-            GIT_TIMEOUT,
-        )?;
-        let (tracked, untracked) = status_paths(w, GIT_TIMEOUT)?;
-        let dirty: BTreeSet<&str> = tracked.iter().map(String::as_str).collect();
-        for (a, r, p) in numstat(o.as_bytes()) {
-            let u = dirty.contains(p.as_str());
-            files.push(DiffFile {
-                path: p,
-                added: a,
-                removed: r,
-                uncommitted: u,
-            });
-        }
-        uncommitted_any = !tracked.is_empty() || !untracked.is_empty();
-        for p in untracked {
-            files.push(DiffFile {
-                added: count_lines(&w.join(&p)),
-                removed: Some(0),
-                path: p,
-                uncommitted: true,
-            });
-        }
-    } else {
-        let range = format!("{from}..{tip}");
-        let o = run_ok(
-            &dir,
-            &["diff", "--numstat", "-z", "--no-renames", &range],
-            GIT_TIMEOUT,
-        )?;
-        for (a, r, p) in numstat(o.as_bytes()) {
-            files.push(DiffFile {
-                path: p,
-                added: a,
-                removed: r,
-                uncommitted: false,
-            });
-        }
-    }
-    files.sort_by(|a, b| a.path.cmp(&b.path));
-    let added = files.iter().filter_map(|f| f.added).sum();
-    let removed = files.iter().filter_map(|f| f.removed).sum();
-    let files_total = files.len();
-    files.truncate(MAX_FILES);
-    let range = format!("{base}..{tip}");
-    let count = run_ok(&dir, &["rev-list", "--count", &range], GIT_TIMEOUT)?;
-    let log = run_ok(
-        &dir,
-        &[
-            "log",
-            "--no-decorate",
-            "-z",
-            "--format=%H%x09%s",
-            &format!("--max-count={MAX_COMMITS}"),
-            &range,
-        ],
-        GIT_TIMEOUT,
-    )?;
-    let commits = nul_list(log.as_bytes())
-        .into_iter()
-        .filter_map(|l| {
-            let (sha, subject) = l.trim_start_matches('\n').split_once('\t')?;
-            Some(CommitInfo {
-                sha: sha.to_string(),
-                subject: crate::text::truncate_chars(subject, 200),
-            })
-        })
-        .collect();
-    Ok(DiffStat {
-        base: base.to_string(),
-        branch: branch.to_string(),
-        files,
-        files_total,
-        added,
-        removed,
-        commits,
-        commits_total: count.trim().parse().unwrap_or(0),
-        uncommitted: uncommitted_any,
-        uri,
-    })
-}
-
-/// The whole unified diff of the session versus `base`: the working tree of `wt` when it
-/// exists (untracked files shown as added), else the branch.
-pub fn diff_text(
-    repo: &Path,
-    wt: Option<&Path>,
-    base: &str,
-    branch: &str,
-) -> Result<String, GitError> {
-    let tip = format!("refs/heads/{branch}");
-    match wt {
-        Some(w) => {
-            let from = fork_point(w, base, "HEAD")?;
-            let mut text = run_ok(
-                w,
-                &["diff", "--no-renames", "--no-ext-diff", &from],
-                GIT_TIMEOUT,
-            )?;
-            let (_, untracked) = status_paths(w, GIT_TIMEOUT)?;
-            for p in untracked.iter().take(MAX_UNTRACKED_IN_DIFF) {
-                let o = run(
-                    w,
-                    &["diff", "--no-index", "--no-ext-diff", "--", "/dev/null", p],
-                    GIT_TIMEOUT,
-                )?;
-                text.push_str(&o.text());
-                if text.len() > MAX_OUTPUT {
-                    break;
-                }
-            }
-            if untracked.len() > MAX_UNTRACKED_IN_DIFF {
-                text.push_str(&format!(
-                    "\n# … and {} more untracked files\n",
-                    untracked.len() - MAX_UNTRACKED_IN_DIFF
-                ));
-            }
-            Ok(text)
-        }
-        None => {
-            let from = fork_point(repo, base, &tip)?;
-            let range = format!("{from}..{tip}");
-            run_ok(
-                repo,
-                &["diff", "--no-renames", "--no-ext-diff", &range],
-                GIT_TIMEOUT,
-            )
-        }
-    }
-}
-
-/// A merge that was done.
-#[derive(Debug)]
-pub struct Merged {
-    /// The commit the project's branch (or detached HEAD) points to now.
-    pub commit: String,
-    /// What was merged into: a branch name, or `HEAD` when detached.
-    pub target: String,
-    pub fast_forward: bool,
-    /// The branch held nothing the checkout did not have already.
-    pub already: bool,
-}
-
-/// Why a merge was not done. Nothing in the checkout was changed.
-#[derive(Debug)]
-pub enum Refused {
-    /// Both sides changed these files in ways that do not merge. `head`: the commit checked
-    /// out in the project.
-    Conflicts {
-        target: String,
-        head: String,
-        files: Vec<String>,
-    },
-    /// The merge would change these files, which have uncommitted changes in the checkout.
-    Dirty { target: String, files: Vec<String> },
-    /// Something else went wrong (git's message).
-    Git(GitError),
-}
-
-impl From<GitError> for Refused {
-    fn from(e: GitError) -> Self {
-        Refused::Git(e)
-    }
-}
-
-/// Merge `branch` into whatever is checked out in the checkout `project` (its branch, or a
-/// detached HEAD): a fast-forward when possible, else a merge commit. Computed without
-/// touching any checkout, refused (with nothing changed) when it conflicts or would touch a
-/// file with uncommitted changes, and then applied with `git merge --ff-only`.
-pub fn merge(project: &Path, branch: &str, message: &str) -> Result<Merged, Refused> {
-    let t = GIT_TIMEOUT;
-    let sym = run(project, &["symbolic-ref", "--quiet", "HEAD"], t)?;
-    let target = if sym.success() {
-        sym.text()
-            .trim()
-            .trim_start_matches("refs/heads/")
-            .to_string()
-    } else {
-        "HEAD".to_string()
-    };
-    let head = run_ok(project, &["rev-parse", "--verify", "HEAD^{commit}"], t)?
-        .trim()
-        .to_string();
-    let tip_ref = format!("refs/heads/{branch}^{{commit}}");
-    let tip = run_ok(project, &["rev-parse", "--verify", &tip_ref], t)?
-        .trim()
-        .to_string();
-    let is_ancestor = |a: &str, b: &str| -> Result<bool, GitError> {
-        Ok(run(project, &["merge-base", "--is-ancestor", a, b], t)?.success())
-    };
-    if is_ancestor(&tip, &head)? {
-        return Ok(Merged {
-            commit: head,
-            target,
-            fast_forward: false,
-            already: true,
-        });
-    }
-    let fast_forward = is_ancestor(&head, &tip)?;
-    let result = if fast_forward {
-        tip.clone()
-    } else {
-        let o = run(
-            project,
-            &[
-                "merge-tree",
-                "--write-tree",
-                "-z",
-                "--name-only",
-                "--no-messages",
-                &head,
-                &tip,
-            ],
-            t,
-        )?;
-        let mut parts = nul_list(&o.stdout).into_iter();
-        let tree = parts.next().unwrap_or_default();
-        match o.code {
-            Some(0) => {}
-            Some(1) => {
-                let files: BTreeSet<String> = parts.collect();
-                return Err(Refused::Conflicts {
-                    target,
-                    head,
-                    files: files.into_iter().collect(),
-                });
-            }
-            _ => {
-                return Err(Refused::Git(GitError::Failed {
-                    args: "merge-tree --write-tree".into(),
-                    stderr: o.stderr,
-                }));
-            }
-        }
-        run_ok(
-            project,
-            &[
-                "commit-tree",
-                tree.trim(),
-                "-p",
-                &head,
-                "-p",
-                &tip,
-                "-m",
-                message,
-            ],
-            t,
-        )?
-        .trim()
-        .to_string()
-    };
-    // Files the merge changes, against files with uncommitted changes in the checkout.
-    let changed = run_ok(
-        project,
-        &["diff", "--name-only", "-z", "--no-renames", &head, &result],
-        t,
-    )?;
-    let changed: BTreeSet<String> = nul_list(changed.as_bytes()).into_iter().collect();
-    let (tracked, untracked) = status_paths(project, t)?;
-    let dirty: BTreeSet<String> = tracked
-        .into_iter()
-        .chain(untracked)
-        .filter(|p| {
-            changed.contains(p)
-                // An untracked directory in the way of a file the merge adds, or the reverse.
-                || changed.iter().any(|c| c.starts_with(&format!("{p}/")) || p.starts_with(&format!("{c}/")))
-        })
-        .collect();
-    if !dirty.is_empty() {
-        return Err(Refused::Dirty {
-            target,
-            files: dirty.into_iter().collect(),
-        });
-    }
-    run_ok(
-        project,
-        &["merge", "--ff-only", "--quiet", "--no-edit", &result],
-        t,
-    )?;
-    let now = run_ok(project, &["rev-parse", "HEAD"], t)?
-        .trim()
-        .to_string();
-    if now != result {
-        return Err(Refused::Git(GitError::Failed {
-            args: "merge --ff-only".into(),
-            stderr: format!("the checkout is at {now}, expected {result}"),
-        }));
-    }
-    Ok(Merged {
-        commit: result,
-        target,
-        fast_forward,
-        already: false,
-    })
-}
-
 /// Start merging `commit` into the worktree `wt` without committing, so the conflicts are
 /// there to resolve (files with conflict markers). The next commit of the worktree
 /// ([`commit_all`]) concludes the merge. Returns whether a merge is now in progress.
 pub fn start_merge(wt: &Path, commit: &str) -> Result<bool, GitError> {
-    let o = run(
-        wt,
+    let g = Git::worktree(wt, None, GIT_TIMEOUT)?;
+    let o = g.run(
         &[
             "merge",
             "--no-commit",
             "--no-ff",
             "--no-edit",
+            "--no-verify-signatures",
             "--quiet",
             commit,
         ],
         GIT_TIMEOUT,
+        MAX_OUTPUT,
     )?;
-    let merging = run(
-        wt,
-        &["rev-parse", "--quiet", "--verify", "MERGE_HEAD"],
-        GIT_TIMEOUT,
-    )?
-    .success();
+    let merging = g
+        .run(
+            &["rev-parse", "--quiet", "--verify", "MERGE_HEAD"],
+            GIT_TIMEOUT,
+            MAX_OUTPUT,
+        )?
+        .success();
     if !merging && !o.success() {
         return Err(GitError::Failed {
             args: format!("merge --no-commit {commit}"),
@@ -892,13 +376,5 @@ mod tests {
         assert!(!valid_rev("a..b"));
         assert!(!valid_rev("a b"));
         assert!(!valid_rev(""));
-    }
-
-    #[test]
-    fn numstat_reads_text_and_binary_files() {
-        let got = numstat(b"3\t1\tsrc/a.rs\0-\t-\timg.png\0");
-        assert_eq!(got.len(), 2);
-        assert_eq!(got[0], (Some(3), Some(1), "src/a.rs".to_string()));
-        assert_eq!(got[1], (None, None, "img.png".to_string()));
     }
 }

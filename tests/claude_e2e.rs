@@ -239,3 +239,84 @@ async fn failed_resume_says_what_happened() {
         "{e}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claude_turn_never_loads_zwarm_even_after_setup_claude_code() {
+    let (mock, env) = claude_env();
+    // User scope: every claude of this user, executors included, would start zwarm.
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_zwarm"));
+    cmd.args(["setup", "claude-code", "--scope", "user", "--state-dir"])
+        .arg(&env.state)
+        .current_dir(&env.work)
+        .env_clear();
+    for (k, v) in &env.vars {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run zwarm setup");
+    assert!(
+        out.status.success(),
+        "zwarm setup claude-code: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let z = Zwarm::start(&env, &[]).await;
+    let r = z
+        .ok(
+            "delegate",
+            json!({"task": "say hello", "adapter": "claude"}),
+        )
+        .await;
+    assert_eq!(r["status"], "idle", "{r}\n{}", z.stderr());
+    let reqs = mock.model_requests();
+    assert!(!reqs.is_empty());
+    for req in &reqs {
+        let tools: Vec<&str> = req.body["tools"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|t| t["name"].as_str()).collect())
+            .unwrap_or_default();
+        assert!(
+            !tools.iter().any(|t| t.contains("zwarm")),
+            "zwarm offered to claude: {tools:?}"
+        );
+    }
+    let started = env.events().matches("\"server_started\"").count();
+    assert_eq!(started, 1, "{}", env.events());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_cost_and_tokens_from_an_executor_are_never_stored_or_summed() {
+    use std::os::unix::fs::PermissionsExt;
+    let (_mock, env) = claude_env();
+    // A claude that reports a negative cost and a negative token count.
+    let fake = env.dir.path().join("fake-claude");
+    std::fs::write(
+        &fake,
+        r#"#!/bin/sh
+cat > /dev/null
+echo '{"type":"system","subtype":"init","session_id":"11111111-2222-4333-8444-555555555555","model":"m"}'
+echo '{"type":"assistant","message":{"model":"m","content":[{"type":"text","text":"done"}]}}'
+echo '{"type":"result","subtype":"success","is_error":false,"result":"done","total_cost_usd":-1000,"usage":{"input_tokens":-5,"output_tokens":7,"cache_creation_input_tokens":0,"cache_read_input_tokens":0}}'
+"#,
+    )
+    .unwrap();
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let set = format!("claude.binary={}", fake.display());
+    let z = Zwarm::start(&env, &["--set", &set]).await;
+    let r = z
+        .ok("delegate", json!({"task": "go", "adapter": "claude"}))
+        .await;
+    assert_eq!(r["status"], "idle", "{r}\n{}", z.stderr());
+    assert_eq!(r["response"], "done");
+    let id = r["session_id"].as_str().unwrap().to_string();
+    let s = z.ok("check_session", json!({"session_id": id})).await;
+    let turn = &s["turns"][0];
+    assert!(turn["cost_usd"].is_null(), "negative cost stored: {s}");
+    assert!(s["cost_usd"].is_null(), "negative cost summed: {s}");
+    assert_eq!(turn["usage"]["input_tokens"], 0, "{s}");
+    assert_eq!(s["usage"]["input_tokens"], 0, "{s}");
+    // Said, not silently dropped.
+    let progress = s["recent_progress"].to_string();
+    assert!(
+        progress.contains("invalid cost") && progress.contains("invalid token count"),
+        "{s}"
+    );
+}

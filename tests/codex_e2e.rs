@@ -374,3 +374,118 @@ async fn missing_codex_binary_says_how_to_install_it() {
 async fn alive(z: &Zwarm) {
     z.ok("list_sessions", json!({})).await;
 }
+
+/// Run `zwarm setup HOST --state-dir STATE` in the test's environment, as a user would.
+fn zwarm_setup(env: &Env, host: &str) {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_zwarm"));
+    cmd.args(["setup", host, "--state-dir"])
+        .arg(&env.state)
+        .current_dir(&env.work)
+        .env_clear();
+    for (k, v) in &env.vars {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run zwarm setup");
+    assert!(
+        out.status.success(),
+        "zwarm setup {host}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_codex_turn_never_loads_zwarm_even_after_setup_codex() {
+    let (mock, mut env) = codex_env();
+    // codex's own config now starts zwarm (required = true) for every codex, executors included.
+    zwarm_setup(&env, "codex");
+    let config = std::fs::read_to_string(env.dir.path().join("codex-home/config.toml")).unwrap();
+    assert!(config.contains("[mcp_servers.zwarm]"), "{config}");
+    env.set("ZWARM_LOG", "info");
+    let z = Zwarm::start(&env, &[]).await;
+    // An unknown model slug makes codex list MCP tools inline in `tools` (EXECUTORS.md §A.2).
+    let r = z
+        .ok(
+            "delegate",
+            json!({"task": "say hello", "model": "mock-model"}),
+        )
+        .await;
+    assert_eq!(r["status"], "idle", "{r}\n{}", z.stderr());
+    let reqs = mock.model_requests();
+    assert!(!reqs.is_empty());
+    for req in &reqs {
+        let tools = req.body["tools"].to_string();
+        for name in ["mcp__zwarm", "\"name\":\"delegate\"", "list_sessions"] {
+            assert!(
+                !tools.contains(name),
+                "zwarm offered to codex ({name}): {tools}"
+            );
+        }
+    }
+    // No nested `zwarm serve` started on this state: one server_started, the test's own.
+    let started = env.events().matches("\"server_started\"").count();
+    assert_eq!(started, 1, "{}", env.events());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_turn_is_marked_with_its_session_id() {
+    use std::os::unix::fs::PermissionsExt;
+    let (_mock, env) = codex_env();
+    // A codex that writes down its marker, then runs the real one.
+    let marker = env.dir.path().join("marker");
+    let wrapper = env.dir.path().join("codex-wrapper");
+    let real = support::harness::cli_dir("codex").join("codex");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nprintf '%s\\n' \"$ZWARM_EXECUTOR_TURN\" >> '{}'\nexec '{}' \"$@\"\n",
+            marker.display(),
+            real.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let set = format!("codex.binary={}", wrapper.display());
+    let z = Zwarm::start(&env, &["--set", &set]).await;
+    let r = z.ok("delegate", json!({"task": "say hello"})).await;
+    assert_eq!(r["status"], "idle", "{r}\n{}", z.stderr());
+    let id = r["session_id"].as_str().unwrap().to_string();
+    let c = z
+        .ok("converse", json!({"session_id": id, "message": "again"}))
+        .await;
+    assert_eq!(c["status"], "idle", "{c}\n{}", z.stderr());
+    let seen = std::fs::read_to_string(&marker).unwrap();
+    assert_eq!(seen, format!("{id}\n{id}\n"), "one marker per turn");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_symlink_planted_as_the_last_message_file_is_never_written_through() {
+    let (_mock, env) = codex_env();
+    let z = Zwarm::start(&env, &[]).await;
+    let r = z.ok("delegate", json!({"task": "say hello"})).await;
+    assert_eq!(r["status"], "idle", "{r}\n{}", z.stderr());
+    let id = r["session_id"].as_str().unwrap().to_string();
+    // Something plants turn 2's -o file as a link to a file outside the state.
+    let victim = env.dir.path().join("victim.txt");
+    std::fs::write(&victim, "precious").unwrap();
+    let planted = env.state.join("turns").join(&id).join("2.last-message");
+    std::os::unix::fs::symlink(&victim, &planted).unwrap();
+    let c = z
+        .ok("converse", json!({"session_id": id, "message": "again"}))
+        .await;
+    // Either the turn is refused, saying why, or the link is replaced by a file of zwarm's
+    // own before codex runs; never is the file it names written.
+    match c["status"].as_str() {
+        Some("failed") => assert!(
+            c["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("symbolic link") || e.contains("symlink")),
+            "{c}"
+        ),
+        Some("idle") => assert!(
+            !std::fs::symlink_metadata(&planted).is_ok_and(|m| m.file_type().is_symlink()),
+            "{c}"
+        ),
+        _ => panic!("{c}"),
+    }
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+}

@@ -1039,10 +1039,27 @@ fn the_project_is_the_git_top_level() {
     assert_eq!(c.project_dir, plain);
 }
 
+/// A terminal command meets the same trusted-layer typo: one plain line, exit status 2.
+#[test]
+fn terminal_commands_report_config_errors_with_status_2() {
+    let f = Fixture::new();
+    f.user_file("defualt_adapter = \"claude\"\n");
+    let out = zwarm(&f, &f.project, &["ps"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("did you mean `default_adapter`?"), "{err}");
+}
+
 /// `zwarm serve` with the fixture's environment, in `cwd`, stdin closed (it stops at EOF).
 fn serve(f: &Fixture, cwd: &Path, args: &[&str]) -> std::process::Output {
+    let mut all = vec!["serve"];
+    all.extend_from_slice(args);
+    zwarm(f, cwd, &all)
+}
+
+/// `zwarm ARGS` with the fixture's environment, in `cwd`, stdin closed.
+fn zwarm(f: &Fixture, cwd: &Path, args: &[&str]) -> std::process::Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_zwarm"))
-        .arg("serve")
         .args(args)
         .current_dir(cwd)
         .env_clear()

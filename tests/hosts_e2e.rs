@@ -621,3 +621,114 @@ async fn a_2026_07_28_client_gets_its_hosts_wait_from_each_request() {
         .unwrap();
     assert!(status.success(), "{status}");
 }
+
+/// Run `codex exec` as the MCP host of `zwarm serve` (with `required = true`, as `zwarm setup
+/// codex` writes it) whose model calls zwarm's `list_sessions`, then answers; `server_env` goes
+/// into the server's `env`. Returns codex's exit status, stdout, and its zwarm call (the
+/// `mcp_tool_call` item) if codex made one.
+async fn codex_host_lists_sessions(
+    exec_env: &Env,
+    server_env: &str,
+) -> (bool, String, Option<Value>) {
+    let host_mock = OpenAiMock::start(json!({
+        "mode": "keyed",
+        "scenarios": {"hostlist": [
+            {"items": [{"function_call": {"name": "list_sessions", "namespace": "mcp__zwarm", "arguments": {}}}]},
+            {"items": [{"message": "host done"}]}
+        ]}
+    }));
+    let host_home = exec_env.dir.path().join("host-codex-home");
+    std::fs::create_dir_all(&host_home).unwrap();
+    let mut cfg = support::codex_config_toml(&host_mock.base_url());
+    cfg.push_str(&format!(
+        "\n[mcp_servers.zwarm]\ncommand = {:?}\nargs = [\"serve\", \"--state-dir\", {:?}]\nrequired = true\ndefault_tools_approval_mode = \"approve\"\nenv = {{ CODEX_HOME = {:?}, MOCK_KEY = \"x\", PATH = {:?}{server_env} }}\n",
+        zwarm_bin(),
+        exec_env.state.display().to_string(),
+        var(exec_env, "CODEX_HOME"),
+        var(exec_env, "PATH"),
+    ));
+    std::fs::write(host_home.join("config.toml"), cfg).unwrap();
+    let out = tokio::process::Command::new(cli_dir("codex").join("codex"))
+        .args([
+            "exec",
+            "--json",
+            "--skip-git-repo-check",
+            "--",
+            "@@hostlist",
+        ])
+        .current_dir(&exec_env.work)
+        .env("CODEX_HOME", &host_home)
+        .env("MOCK_KEY", "x")
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let call = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|v| v["type"] == "item.completed" && v["item"]["type"] == "mcp_tool_call")
+        .map(|v| v["item"].clone());
+    (out.status.success(), stdout, call)
+}
+
+/// A `zwarm serve` started inside an executor's turn (ZWARM_EXECUTOR_TURN set) starts
+/// normally, so a codex with `required = true` still runs its turn, but zwarm's tools are not
+/// there for its model to call. The same host without the variable calls list_sessions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inside_an_executor_turn_codex_runs_its_turn_without_zwarm_tools() {
+    let (_exec_mock, exec_env) = executor_side();
+    let (ok, stdout, call) = codex_host_lists_sessions(&exec_env, "").await;
+    assert!(ok && stdout.contains("host done"), "{stdout}");
+    let call = call.unwrap_or_else(|| panic!("control: no zwarm call: {stdout}"));
+    assert_eq!(call["status"], "completed", "control: {call}");
+    let (ok, stdout, call) =
+        codex_host_lists_sessions(&exec_env, ", ZWARM_EXECUTOR_TURN = \"1\"").await;
+    assert!(ok, "the nested server failed the turn: {stdout}");
+    assert!(stdout.contains("host done"), "{stdout}");
+    if let Some(call) = call {
+        assert_ne!(call["status"], "completed", "{call}");
+        assert!(
+            !call.to_string().contains("\"total\""),
+            "the sessions reached the executor: {call}"
+        );
+    }
+}
+
+/// Claude Code as the host of `zwarm serve` with the executor's environment (`turn_env`
+/// adds ZWARM_EXECUTOR_TURN); its model just answers. Returns zwarm's server status and the
+/// tools Claude Code offers, from the `init` event.
+async fn claude_host_init(turn_env: bool) -> (Value, String, String) {
+    let (_exec_mock, mut exec_env) = executor_side();
+    if turn_env {
+        exec_env.set("ZWARM_EXECUTOR_TURN", "1");
+    }
+    let host_mock = AnthropicMock::start(json!({
+        "mode": "keyed",
+        "scenarios": {"hostdelegate": [{"content": [{"text": "host done"}]}]}
+    }));
+    let (events, stdout) = run_claude_host(&exec_env, &host_mock, &[], "delegate").await;
+    let init = events
+        .iter()
+        .find(|e| e["type"] == "system" && e["subtype"] == "init")
+        .unwrap_or_else(|| panic!("no init event: {stdout}"));
+    let zwarm = init["mcp_servers"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["name"] == "zwarm"))
+        .unwrap_or_else(|| panic!("zwarm not among the servers: {init}"))
+        .clone();
+    (zwarm["status"].clone(), init["tools"].to_string(), stdout)
+}
+
+/// The same under Claude Code: the server connects, and the model is offered no zwarm tool
+/// (without the variable, the same host offers them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inside_an_executor_turn_claude_code_connects_and_offers_no_zwarm_tools() {
+    let (status, tools, _) = claude_host_init(false).await;
+    assert_eq!(status, "connected");
+    assert!(tools.contains("mcp__zwarm__delegate"), "control: {tools}");
+    let (status, tools, stdout) = claude_host_init(true).await;
+    assert_eq!(status, "connected", "{stdout}");
+    assert!(!tools.contains("mcp__zwarm__"), "{tools}");
+    assert!(stdout.contains("host done"), "{stdout}");
+}

@@ -249,4 +249,140 @@ async fn a_huge_answer_is_capped_in_the_result_and_whole_in_the_resource() {
         p1["sessions"][0]["session_id"],
         p2["sessions"][0]["session_id"]
     );
+    // So does the index resource, and its next page is named.
+    let r1 = read(&z, "zwarm://sessions?limit=1").await;
+    assert_eq!(
+        (r1["count"].clone(), r1["total"].clone()),
+        (json!(1), json!(2))
+    );
+    let next = r1["next_uri"].as_str().unwrap_or_else(|| panic!("{r1}"));
+    let r2 = read(&z, next).await;
+    assert_eq!(r2["count"], 1, "{r2}");
+    assert!(r2["next_uri"].is_null(), "{r2}");
+    assert_eq!(
+        r2["sessions"][0]["session_id"],
+        p2["sessions"][0]["session_id"]
+    );
+}
+
+/// Through `zwarm serve`: arguments no executor can take are refused up front, naming the
+/// field, and start nothing (the model server gets no request); the session index is paged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_arguments_are_refused_up_front_and_name_the_field() {
+    let (mock, env) = codex_env(json!({}));
+    let z = Zwarm::start(&env, &[]).await;
+    let cases = [
+        (
+            "delegate",
+            json!({"task": "write x\u{0}y", "mode": "async"}),
+            "`task` contains a NUL",
+        ),
+        (
+            "delegate",
+            json!({"task": "write x", "model": "gpt\u{0}5", "mode": "async"}),
+            "`model` contains a NUL",
+        ),
+        (
+            "delegate",
+            json!({"task": "write x", "model": "-c sandbox=none", "mode": "async"}),
+            "model `-c sandbox=none`",
+        ),
+        (
+            "delegate",
+            json!({"task": ["write x"], "mode": "async"}),
+            "`task` must be a string",
+        ),
+        (
+            "list_sessions",
+            json!({"limit": "ten"}),
+            "`limit` must be a number",
+        ),
+        (
+            "check_session",
+            json!({"session_ids": ["a", "b\u{0}"]}),
+            "`session_ids[1]` contains a NUL",
+        ),
+    ];
+    for (tool, args, want) in cases {
+        let e = z.err(tool, args).await;
+        assert!(e.contains(want), "{tool}: {e}");
+    }
+    let l = z.ok("list_sessions", json!({})).await;
+    assert_eq!(l["total"], 0, "{l}");
+    assert!(mock.model_requests().is_empty());
+    let index = read(&z, "zwarm://sessions?limit=5").await;
+    assert_eq!(index["total"], 0, "{index}");
+    assert_eq!(index["next_uri"], Value::Null, "{index}");
+}
+
+/// The wire itself, against the binary: an unparseable line, invalid UTF-8 and a line over the
+/// size limit each get a −32700 reply (the limit named), and the server goes on answering.
+/// Closing stdin stops it, and the log says that stdin closed (not "signal").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zwarm_serve_answers_bad_lines_with_parse_errors() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let env = support::harness::Env::without_clis("wire");
+    let mut child = env
+        .command(&["--set", "max_task_bytes=2000"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn zwarm serve");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut next = async || -> Value {
+        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .expect("a reply within 30 s")
+            .expect("read stdout")
+            .expect("a line, not EOF");
+        serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("stdout is JSON-RPC only: {e}: {line}"))
+    };
+
+    stdin.write_all(b"this is not json\n").await.expect("write");
+    let r = next().await;
+    assert_eq!(r["error"]["code"], -32700, "{r}");
+
+    stdin
+        .write_all(b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"x\xff\"}\n")
+        .await
+        .expect("write");
+    let r = next().await;
+    assert_eq!(r["error"]["code"], -32700, "{r}");
+
+    let big = format!(
+        "{{\"jsonrpc\":\"2.0\",\"id\":2,\"method\":\"ping\",\"params\":{{\"pad\":\"{}\"}}}}\n",
+        "a".repeat(17 * 1024 * 1024)
+    );
+    stdin.write_all(big.as_bytes()).await.expect("write");
+    let r = next().await;
+    assert_eq!(r["error"]["code"], -32700, "{r}");
+    let msg = r["error"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(msg.contains("bytes"), "the limit is named: {msg}");
+
+    // Still serving: a real initialize is answered.
+    let init = json!({"jsonrpc":"2.0","id":3,"method":"initialize","params":{
+        "protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"wire","version":"1"}}});
+    stdin
+        .write_all(format!("{init}\n").as_bytes())
+        .await
+        .expect("write");
+    let r = next().await;
+    assert_eq!(r["id"], 3, "{r}");
+    assert!(r["result"]["serverInfo"].is_object(), "{r}");
+
+    drop(stdin);
+    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .expect("exits after stdin closes")
+        .expect("wait");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("stdin closed"), "{err}");
+    assert!(!err.contains("reason=signal"), "{err}");
 }

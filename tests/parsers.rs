@@ -977,3 +977,75 @@ fn claude_2_1_197_runs_the_sleep_and_reports_the_missing_file() {
         true
     )));
 }
+
+// ---------------------------------------------------------------------------------------------
+// reported numbers
+
+fn warnings(events: &[ExecutorEvent]) -> Vec<String> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            ExecutorEvent::Warning { message } => Some(message.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn codex_invalid_token_counts_are_refused_with_a_note() {
+    for bad in ["-5", "1.5", "\"12\"", "100000000001"] {
+        let line = format!(
+            r#"{{"type":"turn.completed","usage":{{"input_tokens":{bad},"cached_input_tokens":0,"output_tokens":3,"reasoning_output_tokens":0}}}}"#
+        );
+        let events = Parser::new(Adapter::Codex).parse_line(&line);
+        let notes = warnings(&events);
+        assert_eq!(notes.len(), 1, "{bad}: {events:?}");
+        assert!(notes[0].contains("input_tokens"), "{notes:?}");
+        match events.last() {
+            Some(ExecutorEvent::TurnCompleted { usage: None, .. }) => {}
+            other => panic!("{bad}: usage kept: {other:?}"),
+        }
+    }
+    let ok = r#"{"type":"turn.completed","usage":{"input_tokens":7,"cached_input_tokens":0,"output_tokens":3,"reasoning_output_tokens":0}}"#;
+    let events = Parser::new(Adapter::Codex).parse_line(ok);
+    assert_eq!(events, vec![codex_completed(7, 3)]);
+}
+
+#[test]
+fn claude_negative_or_absurd_cost_and_tokens_are_refused_with_a_note() {
+    let result = |cost: &str, input: &str| {
+        format!(
+            r#"{{"type":"result","subtype":"success","is_error":false,"result":"done","total_cost_usd":{cost},"usage":{{"input_tokens":{input},"output_tokens":10,"cache_creation_input_tokens":0,"cache_read_input_tokens":0}}}}"#
+        )
+    };
+    // A negative cost: refused, the (valid) usage kept.
+    let events = Parser::new(Adapter::Claude).parse_line(&result("-1000", "20"));
+    assert_eq!(warnings(&events).len(), 1, "{events:?}");
+    assert!(warnings(&events)[0].contains("cost"), "{events:?}");
+    match events.last() {
+        Some(ExecutorEvent::TurnCompleted {
+            cost_usd: None,
+            usage: Some(u),
+            ..
+        }) => assert_eq!((u.input_tokens, u.output_tokens), (20, 10)),
+        other => panic!("{other:?}"),
+    }
+    // An absurd cost and a negative token count: neither is passed on.
+    let events = Parser::new(Adapter::Claude).parse_line(&result("1e12", "-3"));
+    assert_eq!(warnings(&events).len(), 2, "{events:?}");
+    match events.last() {
+        Some(ExecutorEvent::TurnCompleted {
+            cost_usd: None,
+            usage: Some(u),
+            ..
+        }) => assert_eq!(*u, Usage::default()),
+        other => panic!("{other:?}"),
+    }
+    // Valid numbers pass unchanged.
+    let events = Parser::new(Adapter::Claude).parse_line(&result("0.5", "20"));
+    assert!(warnings(&events).is_empty(), "{events:?}");
+    assert!(matches!(
+        events.last(),
+        Some(ExecutorEvent::TurnCompleted { cost_usd: Some(c), .. }) if (*c - 0.5).abs() < 1e-12
+    ));
+}

@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use super::{StateArgs, open_state, short_id};
-use crate::model::SessionStatus;
+use crate::model::{SessionStatus, WorktreeState};
 use crate::sessions::ManagerError;
 use crate::sessions::isolation::{Integrate as EngineIntegrate, Integrated, session_diff};
 
@@ -29,19 +29,60 @@ impl Integrate {
     }
 }
 
+/// What the event log says about a merge that was done: (the branch merged into, whether
+/// the session's branch held nothing new).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct MergeFacts {
+    pub into: Option<String>,
+    pub already: bool,
+}
+
+/// The last `worktree_merged` event of session `id` (read-only).
+fn merge_facts(cfg: &crate::config::Config, id: &str) -> MergeFacts {
+    let Ok(store) = open_state(cfg) else {
+        return MergeFacts::default();
+    };
+    let evs = store.last_events(Some(id), 50).unwrap_or_default();
+    evs.iter()
+        .rev()
+        .find(|e| e["event"] == "worktree_merged")
+        .map(|e| MergeFacts {
+            into: e["into"].as_str().map(str::to_string),
+            already: e["already_merged"].as_bool().unwrap_or(false),
+        })
+        .unwrap_or_default()
+}
+
 /// What became of a worktree session's branch, as the end of `end`'s line.
-fn integration(i: &Integrated) -> String {
+fn integration(i: &Integrated, merge: &MergeFacts) -> String {
+    let at = |c: &str| c.get(..12).unwrap_or(c).to_string();
+    let into = match merge.into.as_deref() {
+        Some("HEAD") | None => "the project checkout".to_string(),
+        Some(b) => format!("`{b}`"),
+    };
     match i.integrate {
-        Some(EngineIntegrate::Merge) => format!(
-            "; branch `{}` merged into the project checkout{}",
+        Some(EngineIntegrate::Merge) if merge.already => format!(
+            "; branch `{}` had no commits that {into} lacks, so nothing was merged{}",
             i.branch,
             i.commit
                 .as_deref()
-                .map(|c| format!(" (now at {})", c.get(..12).unwrap_or(c)))
+                .map(|c| format!(" ({into} stays at {})", at(c)))
                 .unwrap_or_default()
         ),
+        Some(EngineIntegrate::Merge) => format!(
+            "; branch `{}` merged into {into}{}",
+            i.branch,
+            i.commit
+                .as_deref()
+                .map(|c| format!(" (now at {})", at(c)))
+                .unwrap_or_default()
+        ),
+        Some(EngineIntegrate::Keep) if i.state == WorktreeState::Kept => format!(
+            "; branch `{}` kept and its worktree removed: merge it yourself with `git merge {}`",
+            i.branch, i.branch
+        ),
         Some(EngineIntegrate::Keep) => format!(
-            "; branch `{}` kept (worktree {}): merge it yourself with `git merge {}`",
+            "; branch `{}` kept (its worktree is {}): merge it yourself with `git merge {}`",
             i.branch,
             i.state.as_str(),
             i.branch
@@ -68,9 +109,11 @@ impl Verdict {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Integrate {
-    /// Merge the session's branch into the branch it started from.
+    /// Merge the session's branch into the branch checked out in the project now (where
+    /// `git merge` there would put it), then remove the worktree.
     Merge,
-    /// Keep the session's branch and worktree as they are.
+    /// Keep the session's branch (uncommitted work is committed to it first) and remove its
+    /// worktree; `git merge` the branch later yourself. The default for a completed session.
     Keep,
     /// Delete the session's branch and worktree.
     Discard,
@@ -86,7 +129,9 @@ pub struct EndArgs {
     /// A summary to record with the verdict.
     #[arg(long)]
     pub summary: Option<String>,
-    /// What to do with a worktree session's branch (merge, keep, discard).
+    /// What to do with a worktree session's branch: merge (into the checked-out branch),
+    /// keep (the branch; the worktree is removed), discard (both). Default: keep, except
+    /// with `--verdict failed`, which leaves branch and worktree for a retry.
     #[arg(long, value_enum, value_name = "HOW")]
     pub integrate: Option<Integrate>,
     #[command(flatten)]
@@ -110,6 +155,7 @@ fn owned_elsewhere(id: &str, pid: u32) -> String {
 
 pub fn main(a: EndArgs) -> anyhow::Result<i32> {
     let cfg = a.state.load()?;
+    let read_cfg = cfg.clone();
     // Look first, read-only: a session a live server owns is not ours to touch, and starting
     // an engine for nothing would only add a server to the log.
     let id = {
@@ -141,7 +187,12 @@ pub fn main(a: EndArgs) -> anyhow::Result<i32> {
                 msg.push_str("; its running turn was interrupted");
             }
             if let Some(i) = &integrated {
-                msg.push_str(&integration(i));
+                let facts = if i.merged {
+                    merge_facts(&read_cfg, &s.id)
+                } else {
+                    MergeFacts::default()
+                };
+                msg.push_str(&integration(i, &facts));
             }
             super::out(&format!("{msg}\n"))?;
             if let Some(w) = integrated.and_then(|i| i.warning) {
@@ -180,11 +231,11 @@ pub fn diff_main(a: DiffArgs) -> anyhow::Result<i32> {
         }
     };
     eprintln!(
-        "zwarm: session {} · branch {} from {} · worktree {}{}",
+        "zwarm: session {} · branch {} from {} · {}{}",
         short_id(&s.id),
         iso.branch,
         iso.base.get(..12).unwrap_or(&iso.base),
-        iso.state.as_str(),
+        super::show::worktree_text(iso.state),
         if diff.is_empty() {
             " · no changes"
         } else {

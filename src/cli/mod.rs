@@ -4,15 +4,18 @@
 //! (the same config layers, [`crate::config::load`]), or uses `--state-dir`. Commands that only
 //! look (`ps`, `show`, `logs`, `diff`, `top`, `doctor`) open the database read-only
 //! ([`crate::store::readonly`]): no lock, no writer, short reads, so they work while servers
-//! run on that state and never hold them up. Commands that act (`run`, `end`) run the session
+//! run on that state and never hold them up (`prune` reads the same way and removes only
+//! files and branches of ended sessions). Commands that act (`run`, `end`) run the session
 //! engine in-process, like a server without MCP: what they do is recorded like any other
 //! session, and a session a live server owns is left to that server.
 //!
 //! One file per command; the shared pieces (config loading, formatting) are here.
 
+pub mod activity;
 pub mod doctor;
 pub mod end;
 pub mod logs;
+pub mod prune;
 pub mod ps;
 pub mod run;
 pub mod setup;
@@ -32,18 +35,25 @@ use crate::store::readonly::ReadOnlyStore;
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
     /// Delegate one task from the terminal and wait for the answer (stdout); progress goes
-    /// to stderr. Exit 0 when the turn finished, 1 when it failed.
+    /// to stderr. The session is ended when the turn is over unless --keep (a worktree
+    /// session stays open for review). Exit 0 when the turn finished, 1 when it failed.
     Run(run::RunArgs),
-    /// List sessions: id prefix, status, adapter, age, turns, tokens, cost, branch, task.
+    /// List sessions: id prefix, status, adapter, age (since created), turns, tokens, cost,
+    /// branch, task.
     Ps(ps::PsArgs),
-    /// Show a session's transcript: each turn's prompt, commands, files, answer, usage, notes.
+    /// Show a session's transcript: each turn's prompt, commands (also those cut off), files,
+    /// tool errors, answer, usage, watcher notes.
     Show(show::ShowArgs),
-    /// Print the event log (of every server on the state dir, or one session); -f follows.
+    /// Print the event log (of every server on the state dir, or one session) with what the
+    /// executors did: commands and exit codes, file changes, messages, tool errors; -f follows.
     Logs(logs::LogsArgs),
     /// End a session with a verdict (a running turn is interrupted first).
     End(end::EndArgs),
     /// Print a session's diff (sessions with their own worktree).
     Diff(end::DiffArgs),
+    /// Remove ended sessions' turn logs and the branches of merged or discarded worktree
+    /// sessions (--older-than D: only sessions ended longer ago); says what it removed.
+    Prune(prune::PruneArgs),
     /// A live dashboard of running and recent sessions (q quits).
     Top(top::TopArgs),
     /// Check the executors, their versions, flags and logins, containment, the state dir
@@ -122,6 +132,7 @@ pub fn main(cmd: Command) -> i32 {
         Command::Logs(a) => logs::main(a),
         Command::End(a) => end::main(a),
         Command::Diff(a) => end::diff_main(a),
+        Command::Prune(a) => prune::main(a),
         Command::Top(a) => top::main(a),
         Command::Doctor(a) => doctor::main(a),
         Command::Setup(a) => setup::main(a),
@@ -130,7 +141,11 @@ pub fn main(cmd: Command) -> i32 {
         Ok(code) => code,
         Err(e) => {
             let _ = writeln!(std::io::stderr(), "zwarm: {e:#}");
-            1
+            if crate::config::is_config_error(&e) {
+                crate::config::EXIT_CONFIG
+            } else {
+                1
+            }
         }
     }
 }

@@ -17,7 +17,9 @@ pub struct PsArgs {
     /// At most this many sessions, newest first.
     #[arg(long, default_value_t = 50)]
     pub limit: usize,
-    /// Print `{"sessions": [...]}` with the fields of list_sessions.
+    /// Print `{"sessions": [...], "total": N}`: each session with the fields of
+    /// list_sessions (plus `created_at`, and `server_alive` for running ones); `total` counts
+    /// every matching session, also those past --limit.
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
@@ -176,7 +178,8 @@ pub fn main(a: PsArgs) -> anyhow::Result<i32> {
                 short_id(&r.session_id).to_string(),
                 status_label(l).to_string(),
                 r.adapter.as_str().to_string(),
-                secs_since(&r.updated_at, now)
+                // Age from when the session was created (the last update is in `ps --json`).
+                secs_since(&l.extra.created_at, now)
                     .map(fmt_age)
                     .unwrap_or_else(|| "?".into()),
                 r.turns.to_string(),

@@ -5,8 +5,14 @@
 //! (what the executor runs and edits) goes to stderr, as a spinner line on a terminal and as
 //! plain lines otherwise; the final answer goes to stdout. Exit 0 when the turn finished,
 //! 1 when it failed, 130 when it was interrupted with Ctrl-C.
+//!
+//! A closed stdout or stderr (`zwarm run … 2>&1 | head -c 1`) never stops `run`: what it
+//! cannot print is dropped, the turn runs to its end and is recorded. When the turn is over
+//! the session is ended (completed, failed or cancelled, as the turn ended) unless `--keep`
+//! leaves it open for `converse`; a worktree session stays open for its review
+//! (`zwarm diff`, then `zwarm end --integrate`).
 
-use std::io::{IsTerminal, Read};
+use std::io::{IsTerminal, Read, Write};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -17,11 +23,14 @@ use tokio_util::sync::CancellationToken;
 
 use super::{StateArgs, fmt_cost, short_id};
 use crate::event::ExecutorEvent;
-use crate::model::{Session, TurnStatus};
+use crate::model::{Session, SessionStatus, TurnStatus};
 use crate::sessions::{DelegateRequest, MAX_WAIT, Manager};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Isolation {
+    /// Work directly in the working directory (the default unless the config's `isolation`
+    /// says otherwise).
+    None,
     /// Run the session in its own git worktree and branch.
     Worktree,
 }
@@ -34,7 +43,8 @@ pub struct RunArgs {
     /// Model for the executor (default: the config's, else the executor's own).
     #[arg(long, value_name = "M")]
     pub model: Option<String>,
-    /// Isolate the session's changes (`worktree`).
+    /// `worktree`: the session works in a git worktree and branch of its own; `none`: in the
+    /// working directory itself (default: the config's `isolation`, itself `none`).
     #[arg(long, value_enum, value_name = "MODE")]
     pub isolation: Option<Isolation>,
     /// For a worktree session (`--isolation worktree`, or the config's `isolation`): the
@@ -45,6 +55,11 @@ pub struct RunArgs {
     /// allowed roots.
     #[arg(long, value_name = "D")]
     pub working_dir: Option<PathBuf>,
+    /// Leave the session open when the turn is over (for `converse` from a host); by
+    /// default `run` ends it (completed, failed or cancelled, as the turn ended). A worktree
+    /// session always stays open for its review: end it with `zwarm end ID --integrate …`.
+    #[arg(long)]
+    pub keep: bool,
     /// The task (several words are joined with spaces); `-` reads it from stdin.
     #[arg(required = true, num_args = 1.., value_name = "TASK")]
     pub task: Vec<String>,
@@ -74,9 +89,11 @@ pub fn main(a: RunArgs) -> anyhow::Result<i32> {
         model: a.model,
         working_dir: a.working_dir.map(|d| d.display().to_string()),
         isolation: a.isolation.map(|i| match i {
+            Isolation::None => "none".to_string(),
             Isolation::Worktree => "worktree".to_string(),
         }),
         base: a.base,
+        keep: a.keep,
     };
     let r = rt.block_on(run_one(&manager, req));
     rt.block_on(manager.shutdown(Duration::from_millis(1700)));
@@ -91,6 +108,13 @@ struct Request {
     working_dir: Option<String>,
     isolation: Option<String>,
     base: Option<String>,
+    keep: bool,
+}
+
+/// A line on stderr; a closed stderr drops it (never a panic, never an exit mid-turn).
+fn say(text: &str) {
+    let mut e = std::io::stderr().lock();
+    let _ = writeln!(e, "{text}");
 }
 
 /// Where progress goes: a spinner on a terminal, plain lines otherwise.
@@ -115,7 +139,7 @@ impl Progress {
     fn line(&self, text: &str) {
         match &self.bar {
             Some(b) => b.println(text),
-            None => eprintln!("{text}"),
+            None => say(text),
         }
     }
 
@@ -128,7 +152,7 @@ impl Progress {
                 }
                 b.set_message(text.to_string());
             }
-            None => eprintln!("  {text}"),
+            None => say(&format!("  {text}")),
         }
     }
 
@@ -212,7 +236,7 @@ async fn run_one(manager: &Manager, req: Request) -> anyhow::Result<i32> {
             _ = async { tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} } } => {
                 if interrupted {
                     progress.done();
-                    eprintln!("zwarm: second interrupt, exiting now");
+                    say("zwarm: second interrupt, exiting now");
                     std::process::exit(130);
                 }
                 interrupted = true;
@@ -227,46 +251,112 @@ async fn run_one(manager: &Manager, req: Request) -> anyhow::Result<i32> {
     };
     progress.done();
     manager.attach_notes(&id, Some(1), &notes).await;
-    Ok(report(&session, interrupted))
+    let session = if req.keep || session.isolation.is_some() {
+        session
+    } else {
+        end_after_turn(manager, session).await
+    };
+    // Commands the turn started and never finished (cut off by Ctrl-C or a failure).
+    let cut = match session.turns.last() {
+        Some(t) if t.status != TurnStatus::Completed => {
+            let evs = super::activity::read_turn(
+                manager.state_dir(),
+                &session.id,
+                t.index,
+                session.adapter,
+            );
+            super::activity::unfinished_commands(&evs)
+        }
+        _ => Vec::new(),
+    };
+    Ok(report(&session, interrupted, req.keep, &cut))
+}
+
+/// The verdict a finished turn gives its session when `run` ends it.
+fn verdict_of(t: Option<TurnStatus>) -> Option<SessionStatus> {
+    match t? {
+        TurnStatus::Completed => Some(SessionStatus::Completed),
+        TurnStatus::Failed => Some(SessionStatus::Failed),
+        TurnStatus::Interrupted => Some(SessionStatus::Cancelled),
+        TurnStatus::Queued | TurnStatus::Running => None,
+    }
+}
+
+/// End the session `run` made, as its turn ended; the session as it is afterwards.
+async fn end_after_turn(manager: &Manager, s: Session) -> Session {
+    let Some(verdict) = verdict_of(s.turns.last().map(|t| t.status)) else {
+        return s;
+    };
+    let summary = Some("ended by `zwarm run` when its turn was over".to_string());
+    match manager.end(&s.id, verdict, summary).await {
+        Ok((ended, _)) => ended,
+        Err(e) => {
+            say(&format!(
+                "zwarm: warning: the session stays {}: {e}",
+                s.status.as_str()
+            ));
+            s
+        }
+    }
 }
 
 /// Print the outcome (answer on stdout, the rest on stderr) and choose the exit code.
-fn report(s: &Session, interrupted: bool) -> i32 {
+fn report(s: &Session, interrupted: bool, keep: bool, cut: &[String]) -> i32 {
     let Some(t) = s.turns.last() else {
-        eprintln!("zwarm: session {} has no turn", s.id);
+        say(&format!("zwarm: session {} has no turn", s.id));
         return 1;
     };
     let u = s.total_usage();
-    eprintln!(
-        "zwarm: session {} {} · {} command(s), {} file(s) changed · tokens in {} out {} · cost {}",
+    say(&format!(
+        "zwarm: session {} {} · {} command(s), {} file(s) changed{} · tokens in {} out {} · cost {}",
         short_id(&s.id),
         s.status.as_str(),
         t.commands.len(),
         t.files_changed.len(),
+        match t.tool_errors.len() {
+            0 => String::new(),
+            n => format!(", {n} tool error(s)"),
+        },
         u.input_tokens,
         u.output_tokens,
         fmt_cost(s.total_cost()),
-    );
+    ));
+    for e in &t.tool_errors {
+        say(&format!("zwarm: {}", super::show::tool_error_line(e)));
+    }
+    for c in cut {
+        say(&format!(
+            "zwarm: cut off before it finished: {}",
+            crate::text::one_line(c, 200)
+        ));
+    }
     for n in &s.watcher_notes {
-        eprintln!("zwarm: watcher {}: {}", n.watcher, n.message);
+        say(&format!("zwarm: watcher {}: {}", n.watcher, n.message));
     }
     for d in &t.permission_denials {
-        eprintln!("zwarm: permission denied: {} {}", d.tool, d.input);
+        say(&format!("zwarm: permission denied: {} {}", d.tool, d.input));
     }
+    let id = short_id(&s.id);
     if let Some(iso) = &s.isolation {
-        let id = short_id(&s.id);
-        eprintln!(
+        say(&format!(
             "zwarm: the changes are on branch {} (worktree {}); review them with `zwarm diff {id}`, then `zwarm end {id} --integrate merge` (or keep, discard)",
             iso.branch, iso.worktree
-        );
+        ));
+    } else if keep && !s.status.is_final() {
+        say(&format!(
+            "zwarm: session {id} stays open (--keep); end it with `zwarm end {id}`"
+        ));
     }
     match t.status {
         TurnStatus::Completed => {
             let answer = t.response.clone().unwrap_or_default();
             let nl = if answer.ends_with('\n') { "" } else { "\n" };
-            if super::out(&format!("{answer}{nl}")).is_err() {
-                return 1;
-            }
+            // A closed stdout: the answer is recorded (`zwarm show`); the exit code says the
+            // turn finished.
+            let mut o = std::io::stdout().lock();
+            let _ = o
+                .write_all(format!("{answer}{nl}").as_bytes())
+                .and_then(|_| o.flush());
             0
         }
         _ => {
@@ -275,7 +365,7 @@ fn report(s: &Session, interrupted: bool) -> i32 {
                 .clone()
                 .or_else(|| s.error.clone())
                 .unwrap_or_else(|| format!("the turn ended {:?}", t.status));
-            eprintln!("zwarm: the turn failed: {why}");
+            say(&format!("zwarm: the turn failed: {why}"));
             if interrupted { 130 } else { 1 }
         }
     }

@@ -197,13 +197,21 @@ fn claude_code_config_file(scope: Scope) -> anyhow::Result<PathBuf> {
 // ---------------------------------------------------------------------------------------------
 // Files
 
-/// The file to write for `path`: the target of a symlink (a dotfile manager's link stays).
-fn real_path(path: &Path) -> PathBuf {
+/// The file to write for `path`: the target of a symlink, so a dotfile manager's link stays a
+/// link and the file it points to is what changes. A link that leads nowhere is refused (with
+/// the reason): writing there would replace the link with a file.
+fn real_path(path: &Path) -> anyhow::Result<PathBuf> {
     match std::fs::symlink_metadata(path) {
-        Ok(m) if m.file_type().is_symlink() => {
-            std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf())
-        }
-        _ => path.to_path_buf(),
+        Ok(m) if m.file_type().is_symlink() => std::fs::canonicalize(path).map_err(|e| {
+            let to = std::fs::read_link(path)
+                .map(|t| t.display().to_string())
+                .unwrap_or_else(|_| "?".into());
+            anyhow::anyhow!(
+                "{} is a symlink to {to}, which cannot be reached ({e}); zwarm does not replace the link with a file: create the file it points to (an empty one will do), or remove the link, then run setup again",
+                path.display()
+            )
+        }),
+        _ => Ok(path.to_path_buf()),
     }
 }
 
@@ -276,7 +284,7 @@ const CODEX_ENV_VARS: &[&str] = &["ANTHROPIC_API_KEY", "OPENAI_API_KEY"];
 
 pub fn setup_codex(path: &Path, command: &str, args: &[String]) -> anyhow::Result<Outcome> {
     use toml_edit::{Array, DocumentMut, Item, Table, Value as TValue};
-    let path = real_path(path);
+    let path = real_path(path)?;
     let old = read_optional(&path)?;
     let mut doc: DocumentMut = old
         .as_deref()
@@ -494,7 +502,7 @@ fn entry_matches(entry: &Value, command: &str, args: &[String]) -> bool {
 }
 
 pub fn setup_desktop(path: &Path, command: &str, args: &[String]) -> anyhow::Result<Outcome> {
-    let path = real_path(path);
+    let path = real_path(path)?;
     let what = path.display().to_string();
     let old = read_optional(&path)?;
     let text = old.clone().unwrap_or_default();
@@ -552,13 +560,23 @@ pub fn setup_desktop(path: &Path, command: &str, args: &[String]) -> anyhow::Res
 // ---------------------------------------------------------------------------------------------
 // Claude Code
 
+/// The `claude` CLI on `path`, or what to do when there is none.
+fn claude_binary(path: Option<std::ffi::OsString>) -> anyhow::Result<PathBuf> {
+    let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
+    which::which_in("claude", path, cwd).map_err(|_| {
+        anyhow::anyhow!(
+            "`zwarm setup claude-code` adds zwarm through the `claude` CLI, and no `claude` is on PATH. Install Claude Code (`npm install -g @anthropic-ai/claude-code`), or put the folder holding `claude` on PATH, then run `zwarm setup claude-code` again"
+        )
+    })
+}
+
 pub fn setup_claude_code(
     path: &Path,
     scope: Scope,
     command: &str,
     args: &[String],
 ) -> anyhow::Result<Outcome> {
-    let path = real_path(path);
+    let path = real_path(path)?;
     let what = path.display().to_string();
     let old = read_optional(&path)?;
     let existing = json_entry(old.as_deref().unwrap_or(""), &what)?;
@@ -572,9 +590,7 @@ pub fn setup_claude_code(
             backup: None,
         });
     }
-    let claude = which::which("claude").context(
-        "the `claude` CLI is not on PATH: install Claude Code (npm install -g @anthropic-ai/claude-code) first",
-    )?;
+    let claude = claude_binary(std::env::var_os("PATH"))?;
     let scope_name = match scope {
         Scope::User => "user",
         Scope::Project => "project",
@@ -620,82 +636,4 @@ pub fn setup_claude_code(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn args() -> Vec<String> {
-        vec!["serve".into()]
-    }
-
-    #[test]
-    fn codex_setup_keeps_comments_and_is_idempotent() {
-        let d = tempfile::tempdir().unwrap();
-        let f = d.path().join("config.toml");
-        let before = "# my settings\nmodel = \"gpt-5.5\" # the model\n\n[mcp_servers.other]\ncommand = \"x\"\n\n[mcp_servers.zwarm]\ncommand = \"/old/zwarm\"\ntool_timeout_sec = 900 # long\nenv_vars = [\"MY_VAR\"]\n";
-        std::fs::write(&f, before).unwrap();
-        let o = setup_codex(&f, "/new/zwarm", &args()).unwrap();
-        assert!(o.backup.is_some());
-        assert!(!o.changes.is_empty());
-        let after = std::fs::read_to_string(&f).unwrap();
-        assert!(
-            after.starts_with("# my settings\nmodel = \"gpt-5.5\" # the model\n"),
-            "{after}"
-        );
-        assert!(
-            after.contains("[mcp_servers.other]\ncommand = \"x\""),
-            "{after}"
-        );
-        assert!(after.contains("tool_timeout_sec = 300 # long"), "{after}");
-        let doc: toml::Table = after.parse().unwrap();
-        let z = &doc["mcp_servers"]["zwarm"];
-        assert_eq!(z["command"].as_str(), Some("/new/zwarm"));
-        assert_eq!(z["required"].as_bool(), Some(true));
-        assert_eq!(z["supports_parallel_tool_calls"].as_bool(), Some(true));
-        assert_eq!(z["default_tools_approval_mode"].as_str(), Some("approve"));
-        let env: Vec<&str> = z["env_vars"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter_map(|v| v.as_str())
-            .collect();
-        assert_eq!(env, ["MY_VAR", "ANTHROPIC_API_KEY", "OPENAI_API_KEY"]);
-        let again = setup_codex(&f, "/new/zwarm", &args()).unwrap();
-        assert!(again.changes.is_empty(), "{:?}", again.changes);
-        assert_eq!(std::fs::read_to_string(&f).unwrap(), after);
-    }
-
-    #[test]
-    fn codex_setup_creates_a_missing_file() {
-        let d = tempfile::tempdir().unwrap();
-        let f = d.path().join("home").join("config.toml");
-        let o = setup_codex(&f, "/z", &args()).unwrap();
-        assert!(o.backup.is_none());
-        let text = std::fs::read_to_string(&f).unwrap();
-        assert!(text.starts_with("[mcp_servers.zwarm]\n"), "{text}");
-        assert!(!text.contains("[mcp_servers]\n"), "{text}");
-    }
-
-    #[test]
-    fn desktop_merge_keeps_other_keys_in_order() {
-        let d = tempfile::tempdir().unwrap();
-        let f = d.path().join("claude_desktop_config.json");
-        let before = "{\n  \"zeta\": {\"b\": 1, \"a\": 2},\n  \"mcpServers\": {\n    \"other\": {\"command\": \"o\"}\n  },\n  \"alpha\": true\n}\n";
-        std::fs::write(&f, before).unwrap();
-        let o = setup_desktop(&f, "/z", &args()).unwrap();
-        assert!(o.backup.is_some());
-        let after = std::fs::read_to_string(&f).unwrap();
-        let v: Value = serde_json::from_str(&after).unwrap();
-        assert_eq!(v["mcpServers"]["zwarm"]["command"], "/z");
-        assert_eq!(v["mcpServers"]["other"]["command"], "o");
-        assert!(after.contains("\"zeta\": {\"b\": 1, \"a\": 2}"), "{after}");
-        let (z, m, a) = (
-            after.find("zeta").unwrap(),
-            after.find("mcpServers").unwrap(),
-            after.find("alpha").unwrap(),
-        );
-        assert!(z < m && m < a, "{after}");
-        let again = setup_desktop(&f, "/z", &args()).unwrap();
-        assert!(again.changes.is_empty());
-        assert_eq!(std::fs::read_to_string(&f).unwrap(), after);
-    }
-}
+mod tests;

@@ -1,9 +1,11 @@
 //! `zwarm show ID`: a session's transcript, for a person (or as JSON).
 
+use std::collections::HashMap;
+
 use serde_json::{Value, json};
 
 use super::{StateArgs, fmt_cost, fmt_duration, fmt_time, open_state, parse_time};
-use crate::event::Usage;
+use crate::event::{ToolError, Usage};
 use crate::model::{Session, Turn};
 
 #[derive(Debug, clap::Args)]
@@ -30,7 +32,8 @@ pub fn main(a: ShowArgs) -> anyhow::Result<i32> {
     if a.json {
         super::out(&format!("{}\n", to_json(&s)))?;
     } else {
-        super::out(&transcript(&s, a.output).join("\n"))?;
+        let cut = unfinished(store.root(), &s);
+        super::out(&transcript_with(&s, a.output, &cut).join("\n"))?;
         super::out("\n")?;
     }
     Ok(0)
@@ -87,8 +90,57 @@ fn file_mark(kind: &str) -> &'static str {
     }
 }
 
+/// What became of a session's worktree and branch, in words.
+pub fn worktree_text(state: crate::model::WorktreeState) -> &'static str {
+    use crate::model::WorktreeState::*;
+    match state {
+        Active => "worktree active",
+        Merged => "merged; worktree removed, branch kept",
+        Kept => "branch kept; worktree removed",
+        Discarded => "branch and worktree removed",
+    }
+}
+
+/// A tool error as one line: `Write /a/b.txt failed: File does not exist`.
+pub fn tool_error_line(e: &ToolError) -> String {
+    let input = if e.input.is_empty() {
+        String::new()
+    } else {
+        format!(" {}", crate::text::one_line(&e.input, 120))
+    };
+    format!(
+        "{}{input} failed: {}",
+        e.tool,
+        crate::text::one_line(&e.message, 200)
+    )
+}
+
+/// The commands each turn started and never finished (read from the turns' raw logs), for
+/// turns that did not complete: a command cut off by `end`, Ctrl-C or a failure, or one that
+/// is still running.
+pub fn unfinished(state: &std::path::Path, s: &Session) -> HashMap<u32, Vec<String>> {
+    s.turns
+        .iter()
+        .filter(|t| t.status != crate::model::TurnStatus::Completed)
+        .map(|t| {
+            let evs = super::activity::read_turn(state, &s.id, t.index, s.adapter);
+            (t.index, super::activity::unfinished_commands(&evs))
+        })
+        .filter(|(_, c)| !c.is_empty())
+        .collect()
+}
+
 /// The transcript as lines of text (also shown by `zwarm top`).
 pub fn transcript(s: &Session, with_output: bool) -> Vec<String> {
+    transcript_with(s, with_output, &HashMap::new())
+}
+
+/// The transcript, with the commands [`unfinished`] found.
+pub fn transcript_with(
+    s: &Session,
+    with_output: bool,
+    unfinished: &HashMap<u32, Vec<String>>,
+) -> Vec<String> {
     let mut o = Vec::new();
     let mode = serde_json::to_value(s.mode)
         .ok()
@@ -106,14 +158,22 @@ pub fn transcript(s: &Session, with_output: bool) -> Vec<String> {
             o.push(format!("         {l}"));
         }
     }
-    o.push(format!("dir      {}", s.working_dir));
+    let removed = s
+        .isolation
+        .as_ref()
+        .is_some_and(|i| i.state != crate::model::WorktreeState::Active);
+    o.push(format!(
+        "dir      {}{}",
+        s.working_dir,
+        if removed { " (removed)" } else { "" }
+    ));
     if let Some(iso) = &s.isolation {
         o.push(format!(
-            "branch   {} from {} ({})    worktree {}{}",
+            "branch   {} from {} ({})    {}{}",
             iso.branch,
             iso.base.get(..12).unwrap_or(&iso.base),
             iso.base_ref,
-            iso.state.as_str(),
+            worktree_text(iso.state),
             iso.merged_commit
                 .as_deref()
                 .map(|c| format!(", merged at {}", c.get(..12).unwrap_or(c)))
@@ -162,7 +222,8 @@ pub fn transcript(s: &Session, with_output: bool) -> Vec<String> {
         o.push(head);
         o.push("  prompt".into());
         indented(&mut o, &t.prompt);
-        if !t.commands.is_empty() {
+        let cut = unfinished.get(&t.index).map(Vec::as_slice).unwrap_or(&[]);
+        if !t.commands.is_empty() || !cut.is_empty() {
             o.push("  commands".into());
             for c in &t.commands {
                 let mark = if c.ok { "✓" } else { "✗" };
@@ -181,6 +242,14 @@ pub fn transcript(s: &Session, with_output: bool) -> Vec<String> {
                     }
                 }
             }
+            for c in cut {
+                let what = if t.ended_at.is_some() {
+                    "cut off: the turn stopped before it finished"
+                } else {
+                    "running"
+                };
+                o.push(format!("    … {}  ({what})", crate::text::one_line(c, 200)));
+            }
         }
         if !t.files_changed.is_empty() {
             o.push("  files".into());
@@ -196,6 +265,12 @@ pub fn transcript(s: &Session, with_output: bool) -> Vec<String> {
                     d.tool,
                     crate::text::one_line(&d.input.to_string(), 160)
                 ));
+            }
+        }
+        if !t.tool_errors.is_empty() {
+            o.push("  tool errors".into());
+            for e in &t.tool_errors {
+                o.push(format!("    ✗ {}", tool_error_line(e)));
             }
         }
         if !t.messages.is_empty() {

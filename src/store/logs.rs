@@ -2,6 +2,11 @@
 //!
 //! These files are append-only and written by a blocking task of their own, so the turn's
 //! supervisor only hands lines over a channel and never waits on the disk.
+//!
+//! They are created and opened without following symlinks, inside the folder zwarm made for
+//! the session (`turns/<id>`, 0700, refused when it or `turns` is a symlink or not a folder of
+//! this user), so nothing found there can send a turn's output into another file. The same
+//! holds for codex's `-o` file: zwarm creates it empty before the turn.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -23,22 +28,104 @@ pub struct TurnLog {
     pub last_message: PathBuf,
 }
 
-fn append(p: &Path) -> Result<File, StoreError> {
-    use std::os::unix::fs::OpenOptionsExt;
+/// The folder `dir` (made when missing), opened without following a symlink; refused unless
+/// it and its parent are real folders of this user.
+fn own_dir(dir: &Path) -> Result<File, StoreError> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    create_private_dir(dir)?;
+    // SAFETY: geteuid has no preconditions.
+    let uid = unsafe { libc::geteuid() };
+    for d in [Some(dir), dir.parent()].into_iter().flatten() {
+        let m = std::fs::symlink_metadata(d).map_err(io(d))?;
+        if !m.is_dir() || m.uid() != uid {
+            return Err(io(d)(std::io::Error::other(
+                "not a folder zwarm made (a symlink, or another user's); zwarm writes no turn log through it",
+            )));
+        }
+    }
     std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o600)
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(dir)
+        .map_err(io(dir))
+}
+
+/// Open `name` inside the open folder `dir` without following a symlink.
+fn open_in(dir: &File, path: &Path, flags: i32) -> Result<File, StoreError> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let name = path
+        .file_name()
+        .map(|n| std::ffi::CString::new(n.as_encoded_bytes()))
+        .and_then(Result::ok)
+        .ok_or_else(|| io(path)(std::io::Error::other("not a file name")))?;
+    // SAFETY: a valid folder descriptor and a NUL-terminated name; the descriptor returned is
+    // ours alone.
+    let fd = unsafe {
+        libc::openat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            flags | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            0o600 as libc::c_uint,
+        )
+    };
+    if fd < 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(io(path)(if e.raw_os_error() == Some(libc::ELOOP) {
+            std::io::Error::other("it is a symlink; zwarm writes no turn log through one")
+        } else {
+            e
+        }));
+    }
+    // SAFETY: `fd` was just opened and is owned by nobody else.
+    Ok(unsafe { File::from_raw_fd(fd) })
+}
+
+fn append(dir: &File, p: &Path) -> Result<File, StoreError> {
+    open_in(dir, p, libc::O_WRONLY | libc::O_APPEND | libc::O_CREAT)
+}
+
+/// Make codex's `-o` file: whatever is at `p` is removed, and an empty private file made.
+fn fresh(dir: &File, p: &Path) -> Result<(), StoreError> {
+    use std::os::fd::AsRawFd;
+    if let Some(name) = p
+        .file_name()
+        .and_then(|n| std::ffi::CString::new(n.as_encoded_bytes()).ok())
+    {
+        // SAFETY: a valid folder descriptor and a NUL-terminated name.
+        unsafe {
+            libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), 0);
+        }
+    }
+    open_in(dir, p, libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL).map(drop)
+}
+
+/// Read codex's `-o` file without following a symlink (at most 16 MiB); `None` when it is
+/// missing, empty or not a plain file.
+pub fn read_last_message(p: &Path) -> Option<String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
         .open(p)
-        .map_err(io(p))
+        .ok()?;
+    if !f.metadata().ok()?.is_file() {
+        return None;
+    }
+    let mut buf = Vec::new();
+    f.take(16 * 1024 * 1024).read_to_end(&mut buf).ok()?;
+    let s = String::from_utf8_lossy(&buf).into_owned();
+    (!s.trim().is_empty()).then_some(s)
 }
 
 impl TurnLog {
     /// Create the files (blocking: call from `spawn_blocking` or a non-async context).
     pub fn open(dir: &Path, turn: u32) -> Result<TurnLog, StoreError> {
-        create_private_dir(dir)?;
-        let out = append(&dir.join(format!("{turn}.jsonl")))?;
-        let err = append(&dir.join(format!("{turn}.stderr")))?;
+        let d = own_dir(dir)?;
+        let out = append(&d, &dir.join(format!("{turn}.jsonl")))?;
+        let err = append(&d, &dir.join(format!("{turn}.stderr")))?;
+        let last_message = dir.join(format!("{turn}.last-message"));
+        fresh(&d, &last_message)?;
         let (tx, rx) = mpsc::channel::<Msg>();
         let (done_tx, done) = tokio::sync::oneshot::channel();
         let write = move || {
@@ -80,7 +167,7 @@ impl TurnLog {
         Ok(TurnLog {
             tx: Some(tx),
             done: Some(done),
-            last_message: dir.join(format!("{turn}.last-message")),
+            last_message,
         })
     }
 

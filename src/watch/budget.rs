@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::{AbortScope, Action, CallInfo, Finding, Watcher, action_setting};
+use super::{AbortScope, Action, Call, Finding, Watcher, action_setting};
 use crate::fleet::Fleet;
 use crate::model::Session;
 
@@ -109,11 +109,11 @@ impl Watcher for Budget {
         AbortScope::Server
     }
 
-    fn before_call(&self, call: &CallInfo, fleet: &Fleet) -> Result<Finding, String> {
-        if !matches!(call.tool, "delegate" | "converse") {
+    fn before_call(&self, call: &Call, fleet: &Fleet) -> Result<Finding, String> {
+        if !call.starts_work() {
             return Ok(None);
         }
-        let new_session = call.tool == "delegate";
+        let new_session = matches!(call, Call::Delegate { .. });
         let mut checks: Vec<(&str, f64, f64, String)> = Vec::new(); // (what, value after call, limit, unit)
         if let Some(max) = self.cfg.max_sessions {
             let n = fleet.len() + usize::from(new_session);
@@ -123,20 +123,16 @@ impl Watcher for Budget {
             let n = fleet.active() + 1;
             checks.push(("running turns", n as f64, max as f64, String::new()));
         }
-        if let (Some(max), false) = (self.cfg.max_turns_per_session, new_session) {
-            let id = call
-                .args
-                .get("session_id")
-                .and_then(|v| v.as_str())
-                .unwrap_or("");
-            if let Some(s) = fleet.find(id.trim()) {
-                checks.push((
-                    "turns in this session",
-                    (s.turns + 1) as f64,
-                    max as f64,
-                    String::new(),
-                ));
-            }
+        if let (Some(max), Call::Converse { session_id, .. }) =
+            (self.cfg.max_turns_per_session, call)
+            && let Some(s) = fleet.find(session_id.trim())
+        {
+            checks.push((
+                "turns in this session",
+                (s.turns + 1) as f64,
+                max as f64,
+                String::new(),
+            ));
         }
         if let Some(max) = self.cfg.max_tokens {
             let t: u64 = fleet.usage().total_tokens();

@@ -34,7 +34,7 @@ use serde_json::Value;
 
 use crate::event::ExecutorEvent;
 use crate::fleet::Fleet;
-use crate::model::Session;
+use crate::model::{Mode, Session};
 
 pub use budget::BudgetConfig;
 pub use budget::priced_cost;
@@ -48,10 +48,142 @@ pub use crate::model::{Action, WatcherNote};
 /// What a watcher says at one moment.
 pub type Finding = Option<(Action, String)>;
 
-/// The tool call a watcher is shown.
+/// A tool call as the watchers see it: typed, with the fields a watcher may judge. The MCP
+/// layer builds it from the arguments it has already parsed (and `mode` parsed once).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Call {
+    Delegate {
+        task: String,
+        mode: Mode,
+        adapter: Option<String>,
+        model: Option<String>,
+        working_dir: Option<String>,
+        isolation: Option<String>,
+        base: Option<String>,
+    },
+    Converse {
+        session_id: String,
+        message: String,
+        mode: Mode,
+    },
+    CheckSession {
+        /// `session_id` and `session_ids`, in the order given.
+        session_ids: Vec<String>,
+    },
+    EndSession {
+        session_id: String,
+        verdict: Option<String>,
+        integrate: Option<String>,
+    },
+    ListSessions,
+    /// A call zwarm has no type for (only through the untyped entry point).
+    Other {
+        tool: String,
+    },
+}
+
+impl Call {
+    /// The tool's name, for logs and events.
+    pub fn tool(&self) -> &str {
+        match self {
+            Call::Delegate { .. } => "delegate",
+            Call::Converse { .. } => "converse",
+            Call::CheckSession { .. } => "check_session",
+            Call::EndSession { .. } => "end_session",
+            Call::ListSessions => "list_sessions",
+            Call::Other { tool } => tool,
+        }
+    }
+
+    /// Calls that start work: the ones pause and abort refuse (inspecting and ending stay
+    /// possible).
+    pub fn starts_work(&self) -> bool {
+        matches!(self, Call::Delegate { .. } | Call::Converse { .. })
+    }
+
+    /// The text a call hands to an executor (the task or the message).
+    pub fn text(&self) -> Option<&str> {
+        match self {
+            Call::Delegate { task, .. } => Some(task),
+            Call::Converse { message, .. } => Some(message),
+            _ => None,
+        }
+    }
+
+    /// Build a typed call from a tool name and its JSON arguments: the untyped entry point
+    /// ([`CallInfo`]) kept for callers that have only JSON.
+    pub fn from_json(tool: &str, args: &Value) -> Call {
+        let s = |k: &str| args.get(k).and_then(Value::as_str).map(str::to_string);
+        let mode = || {
+            s("mode")
+                .as_deref()
+                .and_then(Mode::parse)
+                .unwrap_or(Mode::Sync)
+        };
+        match tool {
+            "delegate" => Call::Delegate {
+                task: s("task").unwrap_or_default(),
+                mode: mode(),
+                adapter: s("adapter"),
+                model: s("model"),
+                working_dir: s("working_dir"),
+                isolation: s("isolation"),
+                base: s("base"),
+            },
+            "converse" => Call::Converse {
+                session_id: s("session_id").unwrap_or_default(),
+                message: s("message").unwrap_or_default(),
+                mode: mode(),
+            },
+            "check_session" => Call::CheckSession {
+                session_ids: s("session_id")
+                    .into_iter()
+                    .chain(
+                        args.get("session_ids")
+                            .and_then(Value::as_array)
+                            .into_iter()
+                            .flatten()
+                            .filter_map(|v| v.as_str().map(str::to_string)),
+                    )
+                    .collect(),
+            },
+            "end_session" => Call::EndSession {
+                session_id: s("session_id").unwrap_or_default(),
+                verdict: s("verdict"),
+                integrate: s("integrate"),
+            },
+            "list_sessions" => Call::ListSessions,
+            other => Call::Other {
+                tool: other.to_string(),
+            },
+        }
+    }
+}
+
+/// The tool call a watcher is shown, untyped: the entry point the session manager calls
+/// today. [`Watchers::before_call`] turns it into a [`Call`] (or uses the typed call the MCP
+/// layer put in scope with [`with_typed_call`]).
 pub struct CallInfo<'a> {
     pub tool: &'a str,
     pub args: &'a Value,
+}
+
+tokio::task_local! {
+    static TYPED_CALL: Call;
+}
+
+/// Run `f` (the session manager's `before_call`) with `call` in scope: the watchers then judge
+/// this typed call instead of re-reading the JSON they are handed. Gives the call back with
+/// `f`'s output (the call is `None` only if `f` panicked). A bridge until the manager takes a
+/// [`Call`] itself.
+pub async fn with_typed_call<F: std::future::Future>(
+    call: Call,
+    f: F,
+) -> (F::Output, Option<Call>) {
+    let scoped = TYPED_CALL.scope(call, f);
+    tokio::pin!(scoped);
+    let out = (&mut scoped).await;
+    (out, scoped.as_mut().take_value())
 }
 
 /// What an abort stops.
@@ -71,7 +203,7 @@ pub trait Watcher: Send + Sync {
         AbortScope::Session
     }
     /// Before every tool call. `fleet` has running totals over every session on the state dir.
-    fn before_call(&self, _call: &CallInfo, _fleet: &Fleet) -> Result<Finding, String> {
+    fn before_call(&self, _call: &Call, _fleet: &Fleet) -> Result<Finding, String> {
         Ok(None)
     }
     /// At every executor event, with the session as updated by it.
@@ -161,11 +293,6 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Tools whose calls pause and abort refuse (inspecting and ending stay possible).
-fn starts_work(tool: &str) -> bool {
-    matches!(tool, "delegate" | "converse")
-}
-
 impl Watchers {
     pub fn from_config(cfg: &WatchersConfig) -> Result<Watchers, String> {
         let mut list: Vec<(Box<dyn Watcher>, i32)> = Vec::new();
@@ -240,7 +367,21 @@ impl Watchers {
         out
     }
 
+    /// The untyped entry point: the typed call in scope (see [`with_typed_call`]) when it is
+    /// for this tool, else one built from the JSON.
     pub fn before_call(&self, call: &CallInfo, fleet: &Fleet, acknowledge: bool) -> CallDecision {
+        let typed = TYPED_CALL
+            .try_with(|c| (c.tool() == call.tool).then(|| self.check_call(c, fleet, acknowledge)))
+            .ok()
+            .flatten();
+        match typed {
+            Some(d) => d,
+            None => self.check_call(&Call::from_json(call.tool, call.args), fleet, acknowledge),
+        }
+    }
+
+    /// Run the watchers before a tool call and decide whether it may go on.
+    pub fn check_call(&self, call: &Call, fleet: &Fleet, acknowledge: bool) -> CallDecision {
         let firings = self.run(|w| w.before_call(call, fleet));
         let mut d = CallDecision {
             refuse: None,
@@ -257,20 +398,20 @@ impl Watchers {
                         d.abort_now = Some(reason);
                     }
                 }
-                Action::Abort if starts_work(call.tool) => {
+                Action::Abort if call.starts_work() => {
                     // About this call only (e.g. a task with an avoided topic): refuse it.
                     d.refuse = Some(format!(
                         "refused by watcher {}: {}. Change the request, or ask the user.",
                         w.watcher, w.message
                     ));
                 }
-                Action::Pause if starts_work(call.tool) && !acknowledge => {
+                Action::Pause if call.starts_work() && !acknowledge => {
                     gate.paused = Some(format!("{}: {}", w.watcher, w.message));
                 }
                 _ => {}
             }
         }
-        if starts_work(call.tool) && d.refuse.is_none() {
+        if call.starts_work() && d.refuse.is_none() {
             if let Some(reason) = &gate.aborted {
                 d.refuse = Some(format!(
                     "zwarm stopped starting work: watcher {reason}. No further delegate or converse calls are accepted by this server; check_session, list_sessions and end_session still work. A person must review the situation, change the configuration if appropriate, and restart zwarm."
@@ -349,7 +490,7 @@ mod tests {
                 AbortScope::Session
             }
         }
-        fn before_call(&self, _: &CallInfo, _: &Fleet) -> Result<Finding, String> {
+        fn before_call(&self, _: &Call, _: &Fleet) -> Result<Finding, String> {
             Ok(Some((self.1, format!("{} says so", self.0))))
         }
     }
@@ -358,7 +499,7 @@ mod tests {
         fn name(&self) -> &'static str {
             "broken"
         }
-        fn before_call(&self, _: &CallInfo, _: &Fleet) -> Result<Finding, String> {
+        fn before_call(&self, _: &Call, _: &Fleet) -> Result<Finding, String> {
             panic!("boom")
         }
     }
@@ -367,7 +508,7 @@ mod tests {
         fn name(&self) -> &'static str {
             "failing"
         }
-        fn before_call(&self, _: &CallInfo, _: &Fleet) -> Result<Finding, String> {
+        fn before_call(&self, _: &Call, _: &Fleet) -> Result<Finding, String> {
             Err("no data".into())
         }
     }
@@ -461,6 +602,67 @@ mod tests {
                 .refuse
                 .is_none()
         );
+    }
+
+    /// Says what task or message it was shown.
+    struct Echo;
+    impl Watcher for Echo {
+        fn name(&self) -> &'static str {
+            "echo"
+        }
+        fn before_call(&self, call: &Call, _: &Fleet) -> Result<Finding, String> {
+            Ok(Some((
+                Action::Nudge,
+                call.text().unwrap_or("-").to_string(),
+            )))
+        }
+    }
+
+    #[tokio::test]
+    async fn the_untyped_entry_judges_the_typed_call_in_scope() {
+        let w = Watchers::with(vec![(Box::new(Echo), 0)]);
+        let seen = |d: CallDecision| d.firings[0].message.clone();
+        let typed = Call::Converse {
+            session_id: "s".into(),
+            message: "typed message".into(),
+            mode: Mode::Sync,
+        };
+        let json = serde_json::json!({"session_id": "s", "message": "json message"});
+        let (d, back) = with_typed_call(typed.clone(), async {
+            w.before_call(
+                &CallInfo {
+                    tool: "converse",
+                    args: &Value::Null,
+                },
+                &Fleet::default(),
+                false,
+            )
+        })
+        .await;
+        assert_eq!(seen(d), "typed message");
+        assert_eq!(back, Some(typed.clone()));
+        // Another tool's call, or no call in scope: the JSON is read.
+        let (d, _) = with_typed_call(typed, async {
+            w.before_call(
+                &CallInfo {
+                    tool: "delegate",
+                    args: &serde_json::json!({"task": "json task"}),
+                },
+                &Fleet::default(),
+                false,
+            )
+        })
+        .await;
+        assert_eq!(seen(d), "json task");
+        let d = w.before_call(
+            &CallInfo {
+                tool: "converse",
+                args: &json,
+            },
+            &Fleet::default(),
+            false,
+        );
+        assert_eq!(seen(d), "json message");
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Action, CallInfo, Finding, Watcher};
+use super::{Action, Call, Finding, Watcher};
 use crate::event::ExecutorEvent;
 use crate::fleet::Fleet;
 use crate::model::Session;
@@ -51,7 +51,7 @@ pub struct Progress {
 
 #[derive(Default)]
 struct State {
-    last_call: Option<String>,
+    last_call: Option<Call>,
     repeats: usize,
     calls_since_finish: usize,
     finished_seen: usize,
@@ -74,7 +74,7 @@ impl Watcher for Progress {
         "progress"
     }
 
-    fn before_call(&self, call: &CallInfo, fleet: &Fleet) -> Result<Finding, String> {
+    fn before_call(&self, call: &Call, fleet: &Fleet) -> Result<Finding, String> {
         let mut st = self
             .state
             .lock()
@@ -96,14 +96,16 @@ impl Watcher for Progress {
                 ),
             )));
         }
-        if !matches!(call.tool, "delegate" | "converse" | "end_session") {
+        if !matches!(
+            call,
+            Call::Delegate { .. } | Call::Converse { .. } | Call::EndSession { .. }
+        ) {
             return Ok(None);
         }
-        let key = format!("{}:{}", call.tool, call.args);
-        if st.last_call.as_deref() == Some(key.as_str()) {
+        if st.last_call.as_ref() == Some(call) {
             st.repeats += 1;
         } else {
-            st.last_call = Some(key);
+            st.last_call = Some(call.clone());
             st.repeats = 1;
         }
         if st.repeats >= self.cfg.repeat_calls {
@@ -111,7 +113,8 @@ impl Watcher for Progress {
                 self.action,
                 format!(
                     "this is the same {} call with the same arguments {} times in a row. Repeating it will not change the outcome: check_session the existing session(s), read their errors, or change the task.",
-                    call.tool, st.repeats
+                    call.tool(),
+                    st.repeats
                 ),
             )));
         }

@@ -71,35 +71,35 @@ pub fn is_code_file(path: &str) -> bool {
 const GIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 const GIT_MAX_OUTPUT: usize = 4 * 1024 * 1024;
 
-/// Run git the way zwarm always does ([`crate::worktree::run_capped`]: no hooks, no
-/// fsmonitor or pager from the repository's config, which the executor can write), with a
-/// deadline and an output cap; `None` on failure, timeout or overflow.
-fn git(dir: &str, args: &[&str]) -> Option<String> {
-    let o = crate::worktree::run_capped(Path::new(dir), args, GIT_TIMEOUT, GIT_MAX_OUTPUT).ok()?;
-    o.success()
-        .then(|| String::from_utf8_lossy(&o.stdout).into_owned())
-}
-
 /// Files `git status` reports as changed or new that were modified since `since` (so a repo
-/// that was already dirty does not count against this turn), relative to `dir`.
+/// that was already dirty does not count against this turn), relative to `dir`. git runs the
+/// way zwarm always runs it ([`crate::git`]: no hook, fsmonitor, filter or other program the
+/// repository's config or attributes name, which the executor can write), with a deadline
+/// and an output cap; nothing on failure, timeout or overflow.
 fn git_changed(dir: &str, since: std::time::SystemTime) -> Vec<String> {
-    let Some(root) = git(dir, &["rev-parse", "--show-toplevel"]) else {
+    let Ok(Some(g)) = crate::git::Git::open(Path::new(dir), GIT_TIMEOUT) else {
         return vec![];
     };
-    let root = Path::new(root.trim());
+    let Some(root) = g.work_tree().map(Path::to_path_buf) else {
+        return vec![];
+    };
     // --no-optional-locks: never take index.lock, which would make another session's
     // `git commit` in the same repo fail. -z: exact paths, no quoting of unusual names.
-    let Some(status) = git(
-        dir,
+    let status = g.run(
         &[
             "--no-optional-locks",
             "status",
             "--porcelain",
             "-z",
             "--untracked-files=all",
+            "--ignore-submodules=dirty",
         ],
-    ) else {
-        return vec![];
+        GIT_TIMEOUT,
+        GIT_MAX_OUTPUT,
+    );
+    let status = match status {
+        Ok(o) if o.success() => o.text(),
+        _ => return vec![],
     };
     let mut paths = Vec::new();
     let mut entries = status.split('\0');

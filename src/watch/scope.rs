@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Action, CallInfo, Finding, Watcher, action_setting};
+use super::{Action, Call, Finding, Watcher, action_setting};
 use crate::event::ExecutorEvent;
 use crate::fleet::Fleet;
 use crate::model::Session;
@@ -80,14 +80,8 @@ impl Watcher for Scope {
         "scope"
     }
 
-    fn before_call(&self, call: &CallInfo, _fleet: &Fleet) -> Result<Finding, String> {
-        let text = match call.tool {
-            "delegate" => call.args.get("task"),
-            "converse" => call.args.get("message"),
-            _ => None,
-        }
-        .and_then(|v| v.as_str())
-        .unwrap_or("");
+    fn before_call(&self, call: &Call, _fleet: &Fleet) -> Result<Finding, String> {
+        let text = call.text().unwrap_or("");
         if text.is_empty() {
             return Ok(None);
         }
@@ -96,7 +90,7 @@ impl Watcher for Scope {
                 self.action,
                 format!(
                     "the {} mentions `{k}`, which the configuration says to avoid. Rephrase the work so it stays out of that area.",
-                    call.tool
+                    call.tool()
                 ),
             )));
         }
@@ -112,7 +106,7 @@ impl Watcher for Scope {
                 Action::Nudge,
                 format!(
                     "the {} mentions none of the focus areas ({}). Make sure it serves the goal.",
-                    call.tool,
+                    call.tool(),
                     self.cfg.focus.join(", ")
                 ),
             )));

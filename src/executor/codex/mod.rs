@@ -9,16 +9,165 @@
 //! * `turn.completed.usage` is cumulative for the thread, so it is tagged [`UsageScope::Thread`]
 //!   and the session manager stores per-turn differences.
 //!
-//! Lines are parsed into `serde_json::Value` first (web_search items carry a duplicate `"id"`
-//! key that a derived struct rejects) and unknown types become [`ExecutorEvent::Other`].
+//! The stream's events are typed in [`events`]. A turn never loads zwarm's own MCP server
+//! (`-c mcp_servers.zwarm={…enabled=false}`, see [`nested`]).
+
+mod doctor;
+pub mod events;
 
 use std::ffi::OsString;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use super::TurnPlan;
-use crate::event::{ExecutorEvent, FileChange, ToolError, Usage, UsageScope};
+use super::api::{
+    ConfigKey, DoctorSpec, Executor, ExecutorError, FailureContext, Finding, Launch, LaunchContext,
+    ReadBack, StreamParser, TurnPlan,
+};
+use super::nested;
+use crate::config::Config;
+use crate::event::{ExecutorEvent, ToolError, UsageScope};
+use crate::model::Adapter;
+
+pub use events::CodexParser;
+
+/// The codex executor.
+pub struct Codex;
+
+/// Flags zwarm passes to `codex exec`.
+pub const FLAGS: &[&str] = &["--json", "-C", "-s", "--skip-git-repo-check", "-o", "-c"];
+
+const CONFIG_KEYS: &[ConfigKey] = &[
+    ConfigKey {
+        key: "binary",
+        doc: "path or name of the codex binary (default: `codex` on PATH)",
+        trusted_only: true,
+    },
+    ConfigKey {
+        key: "model",
+        doc: "the model (`-m`); a session's own model wins",
+        trusted_only: false,
+    },
+    ConfigKey {
+        key: "sandbox",
+        doc: "`read-only`, `workspace-write` or `danger-full-access` (`-s`)",
+        trusted_only: true,
+    },
+    ConfigKey {
+        key: "extra_args",
+        doc: "extra arguments for `codex exec`, before the prompt",
+        trusted_only: true,
+    },
+];
+
+impl Executor for Codex {
+    fn adapter(&self) -> Adapter {
+        Adapter::Codex
+    }
+    fn package(&self) -> &'static str {
+        "@openai/codex"
+    }
+    fn provider(&self) -> &'static str {
+        "openai"
+    }
+    fn usage_scope(&self) -> UsageScope {
+        UsageScope::Thread
+    }
+    fn reports_cost(&self) -> bool {
+        false
+    }
+    fn last_message_authoritative(&self) -> bool {
+        // The -o file holds the final message even when the JSONL stream lost it
+        // (openai/codex#19689).
+        true
+    }
+    fn resolve(&self, cfg: &Config) -> Result<PathBuf, ExecutorError> {
+        let found = super::binary::resolve_binary(
+            cfg.codex.binary.as_deref(),
+            "codex",
+            "codex",
+            "@openai/codex",
+            "ZWARM_CODEX_BIN",
+            "codex.binary",
+        )?;
+        // npm installs a Node wrapper (`bin/codex.js`) that spawns the native binary; calling
+        // the native binary directly saves a ~45 MB Node process per turn and keeps signals
+        // direct.
+        Ok(super::binary::native_codex_for(&found).unwrap_or(found))
+    }
+    fn launch(
+        &self,
+        cfg: &Config,
+        plan: &TurnPlan,
+        ctx: &LaunchContext,
+    ) -> Result<Launch, ExecutorError> {
+        let program = self.resolve(cfg)?;
+        if !SANDBOX_MODES.contains(&cfg.codex.sandbox.as_str()) {
+            return Err(ExecutorError::Misconfigured(format!(
+                "codex.sandbox is `{}`; use one of {}",
+                cfg.codex.sandbox,
+                SANDBOX_MODES.join(", ")
+            )));
+        }
+        let overrides = nested::codex_overrides();
+        let args = build_args(
+            plan,
+            &CodexSettings {
+                sandbox: &cfg.codex.sandbox,
+                model: ctx.model.as_deref().or(cfg.codex.model.as_deref()),
+                extra_args: &cfg.codex.extra_args,
+                last_message_file: &ctx.scratch,
+                mcp_overrides: &overrides,
+            },
+        );
+        Ok(Launch {
+            program,
+            args,
+            cwd: plan.working_dir.clone(),
+            env_set: vec![],
+            // Backtraces leak into codex's error messages (EXECUTORS.md §A.3).
+            env_remove: vec!["RUST_BACKTRACE".into()],
+            stdin: plan.prompt.clone().into_bytes(),
+            read_back: vec![ReadBack {
+                what: "last_message",
+                path: ctx.scratch.clone(),
+            }],
+        })
+    }
+    fn parser(&self) -> Box<dyn StreamParser> {
+        Box::new(CodexParser)
+    }
+    fn parse_stderr_line(&self, line: &str) -> Option<ExecutorEvent> {
+        parse_stderr_line(line)
+    }
+    fn explain_failure(&self, text: &str, s: FailureContext<'_>) -> Option<String> {
+        text.contains("no rollout found").then(|| {
+            format!(
+                " codex could not resume thread {}: its rollout is gone from CODEX_HOME. Start a new session with delegate.",
+                s.native_id
+            )
+        })
+    }
+    fn doctor_spec(&self) -> DoctorSpec {
+        DoctorSpec {
+            tested: ("0.169.0", "0.171.x"),
+            help_args: &["exec", "--help"],
+            flags: FLAGS,
+        }
+    }
+    fn doctor_auth(&self, program: &Path) -> Finding {
+        doctor::auth(program)
+    }
+    fn doctor_sandbox(&self, program: &Path, cfg: &Config) -> Finding {
+        doctor::sandbox(program, &cfg.codex.sandbox)
+    }
+    fn host_registrations(&self) -> Vec<String> {
+        nested::codex_registrations()
+    }
+    fn config_section(&self) -> (&'static str, &'static [ConfigKey]) {
+        ("codex", CONFIG_KEYS)
+    }
+}
 
 /// Sandbox modes `codex exec -s` accepts.
 pub const SANDBOX_MODES: &[&str] = &["read-only", "workspace-write", "danger-full-access"];
@@ -29,6 +178,8 @@ pub struct CodexSettings<'a> {
     pub extra_args: &'a [String],
     /// Where codex writes the final message (`-o`): the fallback when the JSONL drops it.
     pub last_message_file: &'a Path,
+    /// `-c` settings that keep zwarm's own MCP server out of the turn ([`nested::codex_overrides`]).
+    pub mcp_overrides: &'a [String],
 }
 
 /// Arguments after the binary name.
@@ -51,6 +202,10 @@ pub fn build_args(plan: &TurnPlan, s: &CodexSettings) -> Vec<OsString> {
     for a in s.extra_args {
         args.push(a.into());
     }
+    // After the user's extra arguments, so no setting there brings zwarm back into the turn.
+    for a in s.mcp_overrides {
+        args.push(a.into());
+    }
     // The prompt is read from stdin (`-`), never from argv: no size limit, not visible in
     // /proc/<pid>/cmdline. Everything after `--` is positional, so neither the thread id nor
     // `-` can be read as a flag.
@@ -65,183 +220,10 @@ pub fn build_args(plan: &TurnPlan, s: &CodexSettings) -> Vec<OsString> {
     args
 }
 
-/// Stateless line parser for `codex exec --json`.
-#[derive(Default)]
-pub struct CodexParser;
-
-impl CodexParser {
-    pub fn parse_line(&mut self, line: &str) -> Vec<ExecutorEvent> {
-        let v: Value = match serde_json::from_str(line) {
-            Ok(v) => v,
-            Err(_) => {
-                return vec![ExecutorEvent::Other {
-                    kind: "unparsable".into(),
-                }];
-            }
-        };
-        let ty = v.get("type").and_then(Value::as_str).unwrap_or("");
-        match ty {
-            "thread.started" => match v.get("thread_id").and_then(Value::as_str) {
-                Some(id) => vec![ExecutorEvent::SessionStarted {
-                    native_id: id.to_string(),
-                    model: None,
-                }],
-                None => other(ty),
-            },
-            "turn.started" => vec![ExecutorEvent::TurnStarted],
-            "turn.completed" => vec![ExecutorEvent::TurnCompleted {
-                usage: v.get("usage").map(parse_usage),
-                scope: UsageScope::Thread,
-                cost_usd: None,
-                final_text: None,
-            }],
-            "turn.failed" => {
-                let message = v
-                    .pointer("/error/message")
-                    .and_then(Value::as_str)
-                    .unwrap_or("codex reported turn.failed without a message")
-                    .to_string();
-                vec![ExecutorEvent::TurnFailed {
-                    message,
-                    api_status: None,
-                    usage: v.get("usage").map(parse_usage),
-                    scope: UsageScope::Thread,
-                    cost_usd: None,
-                }]
-            }
-            "error" => vec![ExecutorEvent::Warning {
-                message: str_field(&v, "message"),
-            }],
-            "item.started" | "item.updated" | "item.completed" => match v.get("item") {
-                Some(item) => parse_item(ty, item),
-                None => other(ty),
-            },
-            _ => other(ty),
-        }
-    }
-}
-
-fn parse_item(phase: &str, item: &Value) -> Vec<ExecutorEvent> {
-    let ty = item.get("type").and_then(Value::as_str).unwrap_or("");
-    let id = str_field(item, "id");
-    let completed = phase == "item.completed";
-    match (ty, phase) {
-        ("agent_message", "item.completed") => vec![ExecutorEvent::AgentMessage {
-            text: str_field(item, "text"),
-        }],
-        ("reasoning", "item.completed") => vec![ExecutorEvent::Reasoning {
-            text: str_field(item, "text"),
-        }],
-        ("command_execution", "item.started") => vec![ExecutorEvent::CommandStarted {
-            id,
-            command: unwrap_shell(&str_field(item, "command")),
-        }],
-        ("command_execution", "item.completed") => {
-            let exit_code = item.get("exit_code").and_then(Value::as_i64);
-            let status = str_field(item, "status");
-            let command = unwrap_shell(&str_field(item, "command"));
-            let output = str_field(item, "aggregated_output");
-            let mut out = Vec::new();
-            // Declined, or failed without running (no exit code): the command never ran, so
-            // the orchestrator hears it as a tool error. A non-zero exit is an ordinary failure.
-            if status == "declined" || (status == "failed" && exit_code.is_none()) {
-                let message = if output.trim().is_empty() {
-                    format!("the command was {status}")
-                } else {
-                    output.clone()
-                };
-                out.push(ExecutorEvent::ToolFailed(ToolError::new(
-                    "exec_command",
-                    &Value::String(command.clone()),
-                    &message,
-                )));
-            }
-            out.push(ExecutorEvent::CommandFinished {
-                id,
-                command,
-                exit_code,
-                output,
-                ok: status == "completed" && exit_code.unwrap_or(0) == 0,
-            });
-            out
-        }
-        ("mcp_tool_call", "item.completed")
-            if item.get("status").and_then(Value::as_str) == Some("failed") =>
-        {
-            let message = item
-                .pointer("/error/message")
-                .and_then(Value::as_str)
-                .map(str::to_string)
-                .or_else(|| item.pointer("/result/content").map(content_text))
-                .filter(|m| !m.trim().is_empty())
-                .unwrap_or_else(|| "the MCP tool call failed".into());
-            vec![ExecutorEvent::ToolFailed(ToolError::new(
-                format!(
-                    "mcp:{}/{}",
-                    str_field(item, "server"),
-                    str_field(item, "tool")
-                ),
-                item.get("arguments").unwrap_or(&Value::Null),
-                &message,
-            ))]
-        }
-        ("file_change", "item.completed") => {
-            if item.get("status").and_then(Value::as_str) == Some("failed") {
-                let paths: Vec<String> = item
-                    .get("changes")
-                    .and_then(Value::as_array)
-                    .map(|a| a.iter().map(|c| str_field(c, "path")).collect())
-                    .unwrap_or_default();
-                return vec![ExecutorEvent::ToolFailed(ToolError::new(
-                    "apply_patch",
-                    &Value::String(paths.join(" ")),
-                    "the patch failed",
-                ))];
-            }
-            let changes = item
-                .get("changes")
-                .and_then(Value::as_array)
-                .map(|a| {
-                    a.iter()
-                        .map(|c| FileChange {
-                            path: str_field(c, "path"),
-                            kind: str_field(c, "kind"),
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
-            vec![ExecutorEvent::FilesChanged { changes }]
-        }
-        ("mcp_tool_call", "item.started") => vec![ExecutorEvent::ToolCall {
-            id,
-            name: format!(
-                "mcp:{}/{}",
-                str_field(item, "server"),
-                str_field(item, "tool")
-            ),
-            input: item.get("arguments").cloned().unwrap_or(Value::Null),
-        }],
-        ("web_search", "item.started") => vec![ExecutorEvent::ToolCall {
-            id,
-            name: "web_search".into(),
-            input: item.get("query").cloned().unwrap_or(Value::Null),
-        }],
-        ("todo_list", "item.started") => vec![ExecutorEvent::ToolCall {
-            id,
-            name: "plan".into(),
-            input: item.get("items").cloned().unwrap_or(Value::Null),
-        }],
-        ("error", _) if completed => vec![ExecutorEvent::Warning {
-            message: str_field(item, "message"),
-        }],
-        _ => other(&format!("{phase}:{ty}")),
-    }
-}
-
 /// `/bin/bash -lc 'echo hi'` → `echo hi` (codex wraps every command in a login shell). The
 /// script is unquoted exactly as the shell would (`'\''` and `'"'"'` included); anything that
 /// is not a single shell word after `-lc`/`-c` is returned unchanged.
-fn unwrap_shell(cmd: &str) -> String {
+pub(crate) fn unwrap_shell(cmd: &str) -> String {
     for prefix in [
         "/bin/bash -lc ",
         "bash -lc ",
@@ -292,19 +274,6 @@ fn single_shell_word(s: &str) -> Option<String> {
     Some(out)
 }
 
-/// The text blocks of an MCP result's `content`.
-fn content_text(content: &Value) -> String {
-    match content {
-        Value::Array(a) => a
-            .iter()
-            .filter_map(|b| b.get("text").and_then(Value::as_str))
-            .collect::<Vec<_>>()
-            .join("\n"),
-        Value::String(s) => s.clone(),
-        _ => String::new(),
-    }
-}
-
 /// What codex's stderr says about a refused or failed tool call. `codex exec --json` emits no
 /// event at all for a command refused by the approval policy, a patch rejected by the sandbox
 /// or a patch that does not apply (0.169 and 0.171 alike); the model gets the refusal as the
@@ -330,26 +299,6 @@ pub fn parse_stderr_line(line: &str) -> Option<ExecutorEvent> {
         &Value::Null,
         message,
     )))
-}
-
-fn parse_usage(u: &Value) -> Usage {
-    let n = |k: &str| u.get(k).and_then(Value::as_u64).unwrap_or(0);
-    Usage {
-        input_tokens: n("input_tokens"),
-        cached_input_tokens: n("cached_input_tokens"),
-        output_tokens: n("output_tokens"),
-        reasoning_output_tokens: n("reasoning_output_tokens"),
-    }
-}
-
-fn str_field(v: &Value, k: &str) -> String {
-    v.get(k).and_then(Value::as_str).unwrap_or("").to_string()
-}
-
-fn other(kind: &str) -> Vec<ExecutorEvent> {
-    vec![ExecutorEvent::Other {
-        kind: kind.to_string(),
-    }]
 }
 
 #[cfg(test)]
@@ -431,6 +380,7 @@ mod tests {
                 model: Some("gpt-5.5"),
                 extra_args: &[],
                 last_message_file: Path::new("/tmp/last"),
+                mcp_overrides: &[],
             },
         )
         .into_iter()
@@ -458,6 +408,7 @@ mod tests {
                 model: None,
                 extra_args: &[],
                 last_message_file: Path::new("/tmp/last"),
+                mcp_overrides: &[],
             },
         )
         .into_iter()

@@ -56,7 +56,7 @@ pub struct ContainerConfig {
     /// CPU limit in cores, e.g. `2.0`.
     pub cpus: Option<f64>,
     /// Limit on processes and threads in the container.
-    pub pids: Option<i64>,
+    pub pids: Option<u64>,
     /// `uid[:gid]` or a name known to the image; default: zwarm's own uid:gid, so files
     /// written into the worktree belong to the same user as with the local runner.
     pub user: Option<String>,
@@ -82,62 +82,19 @@ impl Default for ContainerConfig {
     }
 }
 
-/// One key of `[runner]` / `[runner.container]` for the config key table.
-#[derive(Debug, Clone, Copy)]
-pub struct Key {
-    pub key: &'static str,
-    pub doc: &'static str,
-    pub trusted_only: bool,
+// How the config key table (`crate::config::keys`) writes these types.
+impl crate::config::keys::KeyType for RunnerConfig {
+    const KIND: crate::config::keys::Kind = crate::config::keys::Kind::Section;
 }
-
-/// The keys of this section, for the key table (`src/config/keys.rs`).
-pub const KEYS: &[Key] = &[
-    Key {
-        key: "runner.kind",
-        doc: "where turns run: `local` (a child process) or `container` (a Docker container)",
-        trusted_only: true,
-    },
-    Key {
-        key: "runner.container.image",
-        doc: "image with the executor CLIs on its PATH",
-        trusted_only: true,
-    },
-    Key {
-        key: "runner.container.network",
-        doc: "`host`, `bridge` or `none`",
-        trusted_only: true,
-    },
-    Key {
-        key: "runner.container.memory",
-        doc: "memory limit per turn, e.g. `2g`",
-        trusted_only: true,
-    },
-    Key {
-        key: "runner.container.cpus",
-        doc: "CPU limit per turn in cores, e.g. `2.0`",
-        trusted_only: true,
-    },
-    Key {
-        key: "runner.container.pids",
-        doc: "process and thread limit per turn",
-        trusted_only: true,
-    },
-    Key {
-        key: "runner.container.user",
-        doc: "user in the container (`uid[:gid]`); default zwarm's own",
-        trusted_only: true,
-    },
-    Key {
-        key: "runner.container.env",
-        doc: "names of environment variables passed into the container",
-        trusted_only: true,
-    },
-    Key {
-        key: "runner.container.host",
-        doc: "Docker endpoint; default DOCKER_HOST or the local socket",
-        trusted_only: true,
-    },
-];
+impl crate::config::keys::KeyType for ContainerConfig {
+    const KIND: crate::config::keys::Kind = crate::config::keys::Kind::Section;
+}
+impl crate::config::keys::KeyType for RunnerKind {
+    const KIND: crate::config::keys::Kind = crate::config::keys::Kind::Str;
+}
+impl crate::config::keys::KeyType for Network {
+    const KIND: crate::config::keys::Kind = crate::config::keys::Kind::Str;
+}
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum LimitError {
@@ -148,7 +105,7 @@ pub enum LimitError {
     #[error("runner.container.cpus is `{0}`: use a positive number of cores (e.g. `2.0`)")]
     Cpus(f64),
     #[error("runner.container.pids is `{0}`: use a positive number")]
-    Pids(i64),
+    Pids(u64),
     #[error("runner.container.image is empty: name an image with the executor CLIs")]
     Image,
 }
@@ -177,8 +134,8 @@ impl ContainerConfig {
             Some(c) => return Err(LimitError::Cpus(c)),
         };
         let pids = match self.pids {
-            Some(p) if p <= 0 => return Err(LimitError::Pids(p)),
-            p => p,
+            Some(p) if p == 0 || p > i64::MAX as u64 => return Err(LimitError::Pids(p)),
+            p => p.map(|p| p as i64),
         };
         Ok(Limits {
             memory_bytes,

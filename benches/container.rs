@@ -9,6 +9,8 @@
 //! - container per turn: the container runner (create, attach, start, wait, inspect, remove);
 //! - container per session: one long-lived container, each turn a `docker exec` into it.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a bench: a panic is a failed run
+
 #[path = "../tests/support/mod.rs"]
 mod support;
 

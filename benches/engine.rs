@@ -15,17 +15,22 @@
 //!    start, which may import the old format, is reported on its own), and peak RSS (VmHWM).
 //! 3. A 2,000-event turn: the fake run directly vs a sync `delegate`.
 //! 4. `check_session` latency (p50, max) while 4 paced 2,000-event turns stream (async).
+//! 5. Throughput: 100 async `delegate`s of a trivial turn sent back to back, until all have
+//!    finished, against the same 100 runs of the fake started directly, 8 at a time (zwarm's
+//!    default `max_running`); and how long accepting each async `delegate` took meanwhile.
 //!
 //! Environment:
 //! - `ZWARM_BENCH_BIN`: the binary under test (default: this crate's `zwarm`);
 //! - `ZWARM_BENCH_BASELINE_BIN`: an optional second binary (e.g. the 0.2 release), measured with
 //!   the same scenarios in the same run and shown side by side, with ratios this/baseline;
-//! - `ZWARM_BENCH_QUICK=1`: fewer runs.
+//! - `ZWARM_BENCH_QUICK=1`: fewer runs;
+//! - `ZWARM_BENCH_ONLY=1,5`: only these scenarios.
 //!
 //! Slow scenarios have a time budget: a binary that needs far longer per run gets fewer runs
 //! (at least one), shown as `n=…` next to its figure. The scenario itself never changes.
 //!
 //! The table goes to stdout (markdown); progress goes to stderr.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is a failed test
 
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -95,6 +100,7 @@ impl Plan {
 enum Unit {
     Time,
     Mb,
+    Ratio,
 }
 
 #[derive(Clone)]
@@ -118,6 +124,14 @@ impl Cell {
         Cell {
             value: s,
             unit: Unit::Time,
+            note: None,
+        }
+    }
+
+    fn ratio(r: f64) -> Cell {
+        Cell {
+            value: r,
+            unit: Unit::Ratio,
             note: None,
         }
     }
@@ -149,6 +163,7 @@ impl Cell {
                 }
             }
             Unit::Mb => format!("{:.1} MB", self.value / 1024.0),
+            Unit::Ratio => format!("{:.2}×", self.value),
         };
         if let Some(n) = &self.note {
             let _ = write!(s, " ({n})");
@@ -1267,6 +1282,99 @@ async fn check_while_streaming(ctx: &Ctx, bin: &Bin, out: &mut Results) {
 /// Median and 90th percentile of a small atomic file replacement (write 4 KB, fdatasync,
 /// rename) in `dir`: what zwarm 0.2 does for every session save, and what other disk traffic on
 /// the machine slows down most.
+/// Turns in scenario 5, and how many run at once (zwarm's default `max_running`).
+const THROUGHPUT_TURNS: usize = 100;
+const THROUGHPUT_CONCURRENCY: usize = 8;
+
+/// Scenario 5: throughput of many small async turns, against the same runs started directly.
+async fn throughput(ctx: &Ctx, bin: &Bin, out: &mut Results) {
+    // Direct: the same fake, 100 runs, 8 at a time.
+    let t = Instant::now();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        for _ in 0..THROUGHPUT_CONCURRENCY {
+            s.spawn(|| {
+                while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < THROUGHPUT_TURNS {
+                    run_direct(&ctx.small_fake, &ctx.plain, ctx.small_lines);
+                }
+            });
+        }
+    });
+    let direct = t.elapsed();
+
+    let state = ctx.state_dir(bin, "throughput");
+    let (srv, _) = Server::start(
+        bin,
+        &state,
+        &ctx.plain,
+        &codex_set(&ctx.small_fake),
+        &ctx.scratch(bin),
+    )
+    .await;
+    // Warm-up: one turn to the end.
+    let r = srv
+        .ok(
+            "delegate",
+            json!({"task": "warm-up", "wait_seconds": 120}),
+            Duration::from_secs(180),
+        )
+        .await;
+    assert_eq!(r["status"], "idle", "warm-up did not finish: {r}");
+    let t = Instant::now();
+    let mut ids = Vec::with_capacity(THROUGHPUT_TURNS);
+    let mut accept = Vec::with_capacity(THROUGHPUT_TURNS);
+    for i in 0..THROUGHPUT_TURNS {
+        let a = Instant::now();
+        let r = srv
+            .ok(
+                "delegate",
+                json!({"task": format!("trivial turn {i}"), "mode": "async"}),
+                Duration::from_secs(60),
+            )
+            .await;
+        accept.push(a.elapsed());
+        ids.push(r["session_id"].as_str().expect("session_id").to_string());
+    }
+    for chunk in ids.chunks(50) {
+        let r = srv
+            .ok(
+                "check_session",
+                json!({"session_ids": chunk, "wait": "all", "wait_seconds": 300}),
+                Duration::from_secs(320),
+            )
+            .await;
+        let sessions = r["sessions"].as_array().cloned().unwrap_or_default();
+        assert_eq!(sessions.len(), chunk.len(), "{r}");
+        for s in &sessions {
+            assert_eq!(s["status"], "idle", "a turn did not finish: {s}");
+        }
+    }
+    let via = t.elapsed();
+    srv.stop().await;
+    let accept_max = accept.iter().copied().max().unwrap_or_default();
+    let accept_p50 = median(accept);
+    out.put(
+        "throughput: 100 trivial runs started directly, 8 at a time",
+        Cell::time(direct),
+    );
+    out.put(
+        "throughput: 100 async `delegate`s, all finished",
+        Cell::time(via),
+    );
+    out.put(
+        "throughput: **zwarm / direct**",
+        Cell::ratio(via.as_secs_f64() / direct.as_secs_f64().max(1e-9)),
+    );
+    out.put(
+        "throughput: accepting one async `delegate` (p50)",
+        Cell::time(accept_p50),
+    );
+    out.put(
+        "throughput: accepting one async `delegate` (max)",
+        Cell::time(accept_max),
+    );
+}
+
 fn fsync_probe(dir: &Path) -> String {
     let tmp = dir.join(".fsync-probe.tmp");
     let dst = dir.join(".fsync-probe");
@@ -1429,9 +1537,15 @@ async fn main() {
 
     let mut results: Vec<Results> = bins.iter().map(|_| Results::default()).collect();
     let mut conditions = Vec::new();
+    let only: Option<Vec<String>> = std::env::var("ZWARM_BENCH_ONLY")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .map(|v| v.split(',').map(|x| x.trim().to_string()).collect());
     macro_rules! scenario {
         ($title:expr, $f:ident) => {
-            for (b, r) in bins.iter().zip(results.iter_mut()) {
+            let number = $title.split('.').next().unwrap_or_default().to_string();
+            let skip = only.as_ref().is_some_and(|o| !o.contains(&number));
+            for (b, r) in bins.iter().zip(results.iter_mut()).filter(|_| !skip) {
                 eprintln!("{} [{}: {}]", $title, b.label, b.version);
                 let (load, fsync) = (loadavg(), fsync_probe(&ctx.root));
                 let t = Instant::now();
@@ -1451,6 +1565,10 @@ async fn main() {
     scenario!(
         "4. check_session while 4 × 2,000-event turns stream",
         check_while_streaming
+    );
+    scenario!(
+        "5. 100 async delegates vs 100 direct runs, 8 at a time",
+        throughput
     );
 
     let load = (load_at_start, loadavg());

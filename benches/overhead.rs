@@ -8,6 +8,7 @@
 //! 2. fake executor (a shell script that prints a captured transcript): isolates zwarm's own
 //!    cost from codex's start-up;
 //! 3. zwarm's peak RSS after the runs vs the codex process's.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is a failed test
 
 #[path = "../tests/support/mod.rs"]
 mod support;

@@ -7,6 +7,7 @@
 //!
 //! `cargo bench --bench telemetry` (no CLI or network needed). `ZWARM_BENCH_RUNS` sets the
 //! number of calls per server (default 100).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is a failed test
 
 #[path = "../tests/support/otlp.rs"]
 mod otlp;

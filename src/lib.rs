@@ -15,6 +15,7 @@ pub mod mcp;
 pub mod model;
 pub mod process;
 pub mod prompt;
+pub mod runner;
 pub mod server;
 pub mod sessions;
 pub mod store;

@@ -1,4 +1,5 @@
 //! `zwarm serve` driving the real `claude` CLI against the scripted Messages-API server.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is a failed test
 
 mod support;
 

@@ -2,6 +2,7 @@
 //! model; `ps`, `show`, `logs`, `end` on a state a running `zwarm serve` writes; `doctor`
 //! with a missing CLI and with a CLI that lost a flag; `setup` run twice on existing host
 //! configs; `top` in a real terminal (tmux, and a pty made by `script`).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is a failed test
 
 mod support;
 

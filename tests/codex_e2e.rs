@@ -1,4 +1,5 @@
 //! `zwarm serve` driving the real `codex` CLI against the scripted Responses-API server.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is a failed test
 
 mod support;
 

@@ -2,6 +2,7 @@
 //! where state lives, and how the environment is read. Everything goes through
 //! `zwarm::config::{Sources, load}` with temp dirs and explicit environment pairs; the process
 //! environment is never read.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is a failed test
 
 use std::path::{Path, PathBuf};
 

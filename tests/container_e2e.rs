@@ -6,6 +6,8 @@
 //!   eval "$(bash .ci/docker start)" && bash .ci/image .tools zwarm-exec:test
 //! Without them every test here fails saying so; none is skipped.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is a failed test
+
 mod support;
 
 use std::ffi::OsString;

@@ -6,6 +6,7 @@
 //!
 //! The fake executors are shell scripts configured as `codex.binary`; they print a minimal
 //! `codex exec --json` transcript.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is a failed test
 
 mod support;
 

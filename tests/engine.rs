@@ -9,6 +9,7 @@
 //! turn can print thousands of events at once, stream until told to stop, or hold still. So
 //! the tests wait on conditions (what check_session reports, what the database holds), not on
 //! an executor's timing.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is a failed test
 
 mod support;
 
@@ -1335,4 +1336,373 @@ async fn idle_sessions_are_let_go_and_come_back_whole() {
     assert_eq!(s["status"], "idle", "{s}");
     assert_eq!(s["turns"].as_array().map(Vec::len), Some(1));
     z.signal_and_wait(libc::SIGTERM, KILL_LIMIT).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// In-process: the engine on the in-memory runner (no process, no CLI). Each test waits on the
+// engine's own conditions (a session's state), never on fixed sleeps.
+
+mod in_process {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use serde_json::Value;
+    use tokio_util::sync::CancellationToken;
+    use zwarm::runner::Launch;
+    use zwarm::runner::memory::{MemoryRunner, Script};
+    use zwarm::sessions::{DelegateRequest, Manager};
+
+    struct Engine {
+        m: Manager,
+        runner: Arc<MemoryRunner>,
+        _dir: tempfile::TempDir,
+    }
+
+    fn codex_turn(thread: &str, message: &str) -> Vec<String> {
+        vec![
+            format!(r#"{{"type":"thread.started","thread_id":"{thread}"}}"#),
+            r#"{"type":"turn.started"}"#.to_string(),
+            format!(
+                r#"{{"type":"item.completed","item":{{"id":"m","type":"agent_message","text":"{message}"}}}}"#
+            ),
+            r#"{"type":"turn.completed","usage":{"input_tokens":10,"cached_input_tokens":0,"output_tokens":2,"reasoning_output_tokens":0}}"#.to_string(),
+        ]
+    }
+
+    /// A thread id for a turn's launch (stable per session: its label's session part).
+    fn thread_of(l: &Launch) -> String {
+        let sid = l.label.split('.').next().unwrap_or_default();
+        format!("0199a213-81c0-7800-8aa1-{}", &sid[sid.len() - 12..])
+    }
+
+    /// An engine's configuration on a temporary dir (codex on the in-memory runner).
+    fn config(d: &std::path::Path) -> zwarm::config::Config {
+        let mut codex = zwarm::config::Config::default().codex;
+        // Only resolved, never run: the in-memory runner starts nothing.
+        codex.binary = Some("/bin/sh".into());
+        zwarm::config::Config {
+            state_dir: d.join("state"),
+            allowed_roots: vec![d.to_path_buf()],
+            default_adapter: "codex".into(),
+            codex,
+            ..Default::default()
+        }
+    }
+
+    async fn engine(
+        tune: impl FnOnce(&mut zwarm::config::Config),
+        script: impl Fn(&Launch) -> Script + Send + Sync + 'static,
+    ) -> Engine {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut cfg = config(dir.path());
+        tune(&mut cfg);
+        let runner = MemoryRunner::new(script);
+        let m = Manager::start_with(cfg, dir.path().to_path_buf(), Arc::new(runner.clone()))
+            .await
+            .expect("engine starts");
+        Engine {
+            m,
+            runner,
+            _dir: dir,
+        }
+    }
+
+    fn task(t: &str) -> DelegateRequest {
+        DelegateRequest {
+            task: t.into(),
+            adapter: None,
+            mode: Some("async".into()),
+            model: None,
+            working_dir: None,
+            isolation: None,
+            base: None,
+        }
+    }
+
+    async fn settled(e: &Engine, id: &str) -> zwarm::model::Session {
+        e.m.wait(id, Duration::from_secs(30), &CancellationToken::new())
+            .await
+            .expect("wait")
+    }
+
+    async fn events(e: &Engine, id: &str) -> Vec<(String, Value)> {
+        e.m.store().sync().await;
+        e.m.recent_events(1000)
+            .await
+            .expect("events")
+            .into_iter()
+            .filter(|v| v["session_id"] == id)
+            .map(|v| (v["event"].as_str().unwrap_or_default().to_string(), v))
+            .collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_turn_runs_in_process_and_its_last_message_comes_back_from_the_runner() {
+        let e = engine(
+            |_| {},
+            |l| Script {
+                stdout: codex_turn(&thread_of(l), "streamed answer"),
+                files: vec!["the last message, read back".into()],
+                ..Default::default()
+            },
+        )
+        .await;
+        let id = e.m.delegate(task("do it")).await.expect("delegate");
+        let s = settled(&e, &id).await;
+        assert_eq!(s.status.as_str(), "idle", "{:?}", s.error);
+        let t = &s.turns[0];
+        assert_eq!(t.response.as_deref(), Some("the last message, read back"));
+        assert!(s.native_id.is_some());
+        let launches = e.runner.launches();
+        assert_eq!(launches.len(), 1);
+        assert_eq!(launches[0].label, format!("{id}.1"));
+        assert_eq!(launches[0].stdin.as_deref(), Some(b"do it".as_slice()));
+        assert_eq!(launches[0].read_back.len(), 1);
+        // A second turn resumes the executor's thread.
+        let (_, n) = e.m.converse(&id, "more").await.expect("converse");
+        assert_eq!(n, 2);
+        let s = settled(&e, &id).await;
+        assert_eq!(s.turns.len(), 2);
+        assert_eq!(s.status.as_str(), "idle");
+        let kinds: Vec<String> = events(&e, &id).await.into_iter().map(|(k, _)| k).collect();
+        assert_eq!(
+            kinds,
+            [
+                "session_started",
+                "turn_started",
+                "turn_finished",
+                "message_sent",
+                "turn_started",
+                "turn_finished"
+            ],
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn turns_beyond_max_running_queue_and_start_in_order() {
+        let gate = CancellationToken::new();
+        let g = gate.clone();
+        let e = engine(
+            |c| c.max_running = 1,
+            move |l| Script {
+                stdout: codex_turn(&thread_of(l), "ok"),
+                hold: Some(g.clone()),
+                ..Default::default()
+            },
+        )
+        .await;
+        let a = e.m.delegate(task("a")).await.expect("a");
+        let b = e.m.delegate(task("b")).await.expect("b");
+        assert_eq!(e.m.get(&b).await.expect("b").status.as_str(), "queued");
+        assert_eq!(e.runner.launches().len(), 1, "the second waits for a slot");
+        gate.cancel();
+        let (sa, sb) = (settled(&e, &a).await, settled(&e, &b).await);
+        assert_eq!((sa.status.as_str(), sb.status.as_str()), ("idle", "idle"));
+        // b's start is logged after a's end.
+        let all = e.m.recent_events(1000).await.expect("events");
+        let pos = |kind: &str, id: &str| {
+            all.iter()
+                .position(|v| v["event"] == kind && v["session_id"] == id)
+                .unwrap_or_else(|| panic!("no {kind} for {id}"))
+        };
+        assert!(pos("turn_finished", &a) < pos("turn_started", &b));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn ending_a_running_session_stops_its_turn_through_the_runner() {
+        let e = engine(
+            |_| {},
+            |l| Script {
+                stdout: codex_turn(&thread_of(l), "never finished")[..2].to_vec(),
+                hold: Some(CancellationToken::new()),
+                ..Default::default()
+            },
+        )
+        .await;
+        let mut notices = e.m.subscribe();
+        let id = e.m.delegate(task("long")).await.expect("delegate");
+        // Once the executor has reported something, it is running.
+        while notices.recv().await.expect("notice").session_id != id {}
+        let (s, interrupted) =
+            e.m.end(
+                &id,
+                zwarm::model::SessionStatus::Cancelled,
+                Some("enough".into()),
+            )
+            .await
+            .expect("end");
+        assert!(interrupted);
+        assert_eq!(s.status.as_str(), "cancelled");
+        assert_eq!(s.turns[0].status, zwarm::model::TurnStatus::Interrupted);
+        assert_eq!(e.runner.stopped(), vec![format!("{id}.1")]);
+        // Ended sessions take no more turns.
+        assert!(e.m.converse(&id, "again").await.is_err());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_turn_past_its_timeout_is_stopped_and_failed() {
+        let e = engine(
+            |c| c.turn_timeout_seconds = 1,
+            |l| Script {
+                stdout: codex_turn(&thread_of(l), "x")[..1].to_vec(),
+                hold: Some(CancellationToken::new()),
+                ..Default::default()
+            },
+        )
+        .await;
+        let id = e.m.delegate(task("slow")).await.expect("delegate");
+        let s = settled(&e, &id).await;
+        let t = &s.turns[0];
+        assert_eq!(t.status, zwarm::model::TurnStatus::Interrupted, "{t:?}");
+        assert!(
+            t.error
+                .as_deref()
+                .unwrap_or_default()
+                .contains("turn_timeout_seconds"),
+            "{t:?}"
+        );
+        assert_eq!(e.runner.stopped().len(), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_executor_that_cannot_start_or_exits_early_fails_the_turn_with_the_reason() {
+        let e = engine(
+            |_| {},
+            |l| {
+                if l.stdin.as_deref() == Some(b"no start".as_slice()) {
+                    Script {
+                        fail_to_start: Some("no such file".into()),
+                        ..Default::default()
+                    }
+                } else {
+                    Script {
+                        stdout: codex_turn(&thread_of(l), "x")[..2].to_vec(),
+                        stderr: "boom: out of luck\n".into(),
+                        exit_code: 3,
+                        ..Default::default()
+                    }
+                }
+            },
+        )
+        .await;
+        let a = e.m.delegate(task("no start")).await.expect("delegate");
+        let s = settled(&e, &a).await;
+        let err = s.turns[0].error.clone().unwrap_or_default();
+        assert!(
+            err.contains("could not start codex") && err.contains("no such file"),
+            "{err}"
+        );
+        let b = e.m.delegate(task("exits")).await.expect("delegate");
+        let s = settled(&e, &b).await;
+        let err = s.turns[0].error.clone().unwrap_or_default();
+        assert!(
+            err.contains("exited with") && err.contains("out of luck"),
+            "{err}"
+        );
+        assert_eq!(s.status.as_str(), "failed");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_servers_adopt_a_dead_servers_running_session_exactly_once() {
+        // Server one runs a turn that never ends, then "dies": its lock file goes, which is
+        // what tells other servers on the state dir that it is gone.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = config;
+        let r1 = MemoryRunner::new(|l| Script {
+            stdout: codex_turn(&thread_of(l), "x")[..1].to_vec(),
+            hold: Some(CancellationToken::new()),
+            ..Default::default()
+        });
+        let m1 = Manager::start_with(cfg(dir.path()), dir.path().to_path_buf(), Arc::new(r1))
+            .await
+            .expect("one");
+        let mut notices = m1.subscribe();
+        let id = m1.delegate(task("work")).await.expect("delegate");
+        while notices.recv().await.expect("notice").session_id != id {}
+        // The thread id is committed before it is reported.
+        m1.store().sync().await;
+        for f in std::fs::read_dir(dir.path().join("state/locks")).expect("locks") {
+            std::fs::remove_file(f.expect("entry").path()).expect("rm lock");
+        }
+        let (r2, r3) = (
+            MemoryRunner::new(|_| Script::default()),
+            MemoryRunner::new(|_| Script::default()),
+        );
+        let (m2, m3) = tokio::join!(
+            Manager::start_with(
+                cfg(dir.path()),
+                dir.path().to_path_buf(),
+                Arc::new(r2.clone())
+            ),
+            Manager::start_with(
+                cfg(dir.path()),
+                dir.path().to_path_buf(),
+                Arc::new(r3.clone())
+            ),
+        );
+        let (m2, m3) = (m2.expect("two"), m3.expect("three"));
+        let (s2, s3) = tokio::join!(m2.get(&id), m3.get(&id));
+        for s in [s2.expect("get two"), s3.expect("get three")] {
+            assert!(!s.status.is_active(), "{s:?}");
+            assert_eq!(s.turns[0].status, zwarm::model::TurnStatus::Interrupted);
+            assert!(s.native_id.is_some(), "the thread id survives");
+        }
+        let label = format!("{id}.1");
+        let cleaned: Vec<String> = [r2.cleaned(), r3.cleaned()].concat();
+        assert_eq!(
+            cleaned,
+            vec![label],
+            "what the dead turn left is cleaned up once"
+        );
+        m2.store().sync().await;
+        let recovered = m2
+            .recent_events(1000)
+            .await
+            .expect("events")
+            .into_iter()
+            .filter(|v| v["event"] == "session_recovered" && v["session_id"] == id)
+            .count();
+        assert_eq!(recovered, 1);
+        // The adopter may continue it; the other refuses to (a live foreign owner).
+        let owner = m2.get(&id).await.expect("get").owner.pid;
+        assert_eq!(owner, std::process::id());
+        drop(m1);
+    }
+
+    /// A turn that ends while a reader waits for the turn's start to be committed is
+    /// reported only once its end is committed too (the reader used to get the newer,
+    /// uncommitted state).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_session_is_never_reported_before_its_last_change_is_committed() {
+        let e = engine(
+            |_| {},
+            |l| Script {
+                stdout: codex_turn(&thread_of(l), "quick"),
+                ..Default::default()
+            },
+        )
+        .await;
+        let id = e.m.delegate(task("x")).await.expect("delegate");
+        let db = rusqlite::Connection::open(e._dir.path().join("state/zwarm.db")).expect("db");
+        let finished = || -> i64 {
+            db.query_row(
+                "SELECT count(*) FROM events WHERE kind = 'turn_finished'",
+                [],
+                |r| r.get(0),
+            )
+            .expect("count")
+        };
+        for n in 1..=20i64 {
+            if n > 1 {
+                e.m.converse(&id, "more").await.expect("converse");
+            }
+            let s = settled(&e, &id).await;
+            assert_eq!(s.status.as_str(), "idle");
+            assert_eq!(
+                finished(),
+                n,
+                "turn {n} reported before its end was committed"
+            );
+        }
+    }
 }

@@ -9,6 +9,7 @@
 //!
 //! The executor is a fake codex (a shell script): what it does to `.git` here, a sandboxed
 //! real codex is not allowed to do on demand.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is a failed test
 
 mod support;
 

@@ -9,6 +9,7 @@
 //! `.ci/run` runs this file twice: against the pinned CLIs and against the newest ones
 //! (`ZWARM_TEST_CLI_DIR`), so the scripts cope with both (Claude Code 2.1.328 and later defer
 //! MCP tools behind ToolSearch).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers: a panic is a failed test
 
 mod support;
 

@@ -1,8 +1,10 @@
 //! Async sessions and the lifecycle: interrupts, shutdown, crashes, the running cap, two
 //! servers on one state dir — with the real codex CLI running scripted slow commands.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is a failed test
 
 mod support;
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -670,7 +672,16 @@ async fn an_orphan_that_exits_on_its_own_is_reaped() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    tokio::time::sleep(Duration::from_millis(6_500)).await;
+    // Wait for the orphan to be reaped (gone from /proc), not for a fixed time: the reaper
+    // runs every 5 s, and the turn holds on for 8 s.
+    let reaped = Instant::now();
+    while Path::new(&format!("/proc/{pid}")).exists() {
+        assert!(
+            reaped.elapsed() < Duration::from_secs(7),
+            "the orphan {pid} was not reaped within two reaper rounds"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let s = z.ok("check_session", json!({"session_id": id})).await;
     assert_eq!(
         s["status"], "running",

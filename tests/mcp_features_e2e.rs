@@ -1,5 +1,6 @@
 //! Beyond tools: progress notifications, session resources and subscriptions, the
 //! `orchestrate` prompt, bounded answers and paging — through `zwarm serve` and real CLIs.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is a failed test
 
 mod support;
 

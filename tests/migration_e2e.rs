@@ -3,6 +3,7 @@
 //! conversable with the real codex. What an executor could plant is not taken in: a state
 //! found once 0.3 state exists, anything holding a symlink, forged events; imported turn logs
 //! get the state dir's modes, and turn logs are never written through a symlink.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers: a panic is a failed test
 
 mod support;
 

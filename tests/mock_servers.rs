@@ -1,4 +1,5 @@
 //! Tests for the scripted model servers in `tests/support` (raw HTTP over a TcpStream).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is a failed test
 
 mod support;
 

@@ -8,6 +8,7 @@
 //! feeds a file line by line through a fresh [`Parser`] and compares the events that matter:
 //! [`ExecutorEvent::Other`] (lines a parser deliberately ignores) is dropped before comparing,
 //! everything else must match exactly, in order.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is a failed test
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;

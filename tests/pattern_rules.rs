@@ -2,6 +2,7 @@
 //! built-in `rm-rf-root` rule fires on commands that would really delete `/` or the home
 //! directory, as codex and claude report them, and not on commands that only mention it.
 //! User rules stay regexes over the command text.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is a failed test
 
 use serde_json::json;
 use zwarm::event::ExecutorEvent;

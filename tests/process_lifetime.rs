@@ -2,6 +2,7 @@
 //! *thread* that forked them exits. zwarm's threads come and go (tokio retires worker threads
 //! after `block_in_place`), so executors are forked from one dedicated thread: the signal must
 //! mean "zwarm died", never "some thread was retired".
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is a failed test
 
 use std::time::Duration;
 

@@ -1,5 +1,6 @@
 //! The tool contract as hosts see it (`tools/list`: names, input and output schemas,
 //! annotations) must only change on purpose. Regenerate with `ZWARM_UPDATE_SNAPSHOTS=1 cargo test --test schema_snapshot`.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is a failed test
 
 mod support;
 

@@ -1,6 +1,7 @@
 //! Trust: nothing an executor writes, and nothing found on disk, widens what zwarm runs.
 //! Through `zwarm serve`, with the real codex where it can do the deed, and a fake executor
 //! for output the real CLIs cannot produce on demand.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is a failed test
 
 mod support;
 

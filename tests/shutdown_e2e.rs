@@ -1,6 +1,7 @@
 //! Shutdown that fits its deadline: a SIGTERMed zwarm stops even an executor that ignores
 //! SIGINT and SIGTERM, records the turn interrupted, and exits within 2 s; a second signal
 //! forces the exit at once.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is a failed test
 
 mod support;
 

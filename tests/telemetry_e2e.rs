@@ -6,6 +6,7 @@
 //! no call and the spans it costs are counted at shutdown. Then the real CLIs (against the
 //! scripted model servers): codex and claude, with their own trace export turned on, put their
 //! spans under the zwarm turn that ran them.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is a failed test
 
 #[path = "support/otlp.rs"]
 mod otlp;

@@ -1,5 +1,6 @@
 //! Watchers through `zwarm serve`, with the real CLIs: each built-in fires on a real scenario
 //! and stays silent on a clean one.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is a failed test
 
 mod support;
 

@@ -2,6 +2,7 @@
 //! model: a worktree and branch per session, a commit per turn, review, merge back (fast-forward,
 //! conflict refused with nothing changed, resolved by conversing, then merged), discard, waiting
 //! on several sessions, refusals, and a restart in the middle.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is a failed test
 
 mod support;
 

@@ -22,12 +22,12 @@ use std::time::Duration;
 
 use super::registry::Handle;
 use super::{Inner, Manager, ManagerError, blocking};
-use crate::event::FileChange;
-use crate::model::{Isolation, Session, SessionStatus, WorktreeState, now};
-use crate::worktree::{self, Commit, GitError, Refused};
+use crate::event::{FileChange, LogEvent};
+use crate::model::{Isolation, Session, WorktreeState, now};
+use crate::worktree::{self, Commit, GitError};
 
 /// Serialises worktree creation (with its count against `max_worktrees`), removal and merges.
-static GIT_ADMIN: parking_lot::Mutex<()> = parking_lot::Mutex::new(());
+pub(super) static GIT_ADMIN: parking_lot::Mutex<()> = parking_lot::Mutex::new(());
 
 /// Longest a turn-end commit may take while the server shuts down.
 const SHUTDOWN_COMMIT: Duration = Duration::from_secs(1);
@@ -81,18 +81,42 @@ pub fn worktrees_dir(state: &Path) -> PathBuf {
     state.join("worktrees")
 }
 
-fn git_err(what: &str, e: GitError) -> ManagerError {
+pub(super) fn git_err(what: &str, e: GitError) -> ManagerError {
     ManagerError::Git(format!("{what}: {e}"))
 }
 
 /// The first 8 characters of a session id (branch names, commit messages).
-fn id8(id: &str) -> &str {
+pub(super) fn id8(id: &str) -> &str {
     id.get(..8).unwrap_or(id)
+}
+
+/// Why a worktree session's worktree cannot be used (each is recorded as a turn's failure or
+/// returned as a refusal; the texts are the ones the session shows).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum WorktreeCheck {
+    #[error(
+        "the session's stored worktree record (worktree `{worktree}`, branch `{branch}`) is not one zwarm made; zwarm does not act on it"
+    )]
+    NotOurs { worktree: String, branch: String },
+    #[error(
+        "the session's worktree was removed at end_session ({state}); its branch `{branch}` keeps its work. Delegate a new session with base `{branch}` to go on."
+    )]
+    Removed { state: &'static str, branch: String },
+    #[error(
+        "the session's worktree `{worktree}` no longer exists (removed outside zwarm?); zwarm does not run the turn anywhere else. Its branch `{branch}` holds every committed turn: end the session, and delegate a new one with base `{branch}` to go on."
+    )]
+    Gone { worktree: String, branch: String },
+    #[error("the session's working_dir `{dir}` cannot be used: {err}")]
+    Unusable { dir: String, err: std::io::Error },
+    #[error(
+        "the session's working_dir `{dir}` now resolves to `{now}`, outside its worktree (a symlink was put in its place?); zwarm does not follow it."
+    )]
+    Escaped { dir: String, now: String },
 }
 
 /// A stored isolation record is read from disk, so it is checked before zwarm acts on it: the
 /// worktree must be `<state>/worktrees/<session id>` and the branch `zwarm/<id8>`.
-fn check_record(state: &Path, id: &str, iso: &Isolation) -> Result<(), String> {
+fn check_record(state: &Path, id: &str, iso: &Isolation) -> Result<(), WorktreeCheck> {
     let root = worktrees_dir(state);
     let root = std::fs::canonicalize(&root).unwrap_or(root);
     let wt = Path::new(&iso.worktree);
@@ -102,11 +126,10 @@ fn check_record(state: &Path, id: &str, iso: &Isolation) -> Result<(), String> {
         || iso.branch != branch
         || !crate::worktree::valid_rev(&iso.base)
     {
-        return Err(format!(
-            "the session's stored worktree record (worktree `{}`, branch `{}`) is not one zwarm made; zwarm does not act on it",
-            crate::text::one_line(&iso.worktree, 200),
-            crate::text::one_line(&iso.branch, 100)
-        ));
+        return Err(WorktreeCheck::NotOurs {
+            worktree: crate::text::one_line(&iso.worktree, 200),
+            branch: crate::text::one_line(&iso.branch, 100),
+        });
     }
     Ok(())
 }
@@ -115,7 +138,7 @@ fn check_record(state: &Path, id: &str, iso: &Isolation) -> Result<(), String> {
 /// (committed or not) while it exists, else the branch. Blocking (runs git); used by the
 /// diff resource and by `zwarm diff`, which reads the state without an engine.
 pub fn session_diff(state: &Path, id: &str, iso: &Isolation) -> Result<String, String> {
-    check_record(state, id, iso)?;
+    check_record(state, id, iso).map_err(|e| e.to_string())?;
     let repo = PathBuf::from(&iso.repo);
     let wt = PathBuf::from(&iso.worktree);
     let wt = (iso.state == WorktreeState::Active && wt.join(".git").exists()).then_some(wt);
@@ -237,10 +260,15 @@ impl Manager {
         .ok_or(ManagerError::ShuttingDown)??;
         let (iso, _) = &made;
         tracing::info!(session = %id, branch = %iso.branch, worktree = %iso.worktree, "worktree created");
-        self.inner.store.log(
-            "worktree_created",
+        self.inner.log(
+            LogEvent::WorktreeCreated {
+                branch: iso.branch.clone(),
+                base: iso.base.clone(),
+                base_ref: iso.base_ref.clone(),
+                worktree: iso.worktree.clone(),
+                repo: iso.repo.clone(),
+            },
             Some(&id),
-            serde_json::json!({"branch": iso.branch, "base": iso.base, "base_ref": iso.base_ref, "worktree": iso.worktree, "repo": iso.repo}),
         );
         Ok(Some(made))
     }
@@ -260,13 +288,13 @@ impl Manager {
     }
 
     /// [`check_record`] off the async workers (it resolves paths on disk).
-    async fn checked(&self, id: &str, iso: &Isolation) -> Result<(), ManagerError> {
+    pub(super) async fn checked(&self, id: &str, iso: &Isolation) -> Result<(), ManagerError> {
         let state = self.inner.store.root().to_path_buf();
         let (id, iso) = (id.to_string(), iso.clone());
         blocking(move || check_record(&state, &id, &iso))
             .await
             .ok_or(ManagerError::ShuttingDown)?
-            .map_err(ManagerError::Git)
+            .map_err(|e| ManagerError::Git(e.to_string()))
     }
 
     /// Refuse a turn of a worktree session whose worktree is gone (it never runs elsewhere).
@@ -292,10 +320,12 @@ impl Manager {
             .await
             .unwrap_or(false);
         if !present {
-            self.inner.store.log(
-                "worktree_missing",
+            self.inner.log(
+                LogEvent::WorktreeMissing {
+                    worktree: iso.worktree.clone(),
+                    branch: iso.branch.clone(),
+                },
                 Some(&h.id),
-                serde_json::json!({"worktree": iso.worktree, "branch": iso.branch}),
             );
             return Err(ManagerError::WorktreeGone {
                 id: h.id.clone(),
@@ -306,317 +336,41 @@ impl Manager {
         Ok(())
     }
 
-    /// End a session and integrate its worktree (see [`Integrate`]). Sessions without a
-    /// worktree end as [`Manager::end`] ends them.
-    pub async fn end_integrated(
-        &self,
-        id: &str,
-        verdict: SessionStatus,
-        summary: Option<String>,
-        integrate: Option<&str>,
-    ) -> Result<(Session, bool, Option<Integrated>), ManagerError> {
-        let how = match integrate.map(str::trim).filter(|s| !s.is_empty()) {
-            None => None,
-            Some(v) => {
-                Some(Integrate::parse(v).ok_or_else(|| ManagerError::BadIntegrate(v.to_string()))?)
-            }
-        };
-        let h = self.owned(id).await?;
-        let (iso, status) = {
-            let l = h.live.lock();
-            (l.session.isolation.clone(), l.session.status)
-        };
-        let Some(iso) = iso else {
-            if let Some(i @ (Integrate::Merge | Integrate::Discard)) = how {
-                return Err(ManagerError::NotIsolated {
-                    id: h.id.clone(),
-                    integrate: i.as_str(),
-                });
-            }
-            let (s, interrupted) = self.end(&h.id, verdict, summary).await?;
-            return Ok((s, interrupted, None));
-        };
-        if status.is_final() {
-            return Err(ManagerError::Ended {
-                id: h.id.clone(),
-                status: status.as_str(),
-            });
-        }
-        self.checked(&h.id, &iso).await?;
-        // Verdict failed is not final (converse may retry): without an explicit `integrate`,
-        // the worktree stays for that.
-        let how = match how {
-            Some(h) => h,
-            None if verdict.is_final() => Integrate::Keep,
-            None => {
-                let (s, interrupted) = self.end(&h.id, verdict, summary).await?;
-                return Ok((
-                    s,
-                    interrupted,
-                    Some(Integrated {
-                        integrate: None,
-                        merged: false,
-                        commit: None,
-                        branch: iso.branch.clone(),
-                        state: iso.state,
-                        warning: None,
-                    }),
-                ));
-            }
-        };
-        match how {
-            Integrate::Merge => self.end_merging(&h, iso, verdict, summary).await,
-            Integrate::Keep | Integrate::Discard => {
-                let (s, interrupted) = self.end(&h.id, verdict, summary).await?;
-                let mut warning = None;
-                let mut state = iso.state;
-                if iso.state != WorktreeState::Discarded {
-                    match self.remove_worktree(&h, &iso, how).await {
-                        Ok(st) => state = st,
-                        Err(e) => warning = Some(e),
-                    }
-                }
-                let s = if state != iso.state {
-                    let mut new = iso.clone();
-                    new.state = state;
-                    self.save_isolation(&h, new).await;
-                    h.snapshot().0
-                } else {
-                    s
-                };
-                Ok((
-                    s,
-                    interrupted,
-                    Some(Integrated {
-                        integrate: Some(how),
-                        merged: false,
-                        commit: None,
-                        branch: iso.branch,
-                        state,
-                        warning,
-                    }),
-                ))
-            }
-        }
-    }
-
-    /// `integrate: "merge"`: merge first (refused, with everything kept and the session open,
-    /// on conflicts or uncommitted files in the way), then end the session.
-    async fn end_merging(
-        &self,
-        h: &Arc<Handle>,
-        iso: Isolation,
-        verdict: SessionStatus,
-        summary: Option<String>,
-    ) -> Result<(Session, bool, Option<Integrated>), ManagerError> {
-        if iso.state == WorktreeState::Discarded {
-            return Err(ManagerError::WorktreeRemoved {
-                id: h.id.clone(),
-                state: iso.state.as_str(),
-                branch: iso.branch,
-            });
-        }
-        {
-            let mut l = h.live.lock();
-            if l.session.status.is_active() {
-                return Err(ManagerError::MergeBusy(h.id.clone()));
-            }
-            if l.ending {
-                return Err(ManagerError::Ended {
-                    id: h.id.clone(),
-                    status: "being ended",
-                });
-            }
-            // No turn starts while the merge runs.
-            l.ending = true;
-        }
-        let guard = super::EndingGuard {
-            h: h.clone(),
-            armed: true,
-        };
-        let id8 = id8(&h.id).to_string();
-        let sid = h.id.clone();
-        let iso2 = iso.clone();
-        let res = blocking(move || -> Result<worktree::Merged, String> {
-            let _admin = GIT_ADMIN.lock();
-            let wt = PathBuf::from(&iso2.worktree);
-            if iso2.state == WorktreeState::Active && wt.join(".git").exists() {
-                // Whatever the last turns left uncommitted goes in too.
-                let msg = format!("zwarm {id8}: uncommitted work at end_session\n\nsession {sid}");
-                match worktree::commit_all(&wt, &iso2.branch, &msg, worktree::GIT_TIMEOUT) {
-                    Ok(Commit::Skipped(why)) => {
-                        return Err(format!(
-                            "merge refused: {why}. Nothing in the project checkout was changed; the branch `{}` and the worktree are kept and the session stays open. Converse with the session to finish, then call end_session with integrate merge again.",
-                            iso2.branch
-                        ));
-                    }
-                    Ok(_) => {}
-                    Err(e) => return Err(format!("merge refused: cannot commit the worktree's last changes: {e}. Nothing in the project checkout was changed.")),
-                }
-            }
-            let msg = format!(
-                "Merge zwarm session {id8} (branch {})\n\nsession {sid}",
-                iso2.branch
-            );
-            let project = PathBuf::from(&iso2.repo);
-            match worktree::merge(&project, &iso2.branch, &msg) {
-                Ok(m) => Ok(m),
-                Err(Refused::Conflicts { target, head, files }) => {
-                    // The resolution is prepared in the session's worktree (outside the
-                    // executor's sandbox, which may not let it write git's metadata): the
-                    // project's commit merged in, conflict markers in the files.
-                    let prepared = iso2.state == WorktreeState::Active
-                        && wt.join(".git").exists()
-                        && match worktree::start_merge(&wt, &head) {
-                            Ok(p) => p,
-                            Err(e) => {
-                                tracing::warn!(error = %e, "cannot prepare the merge in the worktree");
-                                false
-                            }
-                        };
-                    Err(conflict_refusal(&iso2, &target, &files, prepared))
-                }
-                Err(r) => Err(refusal(&iso2, r)),
-            }
-        })
-        .await
-        .ok_or(ManagerError::ShuttingDown)?;
-        let merged = match res {
-            Ok(m) => m,
-            Err(msg) => {
-                drop(guard);
-                tracing::info!(session = %h.id, reason = %msg, "merge refused");
-                self.inner.store.log(
-                    "merge_refused",
-                    Some(&h.id),
-                    serde_json::json!({"branch": iso.branch, "reason": msg}),
-                );
-                return Err(ManagerError::MergeRefused(msg));
-            }
-        };
-        tracing::info!(session = %h.id, branch = %iso.branch, commit = %merged.commit, into = %merged.target, "session branch merged");
-        self.inner.store.log(
-            "worktree_merged",
-            Some(&h.id),
-            serde_json::json!({"branch": iso.branch, "into": merged.target, "commit": merged.commit, "fast_forward": merged.fast_forward, "already_merged": merged.already}),
-        );
-        let mut warning = None;
-        let mut new = iso.clone();
-        new.merged_commit = Some(merged.commit.clone());
-        new.state = WorktreeState::Merged;
-        if iso.state == WorktreeState::Active
-            && let Err(e) = self.remove_worktree(h, &iso, Integrate::Merge).await
-        {
-            warning = Some(e);
-            new.state = WorktreeState::Active;
-        }
-        {
-            let mut l = h.live.lock();
-            l.session.isolation = Some(new.clone());
-        }
-        // The session may end now.
-        drop(guard);
-        let (s, interrupted) = self.end(&h.id, verdict, summary).await?;
-        Ok((
-            s,
-            interrupted,
-            Some(Integrated {
-                integrate: Some(Integrate::Merge),
-                merged: true,
-                commit: Some(merged.commit),
-                branch: iso.branch,
-                state: new.state,
-                warning,
-            }),
-        ))
-    }
-
-    /// Remove the worktree (and, for discard, the branch); uncommitted work is committed to
-    /// the branch first unless it is discarded. Returns the new state, or what went wrong.
-    async fn remove_worktree(
-        &self,
-        h: &Arc<Handle>,
-        iso: &Isolation,
-        how: Integrate,
-    ) -> Result<WorktreeState, String> {
-        let iso2 = iso.clone();
-        let id8 = id8(&h.id).to_string();
-        let sid = h.id.clone();
-        let r = blocking(move || -> Result<WorktreeState, String> {
-            let _admin = GIT_ADMIN.lock();
-            let repo = PathBuf::from(&iso2.repo);
-            let wt = PathBuf::from(&iso2.worktree);
-            if how != Integrate::Discard && wt.join(".git").exists() {
-                let msg = format!("zwarm {id8}: uncommitted work at end_session\n\nsession {sid}");
-                if let Err(e) = worktree::commit_all(&wt, &iso2.branch, &msg, worktree::GIT_TIMEOUT)
-                {
-                    return Err(format!(
-                        "the worktree {} was kept: its last changes could not be committed ({e})",
-                        iso2.worktree
-                    ));
-                }
-            }
-            worktree::remove(&repo, &wt)
-                .map_err(|e| format!("the worktree {} could not be removed: {e}", iso2.worktree))?;
-            if how == Integrate::Discard {
-                worktree::delete_branch(&repo, &iso2.branch)
-                    .map_err(|e| format!("the branch {} could not be deleted: {e}", iso2.branch))?;
-                return Ok(WorktreeState::Discarded);
-            }
-            Ok(match how {
-                Integrate::Merge => WorktreeState::Merged,
-                _ => WorktreeState::Kept,
-            })
-        })
-        .await
-        .unwrap_or_else(|| Err("zwarm is shutting down".into()));
-        match &r {
-            Ok(st) => {
-                self.inner.store.log(
-                    "worktree_removed",
-                    Some(&h.id),
-                    serde_json::json!({"worktree": iso.worktree, "branch": iso.branch, "integrate": how.as_str(), "branch_deleted": *st == WorktreeState::Discarded}),
-                );
-            }
-            Err(e) => {
-                tracing::warn!(session = %h.id, error = %e, "cannot remove a session worktree");
-                self.inner.store.log(
-                    "worktree_orphaned",
-                    Some(&h.id),
-                    serde_json::json!({"worktree": iso.worktree, "reason": e}),
-                );
-            }
-        }
-        r
-    }
-
     /// Record a changed isolation state (a status change: committed before it is reported).
-    async fn save_isolation(&self, h: &Arc<Handle>, iso: Isolation) {
-        let ticket = {
-            let mut l = h.live.lock();
-            l.session.isolation = Some(iso);
-            l.session.updated_at = now();
-            let w = l.images(&[]);
-            let t = self.inner.store.submit(w);
-            l.pending = t.seq;
-            t
-        };
-        if let Err(e) = ticket.committed().await {
+    pub(super) async fn save_isolation(&self, h: &Arc<Handle>, iso: Isolation) {
+        let ((), r) = self
+            .inner
+            .commit(h, |l, w| {
+                l.session.isolation = Some(iso);
+                l.session.updated_at = now();
+                w.extend(l.images(&[]));
+            })
+            .await;
+        if let Err(e) = r {
             tracing::error!(session = %h.id, error = %e, "cannot save the worktree's state");
+            self.inner.publish(h);
         }
-        h.bump();
-        let _ = self.inner.changes.send(h.id.clone());
     }
 
     /// What a worktree session changed versus its base (check_session's `diff`).
     pub async fn diff_stat(&self, s: &Session) -> Option<Result<worktree::DiffStat, String>> {
+        self.diff_stat_at(s, super::links::session_diff_uri(&s.id))
+            .await
+    }
+
+    /// [`Manager::diff_stat`], with the address of the whole diff given by the caller (the
+    /// MCP layer knows its resource addresses; the engine does not).
+    pub async fn diff_stat_at(
+        &self,
+        s: &Session,
+        uri: String,
+    ) -> Option<Result<worktree::DiffStat, String>> {
         let iso = s.isolation.clone()?;
-        let uri = format!("{}/diff", crate::tools::session_uri(&s.id));
         let state = self.inner.store.root().to_path_buf();
         let id = s.id.clone();
         Some(
             blocking(move || {
-                check_record(&state, &id, &iso)?;
+                check_record(&state, &id, &iso).map_err(|e| e.to_string())?;
                 let repo = PathBuf::from(&iso.repo);
                 let wt = PathBuf::from(&iso.worktree);
                 let wt =
@@ -723,51 +477,16 @@ impl Manager {
                     let shown = path.display().to_string();
                     tracing::warn!(worktree = %shown, %reason, "orphaned session worktree (remove it with `git worktree remove --force`)");
                     let sid = crate::model::valid_id(&name).then_some(name.as_str());
-                    m.inner.store.log(
-                        "worktree_orphaned",
+                    m.inner.log(
+                        LogEvent::WorktreeOrphaned {
+                            worktree: shown.clone(),
+                            reason: reason.clone(),
+                        },
                         sid,
-                        serde_json::json!({"worktree": shown, "reason": reason}),
                     );
                 }
             }
         });
-    }
-}
-
-/// The refusal text for a merge that conflicts.
-fn conflict_refusal(iso: &Isolation, target: &str, files: &[String], prepared: bool) -> String {
-    let files = files.join(", ");
-    let head = format!(
-        "merge refused: merging `{}` into `{target}` conflicts in {files}. Nothing in the project checkout was changed; the branch `{}` is kept and the session stays open.",
-        iso.branch, iso.branch
-    );
-    if prepared {
-        format!(
-            "{head} zwarm has merged `{target}` into the session's worktree without committing: {files} now hold conflict markers there. Converse with the session to resolve them, e.g. \"resolve the merge conflicts in {files}: keep both changes\"; zwarm commits the resolution (the merge commit) at the end of that turn. Then call end_session with integrate merge again. To give up instead: end_session with integrate keep or discard."
-        )
-    } else {
-        format!(
-            "{head} Converse with the session to resolve it, e.g. \"merge `{target}` into your branch and resolve the conflicts in {files}\" (zwarm commits the resolution at the end of the turn), then call end_session with integrate merge again."
-        )
-    }
-}
-
-/// The refusal text for a merge that was not done (nothing in the checkout changed).
-fn refusal(iso: &Isolation, r: Refused) -> String {
-    let kept = format!(
-        "Nothing in the project checkout was changed; the branch `{}` and its worktree are kept and the session stays open.",
-        iso.branch
-    );
-    match r {
-        Refused::Conflicts { target, files, .. } => conflict_refusal(iso, &target, &files, false),
-        Refused::Dirty { target, files } => format!(
-            "merge refused: it would change files with uncommitted changes in the project checkout {} (on `{target}`): {}. {kept} Commit or stash those changes in the project (ask the user if they are not yours), then call end_session with integrate merge again.",
-            iso.repo,
-            files.join(", ")
-        ),
-        Refused::Git(e) => format!(
-            "merge refused: {e}. {kept} Fix the cause, then call end_session with integrate merge again."
-        ),
     }
 }
 
@@ -816,10 +535,14 @@ pub(super) async fn commit_turn(inner: &Arc<Inner>, h: &Arc<Handle>, index: u32)
     match r {
         Some(Ok(Commit::Made { sha, files })) => {
             tracing::info!(session = %h.id, turn = index, commit = %sha, files = files.len(), "turn committed");
-            inner.store.log(
-                "turn_committed",
+            inner.log(
+                LogEvent::TurnCommitted {
+                    turn: index,
+                    commit: sha.clone(),
+                    branch: iso.branch.clone(),
+                    files: files.len(),
+                },
                 Some(&h.id),
-                serde_json::json!({"turn": index, "commit": sha, "branch": iso.branch, "files": files.len()}),
             );
             let mut l = h.live.lock();
             if let Some(t) = l.session.turn_mut(index)
@@ -844,18 +567,22 @@ pub(super) async fn commit_turn(inner: &Arc<Inner>, h: &Arc<Handle>, index: u32)
         Some(Ok(Commit::Nothing)) => {}
         Some(Ok(Commit::Skipped(why))) => {
             tracing::warn!(session = %h.id, turn = index, reason = %why, "turn not committed");
-            inner.store.log(
-                "turn_commit_skipped",
+            inner.log(
+                LogEvent::TurnCommitSkipped {
+                    turn: index,
+                    reason: why.clone(),
+                },
                 Some(&h.id),
-                serde_json::json!({"turn": index, "reason": why}),
             );
         }
         Some(Err(e)) => {
             tracing::warn!(session = %h.id, turn = index, error = %e, "cannot commit the turn");
-            inner.store.log(
-                "turn_commit_failed",
+            inner.log(
+                LogEvent::TurnCommitFailed {
+                    turn: index,
+                    error: e.to_string(),
+                },
                 Some(&h.id),
-                serde_json::json!({"turn": index, "error": e.to_string()}),
             );
         }
         None => {}
@@ -869,32 +596,32 @@ pub(super) fn check_turn_dir(
     id: &str,
     iso: &Isolation,
     working_dir: &str,
-) -> Result<PathBuf, String> {
+) -> Result<PathBuf, WorktreeCheck> {
     if iso.state != WorktreeState::Active {
-        return Err(format!(
-            "the session's worktree was removed at end_session ({}); its branch `{}` keeps its work. Delegate a new session with base `{}` to go on.",
-            iso.state.as_str(),
-            iso.branch,
-            iso.branch
-        ));
+        return Err(WorktreeCheck::Removed {
+            state: iso.state.as_str(),
+            branch: iso.branch.clone(),
+        });
     }
     check_record(inner.store.root(), id, iso)?;
     let wt = Path::new(&iso.worktree);
     if !wt.join(".git").exists() {
-        return Err(format!(
-            "the session's worktree `{}` no longer exists (removed outside zwarm?); zwarm does not run the turn anywhere else. Its branch `{}` holds every committed turn: end the session, and delegate a new one with base `{}` to go on.",
-            iso.worktree, iso.branch, iso.branch
-        ));
+        return Err(WorktreeCheck::Gone {
+            worktree: iso.worktree.clone(),
+            branch: iso.branch.clone(),
+        });
     }
     let root = worktrees_dir(inner.store.root());
     let root = std::fs::canonicalize(&root).unwrap_or(root);
-    let dir = std::fs::canonicalize(working_dir)
-        .map_err(|e| format!("the session's working_dir `{working_dir}` cannot be used: {e}"))?;
+    let dir = std::fs::canonicalize(working_dir).map_err(|err| WorktreeCheck::Unusable {
+        dir: working_dir.to_string(),
+        err,
+    })?;
     if dir.display().to_string() != working_dir || !dir.starts_with(wt) || !wt.starts_with(&root) {
-        return Err(format!(
-            "the session's working_dir `{working_dir}` now resolves to `{}`, outside its worktree (a symlink was put in its place?); zwarm does not follow it.",
-            dir.display()
-        ));
+        return Err(WorktreeCheck::Escaped {
+            dir: working_dir.to_string(),
+            now: dir.display().to_string(),
+        });
     }
     Ok(dir)
 }

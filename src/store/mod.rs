@@ -31,6 +31,7 @@
 //! session is adopted exactly once.
 
 mod db;
+mod events;
 pub mod legacy;
 pub mod logs;
 pub mod readonly;
@@ -242,6 +243,17 @@ impl Store {
     /// Append an event without waiting for it.
     pub fn log(&self, kind: &str, session_id: Option<&str>, data: Value) {
         let _ = self.submit(vec![self.event(kind, session_id, data)]);
+    }
+
+    /// A typed log event of `session` (or of the server), to add to a group of writes.
+    pub fn record(&self, ev: crate::event::LogEvent, session_id: Option<&str>) -> Write {
+        let (kind, data) = ev.into_parts();
+        self.event(&kind, session_id, data)
+    }
+
+    /// Append a typed log event without waiting for it.
+    pub fn log_event(&self, ev: crate::event::LogEvent, session_id: Option<&str>) {
+        let _ = self.submit(vec![self.record(ev, session_id)]);
     }
 
     /// Import a zwarm 0.2 state dir found at `from` (once; see [`legacy`]). Blocking.

@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers: a panic is a failed test
 #![allow(dead_code)]
 //! Test support: scripted model servers that drive the real `codex` and `claude` CLIs offline.
 //!

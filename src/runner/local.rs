@@ -1,0 +1,141 @@
+//! The local runner: each turn is a child process of zwarm, in its own process group (and its
+//! own cgroup where cgroup v2 is writable), marked with the turn's label (see
+//! [`crate::process`] for how processes are started, contained and stopped).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::process::Child;
+use tokio::time::Instant;
+
+use super::{Finished, Launch, Runner, RunnerError, RunningTurn, TurnProcess};
+use crate::process;
+
+/// How long [`LocalTurn::stop`] may take without a deadline, after the grace period.
+const STOP_BOUND: Duration = Duration::from_secs(8);
+
+/// Runs turns as local child processes. Its state (the containment mode, the turn cgroups
+/// it made, the thread executors are forked from) is its [`process::Containment`].
+#[derive(Debug, Clone)]
+pub struct LocalRunner {
+    containment: Arc<process::Containment>,
+}
+
+impl Default for LocalRunner {
+    fn default() -> Self {
+        LocalRunner::new()
+    }
+}
+
+impl LocalRunner {
+    /// On the process-wide containment ([`process::Containment::shared`]), the one zwarm's
+    /// start-up configures.
+    pub fn new() -> LocalRunner {
+        LocalRunner::with(process::Containment::shared().clone())
+    }
+
+    /// On a containment of its own.
+    pub fn with(containment: Arc<process::Containment>) -> LocalRunner {
+        LocalRunner { containment }
+    }
+}
+
+#[async_trait::async_trait]
+impl Runner for LocalRunner {
+    fn name(&self) -> &'static str {
+        "local"
+    }
+
+    async fn start(&self, launch: Launch) -> Result<RunningTurn, RunnerError> {
+        let mut child = self
+            .containment
+            .spawn(&launch.process_launch(), &launch.label)
+            .await?;
+        let pid = child.id();
+        let stdout = child.stdout.take().map(|s| Box::pin(s) as super::Output);
+        let stderr = child.stderr.take().map(|s| Box::pin(s) as super::Output);
+        Ok(RunningTurn {
+            stdout,
+            stderr,
+            control: Box::new(LocalTurn {
+                child,
+                pid,
+                label: launch.label,
+                read_back: launch.read_back,
+                exited: false,
+                _registered: process::ExecutorGuard(pid),
+                containment: self.containment.clone(),
+            }),
+        })
+    }
+
+    async fn clean_up(&self, label: &str) -> usize {
+        let (label, c) = (label.to_string(), self.containment.clone());
+        tokio::task::spawn_blocking(move || c.kill_marked(&label, None))
+            .await
+            .unwrap_or(0)
+    }
+
+    async fn housekeeping(&self) {
+        let c = self.containment.clone();
+        let _ = tokio::task::spawn_blocking(move || c.reap_orphan_zombies()).await;
+    }
+}
+
+struct LocalTurn {
+    child: Child,
+    pid: Option<u32>,
+    label: String,
+    read_back: Vec<PathBuf>,
+    exited: bool,
+    /// Forgets the executor (for the orphan reaper) on every path out, panics included.
+    _registered: process::ExecutorGuard,
+    containment: Arc<process::Containment>,
+}
+
+#[async_trait::async_trait]
+impl TurnProcess for LocalTurn {
+    async fn wait(&mut self) {
+        if self.exited {
+            return;
+        }
+        let _ = self.child.wait().await;
+        self.exited = true;
+    }
+
+    async fn stop(&mut self, grace: Duration, deadline: Option<Instant>) {
+        let by = deadline.unwrap_or_else(|| Instant::now() + grace + STOP_BOUND);
+        self.containment
+            .stop_turn(&mut self.child, &self.label, grace, by)
+            .await;
+        self.exited = true;
+    }
+
+    async fn finish(mut self: Box<Self>) -> Finished {
+        let exit = self.child.try_wait().ok().flatten();
+        let (pid, label, paths) = (self.pid, self.label.clone(), self.read_back.clone());
+        let c = self.containment.clone();
+        // Leftovers of the turn go, then the files it wrote are read back (and removed).
+        let files = tokio::task::spawn_blocking(move || {
+            c.cleanup_after_exit(pid, &label);
+            paths
+                .into_iter()
+                .map(|p| {
+                    let c = std::fs::read_to_string(&p)
+                        .ok()
+                        .filter(|s| !s.trim().is_empty());
+                    let _ = std::fs::remove_file(&p);
+                    (p, c)
+                })
+                .collect()
+        })
+        .await
+        .unwrap_or_default();
+        Finished { exit, files }
+    }
+
+    fn id(&self) -> Option<u32> {
+        self.pid
+    }
+}

@@ -1,0 +1,171 @@
+//! Where a turn runs: the [`Runner`] seam.
+//!
+//! The executor decides *what* runs (a [`Launch`]: program, arguments, environment, working
+//! dir, stdin, and the files to read back when it ends); a runner decides *where*. The engine
+//! only sees what a runner hands back: the output streams, a way to wait for the end, a way to
+//! stop it within a deadline, and, at the end, the exit status and the files read back. It
+//! never touches a child process, a process group or the filesystem of the turn itself.
+//!
+//! - [`local::LocalRunner`]: a child process of zwarm in its own process group (and cgroup
+//!   where cgroup v2 is writable), marked with `ZWARM_TURN=<label>` (see [`crate::process`]).
+//! - [`memory::MemoryRunner`]: no process at all; scripted output, for in-process tests.
+//!
+//! What a turn leaves behind after a restart is named by its **label** (`<session>.<turn>`):
+//! [`Runner::clean_up`] stops whatever still runs under it (a dead server's executor, or a
+//! turn whose supervisor panicked).
+
+pub mod local;
+pub mod memory;
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::process::ExitStatus;
+use std::time::Duration;
+
+use tokio::io::AsyncRead;
+use tokio::time::Instant;
+
+/// One executor run, described without saying where it runs.
+#[derive(Clone, Default)]
+pub struct Launch {
+    pub program: PathBuf,
+    pub args: Vec<OsString>,
+    pub cwd: PathBuf,
+    pub env_set: Vec<(String, String)>,
+    pub env_remove: Vec<String>,
+    /// Written to the executor's stdin, which is then closed; `None`: stdin is empty.
+    pub stdin: Option<Vec<u8>>,
+    /// Files the executor writes (paths as it was told them in `args`) that the runner hands
+    /// back in [`Finished::files`] when the turn ends (codex's `-o` last message).
+    pub read_back: Vec<PathBuf>,
+    /// Names everything this run starts, so it can be found and stopped after a restart.
+    pub label: String,
+}
+
+impl std::fmt::Debug for Launch {
+    // The input is a prompt: its size, never its text, goes into logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Launch")
+            .field("program", &self.program)
+            .field("args", &self.args)
+            .field("cwd", &self.cwd)
+            .field("label", &self.label)
+            .field("stdin_bytes", &self.stdin.as_ref().map(Vec::len))
+            .field("read_back", &self.read_back)
+            .finish()
+    }
+}
+
+impl Launch {
+    /// The executor's launch description (see [`crate::executor::build_process`]) as a runner
+    /// input, labelled, with the files to read back.
+    pub fn from_process(
+        l: crate::process::Launch,
+        label: impl Into<String>,
+        read_back: Vec<PathBuf>,
+    ) -> Launch {
+        let crate::process::Launch { spec, stdin } = l;
+        Launch {
+            program: spec.program,
+            args: spec.args,
+            cwd: spec.cwd,
+            env_set: spec.env_set,
+            env_remove: spec.env_remove,
+            stdin,
+            read_back,
+            label: label.into(),
+        }
+    }
+
+    /// The process part, for the local runner.
+    pub fn process_launch(&self) -> crate::process::Launch {
+        crate::process::Launch {
+            spec: crate::process::ProcessSpec {
+                program: self.program.clone(),
+                args: self.args.clone(),
+                cwd: self.cwd.clone(),
+                env_set: self.env_set.clone(),
+                env_remove: self.env_remove.clone(),
+            },
+            stdin: self.stdin.clone(),
+        }
+    }
+}
+
+/// An output stream of a running turn.
+pub type Output = Pin<Box<dyn AsyncRead + Send>>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunnerError {
+    /// The executor could not be started.
+    #[error("{0}")]
+    Start(#[from] std::io::Error),
+    /// The runner is not available (e.g. it has shut down).
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// What a runner hands back for a started turn.
+pub struct RunningTurn {
+    pub stdout: Option<Output>,
+    pub stderr: Option<Output>,
+    pub control: Box<dyn TurnProcess>,
+}
+
+/// What is left of a turn once it has ended.
+#[derive(Debug, Default)]
+pub struct Finished {
+    /// `None` when the status is unknown.
+    pub exit: Option<ExitStatus>,
+    /// Each of [`Launch::read_back`], with its contents when it was written and not empty.
+    pub files: Vec<(PathBuf, Option<String>)>,
+}
+
+impl Finished {
+    /// The contents read back for `path`.
+    pub fn file(&self, path: &std::path::Path) -> Option<&str> {
+        self.files
+            .iter()
+            .find(|(p, _)| p == path)
+            .and_then(|(_, c)| c.as_deref())
+    }
+}
+
+/// Control over one running turn.
+#[async_trait::async_trait]
+pub trait TurnProcess: Send {
+    /// Resolves once the executor has exited. Cancel-safe; resolves at once when called again
+    /// after an exit.
+    async fn wait(&mut self);
+
+    /// Stop the executor: ask it to stop, give it `grace`, then force it, everything finished
+    /// by `deadline` when given (else within the runner's own bounds). Returns once it is gone.
+    async fn stop(&mut self, grace: Duration, deadline: Option<Instant>);
+
+    /// After the end: the exit status, the files read back, and everything the turn left
+    /// cleaned up.
+    async fn finish(self: Box<Self>) -> Finished;
+
+    /// An id for logs (the process id of a local run).
+    fn id(&self) -> Option<u32> {
+        None
+    }
+}
+
+/// Where turns run.
+#[async_trait::async_trait]
+pub trait Runner: Send + Sync + 'static {
+    /// A short name for logs and diagnostics (`local`, `memory`).
+    fn name(&self) -> &'static str;
+
+    /// Start one executor run.
+    async fn start(&self, launch: Launch) -> Result<RunningTurn, RunnerError>;
+
+    /// Stop whatever a run labelled `label` left behind (its server died, or its supervisor
+    /// failed). Returns how many processes (or equivalent) were stopped.
+    async fn clean_up(&self, label: &str) -> usize;
+
+    /// Periodic housekeeping (the local runner reaps orphans here).
+    async fn housekeeping(&self) {}
+}

@@ -1,0 +1,219 @@
+//! Sessions a dead server left running are adopted ([`Manager::adopt`]: a compare-and-set on
+//! the owner, the interrupted turn recorded, what it left running cleaned up by the runner);
+//! held sessions at rest are let go ([`Manager::evict_idle`]) and read back when needed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::registry::{Handle, owner_alive};
+use super::{Manager, ManagerError};
+use crate::event::LogEvent;
+use crate::model::{Session, SessionStatus, TurnStatus, now};
+use crate::store::{SessionImage, StoreError, Write};
+
+impl Manager {
+    /// Adopt every session left running by a server that is gone.
+    pub(super) async fn recover(&self) {
+        let active = match self.inner.store.active().await {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot list running sessions");
+                return;
+            }
+        };
+        for (id, owner, _pid) in active {
+            if owner == self.inner.instance || owner_alive(&self.inner.store, &owner).await {
+                continue;
+            }
+            match self.adopt(&id).await {
+                Ok(_) | Err(ManagerError::ForeignOwner { .. }) => {}
+                Err(e) => tracing::error!(session = %id, error = %e, "cannot adopt session"),
+            }
+        }
+    }
+
+    /// Take ownership of a session whose server died (or hold one of ours again), and return
+    /// its handle. A turn a dead server left running is recorded as failed, with the reason,
+    /// and what it left running is killed.
+    pub(super) async fn adopt(&self, id: &str) -> Result<Arc<Handle>, ManagerError> {
+        if let Some(h) = self.inner.registry.get(id) {
+            return Ok(h);
+        }
+        let _one_at_a_time = self.inner.adopting.lock().await;
+        if let Some(h) = self.inner.registry.get(id) {
+            return Ok(h);
+        }
+        // Writes submitted before now (e.g. a watcher's notes on a session just let go) are
+        // committed before it is read back.
+        self.inner.store.sync().await;
+        let (mut s, version) = self.load(id).await?;
+        let old_owner = s.owner.instance.clone();
+        if old_owner == self.inner.instance && !s.status.is_active() {
+            // Ours, let go while at rest: read back as it was, nothing to record.
+            let h = self.inner.registry.insert(Handle::new(s, version));
+            return Ok(h);
+        }
+        if old_owner != self.inner.instance && owner_alive(&self.inner.store, &old_owner).await {
+            return Err(ManagerError::ForeignOwner {
+                id: id.to_string(),
+                pid: s.owner.pid,
+            });
+        }
+        let mut recovered = None;
+        if s.status.is_active() {
+            let next = if s.native_id.is_some() {
+                format!(
+                    "Call converse to resume the same {} thread.",
+                    s.adapter.as_str()
+                )
+            } else {
+                "The executor had not started a thread yet: converse starts over with the task and your message.".to_string()
+            };
+            let reason = format!(
+                "the zwarm server running this turn (pid {}) stopped before it finished; the executor was stopped with it. {next}",
+                s.owner.pid
+            );
+            let ts = now();
+            if let Some(t) = s.last_turn_mut()
+                && matches!(t.status, TurnStatus::Running | TurnStatus::Queued)
+            {
+                t.status = TurnStatus::Interrupted;
+                t.error = Some(reason.clone());
+                t.ended_at = Some(ts.clone());
+                recovered = Some((reason.clone(), t.index));
+            }
+            if !s.status.is_final() {
+                s.status = SessionStatus::Failed;
+                s.error = Some(reason.clone());
+            }
+            s.updated_at = ts;
+            if recovered.is_none() {
+                recovered = Some((reason, 0));
+            }
+        }
+        s.owner = self.inner.owner();
+        let version = version + 1;
+        let mut writes = vec![Write::Session {
+            session: SessionImage::of(&s, version),
+            expect_owner: Some(old_owner),
+        }];
+        if let Some((reason, turn)) = &recovered {
+            if let Some(t) = s.turn(*turn) {
+                writes.push(Write::Turn {
+                    session_id: s.id.clone(),
+                    version,
+                    turn: Box::new(t.clone()),
+                });
+            }
+            writes.push(self.inner.event(
+                LogEvent::SessionRecovered {
+                    status: "failed".into(),
+                    turn: *turn,
+                    reason: reason.clone(),
+                },
+                Some(id),
+            ));
+        }
+        // The owner's compare-and-set: committed before the session is held (and published).
+        match self.inner.store.submit(writes).committed().await {
+            Ok(()) => {}
+            Err(StoreError::Conflict(_)) => {
+                // Another server adopted it first: name it.
+                let pid = self.load(id).await.map(|(s, _)| s.owner.pid).unwrap_or(0);
+                return Err(ManagerError::ForeignOwner {
+                    id: id.to_string(),
+                    pid,
+                });
+            }
+            Err(e) => return Err(e.into()),
+        }
+        if let Some((_, turn)) = &recovered {
+            tracing::info!(session = %id, "marked a session left running by a stopped server as failed");
+            // Whatever the dead server's executor left running for this turn goes now.
+            self.inner.runner.clean_up(&format!("{id}.{turn}")).await;
+        }
+        let h = self.inner.registry.insert(Handle::new(s, version));
+        let _ = self.inner.changes.send(id.to_string());
+        Ok(h)
+    }
+
+    /// Read one whole session from the store, with its stored version.
+    pub(super) async fn load(&self, id: &str) -> Result<(Session, u64), ManagerError> {
+        let sid = id.to_string();
+        let r = self
+            .inner
+            .store
+            .read(move |c| {
+                let s = crate::store::load_session_with(c, &sid)?;
+                let v = crate::store::version_with(c, &sid)?;
+                Ok((s, v))
+            })
+            .await;
+        match r {
+            Ok((Some(s), v)) => Ok((s, v)),
+            Ok((None, _)) => Err(ManagerError::UnknownSession(id.to_string())),
+            Err(e @ (StoreError::Corrupt { .. } | StoreError::Db { .. })) => {
+                Err(ManagerError::Unreadable {
+                    id: id.to_string(),
+                    reason: e.to_string(),
+                })
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Let go of held sessions that are at rest and unused for `idle`: each one's whole
+    /// record (session row and every turn) is written and committed first, so nothing of it
+    /// exists only in memory; it is let go only if nothing changed meanwhile. The next call
+    /// that needs it adopts it again from the store.
+    pub(super) async fn evict_idle(&self, idle: Duration) -> usize {
+        let mut saved = Vec::new();
+        for id in self.inner.registry.idle_candidates(idle) {
+            let Some(h) = self.inner.registry.get(&id) else {
+                continue;
+            };
+            let (ticket, version) = {
+                let mut l = h.live.lock();
+                if !l.at_rest() {
+                    continue;
+                }
+                let turns: Vec<u32> = l.session.turns.iter().map(|t| t.index).collect();
+                let w = l.images(&turns);
+                (self.inner.store.submit(w), l.version)
+            };
+            drop(h);
+            match ticket.committed().await {
+                Ok(()) => saved.push((id, version)),
+                Err(e) => {
+                    tracing::warn!(session = %id, error = %e, "cannot save an idle session; it stays in memory")
+                }
+            }
+        }
+        if saved.is_empty() {
+            return 0;
+        }
+        let n = self.inner.registry.evict(&saved, idle);
+        if n > 0 {
+            tracing::debug!(
+                sessions = n,
+                held = self.inner.registry.len(),
+                "let go of idle sessions (they are read back from the store when needed)"
+            );
+        }
+        n
+    }
+
+    /// Wait (briefly) for the start-up recovery, so nothing a dead server left running is
+    /// reported as running.
+    pub(super) async fn await_recovery(&self) {
+        use std::sync::atomic::Ordering;
+        if self.inner.recovered_once.load(Ordering::SeqCst) {
+            return;
+        }
+        let notified = self.inner.recovered.notified();
+        if self.inner.recovered_once.load(Ordering::SeqCst) {
+            return;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(5), notified).await;
+    }
+}

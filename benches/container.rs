@@ -78,7 +78,7 @@ async fn local(program: &Path, args: &[String], env: &[(String, String)], cwd: &
 
 async fn per_turn(r: &ContainerRunner, spec: TurnSpec) -> Duration {
     let t = Instant::now();
-    let mut turn = r.start(spec).await.expect("start");
+    let mut turn = r.start_turn(spec).await.expect("start");
     let (mut out, mut err) = (turn.take_stdout(), turn.take_stderr());
     let drain = tokio::spawn(async move {
         let mut sink = tokio::io::sink();

@@ -66,7 +66,10 @@ struct Ran {
 
 /// Run a turn to its end, collecting both streams.
 async fn run(r: &ContainerRunner, spec: TurnSpec) -> Ran {
-    let mut t = r.start(spec).await.expect("start the turn's container");
+    let mut t = r
+        .start_turn(spec)
+        .await
+        .expect("start the turn's container");
     let (out, err) = streams(&mut t);
     t.wait().await;
     let finished = t.finish().await;
@@ -399,7 +402,7 @@ async fn interrupt_timeout_and_a_dropped_turn_leave_no_container() {
     // Interrupt: SIGINT, a grace period, then SIGKILL (sleep ignores neither, bash as PID 1
     // ignores SIGINT: the hard stop is what ends it).
     let label = format!("{s}.1");
-    let mut t = r.start(sleeper(&env, &label)).await.expect("start");
+    let mut t = r.start_turn(sleeper(&env, &label)).await.expect("start");
     let mut out = t.take_stdout().expect("stdout");
     assert_eq!(first_line(&mut out).await, "started\n");
     assert_eq!(r.containers(LABEL, &label).await.len(), 1);
@@ -419,7 +422,7 @@ async fn interrupt_timeout_and_a_dropped_turn_leave_no_container() {
     // Timeout: the engine stops with a deadline, the same path; here the deadline is shorter
     // than the grace period and still holds.
     let label = format!("{s}.2");
-    let mut t = r.start(sleeper(&env, &label)).await.expect("start");
+    let mut t = r.start_turn(sleeper(&env, &label)).await.expect("start");
     let mut out = t.take_stdout().expect("stdout");
     first_line(&mut out).await;
     let by = tokio::time::Instant::now() + Duration::from_millis(1500);
@@ -429,7 +432,7 @@ async fn interrupt_timeout_and_a_dropped_turn_leave_no_container() {
 
     // A turn whose supervisor is gone (dropped without finish) is removed anyway.
     let label = format!("{s}.3");
-    let mut t = r.start(sleeper(&env, &label)).await.expect("start");
+    let mut t = r.start_turn(sleeper(&env, &label)).await.expect("start");
     let mut out = t.take_stdout().expect("stdout");
     first_line(&mut out).await;
     drop(t);
@@ -456,12 +459,12 @@ async fn a_restarted_server_removes_what_turns_and_dead_servers_left() {
 
     // A turn left running (its server "crashed": the turn is forgotten, not finished).
     let label = format!("{s}.1");
-    let mut t = r.start(sleeper(&env, &label)).await.expect("start");
+    let mut t = r.start_turn(sleeper(&env, &label)).await.expect("start");
     first_line(&mut t.take_stdout().expect("stdout")).await;
     std::mem::forget(t);
     // A new runner (the restarted server) removes it by its label.
     let again = runner(&state).await;
-    assert_eq!(again.clean_up(&label).await, 1);
+    assert_eq!(again.remove_turn(&label).await, 1);
     assert!(again.containers(LABEL, &label).await.is_empty());
 
     // A container of a server that is gone: same node, a pid that is not alive with that
@@ -499,7 +502,7 @@ async fn a_restarted_server_removes_what_turns_and_dead_servers_left() {
         .expect("create a dead server's container");
     // And one of a live server (this one): kept.
     let label3 = format!("{s}.3");
-    let mut live = r.start(sleeper(&env, &label3)).await.expect("start");
+    let mut live = r.start_turn(sleeper(&env, &label3)).await.expect("start");
     first_line(&mut live.take_stdout().expect("stdout")).await;
     assert!(again.clean_dead_servers().await >= 1);
     assert!(again.containers(LABEL, &label2).await.is_empty());
@@ -538,4 +541,162 @@ async fn a_memory_hog_is_killed_and_reported_as_out_of_memory() {
         "{}",
         ran.stderr
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The engine on the container runner: the same Manager a server runs, the real executor
+// launch (codex's flags, the prompt on stdin, the -o file read back), turns in containers.
+
+mod engine {
+    use std::time::{Duration, Instant};
+
+    use serde_json::json;
+    use tokio_util::sync::CancellationToken;
+    use zwarm::container::{ContainerRuns, LABEL_SESSION};
+    use zwarm::sessions::{DelegateRequest, Manager};
+
+    use super::*;
+
+    /// codex pointed at the mock by flags (the container gets no config file of the host's):
+    /// the key comes from an allow-listed variable this process has.
+    fn config(env: &Env, mock: &OpenAiMock) -> zwarm::config::Config {
+        let mut codex = zwarm::config::Config::default().codex;
+        codex.binary = Some(support::harness::cli_dir("codex").join("codex"));
+        // The container is the sandbox: codex's own cannot work inside one.
+        codex.sandbox = "danger-full-access".into();
+        codex.extra_args = [
+            "-c",
+            "model_provider=mock",
+            "-c",
+            &format!(
+                "model_providers.mock={{name=\"mock\",base_url=\"{}\",wire_api=\"responses\",env_key=\"CARGO_PKG_NAME\",request_max_retries=0,stream_max_retries=0}}",
+                mock.base_url()
+            ),
+            "-c",
+            "model=\"gpt-5.5\"",
+            "-c",
+            "analytics.enabled=false",
+            "--disable",
+            "plugins",
+            "--disable",
+            "unbounded_connection_retries",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        zwarm::config::Config {
+            state_dir: env.state.clone(),
+            allowed_roots: vec![env.dir.path().to_path_buf()],
+            default_adapter: "codex".into(),
+            interrupt_grace_seconds: 1,
+            codex,
+            ..Default::default()
+        }
+    }
+
+    async fn manager(env: &Env, mock: &OpenAiMock) -> (Manager, ContainerRunner) {
+        let r = runner_with(&env.dir.path().join("containers"), |c| {
+            c.env = vec!["CARGO_PKG_NAME".into()];
+        })
+        .await;
+        let m = Manager::start_with(
+            config(env, mock),
+            env.work.clone(),
+            ContainerRuns::new(r.clone()),
+        )
+        .await
+        .expect("engine starts");
+        (m, r)
+    }
+
+    fn task(t: &str, env: &Env) -> DelegateRequest {
+        DelegateRequest {
+            task: t.into(),
+            adapter: Some("codex".into()),
+            mode: Some("async".into()),
+            model: None,
+            working_dir: Some(env.work.display().to_string()),
+            isolation: None,
+            base: None,
+        }
+    }
+
+    async fn settled(m: &Manager, id: &str) -> zwarm::model::Session {
+        m.wait(id, Duration::from_secs(60), &CancellationToken::new())
+            .await
+            .expect("wait")
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_codex_session_runs_its_turns_in_containers_through_the_engine() {
+        let mock = OpenAiMock::start(json!({}));
+        let env = Env::new(Some(&mock), None);
+        mock.set_script(keyed_script("codex_keyed.json", &env.work));
+        let (m, r) = manager(&env, &mock).await;
+
+        let id = m
+            .delegate(task("@@tools please", &env))
+            .await
+            .expect("delegate");
+        let s = settled(&m, &id).await;
+        assert_eq!(s.status.as_str(), "idle", "{:?}", s.error);
+        let t = &s.turns[0];
+        assert_eq!(
+            t.response.as_deref(),
+            Some("Done: ran a command and created hello.py")
+        );
+        assert!(env.work.join("hello.py").exists());
+        assert!(s.native_id.is_some());
+
+        let (_, n) = m
+            .converse(&id, "and now say hello")
+            .await
+            .expect("converse");
+        assert_eq!(n, 2);
+        let s = settled(&m, &id).await;
+        assert_eq!(s.status.as_str(), "idle", "{:?}", s.error);
+        assert_eq!(
+            s.turns[1].response.as_deref(),
+            Some("Hello from mock model")
+        );
+        let last = mock.model_requests().last().expect("requests").body["input"].to_string();
+        assert!(
+            last.contains("@@tools please"),
+            "turn 2 did not resume the thread"
+        );
+        assert!(r.containers(LABEL_SESSION, &id).await.is_empty());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn interrupt_and_shutdown_leave_no_container() {
+        let mock = OpenAiMock::start(json!({}));
+        let env = Env::new(Some(&mock), None);
+        mock.set_script(keyed_script("codex_keyed.json", &env.work));
+        let (m, r) = manager(&env, &mock).await;
+
+        // Interrupt a turn that runs `sleep 60` inside its container.
+        let id = m.delegate(task("@@slowcmd", &env)).await.expect("delegate");
+        until_container(&r, &id).await;
+        assert!(m.interrupt(&id, "test").await.expect("interrupt"));
+        let s = settled(&m, &id).await;
+        assert!(!s.status.is_active(), "{:?}", s.status);
+        assert!(r.containers(LABEL_SESSION, &id).await.is_empty());
+
+        // Shutdown with a turn running: within 2 s, and no container left.
+        let id = m.delegate(task("@@slowcmd", &env)).await.expect("delegate");
+        until_container(&r, &id).await;
+        let t = Instant::now();
+        m.shutdown(Duration::from_secs(2)).await;
+        assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+        assert!(r.containers(LABEL_SESSION, &id).await.is_empty());
+    }
+
+    /// Wait until the session's turn runs in a container and codex has started its command.
+    async fn until_container(r: &ContainerRunner, id: &str) {
+        let until = Instant::now() + Duration::from_secs(30);
+        while r.containers(LABEL_SESSION, id).await.is_empty() {
+            assert!(Instant::now() < until, "no container for {id} within 30 s");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }

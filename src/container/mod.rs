@@ -13,10 +13,11 @@
 //!
 //! Every container carries labels: `zwarm.label` (`<session>.<turn>`), `zwarm.session` and
 //! `zwarm.server` (node, pid and start time of the zwarm that started it), so a restarted zwarm
-//! removes what a turn or a dead server left ([`ContainerRunner::clean_up`],
+//! removes what a turn or a dead server left ([`ContainerRunner::remove_turn`],
 //! [`ContainerRunner::clean_dead_servers`]).
 
 pub mod config;
+mod runner;
 mod state;
 mod turn;
 
@@ -33,6 +34,7 @@ use bollard::query_parameters::{
 use tokio::io::AsyncRead;
 
 pub use config::{ContainerConfig, Network, RunnerConfig, RunnerKind};
+pub use runner::{ContainerRuns, from_config};
 pub use turn::{ContainerFinished, ContainerTurn};
 
 /// An output stream of a container turn (stdout or stderr, demultiplexed).
@@ -164,7 +166,7 @@ impl ContainerRunner {
 
     /// Start one turn: create its container (attached before it starts, so no output is
     /// lost), start it and feed it its stdin.
-    pub async fn start(&self, spec: TurnSpec) -> Result<ContainerTurn, ContainerError> {
+    pub async fn start_turn(&self, spec: TurnSpec) -> Result<ContainerTurn, ContainerError> {
         let session = session_of(&spec.label);
         if !valid_name(&spec.label) || !valid_name(session) {
             return Err(ContainerError::Label(spec.label.clone()));
@@ -326,7 +328,7 @@ impl ContainerRunner {
 
     /// Remove whatever a turn labelled `label` left (its server died, or its supervisor
     /// failed). Returns how many containers went.
-    pub async fn clean_up(&self, label: &str) -> usize {
+    pub async fn remove_turn(&self, label: &str) -> usize {
         let ids = self.containers(LABEL, label).await;
         for id in &ids {
             remove_container(&self.docker, id).await;

@@ -113,25 +113,13 @@ impl ContainerTurn {
             return;
         }
         let by = deadline.unwrap_or_else(|| Instant::now() + grace + STOP_BOUND);
-        self.kill("SIGINT").await;
+        let _ = tokio::time::timeout_at(by, kill(&self.docker, &self.id, "SIGINT")).await;
         let soft = (Instant::now() + grace).min(by);
         if tokio::time::timeout_at(soft, self.wait()).await.is_err() {
-            self.kill("SIGKILL").await;
+            let _ = tokio::time::timeout_at(by, kill(&self.docker, &self.id, "SIGKILL")).await;
             let _ = tokio::time::timeout_at(by, self.wait()).await;
         }
         self.exited = true;
-    }
-
-    async fn kill(&self, signal: &str) {
-        let _ = self
-            .docker
-            .kill_container(
-                &self.id,
-                Some(KillContainerOptions {
-                    signal: signal.into(),
-                }),
-            )
-            .await;
     }
 
     /// After the end: the exit status and OOM flag, the files read back; the container is
@@ -187,6 +175,17 @@ impl Drop for ContainerTurn {
             rt.spawn(async move { super::remove_container(&docker, &id).await });
         }
     }
+}
+
+async fn kill(docker: &Docker, id: &str, signal: &str) {
+    let _ = docker
+        .kill_container(
+            id,
+            Some(KillContainerOptions {
+                signal: signal.into(),
+            }),
+        )
+        .await;
 }
 
 /// Wait for the container to stop: the daemon answers when it is not running (at once if it

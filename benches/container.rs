@@ -5,7 +5,7 @@
 //!
 //! For two turns, a trivial program (`true`: the runner's own cost) and a trivial real codex
 //! turn against the scripted model server:
-//! - local: a child process of this bench (what the local runner does);
+//! - local: the local runner (a child process in its own process group or cgroup);
 //! - container per turn: the container runner (create, attach, start, wait, inspect, remove);
 //! - container per session: one long-lived container, each turn a `docker exec` into it.
 
@@ -24,7 +24,9 @@ use futures::StreamExt;
 use serde_json::json;
 use support::harness::{Env, keyed_script};
 use support::mock_openai::OpenAiMock;
-use zwarm::container::{ContainerConfig, ContainerRunner, Network, TurnSpec};
+use zwarm::container::{ContainerConfig, ContainerRunner, ContainerRuns, Network};
+use zwarm::runner::local::LocalRunner;
+use zwarm::runner::{Launch, Runner};
 
 const RUNS: usize = 12;
 
@@ -60,26 +62,11 @@ fn native_codex() -> PathBuf {
     zwarm::executor::native_codex_for(&wrapper).unwrap_or(wrapper)
 }
 
-async fn local(program: &Path, args: &[String], env: &[(String, String)], cwd: &Path) -> Duration {
+/// One turn on a runner, as the engine drives it: start, drain both streams, wait, finish.
+async fn turn(r: &dyn Runner, launch: Launch) -> Duration {
     let t = Instant::now();
-    let status = tokio::process::Command::new(program)
-        .args(args)
-        .envs(env.iter().cloned())
-        .current_dir(cwd)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .await
-        .expect("run locally");
-    assert!(status.success(), "{program:?} failed locally");
-    t.elapsed()
-}
-
-async fn per_turn(r: &ContainerRunner, spec: TurnSpec) -> Duration {
-    let t = Instant::now();
-    let mut turn = r.start_turn(spec).await.expect("start");
-    let (mut out, mut err) = (turn.take_stdout(), turn.take_stderr());
+    let running = r.start(launch).await.expect("start");
+    let (mut out, mut err, mut control) = (running.stdout, running.stderr, running.control);
     let drain = tokio::spawn(async move {
         let mut sink = tokio::io::sink();
         if let Some(o) = out.as_mut() {
@@ -89,13 +76,14 @@ async fn per_turn(r: &ContainerRunner, spec: TurnSpec) -> Duration {
             let _ = tokio::io::copy(e, &mut sink).await;
         }
     });
-    turn.wait().await;
-    let f = turn.finish().await;
+    control.wait().await;
+    let f = control.finish().await;
     let _ = drain.await;
     assert_eq!(
         f.exit.and_then(|e| e.code()),
         Some(0),
-        "container turn failed"
+        "{} turn failed",
+        r.name()
     );
     t.elapsed()
 }
@@ -184,27 +172,31 @@ async fn main() {
     ];
     let exec_env: Vec<String> = codex_env.iter().map(|(k, v)| format!("{k}={v}")).collect();
     let cargs = codex_args(&env.work);
-    let spec = |n: usize, program: &str, args: &[String], env_set: &[(String, String)]| TurnSpec {
-        program: program.into(),
+    let launch = |n: usize, program: &Path, args: &[String], env_set: &[(String, String)]| Launch {
+        program: program.to_path_buf(),
         args: args.iter().map(Into::into).collect(),
         cwd: env.work.clone(),
         env_set: env_set.to_vec(),
         label: format!("bench.{n}"),
-        ..TurnSpec::default()
+        ..Launch::default()
     };
+    let local = LocalRunner::new();
+    let containers = ContainerRuns::new(r);
+    let truth = PathBuf::from("/bin/true");
 
     let (mut lt, mut ct, mut st) = (Vec::new(), Vec::new(), Vec::new());
     let (mut lc, mut cc, mut sc) = (Vec::new(), Vec::new(), Vec::new());
     // Warm-up: one of each, not counted.
-    per_turn(&r, spec(0, "true", &[], &[])).await;
+    turn(&*containers, launch(0, &truth, &[], &[])).await;
+    turn(&local, launch(0, &truth, &[], &[])).await;
     per_session(&docker, &session, vec!["true".into()], vec![]).await;
     // Interleaved, so load on the machine hits all variants alike.
     for i in 0..RUNS {
-        lt.push(local(Path::new("true"), &[], &[], &env.work).await);
-        ct.push(per_turn(&r, spec(2 * i + 1, "true", &[], &[])).await);
+        lt.push(turn(&local, launch(2 * i + 1, &truth, &[], &[])).await);
+        ct.push(turn(&*containers, launch(2 * i + 1, &truth, &[], &[])).await);
         st.push(per_session(&docker, &session, vec!["true".into()], vec![]).await);
-        lc.push(local(&codex, &cargs, &codex_env, &env.work).await);
-        cc.push(per_turn(&r, spec(2 * i + 2, "codex", &cargs, &codex_env)).await);
+        lc.push(turn(&local, launch(2 * i + 2, &codex, &cargs, &codex_env)).await);
+        cc.push(turn(&*containers, launch(2 * i + 2, &codex, &cargs, &codex_env)).await);
         let mut cmd = vec!["codex".to_string()];
         cmd.extend(cargs.iter().cloned());
         sc.push(per_session(&docker, &session, cmd, exec_env.clone()).await);
@@ -214,7 +206,7 @@ async fn main() {
     let report = |what: &str, l: Vec<Duration>, c: Vec<Duration>, s: Vec<Duration>| {
         let (l, c, s) = (median(l), median(c), median(s));
         println!("{what} (median of {RUNS}):");
-        println!("  local child              {:8.1} ms", ms(l));
+        println!("  local runner             {:8.1} ms", ms(l));
         println!(
             "  container per turn       {:8.1} ms  (+{:.1} ms, {:.2}x)",
             ms(c),

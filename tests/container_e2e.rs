@@ -691,6 +691,40 @@ mod engine {
         assert!(r.containers(LABEL_SESSION, &id).await.is_empty());
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_worktree_session_in_containers_merges_back_like_a_local_one() {
+        let mock = OpenAiMock::start(json!({}));
+        let env = Env::new(Some(&mock), None);
+        mock.set_script(keyed_script("codex_keyed.json", &env.work));
+        let g = support::harness::git;
+        g(&env.work, &["init", "-q", "-b", "main"]);
+        std::fs::write(env.work.join("README"), "project\n").expect("write");
+        g(&env.work, &["add", "-A"]);
+        g(&env.work, &["commit", "-q", "-m", "initial"]);
+        let (m, _r) = manager(&env, &mock).await;
+
+        let mut req = task("@@tools please", &env);
+        req.isolation = Some("worktree".into());
+        let id = m.delegate(req).await.expect("delegate");
+        let s = settled(&m, &id).await;
+        assert_eq!(s.status.as_str(), "idle", "{:?}", s.error);
+        // The turn wrote into the session's worktree (mounted), not into the checkout.
+        assert!(!env.work.join("hello.py").exists());
+        let (_, _, integrated) = m
+            .end_integrated(
+                &id,
+                zwarm::model::SessionStatus::Completed,
+                Some("done".into()),
+                Some("merge"),
+            )
+            .await
+            .expect("end with merge");
+        let i = integrated.expect("a worktree session integrates");
+        assert!(i.merged, "not merged");
+        let hello = std::fs::read_to_string(env.work.join("hello.py")).expect("merged hello.py");
+        assert!(hello.contains("hi from apply_patch"));
+    }
+
     /// Wait until the session's turn runs in a container and codex has started its command.
     async fn until_container(r: &ContainerRunner, id: &str) {
         let until = Instant::now() + Duration::from_secs(30);

@@ -734,3 +734,33 @@ mod engine {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_checks_the_daemon_the_image_and_the_clis_in_it() {
+    let env = Env::new(None, None);
+    let state = env.dir.path().join("containers");
+    let cfg = ContainerConfig {
+        image: image(),
+        ..ContainerConfig::default()
+    };
+    let checks = zwarm::container::doctor::check(&cfg, &state, &["codex", "claude"]).await;
+    assert!(checks.iter().all(|c| c.ok), "{checks:#?}");
+    assert!(checks[1].detail.contains("codex-cli"), "{checks:#?}");
+    assert!(checks[2].detail.contains("Claude Code"), "{checks:#?}");
+    // The scratch sessions are gone.
+    assert_eq!(std::fs::read_dir(&state).map(|d| d.count()).unwrap_or(0), 0);
+
+    let missing = ContainerConfig {
+        image: "zwarm-no-such-image:0".into(),
+        ..ContainerConfig::default()
+    };
+    let checks = zwarm::container::doctor::check(&missing, &state, &["codex"]).await;
+    assert_eq!(checks.len(), 1, "{checks:#?}");
+    assert!(!checks[0].ok);
+    assert!(
+        checks[0]
+            .detail
+            .contains("`zwarm-no-such-image:0` is not on the Docker daemon"),
+        "{checks:#?}"
+    );
+}

@@ -17,6 +17,7 @@
 //! [`ContainerRunner::clean_dead_servers`]).
 
 pub mod config;
+pub mod doctor;
 mod runner;
 mod state;
 mod turn;

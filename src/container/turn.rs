@@ -137,10 +137,14 @@ impl ContainerTurn {
             Some(s) => (None, s.oom_killed.unwrap_or(false)),
             None => (None, false),
         };
+        // The pump ends with the container's stream; it reports an OOM kill on stderr before it
+        // closes, which needs the container still there. A stuck connection is not waited on.
+        if !running && let Some(p) = self.pump.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(2), p).await;
+        }
         super::remove_container(&self.docker, &self.id).await;
         self.removed = true;
         if let Some(p) = self.pump.take() {
-            // The stream ends with the container; a stuck daemon connection is not waited on.
             let _ = tokio::time::timeout(Duration::from_secs(2), p).await;
         }
         let pairs = std::mem::take(&mut self.read_back);

@@ -224,6 +224,14 @@ async fn codex_in_a_container_writes_into_the_workspace_and_resumes() {
         two.finished.files[0].1.as_deref(),
         Some("Hello from mock model")
     );
+    // When the session ends for good its state goes.
+    let state = env.dir.path().join("containers").join(&s);
+    assert!(
+        state.join("codex/sessions").is_dir(),
+        "codex kept its thread there"
+    );
+    r.forget_session(&s).await.expect("forget");
+    assert!(!state.exists());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

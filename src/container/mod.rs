@@ -311,6 +311,25 @@ impl ContainerRunner {
         env.into_iter().map(|(k, v)| format!("{k}={v}")).collect()
     }
 
+    /// Remove a session's container state (the executor's home, config and threads): for
+    /// when the session has ended for good. Its containers are removed first.
+    pub async fn forget_session(&self, session: &str) -> Result<(), ContainerError> {
+        if !valid_name(session) {
+            return Err(ContainerError::Label(session.to_string()));
+        }
+        for id in self.containers(LABEL_SESSION, session).await {
+            remove_container(&self.docker, &id).await;
+        }
+        let dir = self.state_root.join(session);
+        tokio::task::spawn_blocking(move || match std::fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        })
+        .await
+        .map_err(|e| std::io::Error::other(e.to_string()))??;
+        Ok(())
+    }
+
     /// IDs of the containers carrying `label=value` (running or not).
     pub async fn containers(&self, label: &str, value: &str) -> Vec<String> {
         let filters = HashMap::from([("label".to_string(), vec![format!("{label}={value}")])]);

@@ -134,6 +134,7 @@ async fn main() {
     )
     .await
     .unwrap_or_else(|e| panic!("{e}: see docs/containers.md for the set-up"));
+    r.remove_turn("bench.session").await;
     let docker = Docker::connect_with_local_defaults()
         .expect("docker")
         .negotiate_version()
@@ -149,6 +150,14 @@ async fn main() {
             ContainerCreateBody {
                 image: Some(image()),
                 cmd: Some(vec!["sleep".into(), "infinity".into()]),
+                // Labelled like a turn, so a failed run's leftover goes at the next start.
+                labels: Some(
+                    [(
+                        zwarm::container::LABEL.to_string(),
+                        "bench.session".to_string(),
+                    )]
+                    .into(),
+                ),
                 host_config: Some(HostConfig {
                     binds: Some(vec![format!("{work}:{work}"), format!("{home}:{home}")]),
                     network_mode: Some("host".into()),

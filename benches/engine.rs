@@ -15,16 +15,23 @@
 //!    start, which may import the old format, is reported on its own), and peak RSS (VmHWM).
 //! 3. A 2,000-event turn: the fake run directly vs a sync `delegate`.
 //! 4. `check_session` latency (p50, max) while 4 paced 2,000-event turns stream (async).
-//! 5. Throughput: 100 async `delegate`s of a trivial turn sent back to back, until all have
-//!    finished, against the same 100 runs of the fake started directly, 8 at a time (zwarm's
-//!    default `max_running`); and how long accepting each async `delegate` took meanwhile.
+//! 5. Throughput: 100 async `delegate`s of a trivial turn, until all have finished, against the
+//!    same 100 runs of the fake started directly, 8 at a time (zwarm's default `max_running`),
+//!    in rounds (direct, then zwarm twice, so a slow spell hits all three; ratios within a
+//!    round, median and min over the rounds). The calls are sent two ways: *sequential* (each
+//!    reply awaited before the next call: a host calling one tool at a time) and *pipelined*
+//!    (all 100 written back to back before any reply is read: parallel tool calls). Also: the
+//!    time until all 100 were answered, and how long answering each took.
 //!
 //! Environment:
 //! - `ZWARM_BENCH_BIN`: the binary under test (default: this crate's `zwarm`);
 //! - `ZWARM_BENCH_BASELINE_BIN`: an optional second binary (e.g. the 0.2 release), measured with
 //!   the same scenarios in the same run and shown side by side, with ratios this/baseline;
 //! - `ZWARM_BENCH_QUICK=1`: fewer runs;
-//! - `ZWARM_BENCH_ONLY=1,5`: only these scenarios.
+//! - `ZWARM_BENCH_ONLY=1,5`: only these scenarios;
+//! - `ZWARM_BENCH_STRACE=1`: run each server under `strace -f -c` and report its fsync +
+//!   fdatasync calls per turn in scenario 5 (a diagnostic: tracing slows the server's forks,
+//!   so the times of such a run are not comparable).
 //!
 //! Slow scenarios have a time budget: a binary that needs far longer per run gets fewer runs
 //! (at least one), shown as `n=…` next to its figure. The scenario itself never changes.
@@ -68,6 +75,8 @@ struct Plan {
     /// 2,000-event turns through zwarm (scenario 3), and their time budget.
     big_runs: usize,
     big_budget: Duration,
+    /// Rounds of scenario 5 (each: direct, sequential, pipelined).
+    throughput_rounds: usize,
 }
 
 impl Plan {
@@ -81,6 +90,7 @@ impl Plan {
                 calls: 3,
                 big_runs: 1,
                 big_budget: Duration::from_secs(30),
+                throughput_rounds: 3,
             }
         } else {
             Plan {
@@ -91,6 +101,7 @@ impl Plan {
                 calls: 10,
                 big_runs: 5,
                 big_budget: Duration::from_secs(90),
+                throughput_rounds: 5,
             }
         }
     }
@@ -101,6 +112,7 @@ enum Unit {
     Time,
     Mb,
     Ratio,
+    Count,
 }
 
 #[derive(Clone)]
@@ -164,6 +176,7 @@ impl Cell {
             }
             Unit::Mb => format!("{:.1} MB", self.value / 1024.0),
             Unit::Ratio => format!("{:.2}×", self.value),
+            Unit::Count => format!("{:.2}", self.value),
         };
         if let Some(n) = &self.note {
             let _ = write!(s, " ({n})");
@@ -238,6 +251,8 @@ struct Server {
     client: Option<RunningService<RoleClient, ()>>,
     pid: u32,
     stderr_path: PathBuf,
+    /// Where `strace -c` writes its syscall summary, when the server runs under it.
+    strace: Option<PathBuf>,
 }
 
 impl Server {
@@ -254,7 +269,21 @@ impl Server {
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let stderr_path = scratch.join(format!("zwarm-{n}.stderr"));
         let stderr = std::fs::File::create(&stderr_path).expect("create stderr file");
-        let mut cmd = tokio::process::Command::new(&bin.path);
+        // `ZWARM_BENCH_STRACE=1`: count the server's fsync/fdatasync calls (a diagnostic run:
+        // tracing slows the server's forks, so its times are not comparable).
+        let strace = std::env::var("ZWARM_BENCH_STRACE")
+            .is_ok_and(|v| !v.is_empty() && v != "0")
+            .then(|| scratch.join(format!("strace-{n}.txt")));
+        let mut cmd = match &strace {
+            Some(out) => {
+                let mut c = tokio::process::Command::new("strace");
+                c.args(["-f", "-c", "-e", "trace=fsync,fdatasync", "-o"])
+                    .arg(out)
+                    .arg(&bin.path);
+                c
+            }
+            None => tokio::process::Command::new(&bin.path),
+        };
         cmd.arg("serve").arg("--state-dir").arg(state);
         for s in sets {
             cmd.arg("--set").arg(s);
@@ -279,6 +308,7 @@ impl Server {
             client: None,
             pid,
             stderr_path,
+            strace,
         };
         match tokio::time::timeout(Duration::from_secs(300), ().serve(transport)).await {
             Ok(Ok(c)) => server.client = Some(c),
@@ -1286,9 +1316,30 @@ async fn check_while_streaming(ctx: &Ctx, bin: &Bin, out: &mut Results) {
 const THROUGHPUT_TURNS: usize = 100;
 const THROUGHPUT_CONCURRENCY: usize = 8;
 
-/// Scenario 5: throughput of many small async turns, against the same runs started directly.
-async fn throughput(ctx: &Ctx, bin: &Bin, out: &mut Results) {
-    // Direct: the same fake, 100 runs, 8 at a time.
+/// How a batch of scenario 5 sends its 100 async `delegate`s.
+#[derive(Clone, Copy, PartialEq)]
+enum Calls {
+    /// Each call's reply awaited before the next is sent (a host that calls one tool at a time).
+    Sequential,
+    /// All 100 sent back to back without waiting (a host with parallel tool calls, or any
+    /// client that does not wait for each reply); the replies come in any order.
+    Pipelined,
+}
+
+/// One batch of scenario 5 through zwarm.
+struct Batch {
+    /// From the first call sent to the last `delegate` answered.
+    accepted: Duration,
+    /// From the first call sent to every turn finished.
+    total: Duration,
+    /// How long each `delegate` took to answer (from when it was sent).
+    accept: Vec<Duration>,
+    /// fsync + fdatasync calls of the server during the whole batch (`ZWARM_BENCH_STRACE`).
+    syncs: Option<u64>,
+}
+
+/// The same 100 runs of the fake started directly, 8 at a time.
+fn throughput_direct(ctx: &Ctx) -> Duration {
     let t = Instant::now();
     let next = std::sync::atomic::AtomicUsize::new(0);
     std::thread::scope(|s| {
@@ -1300,9 +1351,12 @@ async fn throughput(ctx: &Ctx, bin: &Bin, out: &mut Results) {
             });
         }
     });
-    let direct = t.elapsed();
+    t.elapsed()
+}
 
-    let state = ctx.state_dir(bin, "throughput");
+/// 100 async `delegate`s through a fresh server (one warm-up turn first), until all finished.
+async fn throughput_batch(ctx: &Ctx, bin: &Bin, name: &str, how: Calls) -> Batch {
+    let state = ctx.state_dir(bin, name);
     let (srv, _) = Server::start(
         bin,
         &state,
@@ -1320,21 +1374,36 @@ async fn throughput(ctx: &Ctx, bin: &Bin, out: &mut Results) {
         )
         .await;
     assert_eq!(r["status"], "idle", "warm-up did not finish: {r}");
+    let one = |i: usize| {
+        let srv = &srv;
+        async move {
+            let a = Instant::now();
+            let r = srv
+                .ok(
+                    "delegate",
+                    json!({"task": format!("trivial turn {i}"), "mode": "async"}),
+                    Duration::from_secs(120),
+                )
+                .await;
+            let id = r["session_id"].as_str().expect("session_id").to_string();
+            (a.elapsed(), id)
+        }
+    };
     let t = Instant::now();
-    let mut ids = Vec::with_capacity(THROUGHPUT_TURNS);
-    let mut accept = Vec::with_capacity(THROUGHPUT_TURNS);
-    for i in 0..THROUGHPUT_TURNS {
-        let a = Instant::now();
-        let r = srv
-            .ok(
-                "delegate",
-                json!({"task": format!("trivial turn {i}"), "mode": "async"}),
-                Duration::from_secs(60),
-            )
-            .await;
-        accept.push(a.elapsed());
-        ids.push(r["session_id"].as_str().expect("session_id").to_string());
-    }
+    let answers = match how {
+        Calls::Sequential => {
+            let mut v = Vec::with_capacity(THROUGHPUT_TURNS);
+            for i in 0..THROUGHPUT_TURNS {
+                v.push(one(i).await);
+            }
+            v
+        }
+        // One task polls all 100 calls: each is written to the server's stdin when first
+        // polled, i.e. all back to back, before any reply is read.
+        Calls::Pipelined => futures::future::join_all((0..THROUGHPUT_TURNS).map(one)).await,
+    };
+    let accepted = t.elapsed();
+    let (accept, ids): (Vec<Duration>, Vec<String>) = answers.into_iter().unzip();
     for chunk in ids.chunks(50) {
         let r = srv
             .ok(
@@ -1349,30 +1418,126 @@ async fn throughput(ctx: &Ctx, bin: &Bin, out: &mut Results) {
             assert_eq!(s["status"], "idle", "a turn did not finish: {s}");
         }
     }
-    let via = t.elapsed();
+    let total = t.elapsed();
+    let strace = srv.strace.clone();
     srv.stop().await;
-    let accept_max = accept.iter().copied().max().unwrap_or_default();
-    let accept_p50 = median(accept);
+    Batch {
+        accepted,
+        total,
+        accept,
+        syncs: strace.map(|p| strace_syncs(&p)),
+    }
+}
+
+/// fsync + fdatasync calls in a `strace -c` summary.
+fn strace_syncs(path: &Path) -> u64 {
+    let text = std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    text.lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            match f.last() {
+                Some(&"fsync") | Some(&"fdatasync") => f.get(3)?.parse::<u64>().ok(),
+                _ => None,
+            }
+        })
+        .sum()
+}
+
+fn min_med(mut v: Vec<f64>) -> (f64, f64) {
+    v.sort_by(f64::total_cmp);
+    (v[0], v[v.len() / 2])
+}
+
+/// Scenario 5: throughput of many small async turns, against the same runs started directly,
+/// in rounds: each round measures the direct runs, then zwarm with the calls sent one at a
+/// time, then zwarm with the calls pipelined, so a slow spell of the (shared) machine hits
+/// all three; ratios are taken within a round. Figures: median over the rounds, min noted.
+async fn throughput(ctx: &Ctx, bin: &Bin, out: &mut Results) {
+    let rounds = ctx.plan.throughput_rounds;
+    let mut direct = Vec::new();
+    let mut per: Vec<(Calls, &str, Vec<Batch>)> = vec![
+        (Calls::Sequential, "sequential", Vec::new()),
+        (Calls::Pipelined, "pipelined", Vec::new()),
+    ];
+    for round in 0..rounds {
+        let d = throughput_direct(ctx);
+        eprintln!("    round {round}: direct {:.0} ms", d.as_secs_f64() * 1e3);
+        direct.push(d);
+        for (how, name, batches) in per.iter_mut() {
+            let dir = format!("throughput-{name}-{round}");
+            let b = throughput_batch(ctx, bin, &dir, *how).await;
+            eprintln!(
+                "    round {round}: {name}: all answered {:.0} ms, all finished {:.0} ms ({:.2}× direct){}",
+                b.accepted.as_secs_f64() * 1e3,
+                b.total.as_secs_f64() * 1e3,
+                b.total.as_secs_f64() / d.as_secs_f64(),
+                b.syncs.map(|n| format!(", {n} fsyncs")).unwrap_or_default()
+            );
+            batches.push(b);
+        }
+    }
+    let secs = |v: Vec<f64>| {
+        let n = v.len();
+        let (min, med) = min_med(v);
+        Cell::secs(med).note(format!("min {}, n={n}", Cell::secs(min).render()))
+    };
+    let ratio = |v: Vec<f64>| {
+        let n = v.len();
+        let (min, med) = min_med(v);
+        Cell::ratio(med).note(format!("min {min:.2}×, n={n}"))
+    };
     out.put(
         "throughput: 100 trivial runs started directly, 8 at a time",
-        Cell::time(direct),
+        secs(direct.iter().map(Duration::as_secs_f64).collect()),
     );
-    out.put(
-        "throughput: 100 async `delegate`s, all finished",
-        Cell::time(via),
-    );
-    out.put(
-        "throughput: **zwarm / direct**",
-        Cell::ratio(via.as_secs_f64() / direct.as_secs_f64().max(1e-9)),
-    );
-    out.put(
-        "throughput: accepting one async `delegate` (p50)",
-        Cell::time(accept_p50),
-    );
-    out.put(
-        "throughput: accepting one async `delegate` (max)",
-        Cell::time(accept_max),
-    );
+    for (_, name, batches) in &per {
+        out.put(
+            format!("throughput, {name}: all 100 async `delegate`s answered"),
+            secs(batches.iter().map(|b| b.accepted.as_secs_f64()).collect()),
+        );
+        out.put(
+            format!("throughput, {name}: 100 async `delegate`s, all finished"),
+            secs(batches.iter().map(|b| b.total.as_secs_f64()).collect()),
+        );
+        out.put(
+            format!("throughput, {name}: **zwarm / direct**"),
+            ratio(
+                batches
+                    .iter()
+                    .zip(&direct)
+                    .map(|(b, d)| b.total.as_secs_f64() / d.as_secs_f64().max(1e-9))
+                    .collect(),
+            ),
+        );
+        let all: Vec<Duration> = batches.iter().flat_map(|b| b.accept.clone()).collect();
+        let max = all.iter().copied().max().unwrap_or_default();
+        out.put(
+            format!("throughput, {name}: answering one async `delegate` (p50, all rounds)"),
+            Cell::time(median(all)),
+        );
+        out.put(
+            format!("throughput, {name}: answering one async `delegate` (max, all rounds)"),
+            Cell::time(max),
+        );
+        let syncs: Vec<f64> = batches
+            .iter()
+            .filter_map(|b| b.syncs)
+            .map(|n| n as f64 / (THROUGHPUT_TURNS + 1) as f64)
+            .collect();
+        if !syncs.is_empty() {
+            let n = syncs.len();
+            let (min, med) = min_med(syncs);
+            out.put(
+                format!("throughput, {name}: fsyncs per turn (strace)"),
+                Cell {
+                    value: med,
+                    unit: Unit::Count,
+                    note: Some(format!("min {min:.2}, n={n}")),
+                },
+            );
+        }
+    }
 }
 
 fn fsync_probe(dir: &Path) -> String {

@@ -163,7 +163,8 @@ pub struct ClaudeConfig {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            default_adapter: "codex".into(),
+            // The first registered executor.
+            default_adapter: crate::model::Adapter::ALL[0].as_str().into(),
             // Empty: not chosen; `load` puts the default here.
             state_dir: PathBuf::new(),
             allowed_roots: vec![],
@@ -421,9 +422,16 @@ pub fn load(src: &Sources) -> Result<Config, ConfigError> {
 /// Checks serde cannot make: ranges and values.
 fn validate(cfg: &Config) -> Result<(), ConfigError> {
     if crate::model::Adapter::parse(&cfg.default_adapter).is_none() {
+        // The executors' names (the registry's order; config sits below the executors, which
+        // read it, so it takes the names from the adapters they are registered by).
+        let names: Vec<String> = crate::model::Adapter::ALL
+            .iter()
+            .map(|a| format!("`{}`", a.as_str()))
+            .collect();
         return Err(ConfigError::Invalid(format!(
-            "default_adapter is `{}`; use `codex` or `claude`",
-            cfg.default_adapter
+            "default_adapter is `{}`; use {}",
+            cfg.default_adapter,
+            names.join(" or ")
         )));
     }
     if cfg.max_running == 0 {

@@ -57,9 +57,10 @@ impl Usage {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum UsageScope {
-    /// Codex: `turn.completed.usage` keeps growing across `exec resume` processes.
+    /// The figure keeps growing across the processes that resume one native thread (each
+    /// turn's usage is the difference to the previous report).
     Thread,
-    /// Claude: `result.usage` counts only the current `claude -p` run.
+    /// The figure counts only the current process: it is the turn's.
     Invocation,
 }
 
@@ -368,6 +369,10 @@ pub enum LogEvent {
         commit: Value,
         fast_forward: Value,
         already_merged: Value,
+        /// Symlinks pointing outside the repository the merge brought (`path -> target`),
+        /// accepted by whoever ended the session.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        outside_links: Vec<String>,
     },
     WorktreeRemoved {
         worktree: String,

@@ -56,6 +56,12 @@ enum Command {
 }
 
 fn main() {
+    // The helper that kills a dead server's turns (started by the server itself).
+    if std::env::args_os().nth(1).as_deref()
+        == Some(std::ffi::OsStr::new(zwarm::process::REAPER_ARG))
+    {
+        std::process::exit(zwarm::process::run_reaper());
+    }
     let cli = Cli::parse();
     // Terminal commands log only warnings (their output is the point); `serve` installs its
     // own subscriber below (with the trace exporter when configured).
@@ -115,19 +121,14 @@ async fn serve(
     telemetry: Option<zwarm::telemetry::Telemetry>,
 ) -> anyhow::Result<i32> {
     zwarm::process::become_subreaper();
-    let pref = match (cfg.containment.as_str(), &cfg.cgroup_parent) {
-        ("process-group", _) => zwarm::process::ContainmentPreference::ProcessGroup,
-        (_, Some(dir)) => zwarm::process::ContainmentPreference::CgroupParent(dir.clone()),
-        _ => zwarm::process::ContainmentPreference::Auto,
-    };
-    let mode = tokio::task::spawn_blocking(move || zwarm::process::configure_containment(pref))
+    // The local runner with its own containment and reaper (probing and starting the helper
+    // block for a few milliseconds).
+    let c = cfg.clone();
+    let runner = tokio::task::spawn_blocking(move || zwarm::cli::local_runner(&c))
         .await
-        .unwrap_or("process-group");
-    tracing::info!(containment = mode, "executor containment");
-    let project_dir = cfg.project_dir.clone();
-    let manager = zwarm::sessions::Manager::start(cfg, project_dir)
-        .await
-        .context("opening the state directory")?;
+        .context("setting up executor containment")?;
+    tracing::info!(containment = runner.mode_name(), "executor containment");
+    let manager = zwarm::cli::start_manager(cfg, Arc::new(runner)).await?;
     tracing::info!(state_dir = %manager.state_dir().display(), version = env!("CARGO_PKG_VERSION"), "zwarm serving MCP on stdio");
     let ct = CancellationToken::new();
     tokio::spawn(cancel_on_signal(ct.clone()));

@@ -23,6 +23,9 @@ pub enum Adapter {
 }
 
 impl Adapter {
+    /// Every adapter, in the order of the executor registry.
+    pub const ALL: &[Adapter] = &[Adapter::Codex, Adapter::Claude];
+
     /// Accepts the names and the seed's aliases (`codex_mcp`, `claude_code`).
     pub fn parse(s: &str) -> Option<Adapter> {
         match s.trim().to_ascii_lowercase().as_str() {

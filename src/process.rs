@@ -9,37 +9,44 @@
 //!
 //! **Containment.** Where cgroup v2 is writable (root, or a delegated subtree), every turn's
 //! executor is moved into its own cgroup before it execs (`<own cgroup>/zwarm/turn-<marker>`,
-//! or under a parent set with [`configure_containment`]). Nothing a turn starts can leave that
-//! cgroup — not even `setsid env -i …` — and `cgroup.kill` stops all of it at once. Otherwise
+//! or under the parent given by [`ContainmentPreference::CgroupParent`]). Nothing a turn
+//! starts can leave that cgroup — not even `setsid env -i …` — unless it runs as root (the
+//! [`Reaper`] kills one it saw there, at the turn's end), and `cgroup.kill` stops all of it
+//! at once. Otherwise
 //! zwarm falls back to the process group plus a marker: each turn's executor gets
 //! `ZWARM_TURN=<id>`, which its commands inherit, and when the turn ends every process still
 //! carrying the marker is killed. In that mode a command that both leaves the group (`setsid`)
 //! and clears its environment (`env -i`) escapes; that is the fallback's known limit.
-//! [`containment_mode`] says which mode is in use; the reason for a fallback is logged.
+//! [`Containment::mode_name`] says which mode is in use; the reason for a fallback is logged.
 //!
 //! **Stopping** is an escalation — SIGINT (both CLIs then kill the tool command they are
 //! running), a grace period, SIGTERM, then SIGKILL of the group and `cgroup.kill` — because
 //! SIGTERM alone orphans the command a CLI was running (EXECUTORS.md §A.8, §B.6).
-//! [`stop_turn`] fits the whole sequence into a deadline, using only tokio timers on the async
-//! side; /proc scans and waits for the kernel run on the blocking pool.
+//! [`Containment::stop_turn`] fits the whole sequence into a deadline, using only tokio timers
+//! on the async side; /proc scans and waits for the kernel run on the blocking pool.
 //!
 //! zwarm is a child subreaper, so orphans are re-parented to zwarm rather than to PID 1, and
 //! are reaped here.
 //!
 //! **State.** How turns are contained (the mode, the turn cgroups made, the thread executors
-//! are forked from) is a [`Containment`] value, owned by the local runner
-//! ([`crate::runner::local::LocalRunner`]). The free functions here ([`spawn`],
-//! [`configure_containment`], [`kill_marked`], ...) act on one process-wide default value,
-//! [`Containment::shared`], which is what the local runner uses unless given its own. The
-//! one piece of state that is the process's by nature is the list of live executor pids:
-//! every runner's children are children of this one process, and the orphan reaper must
-//! not reap any of them.
+//! are forked from, the [`Reaper`] that kills them if zwarm dies) is a [`Containment`] value,
+//! owned by the local runner ([`crate::runner::local::LocalRunner`]); there is no process-wide
+//! default. The one piece of state that is the process's by nature is the list of live
+//! executor pids: every runner's children are children of this one process, and the orphan
+//! reaper (which reaps any zombie child of this process) must not reap any of them.
+//!
+//! **After zwarm's death.** The parent-death signal reaches the executor only, so a
+//! [`Reaper`] — a helper process holding a pipe from zwarm — kills what each running turn
+//! left (cgroup, process group, marked processes) when that pipe closes, within
+//! milliseconds, however zwarm ended.
 
 mod bounded;
 mod cgroup;
+mod reaper;
 mod stop;
 pub use bounded::{Bounded, run_bounded};
-pub use stop::{cleanup_after_exit, kill_marked, pid_alive, stop_turn, terminate};
+pub use reaper::{REAPER_ARG, Reaper, run as run_reaper};
+pub use stop::pid_alive;
 
 use std::ffi::OsString;
 use std::os::fd::AsRawFd;
@@ -87,7 +94,7 @@ impl std::ops::Deref for Launch {
     }
 }
 
-/// What [`spawn`] accepts: a bare [`ProcessSpec`] (stdin `/dev/null`) or a [`Launch`].
+/// What [`Containment::spawn`] accepts: a bare [`ProcessSpec`] (stdin `/dev/null`) or a [`Launch`].
 pub trait Spawnable {
     fn process_spec(&self) -> &ProcessSpec;
     fn stdin_bytes(&self) -> Option<&[u8]> {
@@ -123,8 +130,9 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Pids of live executor processes (tokio reaps those; the orphan reaper must not). The
-/// process's own: see the module docs.
+/// Pids of live executor processes (tokio reaps those; the orphan reaper must not). Global on
+/// purpose: the orphan reaper waits for *any* zombie child of this process, so it must know
+/// the executors of every runner and containment in it, and a process has one set of children.
 static EXECUTORS: Mutex<Vec<i32>> = Mutex::new(Vec::new());
 
 fn executors() -> MutexGuard<'static, Vec<i32>> {
@@ -145,14 +153,6 @@ impl Drop for ExecutorGuard {
     fn drop(&mut self) {
         forget_executor(self.0);
     }
-}
-
-/// Reap orphans that were re-parented to zwarm (a subreaper) and exited on their own: zombies
-/// whose parent is zwarm, outside zwarm's own process group, that are not executors. Also
-/// removes turn cgroups that could not be removed earlier. Blocking (reads /proc): call it
-/// from a blocking context.
-pub fn reap_orphan_zombies() -> usize {
-    Containment::shared().reap_orphan_zombies()
 }
 
 pub(crate) fn reap_zombies_now() -> usize {
@@ -208,7 +208,7 @@ pub(crate) fn proc_stat(pid: i32) -> Option<ProcStat> {
 // ---------------------------------------------------------------------------------------------
 // Containment mode
 
-/// How turns should be contained; set once at start-up with [`configure_containment`].
+/// How turns should be contained (given to [`Containment::new`]).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum ContainmentPreference {
     /// cgroup v2 under `<zwarm's own cgroup>/zwarm` when writable, else process groups.
@@ -235,12 +235,13 @@ struct ContainmentState {
     mode: Option<Mode>,
 }
 
-/// How one runner contains its turns: the mode (probed once), the turn cgroups it made, and
-/// the thread its executors are forked from.
+/// How one runner contains its turns: the mode (probed once), the turn cgroups it made, the
+/// thread its executors are forked from, and the reaper that outlives zwarm.
 pub struct Containment {
     state: Mutex<ContainmentState>,
     cgroups: Mutex<cgroup::Registry>,
     spawner: OnceLock<Mutex<std::sync::mpsc::Sender<SpawnRequest>>>,
+    reaper: OnceLock<Arc<Reaper>>,
 }
 
 impl std::fmt::Debug for Containment {
@@ -258,14 +259,24 @@ impl Containment {
             state: Mutex::new(ContainmentState { pref, mode: None }),
             cgroups: Mutex::new(cgroup::Registry::default()),
             spawner: OnceLock::new(),
+            reaper: OnceLock::new(),
         })
     }
 
-    /// The process-wide default, used by the free functions of this module (and by the local
-    /// runner unless it is given its own).
-    pub fn shared() -> &'static Arc<Containment> {
-        static SHARED: OnceLock<Arc<Containment>> = OnceLock::new();
-        SHARED.get_or_init(|| Containment::new(ContainmentPreference::Auto))
+    /// Have `reaper` kill this containment's running turns if zwarm dies. Set once, before the
+    /// first turn; returns false when a reaper was already set.
+    pub fn set_reaper(&self, reaper: Arc<Reaper>) -> bool {
+        self.reaper.set(reaper).is_ok()
+    }
+
+    /// The reaper, if one was set.
+    pub fn reaper(&self) -> Option<&Arc<Reaper>> {
+        self.reaper.get()
+    }
+
+    /// Probe the mode now if not done yet (blocking, a few milliseconds) and return its name.
+    pub fn probe(&self) -> &'static str {
+        self.mode_name()
     }
 
     /// Choose how turns are contained and probe it now (blocking, a few milliseconds).
@@ -314,32 +325,14 @@ impl Containment {
         lock(&self.state).mode = Some(Mode::Group { reason });
     }
 
-    /// Reap orphans (see [`reap_orphan_zombies`]) and retry cgroup removals that failed.
-    /// Blocking.
+    /// Reap orphans that were re-parented to zwarm (a subreaper) and exited on their own:
+    /// zombies whose parent is zwarm, outside zwarm's own process group, that are not
+    /// executors. Also retries cgroup removals that failed. Blocking (reads /proc).
     pub fn reap_orphan_zombies(&self) -> usize {
         let n = reap_zombies_now();
         cgroup::retry_removals(&self.cgroups);
         n
     }
-}
-
-/// Choose how turns are contained and probe it now (blocking, a few milliseconds). Returns
-/// the resulting mode, as [`containment_mode`]. Call it once at start-up, before the first
-/// turn; without it the first use probes with [`ContainmentPreference::Auto`]. Acts on
-/// [`Containment::shared`].
-pub fn configure_containment(pref: ContainmentPreference) -> &'static str {
-    Containment::shared().configure(pref)
-}
-
-/// `"cgroup"` when each turn runs in its own cgroup v2, `"process-group"` otherwise (see the
-/// module docs). The first call probes the system (blocking, a few milliseconds).
-pub fn containment_mode() -> &'static str {
-    Containment::shared().mode_name()
-}
-
-/// One line for diagnostics: the mode, and where the cgroups are or why there are none.
-pub fn containment_detail() -> String {
-    Containment::shared().detail()
 }
 
 fn mode_name(m: Option<&Mode>) -> &'static str {
@@ -431,35 +424,51 @@ impl Containment {
     }
 
     fn spawn_here(&self, spec: &ProcessSpec, stdin: bool, marker: &str) -> std::io::Result<Child> {
+        let child = self.spawn_contained(spec, stdin, marker)?;
+        if let Some(r) = self.reaper.get() {
+            let pgid = child.id().and_then(|p| i32::try_from(p).ok()).unwrap_or(0);
+            r.watch(marker, pgid, cgroup::find(&self.cgroups, marker).as_deref());
+        }
+        Ok(child)
+    }
+
+    fn spawn_contained(
+        &self,
+        spec: &ProcessSpec,
+        stdin: bool,
+        marker: &str,
+    ) -> std::io::Result<Child> {
         if let Mode::Cgroup { parent } = self.current_mode() {
             match cgroup::prepare(&parent, marker) {
-                Ok((dir, procs)) => match spawn_command(spec, stdin, marker, Some(&procs)) {
-                    Ok(child) => {
-                        cgroup::register(&self.cgroups, marker, dir);
-                        return Ok(child);
+                Ok((dir, procs)) => {
+                    // Known to the reaper before the executor exists: if zwarm dies from here
+                    // on, the cgroup is killed.
+                    if let Some(r) = self.reaper.get() {
+                        r.watch(marker, 0, Some(&dir));
                     }
-                    Err(e) => {
-                        let _ = std::fs::remove_dir(&dir);
-                        // Not necessarily the cgroup's fault (a missing binary fails too): only
-                        // a start that works without the cgroup proves it.
-                        let plain = spawn_command(spec, stdin, marker, None)?;
-                        self.fall_back_to_groups(format!(
-                            "moving an executor into {} failed ({e})",
-                            dir.display()
-                        ));
-                        return Ok(plain);
+                    match spawn_command(spec, stdin, marker, Some(&procs)) {
+                        Ok(child) => {
+                            cgroup::register(&self.cgroups, marker, dir);
+                            return Ok(child);
+                        }
+                        Err(e) => {
+                            let _ = std::fs::remove_dir(&dir);
+                            // Not necessarily the cgroup's fault (a missing binary fails too):
+                            // only a start that works without the cgroup proves it.
+                            let plain = spawn_command(spec, stdin, marker, None)?;
+                            self.fall_back_to_groups(format!(
+                                "moving an executor into {} failed ({e})",
+                                dir.display()
+                            ));
+                            return Ok(plain);
+                        }
                     }
-                },
+                }
                 Err(reason) => self.fall_back_to_groups(reason),
             }
         }
         spawn_command(spec, stdin, marker, None)
     }
-}
-
-/// Start an executor process with [`Containment::shared`] (see [`Containment::spawn`]).
-pub async fn spawn<S: Spawnable + ?Sized>(what: &S, marker: &str) -> std::io::Result<Child> {
-    Containment::shared().spawn(what, marker).await
 }
 
 /// Write the input to the executor's stdin, then close it.
@@ -550,9 +559,10 @@ mod tests {
 
     #[test]
     fn containment_mode_is_one_of_two_names() {
-        let m = containment_mode();
-        println!("{}", containment_detail());
+        let c = Containment::new(ContainmentPreference::Auto);
+        let m = c.probe();
+        println!("{}", c.detail());
         assert!(m == "cgroup" || m == "process-group", "{m}");
-        assert!(containment_detail().starts_with(m));
+        assert!(c.detail().starts_with(m));
     }
 }

@@ -19,14 +19,15 @@ use support::mock_openai::OpenAiMock;
 
 /// Fail (never skip) when this machine cannot give each turn its own cgroup.
 fn require_cgroup_mode() {
-    let mode = zwarm::process::containment_mode();
+    let c = zwarm::process::Containment::new(zwarm::process::ContainmentPreference::Auto);
+    let mode = c.probe();
     assert_eq!(
         mode,
         "cgroup",
         "these tests need cgroup v2 containment, but zwarm would use `{mode}` here: {}. \
          Run them as root or in a delegated, writable cgroup v2 subtree (cgroup2 mounted, \
          cgroup.kill available, Linux 5.14+).",
-        zwarm::process::containment_detail()
+        c.detail()
     );
 }
 
@@ -392,11 +393,11 @@ async fn a_task_over_the_limit_is_refused_up_front_with_size_and_limit() {
 }
 
 /// In-process: `stop_turn` keeps its deadline with an executor that ignores SIGINT and
-/// SIGTERM, and in process-group mode a marked `setsid` grandchild still dies (one test, because
-/// the containment mode is process-wide).
+/// SIGTERM, and in process-group mode a marked `setsid` grandchild still dies (each mode on a
+/// containment of its own).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stop_turn_fits_its_deadline_in_both_modes() {
-    use zwarm::process::{ContainmentPreference, ProcessSpec, configure_containment, stop_turn};
+    use zwarm::process::{Containment, ContainmentPreference, ProcessSpec};
     let dir = tempfile::tempdir().expect("tempdir");
     let pidfile = dir.path().join("gc.pid");
     let script = format!(
@@ -407,7 +408,8 @@ async fn stop_turn_fits_its_deadline_in_both_modes() {
         ContainmentPreference::Auto,
         ContainmentPreference::ProcessGroup,
     ] {
-        let mode = configure_containment(pref.clone());
+        let c = Containment::new(pref.clone());
+        let mode = c.probe();
         let _ = std::fs::remove_file(&pidfile);
         let spec = ProcessSpec {
             program: "/bin/sh".into(),
@@ -416,7 +418,7 @@ async fn stop_turn_fits_its_deadline_in_both_modes() {
             ..Default::default()
         };
         let marker = format!("stop-test-{}-{mode}", std::process::id());
-        let mut child = zwarm::process::spawn(&spec, &marker).await.expect("spawn");
+        let mut child = c.spawn(&spec, &marker).await.expect("spawn");
         let exec = child.id().expect("pid") as i32;
         let start = Instant::now();
         let gc = loop {
@@ -432,7 +434,9 @@ async fn stop_turn_fits_its_deadline_in_both_modes() {
         tokio::time::sleep(Duration::from_millis(100)).await;
         let t = Instant::now();
         let deadline = tokio::time::Instant::now() + Duration::from_millis(1500);
-        let reaped = stop_turn(&mut child, &marker, Duration::from_secs(5), deadline).await;
+        let reaped = c
+            .stop_turn(&mut child, &marker, Duration::from_secs(5), deadline)
+            .await;
         let took = t.elapsed();
         assert!(reaped, "{mode}: the executor was not reaped");
         assert!(
@@ -441,5 +445,4 @@ async fn stop_turn_fits_its_deadline_in_both_modes() {
         );
         assert_dead_within(&[exec, gc], Duration::from_millis(500), mode).await;
     }
-    configure_containment(ContainmentPreference::Auto);
 }

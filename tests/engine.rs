@@ -1411,7 +1411,7 @@ mod in_process {
         DelegateRequest {
             task: t.into(),
             adapter: None,
-            mode: Some("async".into()),
+            mode: Some(zwarm::model::Mode::Async),
             model: None,
             working_dir: None,
             isolation: None,
@@ -1703,6 +1703,169 @@ mod in_process {
                 n,
                 "turn {n} reported before its end was committed"
             );
+        }
+    }
+
+    fn quick(l: &Launch) -> Script {
+        Script {
+            stdout: codex_turn(&thread_of(l), "done"),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_launch_carries_the_session_id_and_the_allowed_mcp_servers_setting() {
+        let e = engine(|c| c.executors.mcp_servers = vec!["docs".into()], quick).await;
+        let id = e.m.delegate(task("mark")).await.expect("delegate");
+        settled(&e, &id).await;
+        let l = &e.runner.launches()[0];
+        assert!(
+            l.env_set
+                .contains(&(zwarm::executor::TURN_ENV.to_string(), id.clone())),
+            "{:?}",
+            l.env_set
+        );
+        // The executor's own read-back file is what the runner hands back.
+        assert!(
+            l.read_back[0].ends_with("1.last-message"),
+            "{:?}",
+            l.read_back
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn watchers_judge_typed_calls_and_a_refusal_is_typed() {
+        use zwarm::model::Mode;
+        use zwarm::watch::Call;
+        let e = engine(
+            |c| {
+                c.watchers.budget.enabled = true;
+                c.watchers.budget.max_sessions = Some(1);
+            },
+            quick,
+        )
+        .await;
+        let call = |task: &str| Call::Delegate {
+            task: task.into(),
+            mode: Mode::Async,
+            adapter: None,
+            model: None,
+            working_dir: None,
+            isolation: None,
+            base: None,
+        };
+        e.m.check_call(&call("first"), false)
+            .await
+            .expect("under the budget");
+        let id = e.m.delegate(task("first")).await.expect("delegate");
+        settled(&e, &id).await;
+        let refused =
+            e.m.check_call(&call("second"), false)
+                .await
+                .expect_err("over max_sessions");
+        assert!(refused.to_string().contains("budget"), "{refused}");
+        // Inspecting is never refused, even after a server-wide abort.
+        e.m.check_call(&Call::ListSessions, false)
+            .await
+            .expect("list_sessions goes on");
+        // The JSON entry point judges the same call.
+        let refused =
+            e.m.before_call("delegate", &serde_json::json!({"task": "third"}), false)
+                .await
+                .expect_err("still over");
+        assert!(refused.to_string().contains("budget"), "{refused}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_loaded_configuration_says_the_working_dir_and_the_allowed_root() {
+        let e = engine(|_| {}, quick).await;
+        drop(e);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let project = std::fs::canonicalize(dir.path()).expect("canon");
+        let sub = project.join("sub");
+        let sibling = project.join("sibling");
+        std::fs::create_dir_all(&sub).expect("mkdir");
+        std::fs::create_dir_all(&sibling).expect("mkdir");
+        let mut cfg = config(&project);
+        cfg.allowed_roots.clear();
+        cfg.project_dir = project.clone();
+        cfg.cwd = sub.clone();
+        let runner = MemoryRunner::new(quick);
+        // The process's directory given here is not where zwarm works: the configuration is.
+        let m = Manager::start_with(cfg, std::env::temp_dir(), Arc::new(runner.clone()))
+            .await
+            .expect("engine starts");
+        let id = m.delegate(task("here")).await.expect("delegate");
+        let s = m.get(&id).await.expect("get");
+        assert_eq!(s.working_dir, sub.display().to_string());
+        // The whole project is allowed, not only the directory zwarm started in.
+        let mut t = task("there");
+        t.working_dir = Some(sibling.display().to_string());
+        m.delegate(t)
+            .await
+            .expect("a dir of the project is allowed");
+        let mut t = task("outside");
+        t.working_dir = Some(std::env::temp_dir().display().to_string());
+        let err = m.delegate(t).await.expect_err("outside the project");
+        assert!(
+            matches!(err, zwarm::sessions::ManagerError::OutsideRoots { .. }),
+            "{err}"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_watchers_pause_refuses_work_until_acknowledged_and_is_logged() {
+        use zwarm::model::Mode;
+        use zwarm::watch::Call;
+        let e = engine(
+            |c| {
+                c.watchers.budget.enabled = true;
+                c.watchers.budget.max_sessions = Some(1);
+                c.watchers.budget.action = "pause".into();
+            },
+            quick,
+        )
+        .await;
+        let id = e.m.delegate(task("first")).await.expect("delegate");
+        settled(&e, &id).await;
+        let converse = Call::Converse {
+            session_id: id.clone(),
+            message: "more".into(),
+            mode: Mode::Async,
+        };
+        let delegate = Call::Delegate {
+            task: "second".into(),
+            mode: Mode::Async,
+            adapter: None,
+            model: None,
+            working_dir: None,
+            isolation: None,
+            base: None,
+        };
+        let refused = e.m.check_call(&delegate, false).await.expect_err("paused");
+        assert!(refused.to_string().contains("budget"), "{refused}");
+        // Paused for every call that starts work, not for inspection.
+        assert!(e.m.check_call(&converse, false).await.is_err());
+        e.m.check_call(
+            &Call::CheckSession {
+                session_ids: vec![id.clone()],
+            },
+            false,
+        )
+        .await
+        .expect("check_session goes on");
+        // Acknowledged: the call goes on, and the log says so.
+        e.m.check_call(&converse, true).await.expect("acknowledged");
+        e.m.store().sync().await;
+        let kinds: Vec<String> =
+            e.m.recent_events(1000)
+                .await
+                .expect("events")
+                .into_iter()
+                .map(|v| v["event"].as_str().unwrap_or_default().to_string())
+                .collect();
+        for k in ["watcher_fired", "call_refused", "pause_acknowledged"] {
+            assert!(kinds.iter().any(|x| x == k), "no {k}: {kinds:?}");
         }
     }
 }

@@ -322,7 +322,13 @@ async fn a_worktree_whose_git_file_points_at_a_copy_is_refused() {
             json!({"task": "redirect", "isolation": "worktree"}),
         )
         .await;
-    assert_eq!(r["status"], "idle", "{r}");
+    // The turn's work cannot be committed to its branch: the turn fails, saying why.
+    assert_eq!(r["status"], "failed", "{r}");
+    assert!(
+        r.to_string()
+            .contains("no longer points at the session's own git dir"),
+        "{r}"
+    );
     let id = s(&r["session_id"]);
     let wt = PathBuf::from(s(&r["worktree"]));
     assert!(
@@ -340,6 +346,22 @@ async fn a_worktree_whose_git_file_points_at_a_copy_is_refused() {
     );
     wait_event(&p.env, &["watcher_fired", &id, "\"quality\""]).await;
     p.assert_nothing_ran("a turn in a redirected worktree");
+    // A redirected worktree never starts another turn: the executor does not run.
+    let started = p.env.dir.path().join("executor-started");
+    p.next(&format!("touch '{}'", started.display()));
+    let c = z
+        .ok("converse", json!({"session_id": id, "message": "go on"}))
+        .await;
+    assert_eq!(c["status"], "failed", "{c}");
+    assert!(
+        c.to_string()
+            .contains("no longer points at the session's own git dir"),
+        "{c}"
+    );
+    assert!(
+        !started.exists(),
+        "the executor ran in a redirected worktree"
+    );
     let c = z.ok("check_session", json!({"session_id": id})).await;
     assert!(
         c.to_string()
@@ -421,14 +443,30 @@ async fn a_merge_lists_and_refuses_symlinks_that_point_outside_the_repository() 
         std::fs::symlink_metadata(work.join("passwd")).is_err(),
         "the link reached the project"
     );
-    drop(z);
 
-    // Accepted: merged, and listed in the result.
-    let m = zwarm::worktree::merge_with(&work, &format!("zwarm/{}", &id[..8]), "merge", true)
-        .unwrap_or_else(|e| panic!("{e:?}"));
-    let mut listed: Vec<String> = m.outside_links.iter().map(|l| l.to_string()).collect();
+    // Accepted: merged, listed in the result and in the `worktree_merged` event.
+    let m = z
+        .ok(
+            "end_session",
+            json!({"session_id": id, "integrate": "merge", "accept_outside_symlinks": true}),
+        )
+        .await;
+    assert_eq!(m["merged"], true, "{m}");
+    let mut listed: Vec<String> = m["outside_symlinks"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no outside_symlinks: {m}"))
+        .iter()
+        .map(s)
+        .collect();
     listed.sort();
     assert_eq!(listed, ["passwd -> /etc/passwd", "up -> ../../outside"]);
+    let ev = wait_event(&env, &["worktree_merged", &id]).await;
+    assert!(
+        ev.contains("outside_links")
+            && ev.contains("passwd -> /etc/passwd")
+            && ev.contains("up -> ../../outside"),
+        "{ev}"
+    );
     assert_eq!(
         std::fs::read_link(work.join("passwd")).expect("link"),
         Path::new("/etc/passwd")

@@ -90,3 +90,94 @@ async fn a_second_signal_forces_exit() {
         "forced exit took {took:?}"
     );
 }
+
+/// A state dir whose database exists (a server ran and stopped), then a connection holding a
+/// write lock on it in rollback-journal mode: the lock state in which SQLite refuses zwarm's
+/// switch to WAL at once, without its busy timeout.
+fn locked_state(env: &Env) -> rusqlite::Connection {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_zwarm"))
+        .args(["serve", "--state-dir"])
+        .arg(&env.state)
+        .current_dir(&env.work)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let c = rusqlite::Connection::open(env.state.join("zwarm.db")).unwrap();
+    c.pragma_update(None, "journal_mode", "DELETE").unwrap();
+    c.execute_batch("BEGIN IMMEDIATE").unwrap();
+    c
+}
+
+/// Wait until one of the servers' stderr files in `dir` says `what`.
+fn wait_for_stderr(dir: &std::path::Path, what: &str, limit: Duration) -> bool {
+    let start = std::time::Instant::now();
+    while start.elapsed() < limit {
+        let said = std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".stderr"))
+            .any(|e| std::fs::read_to_string(e.path()).is_ok_and(|s| s.contains(what)));
+        if said {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_locked_at_start_is_waited_for() {
+    let env = Env::new(None, None);
+    let lock = locked_state(&env);
+    // Released once the server says it waits (it has met the lock and not exited).
+    let dir = env.dir.path().to_path_buf();
+    let waiting = std::thread::spawn(move || {
+        let said = wait_for_stderr(&dir, "locked by another process", Duration::from_secs(20));
+        lock.execute_batch("COMMIT").unwrap();
+        drop(lock);
+        said
+    });
+    let z = Zwarm::start(&env, &[]).await;
+    assert!(
+        waiting.join().unwrap(),
+        "the server never said it waits for the lock\n{}",
+        z.stderr()
+    );
+    let l = z.ok("list_sessions", json!({})).await;
+    assert!(l["sessions"].is_array(), "{l}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_locked_for_good_is_a_clear_error_after_the_busy_timeout() {
+    let env = Env::new(None, None);
+    let _lock = locked_state(&env);
+    let start = std::time::Instant::now();
+    let out = env
+        .command(&[])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+        .wait_with_output()
+        .await
+        .unwrap();
+    let took = start.elapsed();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        // The store's busy timeout is 10 s.
+        took >= Duration::from_millis(9500),
+        "gave up after {took:?}, before the busy timeout\n{err}"
+    );
+    let last = err.lines().last().unwrap_or_default();
+    assert!(
+        last.contains("is locked by another process")
+            && last.contains("zwarm.db")
+            && last.contains("waited"),
+        "{err}"
+    );
+}

@@ -408,8 +408,12 @@ fn soften_missing(per_executor: &mut [(&'static str, Vec<Check>)]) {
 }
 
 fn containment_checks(cfg: &Config) -> Vec<Check> {
-    let mode = crate::process::configure_containment(super::containment_pref(cfg));
-    let detail = crate::process::containment_detail();
+    // Probing needs no reaper: no turn runs here.
+    let runner = crate::runner::local::LocalRunner::with(crate::process::Containment::new(
+        super::containment_pref(cfg),
+    ));
+    let mode = runner.mode_name();
+    let detail = runner.detail();
     vec![if mode == "cgroup" {
         check("containment", "containment", Status::Ok, detail)
     } else {

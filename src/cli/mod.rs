@@ -24,6 +24,7 @@ pub mod top;
 
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
@@ -169,10 +170,95 @@ pub fn start_engine(
     cfg: Config,
 ) -> anyhow::Result<crate::sessions::Manager> {
     crate::process::become_subreaper();
-    crate::process::configure_containment(containment_pref(&cfg));
+    let runner = local_runner(&cfg);
+    rt.block_on(start_manager(cfg, Arc::new(runner)))
+}
+
+/// How long a start waits for a state database that another process holds locked: the
+/// store's busy timeout.
+pub const LOCKED_DB_WAIT: Duration = Duration::from_secs(10);
+
+/// Start the session engine on `runner`. A state database locked by another process is
+/// waited for (up to [`LOCKED_DB_WAIT`]; SQLite gives up at once in some lock states, e.g.
+/// when another connection holds a write lock while this one switches the journal mode), then
+/// is a clear error.
+pub async fn start_manager(
+    cfg: Config,
+    runner: Arc<dyn crate::runner::Runner>,
+) -> anyhow::Result<crate::sessions::Manager> {
     let project_dir = cfg.project_dir.clone();
-    rt.block_on(crate::sessions::Manager::start(cfg, project_dir))
-        .context("opening the state directory")
+    let started = std::time::Instant::now();
+    let deadline = tokio::time::Instant::now() + LOCKED_DB_WAIT;
+    let mut pause = Duration::from_millis(50);
+    let mut said = false;
+    loop {
+        let e = match crate::sessions::Manager::start_with(
+            cfg.clone(),
+            project_dir.clone(),
+            runner.clone(),
+        )
+        .await
+        {
+            Ok(m) => return Ok(m),
+            Err(e) => e,
+        };
+        let Some(db) = locked_db(&e) else {
+            return Err(anyhow::Error::new(e).context("opening the state directory"));
+        };
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            anyhow::bail!(
+                "the state database {db} is locked by another process (waited {} s for it): another program holds a lock on it, e.g. a sqlite3 shell or a backup tool with an open transaction. Close that program, or pass --state-dir DIR for a separate state, and start zwarm again.",
+                started.elapsed().as_secs()
+            );
+        }
+        if !said {
+            tracing::warn!(
+                database = %db,
+                "the state database is locked by another process; waiting up to {} s",
+                LOCKED_DB_WAIT.as_secs()
+            );
+            said = true;
+        }
+        tokio::time::sleep(pause.min(deadline - now)).await;
+        pause = (pause * 2).min(Duration::from_millis(500));
+    }
+}
+
+/// The database path, when `e` says the state database is locked by another connection.
+fn locked_db(e: &crate::sessions::ManagerError) -> Option<String> {
+    use crate::sessions::ManagerError;
+    use crate::store::StoreError;
+    let (ManagerError::StoreRead(StoreError::Db { path, err })
+    | ManagerError::Store(StoreError::Db { path, err })) = e
+    else {
+        return None;
+    };
+    matches!(
+        err.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
+    .then(|| path.clone())
+}
+
+/// The local runner as the config asks for it, with a [`crate::process::Reaper`] (a helper
+/// process that kills the running turns if this process dies). Blocking: probes the
+/// containment mode and starts the helper. Without the helper (it cannot be started), turns
+/// still get the parent-death signal; the reason is logged.
+pub fn local_runner(cfg: &Config) -> crate::runner::local::LocalRunner {
+    let containment = crate::process::Containment::new(containment_pref(cfg));
+    match crate::process::Reaper::start() {
+        Ok(r) => {
+            tracing::debug!(pid = r.pid(), "reaper started");
+            containment.set_reaper(Arc::new(r));
+        }
+        Err(e) => tracing::warn!(
+            error = %e,
+            "cannot start the reaper: a turn's processes may outlive zwarm if it is killed"
+        ),
+    }
+    containment.probe();
+    crate::runner::local::LocalRunner::with(containment)
 }
 
 /// The containment the config asks for (as `zwarm serve` reads it).

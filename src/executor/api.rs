@@ -1,7 +1,6 @@
 //! The executor seam: what an executor is ([`Executor`]), what it launches ([`Launch`]), what it
 //! parses ([`StreamParser`]), and what it reports to doctor.
 
-use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
 use crate::config::Config;
@@ -23,7 +22,7 @@ pub struct LaunchContext {
     /// The model asked for this session (else the executor's configured one).
     pub model: Option<String>,
     /// A per-turn file the executor may have the CLI write (codex's `-o`), in a directory
-    /// zwarm created; see [`Launch::read_back`].
+    /// zwarm created; name it in [`Launch::read_back`] to have it handed back.
     pub scratch: PathBuf,
     /// The session whose turn this is: the value of [`super::TURN_ENV`] in the turn's environment.
     pub session_id: Option<String>,
@@ -32,59 +31,9 @@ pub struct LaunchContext {
     pub allowed_mcp_servers: Vec<String>,
 }
 
-/// A file the CLI writes during the turn that zwarm reads back afterwards.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ReadBack {
-    /// What it holds (`last_message`).
-    pub what: &'static str,
-    pub path: PathBuf,
-}
-
-/// What to start for one turn, independent of where it runs: the runner consumes the
-/// command line, environment, working directory and stdin, and hands back the files named in
-/// `read_back` after the process ended.
-#[derive(Clone, Default)]
-pub struct Launch {
-    pub program: PathBuf,
-    pub args: Vec<OsString>,
-    pub cwd: PathBuf,
-    pub env_set: Vec<(String, String)>,
-    pub env_remove: Vec<String>,
-    /// Written to the process's stdin, which is then closed (the prompt: never argv).
-    pub stdin: Vec<u8>,
-    pub read_back: Vec<ReadBack>,
-}
-
-impl std::fmt::Debug for Launch {
-    // The input is a prompt: its size, never its text, goes into logs.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Launch")
-            .field("program", &self.program)
-            .field("args", &self.args)
-            .field("cwd", &self.cwd)
-            .field("env_set", &self.env_set)
-            .field("env_remove", &self.env_remove)
-            .field("stdin_bytes", &self.stdin.len())
-            .field("read_back", &self.read_back)
-            .finish()
-    }
-}
-
-impl Launch {
-    /// The local process form the engine spawns today.
-    pub fn into_process(self) -> crate::process::Launch {
-        crate::process::Launch {
-            spec: crate::process::ProcessSpec {
-                program: self.program,
-                args: self.args,
-                cwd: self.cwd,
-                env_set: self.env_set,
-                env_remove: self.env_remove,
-            },
-            stdin: Some(self.stdin),
-        }
-    }
-}
+/// What to start for one turn, independent of where it runs: the runner's input
+/// ([`crate::runner::Launch`]). An executor fills everything but `label`, which the engine sets.
+pub use crate::runner::Launch;
 
 /// A parser for one executor's stdout, fresh for every turn. Unknown or malformed lines become
 /// [`ExecutorEvent::Other`]; nothing a CLI prints is fatal to the parser.
@@ -156,6 +105,10 @@ pub trait Executor: Send + Sync {
     /// Its name in tools, config and logs (`codex`).
     fn name(&self) -> &'static str {
         self.adapter().as_str()
+    }
+    /// Other names `delegate` accepts for it (older spellings).
+    fn aliases(&self) -> &'static [&'static str] {
+        &[]
     }
     /// The npm package that installs it.
     fn package(&self) -> &'static str;

@@ -24,11 +24,11 @@ use crate::event::ExecutorEvent;
 pub use crate::model::Adapter;
 pub use api::{
     ConfigKey, DoctorSpec, Executor, ExecutorError, FailureContext, Finding, Health, Launch,
-    LaunchContext, ReadBack, StreamParser, TurnPlan,
+    LaunchContext, StreamParser, TurnPlan,
 };
 pub use binary::native_codex_for;
 pub use nested::TURN_ENV;
-pub use registry::{REGISTRY, by_name, get};
+pub use registry::{REGISTRY, by_name, get, names_for_humans};
 
 /// A parser for one executor's stdout (the registry's parser behind a stable type).
 pub struct Parser(Box<dyn StreamParser>);
@@ -53,33 +53,12 @@ pub fn explain_failure(adapter: Adapter, text: &str, s: FailureContext<'_>) -> O
     get(adapter).explain_failure(text, s)
 }
 
-/// Build the process for one turn. `scratch` is a per-turn file path the executor may use
-/// (codex writes its last message there). The prompt goes to the process's stdin, never to
-/// argv. Checks the prompt ([`check_prompt`] with `max_task_bytes`) and the native id
-/// ([`validate_native_id`]); the engine should run both checks itself before starting a turn
-/// (with the configured limit), so that a bad prompt is refused up front. The turn is marked
-/// with [`TURN_ENV`] (the session id when `scratch` lies in the session's turn directory).
-pub fn build_process(
-    adapter: Adapter,
-    cfg: &Config,
-    plan: &TurnPlan,
-    model: Option<&str>,
-    scratch: &Path,
-) -> Result<crate::process::Launch, ExecutorError> {
-    let ctx = LaunchContext {
-        model: model.map(str::to_string),
-        scratch: scratch.to_path_buf(),
-        session_id: nested::session_of_scratch(scratch),
-        allowed_mcp_servers: vec![],
-    };
-    let launch = build_launch(adapter, cfg, plan, &ctx)?;
-    for r in &launch.read_back {
-        nested::prepare_read_back(&r.path)?;
-    }
-    Ok(launch.into_process())
-}
-
-/// [`Executor::launch`] after the checks every executor shares.
+/// What to start for one turn ([`Executor::launch`]) after the checks every executor shares:
+/// the prompt ([`check_prompt`] with `max_task_bytes`; it goes to stdin, never argv), the
+/// native id to resume ([`validate_native_id`]), and the files to read back (created empty,
+/// never followed through a symlink). The turn is marked with [`TURN_ENV`] (the session id).
+/// The engine runs the same dry run at delegate, so a missing CLI or a bad setting is refused
+/// up front. The runner starts the result; the engine labels it.
 pub fn build_launch(
     adapter: Adapter,
     cfg: &Config,
@@ -91,6 +70,9 @@ pub fn build_launch(
         validate_native_id(id)?;
     }
     let mut launch = get(adapter).launch(cfg, plan, ctx)?;
+    for path in &launch.read_back {
+        nested::prepare_read_back(path)?;
+    }
     launch.env_set.retain(|(k, _)| k != TURN_ENV);
     launch.env_set.push((
         TURN_ENV.into(),

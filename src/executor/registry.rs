@@ -17,8 +17,38 @@ pub fn get(adapter: Adapter) -> &'static dyn Executor {
     }
 }
 
-/// The executor named `name` (or one of its aliases).
+/// The executor named `name` (or one of its aliases), case and surrounding space ignored.
 pub fn by_name(name: &str) -> Option<&'static dyn Executor> {
-    let a = Adapter::parse(name)?;
-    REGISTRY.iter().find(|e| e.adapter() == a).copied()
+    let name = name.trim().to_ascii_lowercase();
+    REGISTRY
+        .iter()
+        .find(|e| e.name() == name || e.aliases().contains(&name.as_str()))
+        .copied()
+}
+
+/// The registered names, each with its aliases: "`codex` (alias `codex_mcp`), `claude` ..." for
+/// texts that tell a user what to choose from.
+pub fn names_for_humans(with_aliases: bool) -> String {
+    let names: Vec<String> = REGISTRY
+        .iter()
+        .map(|e| {
+            let main = format!("`{}`", e.name());
+            let shown: Vec<String> = e
+                .aliases()
+                .iter()
+                .filter(|a| !a.contains('-'))
+                .map(|a| format!("`{a}`"))
+                .collect();
+            if with_aliases && !shown.is_empty() {
+                format!("{main} (alias {})", shown.join(", "))
+            } else {
+                main
+            }
+        })
+        .collect();
+    match names.split_last() {
+        Some((last, rest)) if !rest.is_empty() => format!("{} or {last}", rest.join(", ")),
+        Some((last, _)) => last.clone(),
+        None => String::new(),
+    }
 }

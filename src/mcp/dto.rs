@@ -91,7 +91,7 @@ pub struct DelegateArgs {
     /// status running; follow up with check_session.
     #[serde(default)]
     pub mode: Option<String>,
-    /// "codex" (default) or "claude" (aliases "codex_mcp", "claude_code").
+    /// The executor (default: the configured default_adapter); the server lists the names.
     #[serde(default)]
     pub adapter: Option<String>,
     /// Model for the executor (default: the executor's configured model).
@@ -172,6 +172,11 @@ pub struct EndArgs {
     /// the worktree and the branch).
     #[serde(default)]
     pub integrate: Option<String>,
+    /// With integrate "merge": also merge when the branch brings symlinks that point outside
+    /// the repository (absolute, or climbing above its top). Default false: such a merge is
+    /// refused and names the links. Set it only after reviewing them in the session's diff.
+    #[serde(default)]
+    pub accept_outside_symlinks: bool,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize, JsonSchema)]
@@ -213,7 +218,7 @@ pub struct TurnReport {
     pub transcript_uri: String,
     /// Tokens used by this turn.
     pub usage: Usage,
-    /// Cost of this turn in USD, when the executor reports it (claude).
+    /// Cost of this turn in USD, when the executor reports it.
     pub cost_usd: Option<f64>,
     pub files_changed: Vec<FileChange>,
     pub commands: Vec<CommandSummary>,
@@ -282,7 +287,7 @@ pub struct SessionReport {
     pub recent_progress: Vec<String>,
     /// Tokens across all turns.
     pub usage: Usage,
-    /// Cost across all turns in USD (claude reports it).
+    /// Cost across all turns in USD, when the executor reports it.
     pub cost_usd: Option<f64>,
     pub error: Option<String>,
     pub summary: Option<String>,
@@ -356,6 +361,10 @@ pub struct EndReport {
     /// removed), and what to do.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warning: Option<String>,
+    /// After a merge with accept_outside_symlinks: the symlinks pointing outside the
+    /// repository it brought (`path -> target`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outside_symlinks: Vec<String>,
 }
 
 #[derive(Debug, Serialize, JsonSchema)]

@@ -18,7 +18,8 @@ pub fn tool_error(e: &ManagerError) -> String {
             "`message` is empty: say what the executor should do next, and call converse again.".into()
         }
         E::UnknownAdapter(a) => format!(
-            "unknown adapter `{a}`: use `codex` or `claude` (aliases `codex_mcp`, `claude_code`), or omit it for the configured default."
+            "unknown adapter `{a}`: use {}, or omit it for the configured default.",
+            crate::executor::names_for_humans(true)
         ),
         E::UnknownMode(m) => unknown_mode(m),
         E::NoSuchDir(d) => format!(

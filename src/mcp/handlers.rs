@@ -50,24 +50,20 @@ impl ZwarmServer {
         call: Call,
         acknowledge: bool,
     ) -> Result<(Vec<WatcherNote>, Call), String> {
-        let tool = call.tool().to_string();
-        // The manager's entry point is untyped; the typed call in scope is what the watchers
-        // judge (no JSON is built for them).
-        let (notes, call) = crate::watch::with_typed_call(
-            call,
-            self.manager
-                .before_call(&tool, &serde_json::Value::Null, acknowledge),
-        )
-        .await;
-        let call = call.ok_or_else(|| format!("internal error: the {tool} call was lost"))?;
-        Ok((notes?, call))
+        let notes = self
+            .manager
+            .check_call(&call, acknowledge)
+            .await
+            .map_err(|refused| refused.to_string())?;
+        Ok((notes, call))
     }
 
     /// Add a worktree session's diff to its report.
     async fn add_diff(&self, r: &mut SessionReport, s: &Session) {
-        match self.manager.diff_stat(s).await {
+        let full_diff = format!("{}/diff", super::report::session_uri(&s.id));
+        match self.manager.diff_stat_at(s, full_diff).await {
             Some(Ok(d)) => r.diff = Some(d),
-            Some(Err(e)) => r.diff_error = Some(e),
+            Some(Err(e)) => r.diff_error = Some(e.to_string()),
             None => {}
         }
     }
@@ -158,7 +154,7 @@ impl ZwarmServer {
 
 #[tool_router(vis = "pub(super)")]
 impl ZwarmServer {
-    /// Start a coding session: hand a task to an executor (codex or claude) in a working
+    /// Start a coding session: hand a task to an executor in a working
     /// directory. mode=sync waits for the turn (bounded by the host's tool timeout, then returns
     /// status running); mode=async returns at once. Follow up with check_session.
     #[tool(
@@ -200,14 +196,7 @@ impl ZwarmServer {
             .delegate(DelegateRequest {
                 task,
                 adapter,
-                // Parsed above; the manager takes it as text.
-                mode: Some(
-                    match mode {
-                        Mode::Sync => "sync",
-                        Mode::Async => "async",
-                    }
-                    .into(),
-                ),
+                mode: Some(mode),
                 model,
                 working_dir,
                 isolation,
@@ -358,7 +347,13 @@ impl ZwarmServer {
         };
         let (s, interrupted, integrated) = self
             .manager
-            .end_integrated(&a.session_id, verdict, a.summary, a.integrate.as_deref())
+            .end_integrated_with(
+                &a.session_id,
+                verdict,
+                a.summary,
+                a.integrate.as_deref(),
+                a.accept_outside_symlinks,
+            )
             .await
             .map_err(err)?;
         Ok(Json(EndReport {
@@ -374,6 +369,10 @@ impl ZwarmServer {
             commit: integrated.as_ref().and_then(|i| i.commit.clone()),
             branch: integrated.as_ref().map(|i| i.branch.clone()),
             worktree_state: integrated.as_ref().map(|i| i.state),
+            outside_symlinks: integrated
+                .as_ref()
+                .map(|i| i.outside_links.iter().map(|l| l.to_string()).collect())
+                .unwrap_or_default(),
             warning: integrated.and_then(|i| i.warning),
         }))
     }

@@ -4,17 +4,58 @@
 use std::time::Duration;
 
 use rmcp::RoleServer;
+use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::service::RequestContext;
 
 use super::ZwarmServer;
 
-pub const INSTRUCTIONS: &str = "zwarm runs coding agents (codex, claude) for you as executors.\n\
+/// What zwarm tells the host's model; [`instructions`] puts the executors' names in front.
+pub const INSTRUCTIONS: &str = "zwarm runs coding agents for you as executors.\n\
 1. delegate(task, …) starts a session: write the task with acceptance criteria. mode=sync waits (bounded by the host's tool timeout); mode=async returns at once.\n\
 2. If status is running, call check_session(session_id, wait_seconds) until it is idle or failed. Never re-delegate a running task.\n\
 3. Verify the result yourself (tests, diffs); use converse(session_id, message) to correct or continue in the same thread.\n\
 4. end_session(session_id, verdict, summary) when done: completed, failed or cancelled (cancelled stops a running turn).\n\
 Parallel work in one git repository: delegate each part with isolation=\"worktree\" (a worktree and branch per session), wait on several with check_session(session_ids, wait=\"any\"), review each `diff`, then end_session(…, integrate=\"merge\") one at a time.\n\
 list_sessions shows everything, including sessions from earlier runs. Every result has next_step: follow it.";
+
+/// [`INSTRUCTIONS`] naming the registered executors.
+pub fn instructions() -> String {
+    let names: Vec<&str> = crate::executor::REGISTRY.iter().map(|e| e.name()).collect();
+    INSTRUCTIONS.replacen(
+        "coding agents for you",
+        &format!("coding agents ({}) for you", names.join(", ")),
+        1,
+    )
+}
+
+/// The registered executors' names in the tool descriptions that offer a choice of them
+/// (delegate's description and its `adapter` argument), so no handler names an executor.
+pub fn name_executors(router: &mut ToolRouter<ZwarmServer>, default_adapter: &str) {
+    let Some(route) = router.map.get_mut("delegate") else {
+        return;
+    };
+    let names = crate::executor::names_for_humans(false);
+    if let Some(d) = &route.attr.description {
+        let d = d.replacen("an executor", &format!("an executor ({names})"), 1);
+        route.attr.description = Some(d.into());
+    }
+    let mut schema = (*route.attr.input_schema).clone();
+    if let Some(adapter) = schema
+        .get_mut("properties")
+        .and_then(|p| p.get_mut("adapter"))
+        .and_then(|a| a.as_object_mut())
+    {
+        adapter.insert(
+            "description".into(),
+            format!(
+                "The executor: {}. Default: `{default_adapter}` (the configured default_adapter).",
+                crate::executor::names_for_humans(true)
+            )
+            .into(),
+        );
+    }
+    route.attr.input_schema = std::sync::Arc::new(schema);
+}
 
 /// The variable zwarm sets in the environment of every executor turn (non-empty inside one).
 pub const EXECUTOR_TURN_ENV: &str = "ZWARM_EXECUTOR_TURN";

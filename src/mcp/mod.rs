@@ -66,9 +66,11 @@ impl ZwarmServer {
         if !executor_turn {
             resources::spawn_notifier(&manager, subs.clone(), listeners.clone());
         }
+        let mut tool_router = Self::tool_router();
+        host::name_executors(&mut tool_router, &manager.config().default_adapter);
         ZwarmServer {
             manager,
-            tool_router: Self::tool_router(),
+            tool_router,
             subs,
             listeners,
             shutdown: CancellationToken::new(),
@@ -135,9 +137,9 @@ impl ServerHandler for ZwarmServer {
         )
         .with_server_info(Implementation::new("zwarm", env!("CARGO_PKG_VERSION")))
         .with_instructions(if self.executor_turn {
-            host::EXECUTOR_TURN_INSTRUCTIONS
+            host::EXECUTOR_TURN_INSTRUCTIONS.to_string()
         } else {
-            INSTRUCTIONS
+            host::instructions()
         })
     }
 

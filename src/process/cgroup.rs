@@ -322,7 +322,7 @@ pub(super) fn remove(reg: &Mutex<Registry>, dir: &Path) {
     });
 }
 
-fn remove_tree(dir: &Path) -> bool {
+pub(super) fn remove_tree(dir: &Path) -> bool {
     for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
         if e.file_type().is_ok_and(|t| t.is_dir()) {
             remove_tree(&e.path());

@@ -1,6 +1,5 @@
 //! Stopping a turn: SIGINT, a grace period, SIGTERM, SIGKILL of the group and `cgroup.kill`,
-//! then a sweep of everything carrying the turn's marker (see [`super`]). The free functions
-//! act on [`Containment::shared`].
+//! then a sweep of everything carrying the turn's marker (see [`super`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,7 +18,7 @@ fn signal_group(pgid: i32, sig: i32) {
     }
 }
 
-/// How long [`terminate`] waits after SIGTERM, and after SIGKILL, for the executor to exit.
+/// How long a stop waits after SIGTERM, and after SIGKILL, for the executor to exit.
 const TERM_WAIT: Duration = Duration::from_secs(2);
 const KILL_WAIT: Duration = Duration::from_secs(5);
 /// Time kept back from a deadline for the final sweep (cgroup.kill, marker scan, reaping).
@@ -27,39 +26,8 @@ const SWEEP_RESERVE: Duration = Duration::from_millis(250);
 /// Budget of the sweep when no deadline is given.
 const SWEEP_BUDGET: Duration = Duration::from_secs(1);
 
-/// Stop a running executor: SIGINT, `grace`, SIGTERM, 2 s, SIGKILL — to its whole process
-/// group, plus `cgroup.kill` in cgroup mode — then kill whatever still carries the turn
-/// marker. Returns once the child is reaped (or after about `grace` + 8 s at most).
-pub async fn terminate(child: &mut Child, marker: &str, grace: Duration) {
-    let deadline = Instant::now() + grace + TERM_WAIT + KILL_WAIT + SWEEP_BUDGET;
-    stop_turn(child, marker, grace, deadline).await;
-}
-
-/// [`Containment::stop_turn`] on [`Containment::shared`].
-pub async fn stop_turn(
-    child: &mut Child,
-    marker: &str,
-    grace: Duration,
-    deadline: Instant,
-) -> bool {
-    Containment::shared()
-        .stop_turn(child, marker, grace, deadline)
-        .await
-}
-
-/// After a normal exit: kill leftovers of the turn (its group, its cgroup, and anything
-/// carrying the marker), remove its cgroup. Blocking (up to about a second).
-pub fn cleanup_after_exit(pgid: Option<u32>, marker: &str) {
-    Containment::shared().cleanup_after_exit(pgid, marker)
-}
-
-/// [`Containment::kill_marked`] on [`Containment::shared`].
-pub fn kill_marked(marker: &str, exclude: Option<i32>) -> usize {
-    Containment::shared().kill_marked(marker, exclude)
-}
-
 impl Containment {
-    /// [`terminate`] within a deadline: SIGINT to the group, up to `grace` (shortened to fit),
+    /// Stop a running executor within a deadline: SIGINT to the group, up to `grace` (shortened to fit),
     /// SIGTERM, then SIGKILL of the group and the turn's cgroup, and a sweep of marked
     /// processes, all finished by `deadline` (about 250 ms of it is kept for the kill and sweep;
     /// the SIGTERM step is skipped when no time is left for it). Only tokio timers on the async
@@ -203,6 +171,10 @@ impl Containment {
         }
         reap(&killed, time_left().min(Duration::from_millis(500)));
         reap_zombies_now();
+        // The turn is over: the reaper forgets it (and kills what left its cgroup).
+        if let Some(r) = self.reaper.get() {
+            r.release(marker);
+        }
         if !killed.is_empty() {
             tracing::info!(
                 marker,

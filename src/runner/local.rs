@@ -29,15 +29,33 @@ impl Default for LocalRunner {
 }
 
 impl LocalRunner {
-    /// On the process-wide containment ([`process::Containment::shared`]), the one zwarm's
-    /// start-up configures.
+    /// On a containment of its own with the default preference (cgroups where writable) and
+    /// no reaper. zwarm's own start-up uses [`LocalRunner::with`].
     pub fn new() -> LocalRunner {
-        LocalRunner::with(process::Containment::shared().clone())
+        LocalRunner::with(process::Containment::new(
+            process::ContainmentPreference::default(),
+        ))
     }
 
-    /// On a containment of its own.
+    /// On `containment` (configured by the caller: preference, reaper).
     pub fn with(containment: Arc<process::Containment>) -> LocalRunner {
         LocalRunner { containment }
+    }
+
+    /// The containment its turns run in.
+    pub fn containment(&self) -> &Arc<process::Containment> {
+        &self.containment
+    }
+
+    /// `"cgroup"` or `"process-group"`. The first call probes the system (blocking, a few
+    /// milliseconds).
+    pub fn mode_name(&self) -> &'static str {
+        self.containment.mode_name()
+    }
+
+    /// One line for diagnostics: the mode, and where the cgroups are or why there are none.
+    pub fn detail(&self) -> String {
+        self.containment.detail()
     }
 }
 
@@ -79,7 +97,14 @@ impl Runner for LocalRunner {
 
     async fn housekeeping(&self) {
         let c = self.containment.clone();
-        let _ = tokio::task::spawn_blocking(move || c.reap_orphan_zombies()).await;
+        let _ = tokio::task::spawn_blocking(move || {
+            c.reap_orphan_zombies();
+            // A reaper found dead is replaced (and told the running turns).
+            if let Some(r) = c.reaper() {
+                r.check();
+            }
+        })
+        .await;
     }
 }
 

@@ -26,7 +26,8 @@ use std::time::Duration;
 use tokio::io::AsyncRead;
 use tokio::time::Instant;
 
-/// One executor run, described without saying where it runs.
+/// One executor run, described without saying where it runs. The executor builds it
+/// ([`crate::executor::build_launch`]); the engine sets `label`; a runner starts it.
 #[derive(Clone, Default)]
 pub struct Launch {
     pub program: PathBuf,
@@ -58,26 +59,6 @@ impl std::fmt::Debug for Launch {
 }
 
 impl Launch {
-    /// The executor's launch description (see [`crate::executor::build_process`]) as a runner
-    /// input, labelled, with the files to read back.
-    pub fn from_process(
-        l: crate::process::Launch,
-        label: impl Into<String>,
-        read_back: Vec<PathBuf>,
-    ) -> Launch {
-        let crate::process::Launch { spec, stdin } = l;
-        Launch {
-            program: spec.program,
-            args: spec.args,
-            cwd: spec.cwd,
-            env_set: spec.env_set,
-            env_remove: spec.env_remove,
-            stdin,
-            read_back,
-            label: label.into(),
-        }
-    }
-
     /// The process part, for the local runner.
     pub fn process_launch(&self) -> crate::process::Launch {
         crate::process::Launch {

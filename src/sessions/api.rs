@@ -2,7 +2,7 @@
 //! ([`Manager::converse`]), stop its turn ([`Manager::interrupt`]), end it ([`Manager::end`]),
 //! and the watchers' say before each call ([`Manager::before_call`]).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,11 +12,11 @@ use super::fold::Outcome;
 use super::registry::{Handle, TurnControl};
 use super::{DelegateRequest, Manager, ManagerError, Undo, blocking, committed, turn};
 use crate::event::LogEvent;
-use crate::executor::{self, Adapter, TurnPlan};
+use crate::executor::{self, LaunchContext, TurnPlan};
 use crate::model::{Mode, Session, SessionStatus, Turn, TurnStatus, WatcherNote, now};
 use crate::store::Write;
 use crate::text;
-use crate::watch::CallInfo;
+use crate::watch::Call;
 
 impl Manager {
     /// Create a session and start its first turn. Returns the session id.
@@ -34,12 +34,10 @@ impl Manager {
             .filter(|a| !a.trim().is_empty())
             .unwrap_or(&self.inner.cfg.default_adapter)
             .to_string();
-        let adapter = Adapter::parse(&adapter_name)
-            .ok_or_else(|| ManagerError::UnknownAdapter(adapter_name.clone()))?;
-        let mode = match req.mode.as_deref().filter(|m| !m.trim().is_empty()) {
-            None => Mode::Sync,
-            Some(m) => Mode::parse(m).ok_or_else(|| ManagerError::UnknownMode(m.to_string()))?,
-        };
+        let adapter = executor::by_name(&adapter_name)
+            .ok_or_else(|| ManagerError::UnknownAdapter(adapter_name.clone()))?
+            .adapter();
+        let mode = req.mode.unwrap_or(Mode::Sync);
         let model = req.model.filter(|m| !m.trim().is_empty());
         // Off the async workers: the directory check and a dry run of the command line, so a
         // missing CLI or a bad setting is reported now, not as a failed turn.
@@ -47,7 +45,7 @@ impl Manager {
         let (wd, t, m) = (req.working_dir.clone(), task.clone(), model.clone());
         let dir = blocking(move || -> Result<PathBuf, ManagerError> {
             let dir = inner.check_dir(wd.as_deref())?;
-            executor::build_process(
+            executor::build_launch(
                 adapter,
                 &inner.cfg,
                 &TurnPlan {
@@ -55,8 +53,12 @@ impl Manager {
                     prompt: t,
                     resume_id: None,
                 },
-                m.as_deref(),
-                Path::new("/dev/null"),
+                &LaunchContext {
+                    model: m,
+                    scratch: PathBuf::from("/dev/null"),
+                    session_id: None,
+                    allowed_mcp_servers: inner.cfg.executors.mcp_servers.clone(),
+                },
             )?;
             Ok(dir)
         })
@@ -460,19 +462,29 @@ impl Manager {
         }
     }
 
-    /// Run the watchers before a tool call. `Err` is a refusal with the text to show;
-    /// `Ok` carries notes to add to the result.
+    /// [`Manager::check_call`] for a caller that has only a tool name and JSON arguments
+    /// (the typed call is built from them with [`Call::from_json`]).
     pub async fn before_call(
         &self,
         tool: &str,
         args: &serde_json::Value,
         acknowledge: bool,
-    ) -> Result<Vec<WatcherNote>, String> {
+    ) -> Result<Vec<WatcherNote>, CallRefused> {
+        self.check_call(&Call::from_json(tool, args), acknowledge)
+            .await
+    }
+
+    /// Run the watchers before a call: `Err` is a refusal (its text says why and what to do);
+    /// `Ok` carries notes to add to the result.
+    pub async fn check_call(
+        &self,
+        call: &Call,
+        acknowledge: bool,
+    ) -> Result<Vec<WatcherNote>, CallRefused> {
+        let tool = call.tool();
         let d = {
             let f = self.refresh_fleet().await;
-            self.inner
-                .watchers
-                .before_call(&CallInfo { tool, args }, &f.fleet, acknowledge)
+            self.inner.watchers.check_call(call, &f.fleet, acknowledge)
         };
         for f in &d.firings {
             crate::telemetry::watcher_fired(f);
@@ -496,10 +508,7 @@ impl Manager {
                 None,
             );
         }
-        if acknowledge
-            && self.inner.watchers.gate().paused.is_none()
-            && matches!(tool, "delegate" | "converse")
-        {
+        if acknowledge && self.inner.watchers.gate().paused.is_none() && call.starts_work() {
             self.inner.log(
                 LogEvent::PauseAcknowledged {
                     tool: tool.to_string(),
@@ -516,7 +525,7 @@ impl Manager {
                     },
                     None,
                 );
-                Err(r)
+                Err(CallRefused(r))
             }
             None => Ok(d.firings.iter().map(|f| f.note(None)).collect()),
         }
@@ -527,6 +536,11 @@ impl Manager {
         self.inner.watchers.names()
     }
 }
+
+/// A call the watchers refused: the text says which watcher, why, and what to do.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct CallRefused(pub String);
 
 /// Clears `ending` unless disarmed, so a dropped end_session does not block the session.
 pub(super) struct EndingGuard {

@@ -179,27 +179,18 @@ pub fn describe_exit(e: std::process::ExitStatus) -> String {
     }
 }
 
-/// Turn well-known executor failures into advice (they arrive in stderr or in the stream).
+/// Turn well-known executor failures into advice (they arrive in stderr or in the stream):
+/// the session's executor knows its own ([`crate::executor::Executor::explain_failure`]).
 pub fn explain_failure(adapter: Adapter, text: &str, s: &Session) -> Option<String> {
-    let native = s.native_id.clone().unwrap_or_default();
-    if adapter == Adapter::Claude && text.contains("No conversation found") {
-        return Some(format!(
-            " claude could not resume its session {native}: it finds conversations only from the directory they started in ({}), and the transcript may have been removed. Start a new session with delegate.",
-            s.working_dir
-        ));
-    }
-    if adapter == Adapter::Codex && text.contains("no rollout found") {
-        return Some(format!(
-            " codex could not resume thread {native}: its rollout is gone from CODEX_HOME. Start a new session with delegate."
-        ));
-    }
-    if text.contains("cannot be used with root/sudo privileges") {
-        return Some(
-            " claude refuses bypassPermissions as root unless IS_SANDBOX=1 is set for zwarm."
-                .into(),
-        );
-    }
-    None
+    let native = s.native_id.as_deref().unwrap_or_default();
+    crate::executor::explain_failure(
+        adapter,
+        text,
+        crate::executor::FailureContext {
+            native_id: native,
+            working_dir: &s.working_dir,
+        },
+    )
 }
 
 /// The end of turn `index`: its status, error and final answer, and the session's status.
@@ -235,13 +226,13 @@ pub fn settle(
         } else {
             (TurnStatus::Completed, SessionStatus::Idle, None, None)
         };
-    let codex = s.adapter == Adapter::Codex;
+    let authoritative = crate::executor::get(s.adapter).last_message_authoritative();
     let latest = s.turns.last().map(|t| t.index) == Some(index);
     if let Some(t) = s.turn_mut(index) {
-        // codex's -o file holds the final message even when the JSONL stream lost it
-        // (openai/codex#19689); for other executors it is only a fallback.
+        // An executor's read-back message may be authoritative (its stream can lose the final
+        // message); for other executors it is only a fallback.
         match last_message {
-            Some(m) if codex || t.response.is_none() => t.response = Some(m.to_string()),
+            Some(m) if authoritative || t.response.is_none() => t.response = Some(m.to_string()),
             _ => {}
         }
         t.status = turn_status;

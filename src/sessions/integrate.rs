@@ -22,6 +22,21 @@ impl Manager {
         summary: Option<String>,
         integrate: Option<&str>,
     ) -> Result<(Session, bool, Option<Integrated>), ManagerError> {
+        self.end_integrated_with(id, verdict, summary, integrate, false)
+            .await
+    }
+
+    /// [`Manager::end_integrated`], saying whether a merge may bring symlinks that point
+    /// outside the repository (`accept_outside_links`; refused otherwise). The links a merge
+    /// brought are in [`Integrated::outside_links`] and the `worktree_merged` event.
+    pub async fn end_integrated_with(
+        &self,
+        id: &str,
+        verdict: SessionStatus,
+        summary: Option<String>,
+        integrate: Option<&str>,
+        accept_outside_links: bool,
+    ) -> Result<(Session, bool, Option<Integrated>), ManagerError> {
         let how = match integrate.map(str::trim).filter(|s| !s.is_empty()) {
             None => None,
             Some(v) => {
@@ -67,12 +82,16 @@ impl Manager {
                         branch: iso.branch.clone(),
                         state: iso.state,
                         warning: None,
+                        outside_links: Vec::new(),
                     }),
                 ));
             }
         };
         match how {
-            Integrate::Merge => self.end_merging(&h, iso, verdict, summary).await,
+            Integrate::Merge => {
+                self.end_merging(&h, iso, verdict, summary, accept_outside_links)
+                    .await
+            }
             Integrate::Keep | Integrate::Discard => {
                 let (s, interrupted) = self.end(&h.id, verdict, summary).await?;
                 let mut warning = None;
@@ -101,6 +120,7 @@ impl Manager {
                         branch: iso.branch,
                         state,
                         warning,
+                        outside_links: Vec::new(),
                     }),
                 ))
             }
@@ -115,6 +135,7 @@ impl Manager {
         iso: Isolation,
         verdict: SessionStatus,
         summary: Option<String>,
+        accept_outside_links: bool,
     ) -> Result<(Session, bool, Option<Integrated>), ManagerError> {
         if iso.state == WorktreeState::Discarded {
             return Err(ManagerError::WorktreeRemoved {
@@ -166,7 +187,7 @@ impl Manager {
                 iso2.branch
             );
             let project = PathBuf::from(&iso2.repo);
-            match worktree::merge(&project, &iso2.branch, &msg) {
+            match worktree::merge_with(&project, &iso2.branch, &msg, accept_outside_links) {
                 Ok(m) => Ok(m),
                 Err(Refused::Conflicts { target, head, files }) => {
                     // The resolution is prepared in the session's worktree (outside the
@@ -211,6 +232,7 @@ impl Manager {
                 commit: serde_json::json!(merged.commit),
                 fast_forward: serde_json::json!(merged.fast_forward),
                 already_merged: serde_json::json!(merged.already),
+                outside_links: merged.outside_links.iter().map(|l| l.to_string()).collect(),
             },
             Some(&h.id),
         );
@@ -241,6 +263,7 @@ impl Manager {
                 branch: iso.branch,
                 state: new.state,
                 warning,
+                outside_links: merged.outside_links,
             }),
         ))
     }

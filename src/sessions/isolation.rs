@@ -74,6 +74,8 @@ pub struct Integrated {
     /// Something that went wrong after the session was ended (e.g. a worktree that could not
     /// be removed), for the result.
     pub warning: Option<String>,
+    /// Symlinks pointing outside the repository that a merge brought (accepted by the caller).
+    pub outside_links: Vec<worktree::Link>,
 }
 
 /// The directory under the state dir that holds every session worktree.
@@ -93,7 +95,7 @@ pub(super) fn id8(id: &str) -> &str {
 /// Why a worktree session's worktree cannot be used (each is recorded as a turn's failure or
 /// returned as a refusal; the texts are the ones the session shows).
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum WorktreeCheck {
+pub enum WorktreeCheck {
     #[error(
         "the session's stored worktree record (worktree `{worktree}`, branch `{branch}`) is not one zwarm made; zwarm does not act on it"
     )]
@@ -112,6 +114,10 @@ pub(crate) enum WorktreeCheck {
         "the session's working_dir `{dir}` now resolves to `{now}`, outside its worktree (a symlink was put in its place?); zwarm does not follow it."
     )]
     Escaped { dir: String, now: String },
+    /// The worktree's `.git` no longer leads to the git dir zwarm made for it (or git could
+    /// not say).
+    #[error("{0}")]
+    Git(#[from] GitError),
 }
 
 /// A stored isolation record is read from disk, so it is checked before zwarm acts on it: the
@@ -134,22 +140,48 @@ fn check_record(state: &Path, id: &str, iso: &Isolation) -> Result<(), WorktreeC
     Ok(())
 }
 
-/// The whole unified diff of a worktree session against its base: the worktree's state
-/// (committed or not) while it exists, else the branch. Blocking (runs git); used by the
-/// diff resource and by `zwarm diff`, which reads the state without an engine.
-pub fn session_diff(state: &Path, id: &str, iso: &Isolation) -> Result<String, String> {
-    check_record(state, id, iso).map_err(|e| e.to_string())?;
+/// Why a worktree session's diff cannot be shown.
+#[derive(Debug, thiserror::Error)]
+pub enum DiffError {
+    /// Its stored worktree record is not one zwarm made.
+    #[error("{0}")]
+    Record(#[from] WorktreeCheck),
+    #[error("the branch `{0}` no longer exists (discarded), so there is no diff")]
+    Discarded(String),
+    #[error("cannot compute the diff: {0}")]
+    Git(#[from] GitError),
+    #[error("zwarm is shutting down")]
+    ShuttingDown,
+}
+
+/// Where a worktree session's diff is read from: its worktree (committed or not) while it
+/// exists, else its branch. Checks the record first. Blocking.
+fn diff_source(
+    state: &Path,
+    id: &str,
+    iso: &Isolation,
+) -> Result<(PathBuf, Option<PathBuf>), DiffError> {
+    check_record(state, id, iso)?;
     let repo = PathBuf::from(&iso.repo);
     let wt = PathBuf::from(&iso.worktree);
     let wt = (iso.state == WorktreeState::Active && wt.join(".git").exists()).then_some(wt);
     if wt.is_none() && !worktree::branch_exists(&repo, &iso.branch).unwrap_or(false) {
-        return Err(format!(
-            "the branch `{}` no longer exists (discarded), so there is no diff",
-            iso.branch
-        ));
+        return Err(DiffError::Discarded(iso.branch.clone()));
     }
-    worktree::diff_text(&repo, wt.as_deref(), &iso.base, &iso.branch)
-        .map_err(|e| format!("cannot compute the diff: {e}"))
+    Ok((repo, wt))
+}
+
+/// The whole unified diff of a worktree session against its base: the worktree's state
+/// (committed or not) while it exists, else the branch. Blocking (runs git); used by the
+/// diff resource and by `zwarm diff`, which reads the state without an engine.
+pub fn session_diff(state: &Path, id: &str, iso: &Isolation) -> Result<String, DiffError> {
+    let (repo, wt) = diff_source(state, id, iso)?;
+    Ok(worktree::diff_text(
+        &repo,
+        wt.as_deref(),
+        &iso.base,
+        &iso.branch,
+    )?)
 }
 
 impl Manager {
@@ -352,43 +384,33 @@ impl Manager {
         }
     }
 
-    /// What a worktree session changed versus its base (check_session's `diff`).
-    pub async fn diff_stat(&self, s: &Session) -> Option<Result<worktree::DiffStat, String>> {
-        self.diff_stat_at(s, super::links::session_diff_uri(&s.id))
-            .await
-    }
-
-    /// [`Manager::diff_stat`], with the address of the whole diff given by the caller (the
-    /// MCP layer knows its resource addresses; the engine does not).
+    /// What a worktree session changed versus its base; `full_diff` is where the caller
+    /// shows the whole diff (the engine names no addresses). `None`: not a worktree session.
     pub async fn diff_stat_at(
         &self,
         s: &Session,
-        uri: String,
-    ) -> Option<Result<worktree::DiffStat, String>> {
+        full_diff: String,
+    ) -> Option<Result<worktree::DiffStat, DiffError>> {
         let iso = s.isolation.clone()?;
         let state = self.inner.store.root().to_path_buf();
         let id = s.id.clone();
         Some(
             blocking(move || {
-                check_record(&state, &id, &iso).map_err(|e| e.to_string())?;
-                let repo = PathBuf::from(&iso.repo);
-                let wt = PathBuf::from(&iso.worktree);
-                let wt =
-                    (iso.state == WorktreeState::Active && wt.join(".git").exists()).then_some(wt);
-                if wt.is_none() && !worktree::branch_exists(&repo, &iso.branch).unwrap_or(false) {
-                    return Err(format!(
-                        "the branch `{}` no longer exists (discarded), so there is no diff",
-                        iso.branch
-                    ));
-                }
-                worktree::diff_stat(&repo, wt.as_deref(), &iso.base, &iso.branch, uri)
-                    .map_err(|e| format!("cannot compute the diff: {e}"))
+                let (repo, wt) = diff_source(&state, &id, &iso)?;
+                Ok(worktree::diff_stat(
+                    &repo,
+                    wt.as_deref(),
+                    &iso.base,
+                    &iso.branch,
+                    full_diff,
+                )?)
             })
             .await
-            .unwrap_or_else(|| Err("zwarm is shutting down".into())),
+            .unwrap_or(Err(DiffError::ShuttingDown)),
         )
     }
 
+    /// The whole unified diff of a worktree session.
     /// The whole unified diff of a worktree session (resource `zwarm://sessions/{id}/diff`).
     pub async fn diff_text(&self, id: &str) -> Result<String, ManagerError> {
         let s = self.get(id).await?;
@@ -399,9 +421,11 @@ impl Manager {
             });
         };
         let state = self.inner.store.root().to_path_buf();
-        blocking(move || session_diff(&state, &s.id, &iso).map_err(ManagerError::Git))
-            .await
-            .ok_or(ManagerError::ShuttingDown)?
+        blocking(move || {
+            session_diff(&state, &s.id, &iso).map_err(|e| ManagerError::Git(e.to_string()))
+        })
+        .await
+        .ok_or(ManagerError::ShuttingDown)?
     }
 
     /// After start-up (never in the way of `initialize`): `git worktree prune` in the
@@ -492,24 +516,23 @@ impl Manager {
 
 /// At a turn's end, before it is reported: commit what changed in the session's worktree onto
 /// its branch. Files the executor did not report are taken from the commit, so the watchers
-/// judge them.
-pub(super) async fn commit_turn(inner: &Arc<Inner>, h: &Arc<Handle>, index: u32) {
+/// judge them. Returns why the turn must fail: its worktree was redirected away from the git
+/// dir zwarm made for it (the turn's work cannot be trusted onto the branch).
+pub(super) async fn commit_turn(inner: &Arc<Inner>, h: &Arc<Handle>, index: u32) -> Option<String> {
     if !inner.cfg.worktree_commit_turns {
-        return;
+        return None;
     }
     let (iso, prompt) = {
         let l = h.live.lock();
-        let Some(t) = l.session.turn(index) else {
-            return;
-        };
+        let t = l.session.turn(index)?;
         if t.ended_at.is_some() {
-            return;
+            return None;
         }
         (l.session.isolation.clone(), t.prompt.clone())
     };
-    let Some(iso) = iso else { return };
+    let iso = iso?;
     if iso.state != WorktreeState::Active {
-        return;
+        return None;
     }
     let timeout = if inner.shutdown.is_cancelled() {
         SHUTDOWN_COMMIT
@@ -563,8 +586,9 @@ pub(super) async fn commit_turn(inner: &Arc<Inner>, h: &Arc<Handle>, index: u32)
                     })
                     .collect();
             }
+            None
         }
-        Some(Ok(Commit::Nothing)) => {}
+        Some(Ok(Commit::Nothing)) => None,
         Some(Ok(Commit::Skipped(why))) => {
             tracing::warn!(session = %h.id, turn = index, reason = %why, "turn not committed");
             inner.log(
@@ -574,6 +598,7 @@ pub(super) async fn commit_turn(inner: &Arc<Inner>, h: &Arc<Handle>, index: u32)
                 },
                 Some(&h.id),
             );
+            None
         }
         Some(Err(e)) => {
             tracing::warn!(session = %h.id, turn = index, error = %e, "cannot commit the turn");
@@ -584,8 +609,9 @@ pub(super) async fn commit_turn(inner: &Arc<Inner>, h: &Arc<Handle>, index: u32)
                 },
                 Some(&h.id),
             );
+            matches!(e, GitError::Redirected { .. }).then(|| e.to_string())
         }
-        None => {}
+        None => None,
     }
 }
 
@@ -611,6 +637,8 @@ pub(super) fn check_turn_dir(
             branch: iso.branch.clone(),
         });
     }
+    // A worktree whose `.git` was pointed elsewhere never starts a turn.
+    crate::worktree::check_worktree(wt)?;
     let root = worktrees_dir(inner.store.root());
     let root = std::fs::canonicalize(&root).unwrap_or(root);
     let dir = std::fs::canonicalize(working_dir).map_err(|err| WorktreeCheck::Unusable {

@@ -23,7 +23,6 @@ mod fold;
 mod integrate;
 pub mod isolation;
 mod lines;
-mod links;
 mod multi;
 mod owner;
 mod query;
@@ -53,6 +52,7 @@ use crate::watch::Watchers;
 
 use registry::Registry;
 
+pub use api::CallRefused;
 pub use fold::Outcome;
 pub use lines::{Line, LossyLines};
 pub use multi::MAX_IDS as MAX_WAIT_IDS;
@@ -212,7 +212,8 @@ pub struct Notice {
 pub struct DelegateRequest {
     pub task: String,
     pub adapter: Option<String>,
-    pub mode: Option<String>,
+    /// Default: sync.
+    pub mode: Option<crate::model::Mode>,
     pub model: Option<String>,
     pub working_dir: Option<String>,
     /// `none` or `worktree` (default: the config's `isolation`).
@@ -358,8 +359,10 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 
 impl Manager {
     /// Open the state dir, import a 0.2 state if one is found, and be ready for tool calls.
-    /// Open the state dir, import a 0.2 state if one is found, and be ready for tool calls.
-    /// Sessions that dead servers left running are adopted in the background.
+    /// Sessions that dead servers left running are adopted in the background. A loaded
+    /// configuration says where zwarm works (`cfg.cwd`: the default working dir;
+    /// `cfg.project_dir`: the default allowed root); `cwd` stands in for both only when the
+    /// configuration was not loaded (built in code).
     pub async fn start(cfg: Config, cwd: PathBuf) -> Result<Manager, ManagerError> {
         Manager::start_with(cfg, cwd, Arc::new(crate::runner::local::LocalRunner::new())).await
     }
@@ -371,6 +374,16 @@ impl Manager {
         runner: Arc<dyn Runner>,
     ) -> Result<Manager, ManagerError> {
         let instance = uuid::Uuid::new_v4().to_string();
+        let cwd = if cfg.cwd.as_os_str().is_empty() {
+            cwd
+        } else {
+            cfg.cwd.clone()
+        };
+        let project = if cfg.project_dir.as_os_str().is_empty() {
+            cwd.clone()
+        } else {
+            cfg.project_dir.clone()
+        };
         let state_dir = if cfg.state_dir.is_absolute() {
             cfg.state_dir.clone()
         } else {
@@ -397,7 +410,7 @@ impl Manager {
             }
             store.prune_locks();
             let roots: Vec<PathBuf> = if roots_cfg.is_empty() {
-                vec![cwd2.clone()]
+                vec![project]
             } else {
                 roots_cfg
                     .iter()

@@ -219,11 +219,17 @@ pub(crate) async fn finish(
     inner: &Arc<Inner>,
     h: &Arc<Handle>,
     index: u32,
-    outcome: Outcome,
+    mut outcome: Outcome,
     last_message: Option<String>,
 ) {
-    // A worktree session's turn is committed to its branch before the turn is reported.
-    super::isolation::commit_turn(inner, h, index).await;
+    // A worktree session's turn is committed to its branch before the turn is reported; a
+    // worktree redirected away from its own git dir fails the turn.
+    if let Some(why) = super::isolation::commit_turn(inner, h, index).await
+        && outcome.interrupted.is_none()
+        && outcome.failed.is_none()
+    {
+        outcome.failed = Some((why, None));
+    }
     let ended_at = now();
     // Settle a copy first, for the watchers; the live session is settled identically below.
     let mut copy = {

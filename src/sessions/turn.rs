@@ -26,7 +26,7 @@ pub(crate) use super::settle::finish;
 use super::settle::{StderrEvents, apply};
 use super::{Inner, ManagerError};
 use crate::event::LogEvent;
-use crate::executor::{self, ExecutorError, Parser, TurnPlan};
+use crate::executor::{self, ExecutorError, LaunchContext, Parser, TurnPlan};
 use crate::model::{Adapter, SessionStatus, TurnStatus, now};
 use crate::runner::{Finished, Launch, RunningTurn, TurnProcess};
 use crate::store::{StoreError, TurnLog};
@@ -252,7 +252,11 @@ async fn prepare(
         )
     };
     let inner = inner.clone();
+    // The turn's span, so the launch carries its trace context (TRACEPARENT) from the blocking
+    // thread too.
+    let span = tracing::Span::current();
     let r = tokio::task::spawn_blocking(move || -> Result<_, TurnError> {
+        let _span = span.enter();
         let dir = match &isolation {
             // A worktree session runs in its worktree, or not at all.
             Some(iso) => super::isolation::check_turn_dir(&inner, &id, iso, &working_dir)
@@ -273,20 +277,16 @@ async fn prepare(
             return Err(TurnError::BadNativeId(crate::text::one_line(n, 60)));
         }
         let log = inner.store.turn_log(&id, index).map_err(TurnError::Logs)?;
-        let process = executor::build_process(
-            adapter,
-            &inner.cfg,
-            &plan,
-            model.as_deref(),
-            &log.last_message,
-        )
-        .map_err(TurnError::Launch)?;
-        let process = crate::telemetry::with_trace_env(process);
-        let launch = Launch::from_process(
-            process,
-            format!("{id}.{index}"),
-            vec![log.last_message.clone()],
-        );
+        let ctx = LaunchContext {
+            model,
+            scratch: log.last_message.clone(),
+            session_id: Some(id.clone()),
+            allowed_mcp_servers: inner.cfg.executors.mcp_servers.clone(),
+        };
+        let mut launch =
+            executor::build_launch(adapter, &inner.cfg, &plan, &ctx).map_err(TurnError::Launch)?;
+        launch.label = format!("{id}.{index}");
+        let launch = crate::telemetry::with_trace_env(launch);
         Ok((log, launch))
     })
     .await;

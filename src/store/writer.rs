@@ -4,6 +4,15 @@
 //! everything queued at each wake-up, applies it in one transaction (one fsync), each group in
 //! a savepoint of its own, then answers every group's ticket. So ordering is submission order,
 //! a burst of progress costs one commit, and no async worker ever waits on the disk.
+//!
+//! **Group commit.** While one transaction is being synced, the groups submitted meanwhile
+//! queue up and go into the next one together: many sessions' status changes (100 `delegate`s
+//! sent back to back) share one fsync (measured: 100 pipelined async `delegate`s all answered
+//! in about 3 syncs' time; docs/benchmarks.md). A group is answered only after the
+//! transaction holding it is committed, so nothing is reported before it is on disk. The
+//! thread never waits for more groups to arrive: a caller that waits for its commit before
+//! submitting the next pays one sync per call, and nothing here can make that cheaper
+//! without acknowledging a change before it is durable.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -178,7 +178,7 @@ pub fn turn_span(session_id: &str, index: u32, describe: impl FnOnce() -> Adapte
 
 /// Add `TRACEPARENT` and `TRACESTATE` of the current span (the turn's) to an executor's
 /// environment, so that an executor exporting its own telemetry joins the trace.
-pub fn with_trace_env(mut launch: crate::process::Launch) -> crate::process::Launch {
+pub fn with_trace_env(mut launch: crate::runner::Launch) -> crate::runner::Launch {
     if !enabled() {
         return launch;
     }
@@ -188,7 +188,7 @@ pub fn with_trace_env(mut launch: crate::process::Launch) -> crate::process::Lau
     }
     let mut carrier: HashMap<String, String> = HashMap::new();
     TraceContextPropagator::new().inject_context(&cx, &mut carrier);
-    let env = &mut launch.spec;
+    let env = &mut launch;
     if let Some(tp) = carrier.remove("traceparent") {
         env.env_set.push(("TRACEPARENT".into(), tp));
     }

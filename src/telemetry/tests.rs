@@ -152,9 +152,9 @@ fn remote_context_parses_w3c_traceparent() {
 #[test]
 fn helpers_are_no_ops_when_off() {
     assert!(!enabled());
-    let launch = crate::process::Launch::default();
+    let launch = crate::runner::Launch::default();
     let launch = with_trace_env(launch);
-    assert!(launch.spec.env_set.is_empty() && launch.spec.env_remove.is_empty());
+    assert!(launch.env_set.is_empty() && launch.env_remove.is_empty());
     assert!(turn_span("s", 1, || unreachable!("not asked when off")).is_disabled());
     assert!(after_turn_span(&capture()).is_disabled());
     let mut t = TurnTrace::default();

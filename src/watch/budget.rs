@@ -2,9 +2,9 @@
 //!
 //! Limits are checked before every `delegate`/`converse` across all sessions on the state
 //! dir. Past a limit the call is stopped with `action` (default `abort`: a hard stop); past
-//! `warn_percent` of a limit, a nudge warns first. Claude reports its cost; codex reports only
-//! tokens, which are priced from `prices` (USD per million tokens, per model; `default` for
-//! sessions without a model).
+//! `warn_percent` of a limit, a nudge warns first. An executor that reports its cost is charged
+//! that; one that reports only tokens is priced from `prices` (USD per million tokens, per
+//! model; `default` for sessions without a model).
 
 use std::collections::BTreeMap;
 

@@ -110,8 +110,8 @@ impl Call {
         }
     }
 
-    /// Build a typed call from a tool name and its JSON arguments: the untyped entry point
-    /// ([`CallInfo`]) kept for callers that have only JSON.
+    /// Build a typed call from a tool name and its JSON arguments, for callers that have only
+    /// JSON.
     pub fn from_json(tool: &str, args: &Value) -> Call {
         let s = |k: &str| args.get(k).and_then(Value::as_str).map(str::to_string);
         let mode = || {
@@ -158,32 +158,6 @@ impl Call {
             },
         }
     }
-}
-
-/// The tool call a watcher is shown, untyped: the entry point the session manager calls
-/// today. [`Watchers::before_call`] turns it into a [`Call`] (or uses the typed call the MCP
-/// layer put in scope with [`with_typed_call`]).
-pub struct CallInfo<'a> {
-    pub tool: &'a str,
-    pub args: &'a Value,
-}
-
-tokio::task_local! {
-    static TYPED_CALL: Call;
-}
-
-/// Run `f` (the session manager's `before_call`) with `call` in scope: the watchers then judge
-/// this typed call instead of re-reading the JSON they are handed. Gives the call back with
-/// `f`'s output (the call is `None` only if `f` panicked). A bridge until the manager takes a
-/// [`Call`] itself.
-pub async fn with_typed_call<F: std::future::Future>(
-    call: Call,
-    f: F,
-) -> (F::Output, Option<Call>) {
-    let scoped = TYPED_CALL.scope(call, f);
-    tokio::pin!(scoped);
-    let out = (&mut scoped).await;
-    (out, scoped.as_mut().take_value())
 }
 
 /// What an abort stops.
@@ -365,19 +339,6 @@ impl Watchers {
             }
         }
         out
-    }
-
-    /// The untyped entry point: the typed call in scope (see [`with_typed_call`]) when it is
-    /// for this tool, else one built from the JSON.
-    pub fn before_call(&self, call: &CallInfo, fleet: &Fleet, acknowledge: bool) -> CallDecision {
-        let typed = TYPED_CALL
-            .try_with(|c| (c.tool() == call.tool).then(|| self.check_call(c, fleet, acknowledge)))
-            .ok()
-            .flatten();
-        match typed {
-            Some(d) => d,
-            None => self.check_call(&Call::from_json(call.tool, call.args), fleet, acknowledge),
-        }
     }
 
     /// Run the watchers before a tool call and decide whether it may go on.
@@ -567,7 +528,7 @@ mod tests {
             (Box::new(Fixed("p", Action::Pause)), 0),
         ]);
         let (t, a) = call("delegate");
-        let d = w.before_call(&CallInfo { tool: &t, args: &a }, &Fleet::default(), false);
+        let d = w.check_call(&Call::from_json(&t, &a), &Fleet::default(), false);
         assert!(d.refuse.as_deref().unwrap().contains("acknowledge_pause"));
         assert_eq!(
             d.firings.len(),
@@ -577,13 +538,13 @@ mod tests {
         // Reading is never refused.
         let (t, a) = call("check_session");
         assert!(
-            w.before_call(&CallInfo { tool: &t, args: &a }, &Fleet::default(), false)
+            w.check_call(&Call::from_json(&t, &a), &Fleet::default(), false)
                 .refuse
                 .is_none()
         );
         let (t, a) = call("delegate");
         assert!(
-            w.before_call(&CallInfo { tool: &t, args: &a }, &Fleet::default(), true)
+            w.check_call(&Call::from_json(&t, &a), &Fleet::default(), true)
                 .refuse
                 .is_none()
         );
@@ -593,12 +554,12 @@ mod tests {
     fn abort_is_final_for_work_but_not_for_inspection() {
         let w = Watchers::with(vec![(Box::new(Fixed("budget", Action::Abort)), 0)]);
         let (t, a) = call("converse");
-        let d = w.before_call(&CallInfo { tool: &t, args: &a }, &Fleet::default(), true);
+        let d = w.check_call(&Call::from_json(&t, &a), &Fleet::default(), true);
         assert!(d.abort_now.is_some());
         assert!(d.refuse.unwrap().contains("budget says so"));
         let (t, a) = call("end_session");
         assert!(
-            w.before_call(&CallInfo { tool: &t, args: &a }, &Fleet::default(), false)
+            w.check_call(&Call::from_json(&t, &a), &Fleet::default(), false)
                 .refuse
                 .is_none()
         );
@@ -618,8 +579,8 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn the_untyped_entry_judges_the_typed_call_in_scope() {
+    #[test]
+    fn watchers_judge_the_typed_call_and_json_becomes_one() {
         let w = Watchers::with(vec![(Box::new(Echo), 0)]);
         let seen = |d: CallDecision| d.firings[0].message.clone();
         let typed = Call::Converse {
@@ -627,49 +588,32 @@ mod tests {
             message: "typed message".into(),
             mode: Mode::Sync,
         };
-        let json = serde_json::json!({"session_id": "s", "message": "json message"});
-        let (d, back) = with_typed_call(typed.clone(), async {
-            w.before_call(
-                &CallInfo {
-                    tool: "converse",
-                    args: &Value::Null,
-                },
-                &Fleet::default(),
-                false,
-            )
-        })
-        .await;
-        assert_eq!(seen(d), "typed message");
-        assert_eq!(back, Some(typed.clone()));
-        // Another tool's call, or no call in scope: the JSON is read.
-        let (d, _) = with_typed_call(typed, async {
-            w.before_call(
-                &CallInfo {
-                    tool: "delegate",
-                    args: &serde_json::json!({"task": "json task"}),
-                },
-                &Fleet::default(),
-                false,
-            )
-        })
-        .await;
-        assert_eq!(seen(d), "json task");
-        let d = w.before_call(
-            &CallInfo {
-                tool: "converse",
-                args: &json,
-            },
-            &Fleet::default(),
-            false,
+        assert_eq!(
+            seen(w.check_call(&typed, &Fleet::default(), false)),
+            "typed message"
         );
-        assert_eq!(seen(d), "json message");
+        let json =
+            serde_json::json!({"session_id": "s", "message": "json message", "mode": "async"});
+        let c = Call::from_json("converse", &json);
+        assert_eq!(
+            c,
+            Call::Converse {
+                session_id: "s".into(),
+                message: "json message".into(),
+                mode: Mode::Async,
+            }
+        );
+        assert_eq!(
+            seen(w.check_call(&c, &Fleet::default(), false)),
+            "json message"
+        );
     }
 
     #[test]
     fn a_session_scoped_abort_refuses_only_that_call() {
         let w = Watchers::with(vec![(Box::new(Fixed("scope", Action::Abort)), 0)]);
         let (t, a) = call("delegate");
-        let d = w.before_call(&CallInfo { tool: &t, args: &a }, &Fleet::default(), false);
+        let d = w.check_call(&Call::from_json(&t, &a), &Fleet::default(), false);
         assert!(d.abort_now.is_none(), "the server keeps working");
         assert!(d.refuse.unwrap().contains("scope says so"));
         assert!(w.gate().aborted.is_none());

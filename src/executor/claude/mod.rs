@@ -90,6 +90,9 @@ impl Executor for Claude {
     fn package(&self) -> &'static str {
         "@anthropic-ai/claude-code"
     }
+    fn aliases(&self) -> &'static [&'static str] {
+        &["claude_code", "claude-code"]
+    }
     fn provider(&self) -> &'static str {
         "anthropic"
     }
@@ -151,8 +154,9 @@ impl Executor for Claude {
             env_set: vec![],
             // claude refuses to start nested inside another Claude Code session.
             env_remove: vec!["CLAUDECODE".into()],
-            stdin: plan.prompt.clone().into_bytes(),
+            stdin: Some(plan.prompt.clone().into_bytes()),
             read_back: vec![],
+            label: String::new(),
         })
     }
     fn parser(&self) -> Box<dyn StreamParser> {

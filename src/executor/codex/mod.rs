@@ -22,7 +22,7 @@ use serde_json::Value;
 
 use super::api::{
     ConfigKey, DoctorSpec, Executor, ExecutorError, FailureContext, Finding, Launch, LaunchContext,
-    ReadBack, StreamParser, TurnPlan,
+    StreamParser, TurnPlan,
 };
 use super::nested;
 use crate::config::Config;
@@ -66,6 +66,9 @@ impl Executor for Codex {
     }
     fn package(&self) -> &'static str {
         "@openai/codex"
+    }
+    fn aliases(&self) -> &'static [&'static str] {
+        &["codex_mcp", "codex-mcp"]
     }
     fn provider(&self) -> &'static str {
         "openai"
@@ -127,11 +130,10 @@ impl Executor for Codex {
             env_set: vec![],
             // Backtraces leak into codex's error messages (EXECUTORS.md §A.3).
             env_remove: vec!["RUST_BACKTRACE".into()],
-            stdin: plan.prompt.clone().into_bytes(),
-            read_back: vec![ReadBack {
-                what: "last_message",
-                path: ctx.scratch.clone(),
-            }],
+            stdin: Some(plan.prompt.clone().into_bytes()),
+            // The last message (`-o`).
+            read_back: vec![ctx.scratch.clone()],
+            label: String::new(),
         })
     }
     fn parser(&self) -> Box<dyn StreamParser> {

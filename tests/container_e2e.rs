@@ -621,7 +621,7 @@ mod engine {
         DelegateRequest {
             task: t.into(),
             adapter: Some("codex".into()),
-            mode: Some("async".into()),
+            mode: Some(zwarm::model::Mode::Async),
             model: None,
             working_dir: Some(env.work.display().to_string()),
             isolation: None,

@@ -7,6 +7,7 @@
 pub mod acp;
 pub mod cli;
 pub mod config;
+pub mod container;
 pub mod event;
 pub mod executor;
 pub mod fleet;

@@ -138,8 +138,9 @@ impl AcpExecutor {
             cwd: plan.working_dir.clone(),
             env_set: vec![],
             env_remove: vec![],
-            stdin,
+            stdin: Some(stdin),
             read_back: vec![],
+            label: String::new(),
         })
     }
 }

@@ -1054,7 +1054,9 @@ fn the_gemini_executor_runs_turns_through_the_bridge() {
             .spawn()
             .expect("start the bridge");
         let mut stdin = child.stdin.take().expect("stdin");
-        stdin.write_all(launch.stdin.as_deref().unwrap_or_default()).expect("job");
+        stdin
+            .write_all(launch.stdin.as_deref().unwrap_or_default())
+            .expect("job");
         drop(stdin);
         let out = child.wait_with_output().expect("bridge ran");
         let mut parser = exec.parser();

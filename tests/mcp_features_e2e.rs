@@ -316,6 +316,29 @@ async fn bad_arguments_are_refused_up_front_and_name_the_field() {
     assert_eq!(index["next_uri"], Value::Null, "{index}");
 }
 
+/// An executor whose `#!` line names an interpreter that does not exist is refused by
+/// `delegate` up front, saying so; no session is created.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cli_with_a_bad_interpreter_is_refused_before_a_session_exists() {
+    use std::os::unix::fs::PermissionsExt;
+    let (mock, mut env) = codex_env(json!({}));
+    let fake = env.dir.path().join("codex-bad-interpreter");
+    std::fs::write(&fake, "#!/nonexistent/node\nconsole.log('hi')\n").expect("write");
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    env.set("ZWARM_CODEX_BIN", &fake.display().to_string());
+    let z = Zwarm::start(&env, &[]).await;
+    let e = z
+        .err("delegate", json!({"task": "write x", "mode": "async"}))
+        .await;
+    assert!(
+        e.contains("/nonexistent/node") && e.contains("interpreter"),
+        "{e}"
+    );
+    let l = z.ok("list_sessions", json!({})).await;
+    assert_eq!(l["total"], 0, "{l}");
+    assert!(mock.model_requests().is_empty());
+}
+
 /// The wire itself, against the binary: an unparseable line, invalid UTF-8 and a line over the
 /// size limit each get a −32700 reply (the limit named), and the server goes on answering.
 /// Closing stdin stops it, and the log says that stdin closed (not "signal").

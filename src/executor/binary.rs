@@ -37,7 +37,9 @@ pub(crate) fn resolve_binary(
     key: &'static str,
 ) -> Result<PathBuf, ExecutorError> {
     let path_var = std::env::var_os("PATH").unwrap_or_default();
-    resolve_binary_in(configured, default_name, &path_var).map_err(|e| match e {
+    resolve_binary_in(configured, default_name, &path_var)
+        .and_then(|p| check_interpreter(&p, &path_var).map(|()| p))
+        .map_err(|e| match e {
         Lookup::NotFound {
             wanted,
             skipped,
@@ -81,6 +83,59 @@ pub(crate) fn resolve_binary(
             key,
         },
     })
+}
+
+/// A script's `#!` line must name an interpreter that can run: otherwise the kernel refuses
+/// every turn with "bad interpreter", and `delegate` should say so before a session exists.
+/// `#!/usr/bin/env NAME` also needs NAME on PATH (absolute entries only, as for the CLI).
+fn check_interpreter(p: &Path, path_var: &std::ffi::OsStr) -> Result<(), Lookup> {
+    use std::io::Read;
+    let mut head = [0u8; 256];
+    let n = match std::fs::File::open(p).and_then(|mut f| f.read(&mut head)) {
+        Ok(n) => n,
+        // Unreadable but executable: leave it to the kernel.
+        Err(_) => return Ok(()),
+    };
+    let Some(rest) = head[..n].strip_prefix(b"#!") else {
+        return Ok(());
+    };
+    let line_end = rest.iter().position(|&b| b == b'\n').unwrap_or(rest.len());
+    let line = String::from_utf8_lossy(&rest[..line_end])
+        .trim()
+        .to_string();
+    let mut words = line.split_whitespace();
+    let bad = |problem: String| Lookup::Bad {
+        path: p.display().to_string(),
+        problem,
+        fix: "Reinstall the CLI, or point the setting at an executable that runs".into(),
+    };
+    let Some(interp) = words.next() else {
+        return Err(bad("starts with `#!` but names no interpreter".into()));
+    };
+    let interp_path = Path::new(interp);
+    if !interp_path.is_absolute() {
+        return Err(bad(format!(
+            "starts with `#!{line}`: the interpreter `{interp}` is not an absolute path"
+        )));
+    }
+    if check_executable(interp_path).is_err() {
+        return Err(bad(format!(
+            "starts with `#!{line}`, but its interpreter {interp} is missing or not executable"
+        )));
+    }
+    if interp_path.file_name().is_some_and(|f| f == "env")
+        && let Some(name) = words.find(|w| !w.starts_with('-'))
+    {
+        let found = std::env::split_paths(path_var)
+            .filter(|d| d.is_absolute())
+            .any(|d| check_executable(&d.join(name)).is_ok());
+        if !found {
+            return Err(bad(format!(
+                "starts with `#!{line}`, but `{name}` is not on PATH"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Why a binary lookup failed.
@@ -209,6 +264,41 @@ mod tests {
     fn touch(p: &Path, mode: u32) {
         std::fs::write(p, "#!/bin/sh\n").unwrap();
         std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    #[test]
+    fn a_script_whose_interpreter_cannot_run_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let path_var = std::ffi::OsString::from("/usr/bin:/bin");
+        let script = |name: &str, first: &str| {
+            let p = d.path().join(name);
+            std::fs::write(&p, format!("{first}\necho hi\n")).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+            p
+        };
+        let ok = script("ok", "#!/bin/sh");
+        assert_eq!(check_interpreter(&ok, &path_var), Ok(()));
+        let env_ok = script("env_ok", "#!/usr/bin/env sh");
+        assert_eq!(check_interpreter(&env_ok, &path_var), Ok(()));
+        let binary = d.path().join("binary");
+        std::fs::write(&binary, b"\x7fELF").unwrap();
+        assert_eq!(check_interpreter(&binary, &path_var), Ok(()));
+        for (name, first, says) in [
+            ("missing", "#!/nonexistent/interp", "is missing"),
+            ("relative", "#!sh", "not an absolute path"),
+            ("empty", "#!", "names no interpreter"),
+            (
+                "env_missing",
+                "#!/usr/bin/env no-such-interpreter-zw",
+                "is not on PATH",
+            ),
+        ] {
+            let p = script(name, first);
+            match check_interpreter(&p, &path_var) {
+                Err(Lookup::Bad { problem, .. }) => assert!(problem.contains(says), "{problem}"),
+                other => panic!("{name}: {other:?}"),
+            }
+        }
     }
 
     #[test]

@@ -126,10 +126,8 @@ fn check_interpreter(p: &Path, path_var: &std::ffi::OsStr) -> Result<(), Lookup>
     if interp_path.file_name().is_some_and(|f| f == "env")
         && let Some(name) = words.find(|w| !w.starts_with('-'))
     {
-        let found = std::env::split_paths(path_var)
-            .filter(|d| d.is_absolute())
-            .any(|d| check_executable(&d.join(name)).is_ok());
-        if !found {
+        // The same lookup as the CLI's own: absolute PATH entries only.
+        if resolve_binary_in(None, name, path_var).is_err() {
             return Err(bad(format!(
                 "starts with `#!{line}`, but `{name}` is not on PATH"
             )));

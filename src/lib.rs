@@ -4,8 +4,10 @@
 //! executor per CLI ([`executor`]) → child process ([`process`]) whose output becomes
 //! [`event::ExecutorEvent`]s that update the [`session`] records kept by the [`store`].
 
+pub mod acp;
 pub mod cli;
 pub mod config;
+pub mod container;
 pub mod event;
 pub mod executor;
 pub mod fleet;

@@ -7,6 +7,7 @@
 //! executor is its module plus one line there (and its name in [`Adapter`]). Executors know
 //! nothing about MCP, sessions or storage.
 
+pub mod acp;
 mod api;
 pub mod binary;
 pub mod claude;

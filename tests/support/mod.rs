@@ -8,6 +8,8 @@
 
 pub mod harness;
 pub mod mock_anthropic;
+pub mod mock_chat;
+pub mod mock_gemini;
 pub mod mock_openai;
 
 mod http;

@@ -1,0 +1,29 @@
+//! ACP agents (Gemini CLI, Qwen Code, OpenCode, and any other agent speaking the Agent Client
+//! Protocol) driven by zwarm.
+//!
+//! - [`rpc`]: JSON-RPC 2.0 over the agent's stdio, newline-delimited.
+//! - [`agent`]: the agent process: stdio piped, own process group, stopped by closing stdin
+//!   and then killing the group, always reaped.
+//! - [`client`]: `initialize`, `session/new` / `session/load`, `session/prompt`,
+//!   `session/cancel`, permission requests.
+//! - [`update`]: `session/update` → [`update::AcpEvent`] → [`crate::event::ExecutorEvent`].
+//! - [`policy`]: allow / deny / ask for each permission request, and why.
+//!
+//! The message types zwarm reads are in [`schema`] (not from the `agent-client-protocol`
+//! crate: it turns on serde_json's `preserve_order` for the whole program); the connection is
+//! zwarm's own small loop on tokio.
+
+pub mod agent;
+pub mod bridge;
+pub mod client;
+pub mod policy;
+pub mod rpc;
+pub mod schema;
+pub mod update;
+
+pub use agent::AgentCommand;
+pub use client::{
+    AcpAgent, AcpError, AgentInfo, Approver, EarlierTurn, OpenedSession, PromptOptions, TurnEnd,
+};
+pub use policy::{Decision, Level, PermissionAsk, Policy, Rule, Verdict};
+pub use update::AcpEvent;

@@ -1,0 +1,135 @@
+//! The per-session state dir a container turn sees: the executor's home and config dirs, kept
+//! between turns so `codex exec resume` and `claude --resume` find their threads, and the
+//! files zwarm reads back.
+
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone)]
+pub(crate) struct SessionDirs {
+    pub root: PathBuf,
+    pub home: PathBuf,
+    pub codex: PathBuf,
+    pub claude: PathBuf,
+    pub out: PathBuf,
+}
+
+/// Files of the user's executor config copied into a session's state before each turn (the
+/// model provider, the login); nothing else of the user's config dirs goes in.
+const CODEX_FILES: &[&str] = &["config.toml", "auth.json"];
+const CLAUDE_FILES: &[&str] = &["settings.json", ".credentials.json"];
+
+impl SessionDirs {
+    pub fn new(state_root: &Path, session: &str) -> SessionDirs {
+        let root = state_root.join(session);
+        SessionDirs {
+            home: root.join("home"),
+            codex: root.join("codex"),
+            claude: root.join("claude"),
+            out: root.join("out"),
+            root,
+        }
+    }
+
+    /// Create the dirs (private to zwarm's user) and copy the executor config in. `env_set`
+    /// is the executor's own environment for the turn, which may name its config dirs.
+    pub fn prepare(&self, env_set: &[(String, String)]) -> std::io::Result<()> {
+        use std::os::unix::fs::DirBuilderExt;
+        let mut b = std::fs::DirBuilder::new();
+        b.recursive(true).mode(0o700);
+        for d in [&self.root, &self.home, &self.codex, &self.claude, &self.out] {
+            b.create(d)?;
+        }
+        let var = |name: &str| {
+            env_set
+                .iter()
+                .rev()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| PathBuf::from(v))
+                .or_else(|| std::env::var_os(name).map(PathBuf::from))
+        };
+        let home = std::env::var_os("HOME").map(PathBuf::from);
+        let codex_src = var("CODEX_HOME").or_else(|| home.as_ref().map(|h| h.join(".codex")));
+        let claude_src =
+            var("CLAUDE_CONFIG_DIR").or_else(|| home.as_ref().map(|h| h.join(".claude")));
+        copy_files(codex_src.as_deref(), &self.codex, CODEX_FILES)?;
+        copy_files(claude_src.as_deref(), &self.claude, CLAUDE_FILES)?;
+        Ok(())
+    }
+}
+
+fn copy_files(from: Option<&Path>, to: &Path, names: &[&str]) -> std::io::Result<()> {
+    let Some(from) = from else { return Ok(()) };
+    if from == to {
+        return Ok(());
+    }
+    for name in names {
+        let src = from.join(name);
+        if std::fs::metadata(&src).is_ok_and(|m| m.is_file()) {
+            let dst = to.join(name);
+            // Never through a link the executor may have planted in its state.
+            let _ = std::fs::remove_file(&dst);
+            std::fs::copy(&src, &dst)?;
+        }
+    }
+    Ok(())
+}
+
+/// Read a file the executor wrote for zwarm: a regular file only (no link followed), at most
+/// `limit` bytes; removed afterwards. `None` when missing, empty or not a plain file.
+pub(crate) fn read_back(path: &Path, limit: u64) -> Option<String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let text = (|| {
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(path)
+            .ok()?;
+        if !f.metadata().ok()?.is_file() {
+            return None;
+        }
+        let mut s = String::new();
+        f.take(limit).read_to_string(&mut s).ok()?;
+        Some(s).filter(|s| !s.trim().is_empty())
+    })();
+    let _ = std::fs::remove_file(path);
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prepare_copies_only_the_listed_config() {
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("codex-src");
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::write(src.join("config.toml"), "model = \"x\"").unwrap();
+        std::fs::write(src.join("history.jsonl"), "secret").unwrap();
+        let d = SessionDirs::new(&t.path().join("state"), "s1");
+        d.prepare(&[("CODEX_HOME".into(), src.display().to_string())])
+            .unwrap();
+        assert_eq!(
+            std::fs::read_to_string(d.codex.join("config.toml")).unwrap(),
+            "model = \"x\""
+        );
+        assert!(!d.codex.join("history.jsonl").exists());
+        assert!(d.out.is_dir() && d.home.is_dir() && d.claude.is_dir());
+    }
+
+    #[test]
+    fn read_back_refuses_links_and_removes_the_file() {
+        let t = tempfile::tempdir().unwrap();
+        let secret = t.path().join("secret");
+        std::fs::write(&secret, "host secret").unwrap();
+        let link = t.path().join("last");
+        std::os::unix::fs::symlink(&secret, &link).unwrap();
+        assert_eq!(read_back(&link, 1 << 20), None);
+        assert!(secret.exists());
+        let f = t.path().join("msg");
+        std::fs::write(&f, "hello").unwrap();
+        assert_eq!(read_back(&f, 3).as_deref(), Some("hel"));
+        assert!(!f.exists());
+    }
+}

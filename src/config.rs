@@ -90,6 +90,8 @@ pub struct Config {
     pub watchers: crate::watch::WatchersConfig,
     /// Trace export (see `crate::telemetry`).
     pub telemetry: crate::telemetry::TelemetryConfig,
+    /// `[runner]`: where turns run (local processes, containers, a cluster).
+    pub runner: crate::runner::config::RunnerConfig,
 
     // Not config keys: facts [`load`] found while loading.
     /// The project: the top level of the git work tree holding the working directory, else
@@ -186,6 +188,7 @@ impl Default for Config {
             executors: ExecutorsConfig::default(),
             watchers: Default::default(),
             telemetry: Default::default(),
+            runner: Default::default(),
             project_dir: PathBuf::new(),
             cwd: PathBuf::new(),
             legacy_state_dir: None,

@@ -121,14 +121,9 @@ async fn serve(
     telemetry: Option<zwarm::telemetry::Telemetry>,
 ) -> anyhow::Result<i32> {
     zwarm::process::become_subreaper();
-    // The local runner with its own containment and reaper (probing and starting the helper
-    // block for a few milliseconds).
-    let c = cfg.clone();
-    let runner = tokio::task::spawn_blocking(move || zwarm::cli::local_runner(&c))
-        .await
-        .context("setting up executor containment")?;
-    tracing::info!(containment = runner.mode_name(), "executor containment");
-    let manager = zwarm::cli::start_manager(cfg, Arc::new(runner)).await?;
+    // The runner `[runner]` asks for (the local one: its own containment and reaper).
+    let runner = zwarm::cli::runner_for(&cfg).await?;
+    let manager = zwarm::cli::start_manager(cfg, runner).await?;
     tracing::info!(state_dir = %manager.state_dir().display(), version = env!("CARGO_PKG_VERSION"), "zwarm serving MCP on stdio");
     let ct = CancellationToken::new();
     tokio::spawn(cancel_on_signal(ct.clone()));

@@ -823,6 +823,13 @@ fn sample(k: &keys::KeyDef) -> Value {
     }
     match k.kind {
         Kind::Str if k.key == "default_adapter" => Value::String("claude".into()),
+        Kind::Str if k.key == "runner.kind" => Value::String("container".into()),
+        Kind::Str if k.key == "runner.container.network" => Value::String("none".into()),
+        Kind::Free if k.key == "runner.kubernetes.node_selector" => {
+            let mut t = toml::map::Map::new();
+            t.insert("disk".into(), Value::String("ssd".into()));
+            Value::Table(t)
+        }
         Kind::Str => Value::String("/tmp/sample".into()),
         Kind::Int => Value::Integer(7),
         Kind::Float => Value::Float(7.0),

@@ -170,8 +170,10 @@ pub fn start_engine(
     cfg: Config,
 ) -> anyhow::Result<crate::sessions::Manager> {
     crate::process::become_subreaper();
-    let runner = local_runner(&cfg);
-    rt.block_on(start_manager(cfg, Arc::new(runner)))
+    rt.block_on(async {
+        let runner = runner_for(&cfg).await?;
+        start_manager(cfg, runner).await
+    })
 }
 
 /// How long a start waits for a state database that another process holds locked: the
@@ -239,6 +241,33 @@ fn locked_db(e: &crate::sessions::ManagerError) -> Option<String> {
         Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
     )
     .then(|| path.clone())
+}
+
+/// The runner `[runner] kind` asks for, ready for turns; an error says why it cannot be used
+/// and what to change.
+pub async fn runner_for(cfg: &Config) -> anyhow::Result<Arc<dyn crate::runner::Runner>> {
+    use crate::runner::config::RunnerKind;
+    match cfg.runner.kind {
+        RunnerKind::Local => {
+            // Probing the containment and starting the reaper block for a few milliseconds.
+            let c = cfg.clone();
+            let runner = tokio::task::spawn_blocking(move || local_runner(&c))
+                .await
+                .context("setting up executor containment")?;
+            tracing::info!(containment = runner.mode_name(), "executor containment");
+            Ok(Arc::new(runner))
+        }
+        RunnerKind::Container => {
+            let r = crate::container::from_config(&cfg.runner.container, &cfg.state_dir)
+                .await
+                .context("runner.kind is `container`")?;
+            tracing::info!(image = %cfg.runner.container.image, "turns run in containers");
+            Ok(r)
+        }
+        RunnerKind::Kubernetes => anyhow::bail!(
+            "runner.kind is `kubernetes`, which this build of zwarm cannot run yet: set runner.kind to `local` or `container`"
+        ),
+    }
 }
 
 /// The local runner as the config asks for it, with a [`crate::process::Reaper`] (a helper

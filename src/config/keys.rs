@@ -15,6 +15,8 @@ use serde::Serialize;
 use toml::Value;
 
 use super::{ClaudeConfig, CodexConfig, Config, ExecutorsConfig, IgnoredKey};
+use crate::container::ContainerConfig;
+use crate::runner::config::{KubeConfig, RunnerConfig};
 use crate::telemetry::TelemetryConfig;
 use crate::watch::{
     BudgetConfig, PatternConfig, PatternRule, ProgressConfig, QualityConfig, ScopeConfig,
@@ -310,6 +312,7 @@ use Trust::{Free, NotAKey, Section, TightenOnly, TrustedOnly};
 
 const RUNS: &str = "it chooses the program zwarm runs";
 const ARGS: &str = "it goes into the executor's command line";
+const RUNNER: &str = "it chooses where executors run and what they can reach";
 const PROMPT: &str = "it goes into every executor's prompt";
 const MODEL: &str = "it goes into the executor's command line and chooses what a turn costs";
 const PRIORITY: &str =
@@ -340,6 +343,7 @@ fn build() -> Vec<KeyDef> {
         executors: Section, "";
         watchers: Section, "";
         telemetry: Section, "";
+        runner: Section, "";
         project_dir: NotAKey, "";
         cwd: NotAKey, "";
         legacy_state_dir: NotAKey, "";
@@ -416,6 +420,35 @@ fn build() -> Vec<KeyDef> {
         endpoint: TrustedOnly("it chooses where traces of your sessions are sent"), "OTLP/HTTP traces URL; a URL without a path gets `/v1/traces`.";
         headers: TrustedOnly("it chooses the credentials sent with traces"), "Extra request headers, `name=value` pairs separated by commas, values percent-encoded. Never logged.";
         service_name: Free, "`service.name` of the spans. Unset: `OTEL_SERVICE_NAME`, else `zwarm`.";
+    });
+    fields!(out, "runner.", RunnerConfig {
+        kind: TrustedOnly(RUNNER), "Where turns run: `local` (child processes here), `container` (a container per turn, `[runner.container]`) or `kubernetes` (a Job per turn, `[runner.kubernetes]`).";
+        container: Section, "";
+        kubernetes: Section, "";
+    });
+    fields!(out, "runner.container.", ContainerConfig {
+        image: TrustedOnly(RUNNER), "Image holding the executor CLIs (see docs/containers.md, \"Images\").";
+        network: TrustedOnly(RUNNER), "`host` (the host's network, loopback included), `bridge` or `none`.";
+        memory: TrustedOnly(RUNNER), "Memory limit of a turn's container, e.g. `2g`. Unset: none.";
+        cpus: TrustedOnly(RUNNER), "CPU limit in cores, e.g. `2.0`. Unset: none.";
+        pids: TrustedOnly(RUNNER), "Most processes and threads in a turn's container.";
+        user: TrustedOnly(RUNNER), "`uid[:gid]` the executor runs as. Unset: zwarm's own.";
+        env: TrustedOnly("it chooses which of zwarm's environment (API keys) a container gets"), "Names of zwarm's environment variables passed into containers (API keys); nothing else goes in.";
+        host: TrustedOnly(RUNNER), "Docker endpoint (`unix:///…`, `tcp://…`). Unset: `DOCKER_HOST`, else the local socket.";
+    });
+    fields!(out, "runner.kubernetes.", KubeConfig {
+        kubeconfig: TrustedOnly(RUNNER), "The kubeconfig file. Unset: `KUBECONFIG`, else `~/.kube/config`.";
+        context: TrustedOnly(RUNNER), "The kubeconfig context. Unset: its current context.";
+        namespace: TrustedOnly(RUNNER), "Namespace the Jobs run in.";
+        image: TrustedOnly(RUNNER), "Image holding git and the executor CLIs.";
+        service_account: TrustedOnly(RUNNER), "Service account of the Jobs' pods.";
+        cpu: TrustedOnly(RUNNER), "CPU request and limit of a turn's pod, e.g. `\"2\"`.";
+        memory: TrustedOnly(RUNNER), "Memory request and limit of a turn's pod, e.g. `\"2Gi\"`.";
+        node_selector: TrustedOnly(RUNNER), "Node labels a turn's pod must run on.";
+        secret: TrustedOnly("it chooses the credentials executors get"), "Secret whose keys become the executor's environment (API keys); never written into the Job.";
+        git_remote: TrustedOnly("it chooses where a session's code is pushed"), "Git remote the cluster fetches a session's branch from and pushes it back to.";
+        schedule_timeout_seconds: TrustedOnly(RUNNER), "A turn's pod not running within this time fails the turn.";
+        ttl_seconds_after_finished: TrustedOnly(RUNNER), "`ttlSecondsAfterFinished` of every Job.";
     });
     out
 }

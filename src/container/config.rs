@@ -3,14 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-/// `[runner] kind`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RunnerKind {
-    #[default]
-    Local,
-    Container,
-}
+pub use crate::runner::config::{RunnerConfig, RunnerKind};
 
 /// `[runner.container] network`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -34,14 +27,6 @@ impl Network {
             Network::None => "none",
         }
     }
-}
-
-/// `[runner]`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct RunnerConfig {
-    pub kind: RunnerKind,
-    pub container: ContainerConfig,
 }
 
 /// `[runner.container]`.
@@ -83,14 +68,8 @@ impl Default for ContainerConfig {
 }
 
 // How the config key table (`crate::config::keys`) writes these types.
-impl crate::config::keys::KeyType for RunnerConfig {
-    const KIND: crate::config::keys::Kind = crate::config::keys::Kind::Section;
-}
 impl crate::config::keys::KeyType for ContainerConfig {
     const KIND: crate::config::keys::Kind = crate::config::keys::Kind::Section;
-}
-impl crate::config::keys::KeyType for RunnerKind {
-    const KIND: crate::config::keys::Kind = crate::config::keys::Kind::Str;
 }
 impl crate::config::keys::KeyType for Network {
     const KIND: crate::config::keys::Kind = crate::config::keys::Kind::Str;

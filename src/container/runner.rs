@@ -32,26 +32,20 @@ impl ContainerRuns {
     }
 }
 
-/// The runner `[runner]` asks for: the local one, or containers on the configured daemon (an
-/// error says why the daemon or image cannot be used). `state_dir` is zwarm's state dir; the
-/// per-session container state goes under `<state_dir>/containers/`.
+/// Containers on the configured daemon, ready for turns (an error says why the daemon or
+/// image cannot be used). `state_dir` is zwarm's state dir; the per-session container state
+/// goes under `<state_dir>/containers/`. What servers that died on this node left is removed
+/// first.
 pub async fn from_config(
-    cfg: &super::RunnerConfig,
+    cfg: &super::ContainerConfig,
     state_dir: &std::path::Path,
 ) -> Result<Arc<dyn Runner>, ContainerError> {
-    match cfg.kind {
-        super::RunnerKind::Local => Ok(Arc::new(crate::runner::local::LocalRunner::new())),
-        super::RunnerKind::Container => {
-            let r = ContainerRunner::connect(cfg.container.clone(), state_dir.join("containers"))
-                .await?;
-            // What servers that died on this node left goes before the first turn.
-            let n = r.clean_dead_servers().await;
-            if n > 0 {
-                tracing::info!("removed {n} containers of stopped zwarm servers");
-            }
-            Ok(ContainerRuns::new(r))
-        }
+    let r = ContainerRunner::connect(cfg.clone(), state_dir.join("containers")).await?;
+    let n = r.clean_dead_servers().await;
+    if n > 0 {
+        tracing::info!("removed {n} containers of stopped zwarm servers");
     }
+    Ok(ContainerRuns::new(r))
 }
 
 fn runner_error(e: ContainerError) -> RunnerError {
@@ -138,12 +132,16 @@ impl TurnProcess for Control {
             return Finished::default();
         };
         let f = t.finish().await;
-        if f.oom_killed {
+        let cause = f.oom_killed.then(|| {
             tracing::warn!("a turn's container ran out of memory");
-        }
+            "the turn's container ran out of memory and was killed (raise \
+             runner.container.memory, or make the task smaller)"
+                .to_string()
+        });
         Finished {
             exit: f.exit,
             files: f.files,
+            cause,
         }
     }
 }

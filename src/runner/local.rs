@@ -157,7 +157,11 @@ impl TurnProcess for LocalTurn {
         })
         .await
         .unwrap_or_default();
-        Finished { exit, files }
+        Finished {
+            exit,
+            files,
+            cause: None,
+        }
     }
 
     fn id(&self) -> Option<u32> {

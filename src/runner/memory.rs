@@ -28,6 +28,8 @@ pub struct Script {
     pub files: Vec<String>,
     /// Fail the start with this message.
     pub fail_to_start: Option<String>,
+    /// The runner's own reason for the end ([`Finished::cause`]), e.g. an out-of-memory kill.
+    pub cause: Option<String>,
 }
 
 type ScriptFn = dyn Fn(&Launch) -> Script + Send + Sync;
@@ -125,6 +127,7 @@ impl Runner for Arc<MemoryRunner> {
                 exited,
                 stopped,
                 files,
+                cause: script.cause,
                 runner: self.clone(),
             }),
         })
@@ -142,6 +145,7 @@ struct MemoryTurn {
     exited: CancellationToken,
     stopped: CancellationToken,
     files: Vec<(PathBuf, Option<String>)>,
+    cause: Option<String>,
     runner: Arc<MemoryRunner>,
 }
 
@@ -169,6 +173,7 @@ impl TurnProcess for MemoryTurn {
         Finished {
             exit: Some(std::process::ExitStatus::from_raw(raw)),
             files: self.files,
+            cause: self.cause,
         }
     }
 }

@@ -14,6 +14,7 @@
 //! [`Runner::clean_up`] stops whatever still runs under it (a dead server's executor, or a
 //! turn whose supervisor panicked).
 
+pub mod config;
 pub mod local;
 pub mod memory;
 
@@ -101,6 +102,10 @@ pub struct Finished {
     pub exit: Option<ExitStatus>,
     /// Each of [`Launch::read_back`], with its contents when it was written and not empty.
     pub files: Vec<(PathBuf, Option<String>)>,
+    /// Why the runner itself ended the turn, in words for the turn's result, when it did
+    /// ("the container ran out of memory (limit 512m) and was killed", "the pod was never
+    /// scheduled: ..."). `None` when the executor ended on its own or was stopped by zwarm.
+    pub cause: Option<String>,
 }
 
 impl Finished {

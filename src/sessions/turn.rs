@@ -366,6 +366,13 @@ async fn execute(
         );
         let _ = inner.store.submit(vec![ev]).committed().await;
     }
+    if let Some(cause) = finished.cause.as_ref().filter(|_| !outcome.completed)
+        && outcome.interrupted.is_none()
+    {
+        // What the runner saw (an out-of-memory kill, a pod that never ran) explains the end
+        // better than the exit status or the stream's last error.
+        outcome.failed = Some((cause.clone(), None));
+    }
     if !outcome.completed && outcome.failed.is_none() && outcome.interrupted.is_none() {
         let s = h.live.lock().session.clone();
         outcome.failed = Some((

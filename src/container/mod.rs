@@ -19,6 +19,7 @@
 pub mod config;
 pub mod doctor;
 mod runner;
+pub mod sandbox;
 mod state;
 mod turn;
 
@@ -195,9 +196,18 @@ impl ContainerRunner {
             read_back.push((want.clone(), inside));
         }
 
-        let mut cmd = vec![program_in_image(&spec.program)];
-        cmd.extend(args.iter().map(|a| a.to_string_lossy().into_owned()));
+        let program = program_in_image(&spec.program);
+        let mut args: Vec<String> = args
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        // The container is the sandbox: the executor's own is switched off inside, and what it
+        // was asked to enforce is enforced by the mount.
+        let enforce = sandbox::adjust(&program, &mut args);
+        let mut cmd = vec![program];
+        cmd.extend(args);
         let cwd = spec.cwd.to_string_lossy().into_owned();
+        let work_mode = if enforce.read_only { "ro" } else { "rw" };
         let labels = HashMap::from([
             (LABEL.to_string(), spec.label.clone()),
             (LABEL_SESSION.to_string(), session.to_string()),
@@ -219,7 +229,7 @@ impl ContainerRunner {
             tty: Some(false),
             host_config: Some(HostConfig {
                 binds: Some(vec![
-                    format!("{cwd}:{cwd}:rw"),
+                    format!("{cwd}:{cwd}:{work_mode}"),
                     format!("{0}:{0}:rw", dirs.root.display()),
                 ]),
                 network_mode: Some(self.cfg.network.mode().into()),
@@ -308,6 +318,9 @@ impl ContainerRunner {
         set("CLAUDE_CONFIG_DIR", dirs.claude.display().to_string());
         // The container is the sandbox: claude accepts its bypass mode as root only with this.
         set("IS_SANDBOX", "1".into());
+        // The turn's mark, as the local runner sets it: the turn's processes are found by it in
+        // the host's /proc too.
+        set(crate::process::TURN_MARKER, spec.label.clone());
         env.into_iter().map(|(k, v)| format!("{k}={v}")).collect()
     }
 

@@ -584,32 +584,104 @@ async fn a_restarted_server_removes_what_turns_and_dead_servers_left() {
     assert!(r.containers(LABEL, &label3).await.is_empty());
 }
 
+/// `zwarm doctor --json` with a config, in the test's environment.
+fn doctor(env: &Env, config: &Path) -> (i32, Value) {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_zwarm"));
+    cmd.arg("doctor")
+        .arg("--json")
+        .arg("--state-dir")
+        .arg(&env.state)
+        .arg("--config")
+        .arg(config)
+        .current_dir(&env.work)
+        .stdin(std::process::Stdio::null());
+    for (k, _) in std::env::vars() {
+        if k.starts_with("ZWARM_") || k == "IS_SANDBOX" || k == "CLAUDECODE" {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.envs(env.vars.iter().map(|(k, v)| (k, v)));
+    let o = cmd.output().expect("run zwarm doctor");
+    let v = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
+        panic!(
+            "doctor printed no JSON ({e}): {}\n{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    });
+    (o.status.code().unwrap_or(-1), v)
+}
+
+fn find<'a>(v: &'a Value, name: &str) -> &'a Value {
+    v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no check `{name}`: {v:#}"))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn doctor_checks_the_daemon_the_image_and_the_clis_in_it() {
     let env = Env::new(None, None);
-    let state = env.dir.path().join("containers");
-    let cfg = ContainerConfig {
-        image: image(),
-        ..ContainerConfig::default()
-    };
-    let checks = zwarm::container::doctor::check(&cfg, &state, &["codex", "claude"]).await;
-    assert!(checks.iter().all(|c| c.ok), "{checks:#?}");
-    assert!(checks[1].detail.contains("codex-cli"), "{checks:#?}");
-    assert!(checks[2].detail.contains("Claude Code"), "{checks:#?}");
-    // The scratch sessions are gone.
-    assert_eq!(std::fs::read_dir(&state).map(|d| d.count()).unwrap_or(0), 0);
-
-    let missing = ContainerConfig {
-        image: "zwarm-no-such-image:0".into(),
-        ..ContainerConfig::default()
-    };
-    let checks = zwarm::container::doctor::check(&missing, &state, &["codex"]).await;
-    assert_eq!(checks.len(), 1, "{checks:#?}");
-    assert!(!checks[0].ok);
+    let (_, v) = doctor(&env, &container_config(&env, "", ""));
+    let daemon = find(&v, "container runner");
+    assert_eq!(daemon["status"], "ok", "{v:#}");
     assert!(
-        checks[0]
-            .detail
+        daemon["detail"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("image `{}`", image())),
+        "{v:#}"
+    );
+    let codex = find(&v, "codex in the image");
+    assert_eq!(codex["status"], "ok", "{v:#}");
+    assert!(
+        codex["detail"].as_str().unwrap().contains("codex-cli"),
+        "{v:#}"
+    );
+    let claude = find(&v, "claude in the image");
+    assert_eq!(claude["status"], "ok", "{v:#}");
+    assert!(
+        claude["detail"].as_str().unwrap().contains("Claude Code"),
+        "{v:#}"
+    );
+    // codex's own sandbox is not used in a container: its probe on this machine is not run.
+    let sandbox = find(&v, "codex sandbox");
+    assert_eq!(sandbox["status"], "ok", "{v:#}");
+    assert!(
+        sandbox["detail"]
+            .as_str()
+            .unwrap()
+            .contains("not used in a container"),
+        "{v:#}"
+    );
+    // The scratch sessions of the `--version` runs are gone; the state dir was not touched.
+    assert!(!env.state.join("containers").exists());
+
+    // An image the daemon does not have: the check fails and says what to do.
+    let missing = env.dir.path().join("missing.toml");
+    std::fs::write(
+        &missing,
+        "[runner]\nkind = \"container\"\n[runner.container]\nimage = \"zwarm-no-such-image:0\"\n",
+    )
+    .expect("write");
+    let (code, v) = doctor(&env, &missing);
+    assert_eq!(code, 1, "{v:#}");
+    let daemon = find(&v, "container runner");
+    assert_eq!(daemon["status"], "fail", "{v:#}");
+    assert!(
+        daemon["detail"]
+            .as_str()
+            .unwrap()
             .contains("`zwarm-no-such-image:0` is not on the Docker daemon"),
-        "{checks:#?}"
+        "{v:#}"
+    );
+    assert!(
+        daemon["fix"]
+            .as_str()
+            .unwrap()
+            .contains("zwarm image build"),
+        "{v:#}"
     );
 }

@@ -14,6 +14,7 @@
 pub mod activity;
 pub mod doctor;
 pub mod end;
+pub mod image;
 pub mod logs;
 pub mod prune;
 pub mod ps;
@@ -62,6 +63,8 @@ pub enum Command {
     Doctor(doctor::DoctorArgs),
     /// Add zwarm to a host's MCP configuration (claude-code, codex, claude-desktop).
     Setup(setup::SetupArgs),
+    /// The executor image for the container runner (`zwarm image build`).
+    Image(image::ImageArgs),
 }
 
 /// Where the state and config come from: the same options as `zwarm serve`.
@@ -137,6 +140,7 @@ pub fn main(cmd: Command) -> i32 {
         Command::Top(a) => top::main(a),
         Command::Doctor(a) => doctor::main(a),
         Command::Setup(a) => setup::main(a),
+        Command::Image(a) => image::main(a),
     };
     match r {
         Ok(code) => code,

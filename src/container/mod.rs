@@ -18,6 +18,7 @@
 
 pub mod config;
 pub mod doctor;
+pub mod image;
 mod runner;
 pub mod sandbox;
 mod state;
@@ -118,35 +119,13 @@ impl ContainerRunner {
         state_root: PathBuf,
     ) -> Result<ContainerRunner, ContainerError> {
         let limits = cfg.limits()?;
-        let endpoint = cfg
-            .host
-            .clone()
-            .or_else(|| std::env::var("DOCKER_HOST").ok())
-            .filter(|h| !h.is_empty());
-        let daemon = |source| ContainerError::Daemon {
-            endpoint: endpoint
-                .as_deref()
-                .map(|e| format!(" at {e}"))
-                .unwrap_or_default(),
-            source,
-        };
-        let docker = match &endpoint {
-            Some(h) if h.starts_with("unix://") => {
-                Docker::connect_with_unix(h, 120, bollard::API_DEFAULT_VERSION)
-            }
-            Some(h) if h.starts_with("tcp://") || h.starts_with("http://") => {
-                Docker::connect_with_http(h, 120, bollard::API_DEFAULT_VERSION)
-            }
-            _ => Docker::connect_with_local_defaults(),
-        }
-        .map_err(daemon)?;
-        let docker = docker.negotiate_version().await.map_err(daemon)?;
+        let docker = connect_daemon(cfg.host.as_deref()).await?;
         match docker.inspect_image(&cfg.image).await {
             Ok(_) => {}
             Err(bollard::errors::Error::DockerResponseServerError {
                 status_code: 404, ..
             }) => return Err(ContainerError::NoImage(cfg.image.clone())),
-            Err(e) => return Err(daemon(e)),
+            Err(e) => return Err(daemon_error(cfg.host.as_deref(), e)),
         }
         Ok(ContainerRunner {
             docker,
@@ -396,6 +375,41 @@ impl ContainerRunner {
         }
         n
     }
+}
+
+/// The daemon's endpoint: `host`, else `DOCKER_HOST`, else the local socket (`None`).
+fn endpoint(host: Option<&str>) -> Option<String> {
+    host.map(str::to_string)
+        .or_else(|| std::env::var("DOCKER_HOST").ok())
+        .filter(|h| !h.is_empty())
+}
+
+fn daemon_error(host: Option<&str>, source: bollard::errors::Error) -> ContainerError {
+    ContainerError::Daemon {
+        endpoint: endpoint(host)
+            .map(|e| format!(" at {e}"))
+            .unwrap_or_default(),
+        source,
+    }
+}
+
+/// Connect to the daemon at `host` (else `DOCKER_HOST`, else the local socket) and agree on
+/// an API version.
+pub async fn connect_daemon(host: Option<&str>) -> Result<Docker, ContainerError> {
+    let docker = match endpoint(host).as_deref() {
+        Some(h) if h.starts_with("unix://") => {
+            Docker::connect_with_unix(h, 120, bollard::API_DEFAULT_VERSION)
+        }
+        Some(h) if h.starts_with("tcp://") || h.starts_with("http://") => {
+            Docker::connect_with_http(h, 120, bollard::API_DEFAULT_VERSION)
+        }
+        _ => Docker::connect_with_local_defaults(),
+    }
+    .map_err(|e| daemon_error(host, e))?;
+    docker
+        .negotiate_version()
+        .await
+        .map_err(|e| daemon_error(host, e))
 }
 
 /// Stop (SIGKILL) and remove a container with its anonymous volumes; errors are logged.

@@ -409,7 +409,15 @@ async fn a_memory_hog_is_killed_and_the_turn_says_it_ran_out_of_memory() {
 async fn a_worktree_session_in_containers_merges_back_like_a_local_one() {
     let mock = OpenAiMock::start(json!({}));
     let env = Env::new(Some(&mock), None);
-    mock.set_script(keyed_script("codex_keyed.json", &env.work));
+    let poke = "R=git-report.txt; git status --short >/dev/null && echo 'status ok' >> $R; \
+                (echo 'gitdir: /tmp' > .git) 2>/dev/null || echo 'refused .git' >> $R; \
+                C=$(git rev-parse --git-common-dir); \
+                (printf '[core]\\n\\tfsmonitor = touch /tmp/x\\n' >> $C/config) 2>/dev/null \
+                  || echo 'refused config' >> $R; \
+                (echo 'touch /tmp/x' > $C/hooks/pre-commit) 2>/dev/null || echo 'refused hook' >> $R";
+    let mut script = keyed_script("codex_keyed.json", &env.work);
+    script["scenarios"]["gitpoke"] = json!([exec_step(poke), message_step("poked")]);
+    mock.set_script(script);
     git(&env.work, &["init", "-q", "-b", "main"]);
     std::fs::write(env.work.join("README"), "project\n").expect("write");
     git(&env.work, &["add", "-A"]);
@@ -429,6 +437,22 @@ async fn a_worktree_session_in_containers_merges_back_like_a_local_one() {
     // The turn wrote into the session's worktree (mounted), not into the checkout.
     assert!(worktree.join("hello.py").exists());
     assert!(!env.work.join("hello.py").exists());
+    // git works inside (status, diff) but its metadata is read-only: zwarm runs git on the
+    // host there, so nothing planted in it may run outside the container.
+    let c = z
+        .ok(
+            "converse",
+            json!({"session_id": id, "message": "@@gitpoke"}),
+        )
+        .await;
+    assert_eq!(c["status"], "idle", "{c}\n{}", z.stderr());
+    let report = std::fs::read_to_string(worktree.join("git-report.txt")).expect("report");
+    assert!(report.contains("status ok"), "{report}");
+    assert!(report.contains("refused .git"), "{report}");
+    assert!(report.contains("refused config"), "{report}");
+    assert!(report.contains("refused hook"), "{report}");
+    let config = std::fs::read_to_string(env.work.join(".git/config")).expect("config");
+    assert!(!config.contains("fsmonitor"), "{config}");
     let e = z
         .ok(
             "end_session",
@@ -440,6 +464,30 @@ async fn a_worktree_session_in_containers_merges_back_like_a_local_one() {
     assert!(hello.contains("hi from apply_patch"));
     assert_eq!(git(&env.work, &["status", "--porcelain"]), "");
     assert!(containers_of(&d, &id).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_project_file_can_make_the_mount_read_only_but_not_leave_the_container() {
+    let mock = OpenAiMock::start(json!({}));
+    let env = Env::new(Some(&mock), None);
+    // In a container the command fails on the read-only mount (exit 1); on the host it would
+    // exit 7.
+    let probe = "if [ \"$IS_SANDBOX\" = 1 ]; then touch probe.txt; else exit 7; fi";
+    let mut script = keyed_script("codex_keyed.json", &env.work);
+    script["scenarios"]["probe"] = json!([exec_step(probe), message_step("probed")]);
+    mock.set_script(script);
+    // The project file tightens codex.sandbox; choosing the runner is not its to do.
+    std::fs::create_dir_all(env.work.join(".zwarm")).expect("mkdir");
+    std::fs::write(
+        env.work.join(".zwarm/config.toml"),
+        "[codex]\nsandbox = \"read-only\"\n\n[runner]\nkind = \"local\"\n",
+    )
+    .expect("write");
+    let z = serve(&env, &container_config(&env, "", "")).await;
+    let r = z.ok("delegate", json!({"task": "@@probe"})).await;
+    assert_eq!(r["status"], "idle", "{r}\n{}", z.stderr());
+    assert_eq!(r["commands"][0]["exit_code"], 1, "{r}");
+    assert!(!env.work.join("probe.txt").exists());
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -207,10 +207,15 @@ impl ContainerRunner {
             attach_stderr: Some(true),
             tty: Some(false),
             host_config: Some(HostConfig {
-                binds: Some(vec![
-                    format!("{cwd}:{cwd}:{work_mode}"),
-                    format!("{0}:{0}:rw", dirs.root.display()),
-                ]),
+                binds: Some(
+                    [
+                        format!("{cwd}:{cwd}:{work_mode}"),
+                        format!("{0}:{0}:rw", dirs.root.display()),
+                    ]
+                    .into_iter()
+                    .chain(sandbox::git_binds(&spec.cwd))
+                    .collect(),
+                ),
                 network_mode: Some(self.cfg.network.mode().into()),
                 memory: self.limits.memory_bytes,
                 // No swap beyond the memory limit: a hog is stopped, not slowed down.

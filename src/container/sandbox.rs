@@ -17,6 +17,48 @@
 //! as on the host and are passed through unchanged (`IS_SANDBOX=1` is set in the container, so
 //! `bypassPermissions`, which only trusted config can choose, also works as root).
 
+use std::path::{Path, PathBuf};
+
+/// Read-only binds (`src:dst:ro`) for the git metadata of a working dir: its `.git` (a
+/// checkout's dir, or a worktree's `gitdir:` file) and, for a worktree, the repository's git dir
+/// it points to, which lies outside the working dir. zwarm runs git on the host in these
+/// repositories (a worktree session's commit per turn, the merge at the end), so a hook or a
+/// `core.fsmonitor` planted there by an executor would run outside the container: the
+/// executor can read them (git works inside: status, diff, log) but never change them. This
+/// is what codex's own workspace-write sandbox does on the host (`.git` stays read-only).
+pub fn git_binds(cwd: &Path) -> Vec<String> {
+    let ro = |p: &Path| format!("{0}:{0}:ro", p.display());
+    let dotgit = cwd.join(".git");
+    let Ok(meta) = std::fs::symlink_metadata(&dotgit) else {
+        return vec![];
+    };
+    if meta.is_dir() {
+        return vec![ro(&dotgit)];
+    }
+    if !meta.is_file() {
+        return vec![];
+    }
+    let mut binds = vec![ro(&dotgit)];
+    if let Some(git_dir) = worktree_git_dir(&dotgit)
+        && !git_dir.starts_with(cwd)
+    {
+        binds.push(ro(&git_dir));
+    }
+    binds
+}
+
+/// The repository's git dir a worktree's `.git` file leads to: the `gitdir:` it names (the
+/// worktree's own admin dir), then that dir's `commondir`.
+fn worktree_git_dir(dotgit: &Path) -> Option<PathBuf> {
+    let text = std::fs::read_to_string(dotgit).ok()?;
+    let admin = Path::new(text.trim().strip_prefix("gitdir:")?.trim());
+    let admin = dotgit.parent()?.join(admin).canonicalize().ok()?;
+    match std::fs::read_to_string(admin.join("commondir")) {
+        Ok(c) => admin.join(c.trim()).canonicalize().ok(),
+        Err(_) => Some(admin),
+    }
+}
+
 /// What the container must enforce for a launch, after its arguments were adjusted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Enforce {
@@ -74,6 +116,33 @@ mod tests {
 
         let mut a = v(&["exec", "-s", "danger-full-access", "--", "-"]);
         assert!(!adjust("codex", &mut a).read_only);
+    }
+
+    #[test]
+    fn git_metadata_is_mounted_read_only() {
+        let t = tempfile::tempdir().unwrap();
+        let repo = t.path().canonicalize().unwrap().join("repo");
+        std::fs::create_dir_all(repo.join(".git/worktrees/wt1")).unwrap();
+        std::fs::write(repo.join(".git/worktrees/wt1/commondir"), "../..\n").unwrap();
+        assert_eq!(
+            git_binds(&repo),
+            vec![format!("{0}/.git:{0}/.git:ro", repo.display())]
+        );
+        let wt = t.path().canonicalize().unwrap().join("wt1");
+        std::fs::create_dir_all(&wt).unwrap();
+        std::fs::write(
+            wt.join(".git"),
+            format!("gitdir: {}/.git/worktrees/wt1\n", repo.display()),
+        )
+        .unwrap();
+        assert_eq!(
+            git_binds(&wt),
+            vec![
+                format!("{0}/.git:{0}/.git:ro", wt.display()),
+                format!("{0}/.git:{0}/.git:ro", repo.display()),
+            ]
+        );
+        assert!(git_binds(t.path()).is_empty());
     }
 
     #[test]

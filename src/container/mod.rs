@@ -223,6 +223,9 @@ impl ContainerRunner {
                 nano_cpus: self.limits.nano_cpus,
                 pids_limit: self.limits.pids,
                 security_opt: Some(vec!["no-new-privileges".into()]),
+                // No capabilities: root in the container (zwarm's own uid when zwarm runs as
+                // root) cannot override file permissions, make devices, use raw sockets, ...
+                cap_drop: Some(vec!["ALL".into()]),
                 ..Default::default()
             }),
             ..Default::default()

@@ -732,4 +732,14 @@ async fn doctor_checks_the_daemon_the_image_and_the_clis_in_it() {
             .contains("zwarm image build"),
         "{v:#}"
     );
+    // That config passes no names in: the key zwarm has would not reach the executors.
+    let keys = find(&v, "keys passed in");
+    assert_eq!(keys["status"], "warn", "{v:#}");
+    assert!(
+        keys["detail"]
+            .as_str()
+            .unwrap()
+            .contains("ANTHROPIC_API_KEY"),
+        "{v:#}"
+    );
 }

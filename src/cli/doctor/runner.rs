@@ -24,6 +24,39 @@ pub fn container_checks(cfg: &Config, all: &mut Vec<Check>) {
     }
     all.retain(|c| c.group != "containment");
     all.extend(runner_checks(cfg));
+    all.extend(key_checks(cfg));
+}
+
+/// API keys zwarm has that its containers would not get: only names listed in
+/// `runner.container.env` go in (logins in the executors' config dirs are copied in).
+fn key_checks(cfg: &Config) -> Vec<Check> {
+    let passed = &cfg.runner.container.env;
+    let missing: Vec<&str> = ["OPENAI_API_KEY", "CODEX_API_KEY", "ANTHROPIC_API_KEY"]
+        .into_iter()
+        .filter(|k| std::env::var_os(k).is_some() && !passed.iter().any(|p| p == k))
+        .collect();
+    if missing.is_empty() {
+        return vec![];
+    }
+    vec![
+        check(
+            GROUP,
+            "keys passed in",
+            Status::Warn,
+            format!(
+                "{} set here but not in runner.container.env: executors in containers do not get it",
+                missing.join(", ")
+            ),
+        )
+        .fix(format!(
+            "add it to runner.container.env in a trusted config, e.g. env = [{}]",
+            missing
+                .iter()
+                .map(|k| format!("\"{k}\""))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+    ]
 }
 
 fn runner_checks(cfg: &Config) -> Vec<Check> {

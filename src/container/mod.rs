@@ -2,14 +2,16 @@
 //! `bollard`; Podman's compatible API serves it too).
 //!
 //! What the container sees:
-//! - the turn's working dir (the session's worktree), bind-mounted read-write at the same path;
+//! - the turn's working dir (the session's worktree), bind-mounted at the same path, read-write
+//!   (read-only for `codex.sandbox = "read-only"`: the container enforces the executor's
+//!   sandbox setting, [`sandbox`]), its git metadata read-only;
 //! - a per-session state dir of zwarm's (`<state>/<session>/`), mounted at the same path: the
 //!   executor's `HOME`, `CODEX_HOME` and `CLAUDE_CONFIG_DIR` live there, so a resumed turn
 //!   finds its thread; the files the executor writes for zwarm to read back (codex's `-o`)
 //!   are redirected there;
 //! - the environment variables the executor sets, the names listed in `[runner.container] env`
 //!   with zwarm's values, and nothing else of zwarm's environment;
-//! - nothing else of the host's filesystem.
+//! - nothing else of the host's filesystem; no capabilities, `no-new-privileges`.
 //!
 //! Every container carries labels: `zwarm.label` (`<session>.<turn>`), `zwarm.session` and
 //! `zwarm.server` (node, pid and start time of the zwarm that started it), so a restarted zwarm

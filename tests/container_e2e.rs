@@ -352,11 +352,11 @@ async fn a_restarted_server_removes_a_killed_servers_container_and_resumes() {
     z.signal_and_wait(libc::SIGKILL, Duration::from_secs(10))
         .await;
     drop(z);
-    // Nothing on the host is left to stop a container when its server is killed: it runs on.
-    assert_eq!(containers_of(&d, &id).await.len(), 1);
-
-    // The restarted server finds it by its labels (a dead server's, this session's turn) and
-    // removes it; the session's turn is failed with the reason and the thread resumes.
+    // Nothing on the host stops a container when its server is killed: it runs on until a
+    // zwarm on this node starts or does its housekeeping (another test's server may be the
+    // one that does, as they share the daemon). The restarted server finds it by its labels
+    // (a dead server's, this session's turn) and removes it; the session's turn is failed with
+    // the reason and the thread resumes.
     let z = serve(&env, &cfg).await;
     wait_until_no_container(&d, &id).await;
     let s = z.ok("check_session", json!({"session_id": id})).await;
@@ -624,7 +624,8 @@ async fn a_restarted_server_removes_what_turns_and_dead_servers_left() {
     let label3 = format!("{s}.3");
     let mut live = r.start_turn(sleeper(&env, &label3)).await.expect("start");
     first_line(&mut live.take_stdout().expect("stdout")).await;
-    assert!(again.clean_dead_servers().await >= 1);
+    // (Another test's server starting now may remove it first: they share the daemon.)
+    again.clean_dead_servers().await;
     assert!(again.containers(LABEL, &label2).await.is_empty());
     assert_eq!(again.containers(LABEL, &label3).await.len(), 1);
     live.stop(Duration::ZERO, None).await;

@@ -517,17 +517,18 @@ fn watch_stream(
     tokio::spawn(async move {
         let mut seen = since;
         loop {
+            // What happened since `seen`, and the version it is complete up to, in one look.
             let events: Vec<(u64, Value)> = {
                 let st = i.st.lock().unwrap();
-                st.history
+                let from = st.history.partition_point(|(rv, ..)| *rv <= seen);
+                let ev = st.history[from..]
                     .iter()
-                    .filter(|(rv, k, n, _, o)| {
-                        *rv > seen && *k == kind && *n == ns && matches(o, &sel)
-                    })
+                    .filter(|(_, k, n, _, o)| *k == kind && *n == ns && matches(o, &sel))
                     .map(|(rv, _, _, ty, o)| (*rv, json!({"type": ty, "object": o})))
-                    .collect()
+                    .collect();
+                seen = st.rv.max(seen);
+                ev
             };
-            seen = i.st.lock().unwrap().rv.max(seen);
             for (_, e) in events {
                 if tx.send(Bytes::from(format!("{e}\n"))).is_err() {
                     return;

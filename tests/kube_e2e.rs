@@ -343,3 +343,67 @@ async fn a_job_the_cluster_loses_fails_the_turn() {
     let err = done["turns"][0]["error"].to_string() + &done["error"].to_string();
     assert!(err.contains("deleted before it ended"), "{done}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_without_a_worktree_is_refused_with_what_to_do() {
+    let c = cluster(&[]);
+    let z = Zwarm::start(&c.env, &[]).await;
+    let r = z.ok("delegate", json!({"task": "@@tools please"})).await;
+    assert_eq!(r["status"], "failed", "{r}");
+    assert!(
+        s(&r["error"]).contains("needs isolation \"worktree\""),
+        "{r}"
+    );
+    assert!(c.kube.jobs(NS).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_push_and_a_failed_fetch_fail_the_turn_with_gits_reason() {
+    // The remote takes zwarm's push of the branch, then refuses the next one (the pod's).
+    let c = cluster(&[]);
+    let hook = c.remote.join("hooks/pre-receive");
+    std::fs::write(
+        &hook,
+        "#!/bin/sh\nn=$(cat pushes 2>/dev/null || echo 0); n=$((n+1)); echo $n > pushes\n\
+         if [ $n -ge 2 ]; then echo 'branch is protected' >&2; exit 1; fi\n",
+    )
+    .unwrap();
+    std::os::unix::fs::PermissionsExt::set_mode(
+        &mut std::fs::metadata(&hook).unwrap().permissions(),
+        0o755,
+    );
+    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let z = Zwarm::start(&c.env, &[]).await;
+    let r = z
+        .ok(
+            "delegate",
+            json!({"task": "@@tools please", "isolation": "worktree"}),
+        )
+        .await;
+    assert_eq!(r["status"], "failed", "{r}");
+    let err = s(&r["error"]);
+    assert!(err.contains("push to zwarm/"), "{r}");
+    assert!(err.contains("was rejected"), "{r}");
+    assert!(err.contains("branch is protected"), "{r}");
+    // The turn's work is not in the worktree: it never came back.
+    let wt = PathBuf::from(s(&r["worktree"]));
+    assert!(!wt.join("hello.py").exists());
+    std::fs::remove_file(&hook).unwrap();
+
+    // The remote hides the session branches from fetches: the pod cannot check its branch out.
+    git(
+        &c.remote,
+        &["config", "uploadpack.hideRefs", "refs/heads/zwarm"],
+    );
+    let r = z
+        .ok(
+            "delegate",
+            json!({"task": "@@tools please", "isolation": "worktree"}),
+        )
+        .await;
+    assert_eq!(r["status"], "failed", "{r}");
+    assert!(
+        s(&r["error"]).contains("could not fetch the session's branch"),
+        "{r}"
+    );
+}

@@ -22,6 +22,8 @@ use crate::runner::{Finished, TurnProcess};
 const STOP_BOUND: Duration = Duration::from_secs(20);
 /// How long the log stream may lag behind the container's end.
 const LOG_DRAIN: Duration = Duration::from_secs(30);
+/// How often a broken log stream is asked for again.
+const LOG_ATTEMPTS: usize = 5;
 /// Buffer between the log stream and the engine's reader.
 const PIPE: usize = 256 * 1024;
 
@@ -215,7 +217,7 @@ async fn drive(
     let cfg = &shared.cfg;
     let schedule_by = Instant::now() + Duration::from_secs(cfg.schedule_timeout_seconds);
     let mut out_w = Some(out_w);
-    let mut log: Option<JoinHandle<()>> = None;
+    let mut log: Option<JoinHandle<Held>> = None;
     let mut started = false;
     let mut last_pending: Option<String> = None;
     let mut outcome = Outcome::default();
@@ -271,37 +273,54 @@ async fn drive(
             }
         }
     }
-    if let Some(l) = log {
-        let _ = tokio::time::timeout(LOG_DRAIN, l).await;
+    let mut held: Held = None;
+    if let Some(mut l) = log {
+        match tokio::time::timeout(LOG_DRAIN, &mut l).await {
+            Ok(r) => held = r.ok().flatten(),
+            Err(_) => l.abort(),
+        }
     }
     drop(out_w);
+    // The turn's work is lost when it could not be pushed back or fetched: then the executor's
+    // last line (its "turn completed") is not passed on, so the engine fails the turn with the
+    // cause instead of reporting a success whose changes are not there.
+    let mut lost = false;
     if let Some(t) = ended
         && !stopping.load(Ordering::SeqCst)
     {
         outcome.exit = Some(exit_status(t.exit_code));
         outcome.cause = terminated_cause(&t, cfg.memory.as_deref());
-        if t.exit_code as i32 != FAILED_SETUP && t.exit_code as i32 != FAILED_PUSH {
+        if t.exit_code as i32 == FAILED_SETUP || t.exit_code as i32 == FAILED_PUSH {
+            lost = outcome.cause.is_some();
+        } else {
             let remote = cfg.git_remote.clone().unwrap_or_default();
             let n = ret.read_back.len();
             let r = tokio::task::spawn_blocking(move || {
                 sync::fetch_turn(&ret.cwd, &remote, &ret.branch, &ret.session, n)
             })
             .await;
-            match r {
+            let failed = match r {
                 Ok(Ok(back)) => {
                     outcome.files = back.files;
                     if let Some(e) = back.stderr {
                         let _ = err_w.write_all(e.as_bytes()).await;
                     }
+                    None
                 }
-                Ok(Err(e)) => {
-                    outcome.cause.get_or_insert(e);
-                }
-                Err(e) => {
-                    outcome.cause.get_or_insert(e.to_string());
-                }
+                Ok(Err(e)) => Some(e),
+                Err(e) => Some(e.to_string()),
+            };
+            if let Some(e) = failed {
+                lost = true;
+                outcome.cause = Some(e);
             }
         }
+    }
+    if let Some((mut w, tail)) = held {
+        if !lost {
+            let _ = w.write_all(&tail).await;
+        }
+        let _ = w.shutdown().await;
     }
     if let Some(c) = &outcome.cause {
         let _ = err_w.write_all(format!("\nzwarm: {c}\n").as_bytes()).await;
@@ -310,36 +329,70 @@ async fn drive(
     done.send_replace(Some(Arc::new(parking_lot::Mutex::new(outcome))));
 }
 
-/// Stream the pod's log (the executor's stdout) into the engine's pipe until it ends.
-fn follow_log(shared: &Arc<Shared>, pod: &str, out: Option<DuplexStream>) -> JoinHandle<()> {
+/// The stdout pipe and the log's last line, held back until the turn's fate is known.
+type Held = Option<(DuplexStream, Vec<u8>)>;
+
+/// Stream the pod's log (the executor's stdout) into the engine's pipe until it ends; the last
+/// line is held back and handed to the driver with the pipe.
+fn follow_log(shared: &Arc<Shared>, pod: &str, out: Option<DuplexStream>) -> JoinHandle<Held> {
     let shared = shared.clone();
     let path = format!(
         "/api/v1/namespaces/{}/pods/{pod}/log?container={CONTAINER}&follow=true",
         shared.cfg.namespace
     );
     tokio::spawn(async move {
-        let Some(mut out) = out else { return };
-        match shared.api.stream(&path).await {
-            Ok(mut s) => {
-                let mut open = true;
-                while let Some(chunk) = s.next().await {
-                    match chunk {
-                        Ok(b) => {
-                            if open && out.write_all(&b).await.is_err() {
+        let mut out = out?;
+        // A stream that breaks is asked for again, the bytes already seen skipped (the log is
+        // served from its start each time).
+        let (mut seen, mut open) = (0usize, true);
+        let mut hold: Vec<u8> = Vec::new();
+        for attempt in 0..LOG_ATTEMPTS {
+            let mut s = match shared.api.stream(&path).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(pod = %path, attempt, "following the turn's pod log: {e}");
+                    break;
+                }
+            };
+            let mut at = 0usize;
+            let mut broke = false;
+            while let Some(chunk) = s.next().await {
+                match chunk {
+                    Ok(b) => {
+                        let skip = seen.saturating_sub(at).min(b.len());
+                        at += b.len();
+                        seen += b.len() - skip;
+                        hold.extend_from_slice(&b[skip..]);
+                        let pass = pass_on(&hold);
+                        if pass > 0 {
+                            if open && out.write_all(&hold[..pass]).await.is_err() {
                                 open = false;
                             }
+                            hold.drain(..pass);
                         }
-                        Err(e) => {
-                            tracing::warn!(pod = %path, "the pod's log stream broke: {e}");
-                            break;
-                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(pod = %path, attempt, "the pod's log stream broke: {e}; following it again");
+                        broke = true;
+                        break;
                     }
                 }
             }
-            Err(e) => tracing::warn!("following the turn's pod log: {e}"),
+            if !broke {
+                break;
+            }
         }
-        let _ = out.shutdown().await;
+        Some((out, hold))
     })
+}
+
+/// How much of `buf` can be passed on: everything before its last complete line.
+fn pass_on(buf: &[u8]) -> usize {
+    let mut nl = buf.iter().enumerate().rev().filter(|(_, b)| **b == b'\n');
+    match (nl.next(), nl.next()) {
+        (Some(_), Some((i, _))) => i + 1,
+        _ => 0,
+    }
 }
 
 #[cfg(test)]
@@ -377,6 +430,10 @@ mod tests {
         };
         assert!(terminated_cause(&own, None).is_none());
         assert_eq!(exit_status(0).code(), Some(0));
+        assert_eq!(pass_on(b"a\nb\nc"), 2);
+        assert_eq!(pass_on(b"a\nb\n"), 2);
+        assert_eq!(pass_on(b"a\n"), 0);
+        assert_eq!(pass_on(b"abc"), 0);
         use std::os::unix::process::ExitStatusExt;
         assert_eq!(exit_status(137).signal(), Some(9));
     }

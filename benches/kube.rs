@@ -197,6 +197,7 @@ fn cluster() {
             images: vec![IMAGE.into()],
             path: std::env::var("PATH").unwrap_or_default(),
             root: std::env::var_os("ZWARM_KUBE_BENCH_ROOT").unwrap().into(),
+            docker: None,
         },
     );
     println!("{}", kube.url());

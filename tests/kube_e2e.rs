@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use support::harness::{Env, Zwarm, git, keyed_script};
-use support::mock_kube::{MockKube, Node, NodeOpts};
+use support::mock_kube::{DockerNode, MockKube, Node, NodeOpts};
 use support::mock_openai::OpenAiMock;
 
 const NS: &str = "agents";
@@ -30,6 +30,12 @@ struct Cluster {
 /// `pool=agents`, image `zwarm-exec:test`) and a Secret with the model key; zwarm configured
 /// for it through the environment (a trusted layer). `tune` changes the config.
 fn cluster(tune: &[(&str, &str)]) -> Cluster {
+    cluster_on(false, tune)
+}
+
+/// [`cluster`], the node running each pod's container with the real Docker daemon
+/// (`DOCKER_HOST`) and the executor image `zwarm-exec:test` (as .ci/run sets them up).
+fn cluster_on(docker: bool, tune: &[(&str, &str)]) -> Cluster {
     let mock = OpenAiMock::start(json!({}));
     let mut env = Env::new(Some(&mock), None);
     mock.set_script(keyed_script("codex_keyed.json", &env.work));
@@ -59,6 +65,15 @@ fn cluster(tune: &[(&str, &str)]) -> Cluster {
             images: vec![IMAGE.into()],
             path,
             root: env.dir.path().join("node"),
+            docker: docker.then(|| DockerNode {
+                docker: bollard::Docker::connect_with_local_defaults().unwrap_or_else(|e| {
+                    panic!(
+                        "the Docker node needs a Docker daemon: {e}\n\
+                         eval \"$(bash .ci/docker start)\" && bash .ci/image .tools zwarm-exec:test"
+                    )
+                }),
+                mounts: vec![remote.clone()],
+            }),
         },
     );
     let kubeconfig = env.dir.path().join("kubeconfig.json");
@@ -77,6 +92,10 @@ fn cluster(tune: &[(&str, &str)]) -> Cluster {
             remote.display().to_string(),
         ),
     ];
+    if docker {
+        // The container is the sandbox: codex's own cannot work inside one.
+        set.push(("ZWARM_CODEX_SANDBOX", "danger-full-access".into()));
+    }
     for (k, v) in tune {
         set.retain(|(a, _)| a != k);
         set.push((k, v.to_string()));
@@ -111,7 +130,31 @@ fn running_pod(k: &MockKube) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worktree_session_runs_its_turns_as_jobs_resumes_and_merges_back() {
-    let c = cluster(&[]);
+    lifecycle(cluster(&[])).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_with_each_pod_in_a_real_container() {
+    lifecycle(cluster_on(true, &[])).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_killed_for_memory_fails_the_turn_as_out_of_memory() {
+    // 24 MiB hold sh and git, not codex.
+    let c = cluster_on(true, &[("ZWARM_RUNNER_KUBERNETES_MEMORY", "24Mi")]);
+    let z = Zwarm::start(&c.env, &[]).await;
+    let r = z
+        .ok(
+            "delegate",
+            json!({"task": "@@tools please", "isolation": "worktree"}),
+        )
+        .await;
+    assert_eq!(r["status"], "failed", "{r}");
+    let err = s(&r["error"]);
+    assert!(err.contains("ran out of memory (limit 24Mi)"), "{r}");
+}
+
+async fn lifecycle(c: Cluster) {
     let z = Zwarm::start(&c.env, &[]).await;
     let before = plain_requests(&c.kube);
 

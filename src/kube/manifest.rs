@@ -32,12 +32,17 @@ ST="$R/zwarm-state"
 TL="${ZWARM_TERMINATION_LOG:-/dev/termination-log}"
 fail() { printf '%s' "$1" > "$TL" 2>/dev/null; exit "$2"; }
 G() { git -c core.hooksPath=/dev/null -c credential.helper= -c commit.gpgSign=false -c gc.auto=0 -c user.name=zwarm -c user.email=zwarm@localhost "$@"; }
+# A remote on a path (a shared volume) is served by git's builtins: images with git but without
+# its git-upload-pack/git-receive-pack programs still reach it.
+L=; case "$ZWARM_GIT_REMOTE" in /*|file://*) L=1 ;; esac
+F() { if [ -n "$L" ]; then G fetch --upload-pack="git upload-pack" "$@"; else G fetch "$@"; fi; }
+P() { if [ -n "$L" ]; then G push --receive-pack="git receive-pack" "$@"; else G push "$@"; fi; }
 mkdir -p "$WS" "$ST" || fail "cannot create the workspace $WS in the pod" 97
 cd "$WS" && G init -q . >/dev/null 2>&1 || fail "git init failed in the pod" 97
-o=$(G fetch -q --no-tags "$ZWARM_GIT_REMOTE" "refs/heads/$ZWARM_BRANCH" 2>&1) || fail "the pod could not fetch the session's branch $ZWARM_BRANCH from $ZWARM_GIT_REMOTE: $o" 97
+o=$(F -q --no-tags "$ZWARM_GIT_REMOTE" "refs/heads/$ZWARM_BRANCH" 2>&1) || fail "the pod could not fetch the session's branch $ZWARM_BRANCH from $ZWARM_GIT_REMOTE: $o" 97
 o=$(G checkout -q -f -B "$ZWARM_BRANCH" FETCH_HEAD 2>&1) || fail "the pod could not check out $ZWARM_BRANCH: $o" 97
 cd "$ST" && G init -q . >/dev/null 2>&1 || fail "git init failed in the pod" 97
-if G fetch -q --no-tags "$ZWARM_GIT_REMOTE" "refs/zwarm/state/$ZWARM_SESSION" >/dev/null 2>&1; then
+if F -q --no-tags "$ZWARM_GIT_REMOTE" "refs/zwarm/state/$ZWARM_SESSION" >/dev/null 2>&1; then
   G checkout -q -f --detach FETCH_HEAD >/dev/null 2>&1 || fail "the pod could not check out the executor's state" 97
 fi
 mkdir -p codex claude home out && rm -f out/* stderr
@@ -61,10 +66,10 @@ fi
 code=$?
 cd "$WS" && G add -A >/dev/null 2>&1
 G commit -q --no-verify -m "zwarm: turn $ZWARM_LABEL" >/dev/null 2>&1
-o=$(G push -q "$ZWARM_GIT_REMOTE" "HEAD:refs/heads/$ZWARM_BRANCH" 2>&1) || fail "the turn's push to $ZWARM_BRANCH on $ZWARM_GIT_REMOTE was rejected: $o" 98
+o=$(P -q "$ZWARM_GIT_REMOTE" "HEAD:refs/heads/$ZWARM_BRANCH" 2>&1) || fail "the turn's push to $ZWARM_BRANCH on $ZWARM_GIT_REMOTE was rejected: $o" 98
 cd "$ST" && tail -c 65536 stderr > stderr.tail 2>/dev/null; mv -f stderr.tail stderr
 G add -A >/dev/null 2>&1; G commit -q --no-verify --allow-empty -m "zwarm: state after $ZWARM_LABEL" >/dev/null 2>&1
-o=$(G push -q -f "$ZWARM_GIT_REMOTE" "HEAD:refs/zwarm/state/$ZWARM_SESSION" 2>&1) || fail "pushing the executor's state to $ZWARM_GIT_REMOTE failed: $o" 98
+o=$(P -q -f "$ZWARM_GIT_REMOTE" "HEAD:refs/zwarm/state/$ZWARM_SESSION" 2>&1) || fail "pushing the executor's state to $ZWARM_GIT_REMOTE failed: $o" 98
 exit $code
 "#;
 

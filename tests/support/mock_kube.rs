@@ -578,10 +578,39 @@ fn log_stream(i: Arc<Inner>, ns: String, pod: String, follow: bool) -> Response<
     stream_response(rx)
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 enum Admitted {
-    Runs(Option<i32>),
+    Runs(Option<Running>),
     Killing,
+}
+
+/// What runs a pod's container.
+#[derive(Clone)]
+enum Running {
+    Group(i32),
+    Container(bollard::Docker, String),
+}
+
+impl Running {
+    fn kill(&self) {
+        match self {
+            // SAFETY: signalling the process group this node started.
+            Running::Group(pg) => unsafe {
+                libc::kill(-pg, libc::SIGKILL);
+            },
+            Running::Container(d, id) => {
+                let (d, id) = (d.clone(), id.clone());
+                tokio::spawn(async move {
+                    let _ = d
+                        .kill_container(
+                            &id,
+                            None::<bollard::query_parameters::KillContainerOptions>,
+                        )
+                        .await;
+                });
+            }
+        }
+    }
 }
 
 /// A simulated node: see the module docs.
@@ -597,6 +626,16 @@ pub struct NodeOpts {
     pub path: String,
     /// Where the pods' private roots go.
     pub root: PathBuf,
+    /// Run each pod's container with this Docker daemon (`--network host`, the images it has)
+    /// instead of as a local process; `mounts` are host paths bound at the same path (what a
+    /// pod reaches over the network on a cluster, e.g. the git remote).
+    pub docker: Option<DockerNode>,
+}
+
+#[derive(Clone)]
+pub struct DockerNode {
+    pub docker: bollard::Docker,
+    pub mounts: Vec<PathBuf>,
 }
 
 impl Node {
@@ -615,14 +654,13 @@ impl Node {
                     let deleting = pod["metadata"]["deletionTimestamp"].is_string();
                     let terminated =
                         pod["status"]["containerStatuses"][0]["state"]["terminated"].is_object();
-                    match (seen.get(&key).copied(), deleting) {
+                    match (seen.get(&key).cloned(), deleting) {
                         (None, false) => {
-                            let pgid = admit(&i, &opts, &pod).await;
-                            seen.insert(key, Admitted::Runs(pgid));
+                            let run = admit(&i, &opts, &pod).await;
+                            seen.insert(key, Admitted::Runs(run));
                         }
-                        (Some(Admitted::Runs(Some(pg))), true) if !terminated => {
-                            // SAFETY: signalling the process group this node started.
-                            unsafe { libc::kill(-pg, libc::SIGKILL) };
+                        (Some(Admitted::Runs(Some(run))), true) if !terminated => {
+                            run.kill();
                             // The pod goes when its process has been reaped (see `admit`).
                             seen.insert(key, Admitted::Killing);
                         }
@@ -656,8 +694,8 @@ fn set_status(i: &Inner, ns: &str, name: &str, f: impl FnOnce(&mut Value)) {
     i.update("pods", ns, name, |p| f(&mut p["status"]));
 }
 
-/// Schedule, pull and start a new pod; the process group of its container when it runs.
-async fn admit(i: &Arc<Inner>, o: &NodeOpts, pod: &Value) -> Option<i32> {
+/// Schedule, pull and start a new pod; what runs its container when it runs.
+async fn admit(i: &Arc<Inner>, o: &NodeOpts, pod: &Value) -> Option<Running> {
     let ns = pod["metadata"]["namespace"].as_str().unwrap().to_string();
     let name = pod["metadata"]["name"].as_str().unwrap().to_string();
     let spec = &pod["spec"];
@@ -726,6 +764,9 @@ async fn admit(i: &Arc<Inner>, o: &NodeOpts, pod: &Value) -> Option<i32> {
             env.push((k, v));
         }
     }
+    if let Some(d) = &o.docker {
+        return run_in_docker(i, d, pod, env).await;
+    }
     let argv: Vec<String> = c["command"]
         .as_array()
         .into_iter()
@@ -762,7 +803,7 @@ async fn admit(i: &Arc<Inner>, o: &NodeOpts, pod: &Value) -> Option<i32> {
             return None;
         }
     };
-    let pgid = child.id().map(|p| p as i32);
+    let pgid = child.id().map(|p| Running::Group(p as i32));
     set_status(i, &ns, &name, |s| {
         s["phase"] = json!("Running");
         s["conditions"] = json!([{"type": "PodScheduled", "status": "True"}]);
@@ -806,4 +847,164 @@ async fn admit(i: &Arc<Inner>, o: &NodeOpts, pod: &Value) -> Option<i32> {
         }
     });
     pgid
+}
+
+/// `4Gi`, `512Mi`, `1G`, `100000` → bytes.
+fn quantity(q: &str) -> Option<i64> {
+    let units: [(&str, i64); 6] = [
+        ("Ki", 1 << 10),
+        ("Mi", 1 << 20),
+        ("Gi", 1 << 30),
+        ("K", 1000),
+        ("M", 1_000_000),
+        ("G", 1_000_000_000),
+    ];
+    for (u, m) in units {
+        if let Some(n) = q.strip_suffix(u) {
+            return n.parse::<i64>().ok().map(|n| n * m);
+        }
+    }
+    q.parse().ok()
+}
+
+/// Run a pod's container on the node's Docker daemon: its command, its environment, its
+/// memory limit, the host network, the termination message file bound in; its output becomes
+/// the pod's log, its end (exit code, OOM kill) the pod's status.
+async fn run_in_docker(
+    i: &Arc<Inner>,
+    d: &DockerNode,
+    pod: &Value,
+    env: Vec<(String, String)>,
+) -> Option<Running> {
+    use bollard::models::{ContainerCreateBody, HostConfig};
+    use bollard::query_parameters::{
+        CreateContainerOptions, LogsOptions, RemoveContainerOptions, WaitContainerOptions,
+    };
+    let ns = pod["metadata"]["namespace"].as_str().unwrap().to_string();
+    let name = pod["metadata"]["name"].as_str().unwrap().to_string();
+    let c = &pod["spec"]["containers"][0];
+    let cmd: Vec<String> = c["command"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .chain(c["args"].as_array().into_iter().flatten())
+        .map(|a| a.as_str().unwrap_or_default().to_string())
+        .collect();
+    let term = std::env::temp_dir().join(format!("zwarm-kube-term-{}", uuid::Uuid::new_v4()));
+    std::fs::write(&term, "").unwrap();
+    let mut binds: Vec<String> = d
+        .mounts
+        .iter()
+        .map(|m| format!("{0}:{0}:rw", m.display()))
+        .collect();
+    binds.push(format!("{}:/dev/termination-log:rw", term.display()));
+    let memory = c["resources"]["limits"]["memory"]
+        .as_str()
+        .and_then(quantity);
+    let body = ContainerCreateBody {
+        image: c["image"].as_str().map(str::to_string),
+        cmd: Some(cmd),
+        env: Some(env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+        labels: Some([("zwarm-kube-test.pod".to_string(), name.clone())].into()),
+        host_config: Some(HostConfig {
+            binds: Some(binds),
+            network_mode: Some("host".into()),
+            memory,
+            memory_swap: memory,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let cname = format!("zwarm-kube-test-{name}");
+    let created = d
+        .docker
+        .create_container(
+            Some(CreateContainerOptions {
+                name: Some(cname),
+                ..Default::default()
+            }),
+            body,
+        )
+        .await;
+    let id = match created {
+        Ok(r) => r.id,
+        Err(e) => {
+            set_status(i, &ns, &name, |s| {
+                s["containerStatuses"] = json!([{"name": c["name"], "ready": false,
+                    "state": {"waiting": {"reason": "CreateContainerError", "message": e.to_string()}}}]);
+            });
+            return None;
+        }
+    };
+    if let Err(e) = d.docker.start_container(&id, None).await {
+        set_status(i, &ns, &name, |s| {
+            s["containerStatuses"] = json!([{"name": c["name"], "ready": false,
+                "state": {"waiting": {"reason": "RunContainerError", "message": e.to_string()}}}]);
+        });
+        return None;
+    }
+    set_status(i, &ns, &name, |s| {
+        s["phase"] = json!("Running");
+        s["conditions"] = json!([{"type": "PodScheduled", "status": "True"}]);
+        s["containerStatuses"] = json!([{"name": c["name"], "ready": true,
+            "state": {"running": {"startedAt": "now"}}}]);
+    });
+    let (i2, docker, id2, cn) = (i.clone(), d.docker.clone(), id.clone(), c["name"].clone());
+    tokio::spawn(async move {
+        let mut logs = docker.logs(
+            &id2,
+            Some(LogsOptions {
+                follow: true,
+                stdout: true,
+                stderr: true,
+                ..Default::default()
+            }),
+        );
+        while let Some(Ok(chunk)) = logs.next().await {
+            i2.append_log(&ns, &name, &chunk.into_bytes(), false);
+        }
+        let mut w = docker.wait_container(
+            &id2,
+            Some(WaitContainerOptions {
+                condition: "not-running".into(),
+            }),
+        );
+        let _ = w.next().await;
+        let state = docker
+            .inspect_container(&id2, None)
+            .await
+            .ok()
+            .and_then(|c| c.state);
+        let code = state.as_ref().and_then(|s| s.exit_code).unwrap_or(137);
+        let oom = state.as_ref().and_then(|s| s.oom_killed).unwrap_or(false);
+        let message = std::fs::read_to_string(&term).unwrap_or_default();
+        let _ = std::fs::remove_file(&term);
+        let _ = docker
+            .remove_container(
+                &id2,
+                Some(RemoveContainerOptions {
+                    force: true,
+                    ..Default::default()
+                }),
+            )
+            .await;
+        i2.append_log(&ns, &name, b"", true);
+        let deleting = i2
+            .get("pods", &ns, &name)
+            .is_some_and(|p| p["metadata"]["deletionTimestamp"].is_string());
+        let reason = match (oom, code) {
+            (true, _) => "OOMKilled",
+            (_, 0) => "Completed",
+            _ => "Error",
+        };
+        set_status(&i2, &ns, &name, |s| {
+            s["phase"] = json!(if code == 0 { "Succeeded" } else { "Failed" });
+            s["containerStatuses"] = json!([{"name": cn, "ready": false, "state": {"terminated": {
+                "exitCode": code, "reason": reason, "message": message}}}]);
+        });
+        if deleting {
+            i2.remove_pod(&ns, &name);
+        }
+    });
+    Some(Running::Container(d.docker.clone(), id))
 }

@@ -282,7 +282,7 @@ async fn drive(
     }
     drop(out_w);
     // The turn's work is lost when it could not be pushed back or fetched: then the executor's
-    // last line (its "turn completed") is not passed on, so the engine fails the turn with the
+    // end-of-turn line is not passed on, so the engine fails the turn with the
     // cause instead of reporting a success whose changes are not there.
     let mut lost = false;
     if let Some(t) = ended
@@ -329,11 +329,11 @@ async fn drive(
     done.send_replace(Some(Arc::new(parking_lot::Mutex::new(outcome))));
 }
 
-/// The stdout pipe and the log's last line, held back until the turn's fate is known.
+/// The stdout pipe and the executor's end-of-turn line, held back until the turn's fate is known.
 type Held = Option<(DuplexStream, Vec<u8>)>;
 
-/// Stream the pod's log (the executor's stdout) into the engine's pipe until it ends; the last
-/// line is held back and handed to the driver with the pipe.
+/// Stream the pod's log (the executor's stdout) into the engine's pipe until it ends; the
+/// end-of-turn line is held back and handed to the driver with the pipe.
 fn follow_log(shared: &Arc<Shared>, pod: &str, out: Option<DuplexStream>) -> JoinHandle<Held> {
     let shared = shared.clone();
     let path = format!(
@@ -386,13 +386,32 @@ fn follow_log(shared: &Arc<Shared>, pod: &str, out: Option<DuplexStream>) -> Joi
     })
 }
 
-/// How much of `buf` can be passed on: everything before its last complete line.
+/// How much of `buf` can be passed on: its complete lines up to the executor's end-of-turn
+/// event (codex's `turn.completed`, claude's `result`), which is held back with whatever
+/// follows it until the turn's code is back.
 fn pass_on(buf: &[u8]) -> usize {
-    let mut nl = buf.iter().enumerate().rev().filter(|(_, b)| **b == b'\n');
-    match (nl.next(), nl.next()) {
-        (Some(_), Some((i, _))) => i + 1,
-        _ => 0,
+    let mut at = 0;
+    while let Some(n) = buf[at..].iter().position(|b| *b == b'\n') {
+        if is_turn_end(&buf[at..at + n]) {
+            break;
+        }
+        at += n + 1;
     }
+    at
+}
+
+fn is_turn_end(line: &[u8]) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Typed<'a> {
+        #[serde(borrow, rename = "type")]
+        kind: Option<&'a str>,
+    }
+    matches!(
+        serde_json::from_slice::<Typed>(line)
+            .ok()
+            .and_then(|t| t.kind),
+        Some("turn.completed" | "result")
+    )
 }
 
 #[cfg(test)]
@@ -430,10 +449,11 @@ mod tests {
         };
         assert!(terminated_cause(&own, None).is_none());
         assert_eq!(exit_status(0).code(), Some(0));
-        assert_eq!(pass_on(b"a\nb\nc"), 2);
-        assert_eq!(pass_on(b"a\nb\n"), 2);
-        assert_eq!(pass_on(b"a\n"), 0);
+        assert_eq!(pass_on(b"a\nb\nc"), 4);
         assert_eq!(pass_on(b"abc"), 0);
+        let log = b"{\"type\":\"item.completed\"}\n{\"type\":\"turn.completed\"}\nx\n";
+        assert_eq!(pass_on(log), 26);
+        assert_eq!(pass_on(b"{\"type\":\"result\",\"x\":1}\n"), 0);
         use std::os::unix::process::ExitStatusExt;
         assert_eq!(exit_status(137).signal(), Some(9));
     }

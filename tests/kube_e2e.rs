@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use support::harness::{Env, Zwarm, git, keyed_script};
+use support::mock_anthropic::AnthropicMock;
 use support::mock_kube::{DockerNode, MockKube, Node, NodeOpts};
 use support::mock_openai::OpenAiMock;
 
@@ -449,4 +450,47 @@ async fn a_rejected_push_and_a_failed_fetch_fail_the_turn_with_gits_reason() {
         s(&r["error"]).contains("could not fetch the session's branch"),
         "{r}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claude_session_resumes_across_pods() {
+    let c = cluster(&[]);
+    let anthropic = AnthropicMock::start(json!({}));
+    anthropic.set_script(keyed_script("claude_keyed.json", &c.env.work));
+    // What claude needs in the pod comes from the Secret, like the key.
+    c.kube.put_secret(
+        NS,
+        "zwarm-keys",
+        &[
+            ("ANTHROPIC_API_KEY", "sk-test"),
+            ("ANTHROPIC_BASE_URL", &anthropic.base_url()),
+            ("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1"),
+            ("DISABLE_AUTOUPDATER", "1"),
+            ("CLAUDE_CODE_MAX_RETRIES", "0"),
+        ],
+    );
+    let z = Zwarm::start(&c.env, &[]).await;
+    let r = z
+        .ok(
+            "delegate",
+            json!({"task": "@@bashonly", "adapter": "claude", "isolation": "worktree"}),
+        )
+        .await;
+    assert_eq!(r["status"], "idle", "{r}\n{}", z.stderr());
+    let id = s(&r["session_id"]).to_string();
+    let wt = PathBuf::from(s(&r["worktree"]));
+    assert!(wt.join("out.txt").exists(), "{r}");
+
+    let n = z
+        .ok(
+            "converse",
+            json!({"session_id": id, "message": "and one more thing"}),
+        )
+        .await;
+    assert_eq!(n["status"], "idle", "{n}\n{}", z.stderr());
+    assert_eq!(n["response"], "Hello from mock claude");
+    let reqs = anthropic.model_requests();
+    let msgs = reqs.last().unwrap().body["messages"].to_string();
+    assert!(msgs.contains("@@bashonly"), "turn 2 did not resume: {msgs}");
+    assert!(c.kube.jobs(NS).is_empty());
 }

@@ -268,9 +268,14 @@ pub async fn runner_for(cfg: &Config) -> anyhow::Result<Arc<dyn crate::runner::R
             tracing::info!(image = %cfg.runner.container.image, "turns run in containers");
             Ok(r)
         }
-        RunnerKind::Kubernetes => anyhow::bail!(
-            "runner.kind is `kubernetes`, which this build of zwarm cannot run yet: set runner.kind to `local` or `container`"
-        ),
+        RunnerKind::Kubernetes => {
+            let k = &cfg.runner.kubernetes;
+            let r = crate::kube::from_config(k)
+                .await
+                .context("runner.kind is `kubernetes`")?;
+            tracing::info!(namespace = %k.namespace, image = %k.image, "turns run as Kubernetes Jobs");
+            Ok(r)
+        }
     }
 }
 

@@ -7,7 +7,7 @@
 //!
 //! Needs a daemon (`DOCKER_HOST`) and the executor image (`ZWARM_TEST_IMAGE`, default
 //! `zwarm-exec:test`). `.ci/run` sets both up:
-//!   eval "$(bash .ci/docker start)" && cargo run -- image build --tag zwarm-exec:test
+//!   eval "$(bash .ci/setup)"
 //! Without them every test here fails saying so; none is skipped.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is a failed test
@@ -40,8 +40,7 @@ async fn runner_with(state: &Path, tune: impl FnOnce(&mut ContainerConfig)) -> C
         Ok(r) => r,
         Err(e) => panic!(
             "the container tests need a Docker daemon and the executor image: {e}\n\
-             Set them up with: eval \"$(bash .ci/docker start)\" && \
-             cargo run -- image build --tag {}\n(.ci/run does this)",
+             Set them up with: eval \"$(bash .ci/setup)\" (the image {}; .ci/run does this)",
             image()
         ),
     }

@@ -70,7 +70,7 @@ fn cluster_on(docker: bool, tune: &[(&str, &str)]) -> Cluster {
                 docker: bollard::Docker::connect_with_local_defaults().unwrap_or_else(|e| {
                     panic!(
                         "the Docker node needs a Docker daemon: {e}\n\
-                         eval \"$(bash .ci/docker start)\" && bash .ci/image .tools zwarm-exec:test"
+                         eval \"$(bash .ci/setup)\""
                     )
                 }),
                 mounts: vec![remote.clone()],

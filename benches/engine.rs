@@ -1342,6 +1342,23 @@ struct Batch {
     accept: Vec<Duration>,
     /// fsync + fdatasync calls of the server during the whole batch (`ZWARM_BENCH_STRACE`).
     syncs: Option<u64>,
+    /// CPU time of the server itself during the batch (user + system, all its threads).
+    cpu: Duration,
+}
+
+/// CPU time (user + system) a process has used so far, from /proc/<pid>/stat.
+fn cpu_of(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // Fields after the name: state is 0, utime 11, stime 12 (clock ticks).
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|i| f.get(*i).and_then(|v| v.parse::<u64>().ok()))
+        .sum();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Duration::from_micros(ticks * 1_000_000 / hz)
 }
 
 /// The same 100 runs of the fake started directly, 8 at a time.
@@ -1395,6 +1412,7 @@ async fn throughput_batch(ctx: &Ctx, bin: &Bin, name: &str, how: Calls) -> Batch
             (a.elapsed(), id)
         }
     };
+    let cpu0 = cpu_of(srv.pid);
     let t = Instant::now();
     let answers = match how {
         Calls::Sequential => {
@@ -1425,6 +1443,7 @@ async fn throughput_batch(ctx: &Ctx, bin: &Bin, name: &str, how: Calls) -> Batch
         }
     }
     let total = t.elapsed();
+    let cpu = cpu_of(srv.pid).saturating_sub(cpu0);
     let strace = srv.strace.clone();
     let stderr_path = srv.stderr_path.clone();
     srv.stop().await;
@@ -1436,6 +1455,7 @@ async fn throughput_batch(ctx: &Ctx, bin: &Bin, name: &str, how: Calls) -> Batch
         total,
         accept,
         syncs: strace.map(|p| strace_syncs(&p)),
+        cpu,
     }
 }
 
@@ -1517,11 +1537,12 @@ async fn throughput(ctx: &Ctx, bins: &[Bin], outs: &mut [Results]) {
                 let dir = format!("throughput-{name}-{round}");
                 let b = throughput_batch(ctx, bin, &dir, *how).await;
                 eprintln!(
-                    "    round {round}: [{}] {name}: all answered {:.0} ms, all finished {:.0} ms ({:.2}× direct){}",
+                    "    round {round}: [{}] {name}: all answered {:.0} ms, all finished {:.0} ms ({:.2}× direct), server CPU {:.2} ms per turn{}",
                     bin.label,
                     b.accepted.as_secs_f64() * 1e3,
                     b.total.as_secs_f64() * 1e3,
                     b.total.as_secs_f64() / d.as_secs_f64(),
+                    b.cpu.as_secs_f64() * 1e3 / THROUGHPUT_TURNS as f64,
                     b.syncs.map(|n| format!(", {n} fsyncs")).unwrap_or_default()
                 );
                 batches.push(b);
@@ -1564,6 +1585,15 @@ fn throughput_figures(direct: &[Duration], per: &[(Calls, &str, Vec<Batch>)], ou
                     .iter()
                     .zip(direct)
                     .map(|(b, d)| b.total.as_secs_f64() / d.as_secs_f64().max(1e-9))
+                    .collect(),
+            ),
+        );
+        out.put(
+            format!("throughput, {name}: the server's CPU time per turn"),
+            secs(
+                batches
+                    .iter()
+                    .map(|b| b.cpu.as_secs_f64() / THROUGHPUT_TURNS as f64)
                     .collect(),
             ),
         );

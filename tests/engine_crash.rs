@@ -287,3 +287,37 @@ async fn a_turn_the_runner_ends_with_a_cause_fails_with_that_text() {
     assert_eq!(t.response.as_deref(), Some("answer"));
     m.shutdown(Duration::from_secs(5)).await;
 }
+
+/// A stored session whose executor this build does not know is listed as unreadable, with
+/// the reason, and never as another executor's session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_session_of_an_unknown_executor_is_listed_unreadable() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let runner = MemoryRunner::new(quick);
+    let m = start(dir.path(), &runner).await;
+    let id = m.delegate(task("first")).await.expect("delegate");
+    m.wait(&id, Duration::from_secs(30), &CancellationToken::new())
+        .await
+        .expect("wait");
+    m.shutdown(Duration::from_secs(5)).await;
+    drop(m);
+    let db = rusqlite::Connection::open(dir.path().join("state/zwarm.db")).expect("db");
+    db.execute(
+        "UPDATE sessions SET adapter = 'no-such-executor' WHERE id = ?1",
+        [&id],
+    )
+    .expect("update");
+    drop(db);
+    let m = start(dir.path(), &runner).await;
+    let page = m.list(None, 10, 0).await.expect("list");
+    assert_eq!(page.total, 1);
+    let row = &page.sessions[0];
+    assert_eq!(row.status, SessionStatus::Unreadable, "{row:?}");
+    assert!(
+        row.task
+            .contains("executor `no-such-executor` is not one zwarm knows"),
+        "{}",
+        row.task
+    );
+    m.shutdown(Duration::from_secs(5)).await;
+}

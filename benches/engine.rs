@@ -1109,8 +1109,9 @@ async fn many_sessions(ctx: &Ctx, bin: &Bin, out: &mut Results) {
             assert_eq!(
                 r["total"].as_u64(),
                 Some(*n as u64),
-                "list_sessions total is not {n} (were the 0.2 sessions read/imported?): {}",
-                r["total"]
+                "list_sessions total is not {n} (were the 0.2 sessions read/imported?): {}\n{}",
+                r["total"],
+                srv.stderr()
             );
             let page = r["sessions"].as_array().map(Vec::len).unwrap_or(0);
             assert!(page > 0, "list_sessions returned an empty page");

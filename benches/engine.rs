@@ -17,8 +17,8 @@
 //! 4. `check_session` latency (p50, max) while 4 paced 2,000-event turns stream (async).
 //! 5. Throughput: 100 async `delegate`s of a trivial turn, until all have finished, against the
 //!    same 100 runs of the fake started directly, 8 at a time (zwarm's default `max_running`),
-//!    in rounds (direct, then zwarm twice, so a slow spell hits all three; ratios within a
-//!    round, median and min over the rounds). The calls are sent two ways: *sequential* (each
+//!    in rounds (direct, then zwarm twice per binary, the binaries interleaved, so a slow spell
+//!    hits all of them; ratios within a round, median and min over the rounds). The calls are sent two ways: *sequential* (each
 //!    reply awaited before the next call: a host calling one tool at a time) and *pipelined*
 //!    (all 100 written back to back before any reply is read: parallel tool calls). Also: the
 //!    time until all 100 were answered, and how long answering each took.
@@ -29,9 +29,12 @@
 //!   the same scenarios in the same run and shown side by side, with ratios this/baseline;
 //! - `ZWARM_BENCH_QUICK=1`: fewer runs;
 //! - `ZWARM_BENCH_ONLY=1,5`: only these scenarios;
+//! - `ZWARM_BENCH_ROUNDS=n`: rounds of scenario 5 (default 5, 3 when quick);
 //! - `ZWARM_BENCH_STRACE=1`: run each server under `strace -f -c` and report its fsync +
 //!   fdatasync calls per turn in scenario 5 (a diagnostic: tracing slows the server's forks,
-//!   so the times of such a run are not comparable).
+//!   so the times of such a run are not comparable);
+//! - `ZWARM_BENCH_TIMING=1`: the servers log each turn's steps (`zwarm::timing` at debug level);
+//!   scenario 5 prints the median time of each step per batch (where a turn's time goes).
 //!
 //! Slow scenarios have a time budget: a binary that needs far longer per run gets fewer runs
 //! (at least one), shown as `n=…` next to its figure. The scenario itself never changes.
@@ -294,6 +297,9 @@ impl Server {
             {
                 cmd.env_remove(k);
             }
+        }
+        if timing_on() {
+            cmd.env("ZWARM_LOG", "info,zwarm::timing=debug");
         }
         // The user's own zwarm config and state never leak into a measurement.
         cmd.env("XDG_CONFIG_HOME", scratch.join("xdg-config"))
@@ -1103,8 +1109,9 @@ async fn many_sessions(ctx: &Ctx, bin: &Bin, out: &mut Results) {
             assert_eq!(
                 r["total"].as_u64(),
                 Some(*n as u64),
-                "list_sessions total is not {n} (were the 0.2 sessions read/imported?): {}",
-                r["total"]
+                "list_sessions total is not {n} (were the 0.2 sessions read/imported?): {}\n{}",
+                r["total"],
+                srv.stderr()
             );
             let page = r["sessions"].as_array().map(Vec::len).unwrap_or(0);
             assert!(page > 0, "list_sessions returned an empty page");
@@ -1336,6 +1343,23 @@ struct Batch {
     accept: Vec<Duration>,
     /// fsync + fdatasync calls of the server during the whole batch (`ZWARM_BENCH_STRACE`).
     syncs: Option<u64>,
+    /// CPU time of the server itself during the batch (user + system, all its threads).
+    cpu: Duration,
+}
+
+/// CPU time (user + system) a process has used so far, from /proc/<pid>/stat.
+fn cpu_of(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // Fields after the name: state is 0, utime 11, stime 12 (clock ticks).
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|i| f.get(*i).and_then(|v| v.parse::<u64>().ok()))
+        .sum();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Duration::from_micros(ticks * 1_000_000 / hz)
 }
 
 /// The same 100 runs of the fake started directly, 8 at a time.
@@ -1389,6 +1413,7 @@ async fn throughput_batch(ctx: &Ctx, bin: &Bin, name: &str, how: Calls) -> Batch
             (a.elapsed(), id)
         }
     };
+    let cpu0 = cpu_of(srv.pid);
     let t = Instant::now();
     let answers = match how {
         Calls::Sequential => {
@@ -1419,14 +1444,54 @@ async fn throughput_batch(ctx: &Ctx, bin: &Bin, name: &str, how: Calls) -> Batch
         }
     }
     let total = t.elapsed();
+    let cpu = cpu_of(srv.pid).saturating_sub(cpu0);
     let strace = srv.strace.clone();
+    let stderr_path = srv.stderr_path.clone();
     srv.stop().await;
+    if timing_on() {
+        eprintln!("      steps (median ms): {}", step_medians(&stderr_path));
+    }
     Batch {
         accepted,
         total,
         accept,
         syncs: strace.map(|p| strace_syncs(&p)),
+        cpu,
     }
+}
+
+fn timing_on() -> bool {
+    std::env::var("ZWARM_BENCH_TIMING").is_ok_and(|v| !v.is_empty() && v != "0")
+}
+
+/// The median of each step in the server's `timing:` lines (one per turn), in the order the
+/// steps first appear, and how many turns logged them.
+fn step_medians(stderr: &Path) -> String {
+    let text = std::fs::read_to_string(stderr).unwrap_or_default();
+    let mut steps: Vec<(String, Vec<f64>)> = Vec::new();
+    for line in text.lines() {
+        let Some((_, rest)) = line.split_once("timing:") else {
+            continue;
+        };
+        for kv in rest.split_whitespace() {
+            let Some((k, v)) = kv.split_once('=') else {
+                continue;
+            };
+            let Ok(v) = v.parse::<f64>() else { continue };
+            match steps.iter_mut().find(|(n, _)| n == k) {
+                Some((_, vs)) => vs.push(v),
+                None => steps.push((k.to_string(), vec![v])),
+            }
+        }
+    }
+    steps
+        .into_iter()
+        .map(|(k, mut vs)| {
+            vs.sort_by(f64::total_cmp);
+            format!("{k} {:.2} (n={})", vs[vs.len() / 2], vs.len())
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// fsync + fdatasync calls in a `strace -c` summary.
@@ -1450,33 +1515,47 @@ fn min_med(mut v: Vec<f64>) -> (f64, f64) {
 }
 
 /// Scenario 5: throughput of many small async turns, against the same runs started directly,
-/// in rounds: each round measures the direct runs, then zwarm with the calls sent one at a
-/// time, then zwarm with the calls pipelined, so a slow spell of the (shared) machine hits
-/// all three; ratios are taken within a round. Figures: median over the rounds, min noted.
-async fn throughput(ctx: &Ctx, bin: &Bin, out: &mut Results) {
+/// in rounds: each round measures the direct runs, then, for each binary in turn (the
+/// baseline first, when there is one), zwarm with the calls sent one at a time and zwarm with
+/// the calls pipelined, so a slow spell of the (shared) machine hits all of them; ratios are
+/// taken within a round. Figures: median over the rounds, min noted.
+async fn throughput(ctx: &Ctx, bins: &[Bin], outs: &mut [Results]) {
     let rounds = ctx.plan.throughput_rounds;
     let mut direct = Vec::new();
-    let mut per: Vec<(Calls, &str, Vec<Batch>)> = vec![
-        (Calls::Sequential, "sequential", Vec::new()),
-        (Calls::Pipelined, "pipelined", Vec::new()),
-    ];
+    let new_per = || -> Vec<(Calls, &str, Vec<Batch>)> {
+        vec![
+            (Calls::Sequential, "sequential", Vec::new()),
+            (Calls::Pipelined, "pipelined", Vec::new()),
+        ]
+    };
+    let mut per: Vec<Vec<(Calls, &str, Vec<Batch>)>> = bins.iter().map(|_| new_per()).collect();
     for round in 0..rounds {
         let d = throughput_direct(ctx);
         eprintln!("    round {round}: direct {:.0} ms", d.as_secs_f64() * 1e3);
         direct.push(d);
-        for (how, name, batches) in per.iter_mut() {
-            let dir = format!("throughput-{name}-{round}");
-            let b = throughput_batch(ctx, bin, &dir, *how).await;
-            eprintln!(
-                "    round {round}: {name}: all answered {:.0} ms, all finished {:.0} ms ({:.2}× direct){}",
-                b.accepted.as_secs_f64() * 1e3,
-                b.total.as_secs_f64() * 1e3,
-                b.total.as_secs_f64() / d.as_secs_f64(),
-                b.syncs.map(|n| format!(", {n} fsyncs")).unwrap_or_default()
-            );
-            batches.push(b);
+        for (bin, per) in bins.iter().zip(per.iter_mut()) {
+            for (how, name, batches) in per.iter_mut() {
+                let dir = format!("throughput-{name}-{round}");
+                let b = throughput_batch(ctx, bin, &dir, *how).await;
+                eprintln!(
+                    "    round {round}: [{}] {name}: all answered {:.0} ms, all finished {:.0} ms ({:.2}× direct), server CPU {:.2} ms per turn{}",
+                    bin.label,
+                    b.accepted.as_secs_f64() * 1e3,
+                    b.total.as_secs_f64() * 1e3,
+                    b.total.as_secs_f64() / d.as_secs_f64(),
+                    b.cpu.as_secs_f64() * 1e3 / THROUGHPUT_TURNS as f64,
+                    b.syncs.map(|n| format!(", {n} fsyncs")).unwrap_or_default()
+                );
+                batches.push(b);
+            }
         }
     }
+    for (per, out) in per.iter().zip(outs.iter_mut()) {
+        throughput_figures(&direct, per, out);
+    }
+}
+
+fn throughput_figures(direct: &[Duration], per: &[(Calls, &str, Vec<Batch>)], out: &mut Results) {
     let secs = |v: Vec<f64>| {
         let n = v.len();
         let (min, med) = min_med(v);
@@ -1491,7 +1570,7 @@ async fn throughput(ctx: &Ctx, bin: &Bin, out: &mut Results) {
         "throughput: 100 trivial runs started directly, 8 at a time",
         secs(direct.iter().map(Duration::as_secs_f64).collect()),
     );
-    for (_, name, batches) in &per {
+    for (_, name, batches) in per {
         out.put(
             format!("throughput, {name}: all 100 async `delegate`s answered"),
             secs(batches.iter().map(|b| b.accepted.as_secs_f64()).collect()),
@@ -1505,8 +1584,17 @@ async fn throughput(ctx: &Ctx, bin: &Bin, out: &mut Results) {
             ratio(
                 batches
                     .iter()
-                    .zip(&direct)
+                    .zip(direct)
                     .map(|(b, d)| b.total.as_secs_f64() / d.as_secs_f64().max(1e-9))
+                    .collect(),
+            ),
+        );
+        out.put(
+            format!("throughput, {name}: the server's CPU time per turn"),
+            secs(
+                batches
+                    .iter()
+                    .map(|b| b.cpu.as_secs_f64() / THROUGHPUT_TURNS as f64)
                     .collect(),
             ),
         );
@@ -1643,7 +1731,14 @@ async fn main() {
     let started = Instant::now();
     let load_at_start = loadavg();
     let quick = std::env::var("ZWARM_BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0");
-    let plan = Plan::new(quick);
+    let mut plan = Plan::new(quick);
+    if let Some(n) = std::env::var("ZWARM_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|n| *n > 0)
+    {
+        plan.throughput_rounds = n;
+    }
     let this = std::env::var_os("ZWARM_BENCH_BIN")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_zwarm")));
@@ -1731,10 +1826,21 @@ async fn main() {
         "4. check_session while 4 × 2,000-event turns stream",
         check_while_streaming
     );
-    scenario!(
-        "5. 100 async delegates vs 100 direct runs, 8 at a time",
-        throughput
-    );
+    // Scenario 5 interleaves the binaries within each round (see `throughput`).
+    let title = "5. 100 async delegates vs 100 direct runs, 8 at a time";
+    if only.as_ref().is_none_or(|o| o.iter().any(|x| x == "5")) {
+        let labels: Vec<&str> = bins.iter().map(|b| b.label).collect();
+        eprintln!("{title} [{}]", labels.join(", "));
+        let (load, fsync) = (loadavg(), fsync_probe(&ctx.root));
+        let t = Instant::now();
+        throughput(&ctx, &bins, &mut results).await;
+        let took = t.elapsed().as_secs_f64();
+        eprintln!("  ({took:.1} s)");
+        conditions.push(format!(
+            "{title} [{}]: {took:.1} s; before it: load {load}, small-file fdatasync {fsync}",
+            labels.join(", ")
+        ));
+    }
 
     let load = (load_at_start, loadavg());
     let fsync = (fsync_at_start, fsync_probe(&ctx.root));

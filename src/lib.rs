@@ -13,6 +13,7 @@ pub mod executor;
 pub mod fleet;
 pub mod git;
 pub mod kube;
+pub mod log_event;
 pub mod mcp;
 pub mod model;
 pub mod process;

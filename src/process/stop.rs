@@ -137,20 +137,31 @@ impl Containment {
             signal_group(pg, libc::SIGKILL);
         }
         let mut killed: Vec<i32> = Vec::new();
-        if let Some(dir) = cgroup::find(&self.cgroups, marker) {
-            let inside = cgroup::pids(&dir);
-            cgroup::kill(&dir);
+        let in_cgroup = cgroup::find(&self.cgroups, marker);
+        if let Some(dir) = &in_cgroup {
+            let dir = dir.as_path();
+            let inside = cgroup::pids(dir);
+            cgroup::kill(dir);
             killed.extend(inside.into_iter().filter(|p| Some(*p) != exclude));
-            while cgroup::populated(&dir) && !time_left().is_zero() {
+            while cgroup::populated(dir) && !time_left().is_zero() {
                 std::thread::sleep(Duration::from_millis(5).min(time_left()));
             }
-            cgroup::remove(&self.cgroups, &dir);
+            cgroup::remove(&self.cgroups, dir);
             cgroup::forget(&self.cgroups, marker);
         }
         let needle = format!("{TURN_MARKER}={marker}");
         let me = std::process::id() as i32;
+        // A turn that ran in its own cgroup is gone with it: only a root process can move out,
+        // and the reaper kills one it saw there when the turn is released (below). The marker
+        // pass (a read of every process's environment) is for process-group mode, and for a
+        // containment without a reaper.
+        let passes = if in_cgroup.is_some() && self.reaper.get().is_some() {
+            0
+        } else {
+            3
+        };
         // Several passes: a process may fork between our scan and its death.
-        for _ in 0..3 {
+        for _ in 0..passes {
             let found = find_marked(&needle, me, exclude);
             if found.is_empty() {
                 break;
@@ -170,7 +181,10 @@ impl Containment {
             std::thread::sleep(Duration::from_millis(20).min(time_left()));
         }
         reap(&killed, time_left().min(Duration::from_millis(500)));
-        reap_zombies_now();
+        if !killed.is_empty() {
+            // Orphans that exited on their own are reaped by the periodic housekeeping.
+            reap_zombies_now();
+        }
         // The turn is over: the reaper forgets it (and kills what left its cgroup).
         if let Some(r) = self.reaper.get() {
             r.release(marker);

@@ -137,31 +137,49 @@ impl TurnProcess for LocalTurn {
         self.exited = true;
     }
 
-    async fn finish(mut self: Box<Self>) -> Finished {
+    async fn finish(self: Box<Self>) -> Finished {
+        let (finished, leftovers) = self.finish_deferred().await;
+        if let Some(clean_up) = leftovers {
+            clean_up.await;
+        }
+        finished
+    }
+
+    async fn finish_deferred(mut self: Box<Self>) -> (Finished, Option<super::Leftovers>) {
         let exit = self.child.try_wait().ok().flatten();
         let (pid, label, paths) = (self.pid, self.label.clone(), self.read_back.clone());
         let c = self.containment.clone();
-        // Leftovers of the turn go, then the files it wrote are read back (and removed).
-        let files = tokio::task::spawn_blocking(move || {
-            c.cleanup_after_exit(pid, &label);
-            paths
-                .into_iter()
-                .map(|p| {
-                    let c = std::fs::read_to_string(&p)
-                        .ok()
-                        .filter(|s| !s.trim().is_empty());
-                    let _ = std::fs::remove_file(&p);
-                    (p, c)
-                })
-                .collect()
-        })
-        .await
-        .unwrap_or_default();
-        Finished {
-            exit,
-            files,
-            cause: None,
-        }
+        // The files the executor wrote are read back (and removed) now; its leftovers are
+        // killed by the returned future.
+        let files = if paths.is_empty() {
+            Vec::new()
+        } else {
+            tokio::task::spawn_blocking(move || {
+                paths
+                    .into_iter()
+                    .map(|p| {
+                        let c = std::fs::read_to_string(&p)
+                            .ok()
+                            .filter(|s| !s.trim().is_empty());
+                        let _ = std::fs::remove_file(&p);
+                        (p, c)
+                    })
+                    .collect()
+            })
+            .await
+            .unwrap_or_default()
+        };
+        let clean_up = async move {
+            let _ = tokio::task::spawn_blocking(move || c.cleanup_after_exit(pid, &label)).await;
+        };
+        (
+            Finished {
+                exit,
+                files,
+                cause: None,
+            },
+            Some(Box::pin(clean_up) as super::Leftovers),
+        )
     }
 
     fn id(&self) -> Option<u32> {

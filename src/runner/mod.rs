@@ -78,6 +78,9 @@ impl Launch {
 /// An output stream of a running turn.
 pub type Output = Pin<Box<dyn AsyncRead + Send>>;
 
+/// The clean-up of what a turn left behind ([`TurnProcess::finish_deferred`]).
+pub type Leftovers = Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
 #[derive(Debug, thiserror::Error)]
 pub enum RunnerError {
     /// The executor could not be started.
@@ -132,6 +135,14 @@ pub trait TurnProcess: Send {
     /// After the end: the exit status, the files read back, and everything the turn left
     /// cleaned up.
     async fn finish(self: Box<Self>) -> Finished;
+
+    /// [`TurnProcess::finish`] in two parts: the exit status and files read back now, and the
+    /// clean-up of what the turn left as a future, which the engine awaits once the turn's
+    /// running slot is free (and before the turn's end is recorded). The default cleans up in
+    /// `finish` and returns no future.
+    async fn finish_deferred(self: Box<Self>) -> (Finished, Option<Leftovers>) {
+        (self.finish().await, None)
+    }
 
     /// An id for logs (the process id of a local run).
     fn id(&self) -> Option<u32> {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use super::isolation::{GIT_ADMIN, Integrate, Integrated, id8};
 use super::registry::Handle;
 use super::{Manager, ManagerError, blocking};
-use crate::event::LogEvent;
+use crate::log_event::LogEvent;
 use crate::model::{Isolation, Session, SessionStatus, WorktreeState};
 use crate::worktree::{self, Commit, Refused};
 

@@ -22,7 +22,8 @@ use std::time::Duration;
 
 use super::registry::Handle;
 use super::{Inner, Manager, ManagerError, blocking};
-use crate::event::{FileChange, LogEvent};
+use crate::event::FileChange;
+use crate::log_event::LogEvent;
 use crate::model::{Isolation, Session, WorktreeState, now};
 use crate::worktree::{self, Commit, GitError};
 

@@ -12,7 +12,7 @@
 //!   committed before anything reports them: the caller awaits the commit, and readers wait
 //!   for the last status change of a session to be committed before they show it.
 //! - **Progress** (each executor event) changes only memory; a flusher writes changed
-//!   sessions in batches, at most every [`FLUSH_INTERVAL`] or [`turn::FLUSH_EVENTS`] events.
+//!   sessions in batches, at most every [`FLUSH_INTERVAL`] or [`settle::FLUSH_EVENTS`] events.
 //! - **Questions** (list, check, prefix resolution, the event log, watcher totals) are indexed
 //!   queries or running totals ([`crate::fleet`]); nothing reads every session.
 //! - **Start-up** opens the database and touches only sessions that were running (adopted in
@@ -43,9 +43,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
-use crate::event::{ExecutorEvent, LogEvent};
+use crate::event::ExecutorEvent;
 use crate::executor::ExecutorError;
 use crate::fleet::Fleet;
+use crate::log_event::LogEvent;
 use crate::model::{Owner, Session, SessionStatus};
 use crate::runner::Runner;
 use crate::store::{SessionRow, Store, StoreError};

@@ -15,7 +15,7 @@
 
 use super::Inner;
 use super::registry::{Handle, Live};
-use crate::event::LogEvent;
+use crate::log_event::LogEvent;
 use crate::store::{StoreError, Ticket, Write};
 
 /// A change applied and submitted, not yet known to be committed.

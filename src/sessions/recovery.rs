@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::registry::{Handle, owner_alive};
 use super::{Manager, ManagerError};
-use crate::event::LogEvent;
+use crate::log_event::LogEvent;
 use crate::model::{Session, SessionStatus, TurnStatus, now};
 use crate::store::{SessionImage, StoreError, Write};
 

@@ -7,14 +7,17 @@ use std::sync::Arc;
 
 use super::fold::{self, Outcome};
 use super::registry::{Handle, Live, TurnControl};
-use super::turn::FLUSH_EVENTS;
 use super::{Inner, Notice};
-use crate::event::{ExecutorEvent, LogEvent};
+use crate::event::ExecutorEvent;
 use crate::executor;
 use crate::fleet::Stat;
+use crate::log_event::LogEvent;
 use crate::model::{Action, SessionStatus, now};
 use crate::store::Write;
 use crate::watch::{AbortScope, Firing};
+
+/// Flush progress after this many events even before the flush interval passes.
+pub const FLUSH_EVENTS: u32 = 256;
 
 /// Events an executor reports on stderr ([`executor::parse_stderr_line`]), applied as the
 /// lines arrive. Lines are bounded; a longer one is cut.

@@ -25,17 +25,15 @@ use super::registry::{Handle, TurnControl};
 pub(crate) use super::settle::finish;
 use super::settle::{StderrEvents, apply};
 use super::{Inner, ManagerError};
-use crate::event::LogEvent;
 use crate::executor::{self, ExecutorError, LaunchContext, Parser, TurnPlan};
+use crate::log_event::LogEvent;
 use crate::model::{Adapter, SessionStatus, TurnStatus, now};
-use crate::runner::{Finished, Launch, RunningTurn, TurnProcess};
+use crate::runner::{Finished, Launch, Leftovers, RunningTurn, TurnProcess};
 use crate::store::{StoreError, TurnLog};
 
 /// Longest stdout line accepted from an executor (a 200 000-character answer is one line).
 pub const MAX_LINE: usize = 32 * 1024 * 1024;
 const STDERR_TAIL: usize = 8192;
-/// Flush progress after this many events even before the flush interval passes.
-pub const FLUSH_EVENTS: u32 = 256;
 
 /// Why a turn could not be started (each is recorded as the turn's failure).
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +86,41 @@ pub(crate) struct Start {
     pub undo: super::Undo,
 }
 
+/// Where a turn's time went, step by step: logged at debug level on the `zwarm::timing`
+/// target when the turn ends (`ZWARM_LOG=zwarm::timing=debug`), one line per turn,
+/// `timing: step=ms ...`. The engine bench reads it to say where the time of a turn goes.
+pub(crate) struct Timing {
+    last: std::time::Instant,
+    steps: Vec<(&'static str, Duration)>,
+}
+
+impl Timing {
+    fn new() -> Timing {
+        Timing {
+            last: std::time::Instant::now(),
+            steps: Vec::with_capacity(10),
+        }
+    }
+
+    /// The time since the previous mark goes to `step`.
+    pub(crate) fn mark(&mut self, step: &'static str) {
+        let now = std::time::Instant::now();
+        self.steps.push((step, now - self.last));
+        self.last = now;
+    }
+
+    fn log(&self, h: &Handle, index: u32) {
+        if !tracing::enabled!(target: "zwarm::timing", tracing::Level::DEBUG) {
+            return;
+        }
+        let mut line = String::new();
+        for (step, d) in &self.steps {
+            line.push_str(&format!(" {step}={:.3}", d.as_secs_f64() * 1e3));
+        }
+        tracing::debug!(target: "zwarm::timing", session = %h.id, turn = index, "timing:{line}");
+    }
+}
+
 /// Run one turn to its end.
 pub(crate) async fn run(inner: Arc<Inner>, h: Arc<Handle>, index: u32, start: Start) {
     let Start {
@@ -97,10 +130,12 @@ pub(crate) async fn run(inner: Arc<Inner>, h: Arc<Handle>, index: u32, start: St
         started,
         undo,
     } = start;
+    let mut timing = Timing::new();
     if !begin(&inner, &h, index, staged, started, undo).await {
         return;
     }
-    let permit = take_slot(&inner, &h, index, &control, permit).await;
+    timing.mark("begin");
+    let permit = take_slot(&inner, &h, index, &control, permit, &mut timing).await;
     let mut outcome = Outcome::default();
     if permit.is_none() || control.cancel.is_cancelled() {
         outcome.interrupted = Some(interrupted_reason(&inner, &control));
@@ -108,7 +143,10 @@ pub(crate) async fn run(inner: Arc<Inner>, h: Arc<Handle>, index: u32, start: St
         return;
     }
     let adapter = h.live.lock().session.adapter;
-    let last_message = match prepare(&inner, &h, index).await {
+    let prepared = prepare(&inner, &h, index).await;
+    timing.mark("prepare");
+    let mut leftovers = None;
+    let last_message = match prepared {
         Ok((log, launch)) => {
             let last = launch.read_back.first().cloned();
             let r = execute(
@@ -120,11 +158,16 @@ pub(crate) async fn run(inner: Arc<Inner>, h: Arc<Handle>, index: u32, start: St
                 &log,
                 launch,
                 &mut outcome,
+                &mut timing,
             )
             .await;
             log.close().await;
+            timing.mark("close_log");
             match r {
-                Ok(finished) => last.and_then(|p| finished.file(&p).map(str::to_string)),
+                Ok((finished, left)) => {
+                    leftovers = left;
+                    last.and_then(|p| finished.file(&p).map(str::to_string))
+                }
                 Err(e) => {
                     outcome.failed = Some((e.to_string(), None));
                     None
@@ -136,8 +179,16 @@ pub(crate) async fn run(inner: Arc<Inner>, h: Arc<Handle>, index: u32, start: St
             None
         }
     };
+    // The slot is free once the executor has ended; what it left is cleaned up afterwards,
+    // still before the turn's end is recorded (and so reported).
     drop(permit);
+    if let Some(clean_up) = leftovers {
+        clean_up.await;
+        timing.mark("leftovers");
+    }
     finish(&inner, &h, index, outcome, last_message).await;
+    timing.mark("finish");
+    timing.log(&h, index);
 }
 
 fn interrupted_reason(inner: &Inner, control: &TurnControl) -> String {
@@ -179,13 +230,15 @@ async fn begin(
 }
 
 /// A running slot: the one taken at the start, or (for a queued turn) the next free one, with
-/// the turn then recorded as running. `None`: the turn was stopped while it waited.
+/// the turn then recorded as running (committed in the background). `None`: the turn was
+/// stopped while it waited.
 async fn take_slot(
-    inner: &Inner,
-    h: &Handle,
+    inner: &Arc<Inner>,
+    h: &Arc<Handle>,
     index: u32,
     control: &TurnControl,
     permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    timing: &mut Timing,
 ) -> Option<tokio::sync::OwnedSemaphorePermit> {
     if permit.is_some() {
         return permit;
@@ -194,9 +247,14 @@ async fn take_slot(
         p = inner.slots.clone().acquire_owned() => p.ok(),
         _ = control.cancel.cancelled() => None,
     };
+    timing.mark("queued");
     if p.is_some() && !control.cancel.is_cancelled() {
-        let ((), r) = inner
-            .commit(h, |l, w| {
+        // Recorded as running without waiting for the commit: the executor starts at once.
+        // Nothing reports the change before it is committed: readers wait for the session's
+        // pending commit, waiters are woken (published) only once it holds, and the turn's
+        // end commits after it (the store keeps submission order).
+        let ((), staged) = inner
+            .stage_ok(h, |l, w| {
                 let ts = now();
                 if !l.session.status.is_final()
                     && l.session.turns.last().map(|t| t.index) == Some(index)
@@ -218,11 +276,16 @@ async fn take_slot(
                     Some(&h.id),
                 ));
             })
-            .await;
-        if let Err(e) = r {
-            tracing::error!(session = %h.id, error = %e, "cannot record that a queued turn started");
-            inner.publish(h);
-        }
+            .split();
+        let (inner2, h2) = (inner.clone(), h.clone());
+        inner.tasks.spawn(async move {
+            let ((), r) = staged.committed().await;
+            if let Err(e) = r {
+                tracing::error!(session = %h2.id, error = %e, "cannot record that a queued turn started");
+            }
+            inner2.publish(&h2);
+        });
+        timing.mark("record_running");
     }
     p
 }
@@ -308,7 +371,8 @@ async fn execute(
     log: &TurnLog,
     launch: Launch,
     outcome: &mut Outcome,
-) -> Result<Finished, TurnError> {
+    timing: &mut Timing,
+) -> Result<(Finished, Option<Leftovers>), TurnError> {
     let program = launch.program.display().to_string();
     let RunningTurn {
         stdout,
@@ -323,6 +387,7 @@ async fn execute(
             program: program.clone(),
             err,
         })?;
+    timing.mark("start");
     tracing::info!(session = %h.id, turn = index, pid = ?proc.id(), %program, runner = inner.runner.name(), "executor started");
     let stderr_task = stderr.map(|err| {
         let events = StderrEvents::new(inner.clone(), h.clone(), index, adapter);
@@ -337,6 +402,7 @@ async fn execute(
         inner, h, index, adapter, control, log, stdout, &mut *proc, outcome,
     )
     .await;
+    timing.mark("pump");
     if !pumped.exited
         && tokio::time::timeout(Duration::from_secs(5), proc.wait())
             .await
@@ -344,7 +410,9 @@ async fn execute(
     {
         proc.stop(Duration::from_millis(500), None).await;
     }
-    let finished = proc.finish().await;
+    timing.mark("exit");
+    let (finished, leftovers) = proc.finish_deferred().await;
+    timing.mark("runner_finish");
     crate::telemetry::turn_exit(finished.exit.as_ref());
     let stderr_tail = match stderr_task {
         Some(t) => tokio::time::timeout(Duration::from_secs(1), t)
@@ -354,6 +422,7 @@ async fn execute(
             .unwrap_or_default(),
         None => String::new(),
     };
+    timing.mark("stderr");
     if pumped.skipped_lines > 0 {
         // Committed before the turn's end is reported, like the end itself.
         let ev = inner.event(
@@ -385,7 +454,7 @@ async fn execute(
             None,
         ));
     }
-    Ok(finished)
+    Ok((finished, leftovers))
 }
 
 /// Read the executor's stderr into the log and the stderr events; returns its tail.

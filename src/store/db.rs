@@ -586,9 +586,13 @@ pub(super) fn page(
         .query_map(params![st_name, limit as i64, offset as i64], |r| {
             let id: String = r.get(0)?;
             let status_text: String = r.get(1)?;
+            let adapter_text: String = r.get(2)?;
+            let adapter = Adapter::parse(&adapter_text);
             let mut row = SessionRow {
                 status: parse_status(&status_text),
-                adapter: Adapter::parse(&r.get::<_, String>(2)?).unwrap_or(Adapter::Codex),
+                // An executor zwarm does not know makes the row unreadable (below); the value
+                // here is then only a placeholder.
+                adapter: adapter.unwrap_or(Adapter::Codex),
                 mode: Mode::parse(&r.get::<_, String>(3)?).unwrap_or(Mode::Sync),
                 task: r.get(4)?,
                 turns: r.get(5)?,
@@ -601,6 +605,10 @@ pub(super) fn page(
             let meta: String = r.get(12)?;
             // A record that cannot be used is listed as such, with the reason, never hidden.
             let problem = match parse_meta(&row.session_id, &meta) {
+                Ok(_) if adapter.is_none() => Some(format!(
+                    "its executor `{}` is not one zwarm knows",
+                    crate::text::one_line(&adapter_text, 40)
+                )),
                 Ok(m) => {
                     row.branch = m.isolation.map(|i| i.branch);
                     (row.status == SessionStatus::Unreadable)
@@ -630,26 +638,35 @@ pub(super) fn stats_since(c: &Connection, rev: i64) -> Result<(Vec<Stat>, i64), 
     let mut max = rev;
     let rows = st
         .query_map([rev], |r| {
-            Ok((
-                Stat {
-                    id: r.get(0)?,
-                    adapter: Adapter::parse(&r.get::<_, String>(1)?).unwrap_or(Adapter::Codex),
+            let id: String = r.get(0)?;
+            let adapter_text: String = r.get(1)?;
+            let stat = Adapter::parse(&adapter_text).map(|adapter| -> rusqlite::Result<Stat> {
+                Ok(Stat {
+                    id: id.clone(),
+                    adapter,
                     model: r.get(2)?,
                     status: parse_status(&r.get::<_, String>(3)?),
                     turns: r.get(4)?,
                     finished_turns: r.get(5)?,
                     usage: usage_at(r, 6)?,
                     cost_usd: r.get(10)?,
-                },
-                r.get::<_, i64>(11)?,
-            ))
+                })
+            });
+            Ok((id, adapter_text, stat.transpose()?, r.get::<_, i64>(11)?))
         })
         .map_err(db)?;
     let mut out = Vec::new();
     for row in rows {
-        let (s, r) = row.map_err(db)?;
+        let (id, adapter, s, r) = row.map_err(db)?;
         max = max.max(r);
-        out.push(s);
+        match s {
+            Some(s) => out.push(s),
+            // Not counted by the watchers: a session of an executor zwarm does not know is
+            // unreadable (listed as such), not another executor's.
+            None => {
+                tracing::warn!(session = %id, adapter = %crate::text::one_line(&adapter, 40), "a stored session names an executor zwarm does not know; it is left out of the totals")
+            }
+        }
     }
     Ok((out, max))
 }

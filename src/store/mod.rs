@@ -224,6 +224,14 @@ impl Store {
         self.inner.writer.applied()
     }
 
+    /// For crash tests: commit at most `groups` more groups, then stop as a crash would
+    /// (nothing later is written; every later group fails with [`StoreError::Closed`]). The
+    /// token is cancelled once the writer has stopped.
+    #[doc(hidden)]
+    pub fn crash_after(&self, groups: u64) -> tokio_util::sync::CancellationToken {
+        self.inner.writer.crash_after(groups)
+    }
+
     /// Wait until every group submitted before now is applied.
     pub async fn sync(&self) {
         let _ = self.submit(vec![]).committed().await;
@@ -247,13 +255,13 @@ impl Store {
     }
 
     /// A typed log event of `session` (or of the server), to add to a group of writes.
-    pub fn record(&self, ev: crate::event::LogEvent, session_id: Option<&str>) -> Write {
+    pub fn record(&self, ev: crate::log_event::LogEvent, session_id: Option<&str>) -> Write {
         let (kind, data) = ev.into_parts();
         self.event(&kind, session_id, data)
     }
 
     /// Append a typed log event without waiting for it.
-    pub fn log_event(&self, ev: crate::event::LogEvent, session_id: Option<&str>) {
+    pub fn log_event(&self, ev: crate::log_event::LogEvent, session_id: Option<&str>) {
         let _ = self.submit(vec![self.record(ev, session_id)]);
     }
 

@@ -18,8 +18,11 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 
+use std::sync::Arc;
+
 use rusqlite::Connection;
 use tokio::sync::{oneshot, watch};
+use tokio_util::sync::CancellationToken;
 
 use super::{StoreError, Ticket, Write, db};
 
@@ -36,6 +39,13 @@ pub(super) struct Handle {
     tx: parking_lot::Mutex<mpsc::Sender<Group>>,
     next: AtomicU64,
     applied: watch::Receiver<u64>,
+    crash: Arc<Crash>,
+}
+
+/// A test's simulated crash: groups after `at` are never written, and the writer stops.
+struct Crash {
+    at: AtomicU64,
+    halted: CancellationToken,
 }
 
 impl Handle {
@@ -53,14 +63,29 @@ impl Handle {
     pub(super) fn applied(&self) -> watch::Receiver<u64> {
         self.applied.clone()
     }
+
+    /// Commit at most `groups` more groups (counting those submitted and not yet committed),
+    /// then stop as a crash would: nothing later is written, and every later group fails.
+    /// The token is cancelled when the writer has stopped.
+    pub(super) fn crash_after(&self, groups: u64) -> CancellationToken {
+        let _tx = self.tx.lock();
+        let at = self.next.load(Ordering::SeqCst).saturating_add(groups);
+        self.crash.at.store(at, Ordering::SeqCst);
+        self.crash.halted.clone()
+    }
 }
 
 pub(super) fn start(conn: Connection, path: PathBuf) -> Result<Handle, StoreError> {
     let (tx, rx) = mpsc::channel::<Group>();
     let (applied_tx, applied) = watch::channel(0u64);
+    let crash = Arc::new(Crash {
+        at: AtomicU64::new(u64::MAX),
+        halted: CancellationToken::new(),
+    });
+    let c = crash.clone();
     std::thread::Builder::new()
         .name("zwarm-store".into())
-        .spawn(move || run(conn, path, rx, applied_tx))
+        .spawn(move || run(conn, path, rx, applied_tx, &c))
         .map_err(|err| StoreError::Io {
             path: "store writer thread".into(),
             err,
@@ -69,6 +94,7 @@ pub(super) fn start(conn: Connection, path: PathBuf) -> Result<Handle, StoreErro
         tx: parking_lot::Mutex::new(tx),
         next: AtomicU64::new(0),
         applied,
+        crash,
     })
 }
 
@@ -77,6 +103,7 @@ fn run(
     path: PathBuf,
     rx: mpsc::Receiver<Group>,
     applied: watch::Sender<u64>,
+    crash: &Crash,
 ) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
@@ -86,15 +113,31 @@ fn run(
                 Err(_) => break,
             }
         }
-        let last = batch.last().map(|g| g.seq).unwrap_or(0);
-        let results = apply_batch(&mut conn, &batch);
+        let at = crash.at.load(Ordering::SeqCst);
+        let crashed = batch.iter().any(|g| g.seq > at);
+        if crashed {
+            // Dropped unanswered: their tickets fail, as after a crash.
+            batch.retain(|g| g.seq <= at);
+        }
+        let last = batch.last().map(|g| g.seq);
+        let results = if batch.is_empty() {
+            Vec::new()
+        } else {
+            apply_batch(&mut conn, &batch)
+        };
         for (g, r) in batch.into_iter().zip(results) {
             if let Err(e) = &r {
                 tracing::error!(path = %path.display(), error = %e, "state write failed");
             }
             let _ = g.reply.send(r);
         }
-        applied.send_replace(last);
+        if let Some(last) = last {
+            applied.send_replace(last);
+        }
+        if crashed {
+            crash.halted.cancel();
+            return;
+        }
     }
 }
 

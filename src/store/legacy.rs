@@ -241,8 +241,12 @@ fn session_files(dir: &Path) -> Vec<PathBuf> {
 
 /// `Ok` when `p` is absent, a plain file, or a folder holding only plain files and folders
 /// (at most `depth` levels, 10,000 entries); else why not.
+/// Most entries looked at under one imported folder: bounds the walk of a planted tree, far
+/// above any real 0.2 state (one file per session, a few turn logs each).
+const MAX_ENTRIES: u32 = 2_000_000;
+
 fn plain(p: &Path, depth: u32) -> Result<(), String> {
-    let mut left = 10_000u32;
+    let mut left = MAX_ENTRIES;
     fn walk(p: &Path, depth: u32, left: &mut u32) -> Result<(), String> {
         let m = match std::fs::symlink_metadata(p) {
             Ok(m) => m,
@@ -346,4 +350,25 @@ fn read_session(path: &Path) -> Result<Session, String> {
         }
     }
     Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// A 0.2 state with 10,000 sessions is taken in whole (the walk's bound once equalled
+    /// it, and the whole import was refused as "too many files").
+    #[test]
+    fn ten_thousand_session_files_are_plain() {
+        let dir = tempfile::tempdir().unwrap();
+        let sessions = dir.path().join("sessions");
+        std::fs::create_dir(&sessions).unwrap();
+        for i in 0..10_001 {
+            std::fs::write(sessions.join(format!("{i}.json")), "{}").unwrap();
+        }
+        assert_eq!(plain(&sessions, 2), Ok(()));
+        std::os::unix::fs::symlink("/etc/passwd", sessions.join("x.json")).unwrap();
+        assert!(plain(&sessions, 2).unwrap_err().contains("symlink"));
+    }
 }

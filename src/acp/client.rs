@@ -359,7 +359,16 @@ impl AcpAgent {
         let deadline = tokio::time::sleep(timeout);
         tokio::pin!(deadline);
         loop {
+            // `biased`, messages first: the reader task queues every message the agent sent
+            // before an answer ahead of that answer, so they are all taken before the answer
+            // (an unbiased select drops some of them half the time: a load's replay would leak
+            // into the next turn).
             tokio::select! {
+                biased;
+                Some(m) = self.incoming.recv() => match m {
+                    Incoming::Request { id, method, .. } => refuse(&self.conn, &id, &method),
+                    Incoming::Notification { .. } => self.dropped += 1,
+                },
                 r = &mut fut => {
                     return match r {
                         Ok(v) => Ok(v),
@@ -367,10 +376,6 @@ impl AcpAgent {
                         Err(e) => Err(e.into()),
                     };
                 }
-                Some(m) = self.incoming.recv() => match m {
-                    Incoming::Request { id, method, .. } => refuse(&self.conn, &id, &method),
-                    Incoming::Notification { .. } => self.dropped += 1,
-                },
                 _ = &mut deadline => {
                     return Err(AcpError::Timeout { method, secs: timeout.as_secs() });
                 }
@@ -404,8 +409,17 @@ impl AcpAgent {
         let cancel_deadline = tokio::time::sleep(Duration::from_secs(86_400 * 365));
         tokio::pin!(cancel_deadline);
         let end = loop {
+            // `biased`, the agent's messages before the prompt's answer: the reader task
+            // queues the turn's last updates ahead of the answer, and an unbiased select took
+            // the answer first half the time when both were ready (the turn's final message
+            // was lost, more often under load).
             tokio::select! {
-                r = &mut fut => break self.prompt_end(r, cancelled).await,
+                biased;
+                _ = opts.cancel.cancelled(), if !cancelled => {
+                    cancelled = true;
+                    self.conn.notify("session/cancel", json!({"sessionId": session_id}));
+                    cancel_deadline.as_mut().reset(tokio::time::Instant::now() + opts.cancel_grace);
+                }
                 Some(m) = self.incoming.recv() => match m {
                     Incoming::Notification { method, params } if method == "session/update" => {
                         for ev in self.mapper.map(&params) {
@@ -422,11 +436,7 @@ impl AcpAgent {
                         }
                     }
                 },
-                _ = opts.cancel.cancelled(), if !cancelled => {
-                    cancelled = true;
-                    self.conn.notify("session/cancel", json!({"sessionId": session_id}));
-                    cancel_deadline.as_mut().reset(tokio::time::Instant::now() + opts.cancel_grace);
-                }
+                r = &mut fut => break self.prompt_end(r, cancelled).await,
                 _ = &mut cancel_deadline, if cancelled => break TurnEnd::Interrupted,
             }
         };

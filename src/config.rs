@@ -44,7 +44,7 @@ pub const DEFAULT_MAX_TASK_BYTES: usize = 1_048_576;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
-    /// Adapter used when `delegate` names none: `codex` or `claude`.
+    /// Adapter used when `delegate` names none: a registered executor's name.
     pub default_adapter: String,
     /// Where sessions, turn logs and events live. Absolute after [`load`] (a relative value is
     /// taken from the project dir); unset: [`default_state_dir`].
@@ -166,7 +166,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             // The first registered executor.
-            default_adapter: crate::model::Adapter::ALL[0].as_str().into(),
+            default_adapter: crate::executor::REGISTRY[0].name().into(),
             // Empty: not chosen; `load` puts the default here.
             state_dir: PathBuf::new(),
             allowed_roots: vec![],
@@ -425,16 +425,10 @@ pub fn load(src: &Sources) -> Result<Config, ConfigError> {
 /// Checks serde cannot make: ranges and values.
 fn validate(cfg: &Config) -> Result<(), ConfigError> {
     if crate::model::Adapter::parse(&cfg.default_adapter).is_none() {
-        // The executors' names (the registry's order; config sits below the executors, which
-        // read it, so it takes the names from the adapters they are registered by).
-        let names: Vec<String> = crate::model::Adapter::ALL
-            .iter()
-            .map(|a| format!("`{}`", a.as_str()))
-            .collect();
         return Err(ConfigError::Invalid(format!(
             "default_adapter is `{}`; use {}",
             cfg.default_adapter,
-            names.join(" or ")
+            crate::executor::names_for_humans(false)
         )));
     }
     if cfg.max_running == 0 {

@@ -1022,7 +1022,7 @@ fn the_gemini_executor_runs_turns_through_the_bridge() {
     ]}));
     let gemini_cmd = env.gemini(&mock);
     // The registry entry will name its own adapter; the launch does not depend on it.
-    let exec = AcpExecutor::new(zwarm::model::Adapter::Codex, &GEMINI);
+    let exec = AcpExecutor::new(&GEMINI);
     let cfg = zwarm::config::Config::default();
     let turns = env.home.join("turns").join("s1");
     std::fs::create_dir_all(&turns).expect("turn dir");

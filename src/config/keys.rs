@@ -322,7 +322,7 @@ const PRIORITY: &str =
 fn build() -> Vec<KeyDef> {
     let mut out = Vec::new();
     fields!(out, "", Config {
-        default_adapter: Free, "Executor used when `delegate` names none: `codex` or `claude`.";
+        default_adapter: Free, "Executor used when `delegate` names none: a registered executor's name (`zwarm doctor` lists them).";
         state_dir: TrustedOnly("it chooses where zwarm keeps its state"), "Where sessions, turn logs and events live. Relative: under the project. Unset: outside the project (see below).";
         allowed_roots: TrustedOnly("it widens where sessions may work"), "Directories a session's `working_dir` must be inside. Empty: the project.";
         sync_wait_seconds: TightenOnly(Lower(Some(45))), "How long a sync `delegate`/`converse` waits before answering `running`. Unset: a margin under the calling host's tool timeout (45 s for unknown hosts).";

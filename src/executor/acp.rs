@@ -16,7 +16,6 @@ use crate::acp::Level;
 use crate::acp::bridge::BridgeJob;
 use crate::config::Config;
 use crate::event::{ExecutorEvent, UsageScope};
-use crate::model::Adapter;
 
 /// The environment variable naming the bridge binary (default: `zwarm-acp` beside zwarm).
 pub const BRIDGE_ENV: &str = "ZWARM_ACP_BRIDGE";
@@ -87,13 +86,19 @@ pub static OPENCODE: AcpAgentSpec = AcpAgentSpec {
 /// An ACP agent as an executor.
 #[derive(Debug)]
 pub struct AcpExecutor {
-    pub adapter: Adapter,
     pub spec: &'static AcpAgentSpec,
 }
 
+/// Gemini CLI (`gemini --acp`).
+pub static GEMINI_EXECUTOR: AcpExecutor = AcpExecutor::new(&GEMINI);
+/// Qwen Code (`qwen --acp`).
+pub static QWEN_EXECUTOR: AcpExecutor = AcpExecutor::new(&QWEN);
+/// OpenCode (`opencode acp`).
+pub static OPENCODE_EXECUTOR: AcpExecutor = AcpExecutor::new(&OPENCODE);
+
 impl AcpExecutor {
-    pub const fn new(adapter: Adapter, spec: &'static AcpAgentSpec) -> AcpExecutor {
-        AcpExecutor { adapter, spec }
+    pub const fn new(spec: &'static AcpAgentSpec) -> AcpExecutor {
+        AcpExecutor { spec }
     }
 
     /// [`Executor::launch`] with the agent and bridge binaries given.
@@ -279,9 +284,6 @@ fn handshake_finding(spec: &AcpAgentSpec, program: &Path) -> Finding {
 }
 
 impl Executor for AcpExecutor {
-    fn adapter(&self) -> Adapter {
-        self.adapter
-    }
     fn name(&self) -> &'static str {
         self.spec.name
     }

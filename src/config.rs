@@ -28,6 +28,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use toml::Value;
 
+mod acp;
 mod guardrails;
 pub mod keys;
 mod layers;
@@ -35,6 +36,7 @@ mod project;
 #[cfg(test)]
 mod tests;
 
+pub use acp::{ACP_LEVEL, AcpConfig};
 pub use keys::{ModeKey, PERMISSION_MODE, SANDBOX_MODE};
 pub use project::{project_config_file, project_root, project_slug};
 
@@ -86,6 +88,8 @@ pub struct Config {
     pub claude: ClaudeConfig,
     /// What executors may load (see [`ExecutorsConfig`]).
     pub executors: ExecutorsConfig,
+    /// `[acp]`: the permission policy for ACP agents.
+    pub acp: AcpConfig,
     /// Guardrails (see `crate::watch`).
     pub watchers: crate::watch::WatchersConfig,
     /// Trace export (see `crate::telemetry`).
@@ -186,6 +190,7 @@ impl Default for Config {
             codex: CodexConfig::default(),
             claude: ClaudeConfig::default(),
             executors: ExecutorsConfig::default(),
+            acp: AcpConfig::default(),
             watchers: Default::default(),
             telemetry: Default::default(),
             runner: Default::default(),
@@ -431,6 +436,7 @@ fn validate(cfg: &Config) -> Result<(), ConfigError> {
             crate::executor::names_for_humans(false)
         )));
     }
+    cfg.acp.validate().map_err(ConfigError::Invalid)?;
     if cfg.max_running == 0 {
         return Err(ConfigError::Invalid(
             "max_running must be at least 1".into(),

@@ -64,6 +64,9 @@ pub enum SessionStatus {
     Queued,
     /// A turn is in progress.
     Running,
+    /// A turn waits for an answer to an agent's permission request (ACP `ask`): converse with
+    /// `approval`, or `zwarm approve`. Shown, never stored (the stored status is `running`).
+    NeedsApproval,
     /// The last turn finished; converse may continue.
     Idle,
     /// The last turn failed; converse may retry.
@@ -81,6 +84,7 @@ impl SessionStatus {
         match self {
             SessionStatus::Queued => "queued",
             SessionStatus::Running => "running",
+            SessionStatus::NeedsApproval => "needs_approval",
             SessionStatus::Idle => "idle",
             SessionStatus::Failed => "failed",
             SessionStatus::Completed => "completed",
@@ -93,6 +97,7 @@ impl SessionStatus {
         Some(match s.trim().to_ascii_lowercase().as_str() {
             "queued" => SessionStatus::Queued,
             "running" => SessionStatus::Running,
+            "needs_approval" => SessionStatus::NeedsApproval,
             "idle" => SessionStatus::Idle,
             "failed" => SessionStatus::Failed,
             "completed" => SessionStatus::Completed,
@@ -104,7 +109,10 @@ impl SessionStatus {
 
     /// A turn is queued or running.
     pub fn is_active(&self) -> bool {
-        matches!(self, SessionStatus::Queued | SessionStatus::Running)
+        matches!(
+            self,
+            SessionStatus::Queued | SessionStatus::Running | SessionStatus::NeedsApproval
+        )
     }
 
     /// Ended by end_session; nothing more can happen.

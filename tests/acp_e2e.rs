@@ -240,7 +240,7 @@ struct ScriptedApprover {
 
 #[async_trait::async_trait]
 impl zwarm::acp::Approver for ScriptedApprover {
-    async fn approve(&self, ask: &zwarm::acp::PermissionAsk) -> Option<bool> {
+    async fn approve(&self, ask: &zwarm::acp::PermissionAsk, _rule: &str) -> Option<bool> {
         self.asked.lock().unwrap().push(ask.clone());
         match self.answer {
             Some(a) => Some(a),
@@ -555,6 +555,7 @@ async fn gemini_policy_denials_leave_files_untouched_and_are_reported() {
             verdict: Verdict::Deny,
             kinds: vec!["edit".into()],
             pattern: Some("secret".into()),
+            project: false,
         }])
         .expect("policy");
     let ev = Events::default();
@@ -853,6 +854,7 @@ async fn gemini_asks_are_approved_or_denied_at_the_timeout() {
             verdict: Verdict::Ask,
             kinds: vec!["edit".into()],
             pattern: None,
+            project: false,
         }])
         .expect("policy");
 

@@ -56,10 +56,11 @@ pub struct AgentInfo {
     pub auth_methods: Vec<String>,
 }
 
-/// Someone who answers an `ask`: the orchestrator or a person. `None`: no answer.
+/// Someone who answers an `ask` (`rule`: the policy rule that said ask): the orchestrator or
+/// a person. `None`: no answer.
 #[async_trait::async_trait]
 pub trait Approver: Send + Sync {
-    async fn approve(&self, ask: &PermissionAsk) -> Option<bool>;
+    async fn approve(&self, ask: &PermissionAsk, rule: &str) -> Option<bool>;
 }
 
 /// How a turn ended.
@@ -496,7 +497,7 @@ impl AcpAgent {
         if decision.verdict == Verdict::Ask {
             let answer = match opts.approver {
                 Some(a) => tokio::select! {
-                    r = tokio::time::timeout(opts.ask_timeout, a.approve(&ask)) => r.ok().flatten(),
+                    r = tokio::time::timeout(opts.ask_timeout, a.approve(&ask, &decision.rule)) => r.ok().flatten(),
                     _ = opts.cancel.cancelled() => None,
                 },
                 None => None,

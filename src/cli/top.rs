@@ -130,7 +130,7 @@ fn status_style(status: &str) -> Style {
         "running" => Style::default()
             .fg(Color::Green)
             .add_modifier(Modifier::BOLD),
-        "queued" => Style::default().fg(Color::Yellow),
+        "queued" | "needs_approval" => Style::default().fg(Color::Yellow),
         "failed" | "stale" | "unreadable" => Style::default().fg(Color::Red),
         "completed" => Style::default().fg(Color::Blue),
         "cancelled" => Style::default().fg(Color::DarkGray),

@@ -110,11 +110,14 @@ impl AcpExecutor {
         agent: PathBuf,
         bridge: PathBuf,
     ) -> Result<Launch, ExecutorError> {
-        let transcript = ctx
+        // The session's turn directory (under the state dir): it outlives a restart, and
+        // every runner gives it to the turn.
+        let turn_dir = ctx
             .scratch
             .parent()
-            .filter(|d| !d.as_os_str().is_empty())
-            .map(|d| d.join(TRANSCRIPT_FILE));
+            .filter(|d| !d.as_os_str().is_empty() && *d != Path::new("/dev"))
+            .map(Path::to_path_buf);
+        let transcript = turn_dir.as_ref().map(|d| d.join(TRANSCRIPT_FILE));
         let job = BridgeJob {
             program: agent,
             args: self.spec.args.iter().map(|a| a.to_string()).collect(),
@@ -131,9 +134,11 @@ impl AcpExecutor {
             earlier: vec![],
             transcript,
             level: level_of(cfg),
-            rules: vec![],
-            init_timeout_secs: 60,
+            rules: cfg.acp.rules.clone(),
+            init_timeout_secs: cfg.acp.init_timeout_seconds.max(1),
             cancel_grace_secs: cfg.interrupt_grace_seconds.max(1),
+            ask_timeout_secs: cfg.acp.ask_timeout_seconds,
+            approvals: turn_dir,
         };
         let stdin = serde_json::to_vec(&job)
             .map_err(|e| ExecutorError::Misconfigured(format!("the ACP job: {e}")))?;
@@ -171,10 +176,10 @@ pub fn bridge_program() -> Result<PathBuf, ExecutorError> {
     }
 }
 
-/// The session's permission level: zwarm's sandbox setting (`codex.sandbox`, default
-/// `workspace-write`) until ACP has a key of its own.
+/// The session's permission level: `acp.level`, else zwarm's sandbox setting
+/// (`codex.sandbox`, default `workspace-write`).
 pub fn level_of(cfg: &Config) -> Level {
-    Level::parse(&cfg.codex.sandbox).unwrap_or(Level::WorkspaceWrite)
+    cfg.acp.level(&cfg.codex.sandbox)
 }
 
 /// Decodes the bridge's lines.

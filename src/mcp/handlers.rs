@@ -106,8 +106,14 @@ impl ZwarmServer {
         // Bounded: the answers of all of them share max_response_chars.
         let per = (self.max_chars() / (sessions.len() + 1)).max(500);
         let mut reports = Vec::with_capacity(sessions.len());
-        for s in &sessions {
+        let mut sessions = sessions;
+        let approvals: Vec<_> = sessions
+            .iter_mut()
+            .map(|s| self.approval_overlay(s))
+            .collect();
+        for (s, approval) in sessions.iter().zip(approvals) {
             let mut r = session_report(s, max, per);
+            r.approval = approval;
             self.add_diff(&mut r, s).await;
             reports.push(r);
         }
@@ -213,7 +219,10 @@ impl ZwarmServer {
         }
         .map_err(err)?;
         self.manager.attach_notes(&s.id, Some(1), &notes).await;
+        let mut s = s;
+        let approval = self.approval_overlay(&mut s);
         let mut r = turn_report(&s, 1, max, self.max_chars());
+        r.approval = approval;
         r.watchers = with_notes(r.watchers, notes);
         Ok(Json(r))
     }
@@ -231,9 +240,41 @@ impl ZwarmServer {
     ) -> ToolResult<TurnReport> {
         let mode = parse_mode(a.mode.as_deref())?;
         let is_async = mode == Mode::Async;
+        let message = a.message.filter(|m| !m.is_empty());
+        if let Some(ap) = &a.approval {
+            if message.is_some() {
+                return Err("converse takes `message` or `approval`, not both: answer the permission request first (approval), then send the message once the turn has finished.".into());
+            }
+            let (notes, _) = self
+                .guard(
+                    Call::CheckSession {
+                        session_ids: vec![a.session_id.clone()],
+                    },
+                    false,
+                )
+                .await?;
+            let (s, turn) = self.answer_approval(&a.session_id, ap).await?;
+            let (budget, max) = self.wait_budget(&ctx, a.wait_seconds, false);
+            let s = if is_async {
+                self.manager.get(&s.id).await
+            } else {
+                self.wait_turn(&s.id, turn, budget, &ctx).await
+            }
+            .map_err(err)?;
+            let mut s = s;
+            let approval = self.approval_overlay(&mut s);
+            let mut r = turn_report(&s, turn, max, self.max_chars());
+            r.approval = approval;
+            r.mode = mode;
+            r.watchers = with_notes(r.watchers, notes);
+            return Ok(Json(r));
+        }
+        let Some(message) = message else {
+            return Err("converse needs `message` (the next message for the executor), or `approval` (an answer to the permission request a running turn waits on).".into());
+        };
         let call = Call::Converse {
             session_id: a.session_id,
-            message: a.message,
+            message,
             mode,
         };
         let (
@@ -260,7 +301,10 @@ impl ZwarmServer {
         }
         .map_err(err)?;
         self.manager.attach_notes(&s.id, Some(turn), &notes).await;
+        let mut s = s;
+        let approval = self.approval_overlay(&mut s);
         let mut r = turn_report(&s, turn, max, self.max_chars());
+        r.approval = approval;
         r.mode = if is_async { Mode::Async } else { Mode::Sync };
         r.watchers = with_notes(r.watchers, notes);
         Ok(Json(r))
@@ -295,14 +339,19 @@ impl ZwarmServer {
         let Some(session_id) = a.session_id.as_deref().filter(|s| !s.trim().is_empty()) else {
             return Err("check_session needs `session_id` (one session), or `session_ids` (a list, with `wait`: \"any\" or \"all\", and wait_seconds) to wait on several. list_sessions shows the ids.".into());
         };
-        let s = if budget.is_zero() {
-            self.manager.get(session_id).await
+        let s = self.manager.get(session_id).await.map_err(err)?;
+        let s = if budget.is_zero() || !s.status.is_active() {
+            s
         } else {
-            self.manager.wait(session_id, budget, &ctx.ct).await
-        }
-        .map_err(err)?;
+            self.wait_unless_asked(&s.id, budget, &ctx.ct)
+                .await
+                .map_err(err)?
+        };
         self.manager.attach_notes(&s.id, None, &notes).await;
+        let mut s = s;
+        let approval = self.approval_overlay(&mut s);
         let mut r = session_report(&s, max, self.max_chars());
+        r.approval = approval;
         self.add_diff(&mut r, &s).await;
         r.watchers = with_notes(r.watchers, notes);
         Ok(Json(r))
@@ -405,7 +454,10 @@ impl ZwarmServer {
             .list(status, limit, offset)
             .await
             .map_err(err)?;
-        let sessions: Vec<SessionRow> = page.sessions.into_iter().map(session_row).collect();
+        let mut sessions: Vec<SessionRow> = page.sessions.into_iter().map(session_row).collect();
+        for r in &mut sessions {
+            self.approval_overlay_row(r);
+        }
         let next = offset + sessions.len();
         Ok(Json(SessionList {
             count: sessions.len(),

@@ -16,6 +16,9 @@ use crate::sessions::ManagerError;
 
 pub use crate::acp::approval::turn_dir;
 
+/// How long an answered request may still look pending (the bridge polls every 100 ms).
+const TAKEN_WITHIN: Duration = Duration::from_secs(5);
+
 /// A running session whose turn waits for an answer: `needs_approval`, and what is asked.
 pub fn overlay(state_dir: &std::path::Path, s: &mut Session) -> Option<Pending> {
     if s.status != SessionStatus::Running || !crate::model::valid_id(&s.id) {
@@ -117,7 +120,18 @@ impl ZwarmServer {
         let dir = turn_dir(&self.state_dir(), &s.id);
         let rid = a.request_id.trim().to_string();
         let r = tokio::task::spawn_blocking(move || {
-            approval::answer(&dir, Some(&rid), decision, "orchestrator")
+            let r = approval::answer(&dir, Some(&rid), decision, "orchestrator");
+            if r.is_ok() {
+                // The turn takes the answer within its poll interval; until then the request
+                // would still look pending to the wait that follows.
+                let start = std::time::Instant::now();
+                while approval::pending(&dir).is_some_and(|p| p.request_id == rid)
+                    && start.elapsed() < TAKEN_WITHIN
+                {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+            r
         })
         .await
         .map_err(|e| e.to_string())?;

@@ -5,10 +5,33 @@ use std::path::Path;
 
 use serde_json::{Value, json};
 
-use super::support::harness::{Env, Zwarm, wait_done};
+use super::support::harness::{Env, Zwarm};
 use super::support::mock_chat::{ChatMock, messages_text};
 use super::support::mock_gemini::{GeminiMock, contents_text};
 use super::{acp_cli, write_call};
+
+/// Wait (check_session with wait_seconds) until the session is neither running, queued nor
+/// waiting for an approval.
+pub async fn wait_done(z: &Zwarm, id: &str) -> Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    while std::time::Instant::now() < deadline {
+        let s = z
+            .ok(
+                "check_session",
+                json!({"session_id": id, "wait_seconds": 5}),
+            )
+            .await;
+        match s["status"].as_str() {
+            Some("running" | "queued") => {}
+            // check_session returns at once while an ask waits: look again shortly.
+            Some("needs_approval") => {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await
+            }
+            _ => return s,
+        }
+    }
+    panic!("session {id} still running after 5 minutes");
+}
 
 /// Which agent, and the model server it talks to.
 pub enum Model<'a> {
@@ -247,4 +270,317 @@ async fn qwen_through_serve_writes_converses_and_ends() {
 async fn opencode_through_serve_writes_converses_and_ends() {
     let mock = GeminiMock::start(json!({}));
     writes_converses_and_ends("opencode", Model::Gemini(&mock)).await;
+}
+
+/// Write zwarm's user config file (a trusted layer) in the test's environment.
+pub fn user_config(env: &Env, toml: &str) {
+    let dir = env.dir.path().join("xdg-config").join("zwarm");
+    std::fs::create_dir_all(&dir).expect("mkdir zwarm config");
+    std::fs::write(dir.join("config.toml"), toml).expect("write config");
+}
+
+/// Write the project file (untrusted) in the work dir.
+pub fn project_config(env: &Env, toml: &str) {
+    let dir = env.work.join(".zwarm");
+    std::fs::create_dir_all(&dir).expect("mkdir .zwarm");
+    std::fs::write(dir.join("config.toml"), toml).expect("write project config");
+}
+
+/// A configured rule denies an edit the level allows: the file stays as it was, the result
+/// reports the denial with the rule, and check_session shows the decision. The project file
+/// adds a deny rule (kept) and an allow rule (dropped: it may only make the policy stricter).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gemini_policy_denial_through_serve_leaves_the_file_and_names_the_rule() {
+    let mock = GeminiMock::start(json!({}));
+    let env = acp_env("gemini", Model::Gemini(&mock));
+    let secret = env.work.join("secret.txt");
+    let notes = env.work.join("notes.txt");
+    let other = env.work.join("other.txt");
+    std::fs::write(&secret, "original\n").expect("seed");
+    user_config(
+        &env,
+        "[[acp.rules]]\nverdict = \"deny\"\nkinds = [\"edit\"]\npattern = \"secret\"\n",
+    );
+    project_config(
+        &env,
+        "[[acp.rules]]\nverdict = \"allow\"\npattern = \"secret\"\n\n[[acp.rules]]\nverdict = \"deny\"\nkinds = [\"edit\"]\npattern = \"other\"\n",
+    );
+    mock.set_script(json!({"turns": [
+        write_call(&secret, "overwritten\n"),
+        {"text": "I could not write it."},
+        write_call(&notes, "notes\n"),
+        write_call(&other, "other\n"),
+        {"text": "Wrote notes, not other."},
+    ]}));
+    let z = Zwarm::start(&env, &[]).await;
+    let r = z
+        .ok(
+            "delegate",
+            json!({"task": "overwrite secret.txt", "adapter": "gemini", "wait_seconds": 120}),
+        )
+        .await;
+    let id = text(&r["session_id"]);
+    let r = if r["status"] == "running" {
+        wait_done(&z, &id).await
+    } else {
+        r
+    };
+    assert_eq!(r["status"], "idle", "{r:#}\n{}", z.stderr());
+    assert_eq!(
+        std::fs::read_to_string(&secret).expect("read"),
+        "original\n",
+        "the denied write did not happen"
+    );
+    let denials = r["permission_denials"].as_array().expect("denials");
+    assert_eq!(denials.len(), 1, "{r:#}");
+    assert_eq!(denials[0]["input"]["rule"], "rule 1 (deny edit /secret/)");
+    assert_eq!(denials[0]["input"]["decision"], "deny");
+    let c = z.ok("check_session", json!({"session_id": id})).await;
+    assert_eq!(
+        c["turns"][0]["permission_denials"][0]["input"]["rule"], "rule 1 (deny edit /secret/)",
+        "{c:#}"
+    );
+
+    // The project's allow rule was dropped; its deny rule applies, the level allows the rest.
+    let c = z
+        .ok(
+            "converse",
+            json!({"session_id": id, "message": "write notes and other", "wait_seconds": 120}),
+        )
+        .await;
+    let c = if c["status"] == "running" {
+        wait_done(&z, &id).await
+    } else {
+        c
+    };
+    assert_eq!(c["status"], "idle", "{c:#}\n{}", z.stderr());
+    assert_eq!(
+        std::fs::read_to_string(&notes).expect("notes written"),
+        "notes\n"
+    );
+    assert!(!other.exists(), "the project's deny rule held");
+    let denials = c["permission_denials"].as_array().expect("denials");
+    assert_eq!(denials.len(), 1, "{c:#}");
+    assert_eq!(
+        denials[0]["input"]["rule"],
+        "rule 2 of the project file (deny edit /other/)"
+    );
+    let check = z.ok("check_session", json!({"session_id": id})).await;
+    let progress = check["recent_progress"].to_string();
+    assert!(
+        progress
+            .contains("permission allowed by default workspace-write: edit inside the working dir"),
+        "the allowed write is shown with its rule: {progress}"
+    );
+}
+
+/// An `ask` pauses the turn: the session shows needs_approval with what is asked; the
+/// orchestrator allows it through converse, and the turn goes on. A second ask is denied by a
+/// person with `zwarm approve --deny`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gemini_ask_is_answered_by_the_orchestrator_or_a_person() {
+    let mock = GeminiMock::start(json!({}));
+    let env = acp_env("gemini", Model::Gemini(&mock));
+    let target = env.work.join("hello.txt");
+    let refused = env.work.join("refused.txt");
+    user_config(
+        &env,
+        "[acp]\nask_timeout_seconds = 300\n\n[[acp.rules]]\nverdict = \"ask\"\nkinds = [\"edit\"]\n",
+    );
+    mock.set_script(json!({"turns": [
+        write_call(&target, "approved\n"),
+        {"text": "I wrote hello.txt."},
+        write_call(&refused, "never\n"),
+        {"text": "It was refused."},
+    ]}));
+    let z = Zwarm::start(&env, &[]).await;
+    let r = z
+        .ok(
+            "delegate",
+            json!({"task": "write hello.txt", "adapter": "gemini", "wait_seconds": 120}),
+        )
+        .await;
+    let id = text(&r["session_id"]);
+    // The sync call returns as soon as the turn asks.
+    let r = if r["status"] == "running" {
+        z.ok(
+            "check_session",
+            json!({"session_id": id, "wait_seconds": 120}),
+        )
+        .await
+    } else {
+        r
+    };
+    assert_eq!(r["status"], "needs_approval", "{r:#}\n{}", z.stderr());
+    let ap = &r["approval"];
+    assert_eq!(ap["kind"], "edit", "{r:#}");
+    assert_eq!(ap["rule"], "rule 1 (ask edit)");
+    assert!(ap["paths"].to_string().contains("hello.txt"), "{ap}");
+    assert!(!target.exists(), "nothing is written before the answer");
+    let listed = z.ok("list_sessions", json!({})).await;
+    assert_eq!(
+        listed["sessions"][0]["status"], "needs_approval",
+        "{listed:#}"
+    );
+    let ps = std::process::Command::new(env!("CARGO_BIN_EXE_zwarm"))
+        .args(["ps", "--json", "--state-dir"])
+        .arg(&env.state)
+        .current_dir(&env.work)
+        .envs(env.vars.iter().cloned())
+        .output()
+        .expect("zwarm ps");
+    assert!(
+        String::from_utf8_lossy(&ps.stdout).contains("needs_approval"),
+        "zwarm ps shows it: {}",
+        String::from_utf8_lossy(&ps.stdout)
+    );
+
+    // A wrong request id is refused with what is pending.
+    let e = z
+        .err(
+            "converse",
+            json!({"session_id": id, "approval": {"request_id": "nope", "decision": "allow"}}),
+        )
+        .await;
+    assert!(e.contains("not the pending one"), "{e}");
+    let c = z
+        .ok(
+            "converse",
+            json!({"session_id": id, "approval": {"request_id": ap["request_id"], "decision": "allow"}, "wait_seconds": 120}),
+        )
+        .await;
+    let c = if c["status"] == "running" {
+        wait_done(&z, &id).await
+    } else {
+        c
+    };
+    assert_eq!(c["status"], "idle", "{c:#}\n{}", z.stderr());
+    assert_eq!(c["response"], "I wrote hello.txt.");
+    assert_eq!(
+        std::fs::read_to_string(&target).expect("written"),
+        "approved\n"
+    );
+
+    // A person denies the next one from the terminal.
+    let c = z
+        .ok(
+            "converse",
+            json!({"session_id": id, "message": "write refused.txt", "wait_seconds": 120}),
+        )
+        .await;
+    let c = if c["status"] == "running" {
+        z.ok(
+            "check_session",
+            json!({"session_id": id, "wait_seconds": 120}),
+        )
+        .await
+    } else {
+        c
+    };
+    assert_eq!(c["status"], "needs_approval", "{c:#}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_zwarm"))
+        .args(["approve", &id[..8], "--deny", "--state-dir"])
+        .arg(&env.state)
+        .current_dir(&env.work)
+        .envs(env.vars.iter().cloned())
+        .output()
+        .expect("zwarm approve");
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with("denied"),
+        "{out:?}"
+    );
+    let c = wait_done(&z, &id).await;
+    assert_eq!(c["status"], "idle", "{c:#}");
+    assert!(!refused.exists(), "the denied write did not happen");
+    let last = c["turns"]
+        .as_array()
+        .and_then(|t| t.last())
+        .expect("turns")
+        .clone();
+    assert!(
+        last["permission_denials"][0]["input"]["rule"]
+            .as_str()
+            .is_some_and(|r| r.contains("refused")),
+        "{last:#}"
+    );
+}
+
+/// An ask nobody answers is denied when `acp.ask_timeout_seconds` runs out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gemini_unanswered_ask_is_denied_at_the_timeout() {
+    let mock = GeminiMock::start(json!({}));
+    let env = acp_env("gemini", Model::Gemini(&mock));
+    let target = env.work.join("hello.txt");
+    user_config(
+        &env,
+        "[acp]\nask_timeout_seconds = 2\n\n[[acp.rules]]\nverdict = \"ask\"\nkinds = [\"edit\"]\n",
+    );
+    mock.set_script(json!({"turns": [
+        write_call(&target, "never\n"),
+        {"text": "Nobody answered."},
+    ]}));
+    let z = Zwarm::start(&env, &[]).await;
+    let r = z
+        .ok(
+            "delegate",
+            json!({"task": "write hello.txt", "adapter": "gemini", "wait_seconds": 120}),
+        )
+        .await;
+    let id = text(&r["session_id"]);
+    let r = wait_done(&z, &id).await;
+    assert_eq!(r["status"], "idle", "{r:#}\n{}", z.stderr());
+    assert!(!target.exists());
+    let denial = &r["turns"][0]["permission_denials"][0]["input"];
+    assert_eq!(
+        denial["rule"], "rule 1 (ask edit); no answer within 2 s, so denied",
+        "{r:#}"
+    );
+    assert!(r["approval"].is_null(), "nothing is pending any more");
+}
+
+/// The agent killed mid-turn: the turn fails with the reason, and no process of it is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gemini_dying_mid_turn_through_serve_fails_and_leaves_no_process() {
+    let mock = GeminiMock::start(json!({"turns": [{"text": "too late", "stall_s": 600}]}));
+    let env = acp_env("gemini", Model::Gemini(&mock));
+    let z = Zwarm::start(&env, &[]).await;
+    let r = z
+        .ok(
+            "delegate",
+            json!({"task": "take your time", "adapter": "gemini", "mode": "async"}),
+        )
+        .await;
+    let id = text(&r["session_id"]);
+    // Wait until the model request is in flight, then kill the agent (not the bridge).
+    while mock.model_requests().is_empty() {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let agents: Vec<i32> = super::support::harness::turn_pids(&id)
+        .into_iter()
+        .filter(|p| !super::support::harness::cmdline(*p).contains("zwarm-acp"))
+        .collect();
+    assert!(!agents.is_empty(), "the agent runs in the turn");
+    for p in &agents {
+        // SAFETY: a plain signal to a process of this test's turn.
+        unsafe { libc::kill(*p, libc::SIGKILL) };
+    }
+    let r = wait_done(&z, &id).await;
+    assert_eq!(r["status"], "failed", "{r:#}");
+    let e = text(&r["error"]);
+    assert!(
+        e.contains("killed by signal 9")
+            || e.contains("closed its output")
+            || e.contains("ended during"),
+        "the reason: {e}"
+    );
+    // Every process of the turn is gone once the turn has ended.
+    let left = super::support::harness::turn_pids(&id);
+    assert!(
+        left.is_empty(),
+        "left: {:?}",
+        left.iter()
+            .map(|p| super::support::harness::cmdline(*p))
+            .collect::<Vec<_>>()
+    );
 }

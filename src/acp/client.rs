@@ -335,7 +335,7 @@ impl AcpAgent {
             session_id,
             loaded: false,
             note: Some(format!(
-                "The agent's earlier session {prior} could not be continued ({why}); a new agent session was started{}.",
+                "A new agent session was started{} (the earlier session {prior} could not be continued: {why}).",
                 if preamble.is_some() {
                     " with a summary of the earlier turns"
                 } else {

@@ -41,6 +41,9 @@ pub struct AcpAgentSpec {
     pub tested: (&'static str, &'static str),
     /// Environment that makes it ask before it acts, and run headless.
     pub env: &'static [(&'static str, &'static str)],
+    /// Where its credentials can be: environment variables, files under the home directory.
+    pub auth_env: &'static [&'static str],
+    pub auth_files: &'static [&'static str],
 }
 
 pub static GEMINI: AcpAgentSpec = AcpAgentSpec {
@@ -54,6 +57,12 @@ pub static GEMINI: AcpAgentSpec = AcpAgentSpec {
     // Headless, gemini refuses an untrusted folder; the session's working dir is the one the
     // orchestrator chose for it.
     env: &[("GEMINI_CLI_TRUST_WORKSPACE", "true")],
+    auth_env: &[
+        "GEMINI_API_KEY",
+        "GOOGLE_API_KEY",
+        "GOOGLE_APPLICATION_CREDENTIALS",
+    ],
+    auth_files: &[".gemini/oauth_creds.json", ".gemini/settings.json"],
 };
 
 pub static QWEN: AcpAgentSpec = AcpAgentSpec {
@@ -66,6 +75,8 @@ pub static QWEN: AcpAgentSpec = AcpAgentSpec {
     tested: ("0.24.4", "0.24.x"),
     // Its sessions start in `auto`; the client switches them to `default` (it asks).
     env: &[],
+    auth_env: &["OPENAI_API_KEY", "DASHSCOPE_API_KEY"],
+    auth_files: &[".qwen/oauth_creds.json", ".qwen/settings.json"],
 };
 
 pub static OPENCODE: AcpAgentSpec = AcpAgentSpec {
@@ -81,6 +92,16 @@ pub static OPENCODE: AcpAgentSpec = AcpAgentSpec {
         "OPENCODE_CONFIG_CONTENT",
         r#"{"permission":{"edit":"ask","bash":"ask","webfetch":"ask"}}"#,
     )],
+    auth_env: &[
+        "ANTHROPIC_API_KEY",
+        "OPENAI_API_KEY",
+        "GEMINI_API_KEY",
+        "GOOGLE_GENERATIVE_AI_API_KEY",
+    ],
+    auth_files: &[
+        ".local/share/opencode/auth.json",
+        ".config/opencode/opencode.json",
+    ],
 };
 
 /// An ACP agent as an executor.
@@ -247,6 +268,22 @@ pub fn handshake(
         .unwrap_or_else(|_| Err("the handshake thread panicked".into()))
 }
 
+/// Where the agent's credentials are (an environment variable or a file), if anywhere.
+fn auth_present(spec: &AcpAgentSpec) -> Option<String> {
+    if let Some(v) = spec
+        .auth_env
+        .iter()
+        .find(|v| std::env::var_os(v).is_some_and(|x| !x.is_empty()))
+    {
+        return Some(format!("${v}"));
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from)?;
+    spec.auth_files
+        .iter()
+        .find(|f| home.join(f).is_file())
+        .map(|f| format!("~/{f}"))
+}
+
 /// Doctor's finding about the ACP handshake.
 fn handshake_finding(spec: &AcpAgentSpec, program: &Path) -> Finding {
     let cwd = std::env::temp_dir();
@@ -323,7 +360,15 @@ impl Executor for AcpExecutor {
     ) -> Result<Launch, ExecutorError> {
         let agent = self.resolve(cfg)?;
         let bridge = bridge_program()?;
-        self.launch_with(cfg, plan, ctx, agent, bridge)
+        let mut launch = self.launch_with(cfg, plan, ctx, agent.clone(), bridge)?;
+        if ctx.scratch == Path::new("/dev/null") {
+            // A dry run (delegate's up-front check, doctor): what is checked is the agent the
+            // bridge will start (its `#!` interpreter, version, flags, handshake).
+            launch.program = agent;
+            launch.args = self.spec.args.iter().map(Into::into).collect();
+            launch.stdin = None;
+        }
+        Ok(launch)
     }
     fn parser(&self) -> Box<dyn StreamParser> {
         Box::new(BridgeParser)
@@ -345,7 +390,20 @@ impl Executor for AcpExecutor {
         }
     }
     fn doctor_auth(&self, program: &Path) -> Finding {
-        handshake_finding(self.spec, program)
+        let f = handshake_finding(self.spec, program);
+        if f.health != Health::Ok {
+            return f;
+        }
+        match auth_present(self.spec) {
+            Some(how) => Finding::new(Health::Ok, format!("{}; credentials: {how}", f.detail)),
+            None => Finding::new(Health::Warn, format!("{}; no credentials found", f.detail)).fix(
+                format!(
+                    "set one of {} where zwarm runs, or sign in once with `{}`",
+                    self.spec.auth_env.join(", "),
+                    self.spec.program
+                ),
+            ),
+        }
     }
     fn doctor_sandbox(&self, _program: &Path, cfg: &Config) -> Finding {
         Finding::new(

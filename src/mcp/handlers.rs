@@ -23,6 +23,9 @@ use crate::watch::{Call, WatcherNote};
 /// contradict the declared output schema).
 type ToolResult<T> = Result<Json<T>, String>;
 
+/// Most running sessions looked at for `list_sessions(status: "needs_approval")`.
+const MAX_RUNNING_LISTED: usize = 1000;
+
 fn err(e: ManagerError) -> String {
     tool_error(&e)
 }
@@ -439,7 +442,7 @@ impl ZwarmServer {
                 Some(st) => Some(st),
                 None => {
                     return Err(format!(
-                        "unknown status `{s}`: use queued, running, idle, failed, completed or cancelled, or omit it."
+                        "unknown status `{s}`: use queued, running, needs_approval, idle, failed, completed or cancelled, or omit it."
                     ));
                 }
             },
@@ -449,14 +452,29 @@ impl ZwarmServer {
             .map(|l| l.clamp(1, 200) as usize)
             .unwrap_or(self.manager.config().list_page_size);
         let offset = a.offset.unwrap_or(0) as usize;
-        let page = self
-            .manager
-            .list(status, limit, offset)
-            .await
-            .map_err(err)?;
+        // needs_approval is never stored: the running sessions whose turn waits for an answer.
+        let asked = status == Some(SessionStatus::NeedsApproval);
+        let page = if asked {
+            self.manager
+                .list(Some(SessionStatus::Running), MAX_RUNNING_LISTED, 0)
+                .await
+        } else {
+            self.manager.list(status, limit, offset).await
+        }
+        .map_err(err)?;
         let mut sessions: Vec<SessionRow> = page.sessions.into_iter().map(session_row).collect();
         for r in &mut sessions {
             self.approval_overlay_row(r);
+        }
+        if asked {
+            sessions.retain(|r| r.status == SessionStatus::NeedsApproval);
+            return Ok(Json(SessionList {
+                count: sessions.len(),
+                total: sessions.len(),
+                next_offset: None,
+                sessions,
+                watchers: notes,
+            }));
         }
         let next = offset + sessions.len();
         Ok(Json(SessionList {

@@ -429,6 +429,11 @@ pub async fn ask_answered(agent: &str, model: Model<'_>) {
         listed["sessions"][0]["status"], "needs_approval",
         "{listed:#}"
     );
+    let waiting = z
+        .ok("list_sessions", json!({"status": "needs_approval"}))
+        .await;
+    assert_eq!(waiting["count"], 1, "{waiting:#}");
+    assert_eq!(waiting["sessions"][0]["session_id"], id.as_str());
     let ps = std::process::Command::new(env!("CARGO_BIN_EXE_zwarm"))
         .args(["ps", "--json", "--state-dir"])
         .arg(&env.state)

@@ -1,13 +1,14 @@
-//! What running a turn in a container costs, side by side with a local child in one run.
+//! What running a turn in a container costs, side by side with the local runner in one run.
 //!
 //! `cargo bench --bench container` (needs DOCKER_HOST and the executor image, see
-//! docs/containers.md: `eval "$(bash .ci/docker start)" && bash .ci/image .tools zwarm-exec:test`).
+//! docs/containers.md: `eval "$(bash .ci/docker start)" && zwarm image build --tag zwarm-exec:test`).
 //!
-//! For two turns, a trivial program (`true`: the runner's own cost) and a trivial real codex
-//! turn against the scripted model server:
-//! - local: the local runner (a child process in its own process group or cgroup);
-//! - container per turn: the container runner (create, attach, start, wait, inspect, remove);
-//! - container per session: one long-lived container, each turn a `docker exec` into it.
+//! Three views, interleaved so load on the machine hits all variants alike:
+//! - through the engine: a codex session on each runner (`Manager`, as `zwarm serve` runs it),
+//!   one trivial turn (`converse`, then wait for the answer) at a time;
+//! - the runner alone, for a trivial program (`true`: the runner's own cost) and a trivial codex
+//!   turn: local, a container per turn (create, attach, start, wait, inspect, remove), and a
+//!   container per session (one long-lived container, each turn a `docker exec` into it).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a bench: a panic is a failed run
 
@@ -27,6 +28,7 @@ use support::mock_openai::OpenAiMock;
 use zwarm::container::{ContainerConfig, ContainerRunner, ContainerRuns, Network};
 use zwarm::runner::local::LocalRunner;
 use zwarm::runner::{Launch, Runner};
+use zwarm::sessions::{DelegateRequest, Manager};
 
 const RUNS: usize = 12;
 
@@ -117,11 +119,77 @@ async fn per_session(docker: &Docker, id: &str, cmd: Vec<String>, env: Vec<Strin
     t.elapsed()
 }
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() {
+fn main() {
     let mock = OpenAiMock::start(json!({}));
     let env = Env::new(Some(&mock), None);
     mock.set_script(keyed_script("codex_keyed.json", &env.work));
+    // The engine's local turns inherit this process's environment: codex's config (the mock)
+    // and key. The container runner copies the same config in and passes MOCK_KEY by name.
+    // SAFETY: no other thread runs yet.
+    unsafe {
+        std::env::set_var("CODEX_HOME", env.dir.path().join("codex-home"));
+        std::env::set_var("MOCK_KEY", "x");
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(run(mock, env));
+}
+
+/// A manager on `runner` with its own state dir, and a codex session that has had one turn.
+async fn engine(env: &Env, name: &str, runner: std::sync::Arc<dyn Runner>) -> (Manager, String) {
+    let mut codex = zwarm::config::Config::default().codex;
+    codex.binary = Some(support::harness::cli_dir("codex").join("codex"));
+    let cfg = zwarm::config::Config {
+        state_dir: env.dir.path().join(format!("state-{name}")),
+        allowed_roots: vec![env.dir.path().to_path_buf()],
+        default_adapter: "codex".into(),
+        codex,
+        ..Default::default()
+    };
+    let m = Manager::start_with(cfg, env.work.clone(), runner)
+        .await
+        .expect("engine starts");
+    let id = m
+        .delegate(DelegateRequest {
+            task: "say hello".into(),
+            adapter: Some("codex".into()),
+            mode: Some(zwarm::model::Mode::Async),
+            model: None,
+            working_dir: Some(env.work.display().to_string()),
+            isolation: None,
+            base: None,
+        })
+        .await
+        .expect("delegate");
+    settle(&m, &id).await;
+    (m, id)
+}
+
+async fn settle(m: &Manager, id: &str) {
+    let s = m
+        .wait(
+            id,
+            Duration::from_secs(120),
+            &tokio_util::sync::CancellationToken::new(),
+        )
+        .await
+        .expect("wait");
+    assert_eq!(s.status.as_str(), "idle", "{:?}", s.error);
+}
+
+/// One trivial turn through the engine: converse, then the answer.
+async fn engine_turn(m: &Manager, id: &str) -> Duration {
+    let t = Instant::now();
+    m.converse(id, "say hello again").await.expect("converse");
+    settle(m, id).await;
+    t.elapsed()
+}
+
+async fn run(mock: OpenAiMock, env: Env) {
+    let _mock = mock;
     let codex_home = env.dir.path().join("codex-home");
     let state = env.dir.path().join("containers");
     let r = ContainerRunner::connect(
@@ -192,6 +260,37 @@ async fn main() {
     let local = LocalRunner::new();
     let containers = ContainerRuns::new(r);
     let truth = PathBuf::from("/bin/true");
+
+    // Through the engine: a session on each runner, turns alternating.
+    let engine_runner = ContainerRunner::connect(
+        ContainerConfig {
+            image: image(),
+            network: Network::Host,
+            env: vec!["MOCK_KEY".into()],
+            ..ContainerConfig::default()
+        },
+        env.dir.path().join("engine-containers"),
+    )
+    .await
+    .expect("connect");
+    let (lm, lid) = engine(&env, "local", std::sync::Arc::new(LocalRunner::new())).await;
+    let (cm, cid) = engine(&env, "container", ContainerRuns::new(engine_runner)).await;
+    let (mut le, mut ce) = (Vec::new(), Vec::new());
+    for _ in 0..RUNS {
+        le.push(engine_turn(&lm, &lid).await);
+        ce.push(engine_turn(&cm, &cid).await);
+    }
+    lm.shutdown(Duration::from_secs(2)).await;
+    cm.shutdown(Duration::from_secs(2)).await;
+    let (l, c) = (median(le), median(ce));
+    println!("trivial codex turn through the engine (converse + answer, median of {RUNS}):");
+    println!("  local runner             {:8.1} ms", ms(l));
+    println!(
+        "  container runner         {:8.1} ms  (+{:.1} ms, {:.2}x)",
+        ms(c),
+        ms(c) - ms(l),
+        ms(c) / ms(l)
+    );
 
     let (mut lt, mut ct, mut st) = (Vec::new(), Vec::new(), Vec::new());
     let (mut lc, mut cc, mut sc) = (Vec::new(), Vec::new(), Vec::new());

@@ -12,6 +12,7 @@ pub mod event;
 pub mod executor;
 pub mod fleet;
 pub mod git;
+pub mod kube;
 pub mod mcp;
 pub mod model;
 pub mod process;

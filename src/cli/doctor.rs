@@ -6,6 +6,8 @@
 //! ignored). Every external command runs with a timeout. Exit 1 when a check fails; warnings
 //! (an untested version, process-group containment, an ignored key) do not fail.
 
+mod runner;
+
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -164,6 +166,9 @@ pub fn run_checks(state: &StateArgs) -> Vec<Check> {
     soften_missing(&mut per);
     let mut all: Vec<Check> = per.into_iter().flat_map(|(_, c)| c).collect();
     all.extend(containment_checks(&base));
+    if base.runner.kind == crate::runner::config::RunnerKind::Container {
+        runner::container_checks(&base, &mut all);
+    }
     if let Some(cfg) = &cfg {
         all.extend(state_checks(&cfg.state_dir));
         all.extend(config_checks(cfg, sources.as_ref()));

@@ -15,6 +15,7 @@ pub mod activity;
 pub mod approve;
 pub mod doctor;
 pub mod end;
+pub mod image;
 pub mod logs;
 pub mod prune;
 pub mod ps;
@@ -66,6 +67,8 @@ pub enum Command {
     Doctor(doctor::DoctorArgs),
     /// Add zwarm to a host's MCP configuration (claude-code, codex, claude-desktop).
     Setup(setup::SetupArgs),
+    /// The executor image for the container runner (`zwarm image build`).
+    Image(image::ImageArgs),
 }
 
 /// Where the state and config come from: the same options as `zwarm serve`.
@@ -142,6 +145,7 @@ pub fn main(cmd: Command) -> i32 {
         Command::Top(a) => top::main(a),
         Command::Doctor(a) => doctor::main(a),
         Command::Setup(a) => setup::main(a),
+        Command::Image(a) => image::main(a),
     };
     match r {
         Ok(code) => code,
@@ -269,9 +273,14 @@ pub async fn runner_for(cfg: &Config) -> anyhow::Result<Arc<dyn crate::runner::R
             tracing::info!(image = %cfg.runner.container.image, "turns run in containers");
             Ok(r)
         }
-        RunnerKind::Kubernetes => anyhow::bail!(
-            "runner.kind is `kubernetes`, which this build of zwarm cannot run yet: set runner.kind to `local` or `container`"
-        ),
+        RunnerKind::Kubernetes => {
+            let k = &cfg.runner.kubernetes;
+            let r = crate::kube::from_config(k)
+                .await
+                .context("runner.kind is `kubernetes`")?;
+            tracing::info!(namespace = %k.namespace, image = %k.image, "turns run as Kubernetes Jobs");
+            Ok(r)
+        }
     }
 }
 

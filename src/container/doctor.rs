@@ -17,34 +17,55 @@ pub struct Check {
     pub fix: Option<String>,
 }
 
-/// Check the daemon and the image of `cfg`, then run `<cli> --version` inside the image for
-/// each of `clis` (`codex`, `claude`). `state_root` is where the runner keeps session state
-/// (a scratch session is made and removed there).
-pub async fn check(cfg: &ContainerConfig, state_root: &Path, clis: &[&str]) -> Vec<Check> {
-    let r = match ContainerRunner::connect(cfg.clone(), state_root.to_path_buf()).await {
-        Ok(r) => r,
+/// What the daemon says about the runner's setup.
+#[derive(Debug, Clone)]
+pub struct Inspection {
+    /// The daemon's version, e.g. `20.10.24+dfsg1`.
+    pub daemon: String,
+    /// Each CLI asked for, with the first line of its `--version` inside the image (`None`:
+    /// it does not run there).
+    pub clis: Vec<(String, Option<String>)>,
+}
+
+/// Connect to the daemon of `cfg`, check its image, then run `<cli> --version` inside the
+/// image for each of `clis`. `scratch` is a directory for the scratch session these runs
+/// need (nothing else of the host is mounted); what they make there is removed.
+pub async fn inspect(
+    cfg: &ContainerConfig,
+    scratch: &Path,
+    clis: &[&str],
+) -> Result<Inspection, super::ContainerError> {
+    let r = ContainerRunner::connect(cfg.clone(), scratch.to_path_buf()).await?;
+    let daemon = r.daemon_version().await.unwrap_or_else(|| "?".into());
+    let mut out = Vec::new();
+    for cli in clis {
+        out.push((cli.to_string(), r.cli_version(cli).await));
+    }
+    Ok(Inspection { daemon, clis: out })
+}
+
+/// What to do when the daemon or the image cannot be used.
+pub const SETUP_FIX: &str = "start Docker (or Podman's API service) and build the image with `zwarm image build` (docs/containers.md), or set runner.kind = \"local\"";
+
+/// [`inspect`] as findings: the daemon and image, then each CLI.
+pub async fn check(cfg: &ContainerConfig, scratch: &Path, clis: &[&str]) -> Vec<Check> {
+    let i = match inspect(cfg, scratch, clis).await {
+        Ok(i) => i,
         Err(e) => {
             return vec![Check {
                 ok: false,
                 detail: e.to_string(),
-                fix: Some(
-                    "see docs/containers.md: start a daemon, build the image, or set runner.kind = \"local\""
-                        .into(),
-                ),
+                fix: Some(SETUP_FIX.into()),
             }];
         }
     };
     let mut out = vec![Check {
         ok: true,
-        detail: format!(
-            "Docker daemon {}, image `{}`",
-            r.daemon_version().await.unwrap_or_else(|| "?".into()),
-            cfg.image
-        ),
+        detail: format!("Docker daemon {}, image `{}`", i.daemon, cfg.image),
         fix: None,
     }];
-    for cli in clis {
-        out.push(match r.cli_version(cli).await {
+    for (cli, version) in i.clis {
+        out.push(match version {
             Some(v) => Check {
                 ok: true,
                 detail: format!("{cli} in the image: {v}"),
@@ -54,7 +75,7 @@ pub async fn check(cfg: &ContainerConfig, state_root: &Path, clis: &[&str]) -> V
                 ok: false,
                 detail: format!("{cli} does not run in the image `{}`", cfg.image),
                 fix: Some(format!(
-                    "rebuild the image with {cli} on its PATH (docs/containers.md, \"Images\")"
+                    "rebuild the image with {cli} on its PATH: `zwarm image build` (docs/containers.md, \"Images\")"
                 )),
             },
         });

@@ -2,14 +2,16 @@
 //! `bollard`; Podman's compatible API serves it too).
 //!
 //! What the container sees:
-//! - the turn's working dir (the session's worktree), bind-mounted read-write at the same path;
+//! - the turn's working dir (the session's worktree), bind-mounted at the same path, read-write
+//!   (read-only for `codex.sandbox = "read-only"`: the container enforces the executor's
+//!   sandbox setting, [`sandbox`]), its git metadata read-only;
 //! - a per-session state dir of zwarm's (`<state>/<session>/`), mounted at the same path: the
 //!   executor's `HOME`, `CODEX_HOME` and `CLAUDE_CONFIG_DIR` live there, so a resumed turn
 //!   finds its thread; the files the executor writes for zwarm to read back (codex's `-o`)
 //!   are redirected there;
 //! - the environment variables the executor sets, the names listed in `[runner.container] env`
 //!   with zwarm's values, and nothing else of zwarm's environment;
-//! - nothing else of the host's filesystem.
+//! - nothing else of the host's filesystem; no capabilities, `no-new-privileges`.
 //!
 //! Every container carries labels: `zwarm.label` (`<session>.<turn>`), `zwarm.session` and
 //! `zwarm.server` (node, pid and start time of the zwarm that started it), so a restarted zwarm
@@ -18,7 +20,9 @@
 
 pub mod config;
 pub mod doctor;
+pub mod image;
 mod runner;
+pub mod sandbox;
 mod state;
 mod turn;
 
@@ -117,35 +121,13 @@ impl ContainerRunner {
         state_root: PathBuf,
     ) -> Result<ContainerRunner, ContainerError> {
         let limits = cfg.limits()?;
-        let endpoint = cfg
-            .host
-            .clone()
-            .or_else(|| std::env::var("DOCKER_HOST").ok())
-            .filter(|h| !h.is_empty());
-        let daemon = |source| ContainerError::Daemon {
-            endpoint: endpoint
-                .as_deref()
-                .map(|e| format!(" at {e}"))
-                .unwrap_or_default(),
-            source,
-        };
-        let docker = match &endpoint {
-            Some(h) if h.starts_with("unix://") => {
-                Docker::connect_with_unix(h, 120, bollard::API_DEFAULT_VERSION)
-            }
-            Some(h) if h.starts_with("tcp://") || h.starts_with("http://") => {
-                Docker::connect_with_http(h, 120, bollard::API_DEFAULT_VERSION)
-            }
-            _ => Docker::connect_with_local_defaults(),
-        }
-        .map_err(daemon)?;
-        let docker = docker.negotiate_version().await.map_err(daemon)?;
+        let docker = connect_daemon(cfg.host.as_deref()).await?;
         match docker.inspect_image(&cfg.image).await {
             Ok(_) => {}
             Err(bollard::errors::Error::DockerResponseServerError {
                 status_code: 404, ..
             }) => return Err(ContainerError::NoImage(cfg.image.clone())),
-            Err(e) => return Err(daemon(e)),
+            Err(e) => return Err(daemon_error(cfg.host.as_deref(), e)),
         }
         Ok(ContainerRunner {
             docker,
@@ -195,9 +177,18 @@ impl ContainerRunner {
             read_back.push((want.clone(), inside));
         }
 
-        let mut cmd = vec![program_in_image(&spec.program)];
-        cmd.extend(args.iter().map(|a| a.to_string_lossy().into_owned()));
+        let program = program_in_image(&spec.program);
+        let mut args: Vec<String> = args
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        // The container is the sandbox: the executor's own is switched off inside, and what it
+        // was asked to enforce is enforced by the mount.
+        let enforce = sandbox::adjust(&program, &mut args);
+        let mut cmd = vec![program];
+        cmd.extend(args);
         let cwd = spec.cwd.to_string_lossy().into_owned();
+        let work_mode = if enforce.read_only { "ro" } else { "rw" };
         let labels = HashMap::from([
             (LABEL.to_string(), spec.label.clone()),
             (LABEL_SESSION.to_string(), session.to_string()),
@@ -218,10 +209,15 @@ impl ContainerRunner {
             attach_stderr: Some(true),
             tty: Some(false),
             host_config: Some(HostConfig {
-                binds: Some(vec![
-                    format!("{cwd}:{cwd}:rw"),
-                    format!("{0}:{0}:rw", dirs.root.display()),
-                ]),
+                binds: Some(
+                    [
+                        format!("{cwd}:{cwd}:{work_mode}"),
+                        format!("{0}:{0}:rw", dirs.root.display()),
+                    ]
+                    .into_iter()
+                    .chain(sandbox::git_binds(&spec.cwd))
+                    .collect(),
+                ),
                 network_mode: Some(self.cfg.network.mode().into()),
                 memory: self.limits.memory_bytes,
                 // No swap beyond the memory limit: a hog is stopped, not slowed down.
@@ -229,6 +225,9 @@ impl ContainerRunner {
                 nano_cpus: self.limits.nano_cpus,
                 pids_limit: self.limits.pids,
                 security_opt: Some(vec!["no-new-privileges".into()]),
+                // No capabilities: root in the container (zwarm's own uid when zwarm runs as
+                // root) cannot override file permissions, make devices, use raw sockets, ...
+                cap_drop: Some(vec!["ALL".into()]),
                 ..Default::default()
             }),
             ..Default::default()
@@ -308,6 +307,9 @@ impl ContainerRunner {
         set("CLAUDE_CONFIG_DIR", dirs.claude.display().to_string());
         // The container is the sandbox: claude accepts its bypass mode as root only with this.
         set("IS_SANDBOX", "1".into());
+        // The turn's mark, as the local runner sets it: the turn's processes are found by it in
+        // the host's /proc too.
+        set(crate::process::TURN_MARKER, spec.label.clone());
         env.into_iter().map(|(k, v)| format!("{k}={v}")).collect()
     }
 
@@ -383,6 +385,41 @@ impl ContainerRunner {
         }
         n
     }
+}
+
+/// The daemon's endpoint: `host`, else `DOCKER_HOST`, else the local socket (`None`).
+fn endpoint(host: Option<&str>) -> Option<String> {
+    host.map(str::to_string)
+        .or_else(|| std::env::var("DOCKER_HOST").ok())
+        .filter(|h| !h.is_empty())
+}
+
+fn daemon_error(host: Option<&str>, source: bollard::errors::Error) -> ContainerError {
+    ContainerError::Daemon {
+        endpoint: endpoint(host)
+            .map(|e| format!(" at {e}"))
+            .unwrap_or_default(),
+        source,
+    }
+}
+
+/// Connect to the daemon at `host` (else `DOCKER_HOST`, else the local socket) and agree on
+/// an API version.
+pub async fn connect_daemon(host: Option<&str>) -> Result<Docker, ContainerError> {
+    let docker = match endpoint(host).as_deref() {
+        Some(h) if h.starts_with("unix://") => {
+            Docker::connect_with_unix(h, 120, bollard::API_DEFAULT_VERSION)
+        }
+        Some(h) if h.starts_with("tcp://") || h.starts_with("http://") => {
+            Docker::connect_with_http(h, 120, bollard::API_DEFAULT_VERSION)
+        }
+        _ => Docker::connect_with_local_defaults(),
+    }
+    .map_err(|e| daemon_error(host, e))?;
+    docker
+        .negotiate_version()
+        .await
+        .map_err(|e| daemon_error(host, e))
 }
 
 /// Stop (SIGKILL) and remove a container with its anonymous volumes; errors are logged.

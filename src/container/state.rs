@@ -36,7 +36,13 @@ impl SessionDirs {
         use std::os::unix::fs::DirBuilderExt;
         let mut b = std::fs::DirBuilder::new();
         b.recursive(true).mode(0o700);
-        for d in [&self.root, &self.home, &self.codex, &self.claude, &self.out] {
+        b.create(&self.root)?;
+        for d in [&self.home, &self.codex, &self.claude, &self.out] {
+            // The executor can replace these with links (they are writable inside its
+            // container); zwarm writes into them, so a link is removed, never followed.
+            if std::fs::symlink_metadata(d).is_ok_and(|m| !m.is_dir()) {
+                std::fs::remove_file(d)?;
+            }
             b.create(d)?;
         }
         let var = |name: &str| {
@@ -79,6 +85,15 @@ fn copy_files(from: Option<&Path>, to: &Path, names: &[&str]) -> std::io::Result
 pub(crate) fn read_back(path: &Path, limit: u64) -> Option<String> {
     use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;
+    // The container is gone by now; its out dir must still be a dir, not a link it left
+    // (which would lead the read and the removal outside).
+    let parent_is_dir = path
+        .parent()
+        .and_then(|p| std::fs::symlink_metadata(p).ok())
+        .is_some_and(|m| m.is_dir());
+    if !parent_is_dir {
+        return None;
+    }
     let text = (|| {
         let f = std::fs::OpenOptions::new()
             .read(true)
@@ -116,6 +131,32 @@ mod tests {
         );
         assert!(!d.codex.join("history.jsonl").exists());
         assert!(d.out.is_dir() && d.home.is_dir() && d.claude.is_dir());
+    }
+
+    #[test]
+    fn a_state_dir_replaced_by_a_link_is_not_followed() {
+        let t = tempfile::tempdir().unwrap();
+        let victim = t.path().join("users-codex");
+        std::fs::create_dir_all(&victim).unwrap();
+        std::fs::write(victim.join("config.toml"), "the user's").unwrap();
+        let d = SessionDirs::new(&t.path().join("state"), "s1");
+        d.prepare(&[]).unwrap();
+        std::fs::remove_dir(&d.codex).unwrap();
+        std::os::unix::fs::symlink(&victim, &d.codex).unwrap();
+        let src = t.path().join("src");
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::write(src.join("config.toml"), "zwarm's copy").unwrap();
+        d.prepare(&[("CODEX_HOME".into(), src.display().to_string())])
+            .unwrap();
+        assert!(std::fs::symlink_metadata(&d.codex).unwrap().is_dir());
+        assert_eq!(
+            std::fs::read_to_string(victim.join("config.toml")).unwrap(),
+            "the user's"
+        );
+        assert_eq!(
+            std::fs::read_to_string(d.codex.join("config.toml")).unwrap(),
+            "zwarm's copy"
+        );
     }
 
     #[test]

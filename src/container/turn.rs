@@ -38,7 +38,8 @@ pub struct ContainerTurn {
     id: String,
     stdout: Option<Output>,
     stderr: Option<Output>,
-    pump: Option<JoinHandle<()>>,
+    /// Ends with the container's stream; then its state once it stopped (see [`pump`]).
+    pump: Option<JoinHandle<Option<Stopped>>>,
     read_back: Vec<(PathBuf, PathBuf)>,
     exited: bool,
     removed: bool,
@@ -119,29 +120,48 @@ impl ContainerTurn {
             let _ = tokio::time::timeout_at(by, kill(&self.docker, &self.id, "SIGKILL")).await;
             let _ = tokio::time::timeout_at(by, self.wait()).await;
         }
-        self.exited = true;
+        // `exited` is set by `wait` only when the container really stopped: `finish` removes
+        // one that did not by force, without waiting for its stream.
     }
 
     /// After the end: the exit status and OOM flag, the files read back; the container is
     /// removed (killed first if it still runs).
     pub async fn finish(mut self) -> ContainerFinished {
-        let state = self
-            .docker
-            .inspect_container(&self.id, None)
-            .await
-            .ok()
-            .and_then(|i| i.state);
-        let running = state.as_ref().and_then(|s| s.running).unwrap_or(false);
-        let (exit, oom_killed) = match &state {
-            Some(s) if !running => (s.exit_code.map(exit_status), s.oom_killed.unwrap_or(false)),
-            Some(s) => (None, s.oom_killed.unwrap_or(false)),
-            None => (None, false),
-        };
-        // The pump ends with the container's stream; it reports an OOM kill on stderr before it
-        // closes, which needs the container still there. A stuck connection is not waited on.
-        if !running && let Some(p) = self.pump.take() {
-            let _ = tokio::time::timeout(Duration::from_secs(2), p).await;
+        // A container that stopped: the pump has (or soon has) its state, after reporting an
+        // OOM kill on stderr, which needs the container still there. A stuck connection is
+        // not waited on; then the daemon is asked.
+        let mut stopped = None;
+        if self.exited
+            && let Some(p) = self.pump.take()
+        {
+            stopped = tokio::time::timeout(Duration::from_secs(2), p)
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .flatten();
         }
+        let (exit, oom_killed) = match stopped {
+            Some(s) => (s.exit_code.map(exit_status), s.oom_killed),
+            None => {
+                let state = self
+                    .docker
+                    .inspect_container(&self.id, None)
+                    .await
+                    .ok()
+                    .and_then(|i| i.state);
+                let running = state.as_ref().and_then(|s| s.running).unwrap_or(false);
+                if !running && let Some(p) = self.pump.take() {
+                    let _ = tokio::time::timeout(Duration::from_secs(2), p).await;
+                }
+                match &state {
+                    Some(s) if !running => {
+                        (s.exit_code.map(exit_status), s.oom_killed.unwrap_or(false))
+                    }
+                    Some(s) => (None, s.oom_killed.unwrap_or(false)),
+                    None => (None, false),
+                }
+            }
+        };
         super::remove_container(&self.docker, &self.id).await;
         self.removed = true;
         if let Some(p) = self.pump.take() {
@@ -209,8 +229,16 @@ pub(crate) async fn wait_exit(docker: &Docker, id: &str) {
     let _ = s.next().await;
 }
 
+/// A stopped container's state, as the daemon reported it.
+#[derive(Debug, Clone, Copy)]
+struct Stopped {
+    exit_code: Option<i64>,
+    oom_killed: bool,
+}
+
 /// Copy the daemon's multiplexed stream to the two pipes; when it ends, report an OOM kill on
 /// stderr (so it reaches the turn's error like any executor message), then close both.
+/// Returns the container's state once it has stopped (`None`: unknown).
 async fn pump(
     mut output: std::pin::Pin<
         Box<dyn futures::Stream<Item = Result<LogOutput, bollard::errors::Error>> + Send>,
@@ -220,7 +248,7 @@ async fn pump(
     docker: Docker,
     id: String,
     memory: Option<String>,
-) {
+) -> Option<Stopped> {
     let (mut out_open, mut err_open) = (true, true);
     while let Some(item) = output.next().await {
         match item {
@@ -244,13 +272,12 @@ async fn pump(
     }
     let _ = out.shutdown().await;
     wait_exit(&docker, &id).await;
-    let oom = docker
+    let state = docker
         .inspect_container(&id, None)
         .await
         .ok()
-        .and_then(|i| i.state)
-        .and_then(|s| s.oom_killed)
-        .unwrap_or(false);
+        .and_then(|i| i.state);
+    let oom = state.as_ref().and_then(|s| s.oom_killed).unwrap_or(false);
     if oom && err_open {
         let limit = memory
             .map(|m| format!(" (runner.container.memory = {m})"))
@@ -262,6 +289,10 @@ async fn pump(
             .await;
     }
     let _ = err.shutdown().await;
+    state.filter(|s| s.running == Some(false)).map(|s| Stopped {
+        exit_code: s.exit_code,
+        oom_killed: oom,
+    })
 }
 
 /// Docker's exit code as a process status: `128 + n` (n a signal number) is death by signal

@@ -10,6 +10,7 @@ pub mod harness;
 pub mod mock_anthropic;
 pub mod mock_chat;
 pub mod mock_gemini;
+pub mod mock_kube;
 pub mod mock_openai;
 
 mod http;

@@ -28,6 +28,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use toml::Value;
 
+mod acp;
 mod guardrails;
 pub mod keys;
 mod layers;
@@ -35,6 +36,7 @@ mod project;
 #[cfg(test)]
 mod tests;
 
+pub use acp::{ACP_LEVEL, AcpConfig};
 pub use keys::{ModeKey, PERMISSION_MODE, SANDBOX_MODE};
 pub use project::{project_config_file, project_root, project_slug};
 
@@ -44,7 +46,7 @@ pub const DEFAULT_MAX_TASK_BYTES: usize = 1_048_576;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
-    /// Adapter used when `delegate` names none: `codex` or `claude`.
+    /// Adapter used when `delegate` names none: a registered executor's name.
     pub default_adapter: String,
     /// Where sessions, turn logs and events live. Absolute after [`load`] (a relative value is
     /// taken from the project dir); unset: [`default_state_dir`].
@@ -86,6 +88,8 @@ pub struct Config {
     pub claude: ClaudeConfig,
     /// What executors may load (see [`ExecutorsConfig`]).
     pub executors: ExecutorsConfig,
+    /// `[acp]`: the permission policy for ACP agents.
+    pub acp: AcpConfig,
     /// Guardrails (see `crate::watch`).
     pub watchers: crate::watch::WatchersConfig,
     /// Trace export (see `crate::telemetry`).
@@ -166,7 +170,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             // The first registered executor.
-            default_adapter: crate::model::Adapter::ALL[0].as_str().into(),
+            default_adapter: crate::executor::REGISTRY[0].name().into(),
             // Empty: not chosen; `load` puts the default here.
             state_dir: PathBuf::new(),
             allowed_roots: vec![],
@@ -186,6 +190,7 @@ impl Default for Config {
             codex: CodexConfig::default(),
             claude: ClaudeConfig::default(),
             executors: ExecutorsConfig::default(),
+            acp: AcpConfig::default(),
             watchers: Default::default(),
             telemetry: Default::default(),
             runner: Default::default(),
@@ -425,18 +430,13 @@ pub fn load(src: &Sources) -> Result<Config, ConfigError> {
 /// Checks serde cannot make: ranges and values.
 fn validate(cfg: &Config) -> Result<(), ConfigError> {
     if crate::model::Adapter::parse(&cfg.default_adapter).is_none() {
-        // The executors' names (the registry's order; config sits below the executors, which
-        // read it, so it takes the names from the adapters they are registered by).
-        let names: Vec<String> = crate::model::Adapter::ALL
-            .iter()
-            .map(|a| format!("`{}`", a.as_str()))
-            .collect();
         return Err(ConfigError::Invalid(format!(
             "default_adapter is `{}`; use {}",
             cfg.default_adapter,
-            names.join(" or ")
+            crate::executor::names_for_humans(false)
         )));
     }
+    cfg.acp.validate().map_err(ConfigError::Invalid)?;
     if cfg.max_running == 0 {
         return Err(ConfigError::Invalid(
             "max_running must be at least 1".into(),

@@ -190,40 +190,22 @@ mod tests {
 
     #[test]
     fn totals_follow_updates_by_difference() {
+        // Any two adapters: the fleet knows none by name.
+        let all = Adapter::all();
+        let (a, b) = (all[0], all[1]);
         let mut f = Fleet::default();
-        f.update(stat(
-            "aaaaaaaa-1",
-            Adapter::Codex,
-            SessionStatus::Running,
-            10,
-            None,
-        ));
-        f.update(stat(
-            "aaaaaaaa-2",
-            Adapter::Claude,
-            SessionStatus::Idle,
-            5,
-            Some(0.5),
-        ));
+        f.update(stat("aaaaaaaa-1", a, SessionStatus::Running, 10, None));
+        f.update(stat("aaaaaaaa-2", b, SessionStatus::Idle, 5, Some(0.5)));
         assert_eq!((f.len(), f.active(), f.finished_turns()), (2, 1, 1));
         assert_eq!(f.usage().output_tokens, 15);
         // The running one finishes with more tokens: replaced, not added twice.
-        f.update(stat(
-            "aaaaaaaa-1",
-            Adapter::Codex,
-            SessionStatus::Idle,
-            30,
-            None,
-        ));
+        f.update(stat("aaaaaaaa-1", a, SessionStatus::Idle, 30, None));
         assert_eq!((f.len(), f.active(), f.finished_turns()), (2, 0, 2));
         assert_eq!(f.usage().output_tokens, 35);
         assert!((f.reported_cost() - 0.5).abs() < 1e-9);
         let unpriced: u64 = f.unpriced().map(|(_, u)| u.output_tokens).sum();
         assert_eq!(unpriced, 30);
         assert!(f.find("aaaaaaaa").is_none(), "ambiguous prefix");
-        assert_eq!(
-            f.find("aaaaaaaa-2").map(|s| s.adapter),
-            Some(Adapter::Claude)
-        );
+        assert_eq!(f.find("aaaaaaaa-2").map(|s| s.adapter), Some(b));
     }
 }

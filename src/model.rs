@@ -1,8 +1,9 @@
 //! The data every part of zwarm shares: adapters, statuses, sessions, turns, watcher notes.
 //!
-//! This is a leaf module: it imports nothing from the rest of zwarm except the executor event
-//! vocabulary ([`crate::event`]), so configuration, executors, watchers, the store and the
-//! session engine can all depend on it without depending on each other.
+//! This is nearly a leaf module: it imports nothing from the rest of zwarm except the executor
+//! event vocabulary ([`crate::event`]) and [`Adapter`] (a registered executor's name, defined
+//! beside the executor registry), so configuration, watchers, the store and the session engine
+//! can all depend on it without depending on each other.
 //!
 //! A session is the unit every tool talks about. It holds the executor's native id (so a
 //! conversation can be resumed even after zwarm restarts), and one [`Turn`] per prompt with
@@ -15,33 +16,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::event::{FileChange, PermissionDenial, ToolError, Usage};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum Adapter {
-    Codex,
-    Claude,
-}
-
-impl Adapter {
-    /// Every adapter, in the order of the executor registry.
-    pub const ALL: &[Adapter] = &[Adapter::Codex, Adapter::Claude];
-
-    /// Accepts the names and the seed's aliases (`codex_mcp`, `claude_code`).
-    pub fn parse(s: &str) -> Option<Adapter> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "codex" | "codex_mcp" | "codex-mcp" => Some(Adapter::Codex),
-            "claude" | "claude_code" | "claude-code" => Some(Adapter::Claude),
-            _ => None,
-        }
-    }
-
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Adapter::Codex => "codex",
-            Adapter::Claude => "claude",
-        }
-    }
-}
+/// Which executor a session runs on: a registered executor's name (an open set, defined with
+/// the executor registry).
+pub use crate::executor::Adapter;
 
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
@@ -87,6 +64,9 @@ pub enum SessionStatus {
     Queued,
     /// A turn is in progress.
     Running,
+    /// A turn waits for an answer to an agent's permission request (ACP `ask`): converse with
+    /// `approval`, or `zwarm approve`. Shown, never stored (the stored status is `running`).
+    NeedsApproval,
     /// The last turn finished; converse may continue.
     Idle,
     /// The last turn failed; converse may retry.
@@ -104,6 +84,7 @@ impl SessionStatus {
         match self {
             SessionStatus::Queued => "queued",
             SessionStatus::Running => "running",
+            SessionStatus::NeedsApproval => "needs_approval",
             SessionStatus::Idle => "idle",
             SessionStatus::Failed => "failed",
             SessionStatus::Completed => "completed",
@@ -116,6 +97,7 @@ impl SessionStatus {
         Some(match s.trim().to_ascii_lowercase().as_str() {
             "queued" => SessionStatus::Queued,
             "running" => SessionStatus::Running,
+            "needs_approval" => SessionStatus::NeedsApproval,
             "idle" => SessionStatus::Idle,
             "failed" => SessionStatus::Failed,
             "completed" => SessionStatus::Completed,
@@ -127,7 +109,10 @@ impl SessionStatus {
 
     /// A turn is queued or running.
     pub fn is_active(&self) -> bool {
-        matches!(self, SessionStatus::Queued | SessionStatus::Running)
+        matches!(
+            self,
+            SessionStatus::Queued | SessionStatus::Running | SessionStatus::NeedsApproval
+        )
     }
 
     /// Ended by end_session; nothing more can happen.
@@ -357,7 +342,7 @@ impl Session {
     pub(crate) fn sample() -> Session {
         Session {
             id: "00000000-0000-4000-8000-000000000001".into(),
-            adapter: Adapter::Codex,
+            adapter: Adapter::parse("codex").expect("registered"),
             mode: Mode::Sync,
             status: SessionStatus::Running,
             task: "t".into(),

@@ -240,7 +240,7 @@ struct ScriptedApprover {
 
 #[async_trait::async_trait]
 impl zwarm::acp::Approver for ScriptedApprover {
-    async fn approve(&self, ask: &zwarm::acp::PermissionAsk) -> Option<bool> {
+    async fn approve(&self, ask: &zwarm::acp::PermissionAsk, _rule: &str) -> Option<bool> {
         self.asked.lock().unwrap().push(ask.clone());
         match self.answer {
             Some(a) => Some(a),
@@ -555,6 +555,7 @@ async fn gemini_policy_denials_leave_files_untouched_and_are_reported() {
             verdict: Verdict::Deny,
             kinds: vec!["edit".into()],
             pattern: Some("secret".into()),
+            project: false,
         }])
         .expect("policy");
     let ev = Events::default();
@@ -853,6 +854,7 @@ async fn gemini_asks_are_approved_or_denied_at_the_timeout() {
             verdict: Verdict::Ask,
             kinds: vec!["edit".into()],
             pattern: None,
+            project: false,
         }])
         .expect("policy");
 
@@ -1022,7 +1024,7 @@ fn the_gemini_executor_runs_turns_through_the_bridge() {
     ]}));
     let gemini_cmd = env.gemini(&mock);
     // The registry entry will name its own adapter; the launch does not depend on it.
-    let exec = AcpExecutor::new(zwarm::model::Adapter::Codex, &GEMINI);
+    let exec = AcpExecutor::new(&GEMINI);
     let cfg = zwarm::config::Config::default();
     let turns = env.home.join("turns").join("s1");
     std::fs::create_dir_all(&turns).expect("turn dir");
@@ -1123,3 +1125,56 @@ fn doctor_handshakes_each_agent() {
     let missing = handshake(&GEMINI, &env.work.join("no-such-agent"), &env.work, &vars);
     assert!(missing.unwrap_err().contains("could not start"));
 }
+
+/// A scripted ACP agent in sh: answers `initialize` and `session/new`, and each
+/// `session/prompt` with one `agent_message_chunk` and the prompt's answer written together,
+/// so both are ready for the client at once (as a real agent's last update and its answer
+/// often are under load).
+const ECHO_AGENT: &str = r#"
+while IFS= read -r line; do
+  id=$(printf '%s' "$line" | sed -n 's/^{"id":\([0-9]*\),.*/\1/p')
+  case "$line" in
+    *'"method":"initialize"'*)
+      printf '{"jsonrpc":"2.0","id":%s,"result":{"protocolVersion":1,"agentCapabilities":{}}}\n' "$id" ;;
+    *'"method":"session/new"'*)
+      printf '{"jsonrpc":"2.0","id":%s,"result":{"sessionId":"s1"}}\n' "$id" ;;
+    *'"method":"session/prompt"'*)
+      printf '{"jsonrpc":"2.0","method":"session/update","params":{"sessionId":"s1","update":{"sessionUpdate":"agent_message_chunk","content":{"type":"text","text":"answer %s"}}}}\n{"jsonrpc":"2.0","id":%s,"result":{"stopReason":"end_turn"}}\n' "$id" "$id" ;;
+  esac
+done
+"#;
+
+/// The turn's last update and the prompt's answer arrive together: the update is always part
+/// of the turn (the client once took the answer first about half the time, and the turn's
+/// message came back empty).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_update_sent_just_before_the_answer_belongs_to_the_turn() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cmd = AgentCommand {
+        program: "/bin/sh".into(),
+        args: vec!["-c".into(), ECHO_AGENT.into()],
+        cwd: dir.path().into(),
+        ..Default::default()
+    };
+    let mut agent = AcpAgent::start(&cmd, LONG).await.expect("initialize");
+    let session = agent.new_session(dir.path(), LONG).await.expect("new");
+    let policy = Policy::new(Level::WorkspaceWrite, dir.path());
+    for turn in 0..200 {
+        let ev = Events::default();
+        let end = prompt(
+            &mut agent,
+            &session,
+            "hi",
+            &policy,
+            &ev,
+            CancellationToken::new(),
+        )
+        .await;
+        assert_eq!(end, TurnEnd::Completed { note: None });
+        assert_eq!(ev.message(), format!("answer {}", turn + 2), "turn {turn}");
+    }
+    agent.stop(Duration::from_secs(5)).await;
+}
+
+#[path = "acp/serve.rs"]
+mod serve;

@@ -762,6 +762,14 @@ fn rule(name: &str) -> Value {
     Value::Array(vec![Value::Table(r)])
 }
 
+fn acp_rule(verdict: &str, pattern: &str) -> Value {
+    let mut r = toml::Table::new();
+    r.insert("verdict".into(), Value::String(verdict.into()));
+    r.insert("kinds".into(), Value::Array(vec![]));
+    r.insert("pattern".into(), Value::String(pattern.into()));
+    Value::Array(vec![Value::Table(r)])
+}
+
 /// For a tighten-only key: the user file's value, a stricter one, and a looser one (none for
 /// lists that only add).
 fn tighten_samples(k: &keys::KeyDef, t: &Tighten) -> (Value, Value, Option<Value>) {
@@ -813,6 +821,11 @@ fn tighten_samples(k: &keys::KeyDef, t: &Tighten) -> (Value, Value, Option<Value
         Tighten::WithinPaths => (strs(&["src"]), strs(&["src/a"]), Some(strs(&["/"]))),
         Tighten::Subset => (strs(&["a", "b"]), strs(&["a"]), Some(strs(&["c"]))),
         Tighten::Prices => (price(1.0), price(2.0), Some(price(0.5))),
+        Tighten::Rules => (
+            acp_rule("deny", "a"),
+            acp_rule("ask", "b"),
+            Some(acp_rule("allow", "c")),
+        ),
     }
 }
 
@@ -878,7 +891,7 @@ fn every_key_follows_its_rule_in_the_project_file() {
                 assert!(c.ignored.is_empty(), "{}: {:?}", k.key, c.ignored);
                 let got = effective(&c, k.key).expect("set");
                 match t {
-                    Tighten::Add => {
+                    Tighten::Add | Tighten::Rules => {
                         assert_eq!(got.as_array().map(Vec::len), Some(2), "{}: {got}", k.key)
                     }
                     _ => assert_eq!(got, tight, "{}", k.key),

@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use super::agent::AgentCommand;
+use super::approval::{FileApprover, Pending};
 use super::client::{AcpAgent, EarlierTurn, PromptOptions, TurnEnd};
 use super::policy::{Level, Policy, Rule};
 use super::update::{AcpEvent, to_executor_events};
@@ -56,6 +57,13 @@ pub struct BridgeJob {
     pub init_timeout_secs: u64,
     #[serde(default = "default_cancel_grace")]
     pub cancel_grace_secs: u64,
+    /// How long an `ask` waits for an answer; 0: no one is asked (an ask is a denial).
+    #[serde(default)]
+    pub ask_timeout_secs: u64,
+    /// The session's turn directory, where asks wait for their answers
+    /// ([`super::approval`]). None: no one is asked.
+    #[serde(default)]
+    pub approvals: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -79,6 +87,16 @@ fn emit(out: &mut dyn Write, ev: &ExecutorEvent) {
         // A closed stdout (the runner gave up on us) is not worth failing the turn over.
         let _ = writeln!(out, "{line}");
         let _ = out.flush();
+    }
+}
+
+/// The event that says a request waits for approval (so waiting callers wake up and the
+/// progress shows it).
+fn asked(p: &Pending) -> ExecutorEvent {
+    ExecutorEvent::ToolCall {
+        id: format!("approval:{}", p.request_id),
+        name: format!("approval needed: {}", p.title),
+        input: serde_json::to_value(p).unwrap_or_default(),
     }
 }
 
@@ -197,10 +215,21 @@ pub async fn run(job: BridgeJob, out: &mut (dyn Write + Send), cancel: Cancellat
         Some(p) => format!("{p}{}", job.prompt),
         None => job.prompt.clone(),
     };
+    let approver = job
+        .approvals
+        .clone()
+        .filter(|_| job.ask_timeout_secs > 0)
+        .map(|dir| FileApprover {
+            dir,
+            ask_timeout: Duration::from_secs(job.ask_timeout_secs),
+            announce: Some(Box::new(|p: &Pending| {
+                emit(&mut std::io::stdout(), &asked(p));
+            })),
+        });
     let opts = PromptOptions {
         policy: &policy,
-        approver: None,
-        ask_timeout: Duration::from_secs(0),
+        approver: approver.as_ref().map(|a| a as &dyn super::client::Approver),
+        ask_timeout: Duration::from_secs(job.ask_timeout_secs),
         cancel: cancel.clone(),
         cancel_grace: Duration::from_secs(job.cancel_grace_secs),
     };

@@ -56,10 +56,11 @@ pub struct AgentInfo {
     pub auth_methods: Vec<String>,
 }
 
-/// Someone who answers an `ask`: the orchestrator or a person. `None`: no answer.
+/// Someone who answers an `ask` (`rule`: the policy rule that said ask): the orchestrator or
+/// a person. `None`: no answer.
 #[async_trait::async_trait]
 pub trait Approver: Send + Sync {
-    async fn approve(&self, ask: &PermissionAsk) -> Option<bool>;
+    async fn approve(&self, ask: &PermissionAsk, rule: &str) -> Option<bool>;
 }
 
 /// How a turn ended.
@@ -334,7 +335,7 @@ impl AcpAgent {
             session_id,
             loaded: false,
             note: Some(format!(
-                "The agent's earlier session {prior} could not be continued ({why}); a new agent session was started{}.",
+                "A new agent session was started{} (the earlier session {prior} could not be continued: {why}).",
                 if preamble.is_some() {
                     " with a summary of the earlier turns"
                 } else {
@@ -359,7 +360,16 @@ impl AcpAgent {
         let deadline = tokio::time::sleep(timeout);
         tokio::pin!(deadline);
         loop {
+            // `biased`, messages first: the reader task queues every message the agent sent
+            // before an answer ahead of that answer, so they are all taken before the answer
+            // (an unbiased select drops some of them half the time: a load's replay would leak
+            // into the next turn).
             tokio::select! {
+                biased;
+                Some(m) = self.incoming.recv() => match m {
+                    Incoming::Request { id, method, .. } => refuse(&self.conn, &id, &method),
+                    Incoming::Notification { .. } => self.dropped += 1,
+                },
                 r = &mut fut => {
                     return match r {
                         Ok(v) => Ok(v),
@@ -367,10 +377,6 @@ impl AcpAgent {
                         Err(e) => Err(e.into()),
                     };
                 }
-                Some(m) = self.incoming.recv() => match m {
-                    Incoming::Request { id, method, .. } => refuse(&self.conn, &id, &method),
-                    Incoming::Notification { .. } => self.dropped += 1,
-                },
                 _ = &mut deadline => {
                     return Err(AcpError::Timeout { method, secs: timeout.as_secs() });
                 }
@@ -404,8 +410,17 @@ impl AcpAgent {
         let cancel_deadline = tokio::time::sleep(Duration::from_secs(86_400 * 365));
         tokio::pin!(cancel_deadline);
         let end = loop {
+            // `biased`, the agent's messages before the prompt's answer: the reader task
+            // queues the turn's last updates ahead of the answer, and an unbiased select took
+            // the answer first half the time when both were ready (the turn's final message
+            // was lost, more often under load).
             tokio::select! {
-                r = &mut fut => break self.prompt_end(r, cancelled).await,
+                biased;
+                _ = opts.cancel.cancelled(), if !cancelled => {
+                    cancelled = true;
+                    self.conn.notify("session/cancel", json!({"sessionId": session_id}));
+                    cancel_deadline.as_mut().reset(tokio::time::Instant::now() + opts.cancel_grace);
+                }
                 Some(m) = self.incoming.recv() => match m {
                     Incoming::Notification { method, params } if method == "session/update" => {
                         for ev in self.mapper.map(&params) {
@@ -422,11 +437,7 @@ impl AcpAgent {
                         }
                     }
                 },
-                _ = opts.cancel.cancelled(), if !cancelled => {
-                    cancelled = true;
-                    self.conn.notify("session/cancel", json!({"sessionId": session_id}));
-                    cancel_deadline.as_mut().reset(tokio::time::Instant::now() + opts.cancel_grace);
-                }
+                r = &mut fut => break self.prompt_end(r, cancelled).await,
                 _ = &mut cancel_deadline, if cancelled => break TurnEnd::Interrupted,
             }
         };
@@ -486,7 +497,7 @@ impl AcpAgent {
         if decision.verdict == Verdict::Ask {
             let answer = match opts.approver {
                 Some(a) => tokio::select! {
-                    r = tokio::time::timeout(opts.ask_timeout, a.approve(&ask)) => r.ok().flatten(),
+                    r = tokio::time::timeout(opts.ask_timeout, a.approve(&ask, &decision.rule)) => r.ok().flatten(),
                     _ = opts.cancel.cancelled() => None,
                 },
                 None => None,

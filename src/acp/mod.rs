@@ -8,12 +8,15 @@
 //!   `session/cancel`, permission requests.
 //! - [`update`]: `session/update` → [`update::AcpEvent`] → [`crate::event::ExecutorEvent`].
 //! - [`policy`]: allow / deny / ask for each permission request, and why.
+//! - [`approval`]: how an `ask` reaches the orchestrator or a person (files in the session's
+//!   turn directory) and how the answer comes back.
 //!
 //! The message types zwarm reads are in [`schema`] (not from the `agent-client-protocol`
 //! crate: it turns on serde_json's `preserve_order` for the whole program); the connection is
 //! zwarm's own small loop on tokio.
 
 pub mod agent;
+pub mod approval;
 pub mod bridge;
 pub mod client;
 pub mod policy;

@@ -6,6 +6,9 @@
 //!
 //! 1. The configured rules, in order; the first whose kinds and pattern match decides.
 //! 2. Else the defaults of the session's permission [`Level`].
+//! 3. Rules from the project file (untrusted: an executor can write it) are checked apart:
+//!    the first of them that matches wins only when it is stricter (deny > ask > allow); their
+//!    `allow` never counts.
 //!
 //! Every answer is a [`Decision`] naming the rule that made it (`rule 2 (deny execute
 //! /rm -rf/)`, `default workspace-write: edit inside the working dir`), so the record says why.
@@ -98,6 +101,9 @@ pub struct Rule {
     /// every request of those kinds.
     #[serde(default)]
     pub pattern: Option<String>,
+    /// From the project file (zwarm marks them so): it may only make a decision stricter.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub project: bool,
 }
 
 /// The answer and why.
@@ -157,8 +163,22 @@ impl Policy {
     }
 
     pub fn decide(&self, ask: &PermissionAsk) -> Decision {
+        let trusted = self
+            .first_match(ask, false)
+            .unwrap_or_else(|| self.default_decision(ask));
+        match self.first_match(ask, true) {
+            Some(p) if strictness(p.verdict) > strictness(trusted.verdict) => p,
+            _ => trusted,
+        }
+    }
+
+    /// The first matching rule of the trusted layers (`project` false) or of the project file.
+    fn first_match(&self, ask: &PermissionAsk, project: bool) -> Option<Decision> {
         for (i, (rule, re)) in self.rules.iter().enumerate() {
-            if !rule.kinds.is_empty() && !rule.kinds.iter().any(|k| k == &ask.kind) {
+            if rule.project != project
+                || (project && rule.verdict == Verdict::Allow)
+                || (!rule.kinds.is_empty() && !rule.kinds.iter().any(|k| k == &ask.kind))
+            {
                 continue;
             }
             let hit = match re {
@@ -178,13 +198,18 @@ impl Policy {
                     (k, None) => k.join(","),
                     (k, Some(p)) => format!("{} /{p}/", k.join(",")),
                 };
-                return Decision {
+                return Some(Decision {
                     verdict: rule.verdict,
-                    rule: format!("rule {} ({} {what})", i + 1, rule.verdict.as_str()),
-                };
+                    rule: format!(
+                        "rule {}{} ({} {what})",
+                        i + 1,
+                        if project { " of the project file" } else { "" },
+                        rule.verdict.as_str()
+                    ),
+                });
             }
         }
-        self.default_decision(ask)
+        None
     }
 
     fn default_decision(&self, ask: &PermissionAsk) -> Decision {
@@ -229,6 +254,15 @@ impl Policy {
             self.working_dir.join(path)
         };
         normalize(&full).starts_with(normalize(&self.working_dir))
+    }
+}
+
+/// deny > ask > allow.
+fn strictness(v: Verdict) -> u8 {
+    match v {
+        Verdict::Allow => 0,
+        Verdict::Ask => 1,
+        Verdict::Deny => 2,
     }
 }
 
@@ -310,11 +344,13 @@ mod tests {
                     verdict: Verdict::Deny,
                     kinds: vec!["execute".into()],
                     pattern: Some(r"^rm\b".into()),
+                    project: false,
                 },
                 Rule {
                     verdict: Verdict::Deny,
                     kinds: vec![],
                     pattern: Some(r"secret".into()),
+                    project: false,
                 },
             ])
             .unwrap();
@@ -331,7 +367,47 @@ mod tests {
             verdict: Verdict::Deny,
             kinds: vec![],
             pattern: Some("(".into()),
+            project: false,
         }]);
         assert!(bad.unwrap_err().to_string().contains("rule 1"));
+    }
+
+    #[test]
+    fn project_rules_only_make_a_decision_stricter() {
+        let rule = |verdict, pattern: &str, project| Rule {
+            verdict,
+            kinds: vec![],
+            pattern: Some(pattern.into()),
+            project,
+        };
+        let p = Policy::new(Level::WorkspaceWrite, "/w/p")
+            .with_rules(vec![
+                rule(Verdict::Allow, "^make", false),
+                rule(Verdict::Allow, ".", true),
+                rule(Verdict::Ask, "^make", true),
+                rule(Verdict::Deny, "secret", true),
+            ])
+            .unwrap();
+        // The project's ask is stricter than the user's allow.
+        let d = p.decide(&ask("execute", Some("make test"), &[]));
+        assert_eq!(
+            (d.verdict, d.rule.as_str()),
+            (Verdict::Ask, "rule 3 of the project file (ask /^make/)")
+        );
+        // Its allow never counts: an edit outside the working dir stays denied.
+        let d = p.decide(&ask("edit", None, &["/elsewhere/a"]));
+        assert_eq!(d.verdict, Verdict::Deny);
+        assert!(d.rule.starts_with("default"), "{}", d.rule);
+        // Its deny wins over the level's allow.
+        let d = p.decide(&ask("edit", None, &["/w/p/secret.txt"]));
+        assert_eq!(d.verdict, Verdict::Deny);
+        // Not stricter: the trusted decision stands.
+        let strict = Policy::new(Level::ReadOnly, "/w/p")
+            .with_rules(vec![rule(Verdict::Ask, ".", true)])
+            .unwrap();
+        assert_eq!(
+            strict.decide(&ask("edit", None, &["/w/p/a"])).verdict,
+            Verdict::Deny
+        );
     }
 }

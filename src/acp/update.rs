@@ -345,8 +345,17 @@ pub fn to_executor_events(ev: &AcpEvent) -> Vec<ExecutorEvent> {
         }],
         AcpEvent::Usage { .. } => Vec::new(),
         AcpEvent::Permission { ask, decision, .. } => match decision.verdict {
-            super::policy::Verdict::Allow => vec![ExecutorEvent::Other {
-                kind: format!("permission allowed: {} by {}", ask.title, decision.rule),
+            // Shown in the progress (and so in check_session) with the rule that allowed it.
+            super::policy::Verdict::Allow => vec![ExecutorEvent::ToolCall {
+                id: format!("permission:{}", ask.tool_call_id),
+                name: format!("permission allowed by {}: {}", decision.rule, ask.title),
+                input: json!({
+                    "kind": ask.kind,
+                    "command": ask.command,
+                    "paths": ask.paths,
+                    "decision": decision.verdict,
+                    "rule": decision.rule,
+                }),
             }],
             _ => vec![ExecutorEvent::PermissionDenied(PermissionDenial {
                 tool: ask.title.clone(),

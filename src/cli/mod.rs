@@ -12,6 +12,7 @@
 //! One file per command; the shared pieces (config loading, formatting) are here.
 
 pub mod activity;
+pub mod approve;
 pub mod doctor;
 pub mod end;
 pub mod image;
@@ -51,6 +52,9 @@ pub enum Command {
     Logs(logs::LogsArgs),
     /// End a session with a verdict (a running turn is interrupted first).
     End(end::EndArgs),
+    /// Answer the permission request an ACP agent's turn waits on (status needs_approval):
+    /// allow it, or --deny.
+    Approve(approve::ApproveArgs),
     /// Print a session's diff (sessions with their own worktree).
     Diff(end::DiffArgs),
     /// Remove ended sessions' turn logs and the branches of merged or discarded worktree
@@ -135,6 +139,7 @@ pub fn main(cmd: Command) -> i32 {
         Command::Show(a) => show::main(a),
         Command::Logs(a) => logs::main(a),
         Command::End(a) => end::main(a),
+        Command::Approve(a) => approve::main(a),
         Command::Diff(a) => end::diff_main(a),
         Command::Prune(a) => prune::main(a),
         Command::Top(a) => top::main(a),

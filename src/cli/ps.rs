@@ -11,7 +11,7 @@ use crate::store::readonly::{ReadOnlyStore, RowExtra, SessionRow};
 #[derive(Debug, clap::Args)]
 pub struct PsArgs {
     /// Only sessions with this status (queued, running, idle, failed, completed, cancelled,
-    /// unreadable).
+    /// unreadable). Running ones waiting for an approval are shown `needs_approval`.
     #[arg(long, value_name = "S")]
     pub status: Option<String>,
     /// At most this many sessions, newest first.
@@ -57,6 +57,9 @@ pub fn list(
         .into_iter()
         .map(|row| {
             let extra = extras.remove(&row.session_id).unwrap_or_default();
+            let mut row = row;
+            row.status =
+                crate::acp::approval::shown_status(store.root(), &row.session_id, row.status);
             let server_alive = row
                 .status
                 .is_active()

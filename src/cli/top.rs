@@ -130,7 +130,7 @@ fn status_style(status: &str) -> Style {
         "running" => Style::default()
             .fg(Color::Green)
             .add_modifier(Modifier::BOLD),
-        "queued" => Style::default().fg(Color::Yellow),
+        "queued" | "needs_approval" => Style::default().fg(Color::Yellow),
         "failed" | "stale" | "unreadable" => Style::default().fg(Color::Red),
         "completed" => Style::default().fg(Color::Blue),
         "cancelled" => Style::default().fg(Color::DarkGray),
@@ -207,6 +207,14 @@ pub fn render(f: &mut Frame, app: &App) {
         );
     }
     let keys = match app.view {
+        // The selected session waits for an answer: say how to give it.
+        View::List
+            if app
+                .selected_row()
+                .is_some_and(|r| r.status == "needs_approval") =>
+        {
+            "↑↓ select · a allow · d deny the ask · Enter transcript · e end · q quit"
+        }
         View::List => "↑↓ select · Enter transcript · e end · q quit",
         View::Transcript { .. } => "↑↓ PgUp PgDn scroll · e end · Esc back · q quit",
         View::ConfirmEnd { .. } => "y / c end · n keep",
@@ -323,7 +331,15 @@ pub enum Action {
     None,
     Quit,
     Open(String),
-    End { id: String, verdict: &'static str },
+    End {
+        id: String,
+        verdict: &'static str,
+    },
+    /// Answer the permission request the session's turn waits on.
+    Approve {
+        id: String,
+        allow: bool,
+    },
 }
 
 /// Apply a key to the app (pure: no I/O).
@@ -351,6 +367,21 @@ pub fn on_key(app: &mut App, k: KeyEvent, page: u16) -> Action {
                 }
             }
             KeyCode::Char('e') => confirm_end(app),
+            KeyCode::Char(c @ ('a' | 'd')) => match app.selected_row() {
+                Some(r) if r.status == "needs_approval" => {
+                    return Action::Approve {
+                        id: r.id.clone(),
+                        allow: c == 'a',
+                    };
+                }
+                Some(r) => {
+                    app.message = Some(format!(
+                        "{} is not waiting for an approval",
+                        short_id(&r.id)
+                    ))
+                }
+                None => {}
+            },
             _ => {}
         },
         View::Transcript { scroll, .. } => match k.code {
@@ -540,6 +571,24 @@ fn act(
             _ => app.message = Some("that session is gone".into()),
         },
         Action::End { id, verdict } => spawn_end(state, cfg, id, verdict, tx.clone()),
+        Action::Approve { id, allow } => {
+            use crate::acp::approval::{self, ApprovalDecision};
+            let decision = if allow {
+                ApprovalDecision::Allow
+            } else {
+                ApprovalDecision::Deny
+            };
+            let dir = approval::turn_dir(&cfg.state_dir, &id);
+            app.message = Some(match approval::answer(&dir, None, decision, "person") {
+                Ok(p) => format!(
+                    "{} {}: {}",
+                    if allow { "allowed" } else { "denied" },
+                    short_id(&id),
+                    p.title
+                ),
+                Err(e) => format!("{}: {e}", short_id(&id)),
+            });
+        }
     }
     false
 }

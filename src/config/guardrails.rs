@@ -75,7 +75,11 @@ fn looser(kind: &Tighten, value: &Value, below: Option<&Value>) -> Option<String
                 .then(|| format!("{} is higher than {}", shown(value), shown(&below)))
         }
         // Lists and prices: see `tighten_only`.
-        Tighten::Add | Tighten::WithinPaths | Tighten::Subset | Tighten::Prices => None,
+        Tighten::Add
+        | Tighten::WithinPaths
+        | Tighten::Subset
+        | Tighten::Prices
+        | Tighten::Rules => None,
     }
 }
 
@@ -167,6 +171,7 @@ pub(super) fn tighten_only(
             Tighten::WithinPaths => within_paths(project, &below, k.key, &mut out),
             Tighten::Subset => subset(project, &below, k.key, &mut out),
             Tighten::Add => add(project, &below, k.key),
+            Tighten::Rules => rules(project, &below, k.key, &mut out),
             Tighten::Prices => prices(project, &below, k.key, &mut out),
             _ => {
                 if let Some(why) = looser(kind, value, get_path(&below, k.key)) {
@@ -259,6 +264,39 @@ fn add(project: &mut toml::Table, below: &toml::Table, key: &str) {
         if !all.contains(&v) {
             all.push(v);
         }
+    }
+    set(project, key, Value::Array(all));
+}
+
+/// Permission rules: the project's `deny` and `ask` rules are marked as the project's (they
+/// win only when stricter than what the trusted rules and the level decide) and added to those
+/// below; its `allow` rules (and entries that are not rules) are dropped.
+fn rules(
+    project: &mut toml::Table,
+    below: &toml::Table,
+    key: &str,
+    out: &mut Vec<(String, String)>,
+) {
+    let Some(Value::Array(theirs)) = get_path(project, key).cloned() else {
+        return;
+    };
+    let mut all = match get_path(below, key) {
+        Some(Value::Array(a)) => a.clone(),
+        _ => vec![],
+    };
+    for (i, mut r) in theirs.into_iter().enumerate() {
+        let verdict = r.get("verdict").and_then(Value::as_str).unwrap_or("");
+        if !matches!(verdict, "deny" | "ask") {
+            out.push((
+                key.to_string(),
+                format!("rule {} (verdict `{verdict}`): the project file may only add deny and ask rules", i + 1),
+            ));
+            continue;
+        }
+        if let Some(t) = r.as_table_mut() {
+            t.insert("project".into(), Value::Boolean(true));
+        }
+        all.push(r);
     }
     set(project, key, Value::Array(all));
 }

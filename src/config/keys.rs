@@ -14,7 +14,7 @@ use std::sync::OnceLock;
 use serde::Serialize;
 use toml::Value;
 
-use super::{ClaudeConfig, CodexConfig, Config, ExecutorsConfig, IgnoredKey};
+use super::{AcpConfig, ClaudeConfig, CodexConfig, Config, ExecutorsConfig, IgnoredKey};
 use crate::container::ContainerConfig;
 use crate::runner::config::{KubeConfig, RunnerConfig};
 use crate::telemetry::TelemetryConfig;
@@ -70,8 +70,8 @@ key_types! {
     Float: f64;
     Bool: bool;
     StrList: Vec<String>, Vec<PathBuf>;
-    Free: Vec<PatternRule>, Vec<IgnoredKey>;
-    Section: CodexConfig, ClaudeConfig, ExecutorsConfig, WatchersConfig, ProgressConfig,
+    Free: Vec<PatternRule>, Vec<IgnoredKey>, Vec<crate::acp::Rule>;
+    Section: CodexConfig, ClaudeConfig, ExecutorsConfig, AcpConfig, WatchersConfig, ProgressConfig,
         BudgetConfig, ScopeConfig, PatternConfig, QualityConfig, TelemetryConfig;
 }
 
@@ -121,6 +121,9 @@ pub enum Tighten {
     Subset,
     /// Prices: never lower than those below.
     Prices,
+    /// Permission rules: the project's deny and ask rules are added (they win only when
+    /// stricter); its allow rules are dropped.
+    Rules,
 }
 
 impl Trust {
@@ -140,6 +143,7 @@ impl Trust {
                     Tighten::WithinPaths => "paths inside those below".to_string(),
                     Tighten::Subset => "entries among those below".to_string(),
                     Tighten::Prices => "prices no lower than those below".to_string(),
+                    Tighten::Rules => "adds deny and ask rules".to_string(),
                 }
             ),
             Trust::Section | Trust::NotAKey => String::new(),
@@ -287,6 +291,7 @@ pub const MODE_KEYS: &[&ModeKey] = &[
     &PERMISSION_MODE,
     &ISOLATION_MODE,
     &CONTAINMENT_MODE,
+    &super::ACP_LEVEL,
 ];
 
 /// Short aliases of `ZWARM_*` variables (kept for configurations written for 0.2).
@@ -322,7 +327,7 @@ const PRIORITY: &str =
 fn build() -> Vec<KeyDef> {
     let mut out = Vec::new();
     fields!(out, "", Config {
-        default_adapter: Free, "Executor used when `delegate` names none: `codex` or `claude`.";
+        default_adapter: Free, "Executor used when `delegate` names none: a registered executor's name (`zwarm doctor` lists them).";
         state_dir: TrustedOnly("it chooses where zwarm keeps its state"), "Where sessions, turn logs and events live. Relative: under the project. Unset: outside the project (see below).";
         allowed_roots: TrustedOnly("it widens where sessions may work"), "Directories a session's `working_dir` must be inside. Empty: the project.";
         sync_wait_seconds: TightenOnly(Lower(Some(45))), "How long a sync `delegate`/`converse` waits before answering `running`. Unset: a margin under the calling host's tool timeout (45 s for unknown hosts).";
@@ -341,6 +346,7 @@ fn build() -> Vec<KeyDef> {
         codex: Section, "";
         claude: Section, "";
         executors: Section, "";
+        acp: Section, "";
         watchers: Section, "";
         telemetry: Section, "";
         runner: Section, "";
@@ -374,6 +380,12 @@ fn build() -> Vec<KeyDef> {
     });
     fields!(out, "executors.", ExecutorsConfig {
         mcp_servers: TrustedOnly("it chooses the MCP servers (programs) executors load"), "Names of the MCP servers (from the executors' own configuration) that executors may load; zwarm itself never is one. Empty: none.";
+    });
+    fields!(out, "acp.", AcpConfig {
+        level: TightenOnly(Mode(&super::ACP_LEVEL)), "Permission level of ACP agents' sessions (gemini, qwen, opencode): `read-only`, `workspace-write` or `full-access`. Unset: follows `codex.sandbox`.";
+        rules: TightenOnly(Rules), "`[[acp.rules]]` with `verdict` (`allow`, `deny`, `ask`), `kinds` (ACP tool kinds: `read`, `edit`, `delete`, `move`, `search`, `execute`, `fetch`, ...; empty: all) and `pattern` (regex over the command and paths). The first matching rule decides, before the level's defaults; the project file's rules only deny or ask, and win only when stricter.";
+        ask_timeout_seconds: TightenOnly(Lower(None)), "How long a permission request answered `ask` waits for the orchestrator or a person (`zwarm approve`); no answer in time is a denial.";
+        init_timeout_seconds: TightenOnly(Lower(None)), "How long an ACP agent gets to answer `initialize` and open its session.";
     });
     fields!(out, "watchers.progress.", ProgressConfig {
         enabled: TightenOnly(On), "Nudge on repeated calls, stalls and repeated commands.";

@@ -16,7 +16,6 @@ use crate::acp::Level;
 use crate::acp::bridge::BridgeJob;
 use crate::config::Config;
 use crate::event::{ExecutorEvent, UsageScope};
-use crate::model::Adapter;
 
 /// The environment variable naming the bridge binary (default: `zwarm-acp` beside zwarm).
 pub const BRIDGE_ENV: &str = "ZWARM_ACP_BRIDGE";
@@ -42,6 +41,9 @@ pub struct AcpAgentSpec {
     pub tested: (&'static str, &'static str),
     /// Environment that makes it ask before it acts, and run headless.
     pub env: &'static [(&'static str, &'static str)],
+    /// Where its credentials can be: environment variables, files under the home directory.
+    pub auth_env: &'static [&'static str],
+    pub auth_files: &'static [&'static str],
 }
 
 pub static GEMINI: AcpAgentSpec = AcpAgentSpec {
@@ -55,6 +57,12 @@ pub static GEMINI: AcpAgentSpec = AcpAgentSpec {
     // Headless, gemini refuses an untrusted folder; the session's working dir is the one the
     // orchestrator chose for it.
     env: &[("GEMINI_CLI_TRUST_WORKSPACE", "true")],
+    auth_env: &[
+        "GEMINI_API_KEY",
+        "GOOGLE_API_KEY",
+        "GOOGLE_APPLICATION_CREDENTIALS",
+    ],
+    auth_files: &[".gemini/oauth_creds.json", ".gemini/settings.json"],
 };
 
 pub static QWEN: AcpAgentSpec = AcpAgentSpec {
@@ -67,6 +75,8 @@ pub static QWEN: AcpAgentSpec = AcpAgentSpec {
     tested: ("0.24.4", "0.24.x"),
     // Its sessions start in `auto`; the client switches them to `default` (it asks).
     env: &[],
+    auth_env: &["OPENAI_API_KEY", "DASHSCOPE_API_KEY"],
+    auth_files: &[".qwen/oauth_creds.json", ".qwen/settings.json"],
 };
 
 pub static OPENCODE: AcpAgentSpec = AcpAgentSpec {
@@ -82,18 +92,34 @@ pub static OPENCODE: AcpAgentSpec = AcpAgentSpec {
         "OPENCODE_CONFIG_CONTENT",
         r#"{"permission":{"edit":"ask","bash":"ask","webfetch":"ask"}}"#,
     )],
+    auth_env: &[
+        "ANTHROPIC_API_KEY",
+        "OPENAI_API_KEY",
+        "GEMINI_API_KEY",
+        "GOOGLE_GENERATIVE_AI_API_KEY",
+    ],
+    auth_files: &[
+        ".local/share/opencode/auth.json",
+        ".config/opencode/opencode.json",
+    ],
 };
 
 /// An ACP agent as an executor.
 #[derive(Debug)]
 pub struct AcpExecutor {
-    pub adapter: Adapter,
     pub spec: &'static AcpAgentSpec,
 }
 
+/// Gemini CLI (`gemini --acp`).
+pub static GEMINI_EXECUTOR: AcpExecutor = AcpExecutor::new(&GEMINI);
+/// Qwen Code (`qwen --acp`).
+pub static QWEN_EXECUTOR: AcpExecutor = AcpExecutor::new(&QWEN);
+/// OpenCode (`opencode acp`).
+pub static OPENCODE_EXECUTOR: AcpExecutor = AcpExecutor::new(&OPENCODE);
+
 impl AcpExecutor {
-    pub const fn new(adapter: Adapter, spec: &'static AcpAgentSpec) -> AcpExecutor {
-        AcpExecutor { adapter, spec }
+    pub const fn new(spec: &'static AcpAgentSpec) -> AcpExecutor {
+        AcpExecutor { spec }
     }
 
     /// [`Executor::launch`] with the agent and bridge binaries given.
@@ -105,11 +131,14 @@ impl AcpExecutor {
         agent: PathBuf,
         bridge: PathBuf,
     ) -> Result<Launch, ExecutorError> {
-        let transcript = ctx
+        // The session's turn directory (under the state dir): it outlives a restart, and
+        // every runner gives it to the turn.
+        let turn_dir = ctx
             .scratch
             .parent()
-            .filter(|d| !d.as_os_str().is_empty())
-            .map(|d| d.join(TRANSCRIPT_FILE));
+            .filter(|d| !d.as_os_str().is_empty() && *d != Path::new("/dev"))
+            .map(Path::to_path_buf);
+        let transcript = turn_dir.as_ref().map(|d| d.join(TRANSCRIPT_FILE));
         let job = BridgeJob {
             program: agent,
             args: self.spec.args.iter().map(|a| a.to_string()).collect(),
@@ -126,9 +155,11 @@ impl AcpExecutor {
             earlier: vec![],
             transcript,
             level: level_of(cfg),
-            rules: vec![],
-            init_timeout_secs: 60,
+            rules: cfg.acp.rules.clone(),
+            init_timeout_secs: cfg.acp.init_timeout_seconds.max(1),
             cancel_grace_secs: cfg.interrupt_grace_seconds.max(1),
+            ask_timeout_secs: cfg.acp.ask_timeout_seconds,
+            approvals: turn_dir,
         };
         let stdin = serde_json::to_vec(&job)
             .map_err(|e| ExecutorError::Misconfigured(format!("the ACP job: {e}")))?;
@@ -166,10 +197,10 @@ pub fn bridge_program() -> Result<PathBuf, ExecutorError> {
     }
 }
 
-/// The session's permission level: zwarm's sandbox setting (`codex.sandbox`, default
-/// `workspace-write`) until ACP has a key of its own.
+/// The session's permission level: `acp.level`, else zwarm's sandbox setting
+/// (`codex.sandbox`, default `workspace-write`).
 pub fn level_of(cfg: &Config) -> Level {
-    Level::parse(&cfg.codex.sandbox).unwrap_or(Level::WorkspaceWrite)
+    cfg.acp.level(&cfg.codex.sandbox)
 }
 
 /// Decodes the bridge's lines.
@@ -237,6 +268,22 @@ pub fn handshake(
         .unwrap_or_else(|_| Err("the handshake thread panicked".into()))
 }
 
+/// Where the agent's credentials are (an environment variable or a file), if anywhere.
+fn auth_present(spec: &AcpAgentSpec) -> Option<String> {
+    if let Some(v) = spec
+        .auth_env
+        .iter()
+        .find(|v| std::env::var_os(v).is_some_and(|x| !x.is_empty()))
+    {
+        return Some(format!("${v}"));
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from)?;
+    spec.auth_files
+        .iter()
+        .find(|f| home.join(f).is_file())
+        .map(|f| format!("~/{f}"))
+}
+
 /// Doctor's finding about the ACP handshake.
 fn handshake_finding(spec: &AcpAgentSpec, program: &Path) -> Finding {
     let cwd = std::env::temp_dir();
@@ -279,9 +326,6 @@ fn handshake_finding(spec: &AcpAgentSpec, program: &Path) -> Finding {
 }
 
 impl Executor for AcpExecutor {
-    fn adapter(&self) -> Adapter {
-        self.adapter
-    }
     fn name(&self) -> &'static str {
         self.spec.name
     }
@@ -316,7 +360,15 @@ impl Executor for AcpExecutor {
     ) -> Result<Launch, ExecutorError> {
         let agent = self.resolve(cfg)?;
         let bridge = bridge_program()?;
-        self.launch_with(cfg, plan, ctx, agent, bridge)
+        let mut launch = self.launch_with(cfg, plan, ctx, agent.clone(), bridge)?;
+        if ctx.scratch == Path::new("/dev/null") {
+            // A dry run (delegate's up-front check, doctor): what is checked is the agent the
+            // bridge will start (its `#!` interpreter, version, flags, handshake).
+            launch.program = agent;
+            launch.args = self.spec.args.iter().map(Into::into).collect();
+            launch.stdin = None;
+        }
+        Ok(launch)
     }
     fn parser(&self) -> Box<dyn StreamParser> {
         Box::new(BridgeParser)
@@ -338,7 +390,20 @@ impl Executor for AcpExecutor {
         }
     }
     fn doctor_auth(&self, program: &Path) -> Finding {
-        handshake_finding(self.spec, program)
+        let f = handshake_finding(self.spec, program);
+        if f.health != Health::Ok {
+            return f;
+        }
+        match auth_present(self.spec) {
+            Some(how) => Finding::new(Health::Ok, format!("{}; credentials: {how}", f.detail)),
+            None => Finding::new(Health::Warn, format!("{}; no credentials found", f.detail)).fix(
+                format!(
+                    "set one of {} where zwarm runs, or sign in once with `{}`",
+                    self.spec.auth_env.join(", "),
+                    self.spec.program
+                ),
+            ),
+        }
     }
     fn doctor_sandbox(&self, _program: &Path, cfg: &Config) -> Finding {
         Finding::new(

@@ -3,9 +3,9 @@
 
 use std::path::{Path, PathBuf};
 
+use super::Adapter;
 use crate::config::Config;
 use crate::event::{ExecutorEvent, UsageScope};
-use crate::model::Adapter;
 
 /// What one turn should do.
 #[derive(Debug, Clone)]
@@ -101,10 +101,11 @@ pub struct ConfigKey {
 
 /// A coding-agent CLI zwarm can run turns of.
 pub trait Executor: Send + Sync {
-    fn adapter(&self) -> Adapter;
-    /// Its name in tools, config and logs (`codex`).
-    fn name(&self) -> &'static str {
-        self.adapter().as_str()
+    /// Its name in tools, config, the store and logs (`codex`): its [`Adapter`].
+    fn name(&self) -> &'static str;
+    /// Its adapter (its name as a value).
+    fn adapter(&self) -> Adapter {
+        Adapter::registered(self.name())
     }
     /// Other names `delegate` accepts for it (older spellings).
     fn aliases(&self) -> &'static [&'static str] {

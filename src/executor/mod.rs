@@ -1,13 +1,15 @@
 //! Executors: how to run one turn of a coding-agent CLI and read what it says.
 //!
-//! Each executor is one module (`codex/`, `claude/`) implementing [`Executor`]: what to launch
-//! for a turn ([`Launch`]: argv, environment, stdin, files to read back), a typed stream parser
-//! ([`StreamParser`]), how it resumes, how its failures are explained, its usage and cost
-//! semantics, its doctor checks and its config section. [`REGISTRY`] (`registry.rs`) lists them; adding an
-//! executor is its module plus one line there (and its name in [`Adapter`]). Executors know
-//! nothing about MCP, sessions or storage.
+//! Each executor is one module (`codex/`, `claude/`, `acp.rs` for the ACP agents) implementing
+//! [`Executor`]: its name, what to launch for a turn ([`Launch`]: argv, environment, stdin,
+//! files to read back), a typed stream parser ([`StreamParser`]), how it resumes, how its
+//! failures are explained, its usage and cost semantics, its doctor checks and its config
+//! section. [`REGISTRY`] (`registry.rs`) lists them; adding an executor is its module plus one
+//! line there. An [`Adapter`] is a registered executor's name: nothing else names one.
+//! Executors know nothing about MCP, sessions or storage.
 
 pub mod acp;
+mod adapter;
 mod api;
 pub mod binary;
 pub mod claude;
@@ -22,14 +24,14 @@ use std::path::Path;
 use crate::config::Config;
 use crate::event::ExecutorEvent;
 
-pub use crate::model::Adapter;
+pub use adapter::Adapter;
 pub use api::{
     ConfigKey, DoctorSpec, Executor, ExecutorError, FailureContext, Finding, Health, Launch,
     LaunchContext, StreamParser, TurnPlan,
 };
 pub use binary::native_codex_for;
 pub use nested::TURN_ENV;
-pub use registry::{REGISTRY, by_name, get, names_for_humans};
+pub use registry::{REGISTRY, all, by_name, get, names_for_humans};
 
 /// A parser for one executor's stdout (the registry's parser behind a stable type).
 pub struct Parser(Box<dyn StreamParser>);
@@ -142,8 +144,8 @@ mod tests {
 
     #[test]
     fn every_adapter_has_one_executor() {
-        for a in [Adapter::Codex, Adapter::Claude] {
-            assert_eq!(REGISTRY.iter().filter(|e| e.adapter() == a).count(), 1);
+        for a in Adapter::all() {
+            assert_eq!(all().filter(|e| e.adapter() == a).count(), 1);
             assert_eq!(get(a).adapter(), a);
             assert_eq!(by_name(a.as_str()).map(|e| e.adapter()), Some(a));
         }

@@ -9,6 +9,7 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer, Serialize};
 
+use crate::acp::approval::Pending;
 use crate::event::{FileChange, PermissionDenial, ToolError, Usage};
 use crate::model::Adapter;
 use crate::model::{Mode, SessionStatus, TurnStatus};
@@ -123,8 +124,14 @@ pub struct DelegateArgs {
 pub struct ConverseArgs {
     /// Session id from delegate (or a unique prefix of 8+ characters).
     pub session_id: String,
-    /// The next message for the executor, in the same conversation.
-    pub message: String,
+    /// The next message for the executor, in the same conversation. Not with `approval`.
+    #[serde(default)]
+    pub message: Option<String>,
+    /// Answer the permission request a running turn waits on (status needs_approval): the
+    /// request_id from check_session's `approval`, and `decision` "allow" or "deny". The turn
+    /// then goes on; no message is sent.
+    #[serde(default)]
+    pub approval: Option<ApprovalArg>,
     /// "sync" (default) or "async".
     #[serde(default)]
     pub mode: Option<String>,
@@ -134,6 +141,15 @@ pub struct ConverseArgs {
     /// Set to true to continue after a watcher paused zwarm (only after the user agreed).
     #[serde(default)]
     pub acknowledge_pause: bool,
+}
+
+/// converse's `approval`.
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+pub struct ApprovalArg {
+    /// The pending request's id (check_session's `approval.request_id`).
+    pub request_id: String,
+    /// "allow" or "deny".
+    pub decision: String,
 }
 
 #[derive(Debug, Serialize, Deserialize, JsonSchema)]
@@ -246,6 +262,10 @@ pub struct TurnReport {
     /// The worktree's path.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worktree: Option<String>,
+    /// With status needs_approval: what the agent asks permission for. Answer with converse
+    /// (`approval`: its request_id and a decision).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<Pending>,
 }
 
 #[derive(Debug, Serialize, JsonSchema)]
@@ -329,6 +349,10 @@ pub struct SessionReport {
     /// With `session_ids`: the ids (full) of those no longer running or queued.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished: Option<Vec<String>>,
+    /// With status needs_approval: what the agent asks permission for. Answer with converse
+    /// (`approval`: its request_id and a decision).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<Pending>,
 }
 
 /// Result of end_session.
@@ -381,6 +405,9 @@ pub struct SessionRow {
     /// The session's git branch (isolation "worktree"; absent otherwise).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub branch: Option<String>,
+    /// With status needs_approval: what the agent asks permission for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<Pending>,
 }
 
 /// Result of list_sessions.

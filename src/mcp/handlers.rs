@@ -23,6 +23,9 @@ use crate::watch::{Call, WatcherNote};
 /// contradict the declared output schema).
 type ToolResult<T> = Result<Json<T>, String>;
 
+/// Most running sessions looked at for `list_sessions(status: "needs_approval")`.
+const MAX_RUNNING_LISTED: usize = 1000;
+
 fn err(e: ManagerError) -> String {
     tool_error(&e)
 }
@@ -106,8 +109,14 @@ impl ZwarmServer {
         // Bounded: the answers of all of them share max_response_chars.
         let per = (self.max_chars() / (sessions.len() + 1)).max(500);
         let mut reports = Vec::with_capacity(sessions.len());
-        for s in &sessions {
+        let mut sessions = sessions;
+        let approvals: Vec<_> = sessions
+            .iter_mut()
+            .map(|s| self.approval_overlay(s))
+            .collect();
+        for (s, approval) in sessions.iter().zip(approvals) {
             let mut r = session_report(s, max, per);
+            r.approval = approval;
             self.add_diff(&mut r, s).await;
             reports.push(r);
         }
@@ -213,7 +222,10 @@ impl ZwarmServer {
         }
         .map_err(err)?;
         self.manager.attach_notes(&s.id, Some(1), &notes).await;
+        let mut s = s;
+        let approval = self.approval_overlay(&mut s);
         let mut r = turn_report(&s, 1, max, self.max_chars());
+        r.approval = approval;
         r.watchers = with_notes(r.watchers, notes);
         Ok(Json(r))
     }
@@ -231,9 +243,41 @@ impl ZwarmServer {
     ) -> ToolResult<TurnReport> {
         let mode = parse_mode(a.mode.as_deref())?;
         let is_async = mode == Mode::Async;
+        let message = a.message.filter(|m| !m.is_empty());
+        if let Some(ap) = &a.approval {
+            if message.is_some() {
+                return Err("converse takes `message` or `approval`, not both: answer the permission request first (approval), then send the message once the turn has finished.".into());
+            }
+            let (notes, _) = self
+                .guard(
+                    Call::CheckSession {
+                        session_ids: vec![a.session_id.clone()],
+                    },
+                    false,
+                )
+                .await?;
+            let (s, turn) = self.answer_approval(&a.session_id, ap).await?;
+            let (budget, max) = self.wait_budget(&ctx, a.wait_seconds, false);
+            let s = if is_async {
+                self.manager.get(&s.id).await
+            } else {
+                self.wait_turn(&s.id, turn, budget, &ctx).await
+            }
+            .map_err(err)?;
+            let mut s = s;
+            let approval = self.approval_overlay(&mut s);
+            let mut r = turn_report(&s, turn, max, self.max_chars());
+            r.approval = approval;
+            r.mode = mode;
+            r.watchers = with_notes(r.watchers, notes);
+            return Ok(Json(r));
+        }
+        let Some(message) = message else {
+            return Err("converse needs `message` (the next message for the executor), or `approval` (an answer to the permission request a running turn waits on).".into());
+        };
         let call = Call::Converse {
             session_id: a.session_id,
-            message: a.message,
+            message,
             mode,
         };
         let (
@@ -260,7 +304,10 @@ impl ZwarmServer {
         }
         .map_err(err)?;
         self.manager.attach_notes(&s.id, Some(turn), &notes).await;
+        let mut s = s;
+        let approval = self.approval_overlay(&mut s);
         let mut r = turn_report(&s, turn, max, self.max_chars());
+        r.approval = approval;
         r.mode = if is_async { Mode::Async } else { Mode::Sync };
         r.watchers = with_notes(r.watchers, notes);
         Ok(Json(r))
@@ -295,14 +342,19 @@ impl ZwarmServer {
         let Some(session_id) = a.session_id.as_deref().filter(|s| !s.trim().is_empty()) else {
             return Err("check_session needs `session_id` (one session), or `session_ids` (a list, with `wait`: \"any\" or \"all\", and wait_seconds) to wait on several. list_sessions shows the ids.".into());
         };
-        let s = if budget.is_zero() {
-            self.manager.get(session_id).await
+        let s = self.manager.get(session_id).await.map_err(err)?;
+        let s = if budget.is_zero() || !s.status.is_active() {
+            s
         } else {
-            self.manager.wait(session_id, budget, &ctx.ct).await
-        }
-        .map_err(err)?;
+            self.wait_unless_asked(&s.id, budget, &ctx.ct)
+                .await
+                .map_err(err)?
+        };
         self.manager.attach_notes(&s.id, None, &notes).await;
+        let mut s = s;
+        let approval = self.approval_overlay(&mut s);
         let mut r = session_report(&s, max, self.max_chars());
+        r.approval = approval;
         self.add_diff(&mut r, &s).await;
         r.watchers = with_notes(r.watchers, notes);
         Ok(Json(r))
@@ -390,7 +442,7 @@ impl ZwarmServer {
                 Some(st) => Some(st),
                 None => {
                     return Err(format!(
-                        "unknown status `{s}`: use queued, running, idle, failed, completed or cancelled, or omit it."
+                        "unknown status `{s}`: use queued, running, needs_approval, idle, failed, completed or cancelled, or omit it."
                     ));
                 }
             },
@@ -400,12 +452,30 @@ impl ZwarmServer {
             .map(|l| l.clamp(1, 200) as usize)
             .unwrap_or(self.manager.config().list_page_size);
         let offset = a.offset.unwrap_or(0) as usize;
-        let page = self
-            .manager
-            .list(status, limit, offset)
-            .await
-            .map_err(err)?;
-        let sessions: Vec<SessionRow> = page.sessions.into_iter().map(session_row).collect();
+        // needs_approval is never stored: the running sessions whose turn waits for an answer.
+        let asked = status == Some(SessionStatus::NeedsApproval);
+        let page = if asked {
+            self.manager
+                .list(Some(SessionStatus::Running), MAX_RUNNING_LISTED, 0)
+                .await
+        } else {
+            self.manager.list(status, limit, offset).await
+        }
+        .map_err(err)?;
+        let mut sessions: Vec<SessionRow> = page.sessions.into_iter().map(session_row).collect();
+        for r in &mut sessions {
+            self.approval_overlay_row(r);
+        }
+        if asked {
+            sessions.retain(|r| r.status == SessionStatus::NeedsApproval);
+            return Ok(Json(SessionList {
+                count: sessions.len(),
+                total: sessions.len(),
+                next_offset: None,
+                sessions,
+                watchers: notes,
+            }));
+        }
         let next = offset + sessions.len();
         Ok(Json(SessionList {
             count: sessions.len(),

@@ -11,6 +11,7 @@
 //!   turn); [`validate`] — checks every call gets up front; [`framing`] — the line layer in front
 //!   of rmcp that answers every request line.
 
+pub mod approval;
 pub mod dto;
 pub mod errors;
 pub mod framing;

@@ -77,7 +77,7 @@ impl ZwarmServer {
             });
             (stop, handle)
         });
-        let s = self.manager.wait(session_id, budget, &ctx.ct).await;
+        let s = self.wait_unless_asked(session_id, budget, &ctx.ct).await;
         if let Some((stop, handle)) = forward {
             stop.cancel();
             let _ = handle.await;

@@ -79,6 +79,7 @@ pub fn next_step(s: &Session, max_wait: u64) -> String {
             "The turn is still {}. Call check_session with this session_id and wait_seconds (up to {max_wait}) to wait for it; do not delegate the same task again.",
             s.status.as_str()
         ),
+        SessionStatus::NeedsApproval => "The agent asks permission for what `approval` shows, and its turn waits. Decide, then call converse with this session_id and approval={request_id, decision: \"allow\" or \"deny\"} (no message). No answer before its deadline is a denial. A person can answer with `zwarm approve SESSION_ID [--deny]`.".into(),
         SessionStatus::Idle => "The turn finished. Verify the result (run the tests, read the diff), then converse to continue or correct, or end_session with verdict completed.".into(),
         SessionStatus::Failed => format!(
             "The turn failed: {}. Fix the cause if it is on your side, then converse to retry in the same thread, or end_session with verdict failed.",
@@ -135,6 +136,7 @@ pub fn turn_report(s: &Session, turn: u32, max_wait: u64, max_chars: usize) -> T
         branch: s.isolation.as_ref().map(|i| i.branch.clone()),
         base: s.isolation.as_ref().map(|i| i.base.clone()),
         worktree: s.isolation.as_ref().map(|i| i.worktree.clone()),
+        approval: None,
     }
 }
 
@@ -229,6 +231,7 @@ pub fn session_report(s: &Session, max_wait: u64, max_chars: usize) -> SessionRe
         diff_error: None,
         sessions: None,
         finished: None,
+        approval: None,
     }
 }
 
@@ -244,5 +247,6 @@ pub fn session_row(r: crate::store::SessionRow) -> SessionRow {
         cost_usd: r.cost_usd,
         updated_at: r.updated_at,
         branch: r.branch,
+        approval: None,
     }
 }

@@ -9,7 +9,8 @@
 //! STEP keys (all optional): `text`, `call` (`{name, args}`: one tool call), `usage`
 //! (merged into the usage), `status` + `error_message` (non-200), `stall_s`.
 //!
-//! A request without `tools` is a side request (a title, a next-speaker check): it never
+//! A request without `tools` is a side request (a title, a next-speaker check), and so is
+//! qwen's follow-up suggestion (it offers tools, but asks for the user's next words): it never
 //! consumes turns; with a JSON response format its answer fills the schema like the Gemini
 //! mock's side answers, else it is the text "ok".
 
@@ -46,6 +47,10 @@ impl ChatMock {
         format!("http://127.0.0.1:{}/v1", self.port())
     }
 
+    pub fn set_script(&self, script: Value) {
+        lock(&self.inner.state).set_script(script);
+    }
+
     pub fn requests(&self) -> Vec<RecordedRequest> {
         lock(&self.inner.state)
             .requests
@@ -58,16 +63,29 @@ impl ChatMock {
     pub fn model_requests(&self) -> Vec<RecordedRequest> {
         self.requests()
             .into_iter()
-            .filter(|r| r.path_only().ends_with("/chat/completions") && has_tools(&r.body))
+            .filter(|r| r.path_only().ends_with("/chat/completions") && is_main(&r.body))
             .collect()
     }
 }
 
-fn has_tools(body: &Value) -> bool {
-    body.get("tools")
+/// A main request: it offers tools and is not qwen's follow-up suggestion (sent with the
+/// tools after a turn, asking for the user's likely next words).
+fn is_main(body: &Value) -> bool {
+    let tools = body
+        .get("tools")
         .and_then(Value::as_array)
-        .is_some_and(|t| !t.is_empty())
+        .is_some_and(|t| !t.is_empty());
+    let last = body
+        .get("messages")
+        .and_then(Value::as_array)
+        .and_then(|m| m.last())
+        .map(|m| messages_text(&json!({"messages": [m]})))
+        .unwrap_or_default();
+    tools && !last.contains(SUGGESTION_MARK)
 }
+
+/// How qwen's follow-up suggestion request ends its prompt.
+const SUGGESTION_MARK: &str = "Reply with ONLY the suggestion";
 
 /// All the text of a chat request's messages (contents, and tool calls as JSON).
 pub fn messages_text(body: &Value) -> String {
@@ -116,7 +134,7 @@ impl Handler for Inner {
             .unwrap_or("mock-model")
             .to_string();
         let stream = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
-        let step = if has_tools(body) {
+        let step = if is_main(body) {
             let turns = st.script.get("turns").and_then(Value::as_array);
             match turns.and_then(|t| t.get(st.seq)).cloned() {
                 Some(s) => {

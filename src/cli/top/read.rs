@@ -67,7 +67,9 @@ pub fn snapshot(
         out.push(TopRow {
             id: r.session_id.clone(),
             status: if alive {
-                r.status.as_str().to_string()
+                crate::acp::approval::shown_status(store.root(), &r.session_id, r.status)
+                    .as_str()
+                    .to_string()
             } else {
                 "stale".into()
             },

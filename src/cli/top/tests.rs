@@ -216,3 +216,32 @@ fn an_empty_state_says_how_to_start() {
     let text = render_to_text(&App::new(Snapshot::default()), 80, 8);
     assert!(text.contains("no sessions yet"), "{text}");
 }
+
+#[test]
+fn a_and_d_answer_an_ask_of_the_selected_session() {
+    let mut app = sample();
+    let key = |c| KeyEvent::new(c, KeyModifiers::NONE);
+    // Not waiting: said so, nothing sent.
+    assert_eq!(on_key(&mut app, key(KeyCode::Char('a')), 10), Action::None);
+    assert!(
+        app.message
+            .as_deref()
+            .is_some_and(|m| m.contains("not waiting"))
+    );
+    app.snap.rows[0].status = "needs_approval".into();
+    app.selected = 0;
+    assert_eq!(
+        on_key(&mut app, key(KeyCode::Char('d')), 10),
+        Action::Approve {
+            id: "0f3e7c1d-7b52-4a9a-8f3e-7c1d7b52a9a0".into(),
+            allow: false
+        }
+    );
+    assert_eq!(
+        on_key(&mut app, key(KeyCode::Char('a')), 10),
+        Action::Approve {
+            id: "0f3e7c1d-7b52-4a9a-8f3e-7c1d7b52a9a0".into(),
+            allow: true
+        }
+    );
+}

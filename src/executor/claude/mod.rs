@@ -19,6 +19,7 @@ pub mod events;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
+use super::Adapter;
 use super::api::{
     ConfigKey, DoctorSpec, Executor, ExecutorError, FailureContext, Finding, Health, Launch,
     LaunchContext, StreamParser, TurnPlan,
@@ -26,7 +27,6 @@ use super::api::{
 use super::nested;
 use crate::config::Config;
 use crate::event::{ToolError, UsageScope};
-use crate::model::Adapter;
 
 pub use events::ClaudeParser;
 use events::PendingTool;
@@ -83,9 +83,16 @@ const CONFIG_KEYS: &[ConfigKey] = &[
     },
 ];
 
+impl Adapter {
+    /// This executor's adapter (a name kept for code written when adapters were a closed
+    /// enum; new code uses [`Adapter::parse`]).
+    #[allow(non_upper_case_globals)]
+    pub const Claude: Adapter = Adapter::registered("claude");
+}
+
 impl Executor for Claude {
-    fn adapter(&self) -> Adapter {
-        Adapter::Claude
+    fn name(&self) -> &'static str {
+        "claude"
     }
     fn package(&self) -> &'static str {
         "@anthropic-ai/claude-code"

@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
+use super::Adapter;
 use super::api::{
     ConfigKey, DoctorSpec, Executor, ExecutorError, FailureContext, Finding, Launch, LaunchContext,
     StreamParser, TurnPlan,
@@ -27,7 +28,6 @@ use super::api::{
 use super::nested;
 use crate::config::Config;
 use crate::event::{ExecutorEvent, ToolError, UsageScope};
-use crate::model::Adapter;
 
 pub use events::CodexParser;
 
@@ -60,9 +60,16 @@ const CONFIG_KEYS: &[ConfigKey] = &[
     },
 ];
 
+impl Adapter {
+    /// This executor's adapter (a name kept for code written when adapters were a closed
+    /// enum; new code uses [`Adapter::parse`]).
+    #[allow(non_upper_case_globals)]
+    pub const Codex: Adapter = Adapter::registered("codex");
+}
+
 impl Executor for Codex {
-    fn adapter(&self) -> Adapter {
-        Adapter::Codex
+    fn name(&self) -> &'static str {
+        "codex"
     }
     fn package(&self) -> &'static str {
         "@openai/codex"

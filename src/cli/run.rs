@@ -45,7 +45,8 @@ pub enum Isolation {
 
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
-    /// `codex` or `claude` (default: the config's default_adapter).
+    /// A registered executor: `codex`, `claude`, `gemini`, `qwen`, `opencode` (default: the
+    /// config's default_adapter).
     #[arg(long, value_name = "A")]
     pub adapter: Option<String>,
     /// Model for the executor (default: the config's, else the executor's own).

@@ -74,7 +74,10 @@ pub enum ManagerError {
     EmptyTask,
     #[error("`message` is empty: say what the executor should do next.")]
     EmptyMessage,
-    #[error("unknown adapter `{0}`: use `codex` or `claude` (aliases `codex_mcp`, `claude_code`).")]
+    #[error(
+        "unknown adapter `{0}`: use {}.",
+        crate::executor::names_for_humans(true)
+    )]
     UnknownAdapter(String),
     #[error(
         "unknown mode `{0}`: use `sync` (wait for the turn) or `async` (return at once, then ask for the session's state)."

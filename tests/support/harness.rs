@@ -398,7 +398,8 @@ pub async fn wait_done(z: &Zwarm, id: &str) -> Value {
                 serde_json::json!({"session_id": id, "wait_seconds": 5}),
             )
             .await;
-        if s["status"] != "running" && s["status"] != "queued" {
+        // `needs_approval` is a running turn waiting for an answer: not done yet.
+        if s["status"] != "running" && s["status"] != "queued" && s["status"] != "needs_approval" {
             return s;
         }
     }

@@ -133,8 +133,11 @@ impl Executor for Claude {
                 PERMISSION_MODES.join(", ")
             )));
         }
+        // The container runner sets IS_SANDBOX=1 inside its containers: there the container is
+        // the boundary (docs/containers.md).
         if mode == "bypassPermissions"
             && is_root()
+            && cfg.runner.kind != crate::runner::config::RunnerKind::Container
             && std::env::var("IS_SANDBOX").as_deref() != Ok("1")
         {
             return Err(ExecutorError::Misconfigured(

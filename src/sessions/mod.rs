@@ -75,8 +75,8 @@ pub enum ManagerError {
     #[error("`message` is empty: say what the executor should do next.")]
     EmptyMessage,
     #[error(
-        "unknown adapter `{0}`: use {}.",
-        crate::executor::names_for_humans(true)
+        "unknown adapter `{0}`: use {names}.",
+        names = crate::executor::names_for_humans(true)
     )]
     UnknownAdapter(String),
     #[error(

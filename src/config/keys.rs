@@ -15,8 +15,8 @@ use serde::Serialize;
 use toml::Value;
 
 use super::{AcpConfig, ClaudeConfig, CodexConfig, Config, ExecutorsConfig, IgnoredKey};
-use crate::container::ContainerConfig;
-use crate::runner::config::{KubeConfig, RunnerConfig};
+use crate::container::{ContainerConfig, Network};
+use crate::runner::config::{KubeConfig, RunnerConfig, RunnerKind};
 use crate::telemetry::TelemetryConfig;
 use crate::watch::{
     BudgetConfig, PatternConfig, PatternRule, ProgressConfig, QualityConfig, ScopeConfig,
@@ -65,14 +65,15 @@ macro_rules! key_types {
 }
 
 key_types! {
-    Str: String, PathBuf;
+    Str: String, PathBuf, RunnerKind, Network;
     Int: u32, u64, usize, i32;
     Float: f64;
     Bool: bool;
     StrList: Vec<String>, Vec<PathBuf>;
     Free: Vec<PatternRule>, Vec<IgnoredKey>, Vec<crate::acp::Rule>;
     Section: CodexConfig, ClaudeConfig, ExecutorsConfig, AcpConfig, WatchersConfig, ProgressConfig,
-        BudgetConfig, ScopeConfig, PatternConfig, QualityConfig, TelemetryConfig;
+        BudgetConfig, ScopeConfig, PatternConfig, QualityConfig, TelemetryConfig, RunnerConfig,
+        KubeConfig, ContainerConfig;
 }
 
 impl<V> KeyType for BTreeMap<String, V> {

@@ -3,8 +3,6 @@
 
 use serde::{Deserialize, Serialize};
 
-pub use crate::runner::config::{RunnerConfig, RunnerKind};
-
 /// `[runner.container] network`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -65,14 +63,6 @@ impl Default for ContainerConfig {
             host: None,
         }
     }
-}
-
-// How the config key table (`crate::config::keys`) writes these types.
-impl crate::config::keys::KeyType for ContainerConfig {
-    const KIND: crate::config::keys::Kind = crate::config::keys::Kind::Section;
-}
-impl crate::config::keys::KeyType for Network {
-    const KIND: crate::config::keys::Kind = crate::config::keys::Kind::Str;
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -147,6 +137,7 @@ pub fn parse_bytes(s: &str) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::runner::config::{RunnerConfig, RunnerKind};
 
     #[test]
     fn bytes_with_units() {

@@ -38,7 +38,7 @@ use bollard::query_parameters::{
 };
 use tokio::io::AsyncRead;
 
-pub use config::{ContainerConfig, Network, RunnerConfig, RunnerKind};
+pub use config::{ContainerConfig, Network};
 pub use runner::{ContainerRuns, from_config};
 pub use turn::{ContainerFinished, ContainerTurn};
 

@@ -9,8 +9,6 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::keys::{KeyType, Kind};
-
 /// `[runner] kind`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -91,15 +89,4 @@ impl Default for KubeConfig {
             ttl_seconds_after_finished: 600,
         }
     }
-}
-
-// How the config key table (`crate::config::keys`) writes these types.
-impl KeyType for RunnerConfig {
-    const KIND: Kind = Kind::Section;
-}
-impl KeyType for KubeConfig {
-    const KIND: Kind = Kind::Section;
-}
-impl KeyType for RunnerKind {
-    const KIND: Kind = Kind::Str;
 }

@@ -295,7 +295,7 @@ async fn bad_input_is_an_error_that_says_what_to_do_and_the_server_keeps_answeri
     assert!(m.contains("task") && m.contains("empty"), "{m}");
     alive(&z).await;
     let m = z
-        .err("delegate", json!({"task": "x", "adapter": "gemini"}))
+        .err("delegate", json!({"task": "x", "adapter": "cursor"}))
         .await;
     assert!(m.contains("unknown adapter") && m.contains("codex"), "{m}");
     let m = z

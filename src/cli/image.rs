@@ -63,9 +63,15 @@ pub fn main(a: ImageArgs) -> anyhow::Result<i32> {
     }
     // The ACP agents' turns run through the bridge: it goes in beside them.
     if acp {
-        let bridge = executor::acp::bridge_program()?;
-        plan.add_bridge(&bridge)?;
-        eprintln!("zwarm: zwarm-acp: {}", bridge.display());
+        match executor::acp::bridge_program() {
+            Ok(bridge) => {
+                plan.add_bridge(&bridge)?;
+                eprintln!("zwarm: zwarm-acp: {}", bridge.display());
+            }
+            Err(e) => eprintln!(
+                "zwarm: warning: the ACP agents in the image cannot run without the bridge: {e}"
+            ),
+        }
     }
     if plan.clis.is_empty() {
         return Err(crate::container::image::ImageError::NoCli.into());

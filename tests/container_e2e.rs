@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use support::harness::{Env, Zwarm, cmdline, git, keyed_script, turn_pids, wait_done};
 use support::mock_anthropic::AnthropicMock;
+use support::mock_gemini::{GeminiMock, contents_text};
 use support::mock_openai::OpenAiMock;
 use tokio::io::AsyncReadExt;
 use zwarm::container::{ContainerConfig, ContainerRunner, LABEL, LABEL_SESSION, Network, TurnSpec};
@@ -70,6 +71,11 @@ const PASSED_ENV: &[&str] = &[
     "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC",
     "DISABLE_AUTOUPDATER",
     "CLAUDE_CODE_MAX_RETRIES",
+    "OPENCODE_DISABLE_MODELS_FETCH",
+    "OPENCODE_DISABLE_AUTOUPDATE",
+    "OPENCODE_DISABLE_LSP_DOWNLOAD",
+    "OPENCODE_DISABLE_SHARE",
+    "OPENCODE_DISABLE_CLAUDE_CODE",
 ];
 
 /// A trusted config file choosing the container runner; `top` and `container` are more lines
@@ -272,6 +278,85 @@ async fn claude_through_serve_writes_the_workspace_and_resumes() {
     assert_eq!(c["response"], "Hello from mock claude");
     let last = mock.requests().last().expect("requests").body.to_string();
     assert!(last.contains("@@tools"), "not resumed: {last}");
+    assert!(containers_of(&d, &id).await.is_empty());
+}
+
+/// opencode as the build found it (`.tools-acp/`, else PATH): the host side resolves it; the
+/// container runs the image's copy through the image's `zwarm-acp`.
+fn opencode_cli() -> PathBuf {
+    let local = Path::new(env!("CARGO_MANIFEST_DIR")).join(".tools-acp/node_modules/.bin/opencode");
+    if local.exists() {
+        return local;
+    }
+    which::which("opencode").expect("opencode: run `bash .ci/install-acp-clis`")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acp_agent_through_serve_writes_the_workspace_and_converses() {
+    let env0 = Env::new(None, None);
+    let target = env0.work.join("hello.txt");
+    let mock = GeminiMock::start(json!({"turns": [
+        {"call": {"name": "write", "args": {"filePath": target.display().to_string(), "content": "hello from opencode\n"}}},
+        {"text": "I wrote hello.txt."},
+        {"text": "You asked me to write hello.txt; I did."},
+    ]}));
+    let mut env = env0;
+    env.set("ZWARM_OPENCODE_BIN", &opencode_cli().display().to_string());
+    env.set("ZWARM_ACP_BRIDGE", env!("CARGO_BIN_EXE_zwarm-acp"));
+    for k in &PASSED_ENV[PASSED_ENV.len() - 5..] {
+        env.set(k, "1");
+    }
+    // The project's opencode config (the workspace is all of the host the agent sees).
+    std::fs::write(
+        env.work.join("opencode.json"),
+        json!({
+            "provider": {"google": {"options": {"baseURL": format!("{}/v1beta", mock.base_url()), "apiKey": "x"}}},
+            "model": "google/gemini-2.5-flash",
+            "small_model": "google/gemini-2.5-flash",
+            "autoupdate": false,
+            "share": "disabled",
+        })
+        .to_string(),
+    )
+    .expect("opencode.json");
+    let d = docker(&env).await;
+    let z = serve(&env, &container_config(&env, "", "")).await;
+
+    let r = z
+        .ok(
+            "delegate",
+            json!({"task": "write hello.txt", "adapter": "opencode", "mode": "sync", "wait_seconds": 120}),
+        )
+        .await;
+    let id = r["session_id"].as_str().expect("session_id").to_string();
+    let r = if r["status"] == "running" {
+        wait_done(&z, &id).await
+    } else {
+        r
+    };
+    assert_eq!(r["status"], "idle", "{r:#}\n{}", z.stderr());
+    assert_eq!(
+        std::fs::read_to_string(&target).expect("hello.txt written in the container"),
+        "hello from opencode\n"
+    );
+
+    let c = z
+        .ok(
+            "converse",
+            json!({"session_id": id, "message": "what did I ask?", "wait_seconds": 120}),
+        )
+        .await;
+    let c = if c["status"] == "running" {
+        wait_done(&z, &id).await
+    } else {
+        c
+    };
+    assert_eq!(c["status"], "idle", "{c:#}\n{}", z.stderr());
+    let last = contents_text(&mock.model_requests().last().expect("a request").body);
+    assert!(
+        last.contains("write hello.txt"),
+        "history not carried: {last}"
+    );
     assert!(containers_of(&d, &id).await.is_empty());
 }
 

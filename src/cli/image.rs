@@ -16,7 +16,8 @@ pub struct ImageArgs {
 #[derive(Debug, clap::Subcommand)]
 pub enum ImageCommand {
     /// Build the image from this machine's codex and claude (as zwarm finds them: PATH or
-    /// codex.binary / claude.binary), its shell, coreutils and git, and import it into the
+    /// codex.binary / claude.binary), its native ACP agents (opencode) with the zwarm-acp
+    /// bridge, its shell, coreutils and git, and import it into the
     /// Docker daemon (runner.container.host, else DOCKER_HOST). Prints the image id.
     Build(BuildArgs),
 }
@@ -38,6 +39,7 @@ pub fn main(a: ImageArgs) -> anyhow::Result<i32> {
         .clone()
         .unwrap_or_else(|| cfg.runner.container.image.clone());
     let mut plan = Plan::base();
+    let mut acp = false;
     for ex in executor::REGISTRY {
         let found = match ex.resolve(&cfg) {
             Ok(p) => p,
@@ -49,7 +51,26 @@ pub fn main(a: ImageArgs) -> anyhow::Result<i32> {
         match ex.name() {
             "codex" => plan.add_codex(&found)?,
             "claude" => plan.add_claude(&found)?,
+            "gemini" | "qwen" | "opencode" => {
+                if let Err(e) = plan.add_acp_agent(ex.name(), &found) {
+                    eprintln!("zwarm: {} is left out of the image: {e}", ex.name());
+                } else {
+                    acp = true;
+                }
+            }
             other => eprintln!("zwarm: {other} cannot be put into the image yet; it is left out"),
+        }
+    }
+    // The ACP agents' turns run through the bridge: it goes in beside them.
+    if acp {
+        match executor::acp::bridge_program() {
+            Ok(bridge) => {
+                plan.add_bridge(&bridge)?;
+                eprintln!("zwarm: zwarm-acp: {}", bridge.display());
+            }
+            Err(e) => eprintln!(
+                "zwarm: warning: the ACP agents in the image cannot run without the bridge: {e}"
+            ),
         }
     }
     if plan.clis.is_empty() {

@@ -4,7 +4,8 @@
 //! Engine API's `docker import`): this machine's `bash`, coreutils, `git` and friends with
 //! every shared library they load (as `ldd` lists them) and the dynamic loader; codex's native
 //! binary with the files of its platform package beside it (`codex-resources/`,
-//! `codex-path/`) under `/opt/codex`; claude's native binary with its libraries; a minimal
+//! `codex-path/`) under `/opt/codex`; claude's native binary with its libraries; the native
+//! ACP agents found (opencode) with the `zwarm-acp` bridge that runs them; a minimal
 //! `/etc`. `PATH=/usr/local/bin:/usr/bin:/bin`, `HOME=/tmp`.
 
 use std::collections::BTreeMap;
@@ -170,6 +171,25 @@ impl Plan {
         self.add_program(&real, "/usr/local/bin/claude");
         self.clis
             .push(("claude".into(), real.display().to_string()));
+        Ok(())
+    }
+
+    /// An ACP agent (`gemini`, `qwen`, `opencode`): its native binary, with its libraries, as
+    /// `/usr/local/bin/<name>`. A Node script is refused (the image has no Node).
+    pub fn add_acp_agent(&mut self, name: &str, program: &Path) -> Result<(), ImageError> {
+        let real = native_binary(name, program, "a native build of it is needed")?;
+        self.add_program(&real, &format!("/usr/local/bin/{name}"));
+        self.clis.push((name.into(), real.display().to_string()));
+        Ok(())
+    }
+
+    /// The ACP bridge (`zwarm-acp`), which runs the ACP agents' turns, with its libraries.
+    pub fn add_bridge(&mut self, bridge: &Path) -> Result<(), ImageError> {
+        let real = std::fs::canonicalize(bridge).map_err(|err| read_err(bridge, err))?;
+        self.add_program(
+            &real,
+            &format!("/usr/local/bin/{}", crate::executor::acp::BRIDGE_NAME),
+        );
         Ok(())
     }
 
@@ -464,6 +484,28 @@ mod tests {
         std::fs::write(&f, "#!/usr/bin/env node\n").unwrap();
         let e = Plan::default().add_claude(&f).unwrap_err().to_string();
         assert!(e.contains("not a native binary"), "{e}");
+    }
+
+    #[test]
+    fn a_native_acp_agent_and_the_bridge_go_in_a_node_script_does_not() {
+        let t = tempfile::tempdir().unwrap();
+        let script = t.path().join("gemini.js");
+        std::fs::write(&script, "#!/usr/bin/env node\n").unwrap();
+        let mut p = Plan::default();
+        let e = p.add_acp_agent("gemini", &script).unwrap_err().to_string();
+        assert!(e.contains("not a native binary"), "{e}");
+        let bash = which::which("bash").unwrap();
+        p.add_acp_agent("opencode", &bash).unwrap();
+        p.add_bridge(&bash).unwrap();
+        assert!(matches!(
+            p.entries.get("/usr/local/bin/opencode"),
+            Some(Entry::File(..))
+        ));
+        assert!(matches!(
+            p.entries.get("/usr/local/bin/zwarm-acp"),
+            Some(Entry::File(..))
+        ));
+        assert_eq!(p.clis.len(), 1);
     }
 
     #[test]

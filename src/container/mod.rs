@@ -18,6 +18,7 @@
 //! removes what a turn or a dead server left ([`ContainerRunner::remove_turn`],
 //! [`ContainerRunner::clean_dead_servers`]).
 
+mod acp;
 pub mod config;
 pub mod doctor;
 pub mod image;
@@ -149,7 +150,7 @@ impl ContainerRunner {
 
     /// Start one turn: create its container (attached before it starts, so no output is
     /// lost), start it and feed it its stdin.
-    pub async fn start_turn(&self, spec: TurnSpec) -> Result<ContainerTurn, ContainerError> {
+    pub async fn start_turn(&self, mut spec: TurnSpec) -> Result<ContainerTurn, ContainerError> {
         let session = session_of(&spec.label);
         if !valid_name(&spec.label) || !valid_name(session) {
             return Err(ContainerError::Label(spec.label.clone()));
@@ -178,6 +179,17 @@ impl ContainerRunner {
         }
 
         let program = program_in_image(&spec.program);
+        // The ACP bridge: its agent is the image's, its turn dir (approvals, transcript) is
+        // mounted read-write.
+        let mut stdin = spec.stdin.take();
+        let mut extra_binds = Vec::new();
+        if let Some(b) = acp::bridge_turn(&program, stdin.as_deref()) {
+            for d in &b.dirs {
+                std::fs::create_dir_all(d)?;
+                extra_binds.push(format!("{0}:{0}:rw", d.display()));
+            }
+            stdin = Some(b.stdin);
+        }
         let mut args: Vec<String> = args
             .iter()
             .map(|a| a.to_string_lossy().into_owned())
@@ -194,7 +206,7 @@ impl ContainerRunner {
             (LABEL_SESSION.to_string(), session.to_string()),
             (LABEL_SERVER.to_string(), self.server.clone()),
         ]);
-        let has_stdin = spec.stdin.is_some();
+        let has_stdin = stdin.is_some();
         let body = ContainerCreateBody {
             image: Some(self.cfg.image.clone()),
             cmd: Some(cmd),
@@ -216,6 +228,7 @@ impl ContainerRunner {
                     ]
                     .into_iter()
                     .chain(sandbox::git_binds(&spec.cwd))
+                    .chain(extra_binds)
                     .collect(),
                 ),
                 network_mode: Some(self.cfg.network.mode().into()),
@@ -277,7 +290,7 @@ impl ContainerRunner {
             self.docker.clone(),
             id,
             attached,
-            spec.stdin,
+            stdin,
             read_back,
             self.cfg.memory.clone(),
         ))

@@ -274,6 +274,14 @@ async fn ending_a_running_session_deletes_its_job() {
         .await;
     let id = s(&r["session_id"]).to_string();
     c.kube.until(LIMIT, "a running pod", running_pod).await;
+    // The Job is bounded by the turn's timeout (the default 3600 s) plus slack for the pod's
+    // checkout and push.
+    assert_eq!(
+        c.kube.jobs(NS)[0]["spec"]["activeDeadlineSeconds"],
+        3720,
+        "{}",
+        c.kube.jobs(NS)[0]
+    );
     let e = z
         .ok(
             "end_session",

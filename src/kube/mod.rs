@@ -33,6 +33,7 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use hyper::Method;
 use tokio::io::AsyncRead;
@@ -255,6 +256,14 @@ impl Runner for KubeRunner {
     }
 
     async fn start(&self, launch: Launch) -> Result<RunningTurn, RunnerError> {
+        self.start_timed(launch, None).await
+    }
+
+    async fn start_timed(
+        &self,
+        launch: Launch,
+        timeout: Option<Duration>,
+    ) -> Result<RunningTurn, RunnerError> {
         let sh = &self.shared;
         let label = launch.label.clone();
         let session = session_of(&label).to_string();
@@ -319,7 +328,7 @@ impl Runner for KubeRunner {
                 .stdin
                 .as_ref()
                 .map(|b| String::from_utf8_lossy(b).into_owned()),
-            deadline_seconds: None,
+            deadline_seconds: timeout.map(job_deadline),
         };
         let job = manifest::job(&sh.cfg, &spec);
         // Subscribed before the Job exists: no change of its pod is missed.
@@ -358,6 +367,17 @@ impl Runner for KubeRunner {
     }
 }
 
+/// Slack on top of the turn's timeout for the Job's `activeDeadlineSeconds`: zwarm stops a
+/// turn at its timeout itself (with its own message, and the pod's grace period); the Job's
+/// deadline is the cluster's bound for a turn whose zwarm is gone, and covers the pod's
+/// checkout and push around the executor.
+const DEADLINE_SLACK: Duration = Duration::from_secs(120);
+
+/// The Job's `activeDeadlineSeconds` for a turn timeout.
+fn job_deadline(timeout: Duration) -> u64 {
+    (timeout + DEADLINE_SLACK).as_secs().max(1)
+}
+
 fn os(a: &OsString) -> String {
     a.to_string_lossy().into_owned()
 }
@@ -373,6 +393,7 @@ mod tests {
         assert!(!valid_label(".x"));
         assert!(!valid_label(&"a".repeat(64)));
         assert_eq!(session_of("abc.3"), "abc");
+        assert_eq!(job_deadline(Duration::from_secs(1800)), 1920);
         let id = server_id();
         assert!(valid_label(&id), "{id}");
     }

@@ -380,7 +380,10 @@ async fn execute(
         control: mut proc,
     } = inner
         .runner
-        .start(launch)
+        .start_timed(
+            launch,
+            Some(Duration::from_secs(inner.cfg.turn_timeout_seconds)),
+        )
         .await
         .map_err(|err| TurnError::Start {
             adapter: adapter.as_str(),

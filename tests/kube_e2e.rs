@@ -334,6 +334,74 @@ async fn a_restarted_server_deletes_the_job_its_dead_predecessor_left() {
         .await;
 }
 
+/// The runner's half of re-attaching after a restart: a runner of a new server finds the Job
+/// its dead predecessor left by its label, follows its pod's log from the start and, when it
+/// ends, brings the turn's branch back into the worktree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_runner_re_attaches_to_the_job_a_dead_server_left() {
+    use tokio::io::AsyncReadExt;
+    use zwarm::runner::Runner;
+    let c = cluster(&[]);
+    let z = Zwarm::start(&c.env, &[]).await;
+    let r = z
+        .ok(
+            "delegate",
+            json!({"task": "@@slowcmd", "isolation": "worktree", "mode": "async"}),
+        )
+        .await;
+    let id = s(&r["session_id"]).to_string();
+    c.kube.until(LIMIT, "a running pod", running_pod).await;
+    z.signal_and_wait(libc::SIGKILL, Duration::from_secs(10))
+        .await;
+    let job = c.kube.jobs(NS)[0].clone();
+    let label = s(&job["metadata"]["labels"]["zwarm.dev/label"]).to_string();
+    assert!(label.starts_with(&id), "{label}");
+    let cwd = job["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "ZWARM_CWD")
+        .map(|e| PathBuf::from(s(&e["value"])))
+        .unwrap();
+
+    let text = std::fs::read_to_string(c.env.dir.path().join("kubeconfig.json")).unwrap();
+    let ep = zwarm::kube::api::Endpoint::from_kubeconfig(&text, None).unwrap();
+    let cfg = zwarm::runner::config::KubeConfig {
+        namespace: NS.into(),
+        image: IMAGE.into(),
+        secret: Some("zwarm-keys".into()),
+        git_remote: Some(c.remote.display().to_string()),
+        ..Default::default()
+    };
+    let runner = zwarm::kube::KubeRunner::connect(cfg, ep).await.unwrap();
+    assert!(runner.adopt("no-such-turn.1", &[]).await.is_none());
+    let mut turn = runner
+        .adopt(&label, &[])
+        .await
+        .expect("the dead server's Job is found by its label");
+    let mut out = String::new();
+    turn.stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .await
+        .unwrap();
+    turn.control.wait().await;
+    let end = turn.control.finish().await;
+    assert!(end.cause.is_none(), "{:?}", end.cause);
+    assert_eq!(end.exit.and_then(|e| e.code()), Some(0), "{out}");
+    // The log from its start, the end-of-turn event once the branch was back.
+    assert!(out.contains("thread.started"), "{out}");
+    assert!(out.contains("slow done"), "{out}");
+    assert!(out.contains("turn.completed"), "{out}");
+    // The pod pushed the turn back and it was fetched into the worktree (a failed push or
+    // fetch is the turn's cause, checked above).
+    assert!(cwd.is_dir(), "{}", cwd.display());
+    c.kube
+        .until(LIMIT, "the followed Job deleted", |k| k.jobs(NS).is_empty())
+        .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pod_that_is_never_scheduled_fails_the_turn_with_the_reason() {
     let c = cluster(&[

@@ -355,6 +355,69 @@ impl Runner for KubeRunner {
         })
     }
 
+    async fn adopt(&self, label: &str, read_back: &[PathBuf]) -> Option<RunningTurn> {
+        if !valid_label(label) {
+            return None;
+        }
+        let sh = &self.shared;
+        let path = format!(
+            "/apis/batch/v1/namespaces/{}/jobs?labelSelector={}",
+            sh.cfg.namespace,
+            api::query(&api::selector(&[(LABEL, label)]))
+        );
+        let list = match sh.api.json(Method::GET, &path, None).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(%label, "looking for a turn's Job to re-attach to: {e}");
+                return None;
+            }
+        };
+        // A Job that ended while no zwarm watched is followed too: its pod's log and its
+        // pushed branch are still there.
+        let job = list["items"]
+            .as_array()?
+            .iter()
+            .find(|j| j["metadata"]["deletionTimestamp"].is_null())?;
+        let name = job["metadata"]["name"].as_str()?.to_string();
+        let env = &job["spec"]["template"]["spec"]["containers"][0]["env"];
+        let var = |k: &str| {
+            env.as_array()?
+                .iter()
+                .find(|e| e["name"] == k)
+                .and_then(|e| e["value"].as_str())
+                .map(str::to_string)
+        };
+        let ret = turn::Return {
+            cwd: PathBuf::from(var("ZWARM_CWD")?),
+            branch: var("ZWARM_BRANCH")?,
+            session: var("ZWARM_SESSION")?,
+            read_back: read_back.to_vec(),
+        };
+        // Its pod carries the dead server's label: it gets a watch of its own, subscribed
+        // before the first list so the pod is seen as it is now.
+        let pods = pods::Pods::start_with(
+            sh.api.clone(),
+            sh.cfg.namespace.clone(),
+            api::selector(&[(LABEL, label)]),
+            &[label],
+        );
+        let pod = pods.subscribe(label);
+        let own = Arc::new(Shared {
+            api: sh.api.clone(),
+            cfg: sh.cfg.clone(),
+            pods,
+            server: sh.server.clone(),
+        });
+        tracing::info!(%label, job = %name, "re-attached to a turn's Job left by a stopped server");
+        let (control, stdout, stderr) =
+            turn::KubeTurn::follow(own, name, label.to_string(), pod, ret);
+        Some(RunningTurn {
+            stdout: Some(stdout),
+            stderr: Some(stderr),
+            control: Box::new(control),
+        })
+    }
+
     async fn clean_up(&self, label: &str) -> usize {
         if !valid_label(label) {
             return 0;

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use support::harness::{Env, Zwarm, git, keyed_script};
+use support::harness::{Env, Zwarm, git, keyed_script, wait_done};
 use support::mock_anthropic::AnthropicMock;
 use support::mock_kube::{DockerNode, MockKube, Node, NodeOpts};
 use support::mock_openai::OpenAiMock;
@@ -309,7 +309,7 @@ async fn ending_a_running_session_deletes_its_job() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_restarted_server_deletes_the_job_its_dead_predecessor_left() {
+async fn a_restarted_server_re_attaches_to_the_job_its_dead_predecessor_left() {
     let c = cluster(&[]);
     let z = Zwarm::start(&c.env, &[]).await;
     let r = z
@@ -324,14 +324,36 @@ async fn a_restarted_server_deletes_the_job_its_dead_predecessor_left() {
         .await;
     assert_eq!(c.kube.jobs(NS).len(), 1, "the Job outlives its server");
 
+    // The new server follows the Job to its end instead of failing the turn.
     let z2 = Zwarm::start(&c.env, &[]).await;
+    let done = wait_done(&z2, &id).await;
+    assert_eq!(done["status"], "idle", "{done}\n{}", z2.stderr());
     let chk = z2.ok("check_session", json!({"session_id": id})).await;
-    assert_eq!(chk["status"], "failed", "{chk}");
+    assert_eq!(chk["turns"][0]["status"], "completed", "{chk}");
+    assert_eq!(chk["turns"][0]["response"], "slow done", "{chk}");
     c.kube
-        .until(LIMIT, "the dead server's Job deleted", |k| {
+        .until(LIMIT, "the followed Job deleted", |k| {
             k.jobs(NS).is_empty() && k.pods(NS).is_empty()
         })
         .await;
+    // The branch came back and the session goes on: converse resumes the codex thread.
+    git(
+        &c.remote,
+        &[
+            "rev-parse",
+            "--verify",
+            &format!("refs/heads/zwarm/{}", &id[..8]),
+        ],
+    );
+    let n = z2
+        .ok(
+            "converse",
+            json!({"session_id": id, "message": "and now say hello"}),
+        )
+        .await;
+    assert_eq!(n["status"], "idle", "{n}\n{}", z2.stderr());
+    assert_eq!(n["turn"], 2);
+    assert_eq!(n["response"], "Hello from mock model");
 }
 
 /// The runner's half of re-attaching after a restart: a runner of a new server finds the Job

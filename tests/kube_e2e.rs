@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use support::harness::{Env, Zwarm, git, keyed_script};
+use support::harness::{Env, Zwarm, git, keyed_script, wait_done};
 use support::mock_anthropic::AnthropicMock;
 use support::mock_kube::{DockerNode, MockKube, Node, NodeOpts};
 use support::mock_openai::OpenAiMock;
@@ -274,6 +274,14 @@ async fn ending_a_running_session_deletes_its_job() {
         .await;
     let id = s(&r["session_id"]).to_string();
     c.kube.until(LIMIT, "a running pod", running_pod).await;
+    // The Job is bounded by the turn's timeout (the default 3600 s) plus slack for the pod's
+    // checkout and push.
+    assert_eq!(
+        c.kube.jobs(NS)[0]["spec"]["activeDeadlineSeconds"],
+        3720,
+        "{}",
+        c.kube.jobs(NS)[0]
+    );
     let e = z
         .ok(
             "end_session",
@@ -301,7 +309,7 @@ async fn ending_a_running_session_deletes_its_job() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_restarted_server_deletes_the_job_its_dead_predecessor_left() {
+async fn a_restarted_server_re_attaches_to_the_job_its_dead_predecessor_left() {
     let c = cluster(&[]);
     let z = Zwarm::start(&c.env, &[]).await;
     let r = z
@@ -316,13 +324,103 @@ async fn a_restarted_server_deletes_the_job_its_dead_predecessor_left() {
         .await;
     assert_eq!(c.kube.jobs(NS).len(), 1, "the Job outlives its server");
 
+    // The new server follows the Job to its end instead of failing the turn.
     let z2 = Zwarm::start(&c.env, &[]).await;
+    let done = wait_done(&z2, &id).await;
+    assert_eq!(done["status"], "idle", "{done}\n{}", z2.stderr());
     let chk = z2.ok("check_session", json!({"session_id": id})).await;
-    assert_eq!(chk["status"], "failed", "{chk}");
+    assert_eq!(chk["turns"][0]["status"], "completed", "{chk}");
+    assert_eq!(chk["turns"][0]["response"], "slow done", "{chk}");
     c.kube
-        .until(LIMIT, "the dead server's Job deleted", |k| {
+        .until(LIMIT, "the followed Job deleted", |k| {
             k.jobs(NS).is_empty() && k.pods(NS).is_empty()
         })
+        .await;
+    // The branch came back and the session goes on: converse resumes the codex thread.
+    git(
+        &c.remote,
+        &[
+            "rev-parse",
+            "--verify",
+            &format!("refs/heads/zwarm/{}", &id[..8]),
+        ],
+    );
+    let n = z2
+        .ok(
+            "converse",
+            json!({"session_id": id, "message": "and now say hello"}),
+        )
+        .await;
+    assert_eq!(n["status"], "idle", "{n}\n{}", z2.stderr());
+    assert_eq!(n["turn"], 2);
+    assert_eq!(n["response"], "Hello from mock model");
+}
+
+/// The runner's half of re-attaching after a restart: a runner of a new server finds the Job
+/// its dead predecessor left by its label, follows its pod's log from the start and, when it
+/// ends, brings the turn's branch back into the worktree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_runner_re_attaches_to_the_job_a_dead_server_left() {
+    use tokio::io::AsyncReadExt;
+    use zwarm::runner::Runner;
+    let c = cluster(&[]);
+    let z = Zwarm::start(&c.env, &[]).await;
+    let r = z
+        .ok(
+            "delegate",
+            json!({"task": "@@slowcmd", "isolation": "worktree", "mode": "async"}),
+        )
+        .await;
+    let id = s(&r["session_id"]).to_string();
+    c.kube.until(LIMIT, "a running pod", running_pod).await;
+    z.signal_and_wait(libc::SIGKILL, Duration::from_secs(10))
+        .await;
+    let job = c.kube.jobs(NS)[0].clone();
+    let label = s(&job["metadata"]["labels"]["zwarm.dev/label"]).to_string();
+    assert!(label.starts_with(&id), "{label}");
+    let cwd = job["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "ZWARM_CWD")
+        .map(|e| PathBuf::from(s(&e["value"])))
+        .unwrap();
+
+    let text = std::fs::read_to_string(c.env.dir.path().join("kubeconfig.json")).unwrap();
+    let ep = zwarm::kube::api::Endpoint::from_kubeconfig(&text, None).unwrap();
+    let cfg = zwarm::runner::config::KubeConfig {
+        namespace: NS.into(),
+        image: IMAGE.into(),
+        secret: Some("zwarm-keys".into()),
+        git_remote: Some(c.remote.display().to_string()),
+        ..Default::default()
+    };
+    let runner = zwarm::kube::KubeRunner::connect(cfg, ep).await.unwrap();
+    assert!(runner.adopt("no-such-turn.1", &[]).await.is_none());
+    let mut turn = runner
+        .adopt(&label, &[])
+        .await
+        .expect("the dead server's Job is found by its label");
+    let mut out = String::new();
+    turn.stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .await
+        .unwrap();
+    turn.control.wait().await;
+    let end = turn.control.finish().await;
+    assert!(end.cause.is_none(), "{:?}", end.cause);
+    assert_eq!(end.exit.and_then(|e| e.code()), Some(0), "{out}");
+    // The log from its start, the end-of-turn event once the branch was back.
+    assert!(out.contains("thread.started"), "{out}");
+    assert!(out.contains("slow done"), "{out}");
+    assert!(out.contains("turn.completed"), "{out}");
+    // The pod pushed the turn back and it was fetched into the worktree (a failed push or
+    // fetch is the turn's cause, checked above).
+    assert!(cwd.is_dir(), "{}", cwd.display());
+    c.kube
+        .until(LIMIT, "the followed Job deleted", |k| k.jobs(NS).is_empty())
         .await;
 }
 

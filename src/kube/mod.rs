@@ -33,6 +33,7 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use hyper::Method;
 use tokio::io::AsyncRead;
@@ -255,6 +256,14 @@ impl Runner for KubeRunner {
     }
 
     async fn start(&self, launch: Launch) -> Result<RunningTurn, RunnerError> {
+        self.start_timed(launch, None).await
+    }
+
+    async fn start_timed(
+        &self,
+        launch: Launch,
+        timeout: Option<Duration>,
+    ) -> Result<RunningTurn, RunnerError> {
         let sh = &self.shared;
         let label = launch.label.clone();
         let session = session_of(&label).to_string();
@@ -319,7 +328,7 @@ impl Runner for KubeRunner {
                 .stdin
                 .as_ref()
                 .map(|b| String::from_utf8_lossy(b).into_owned()),
-            deadline_seconds: None,
+            deadline_seconds: timeout.map(job_deadline),
         };
         let job = manifest::job(&sh.cfg, &spec);
         // Subscribed before the Job exists: no change of its pod is missed.
@@ -346,6 +355,69 @@ impl Runner for KubeRunner {
         })
     }
 
+    async fn adopt(&self, label: &str, read_back: &[PathBuf]) -> Option<RunningTurn> {
+        if !valid_label(label) {
+            return None;
+        }
+        let sh = &self.shared;
+        let path = format!(
+            "/apis/batch/v1/namespaces/{}/jobs?labelSelector={}",
+            sh.cfg.namespace,
+            api::query(&api::selector(&[(LABEL, label)]))
+        );
+        let list = match sh.api.json(Method::GET, &path, None).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(%label, "looking for a turn's Job to re-attach to: {e}");
+                return None;
+            }
+        };
+        // A Job that ended while no zwarm watched is followed too: its pod's log and its
+        // pushed branch are still there.
+        let job = list["items"]
+            .as_array()?
+            .iter()
+            .find(|j| j["metadata"]["deletionTimestamp"].is_null())?;
+        let name = job["metadata"]["name"].as_str()?.to_string();
+        let env = &job["spec"]["template"]["spec"]["containers"][0]["env"];
+        let var = |k: &str| {
+            env.as_array()?
+                .iter()
+                .find(|e| e["name"] == k)
+                .and_then(|e| e["value"].as_str())
+                .map(str::to_string)
+        };
+        let ret = turn::Return {
+            cwd: PathBuf::from(var("ZWARM_CWD")?),
+            branch: var("ZWARM_BRANCH")?,
+            session: var("ZWARM_SESSION")?,
+            read_back: read_back.to_vec(),
+        };
+        // Its pod carries the dead server's label: it gets a watch of its own, subscribed
+        // before the first list so the pod is seen as it is now.
+        let pods = pods::Pods::start_with(
+            sh.api.clone(),
+            sh.cfg.namespace.clone(),
+            api::selector(&[(LABEL, label)]),
+            &[label],
+        );
+        let pod = pods.subscribe(label);
+        let own = Arc::new(Shared {
+            api: sh.api.clone(),
+            cfg: sh.cfg.clone(),
+            pods,
+            server: sh.server.clone(),
+        });
+        tracing::info!(%label, job = %name, "re-attached to a turn's Job left by a stopped server");
+        let (control, stdout, stderr) =
+            turn::KubeTurn::follow(own, name, label.to_string(), pod, ret);
+        Some(RunningTurn {
+            stdout: Some(stdout),
+            stderr: Some(stderr),
+            control: Box::new(control),
+        })
+    }
+
     async fn clean_up(&self, label: &str) -> usize {
         if !valid_label(label) {
             return 0;
@@ -356,6 +428,17 @@ impl Runner for KubeRunner {
         }
         jobs.len()
     }
+}
+
+/// Slack on top of the turn's timeout for the Job's `activeDeadlineSeconds`: zwarm stops a
+/// turn at its timeout itself (with its own message, and the pod's grace period); the Job's
+/// deadline is the cluster's bound for a turn whose zwarm is gone, and covers the pod's
+/// checkout and push around the executor.
+const DEADLINE_SLACK: Duration = Duration::from_secs(120);
+
+/// The Job's `activeDeadlineSeconds` for a turn timeout.
+fn job_deadline(timeout: Duration) -> u64 {
+    (timeout + DEADLINE_SLACK).as_secs().max(1)
 }
 
 fn os(a: &OsString) -> String {
@@ -373,6 +456,7 @@ mod tests {
         assert!(!valid_label(".x"));
         assert!(!valid_label(&"a".repeat(64)));
         assert_eq!(session_of("abc.3"), "abc");
+        assert_eq!(job_deadline(Duration::from_secs(1800)), 1920);
         let id = server_id();
         assert!(valid_label(&id), "{id}");
     }

@@ -91,9 +91,18 @@ pub struct Pods {
 impl Pods {
     /// Start watching the pods in `namespace` labelled with `selector`.
     pub fn start(api: Api, namespace: String, selector: String) -> Arc<Pods> {
+        Self::start_with(api, namespace, selector, &[])
+    }
+
+    /// [`Pods::start`] with `labels` subscribed before the first list, so a pod that already
+    /// exists (a turn re-attached after a restart) is seen as it is.
+    pub fn start_with(api: Api, namespace: String, selector: String, labels: &[&str]) -> Arc<Pods> {
         let pods = Arc::new(Pods {
             subs: Mutex::new(HashMap::new()),
         });
+        for l in labels {
+            let _ = pods.subscribe(l);
+        }
         let weak = Arc::downgrade(&pods);
         tokio::spawn(async move {
             let mut pause = Duration::from_millis(100);

@@ -159,6 +159,28 @@ pub trait Runner: Send + Sync + 'static {
     /// Start one executor run.
     async fn start(&self, launch: Launch) -> Result<RunningTurn, RunnerError>;
 
+    /// [`Runner::start`] for a turn the engine stops after `timeout` (`turn_timeout_seconds`):
+    /// a runner whose turns outlive zwarm (a Kubernetes Job) bounds them by it too. The
+    /// default ignores it: the engine's own deadline stops the turn.
+    async fn start_timed(
+        &self,
+        launch: Launch,
+        timeout: Option<Duration>,
+    ) -> Result<RunningTurn, RunnerError> {
+        let _ = timeout;
+        self.start(launch).await
+    }
+
+    /// Re-attach to a run labelled `label` that a dead server left running, when this runner's
+    /// runs outlive zwarm (a Kubernetes Job): its output from the start and its end, as for a
+    /// run this server started. `read_back` are the files its launch named
+    /// ([`Launch::read_back`]). `None` (the default): nothing to re-attach to; the engine fails
+    /// the turn and calls [`Runner::clean_up`].
+    async fn adopt(&self, label: &str, read_back: &[PathBuf]) -> Option<RunningTurn> {
+        let _ = (label, read_back);
+        None
+    }
+
     /// Stop whatever a run labelled `label` left behind (its server died, or its supervisor
     /// failed). Returns how many processes (or equivalent) were stopped.
     async fn clean_up(&self, label: &str) -> usize;

@@ -1,5 +1,7 @@
 //! Sessions a dead server left running are adopted ([`Manager::adopt`]: a compare-and-set on
-//! the owner, the interrupted turn recorded, what it left running cleaned up by the runner);
+//! the owner; a turn the runner still has ([`crate::runner::Runner::adopt`], a Job on a
+//! cluster) is followed to its end, any other is recorded as interrupted and what it left
+//! running is cleaned up by the runner);
 //! held sessions at rest are let go ([`Manager::evict_idle`]) and read back when needed.
 
 use std::sync::Arc;
@@ -60,7 +62,26 @@ impl Manager {
             });
         }
         let mut recovered = None;
-        if s.status.is_active() {
+        let mut reattached = None;
+        if s.status.is_active()
+            && let Some(t) = s.last_turn_mut()
+            && t.status == TurnStatus::Running
+            && let Some(running) = self
+                .inner
+                .runner
+                .adopt(&format!("{id}.{}", t.index), &[])
+                .await
+        {
+            // The runner still has the turn (a Job on a cluster): it is followed to its end
+            // from its start, so what the dead server recorded of its progress is replaced.
+            t.commands.clear();
+            t.files_changed.clear();
+            t.permission_denials.clear();
+            t.messages.clear();
+            t.tool_errors.clear();
+            reattached = Some((t.index, running));
+        }
+        if s.status.is_active() && reattached.is_none() {
             let next = if s.native_id.is_some() {
                 format!(
                     "Call converse to resume the same {} thread.",
@@ -133,6 +154,19 @@ impl Manager {
             self.inner.runner.clean_up(&format!("{id}.{turn}")).await;
         }
         let h = self.inner.registry.insert(Handle::new(s, version));
+        if let Some((index, running)) = reattached {
+            tracing::info!(session = %id, turn = index, "re-attached to a turn a stopped server left running");
+            let control = super::registry::TurnControl {
+                index,
+                cancel: self.inner.shutdown.child_token(),
+                reason: Arc::new(parking_lot::Mutex::new(None)),
+            };
+            h.live.lock().control = Some(control.clone());
+            let (inner, h2) = (self.inner.clone(), h.clone());
+            self.inner.tasks.spawn(async move {
+                super::turn::follow(inner, h2, index, control, running).await;
+            });
+        }
         let _ = self.inner.changes.send(id.to_string());
         Ok(h)
     }

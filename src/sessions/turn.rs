@@ -374,13 +374,12 @@ async fn execute(
     timing: &mut Timing,
 ) -> Result<(Finished, Option<Leftovers>), TurnError> {
     let program = launch.program.display().to_string();
-    let RunningTurn {
-        stdout,
-        stderr,
-        control: mut proc,
-    } = inner
+    let running = inner
         .runner
-        .start(launch)
+        .start_timed(
+            launch,
+            Some(Duration::from_secs(inner.cfg.turn_timeout_seconds)),
+        )
         .await
         .map_err(|err| TurnError::Start {
             adapter: adapter.as_str(),
@@ -388,6 +387,76 @@ async fn execute(
             err,
         })?;
     timing.mark("start");
+    supervise(
+        inner, h, index, adapter, control, log, running, program, outcome, timing,
+    )
+    .await
+}
+
+/// Follow a turn a dead server left running, which the runner re-attached to
+/// ([`crate::runner::Runner::adopt`]): its output (from its start) is pumped into the session
+/// and its end recorded as for a turn this server started. It holds no running slot.
+pub(crate) async fn follow(
+    inner: Arc<Inner>,
+    h: Arc<Handle>,
+    index: u32,
+    control: TurnControl,
+    running: RunningTurn,
+) {
+    let mut timing = Timing::new();
+    let mut outcome = Outcome::default();
+    let adapter = h.live.lock().session.adapter;
+    match inner.store.turn_log(&h.id, index) {
+        Ok(log) => {
+            let r = supervise(
+                &inner,
+                &h,
+                index,
+                adapter,
+                &control,
+                &log,
+                running,
+                adapter.as_str().to_string(),
+                &mut outcome,
+                &mut timing,
+            )
+            .await;
+            log.close().await;
+            match r {
+                Ok((_, Some(clean_up))) => clean_up.await,
+                Ok((_, None)) => {}
+                Err(e) => outcome.failed = Some((e.to_string(), None)),
+            }
+        }
+        Err(e) => {
+            drop(running);
+            outcome.failed = Some((TurnError::Logs(e).to_string(), None));
+        }
+    }
+    finish(&inner, &h, index, outcome, None).await;
+    timing.log(&h, index);
+}
+
+/// Pump a running turn's output into the session until it ends (or is stopped), and collect
+/// what it leaves.
+#[allow(clippy::too_many_arguments)]
+async fn supervise(
+    inner: &Arc<Inner>,
+    h: &Arc<Handle>,
+    index: u32,
+    adapter: Adapter,
+    control: &TurnControl,
+    log: &TurnLog,
+    running: RunningTurn,
+    program: String,
+    outcome: &mut Outcome,
+    timing: &mut Timing,
+) -> Result<(Finished, Option<Leftovers>), TurnError> {
+    let RunningTurn {
+        stdout,
+        stderr,
+        control: mut proc,
+    } = running;
     tracing::info!(session = %h.id, turn = index, pid = ?proc.id(), %program, runner = inner.runner.name(), "executor started");
     let stderr_task = stderr.map(|err| {
         let events = StderrEvents::new(inner.clone(), h.clone(), index, adapter);

@@ -1494,6 +1494,12 @@ mod in_process {
         let a = e.m.delegate(task("a")).await.expect("a");
         let b = e.m.delegate(task("b")).await.expect("b");
         assert_eq!(e.m.get(&b).await.expect("b").status.as_str(), "queued");
+        // The first turn's executor starts in the background after delegate answers: wait for
+        // it (a condition, not a fixed time), then the second still waits for a slot.
+        while e.runner.launches().is_empty() {
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+        assert_eq!(e.m.get(&b).await.expect("b").status.as_str(), "queued");
         assert_eq!(e.runner.launches().len(), 1, "the second waits for a slot");
         gate.cancel();
         let (sa, sb) = (settled(&e, &a).await, settled(&e, &b).await);

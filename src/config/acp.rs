@@ -22,6 +22,9 @@ pub struct AcpConfig {
     pub ask_timeout_seconds: u64,
     /// How long an agent gets to answer `initialize` and to open its session.
     pub init_timeout_seconds: u64,
+    /// How long an ACP agent process stays up after a turn, waiting for the session's next
+    /// turn, before it is stopped. 0: a new agent process for every turn.
+    pub agent_idle_seconds: u64,
 }
 
 impl Default for AcpConfig {
@@ -31,6 +34,7 @@ impl Default for AcpConfig {
             rules: vec![],
             ask_timeout_seconds: 120,
             init_timeout_seconds: 60,
+            agent_idle_seconds: 300,
         }
     }
 }

@@ -3,68 +3,22 @@
 //! test waits on the engine's own conditions.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is a failed test
 
+// The in-process support only: the rest of tests/support (mock servers, the `zwarm serve`
+// harness) is not needed here.
+#[path = "support/memory.rs"]
+mod memory;
+
 use std::sync::Arc;
 use std::time::Duration;
 
+use memory::{codex_turn, quick, task, thread_of};
 use tokio_util::sync::CancellationToken;
 use zwarm::model::{Session, SessionStatus, TurnStatus};
-use zwarm::runner::Launch;
 use zwarm::runner::memory::{MemoryRunner, Script};
-use zwarm::sessions::{DelegateRequest, Manager};
-
-fn codex_turn(thread: &str, message: &str) -> Vec<String> {
-    vec![
-        format!(r#"{{"type":"thread.started","thread_id":"{thread}"}}"#),
-        r#"{"type":"turn.started"}"#.to_string(),
-        format!(
-            r#"{{"type":"item.completed","item":{{"id":"m","type":"agent_message","text":"{message}"}}}}"#
-        ),
-        r#"{"type":"turn.completed","usage":{"input_tokens":10,"cached_input_tokens":0,"output_tokens":2,"reasoning_output_tokens":0}}"#.to_string(),
-    ]
-}
-
-/// A thread id for a turn's launch (stable per session: its label's session part).
-fn thread_of(l: &Launch) -> String {
-    let sid = l.label.split('.').next().unwrap_or_default();
-    format!("0199a213-81c0-7800-8aa1-{}", &sid[sid.len() - 12..])
-}
-
-fn quick(l: &Launch) -> Script {
-    Script {
-        stdout: codex_turn(&thread_of(l), "done"),
-        ..Default::default()
-    }
-}
-
-fn config(d: &std::path::Path) -> zwarm::config::Config {
-    let mut codex = zwarm::config::Config::default().codex;
-    // Only resolved, never run: the in-memory runner starts nothing.
-    codex.binary = Some("/bin/sh".into());
-    zwarm::config::Config {
-        state_dir: d.join("state"),
-        allowed_roots: vec![d.to_path_buf()],
-        default_adapter: "codex".into(),
-        codex,
-        ..Default::default()
-    }
-}
-
-fn task(t: &str) -> DelegateRequest {
-    DelegateRequest {
-        task: t.into(),
-        adapter: None,
-        mode: Some(zwarm::model::Mode::Async),
-        model: None,
-        working_dir: None,
-        isolation: None,
-        base: None,
-    }
-}
+use zwarm::sessions::Manager;
 
 async fn start(dir: &std::path::Path, runner: &Arc<MemoryRunner>) -> Manager {
-    Manager::start_with(config(dir), dir.to_path_buf(), Arc::new(runner.clone()))
-        .await
-        .expect("engine starts")
+    memory::start_on(dir, |_| {}, runner).await
 }
 
 /// What the calls of one session's life reported before the crash.

@@ -27,90 +27,154 @@ struct Cluster {
     remote: PathBuf,
 }
 
-/// A project repository, a bare remote, the simulated cluster with one node (label
-/// `pool=agents`, image `zwarm-exec:test`) and a Secret with the model key; zwarm configured
-/// for it through the environment (a trusted layer). `tune` changes the config.
-fn cluster(tune: &[(&str, &str)]) -> Cluster {
-    cluster_on(false, tune)
+/// How a test's cluster is set up: a project repository, a bare remote, the simulated
+/// cluster with one node (label `pool=agents`, image `zwarm-exec:test`) and a Secret with the
+/// model key; zwarm configured for it through the environment (a trusted layer).
+/// [`Fixture::docker`]: the node runs each pod's container with the real Docker daemon
+/// (`DOCKER_HOST`) and the executor image (as .ci/run sets them up); [`Fixture::set`]: a config
+/// change, as its environment variable.
+#[derive(Default)]
+struct Fixture {
+    docker: bool,
+    set: Vec<(&'static str, String)>,
 }
 
-/// [`cluster`], the node running each pod's container with the real Docker daemon
-/// (`DOCKER_HOST`) and the executor image `zwarm-exec:test` (as .ci/run sets them up).
-fn cluster_on(docker: bool, tune: &[(&str, &str)]) -> Cluster {
-    let mock = OpenAiMock::start(json!({}));
-    let mut env = Env::new(Some(&mock), None);
-    mock.set_script(keyed_script("codex_keyed.json", &env.work));
-    git(&env.work, &["init", "-q", "-b", "main"]);
-    std::fs::write(env.work.join("README"), "project\n").unwrap();
-    git(&env.work, &["add", "-A"]);
-    git(&env.work, &["commit", "-q", "-m", "initial"]);
-    let remote = env.dir.path().join("remote.git");
-    git(
-        env.dir.path(),
-        &["init", "-q", "--bare", remote.to_str().unwrap()],
-    );
+impl Fixture {
+    fn new() -> Fixture {
+        Fixture::default()
+    }
 
-    let kube = MockKube::start();
-    // The model key reaches the pod only through the Secret.
-    kube.put_secret(NS, "zwarm-keys", &[("MOCK_KEY", "x")]);
-    let path = env
-        .vars
-        .iter()
-        .find(|(k, _)| k == "PATH")
-        .map(|(_, v)| v.clone())
-        .unwrap();
-    let node = Node::start(
-        &kube,
-        NodeOpts {
-            labels: [("pool".to_string(), "agents".to_string())].into(),
-            images: vec![IMAGE.into()],
-            path,
-            root: env.dir.path().join("node"),
-            docker: docker.then(|| DockerNode {
-                docker: bollard::Docker::connect_with_local_defaults().unwrap_or_else(|e| {
-                    panic!(
-                        "the Docker node needs a Docker daemon: {e}\n\
-                         eval \"$(bash .ci/setup)\""
-                    )
+    fn docker(mut self) -> Fixture {
+        self.docker = true;
+        self
+    }
+
+    fn set(mut self, key: &'static str, value: &str) -> Fixture {
+        self.set.push((key, value.to_string()));
+        self
+    }
+
+    /// The cluster and `zwarm serve` on it.
+    async fn serve(self) -> (Cluster, Zwarm) {
+        let c = self.build();
+        let z = c.serve().await;
+        (c, z)
+    }
+
+    fn build(self) -> Cluster {
+        let mock = OpenAiMock::start(json!({}));
+        let mut env = Env::new(Some(&mock), None);
+        mock.set_script(keyed_script("codex_keyed.json", &env.work));
+        git(&env.work, &["init", "-q", "-b", "main"]);
+        std::fs::write(env.work.join("README"), "project\n").unwrap();
+        git(&env.work, &["add", "-A"]);
+        git(&env.work, &["commit", "-q", "-m", "initial"]);
+        let remote = env.dir.path().join("remote.git");
+        git(
+            env.dir.path(),
+            &["init", "-q", "--bare", remote.to_str().unwrap()],
+        );
+
+        let kube = MockKube::start();
+        // The model key reaches the pod only through the Secret.
+        kube.put_secret(NS, "zwarm-keys", &[("MOCK_KEY", "x")]);
+        let path = env
+            .vars
+            .iter()
+            .find(|(k, _)| k == "PATH")
+            .map(|(_, v)| v.clone())
+            .unwrap();
+        let node = Node::start(
+            &kube,
+            NodeOpts {
+                labels: [("pool".to_string(), "agents".to_string())].into(),
+                images: vec![IMAGE.into()],
+                path,
+                root: env.dir.path().join("node"),
+                docker: self.docker.then(|| DockerNode {
+                    docker: bollard::Docker::connect_with_local_defaults().unwrap_or_else(|e| {
+                        panic!(
+                            "the Docker node needs a Docker daemon: {e}\n\
+                             eval \"$(bash .ci/setup)\""
+                        )
+                    }),
+                    mounts: vec![remote.clone()],
                 }),
-                mounts: vec![remote.clone()],
-            }),
-        },
-    );
-    let kubeconfig = env.dir.path().join("kubeconfig.json");
-    std::fs::write(&kubeconfig, kube.kubeconfig(NS)).unwrap();
-    let mut set = vec![
-        ("ZWARM_RUNNER_KIND", "kubernetes".to_string()),
-        (
-            "ZWARM_RUNNER_KUBERNETES_KUBECONFIG",
-            kubeconfig.display().to_string(),
-        ),
-        ("ZWARM_RUNNER_KUBERNETES_NAMESPACE", NS.into()),
-        ("ZWARM_RUNNER_KUBERNETES_IMAGE", IMAGE.into()),
-        ("ZWARM_RUNNER_KUBERNETES_SECRET", "zwarm-keys".into()),
-        (
-            "ZWARM_RUNNER_KUBERNETES_GIT_REMOTE",
-            remote.display().to_string(),
-        ),
-    ];
-    if docker {
-        // The container is the sandbox: codex's own cannot work inside one.
-        set.push(("ZWARM_CODEX_SANDBOX", "danger-full-access".into()));
+            },
+        );
+        let kubeconfig = env.dir.path().join("kubeconfig.json");
+        std::fs::write(&kubeconfig, kube.kubeconfig(NS)).unwrap();
+        let mut set = vec![
+            ("ZWARM_RUNNER_KIND", "kubernetes".to_string()),
+            (
+                "ZWARM_RUNNER_KUBERNETES_KUBECONFIG",
+                kubeconfig.display().to_string(),
+            ),
+            ("ZWARM_RUNNER_KUBERNETES_NAMESPACE", NS.into()),
+            ("ZWARM_RUNNER_KUBERNETES_IMAGE", IMAGE.into()),
+            ("ZWARM_RUNNER_KUBERNETES_SECRET", "zwarm-keys".into()),
+            (
+                "ZWARM_RUNNER_KUBERNETES_GIT_REMOTE",
+                remote.display().to_string(),
+            ),
+        ];
+        if self.docker {
+            // The container is the sandbox: codex's own cannot work inside one.
+            set.push(("ZWARM_CODEX_SANDBOX", "danger-full-access".into()));
+        }
+        for (k, v) in self.set {
+            set.retain(|(a, _)| *a != k);
+            set.push((k, v));
+        }
+        for (k, v) in set {
+            env.set(k, &v);
+        }
+        Cluster {
+            mock,
+            env,
+            kube,
+            _node: node,
+            remote,
+        }
     }
-    for (k, v) in tune {
-        set.retain(|(a, _)| a != k);
-        set.push((k, v.to_string()));
+}
+
+impl Cluster {
+    /// `zwarm serve` on the cluster (another one on the same state after a crash).
+    async fn serve(&self) -> Zwarm {
+        Zwarm::start(&self.env, &[]).await
     }
-    for (k, v) in set {
-        env.set(k, &v);
+
+    /// A worktree session whose pod runs `@@slowcmd` (a command of a minute), once the pod
+    /// runs: its id.
+    async fn slow_session(&self, z: &Zwarm) -> String {
+        let r = z
+            .ok(
+                "delegate",
+                json!({"task": "@@slowcmd", "isolation": "worktree", "mode": "async"}),
+            )
+            .await;
+        self.kube.until(LIMIT, "a running pod", running_pod).await;
+        s(&r["session_id"]).to_string()
     }
-    Cluster {
-        mock,
-        env,
-        kube,
-        _node: node,
-        remote,
+
+    /// The raw log zwarm keeps of a turn's stdout (its pod's log).
+    fn raw_log(&self, id: &str, turn: u32) -> String {
+        std::fs::read_to_string(self.env.state.join(format!("turns/{id}/{turn}.jsonl")))
+            .unwrap_or_default()
     }
+}
+
+/// A worktree session's first turn, `task`, waited for.
+async fn delegate(z: &Zwarm, task: &str) -> Value {
+    z.ok("delegate", json!({"task": task, "isolation": "worktree"}))
+        .await
+}
+
+/// Lines that occur more than once.
+fn repeated(log: &str) -> Vec<&str> {
+    let mut seen = std::collections::BTreeSet::new();
+    log.lines().filter(|l| !seen.insert(*l)).collect()
 }
 
 fn s(v: &Value) -> &str {
@@ -131,40 +195,33 @@ fn running_pod(k: &MockKube) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worktree_session_runs_its_turns_as_jobs_resumes_and_merges_back() {
-    lifecycle(cluster(&[])).await;
+    lifecycle(Fixture::new()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_with_each_pod_in_a_real_container() {
-    lifecycle(cluster_on(true, &[])).await;
+    lifecycle(Fixture::new().docker()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pod_killed_for_memory_fails_the_turn_as_out_of_memory() {
     // 24 MiB hold sh and git, not codex.
-    let c = cluster_on(true, &[("ZWARM_RUNNER_KUBERNETES_MEMORY", "24Mi")]);
-    let z = Zwarm::start(&c.env, &[]).await;
-    let r = z
-        .ok(
-            "delegate",
-            json!({"task": "@@tools please", "isolation": "worktree"}),
-        )
+    let (_c, z) = Fixture::new()
+        .docker()
+        .set("ZWARM_RUNNER_KUBERNETES_MEMORY", "24Mi")
+        .serve()
         .await;
+    let r = delegate(&z, "@@tools please").await;
     assert_eq!(r["status"], "failed", "{r}");
     let err = s(&r["error"]);
     assert!(err.contains("ran out of memory (limit 24Mi)"), "{r}");
 }
 
-async fn lifecycle(c: Cluster) {
-    let z = Zwarm::start(&c.env, &[]).await;
+async fn lifecycle(f: Fixture) {
+    let (c, z) = f.serve().await;
     let before = plain_requests(&c.kube);
 
-    let r = z
-        .ok(
-            "delegate",
-            json!({"task": "@@tools please", "isolation": "worktree"}),
-        )
-        .await;
+    let r = delegate(&z, "@@tools please").await;
     assert_eq!(r["status"], "idle", "{r}\n{}", z.stderr());
     assert_eq!(r["response"], "Done: ran a command and created hello.py");
     let id = s(&r["session_id"]).to_string();
@@ -264,16 +321,8 @@ async fn lifecycle(c: Cluster) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ending_a_running_session_deletes_its_job() {
-    let c = cluster(&[]);
-    let z = Zwarm::start(&c.env, &[]).await;
-    let r = z
-        .ok(
-            "delegate",
-            json!({"task": "@@slowcmd", "isolation": "worktree", "mode": "async"}),
-        )
-        .await;
-    let id = s(&r["session_id"]).to_string();
-    c.kube.until(LIMIT, "a running pod", running_pod).await;
+    let (c, z) = Fixture::new().serve().await;
+    let id = c.slow_session(&z).await;
     // The Job is bounded by the turn's timeout (the default 3600 s) plus slack for the pod's
     // checkout and push.
     assert_eq!(
@@ -310,27 +359,37 @@ async fn ending_a_running_session_deletes_its_job() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_server_re_attaches_to_the_job_its_dead_predecessor_left() {
-    let c = cluster(&[]);
-    let z = Zwarm::start(&c.env, &[]).await;
-    let r = z
-        .ok(
-            "delegate",
-            json!({"task": "@@slowcmd", "isolation": "worktree", "mode": "async"}),
-        )
+    let (c, z) = Fixture::new().serve().await;
+    let id = c.slow_session(&z).await;
+    // The dead server logged the start of the turn (the thread, the command it runs).
+    c.kube
+        .until(LIMIT, "the turn's start in the raw log", |_| {
+            c.raw_log(&id, 1).contains("thread.started")
+        })
         .await;
-    let id = s(&r["session_id"]).to_string();
-    c.kube.until(LIMIT, "a running pod", running_pod).await;
     z.signal_and_wait(libc::SIGKILL, Duration::from_secs(10))
         .await;
     assert_eq!(c.kube.jobs(NS).len(), 1, "the Job outlives its server");
 
-    // The new server follows the Job to its end instead of failing the turn.
-    let z2 = Zwarm::start(&c.env, &[]).await;
+    // The new server follows the Job to its end instead of failing the turn, from where the
+    // raw log ends: the log holds each line once, the progress each command once.
+    let z2 = c.serve().await;
     let done = wait_done(&z2, &id).await;
     assert_eq!(done["status"], "idle", "{done}\n{}", z2.stderr());
     let chk = z2.ok("check_session", json!({"session_id": id})).await;
     assert_eq!(chk["turns"][0]["status"], "completed", "{chk}");
     assert_eq!(chk["turns"][0]["response"], "slow done", "{chk}");
+    let log = c.raw_log(&id, 1);
+    assert_eq!(repeated(&log), Vec::<&str>::new(), "{log}");
+    assert!(log.contains("turn.completed"), "{log}");
+    let commands: Vec<&str> = chk["turns"][0]["commands"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| s(&c["command"]))
+        .collect();
+    assert_eq!(commands.len(), 1, "{chk}");
+    assert!(commands[0].contains("sleep 60"), "{chk}");
     c.kube
         .until(LIMIT, "the followed Job deleted", |k| {
             k.jobs(NS).is_empty() && k.pods(NS).is_empty()
@@ -363,18 +422,18 @@ async fn a_restarted_server_re_attaches_to_the_job_its_dead_predecessor_left() {
 async fn a_new_runner_re_attaches_to_the_job_a_dead_server_left() {
     use tokio::io::AsyncReadExt;
     use zwarm::runner::Runner;
-    let c = cluster(&[]);
-    let z = Zwarm::start(&c.env, &[]).await;
-    let r = z
-        .ok(
-            "delegate",
-            json!({"task": "@@slowcmd", "isolation": "worktree", "mode": "async"}),
-        )
+    let (c, z) = Fixture::new().serve().await;
+    let id = c.slow_session(&z).await;
+    c.kube
+        .until(LIMIT, "the turn's start in the raw log", |_| {
+            c.raw_log(&id, 1).contains("thread.started")
+        })
         .await;
-    let id = s(&r["session_id"]).to_string();
-    c.kube.until(LIMIT, "a running pod", running_pod).await;
     z.signal_and_wait(libc::SIGKILL, Duration::from_secs(10))
         .await;
+    // What the dead server logged, in whole lines.
+    let logged = c.raw_log(&id, 1);
+    let logged = &logged[..logged.rfind('\n').map_or(0, |n| n + 1)];
     let job = c.kube.jobs(NS)[0].clone();
     let label = s(&job["metadata"]["labels"]["zwarm.dev/label"]).to_string();
     assert!(label.starts_with(&id), "{label}");
@@ -396,9 +455,9 @@ async fn a_new_runner_re_attaches_to_the_job_a_dead_server_left() {
         ..Default::default()
     };
     let runner = zwarm::kube::KubeRunner::connect(cfg, ep).await.unwrap();
-    assert!(runner.adopt("no-such-turn.1", &[]).await.is_none());
+    assert!(runner.adopt("no-such-turn.1", &[], 0).await.is_none());
     let mut turn = runner
-        .adopt(&label, &[])
+        .adopt(&label, &[], logged.len() as u64)
         .await
         .expect("the dead server's Job is found by its label");
     let mut out = String::new();
@@ -412,10 +471,14 @@ async fn a_new_runner_re_attaches_to_the_job_a_dead_server_left() {
     let end = turn.control.finish().await;
     assert!(end.cause.is_none(), "{:?}", end.cause);
     assert_eq!(end.exit.and_then(|e| e.code()), Some(0), "{out}");
-    // The log from its start, the end-of-turn event once the branch was back.
-    assert!(out.contains("thread.started"), "{out}");
+    // The log from where the dead server's raw log ends, the end-of-turn event once the
+    // branch was back: together, each line once.
+    assert!(!out.contains("thread.started"), "{out}");
     assert!(out.contains("slow done"), "{out}");
     assert!(out.contains("turn.completed"), "{out}");
+    let whole = format!("{logged}{out}");
+    assert_eq!(repeated(&whole), Vec::<&str>::new(), "{whole}");
+    assert!(whole.contains("thread.started"), "{whole}");
     // The pod pushed the turn back and it was fetched into the worktree (a failed push or
     // fetch is the turn's cause, checked above).
     assert!(cwd.is_dir(), "{}", cwd.display());
@@ -426,17 +489,12 @@ async fn a_new_runner_re_attaches_to_the_job_a_dead_server_left() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pod_that_is_never_scheduled_fails_the_turn_with_the_reason() {
-    let c = cluster(&[
-        ("ZWARM_RUNNER_KUBERNETES_NODE_SELECTOR", "{pool = \"gpu\"}"),
-        ("ZWARM_RUNNER_KUBERNETES_SCHEDULE_TIMEOUT_SECONDS", "1"),
-    ]);
-    let z = Zwarm::start(&c.env, &[]).await;
-    let r = z
-        .ok(
-            "delegate",
-            json!({"task": "@@tools please", "isolation": "worktree"}),
-        )
+    let (c, z) = Fixture::new()
+        .set("ZWARM_RUNNER_KUBERNETES_NODE_SELECTOR", "{pool = \"gpu\"}")
+        .set("ZWARM_RUNNER_KUBERNETES_SCHEDULE_TIMEOUT_SECONDS", "1")
+        .serve()
         .await;
+    let r = delegate(&z, "@@tools please").await;
     assert_eq!(r["status"], "failed", "{r}");
     let err = r["error"].to_string();
     assert!(err.contains("never scheduled"), "{err}");
@@ -450,17 +508,14 @@ async fn a_pod_that_is_never_scheduled_fails_the_turn_with_the_reason() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_image_that_cannot_be_pulled_fails_the_turn_with_the_reason() {
-    let c = cluster(&[(
-        "ZWARM_RUNNER_KUBERNETES_IMAGE",
-        "registry.invalid/zwarm-exec:none",
-    )]);
-    let z = Zwarm::start(&c.env, &[]).await;
-    let r = z
-        .ok(
-            "delegate",
-            json!({"task": "@@tools please", "isolation": "worktree"}),
+    let (_c, z) = Fixture::new()
+        .set(
+            "ZWARM_RUNNER_KUBERNETES_IMAGE",
+            "registry.invalid/zwarm-exec:none",
         )
+        .serve()
         .await;
+    let r = delegate(&z, "@@tools please").await;
     assert_eq!(r["status"], "failed", "{r}");
     let err = r["error"].to_string();
     assert!(err.contains("could not pull the image"), "{err}");
@@ -469,16 +524,8 @@ async fn an_image_that_cannot_be_pulled_fails_the_turn_with_the_reason() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_the_cluster_loses_fails_the_turn() {
-    let c = cluster(&[]);
-    let z = Zwarm::start(&c.env, &[]).await;
-    let r = z
-        .ok(
-            "delegate",
-            json!({"task": "@@slowcmd", "isolation": "worktree", "mode": "async"}),
-        )
-        .await;
-    let id = s(&r["session_id"]).to_string();
-    c.kube.until(LIMIT, "a running pod", running_pod).await;
+    let (c, z) = Fixture::new().serve().await;
+    let id = c.slow_session(&z).await;
     let job = s(&c.kube.jobs(NS)[0]["metadata"]["name"]).to_string();
     c.kube.lose_job(NS, &job);
     let done = support::harness::wait_done(&z, &id).await;
@@ -488,8 +535,7 @@ async fn a_job_the_cluster_loses_fails_the_turn() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_without_a_worktree_is_refused_with_what_to_do() {
-    let c = cluster(&[]);
-    let z = Zwarm::start(&c.env, &[]).await;
+    let (c, z) = Fixture::new().serve().await;
     let r = z.ok("delegate", json!({"task": "@@tools please"})).await;
     assert_eq!(r["status"], "failed", "{r}");
     assert!(
@@ -502,7 +548,7 @@ async fn a_session_without_a_worktree_is_refused_with_what_to_do() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rejected_push_and_a_failed_fetch_fail_the_turn_with_gits_reason() {
     // The remote takes zwarm's push of the branch, then refuses the next one (the pod's).
-    let c = cluster(&[]);
+    let c = Fixture::new().build();
     let hook = c.remote.join("hooks/pre-receive");
     std::fs::write(
         &hook,
@@ -510,18 +556,9 @@ async fn a_rejected_push_and_a_failed_fetch_fail_the_turn_with_gits_reason() {
          if [ $n -ge 2 ]; then echo 'branch is protected' >&2; exit 1; fi\n",
     )
     .unwrap();
-    std::os::unix::fs::PermissionsExt::set_mode(
-        &mut std::fs::metadata(&hook).unwrap().permissions(),
-        0o755,
-    );
     std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let z = Zwarm::start(&c.env, &[]).await;
-    let r = z
-        .ok(
-            "delegate",
-            json!({"task": "@@tools please", "isolation": "worktree"}),
-        )
-        .await;
+    let z = c.serve().await;
+    let r = delegate(&z, "@@tools please").await;
     assert_eq!(r["status"], "failed", "{r}");
     let err = s(&r["error"]);
     assert!(err.contains("push to zwarm/"), "{r}");
@@ -537,12 +574,7 @@ async fn a_rejected_push_and_a_failed_fetch_fail_the_turn_with_gits_reason() {
         &c.remote,
         &["config", "uploadpack.hideRefs", "refs/heads/zwarm"],
     );
-    let r = z
-        .ok(
-            "delegate",
-            json!({"task": "@@tools please", "isolation": "worktree"}),
-        )
-        .await;
+    let r = delegate(&z, "@@tools please").await;
     assert_eq!(r["status"], "failed", "{r}");
     assert!(
         s(&r["error"]).contains("could not fetch the session's branch"),
@@ -552,7 +584,7 @@ async fn a_rejected_push_and_a_failed_fetch_fail_the_turn_with_gits_reason() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_claude_session_resumes_across_pods() {
-    let c = cluster(&[]);
+    let c = Fixture::new().build();
     let anthropic = AnthropicMock::start(json!({}));
     anthropic.set_script(keyed_script("claude_keyed.json", &c.env.work));
     // What claude needs in the pod comes from the Secret, like the key.
@@ -567,7 +599,7 @@ async fn a_claude_session_resumes_across_pods() {
             ("CLAUDE_CODE_MAX_RETRIES", "0"),
         ],
     );
-    let z = Zwarm::start(&c.env, &[]).await;
+    let z = c.serve().await;
     let r = z
         .ok(
             "delegate",

@@ -347,7 +347,8 @@ impl Runner for KubeRunner {
             session,
             read_back: launch.read_back.clone(),
         };
-        let (control, stdout, stderr) = turn::KubeTurn::follow(sh.clone(), name, label, pod, ret);
+        let (control, stdout, stderr) =
+            turn::KubeTurn::follow(sh.clone(), name, label, pod, ret, 0);
         Ok(RunningTurn {
             stdout: Some(stdout),
             stderr: Some(stderr),
@@ -355,7 +356,7 @@ impl Runner for KubeRunner {
         })
     }
 
-    async fn adopt(&self, label: &str, read_back: &[PathBuf]) -> Option<RunningTurn> {
+    async fn adopt(&self, label: &str, read_back: &[PathBuf], logged: u64) -> Option<RunningTurn> {
         if !valid_label(label) {
             return None;
         }
@@ -408,9 +409,11 @@ impl Runner for KubeRunner {
             pods,
             server: sh.server.clone(),
         });
-        tracing::info!(%label, job = %name, "re-attached to a turn's Job left by a stopped server");
+        tracing::info!(%label, job = %name, logged, "re-attached to a turn's Job left by a stopped server");
+        // The pod's log is served from its start: what the turn's raw log already holds is
+        // skipped.
         let (control, stdout, stderr) =
-            turn::KubeTurn::follow(own, name, label.to_string(), pod, ret);
+            turn::KubeTurn::follow(own, name, label.to_string(), pod, ret, logged);
         Some(RunningTurn {
             stdout: Some(stdout),
             stderr: Some(stderr),

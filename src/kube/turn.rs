@@ -55,13 +55,16 @@ pub(crate) struct KubeTurn {
 }
 
 impl KubeTurn {
-    /// Start following a created Job. `pod` was subscribed before the Job was created.
+    /// Start following a created Job. `pod` was subscribed before the Job was created. The
+    /// stdout handed back starts `skip` bytes into the pod's log (what a re-attached turn's
+    /// raw log already holds).
     pub(crate) fn follow(
         shared: Arc<Shared>,
         job: String,
         label: String,
         pod: watch::Receiver<Option<PodView>>,
         ret: Return,
+        skip: u64,
     ) -> (KubeTurn, super::Output, super::Output) {
         let (out_w, out_r) = tokio::io::duplex(PIPE);
         let (err_w, err_r) = tokio::io::duplex(PIPE);
@@ -77,6 +80,7 @@ impl KubeTurn {
             err_w,
             stopping.clone(),
             done_tx,
+            skip,
         ));
         (
             KubeTurn {
@@ -117,6 +121,10 @@ impl TurnProcess for KubeTurn {
         let _ = tokio::time::timeout_at(by, self.wait()).await;
     }
 
+    fn detach(mut self: Box<Self>) {
+        self.let_go();
+    }
+
     async fn finish(mut self: Box<Self>) -> Finished {
         let outcome = self.done.borrow().clone();
         if let Some(d) = self.driver.take() {
@@ -142,6 +150,17 @@ impl TurnProcess for KubeTurn {
             files,
             cause: o.cause.take(),
         }
+    }
+}
+
+impl KubeTurn {
+    /// Stop following without deleting the Job (another server follows it).
+    fn let_go(&mut self) {
+        if let Some(d) = self.driver.take() {
+            d.abort();
+        }
+        self.deleted = true;
+        self.shared.pods.forget(&self.label);
     }
 }
 
@@ -213,6 +232,7 @@ async fn drive(
     mut err_w: DuplexStream,
     stopping: Arc<AtomicBool>,
     done: watch::Sender<Option<Arc<parking_lot::Mutex<Outcome>>>>,
+    skip: u64,
 ) {
     let cfg = &shared.cfg;
     let schedule_by = Instant::now() + Duration::from_secs(cfg.schedule_timeout_seconds);
@@ -229,7 +249,7 @@ async fn drive(
                 && !v.deleted
             {
                 if log.is_none() && !v.name.is_empty() {
-                    log = Some(follow_log(&shared, &v.name, out_w.take()));
+                    log = Some(follow_log(&shared, &v.name, out_w.take(), skip));
                 }
                 ended = Some(t.clone());
                 break;
@@ -252,7 +272,7 @@ async fn drive(
             if v.running {
                 started = true;
                 if log.is_none() {
-                    log = Some(follow_log(&shared, &v.name, out_w.take()));
+                    log = Some(follow_log(&shared, &v.name, out_w.take(), skip));
                 }
             }
             last_pending = v.unschedulable.clone().or(last_pending);
@@ -332,9 +352,14 @@ async fn drive(
 /// The stdout pipe and the executor's end-of-turn line, held back until the turn's fate is known.
 type Held = Option<(DuplexStream, Vec<u8>)>;
 
-/// Stream the pod's log (the executor's stdout) into the engine's pipe until it ends; the
-/// end-of-turn line is held back and handed to the driver with the pipe.
-fn follow_log(shared: &Arc<Shared>, pod: &str, out: Option<DuplexStream>) -> JoinHandle<Held> {
+/// Stream the pod's log (the executor's stdout) from byte `skip` into the engine's pipe until
+/// it ends; the end-of-turn line is held back and handed to the driver with the pipe.
+fn follow_log(
+    shared: &Arc<Shared>,
+    pod: &str,
+    out: Option<DuplexStream>,
+    skip: u64,
+) -> JoinHandle<Held> {
     let shared = shared.clone();
     let path = format!(
         "/api/v1/namespaces/{}/pods/{pod}/log?container={CONTAINER}&follow=true",
@@ -343,8 +368,8 @@ fn follow_log(shared: &Arc<Shared>, pod: &str, out: Option<DuplexStream>) -> Joi
     tokio::spawn(async move {
         let mut out = out?;
         // A stream that breaks is asked for again, the bytes already seen skipped (the log is
-        // served from its start each time).
-        let (mut seen, mut open) = (0usize, true);
+        // served from its start each time), and so are the `skip` bytes passed on before.
+        let (mut seen, mut open) = (usize::try_from(skip).unwrap_or(usize::MAX), true);
         let mut hold: Vec<u8> = Vec::new();
         for attempt in 0..LOG_ATTEMPTS {
             let mut s = match shared.api.stream(&path).await {

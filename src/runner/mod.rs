@@ -148,6 +148,10 @@ pub trait TurnProcess: Send {
     fn id(&self) -> Option<u32> {
         None
     }
+
+    /// Let go of a re-attached run ([`Runner::adopt`]) without stopping it: another server
+    /// adopted the session first and follows the run. The default drops it.
+    fn detach(self: Box<Self>) {}
 }
 
 /// Where turns run.
@@ -172,12 +176,15 @@ pub trait Runner: Send + Sync + 'static {
     }
 
     /// Re-attach to a run labelled `label` that a dead server left running, when this runner's
-    /// runs outlive zwarm (a Kubernetes Job): its output from the start and its end, as for a
-    /// run this server started. `read_back` are the files its launch named
-    /// ([`Launch::read_back`]). `None` (the default): nothing to re-attach to; the engine fails
-    /// the turn and calls [`Runner::clean_up`].
-    async fn adopt(&self, label: &str, read_back: &[PathBuf]) -> Option<RunningTurn> {
-        let _ = (label, read_back);
+    /// runs outlive zwarm (a Kubernetes Job): its output and its end, as for a run this server
+    /// started. `read_back` are the files its launch named ([`Launch::read_back`]). `logged`
+    /// is how many bytes of the run's stdout the turn's raw log already holds (whole lines,
+    /// as the dead server wrote them; the engine has rebuilt the turn's progress from them):
+    /// the stdout handed back starts after them, so nothing is logged or parsed twice.
+    /// `None` (the default): nothing to re-attach to; the engine fails the turn and calls
+    /// [`Runner::clean_up`].
+    async fn adopt(&self, label: &str, read_back: &[PathBuf], logged: u64) -> Option<RunningTurn> {
+        let _ = (label, read_back, logged);
         None
     }
 

@@ -4,13 +4,15 @@
 //! running is cleaned up by the runner);
 //! held sessions at rest are let go ([`Manager::evict_idle`]) and read back when needed.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::registry::{Handle, owner_alive};
 use super::{Manager, ManagerError};
+use crate::event::ExecutorEvent;
 use crate::log_event::LogEvent;
-use crate::model::{Session, SessionStatus, TurnStatus, now};
+use crate::model::{Adapter, Session, SessionStatus, TurnStatus, now};
 use crate::store::{SessionImage, StoreError, Write};
 
 impl Manager {
@@ -63,23 +65,23 @@ impl Manager {
         }
         let mut recovered = None;
         let mut reattached = None;
-        if s.status.is_active()
-            && let Some(t) = s.last_turn_mut()
-            && t.status == TurnStatus::Running
-            && let Some(running) = self
+        let running_turn = s
+            .last_turn()
+            .filter(|t| s.status.is_active() && t.status == TurnStatus::Running)
+            .map(|t| t.index);
+        if let Some(index) = running_turn {
+            // What the turn's raw log holds is not asked of the runner again: the turn's
+            // progress is rebuilt from it, and the run's output is followed from there on.
+            let logged = self.logged_output(id, index, s.adapter).await;
+            if let Some(running) = self
                 .inner
                 .runner
-                .adopt(&format!("{id}.{}", t.index), &[])
+                .adopt(&format!("{id}.{index}"), &[], logged.bytes)
                 .await
-        {
-            // The runner still has the turn (a Job on a cluster): it is followed to its end
-            // from its start, so what the dead server recorded of its progress is replaced.
-            t.commands.clear();
-            t.files_changed.clear();
-            t.permission_denials.clear();
-            t.messages.clear();
-            t.tool_errors.clear();
-            reattached = Some((t.index, running));
+            {
+                logged.rebuild(&mut s, index);
+                reattached = Some((index, running, logged));
+            }
         }
         if s.status.is_active() && reattached.is_none() {
             let next = if s.native_id.is_some() {
@@ -139,6 +141,10 @@ impl Manager {
         match self.inner.store.submit(writes).committed().await {
             Ok(()) => {}
             Err(StoreError::Conflict(_)) => {
+                if let Some((_, running, _)) = reattached {
+                    // The other server follows the run.
+                    running.control.detach();
+                }
                 // Another server adopted it first: name it.
                 let pid = self.load(id).await.map(|(s, _)| s.owner.pid).unwrap_or(0);
                 return Err(ManagerError::ForeignOwner {
@@ -153,8 +159,11 @@ impl Manager {
             // Whatever the dead server's executor left running for this turn goes now.
             self.inner.runner.clean_up(&format!("{id}.{turn}")).await;
         }
+        if let Some((_, _, logged)) = &reattached {
+            logged.cut().await;
+        }
         let h = self.inner.registry.insert(Handle::new(s, version));
-        if let Some((index, running)) = reattached {
+        if let Some((index, running, _)) = reattached {
             tracing::info!(session = %id, turn = index, "re-attached to a turn a stopped server left running");
             let control = super::registry::TurnControl {
                 index,
@@ -162,13 +171,41 @@ impl Manager {
                 reason: Arc::new(parking_lot::Mutex::new(None)),
             };
             h.live.lock().control = Some(control.clone());
+            // The turn counts against max_running like one this server started: it takes a
+            // running slot now, or as soon as one is free when none is (it runs already, so
+            // it does not wait for one), and holds it until its end is recorded.
+            let slots = self.inner.slots.clone();
+            let mut slot = slots.clone().try_acquire_owned().ok().map(Ok);
             let (inner, h2) = (self.inner.clone(), h.clone());
             self.inner.tasks.spawn(async move {
-                super::turn::follow(inner, h2, index, control, running).await;
+                let follow = super::turn::follow(inner, h2, index, control, running);
+                tokio::pin!(follow);
+                let take = slots.acquire_owned();
+                tokio::pin!(take);
+                loop {
+                    tokio::select! {
+                        () = &mut follow => break,
+                        p = &mut take, if slot.is_none() => slot = Some(p),
+                    }
+                }
+                drop(slot);
             });
         }
         let _ = self.inner.changes.send(id.to_string());
         Ok(h)
+    }
+
+    /// What the raw log of a running turn a dead server left holds of its stdout (see
+    /// [`Logged`]).
+    async fn logged_output(&self, id: &str, index: u32, adapter: Adapter) -> Logged {
+        let path = self.inner.store.turn_dir(id).join(format!("{index}.jsonl"));
+        let p = path.clone();
+        let bytes = tokio::task::spawn_blocking(move || read_nofollow(&p))
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        Logged::parse(path, &bytes, adapter)
     }
 
     /// Read one whole session from the store, with its stored version.
@@ -250,4 +287,106 @@ impl Manager {
         }
         let _ = tokio::time::timeout(Duration::from_secs(5), notified).await;
     }
+}
+
+/// What a turn's raw stdout log holds, read back to re-attach to the turn: the events of its
+/// whole lines (through the executor's parser, as the dead server saw them) and how many bytes
+/// they take. A line that ends the turn is left out, with whatever follows it, and so is a
+/// line cut short by the crash: the re-attached run hands them back again.
+struct Logged {
+    path: PathBuf,
+    /// The log's size on disk.
+    size: u64,
+    /// Bytes of whole lines before the turn's end.
+    bytes: u64,
+    events: Vec<ExecutorEvent>,
+    adapter: Adapter,
+}
+
+impl Logged {
+    fn parse(path: PathBuf, log: &[u8], adapter: Adapter) -> Logged {
+        let mut parser = crate::executor::Parser::new(adapter);
+        let (mut bytes, mut events) = (0usize, Vec::new());
+        while let Some(n) = log[bytes..].iter().position(|b| *b == b'\n') {
+            let mut line = &log[bytes..bytes + n];
+            if line.last() == Some(&b'\r') {
+                line = &line[..line.len() - 1];
+            }
+            let evs = parser.parse_line(&String::from_utf8_lossy(line));
+            if evs.iter().any(|e| {
+                matches!(
+                    e,
+                    ExecutorEvent::TurnCompleted { .. } | ExecutorEvent::TurnFailed { .. }
+                )
+            }) {
+                break;
+            }
+            events.extend(evs);
+            bytes += n + 1;
+        }
+        Logged {
+            path,
+            size: log.len() as u64,
+            bytes: bytes as u64,
+            events,
+            adapter,
+        }
+    }
+
+    /// The turn's progress as the log shows it, in place of what the dead server had flushed
+    /// (which may be behind its log).
+    fn rebuild(&self, s: &mut Session, index: u32) {
+        if let Some(t) = s.turn_mut(index) {
+            t.commands.clear();
+            t.files_changed.clear();
+            t.permission_denials.clear();
+            t.messages.clear();
+            t.tool_errors.clear();
+        }
+        let mut outcome = super::fold::Outcome::default();
+        for ev in &self.events {
+            super::fold::apply(s, index, ev, &mut outcome);
+            if let Some(line) = ev.summary(self.adapter.as_str()) {
+                s.push_progress(line);
+            }
+        }
+    }
+
+    /// Cut the log after its whole lines before the turn's end: the rest comes again from the
+    /// re-attached run and is logged then, once.
+    async fn cut(&self) {
+        if self.size <= self.bytes {
+            return;
+        }
+        let (path, len) = (self.path.clone(), self.bytes);
+        let r = tokio::task::spawn_blocking(move || {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+                .open(&path)
+                .and_then(|f| f.set_len(len))
+        })
+        .await;
+        if let Ok(Err(e)) = r {
+            tracing::warn!(log = %self.path.display(), error = %e, "cannot cut a re-attached turn's log to its whole lines");
+        }
+    }
+}
+
+/// A file's contents (`None` when it is missing, a symlink, or unreadable).
+fn read_nofollow(p: &std::path::Path) -> Option<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(p)
+        .ok()?;
+    if !f.metadata().ok()?.is_file() {
+        return None;
+    }
+    let mut buf = Vec::new();
+    f.read_to_end(&mut buf).ok()?;
+    Some(buf)
 }

@@ -292,10 +292,14 @@ pub struct Zwarm {
 
 impl Zwarm {
     pub async fn start(env: &Env, extra_args: &[&str]) -> Zwarm {
-        let n = std::fs::read_dir(env.dir.path())
-            .map(|d| d.count())
-            .unwrap_or(0);
-        let stderr_path = env.dir.path().join(format!("zwarm-{n}.stderr"));
+        // One file per server, whatever else starts at the same moment (counting the files
+        // already there gave two servers started at once the same one).
+        static STARTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let stderr_path = env
+            .dir
+            .path()
+            .join(format!("zwarm-{}-{n}.stderr", std::process::id()));
         let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
         let cmd = env.command(extra_args).configure(|_| {});
         let (transport, _) = TokioChildProcess::builder(cmd)

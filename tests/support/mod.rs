@@ -7,6 +7,7 @@
 //! [`mock_anthropic`] for the script format.
 
 pub mod harness;
+pub mod memory;
 pub mod mock_anthropic;
 pub mod mock_chat;
 pub mod mock_gemini;

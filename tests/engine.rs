@@ -1341,8 +1341,11 @@ async fn idle_sessions_are_let_go_and_come_back_whole() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// In-process: the engine on the in-memory runner (no process, no CLI). Each test waits on the
-// engine's own conditions (a session's state), never on fixed sleeps.
+// In-process: the engine on the in-memory runner (no process, no CLI; tests/support/memory.rs).
+// Each test waits on the engine's own conditions (a session's state), never on fixed sleeps;
+// where time matters (timeouts, a wait's bound, the interrupt grace) it runs on a frozen clock
+// that only the test moves, so a turn times out at its timeout exactly and no test waits for
+// real time to pass.
 
 mod in_process {
     use std::sync::Arc;

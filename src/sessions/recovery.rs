@@ -300,7 +300,6 @@ struct Logged {
     /// Bytes of whole lines before the turn's end.
     bytes: u64,
     events: Vec<ExecutorEvent>,
-    adapter: Adapter,
 }
 
 impl Logged {
@@ -329,12 +328,12 @@ impl Logged {
             size: log.len() as u64,
             bytes: bytes as u64,
             events,
-            adapter,
         }
     }
 
     /// The turn's progress as the log shows it, in place of what the dead server had flushed
-    /// (which may be behind its log).
+    /// (which may be behind its log). The session's recent progress lines are kept as they
+    /// were stored (they are the whole session's, not the turn's).
     fn rebuild(&self, s: &mut Session, index: u32) {
         if let Some(t) = s.turn_mut(index) {
             t.commands.clear();
@@ -346,9 +345,6 @@ impl Logged {
         let mut outcome = super::fold::Outcome::default();
         for ev in &self.events {
             super::fold::apply(s, index, ev, &mut outcome);
-            if let Some(line) = ev.summary(self.adapter.as_str()) {
-                s.push_progress(line);
-            }
         }
     }
 

@@ -356,6 +356,10 @@ impl Runner for KubeRunner {
         })
     }
 
+    fn reattaches(&self) -> bool {
+        true
+    }
+
     async fn adopt(&self, label: &str, read_back: &[PathBuf], logged: u64) -> Option<RunningTurn> {
         if !valid_label(label) {
             return None;

@@ -114,6 +114,10 @@ impl Runner for Arc<MemoryRunner> {
         Ok(self.run(&launch.label, &launch.read_back, script, 0))
     }
 
+    fn reattaches(&self) -> bool {
+        true
+    }
+
     async fn adopt(&self, label: &str, read_back: &[PathBuf], logged: u64) -> Option<RunningTurn> {
         let script = self.left.lock().remove(label)?;
         self.adopted.lock().push((label.to_string(), logged));

@@ -175,6 +175,12 @@ pub trait Runner: Send + Sync + 'static {
         self.start(launch).await
     }
 
+    /// Whether this runner's runs outlive zwarm, so that [`Runner::adopt`] may find one (the
+    /// engine reads a turn's raw log back only then).
+    fn reattaches(&self) -> bool {
+        false
+    }
+
     /// Re-attach to a run labelled `label` that a dead server left running, when this runner's
     /// runs outlive zwarm (a Kubernetes Job): its output and its end, as for a run this server
     /// started. `read_back` are the files its launch named ([`Launch::read_back`]). `logged`

@@ -69,7 +69,7 @@ impl Manager {
             .last_turn()
             .filter(|t| s.status.is_active() && t.status == TurnStatus::Running)
             .map(|t| t.index);
-        if let Some(index) = running_turn {
+        if let Some(index) = running_turn.filter(|_| self.inner.runner.reattaches()) {
             // What the turn's raw log holds is not asked of the runner again: the turn's
             // progress is rebuilt from it, and the run's output is followed from there on.
             let logged = self.logged_output(id, index, s.adapter).await;
@@ -200,12 +200,12 @@ impl Manager {
     async fn logged_output(&self, id: &str, index: u32, adapter: Adapter) -> Logged {
         let path = self.inner.store.turn_dir(id).join(format!("{index}.jsonl"));
         let p = path.clone();
-        let bytes = tokio::task::spawn_blocking(move || read_nofollow(&p))
-            .await
-            .ok()
-            .flatten()
-            .unwrap_or_default();
-        Logged::parse(path, &bytes, adapter)
+        tokio::task::spawn_blocking(move || {
+            let bytes = read_nofollow(&p).unwrap_or_default();
+            Logged::parse(p, &bytes, adapter)
+        })
+        .await
+        .unwrap_or_else(|_| Logged::parse(path, &[], adapter))
     }
 
     /// Read one whole session from the store, with its stored version.
@@ -385,4 +385,33 @@ fn read_nofollow(p: &std::path::Path) -> Option<Vec<u8>> {
     let mut buf = Vec::new();
     f.read_to_end(&mut buf).ok()?;
     Some(buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_raw_log_is_read_back_up_to_its_whole_lines_before_the_turns_end() {
+        let start = "{\"type\":\"thread.started\",\"thread_id\":\"t\"}\n";
+        let cmd = "{\"type\":\"item.completed\",\"item\":{\"id\":\"c\",\"type\":\"command_execution\",\"command\":\"ls\",\"aggregated_output\":\"\",\"exit_code\":0,\"status\":\"completed\"}}\r\n";
+        let end = "{\"type\":\"turn.completed\",\"usage\":{\"input_tokens\":1,\"cached_input_tokens\":0,\"output_tokens\":1}}\n";
+        let parse = |log: &str| Logged::parse(PathBuf::new(), log.as_bytes(), Adapter::Codex);
+        // A line the crash cut short is left for the run to hand back.
+        let l = parse(&format!("{start}{cmd}{}", &end[..10]));
+        assert_eq!(l.bytes as usize, start.len() + cmd.len());
+        assert_eq!(l.size as usize, start.len() + cmd.len() + 10);
+        assert!(matches!(l.events[0], ExecutorEvent::SessionStarted { .. }));
+        assert!(
+            l.events
+                .iter()
+                .any(|e| matches!(e, ExecutorEvent::CommandFinished { .. }))
+        );
+        // So is a logged end of the turn, with what follows it.
+        let l = parse(&format!("{start}{end}{cmd}"));
+        assert_eq!(l.bytes as usize, start.len());
+        assert_eq!(l.events.len(), 1);
+        // Nothing logged: the whole run is handed back.
+        assert_eq!(parse("").bytes, 0);
+    }
 }

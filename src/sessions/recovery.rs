@@ -1,7 +1,7 @@
 //! Sessions a dead server left running are adopted ([`Manager::adopt`]: a compare-and-set on
 //! the owner; a turn the runner still has ([`crate::runner::Runner::adopt`], a Job on a
-//! cluster) is followed to its end, any other is recorded as interrupted and what it left
-//! running is cleaned up by the runner);
+//! cluster) is followed to its end, from where its raw log ends and holding a running slot,
+//! any other is recorded as interrupted and what it left running is cleaned up by the runner);
 //! held sessions at rest are let go ([`Manager::evict_idle`]) and read back when needed.
 
 use std::path::PathBuf;
@@ -138,13 +138,16 @@ impl Manager {
             ));
         }
         // The owner's compare-and-set: committed before the session is held (and published).
-        match self.inner.store.submit(writes).committed().await {
+        let committed = self.inner.store.submit(writes).committed().await;
+        if committed.is_err()
+            && let Some((_, running, _)) = reattached.take()
+        {
+            // Not ours: the run goes on (another server follows it, or a later adoption).
+            running.control.detach();
+        }
+        match committed {
             Ok(()) => {}
             Err(StoreError::Conflict(_)) => {
-                if let Some((_, running, _)) = reattached {
-                    // The other server follows the run.
-                    running.control.detach();
-                }
                 // Another server adopted it first: name it.
                 let pid = self.load(id).await.map(|(s, _)| s.owner.pid).unwrap_or(0);
                 return Err(ManagerError::ForeignOwner {

@@ -1704,6 +1704,60 @@ mod in_process {
         m2.shutdown(Duration::from_secs(5)).await;
     }
 
+    /// A turn re-attached while every running slot is taken runs anyway (it runs already),
+    /// and takes the first slot that frees: a queued turn waits for it to end.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_re_attached_turn_takes_the_first_running_slot_that_frees() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let hold = |gate: &CancellationToken| {
+            let g = gate.clone();
+            move |l: &zwarm::runner::Launch| Script {
+                stdout: codex_turn(&thread_of(l), "done"),
+                hold: Some(g.clone()),
+                ..Default::default()
+            }
+        };
+        // Server one runs A; server two, one slot, runs B.
+        let r1 = MemoryRunner::new(holding);
+        let m1 = start_on(dir.path(), |_| {}, &r1).await;
+        let a = m1.delegate(task("a")).await.expect("delegate a");
+        let gate_b = CancellationToken::new();
+        let r2 = MemoryRunner::new(hold(&gate_b));
+        let m2 = start_on(dir.path(), |c| c.max_running = 1, &r2).await;
+        let b = m2.delegate(task("b")).await.expect("delegate b");
+        within(r2.wait_launches(1)).await;
+        // Server one dies with A running; server two's runner still has A's run.
+        let dead = m1.get(&a).await.expect("get a").owner.instance;
+        m1.store().crash_after(0);
+        m1.shutdown(Duration::from_secs(5)).await;
+        drop(m1);
+        std::fs::remove_file(dir.path().join(format!("state/locks/{dead}.lock"))).expect("rm lock");
+        let gate_a = CancellationToken::new();
+        let launch = zwarm::runner::Launch {
+            label: format!("{a}.1"),
+            ..Default::default()
+        };
+        r2.leave_running(&launch.label, hold(&gate_a)(&launch));
+        let s = m2.get(&a).await.expect("get a");
+        assert_eq!(s.status.as_str(), "running", "{s:?}");
+        assert_eq!(r2.adopted().len(), 1);
+        // C queues behind B, and behind A once B ends: A takes B's slot.
+        let c = m2.delegate(task("c")).await.expect("delegate c");
+        assert_eq!(m2.get(&c).await.expect("get c").status.as_str(), "queued");
+        gate_b.cancel();
+        let s = settled(&m2, &b).await;
+        assert_eq!(s.status.as_str(), "idle", "{s:?}");
+        assert_eq!(m2.get(&c).await.expect("get c").status.as_str(), "queued");
+        assert_eq!(r2.launches().len(), 1, "C started while A held the slot");
+        gate_a.cancel();
+        let s = settled(&m2, &a).await;
+        assert_eq!(s.status.as_str(), "idle", "{s:?}");
+        within(r2.wait_launches(2)).await;
+        let s = settled(&m2, &c).await;
+        assert_eq!(s.status.as_str(), "idle", "{s:?}");
+        m2.shutdown(Duration::from_secs(5)).await;
+    }
+
     /// Poll `f` every 5 ms until it gives a value (failing after [`PATIENCE`]).
     async fn until<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
         let started = std::time::Instant::now();

@@ -175,16 +175,18 @@ impl Manager {
             };
             h.live.lock().control = Some(control.clone());
             // The turn counts against max_running like one this server started: it takes a
-            // running slot now, or as soon as one is free when none is (it runs already, so
-            // it does not wait for one), and holds it until its end is recorded.
-            let slots = self.inner.slots.clone();
-            let mut slot = slots.clone().try_acquire_owned().ok().map(Ok);
+            // running slot now, or when none is free the first one that frees (it is in line
+            // from now on, before any turn queued later; it runs already, so it does not wait
+            // for one), and holds it until its end is recorded.
+            let mut take = Box::pin(self.inner.slots.clone().acquire_owned());
+            let mut slot = match futures::poll!(take.as_mut()) {
+                std::task::Poll::Ready(p) => Some(p),
+                std::task::Poll::Pending => None,
+            };
             let (inner, h2) = (self.inner.clone(), h.clone());
             self.inner.tasks.spawn(async move {
                 let follow = super::turn::follow(inner, h2, index, control, running);
                 tokio::pin!(follow);
-                let take = slots.acquire_owned();
-                tokio::pin!(take);
                 loop {
                     tokio::select! {
                         () = &mut follow => break,

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::Adapter;
+use super::adapter::Adapter;
 use crate::config::Config;
 use crate::event::{ExecutorEvent, UsageScope};
 

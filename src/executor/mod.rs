@@ -14,6 +14,7 @@ mod api;
 pub mod binary;
 pub mod claude;
 pub mod codex;
+mod declared;
 pub mod nested;
 pub mod numbers;
 pub mod probe;
@@ -31,7 +32,7 @@ pub use api::{
 };
 pub use binary::native_codex_for;
 pub use nested::TURN_ENV;
-pub use registry::{REGISTRY, all, by_name, get, names_for_humans};
+pub use registry::{REGISTRY, Registry, all, by_name, check_config, get, names_for_humans};
 
 /// A parser for one executor's stdout (the registry's parser behind a stable type).
 pub struct Parser(Box<dyn StreamParser>);

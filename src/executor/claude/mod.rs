@@ -13,13 +13,14 @@
 //!
 //! The stream's events are typed in [`events`].
 
+pub mod config;
 mod doctor;
 pub mod events;
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
-use super::Adapter;
+use super::adapter::Adapter;
 use super::api::{
     ConfigKey, DoctorSpec, Executor, ExecutorError, FailureContext, Finding, Health, Launch,
     LaunchContext, StreamParser, TurnPlan,
@@ -87,12 +88,12 @@ impl Adapter {
     /// This executor's adapter (a name kept for code written when adapters were a closed
     /// enum; new code uses [`Adapter::parse`]).
     #[allow(non_upper_case_globals)]
-    pub const Claude: Adapter = Adapter::registered("claude");
+    pub const Claude: Adapter = Adapter::registered(config::NAME);
 }
 
 impl Executor for Claude {
     fn name(&self) -> &'static str {
-        "claude"
+        config::NAME
     }
     fn package(&self) -> &'static str {
         "@anthropic-ai/claude-code"
@@ -214,7 +215,7 @@ impl Executor for Claude {
         nested::claude_registrations(project.as_deref())
     }
     fn config_section(&self) -> (&'static str, &'static [ConfigKey]) {
-        ("claude", CONFIG_KEYS)
+        (config::NAME, CONFIG_KEYS)
     }
 }
 

@@ -12,6 +12,7 @@
 //! The stream's events are typed in [`events`]. A turn never loads zwarm's own MCP server
 //! (`-c mcp_servers.zwarm={…enabled=false}`, see [`nested`]).
 
+pub mod config;
 mod doctor;
 pub mod events;
 
@@ -20,7 +21,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use super::Adapter;
+use super::adapter::Adapter;
 use super::api::{
     ConfigKey, DoctorSpec, Executor, ExecutorError, FailureContext, Finding, Launch, LaunchContext,
     StreamParser, TurnPlan,
@@ -64,12 +65,12 @@ impl Adapter {
     /// This executor's adapter (a name kept for code written when adapters were a closed
     /// enum; new code uses [`Adapter::parse`]).
     #[allow(non_upper_case_globals)]
-    pub const Codex: Adapter = Adapter::registered("codex");
+    pub const Codex: Adapter = Adapter::registered(config::NAME);
 }
 
 impl Executor for Codex {
     fn name(&self) -> &'static str {
-        "codex"
+        config::NAME
     }
     fn package(&self) -> &'static str {
         "@openai/codex"
@@ -174,7 +175,7 @@ impl Executor for Codex {
         nested::codex_registrations()
     }
     fn config_section(&self) -> (&'static str, &'static [ConfigKey]) {
-        ("codex", CONFIG_KEYS)
+        (config::NAME, CONFIG_KEYS)
     }
 }
 

@@ -1,11 +1,13 @@
 //! The one table of config keys.
 //!
-//! [`table`] destructures every config struct without `..`, so a field added to any of them
-//! fails the build until it is listed here with its trust rule ([`Trust`]) and a line of
-//! documentation. Everything else is derived from this table: the known keys (and "did you mean"
-//! suggestions), each key's value type (from the field's Rust type, [`KeyType`]), the `ZWARM_*`
-//! variable names, how `--set` and the environment parse a value, what the untrusted project
-//! file may set, and the key reference in `docs/configuration.md`.
+//! [`table`] destructures every config struct without `..` ([`super::schema::fields`]), so a
+//! field added to any of them fails the build until it is listed with its trust rule ([`Trust`])
+//! and a line of documentation: here, or beside the section where an executor owns it
+//! (`crate::executor::codex::config::key_defs`), gathered here. [`named`] holds the keys of
+//! tables the user names (`[executors.NAME]`). Everything else is derived from these: the known
+//! keys (and "did you mean" suggestions), each key's value type (from the field's Rust type,
+//! [`KeyType`]), the `ZWARM_*` variable names, how `--set` and the environment parse a value,
+//! what the untrusted project file may set, and the key reference in `docs/configuration.md`.
 
 use std::sync::OnceLock;
 

@@ -24,8 +24,8 @@ static BUILT_IN: &[&dyn Executor] = &[
     &acp::OPENCODE_EXECUTOR,
 ];
 
-/// Every executor zwarm knows: the built-in ones, then those the configuration declares.
-/// Iterate it (`REGISTRY.iter()`, `for e in REGISTRY`) or index it (`REGISTRY[0]`).
+/// Every executor zwarm knows: the built-in ones, then those the configuration declares. A
+/// slice (`REGISTRY.iter()`, `REGISTRY[0]`, `REGISTRY.len()`), and `for e in REGISTRY` works.
 #[derive(Debug, Clone, Copy)]
 pub struct Registry;
 
@@ -67,18 +67,10 @@ fn shadowed(name: &str) -> Option<String> {
     ))
 }
 
-impl Registry {
-    /// Every registered executor, in order.
-    pub fn iter(&self) -> std::slice::Iter<'static, &'static dyn Executor> {
-        built().all.iter()
-    }
-
-    pub fn len(&self) -> usize {
-        built().all.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        built().all.is_empty()
+impl std::ops::Deref for Registry {
+    type Target = [&'static dyn Executor];
+    fn deref(&self) -> &Self::Target {
+        &built().all
     }
 }
 
@@ -86,14 +78,7 @@ impl IntoIterator for Registry {
     type Item = &'static &'static dyn Executor;
     type IntoIter = std::slice::Iter<'static, &'static dyn Executor>;
     fn into_iter(self) -> Self::IntoIter {
-        self.iter()
-    }
-}
-
-impl std::ops::Index<usize> for Registry {
-    type Output = &'static dyn Executor;
-    fn index(&self, i: usize) -> &Self::Output {
-        &built().all[i]
+        built().all.iter()
     }
 }
 

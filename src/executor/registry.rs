@@ -229,6 +229,27 @@ mod tests {
     }
 
     #[test]
+    fn config_sections_are_the_key_tables() {
+        for e in BUILT_IN {
+            let (section, keys) = e.config_section();
+            for k in keys {
+                let dotted = format!("{section}.{}", k.key);
+                let def = crate::config::keys::find(&dotted).unwrap_or_else(|| panic!("{dotted}"));
+                assert_eq!(
+                    k.trusted_only,
+                    matches!(def.trust, crate::config::keys::Trust::TrustedOnly(_)),
+                    "{dotted}"
+                );
+            }
+        }
+        let (section, keys) = codex::Codex.config_section();
+        let names: Vec<&str> = keys.iter().map(|k| k.key).collect();
+        assert_eq!(section, "codex");
+        assert_eq!(names, ["binary", "model", "sandbox", "extra_args"]);
+        assert_eq!(claude::Claude.config_section().1.len(), 7);
+    }
+
+    #[test]
     fn declared_executors_cannot_take_a_built_in_name() {
         for name in ["codex", "claude", "gemini", "qwen", "opencode", "codex_mcp"] {
             let why = shadowed(name).unwrap();

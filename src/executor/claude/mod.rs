@@ -46,43 +46,15 @@ pub const FLAGS: &[&str] = &[
     "--mcp-config",
 ];
 
-const CONFIG_KEYS: &[ConfigKey] = &[
-    ConfigKey {
-        key: "binary",
-        doc: "path or name of the claude binary (default: `claude` on PATH)",
-        trusted_only: true,
-    },
-    ConfigKey {
-        key: "model",
-        doc: "the model (`--model`); a session's own model wins",
-        trusted_only: false,
-    },
-    ConfigKey {
-        key: "permission_mode",
-        doc: "`plan`, `default` (also `manual`), `acceptEdits`, `dontAsk`, `auto` or `bypassPermissions`",
-        trusted_only: true,
-    },
-    ConfigKey {
-        key: "max_turns",
-        doc: "`--max-turns` per zwarm turn",
-        trusted_only: false,
-    },
-    ConfigKey {
-        key: "allowed_tools",
-        doc: "tools allowed without asking (`--allowedTools`)",
-        trusted_only: true,
-    },
-    ConfigKey {
-        key: "append_system_prompt",
-        doc: "text appended to claude's system prompt",
-        trusted_only: true,
-    },
-    ConfigKey {
-        key: "extra_args",
-        doc: "extra arguments for `claude`",
-        trusted_only: true,
-    },
-];
+/// `[claude]` as the key table defines it ([`config::key_defs`]).
+fn config_keys() -> &'static [ConfigKey] {
+    static KEYS: std::sync::OnceLock<Vec<ConfigKey>> = std::sync::OnceLock::new();
+    KEYS.get_or_init(|| {
+        let mut defs = Vec::new();
+        config::key_defs(&mut defs);
+        ConfigKey::section(config::NAME, &defs)
+    })
+}
 
 impl Adapter {
     /// This executor's adapter (a name kept for code written when adapters were a closed
@@ -215,7 +187,7 @@ impl Executor for Claude {
         nested::claude_registrations(project.as_deref())
     }
     fn config_section(&self) -> (&'static str, &'static [ConfigKey]) {
-        (config::NAME, CONFIG_KEYS)
+        (config::NAME, config_keys())
     }
 }
 

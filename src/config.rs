@@ -10,7 +10,7 @@
 //! 5. the environment (`ZWARM_*`);
 //! 6. `--set key=value` and `--state-dir`.
 //!
-//! The sections are typed in [`settings`] and beside the code they configure. Every key is
+//! The sections are typed in `settings.rs` and beside the code they configure. Every key is
 //! listed once, with its type, its `ZWARM_*` variable and what the project file
 //! may do with it, in [`keys`]. The project file never stops zwarm: what it may not set (keys
 //! only a trusted layer may set, settings that would loosen what the layers below it say,

@@ -1,6 +1,6 @@
 //! The one table of config keys.
 //!
-//! [`table`] destructures every config struct without `..` ([`super::schema::fields`]), so a
+//! [`table`] destructures every config struct without `..` (the `fields!` macro), so a
 //! field added to any of them fails the build until it is listed with its trust rule ([`Trust`])
 //! and a line of documentation: here, or beside the section where an executor owns it
 //! (`crate::executor::codex::config::key_defs`), gathered here. [`named`] holds the keys of

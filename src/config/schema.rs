@@ -1,10 +1,10 @@
 //! The vocabulary of the key table, a leaf every config section may use: how a value is written
 //! ([`Kind`], [`KeyType`]), what the untrusted project file may do with a key ([`Trust`],
 //! [`Tighten`]), keys whose values are ordered ([`ModeKey`]), one key ([`KeyDef`]) and the
-//! [`fields`] macro that lists a section's fields exhaustively.
+//! `fields!` macro that lists a section's fields exhaustively.
 //!
 //! Sections are typed beside the code they configure (an executor's in its module, a runner's
-//! in its own); each says its keys' rules with [`fields`], and [`super::keys`] gathers them.
+//! in its own); each says its keys' rules with `fields!`, and [`super::keys`] gathers them.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

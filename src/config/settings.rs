@@ -24,8 +24,8 @@ pub const DEFAULT_MAX_TASK_BYTES: usize = 1_048_576;
 pub struct Config {
     /// Adapter used when `delegate` names none: a registered executor's name.
     pub default_adapter: String,
-    /// Where sessions, turn logs and events live. Absolute after [`load`] (a relative value is
-    /// taken from the project dir); unset: [`default_state_dir`].
+    /// Where sessions, turn logs and events live. Absolute after [`super::load`] (a relative
+    /// value is taken from the project dir); unset: [`super::Sources::default_state_dir`].
     pub state_dir: PathBuf,
     /// Directories a session's `working_dir` must be inside. Empty: the project.
     pub allowed_roots: Vec<PathBuf>,
@@ -75,9 +75,9 @@ pub struct Config {
     /// `[runner]`: where turns run (local processes, containers, a cluster).
     pub runner: RunnerConfig,
 
-    // Not config keys: facts [`load`] found while loading.
+    // Not config keys: facts [`super::load`] found while loading.
     /// The project: the top level of the git work tree holding the working directory, else
-    /// the working directory; canonical ([`project_root`]). The state slug, the project file
+    /// the working directory; canonical ([`super::project_root`]). The state slug, the project file
     /// and the default allowed root come from it; use it, not the process's directory.
     #[serde(skip)]
     pub project_dir: PathBuf,
@@ -145,8 +145,7 @@ impl Default for Config {
     }
 }
 
-/// Checks serde cannot make: ranges and values.
-/// Whether `default_adapter` names a registered executor is the registry's to say
+/// Checks serde cannot make: ranges and values. Whether `default_adapter` names a registered executor is the registry's to say
 /// (`crate::executor::check_config`): the configuration does not know the executors.
 pub(super) fn validate(cfg: &Config) -> Result<(), ConfigError> {
     if cfg.default_adapter.trim().is_empty() {

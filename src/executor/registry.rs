@@ -12,7 +12,7 @@ use serde::{Deserialize, Deserializer};
 use super::adapter::Adapter;
 use super::api::Executor;
 use super::{acp, claude, codex, declared};
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 
 /// The built-in executors. Adding one: its module, and one line here. The first is the
 /// default `default_adapter`.
@@ -130,9 +130,13 @@ pub fn names_for_humans(with_aliases: bool) -> String {
 
 /// What the configuration asks of the executors, checked against the registry: a
 /// `default_adapter` that is registered, declared executors that are (none shadowing a
-/// built-in one). Start-up calls it after loading the configuration; the error says what to
-/// change.
-pub fn check_config(cfg: &Config) -> Result<(), String> {
+/// built-in one). Start-up calls it after loading the configuration; the error (a
+/// configuration error: exit status 2) says what to change.
+pub fn check_config(cfg: &Config) -> Result<(), ConfigError> {
+    check(cfg).map_err(ConfigError::Invalid)
+}
+
+fn check(cfg: &Config) -> Result<(), String> {
     if let Some(why) = built().refused.first() {
         return Err(why.clone());
     }
@@ -264,19 +268,22 @@ mod tests {
         assert!(check_config(&cfg).is_ok());
         cfg.default_adapter = "nope".into();
         let e = check_config(&cfg).unwrap_err();
+        let text = e.to_string();
         assert!(
-            e.contains("default_adapter is `nope`") && e.contains("`codex`"),
-            "{e}"
+            text.contains("default_adapter is `nope`") && text.contains("`codex`"),
+            "{text}"
         );
+        // A configuration error: `zwarm` exits with status 2.
+        assert!(crate::config::is_config_error(&anyhow::Error::new(e)));
         let mut cfg = Config::default();
         cfg.executors
             .declared
             .insert("codex".into(), Default::default());
-        assert!(check_config(&cfg).unwrap_err().contains("built-in"));
+        assert!(check(&cfg).unwrap_err().contains("built-in"));
         let mut cfg = Config::default();
         cfg.executors
             .declared
             .insert("never-loaded".into(), Default::default());
-        assert!(check_config(&cfg).unwrap_err().contains("not registered"));
+        assert!(check(&cfg).unwrap_err().contains("not registered"));
     }
 }

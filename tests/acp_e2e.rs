@@ -1176,7 +1176,8 @@ async fn an_update_sent_just_before_the_answer_belongs_to_the_turn() {
     agent.stop(Duration::from_secs(5)).await;
 }
 
-#[path = "acp/custom.rs"]
-mod custom;
 #[path = "acp/serve.rs"]
 mod serve;
+
+#[path = "acp/custom.rs"]
+mod custom;

@@ -1178,3 +1178,6 @@ async fn an_update_sent_just_before_the_answer_belongs_to_the_turn() {
 
 #[path = "acp/serve.rs"]
 mod serve;
+
+#[path = "acp/custom.rs"]
+mod custom;

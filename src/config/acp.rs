@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::keys::ModeKey;
+use super::schema::ModeKey;
 use crate::acp::{Level, Rule};
 
 /// `[acp]`.

@@ -141,7 +141,7 @@ fn strings(v: &Value) -> Option<Vec<String>> {
 /// The config as the layers below the project file leave it: the defaults, then the user
 /// config file.
 fn below_table(user: Option<&toml::Table>) -> toml::Table {
-    let mut t = match Value::try_from(super::Config::default()) {
+    let mut t = match Value::try_from(super::settings::Config::default()) {
         Ok(Value::Table(t)) => t,
         _ => toml::Table::new(),
     };

@@ -1,226 +1,37 @@
 //! The one table of config keys.
 //!
-//! [`table`] destructures every config struct without `..`, so a field added to any of them
-//! fails the build until it is listed here with its trust rule ([`Trust`]) and a line of
-//! documentation. Everything else is derived from this table: the known keys (and "did you mean"
-//! suggestions), each key's value type (from the field's Rust type, [`KeyType`]), the `ZWARM_*`
-//! variable names, how `--set` and the environment parse a value, what the untrusted project
-//! file may set, and the key reference in `docs/configuration.md`.
+//! [`table`] destructures every config struct without `..` (the `fields!` macro), so a
+//! field added to any of them fails the build until it is listed with its trust rule ([`Trust`])
+//! and a line of documentation: here, or beside the section where an executor owns it
+//! (`crate::executor::codex::config::key_defs`), gathered here. [`named`] holds the keys of
+//! tables the user names (`[executors.NAME]`). Everything else is derived from these: the known
+//! keys (and "did you mean" suggestions), each key's value type (from the field's Rust type,
+//! [`KeyType`]), the `ZWARM_*` variable names, how `--set` and the environment parse a value,
+//! what the untrusted project file may set, and the key reference in `docs/configuration.md`.
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use serde::Serialize;
 use toml::Value;
 
-use super::{AcpConfig, ClaudeConfig, CodexConfig, Config, ExecutorsConfig, IgnoredKey};
-use crate::container::{ContainerConfig, Network};
-use crate::runner::config::{KubeConfig, RunnerConfig, RunnerKind};
+use super::acp::{ACP_LEVEL, AcpConfig};
+use super::executors;
+pub use super::schema::{KeyDef, KeyType, Kind, ModeKey, Tighten, Trust};
+use super::schema::{fields, key_types};
+use super::settings::{Config, IgnoredKey};
+use crate::executor::{claude::config as claude, codex::config as codex};
+use crate::runner::config::{ContainerConfig, KubeConfig, Network, RunnerConfig, RunnerKind};
 use crate::telemetry::TelemetryConfig;
 use crate::watch::{
     BudgetConfig, PatternConfig, PatternRule, ProgressConfig, QualityConfig, ScopeConfig,
     WatchersConfig,
 };
 
-/// How a value is written in `ZWARM_*` variables and `--set`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
-    Str,
-    Int,
-    Float,
-    Bool,
-    /// A TOML array of strings, or a comma-separated list.
-    StrList,
-    /// A table or array checked by serde only (price tables, pattern rules), as a TOML value.
-    Free,
-    /// A table of keys (`[codex]`): not a key itself.
-    Section,
-}
-
-impl Kind {
-    fn name(self) -> &'static str {
-        match self {
-            Kind::Str => "string",
-            Kind::Int => "integer",
-            Kind::Float => "number",
-            Kind::Bool => "boolean",
-            Kind::StrList => "list of strings",
-            Kind::Free => "TOML value",
-            Kind::Section => "table",
-        }
-    }
-}
-
-/// The [`Kind`] of a config field's Rust type: a field of a new type fails the build until it
-/// says how it is written.
-pub trait KeyType {
-    const KIND: Kind;
-}
-
-macro_rules! key_types {
-    ($($kind:ident: $($ty:ty),*;)*) => {
-        $($(impl KeyType for $ty { const KIND: Kind = Kind::$kind; })*)*
-    };
-}
-
 key_types! {
-    Str: String, PathBuf, RunnerKind, Network;
-    Int: u32, u64, usize, i32;
-    Float: f64;
-    Bool: bool;
-    StrList: Vec<String>, Vec<PathBuf>;
+    Str: RunnerKind, Network;
     Free: Vec<PatternRule>, Vec<IgnoredKey>, Vec<crate::acp::Rule>;
-    Section: CodexConfig, ClaudeConfig, ExecutorsConfig, AcpConfig, WatchersConfig, ProgressConfig,
-        BudgetConfig, ScopeConfig, PatternConfig, QualityConfig, TelemetryConfig, RunnerConfig,
-        KubeConfig, ContainerConfig;
+    Section: AcpConfig, WatchersConfig, ProgressConfig, BudgetConfig, ScopeConfig,
+        PatternConfig, QualityConfig, TelemetryConfig, RunnerConfig, KubeConfig, ContainerConfig;
 }
-
-impl<V> KeyType for BTreeMap<String, V> {
-    const KIND: Kind = Kind::Free;
-}
-
-impl<T: KeyType> KeyType for Option<T> {
-    const KIND: Kind = T::KIND;
-}
-
-/// What the untrusted project file (`<project>/.zwarm/config.toml`) may do with a key. The
-/// other layers are the user's own and may set anything.
-#[derive(Debug, Clone, Copy)]
-pub enum Trust {
-    /// The project file may set it: it neither changes what runs nor loosens a limit.
-    Free,
-    /// Only a trusted layer may set it; the text says why.
-    TrustedOnly(&'static str),
-    /// The project file may only make it stricter than the layers below it.
-    TightenOnly(Tighten),
-    /// Not a key: a table of keys.
-    Section,
-    /// Not a key: a fact `load` finds.
-    NotAKey,
-}
-
-/// Which way a key tightens.
-#[derive(Debug, Clone, Copy)]
-pub enum Tighten {
-    /// `true` is stricter.
-    On,
-    /// A number where lower is stricter. An unset value below means no limit, or
-    /// (`Some(n)`) at most `n`.
-    Lower(Option<u64>),
-    /// A count where lower is stricter, down to 1 (0 turns the check off).
-    Count,
-    /// A watcher action: continue < nudge < pause < abort.
-    Action,
-    /// One of a mode's values; narrower is stricter.
-    Mode(&'static ModeKey),
-    /// A list the project's entries are added to (never replace).
-    Add,
-    /// Paths that must lie inside those below (an empty list means anywhere).
-    WithinPaths,
-    /// Entries that must be among those below (an empty list means any).
-    Subset,
-    /// Prices: never lower than those below.
-    Prices,
-    /// Permission rules: the project's deny and ask rules are added (they win only when
-    /// stricter); its allow rules are dropped.
-    Rules,
-}
-
-impl Trust {
-    /// The rule as the key reference shows it.
-    pub fn describe(&self) -> String {
-        match self {
-            Trust::Free => "yes".into(),
-            Trust::TrustedOnly(_) => "no (trusted layers only)".into(),
-            Trust::TightenOnly(t) => format!(
-                "only {}",
-                match t {
-                    Tighten::On => "to turn it on".to_string(),
-                    Tighten::Lower(_) | Tighten::Count => "lower".to_string(),
-                    Tighten::Action => "a stronger action".to_string(),
-                    Tighten::Mode(m) => format!("narrower ({})", m.order()),
-                    Tighten::Add => "adds entries".to_string(),
-                    Tighten::WithinPaths => "paths inside those below".to_string(),
-                    Tighten::Subset => "entries among those below".to_string(),
-                    Tighten::Prices => "prices no lower than those below".to_string(),
-                    Tighten::Rules => "adds deny and ask rules".to_string(),
-                }
-            ),
-            Trust::Section | Trust::NotAKey => String::new(),
-        }
-    }
-}
-
-/// A key whose values are ordered from narrowest to widest.
-#[derive(Debug)]
-pub struct ModeKey {
-    pub key: &'static str,
-    pub default: &'static str,
-    /// Every accepted value with its width; values of equal width grant the same.
-    pub values: &'static [(&'static str, u8)],
-    /// The accepted values, for error messages.
-    pub expected: &'static str,
-}
-
-impl ModeKey {
-    /// Width of `value`, `None` when it is not a known value.
-    pub fn width(&self, value: &str) -> Option<u8> {
-        self.values
-            .iter()
-            .find(|(v, _)| *v == value)
-            .map(|(_, w)| *w)
-    }
-
-    /// Whether `value` grants more than the default.
-    pub fn is_wide(&self, value: &str) -> bool {
-        self.width(value) > self.width(self.default)
-    }
-
-    /// `a` < `b` = `c` < ...: the values from narrowest to widest.
-    fn order(&self) -> String {
-        let mut s = String::new();
-        let mut last = None;
-        for (v, w) in self.values {
-            match last {
-                None => {}
-                Some(l) if l == *w => s.push_str(" = "),
-                Some(_) => s.push_str(" < "),
-            }
-            s.push_str(&format!("`{v}`"));
-            last = Some(*w);
-        }
-        s
-    }
-}
-
-/// `codex.sandbox`.
-pub const SANDBOX_MODE: ModeKey = ModeKey {
-    key: "codex.sandbox",
-    default: "workspace-write",
-    values: &[
-        ("read-only", 0),
-        ("workspace-write", 1),
-        ("danger-full-access", 2),
-    ],
-    expected: "one of read-only, workspace-write, danger-full-access",
-};
-
-/// `claude.permission_mode`. Claude Code renamed `default` to `manual`; both are accepted.
-pub const PERMISSION_MODE: ModeKey = ModeKey {
-    key: "claude.permission_mode",
-    default: "acceptEdits",
-    values: &[
-        ("plan", 0),
-        ("default", 1),
-        ("manual", 1),
-        ("acceptEdits", 2),
-        ("dontAsk", 3),
-        ("auto", 3),
-        ("bypassPermissions", 3),
-    ],
-    expected: "one of plan, default, manual, acceptEdits, dontAsk, auto, bypassPermissions",
-};
 
 /// `isolation`: a worktree per session keeps executors out of the project checkout.
 pub const ISOLATION_MODE: ModeKey = ModeKey {
@@ -238,48 +49,7 @@ pub const CONTAINMENT_MODE: ModeKey = ModeKey {
     expected: "one of auto, process-group",
 };
 
-/// One config key.
-#[derive(Debug)]
-pub struct KeyDef {
-    /// Dotted key, e.g. `codex.sandbox`.
-    pub key: &'static str,
-    pub kind: Kind,
-    pub trust: Trust,
-    /// The built-in default, `None` when unset.
-    pub default: Option<Value>,
-    pub doc: &'static str,
-}
-
 impl KeyDef {
-    fn new<T: KeyType + Serialize>(
-        key: &'static str,
-        value: &T,
-        trust: Trust,
-        doc: &'static str,
-    ) -> KeyDef {
-        let default = match T::KIND {
-            Kind::Section => None,
-            _ => Value::try_from(value).ok(),
-        };
-        KeyDef {
-            key,
-            kind: T::KIND,
-            trust,
-            default,
-            doc,
-        }
-    }
-
-    /// The `ZWARM_*` variable for the key: `codex.sandbox` is `ZWARM_CODEX_SANDBOX`.
-    pub fn env_name(&self) -> String {
-        format!("ZWARM_{}", self.key.replace('.', "_").to_ascii_uppercase())
-    }
-
-    /// Whether it is a key (not a section, not a fact `load` finds).
-    pub fn is_key(&self) -> bool {
-        !matches!(self.trust, Trust::Section | Trust::NotAKey)
-    }
-
     /// The mode whose values the key must take, if any.
     pub fn mode(&self) -> Option<&'static ModeKey> {
         MODE_KEYS.iter().copied().find(|m| m.key == self.key)
@@ -288,11 +58,12 @@ impl KeyDef {
 
 /// Keys whose value must be one of a few words, ordered by how much they grant.
 pub const MODE_KEYS: &[&ModeKey] = &[
-    &SANDBOX_MODE,
-    &PERMISSION_MODE,
+    &codex::SANDBOX_MODE,
+    &claude::PERMISSION_MODE,
     &ISOLATION_MODE,
     &CONTAINMENT_MODE,
-    &super::ACP_LEVEL,
+    &ACP_LEVEL,
+    &executors::PROTOCOL,
 ];
 
 /// Short aliases of `ZWARM_*` variables (kept for configurations written for 0.2).
@@ -305,22 +76,10 @@ pub const ENV_ALIASES: &[(&str, &str)] = &[
 /// Environment variables that are not config keys but are still zwarm's.
 pub const ENV_RESERVED: &[&str] = &["ZWARM_LOG", "ZWARM_TURN"];
 
-/// List a struct's fields, exhaustively: a field missing here is a build error.
-macro_rules! fields {
-    ($out:ident, $prefix:literal, $ty:ident { $($field:ident: $trust:expr, $doc:expr;)* }) => {{
-        let $ty { $($field),* } = <$ty as Default>::default();
-        $( $out.push(KeyDef::new(concat!($prefix, stringify!($field)), &$field, $trust, $doc)); )*
-    }};
-}
-
 use Tighten::*;
 use Trust::{Free, NotAKey, Section, TightenOnly, TrustedOnly};
 
-const RUNS: &str = "it chooses the program zwarm runs";
-const ARGS: &str = "it goes into the executor's command line";
 const RUNNER: &str = "it chooses where executors run and what they can reach";
-const PROMPT: &str = "it goes into every executor's prompt";
-const MODEL: &str = "it goes into the executor's command line and chooses what a turn costs";
 const PRIORITY: &str =
     "Order among watchers whose actions are equally strong (the strongest action always wins).";
 
@@ -364,26 +123,11 @@ fn build() -> Vec<KeyDef> {
         pattern: Section, "";
         quality: Section, "";
     });
-    fields!(out, "codex.", CodexConfig {
-        binary: TrustedOnly(RUNS), "Path or name of the codex binary. Unset: `codex` on PATH.";
-        model: TrustedOnly(MODEL), "Model passed to codex. Unset: codex's own default.";
-        sandbox: TightenOnly(Mode(&SANDBOX_MODE)), "`read-only`, `workspace-write` or `danger-full-access`.";
-        extra_args: TrustedOnly(ARGS), "Extra arguments placed before the prompt, e.g. `[\"-c\", \"key=value\"]`.";
-    });
-    fields!(out, "claude.", ClaudeConfig {
-        binary: TrustedOnly(RUNS), "Path or name of the claude binary. Unset: `claude` on PATH.";
-        model: TrustedOnly(MODEL), "Model passed to claude. Unset: claude's own default.";
-        permission_mode: TightenOnly(Mode(&PERMISSION_MODE)), "`plan`, `default` (also `manual`), `acceptEdits`, `dontAsk`, `auto` or `bypassPermissions`.";
-        max_turns: TightenOnly(Count), "`--max-turns` of every claude turn. Unset: no limit.";
-        allowed_tools: TrustedOnly("it lets claude run tools without asking"), "Tools claude may use without asking (`--allowedTools`).";
-        append_system_prompt: TrustedOnly(PROMPT), "Text appended to claude's system prompt.";
-        extra_args: TrustedOnly(ARGS), "Extra arguments for claude.";
-    });
-    fields!(out, "executors.", ExecutorsConfig {
-        mcp_servers: TrustedOnly("it chooses the MCP servers (programs) executors load"), "Names of the MCP servers (from the executors' own configuration) that executors may load; zwarm itself never is one. Empty: none.";
-    });
+    codex::key_defs(&mut out);
+    claude::key_defs(&mut out);
+    executors::key_defs(&mut out);
     fields!(out, "acp.", AcpConfig {
-        level: TightenOnly(Mode(&super::ACP_LEVEL)), "Permission level of ACP agents' sessions (gemini, qwen, opencode): `read-only`, `workspace-write` or `full-access`. Unset: follows `codex.sandbox`.";
+        level: TightenOnly(Mode(&ACP_LEVEL)), "Permission level of ACP agents' sessions (gemini, qwen, opencode): `read-only`, `workspace-write` or `full-access`. Unset: follows `codex.sandbox`.";
         rules: TightenOnly(Rules), "`[[acp.rules]]` with `verdict` (`allow`, `deny`, `ask`), `kinds` (ACP tool kinds: `read`, `edit`, `delete`, `move`, `search`, `execute`, `fetch`, ...; empty: all) and `pattern` (regex over the command and paths). The first matching rule decides, before the level's defaults; the project file's rules only deny or ask, and win only when stricter.";
         ask_timeout_seconds: TightenOnly(Lower(None)), "How long a permission request answered `ask` waits for the orchestrator or a person (`zwarm approve`); no answer in time is a denial.";
         init_timeout_seconds: TightenOnly(Lower(None)), "How long an ACP agent gets to answer `initialize` and open its session.";
@@ -473,30 +217,79 @@ pub fn all() -> &'static [KeyDef] {
     TABLE.get_or_init(build)
 }
 
-/// Every config key a layer may set.
+/// Every config key a layer may set (the keys of named tables aside: [`named`]).
 pub fn table() -> impl Iterator<Item = &'static KeyDef> {
     all().iter().filter(|k| k.is_key())
 }
 
-/// The key named `key`.
-pub fn find(key: &str) -> Option<&'static KeyDef> {
+/// The keys of a named table, `executors.<name>.KEY` (`<name>` stands for any name): one
+/// `[executors.NAME]` table declares an executor.
+pub fn named() -> &'static [KeyDef] {
+    static NAMED: OnceLock<Vec<KeyDef>> = OnceLock::new();
+    NAMED.get_or_init(|| {
+        let mut out = Vec::new();
+        executors::named_key_defs(&mut out);
+        out
+    })
+}
+
+/// Where named tables are: `executors.NAME`.
+const NAMED_PARENT: &str = "executors";
+
+/// `NAME` when `path` is `executors.NAME` and not a key of `[executors]` itself.
+pub fn named_table(path: &str) -> Option<&str> {
+    let name = path.strip_prefix(NAMED_PARENT)?.strip_prefix('.')?;
+    (!name.is_empty() && !name.contains('.') && find_fixed(path).is_none()).then_some(name)
+}
+
+fn find_fixed(key: &str) -> Option<&'static KeyDef> {
     table().find(|k| k.key == key)
 }
 
-/// Whether `path` is a section (`codex`, `watchers.budget`).
+/// The key named `key`; `executors.NAME.command` is the named key `executors.<name>.command`.
+pub fn find(key: &str) -> Option<&'static KeyDef> {
+    find_fixed(key).or_else(|| {
+        let (table, field) = key.rsplit_once('.')?;
+        named_table(table)?;
+        named()
+            .iter()
+            .find(|k| k.key.rsplit_once('.').is_some_and(|(_, f)| f == field))
+    })
+}
+
+/// Whether `path` is a section (`codex`, `watchers.budget`); a named table is not one
+/// ([`named_table`]).
 pub fn is_section(path: &str) -> bool {
     all()
         .iter()
         .any(|k| matches!(k.trust, Trust::Section) && k.key == path)
 }
 
-/// The key a `ZWARM_*` variable sets.
-pub fn from_env_name(name: &str) -> Option<&'static KeyDef> {
-    ENV_ALIASES
+/// The dotted key a `ZWARM_*` variable sets: `ZWARM_EXECUTORS_MY_AGENT_COMMAND` is
+/// `executors.my_agent.command`.
+pub fn from_env_name(name: &str) -> Option<String> {
+    let fixed = ENV_ALIASES
         .iter()
         .find(|(alias, _)| *alias == name)
         .and_then(|(_, key)| find(key))
-        .or_else(|| table().find(|k| k.env_name() == name))
+        .or_else(|| table().find(|k| k.env_name() == name));
+    if let Some(k) = fixed {
+        return Some(k.key.to_string());
+    }
+    let rest = name
+        .strip_prefix("ZWARM_")?
+        .strip_prefix(&format!("{}_", NAMED_PARENT.to_ascii_uppercase()))?;
+    // The longest field first: `_AUTH_ENV` before `_ENV`.
+    let mut fields: Vec<&str> = named()
+        .iter()
+        .filter_map(|k| k.key.rsplit_once('.').map(|(_, f)| f))
+        .collect();
+    fields.sort_by_key(|f| std::cmp::Reverse(f.len()));
+    fields.into_iter().find_map(|field| {
+        let table = rest.strip_suffix(&format!("_{}", field.to_ascii_uppercase()))?;
+        let key = format!("{NAMED_PARENT}.{}.{field}", table.to_ascii_lowercase());
+        find(&key).map(|_| key)
+    })
 }
 
 /// The known key closest to `key`, when it is close enough to be a likely typo.
@@ -527,7 +320,7 @@ pub fn reference_markdown() -> String {
     let mut s = String::from(
         "| key | type | default | variable | project file may set | what it does |\n|---|---|---|---|---|---|\n",
     );
-    for k in table() {
+    for k in table().chain(named()) {
         let default = match (&k.default, k.kind) {
             (None, _) => "unset".to_string(),
             (Some(Value::String(s)), _) if s.is_empty() => "unset".to_string(),

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use toml::Value;
 
-use super::ConfigError;
+use super::error::ConfigError;
 use super::keys::{self, Kind};
 
 pub(super) fn read_file(p: &Path) -> Result<toml::Table, ConfigError> {
@@ -69,6 +69,8 @@ pub(super) fn problems(
                     },
                 )),
             }
+        } else if let (Some(_), Value::Table(sub)) = (keys::named_table(&path), v) {
+            out.extend(problems(sub, &path, source_name));
         } else if keys::find(&path).is_none() {
             out.push((path.clone(), unknown(&path, source_name)));
         } else if let Err(e) = check_mode(&path, v, source_name) {
@@ -120,12 +122,7 @@ pub(super) fn env_table(
             ));
             continue;
         };
-        set_path(
-            &mut t,
-            key.key,
-            value,
-            &format!("environment variable {name}"),
-        )?;
+        set_path(&mut t, &key, value, &format!("environment variable {name}"))?;
     }
     Ok(t)
 }

@@ -5,9 +5,10 @@ use std::path::{Path, PathBuf};
 
 use toml::Value;
 
+use super::error::ConfigError;
 use super::keys::{self, Trust};
 use super::layers::{get_path, insert_path, problems, read_file, remove_path};
-use super::{Config, IgnoredKey};
+use super::settings::{self, Config, IgnoredKey};
 
 /// Longest readable part of a [`project_slug`].
 pub(super) const SLUG_READABLE_MAX: usize = 48;
@@ -149,6 +150,26 @@ pub(super) fn project_layer(
             );
         }
     }
+    // `[executors.NAME]` declares an executor: a program zwarm would run.
+    let named: Vec<String> = match t.get("executors") {
+        Some(Value::Table(e)) => e
+            .keys()
+            .map(|name| format!("executors.{name}"))
+            .filter(|path| keys::named_table(path).is_some())
+            .collect(),
+        _ => vec![],
+    };
+    for path in named {
+        remove_path(&mut t, &path);
+        let name = path.trim_start_matches("executors.");
+        ignore(
+            &path,
+            format!(
+                "only a trusted layer may declare the executor `{name}`: {}; {TRUSTED_LAYERS}",
+                super::executors::DECLARE
+            ),
+        );
+    }
     for (key, why) in super::guardrails::tighten_only(&mut t, user) {
         ignore(
             &key,
@@ -164,8 +185,8 @@ pub(super) fn project_layer(
         let tried = insert_path(&mut alone, k.key, value).and_then(|()| {
             let cfg: Config = Value::Table(alone)
                 .try_into()
-                .map_err(|e: toml::de::Error| super::ConfigError::Invalid(e.to_string()))?;
-            super::validate(&cfg)
+                .map_err(|e: toml::de::Error| ConfigError::Invalid(e.to_string()))?;
+            settings::validate(&cfg)
         });
         if let Err(e) = tried {
             remove_path(&mut t, k.key);

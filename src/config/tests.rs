@@ -215,10 +215,7 @@ fn the_key_table_is_whole() {
             assert!(keys::is_section(parent), "{}", k.key);
         }
         assert!(!k.doc.is_empty(), "{} has no documentation", k.key);
-        assert_eq!(
-            keys::from_env_name(&k.env_name()).map(|d| d.key),
-            Some(k.key)
-        );
+        assert_eq!(keys::from_env_name(&k.env_name()).as_deref(), Some(k.key));
     }
     // Variable names are unique, aliases name keys.
     let mut names: Vec<String> = keys::table().map(|k| k.env_name()).collect();
@@ -228,7 +225,7 @@ fn the_key_table_is_whole() {
     assert_eq!(names.len(), n);
     for (alias, key) in keys::ENV_ALIASES {
         assert!(keys::find(key).is_some(), "{alias}");
-        assert_eq!(keys::from_env_name(alias).map(|d| d.key), Some(*key));
+        assert_eq!(keys::from_env_name(alias).as_deref(), Some(*key));
     }
     // Every default serialises back to a config that loads.
     let mut t = toml::Table::new();
@@ -238,7 +235,7 @@ fn the_key_table_is_whole() {
         }
     }
     let c: Config = toml::Value::Table(t).try_into().unwrap();
-    validate(&c).unwrap();
+    settings::validate(&c).unwrap();
 }
 
 #[test]
@@ -253,4 +250,84 @@ fn suggestions_are_near_misses_only() {
         keys::suggest_env("ZWARM_MAX_RUNING").as_deref(),
         Some("ZWARM_MAX_RUNNING")
     );
+}
+
+#[test]
+fn declared_executors_from_the_trusted_layers() {
+    let t = t(
+        &[
+            ("ZWARM_EXECUTORS_MY_AGENT_PROTOCOL", "acp"),
+            ("ZWARM_EXECUTORS_MY_AGENT_COMMAND", "[\"agent\", \"--acp\"]"),
+            ("ZWARM_EXECUTORS_MY_AGENT_AUTH_ENV", "AGENT_KEY"),
+            ("ZWARM_EXECUTORS_MY_AGENT_ENV", "{ MODE = \"ask\" }"),
+        ],
+        &[
+            "executors.other.protocol=acp",
+            "executors.other.command=other,acp",
+        ],
+    );
+    let user = t.dir.path().join("config/zwarm/config.toml");
+    std::fs::create_dir_all(user.parent().unwrap()).unwrap();
+    std::fs::write(
+        &user,
+        "[executors.copilot]\nprotocol = \"acp\"\ncommand = [\"copilot\", \"--acp\", \"--stdio\"]\n",
+    )
+    .unwrap();
+    let c = load(&t.src).unwrap();
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    let d = &c.executors.declared;
+    assert_eq!(d["copilot"].command, ["copilot", "--acp", "--stdio"]);
+    assert_eq!(d["my_agent"].command, ["agent", "--acp"]);
+    assert_eq!(d["my_agent"].auth_env, ["AGENT_KEY"]);
+    assert_eq!(d["my_agent"].env["MODE"], "ask");
+    assert_eq!(d["other"].command, ["other", "acp"]);
+    assert_eq!(
+        keys::from_env_name("ZWARM_EXECUTORS_A_B_AUTH_ENV").as_deref(),
+        Some("executors.a_b.auth_env")
+    );
+    assert_eq!(keys::from_env_name("ZWARM_EXECUTORS_A_NOPE"), None);
+}
+
+#[test]
+fn declared_executors_in_the_project_file_are_ignored() {
+    let t = t(&[], &[]);
+    let file = project_config_file(&t.src.cwd);
+    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+    std::fs::write(
+        &file,
+        "max_running = 2\n[executors.evil]\nprotocol = \"acp\"\ncommand = [\"sh\", \"-c\", \"x\"]\n",
+    )
+    .unwrap();
+    let c = load(&t.src).unwrap();
+    assert!(c.executors.declared.is_empty());
+    assert_eq!(c.max_running, 2, "the rest applies");
+    assert_eq!(c.ignored.len(), 1, "{:?}", c.ignored);
+    assert_eq!(c.ignored[0].key, "executors.evil");
+    assert!(
+        c.ignored[0]
+            .reason
+            .contains("only a trusted layer may declare the executor `evil`"),
+        "{:?}",
+        c.ignored
+    );
+}
+
+#[test]
+fn bad_declarations_in_trusted_layers_stop_loading() {
+    let e = load_err(&t(&[], &["executors.Bad.command=x"]));
+    assert!(e.contains("cannot name an executor"), "{e}");
+    let e = load_err(&t(&[], &["executors.a.command=x"]));
+    assert!(e.contains("executors.a.protocol"), "{e}");
+    let e = load_err(&t(&[], &["executors.a.protocol=mcp"]));
+    assert!(
+        e.contains("executors.a.protocol") && e.contains("acp"),
+        "{e}"
+    );
+    let e = load_err(&t(&[], &["executors.a.program=x"]));
+    assert!(
+        e.contains("unknown config key `executors.a.program`"),
+        "{e}"
+    );
+    let e = load_err(&t(&[], &["executors.mcp_server=x"]));
+    assert!(e.contains("did you mean `executors.mcp_servers`?"), "{e}");
 }

@@ -3,8 +3,9 @@
 
 use std::path::{Path, PathBuf};
 
-use super::Adapter;
+use super::adapter::Adapter;
 use crate::config::Config;
+use crate::config::schema::{KeyDef, Trust};
 use crate::event::{ExecutorEvent, UsageScope};
 
 /// What one turn should do.
@@ -97,6 +98,23 @@ pub struct ConfigKey {
     /// Only trusted layers (user config, environment, flags) may set it: it changes the
     /// executor's command line or prompt.
     pub trusted_only: bool,
+}
+
+impl ConfigKey {
+    /// A section's keys as the key table defines them (`codex.binary` is `binary` of
+    /// `codex`): the executor describes its section from the same rules the layers follow.
+    pub fn section(section: &str, defs: &[KeyDef]) -> Vec<ConfigKey> {
+        defs.iter()
+            .filter_map(|d| {
+                let key = d.key.strip_prefix(section)?.strip_prefix('.')?;
+                Some(ConfigKey {
+                    key,
+                    doc: d.doc,
+                    trusted_only: matches!(d.trust, Trust::TrustedOnly(_)),
+                })
+            })
+            .collect()
+    }
 }
 
 /// A coding-agent CLI zwarm can run turns of.

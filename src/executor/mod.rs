@@ -4,8 +4,10 @@
 //! [`Executor`]: its name, what to launch for a turn ([`Launch`]: argv, environment, stdin,
 //! files to read back), a typed stream parser ([`StreamParser`]), how it resumes, how its
 //! failures are explained, its usage and cost semantics, its doctor checks and its config
-//! section. [`REGISTRY`] (`registry.rs`) lists them; adding an executor is its module plus one
-//! line there. An [`Adapter`] is a registered executor's name: nothing else names one.
+//! section (`<name>/config.rs`, a leaf the configuration reads). [`REGISTRY`] (`registry.rs`)
+//! lists them, then the executors the configuration declares (`[executors.NAME]`,
+//! `declared.rs`); adding an executor is its module plus one line there. An [`Adapter`] is a
+//! registered executor's name: nothing else names one.
 //! Executors know nothing about MCP, sessions or storage.
 
 pub mod acp;
@@ -14,6 +16,7 @@ mod api;
 pub mod binary;
 pub mod claude;
 pub mod codex;
+mod declared;
 pub mod nested;
 pub mod numbers;
 pub mod probe;
@@ -31,7 +34,7 @@ pub use api::{
 };
 pub use binary::native_codex_for;
 pub use nested::TURN_ENV;
-pub use registry::{REGISTRY, all, by_name, get, names_for_humans};
+pub use registry::{REGISTRY, Registry, all, by_name, check_config, get, names_for_humans};
 
 /// A parser for one executor's stdout (the registry's parser behind a stable type).
 pub struct Parser(Box<dyn StreamParser>);

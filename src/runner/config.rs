@@ -1,8 +1,9 @@
 //! `[runner]`: where turns run. Trusted layers only: every key changes what an executor can
 //! reach (a container's network, a cluster, the host's environment) or how much of a machine.
 //!
-//! Each runner's own section is typed beside its code: `[runner.container]` in
-//! [`crate::container::config`], `[runner.kubernetes]` here ([`KubeConfig`]).
+//! Every runner's section is typed here, a leaf the configuration and the runners both read:
+//! `[runner.container]` ([`ContainerConfig`], its limits checked in
+//! `crate::container::config`) and `[runner.kubernetes]` ([`KubeConfig`]).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -37,7 +38,7 @@ impl RunnerKind {
 #[serde(default, deny_unknown_fields)]
 pub struct RunnerConfig {
     pub kind: RunnerKind,
-    pub container: crate::container::ContainerConfig,
+    pub container: ContainerConfig,
     pub kubernetes: KubeConfig,
 }
 
@@ -88,5 +89,95 @@ impl Default for KubeConfig {
             schedule_timeout_seconds: 300,
             ttl_seconds_after_finished: 600,
         }
+    }
+}
+
+/// `[runner.container] network`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Network {
+    /// The host's network namespace: the executor reaches what the host reaches, loopback
+    /// included (a model server or proxy on 127.0.0.1).
+    #[default]
+    Host,
+    /// Docker's default bridge: its own loopback, outbound through NAT.
+    Bridge,
+    /// No network at all (a model API is then unreachable: for tests and offline tools).
+    None,
+}
+
+impl Network {
+    pub fn mode(self) -> &'static str {
+        match self {
+            Network::Host => "host",
+            Network::Bridge => "bridge",
+            Network::None => "none",
+        }
+    }
+}
+
+/// `[runner.container]`: what a container turn may use. Trusted layers only: every key
+/// changes what an executor can reach (network, the host's environment) or how much of the
+/// machine.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ContainerConfig {
+    /// The image holding the executor CLIs (`codex`, `claude` on its PATH).
+    pub image: String,
+    pub network: Network,
+    /// Memory limit, e.g. `2g`, `512m` (swap is not added on top).
+    pub memory: Option<String>,
+    /// CPU limit in cores, e.g. `2.0`.
+    pub cpus: Option<f64>,
+    /// Limit on processes and threads in the container.
+    pub pids: Option<u64>,
+    /// `uid[:gid]` or a name known to the image; default: zwarm's own uid:gid, so files
+    /// written into the worktree belong to the same user as with the local runner.
+    pub user: Option<String>,
+    /// Names of zwarm's environment variables passed into the container (API keys, proxy
+    /// settings). Nothing else of zwarm's environment goes in.
+    pub env: Vec<String>,
+    /// Docker endpoint (`unix:///…`, `tcp://…`); default: `DOCKER_HOST`, else the local socket.
+    pub host: Option<String>,
+}
+
+impl Default for ContainerConfig {
+    fn default() -> Self {
+        ContainerConfig {
+            image: "zwarm-exec:latest".into(),
+            network: Network::Host,
+            memory: None,
+            cpus: None,
+            pids: Some(4096),
+            user: None,
+            env: Vec::new(),
+            host: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn section_parses_from_toml() {
+        let r: RunnerConfig = toml::from_str(
+            r#"kind = "container"
+[container]
+image = "zwarm-exec:1"
+network = "none"
+memory = "1g"
+cpus = 2.0
+pids = 256
+env = ["OPENAI_API_KEY"]
+"#,
+        )
+        .unwrap();
+        assert_eq!(r.kind, RunnerKind::Container);
+        assert_eq!(r.container.network, Network::None);
+        assert_eq!(r.container.env, vec!["OPENAI_API_KEY".to_string()]);
+        assert!(toml::from_str::<RunnerConfig>("kind = \"vm\"").is_err());
+        assert!(toml::from_str::<RunnerConfig>("[container]\nimage2 = \"x\"").is_err());
     }
 }

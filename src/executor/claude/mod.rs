@@ -13,13 +13,14 @@
 //!
 //! The stream's events are typed in [`events`].
 
+pub mod config;
 mod doctor;
 pub mod events;
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
-use super::Adapter;
+use super::adapter::Adapter;
 use super::api::{
     ConfigKey, DoctorSpec, Executor, ExecutorError, FailureContext, Finding, Health, Launch,
     LaunchContext, StreamParser, TurnPlan,
@@ -45,54 +46,26 @@ pub const FLAGS: &[&str] = &[
     "--mcp-config",
 ];
 
-const CONFIG_KEYS: &[ConfigKey] = &[
-    ConfigKey {
-        key: "binary",
-        doc: "path or name of the claude binary (default: `claude` on PATH)",
-        trusted_only: true,
-    },
-    ConfigKey {
-        key: "model",
-        doc: "the model (`--model`); a session's own model wins",
-        trusted_only: false,
-    },
-    ConfigKey {
-        key: "permission_mode",
-        doc: "`plan`, `default` (also `manual`), `acceptEdits`, `dontAsk`, `auto` or `bypassPermissions`",
-        trusted_only: true,
-    },
-    ConfigKey {
-        key: "max_turns",
-        doc: "`--max-turns` per zwarm turn",
-        trusted_only: false,
-    },
-    ConfigKey {
-        key: "allowed_tools",
-        doc: "tools allowed without asking (`--allowedTools`)",
-        trusted_only: true,
-    },
-    ConfigKey {
-        key: "append_system_prompt",
-        doc: "text appended to claude's system prompt",
-        trusted_only: true,
-    },
-    ConfigKey {
-        key: "extra_args",
-        doc: "extra arguments for `claude`",
-        trusted_only: true,
-    },
-];
+/// `[claude]` as the key table defines it ([`config::key_defs`]).
+fn config_keys() -> &'static [ConfigKey] {
+    static KEYS: std::sync::OnceLock<Vec<ConfigKey>> = std::sync::OnceLock::new();
+    KEYS.get_or_init(|| {
+        let mut defs = Vec::new();
+        config::key_defs(&mut defs);
+        ConfigKey::section(config::NAME, &defs)
+    })
+}
 
 impl Adapter {
     /// This executor's adapter (a name kept for code written when adapters were a closed
     /// enum; new code uses [`Adapter::parse`]).
     #[allow(non_upper_case_globals)]
-    pub const Claude: Adapter = Adapter::registered("claude");
+    pub const Claude: Adapter = Adapter::registered(config::NAME);
 }
 
 impl Executor for Claude {
     fn name(&self) -> &'static str {
-        "claude"
+        config::NAME
     }
     fn package(&self) -> &'static str {
         "@anthropic-ai/claude-code"
@@ -214,7 +187,7 @@ impl Executor for Claude {
         nested::claude_registrations(project.as_deref())
     }
     fn config_section(&self) -> (&'static str, &'static [ConfigKey]) {
-        ("claude", CONFIG_KEYS)
+        (config::NAME, config_keys())
     }
 }
 

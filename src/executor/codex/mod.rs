@@ -12,6 +12,7 @@
 //! The stream's events are typed in [`events`]. A turn never loads zwarm's own MCP server
 //! (`-c mcp_servers.zwarm={…enabled=false}`, see [`nested`]).
 
+pub mod config;
 mod doctor;
 pub mod events;
 
@@ -20,7 +21,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use super::Adapter;
+use super::adapter::Adapter;
 use super::api::{
     ConfigKey, DoctorSpec, Executor, ExecutorError, FailureContext, Finding, Launch, LaunchContext,
     StreamParser, TurnPlan,
@@ -37,39 +38,26 @@ pub struct Codex;
 /// Flags zwarm passes to `codex exec`.
 pub const FLAGS: &[&str] = &["--json", "-C", "-s", "--skip-git-repo-check", "-o", "-c"];
 
-const CONFIG_KEYS: &[ConfigKey] = &[
-    ConfigKey {
-        key: "binary",
-        doc: "path or name of the codex binary (default: `codex` on PATH)",
-        trusted_only: true,
-    },
-    ConfigKey {
-        key: "model",
-        doc: "the model (`-m`); a session's own model wins",
-        trusted_only: false,
-    },
-    ConfigKey {
-        key: "sandbox",
-        doc: "`read-only`, `workspace-write` or `danger-full-access` (`-s`)",
-        trusted_only: true,
-    },
-    ConfigKey {
-        key: "extra_args",
-        doc: "extra arguments for `codex exec`, before the prompt",
-        trusted_only: true,
-    },
-];
+/// `[codex]` as the key table defines it ([`config::key_defs`]).
+fn config_keys() -> &'static [ConfigKey] {
+    static KEYS: std::sync::OnceLock<Vec<ConfigKey>> = std::sync::OnceLock::new();
+    KEYS.get_or_init(|| {
+        let mut defs = Vec::new();
+        config::key_defs(&mut defs);
+        ConfigKey::section(config::NAME, &defs)
+    })
+}
 
 impl Adapter {
     /// This executor's adapter (a name kept for code written when adapters were a closed
     /// enum; new code uses [`Adapter::parse`]).
     #[allow(non_upper_case_globals)]
-    pub const Codex: Adapter = Adapter::registered("codex");
+    pub const Codex: Adapter = Adapter::registered(config::NAME);
 }
 
 impl Executor for Codex {
     fn name(&self) -> &'static str {
-        "codex"
+        config::NAME
     }
     fn package(&self) -> &'static str {
         "@openai/codex"
@@ -174,7 +162,7 @@ impl Executor for Codex {
         nested::codex_registrations()
     }
     fn config_section(&self) -> (&'static str, &'static [ConfigKey]) {
-        ("codex", CONFIG_KEYS)
+        (config::NAME, config_keys())
     }
 }
 

@@ -87,7 +87,9 @@ fn main() {
                 tracing::subscriber::with_default(zwarm::telemetry::stderr_subscriber(), || {
                     let sources = zwarm::config::Sources::from_process_env(config, state_dir, sets)
                         .context("reading the current directory")?;
-                    zwarm::config::load(&sources).context("loading configuration")
+                    zwarm::config::load(&sources)
+                        .and_then(|c| zwarm::executor::check_config(&c).map(|()| c))
+                        .context("loading configuration")
                 });
             let cfg = loaded.unwrap_or_else(|e| fail(zwarm::config::EXIT_CONFIG, &e));
             let telemetry = zwarm::telemetry::install(&cfg.telemetry);

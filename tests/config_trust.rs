@@ -1071,6 +1071,23 @@ fn terminal_commands_report_config_errors_with_status_2() {
     assert!(err.contains("did you mean `default_adapter`?"), "{err}");
 }
 
+/// A `default_adapter` that names no registered executor stops start-up (serve and the
+/// terminal commands) with status 2 and the names to choose from.
+#[test]
+fn an_unknown_default_adapter_stops_start_up() {
+    let f = Fixture::new();
+    f.user_file("default_adapter = \"nope\"\n");
+    for args in [&["serve"][..], &["ps"][..]] {
+        let out = zwarm(&f, &f.project, args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(
+            err.contains("default_adapter is `nope`") && err.contains("`codex`"),
+            "{args:?}: {err}"
+        );
+    }
+}
+
 /// `zwarm serve` with the fixture's environment, in `cwd`, stdin closed (it stops at EOF).
 fn serve(f: &Fixture, cwd: &Path, args: &[&str]) -> std::process::Output {
     let mut all = vec!["serve"];

@@ -136,6 +136,7 @@ pub fn run_checks(state: &StateArgs) -> Vec<Check> {
     let mut out = Vec::new();
     let loaded = state.sources().and_then(|src| {
         let cfg = crate::config::load(&src)?;
+        crate::executor::check_config(&cfg)?;
         Ok((src, cfg))
     });
     let (sources, cfg) = match loaded {
@@ -278,9 +279,27 @@ pub fn executor_checks(ex: &dyn Executor, cfg: &Config) -> Vec<Check> {
     // Version.
     let spec = ex.doctor_spec();
     let (lo, hi) = spec.tested;
+    // A declared executor (`[executors.NAME]`) has no tested range and no npm package.
+    let declared = (lo, hi) == ("0.0.0", "x");
+    let reinstall = |what: &str| {
+        if declared {
+            format!("check the program in `executors.{cli}.command`")
+        } else {
+            format!("{what}: npm install -g {package}@{lo}")
+        }
+    };
     let v = run_with_timeout(&program, &["--version"], None, COMMAND_TIMEOUT);
     let version = parse_version(&v.stdout);
     out.push(match (v.ok(), version) {
+        (true, Some(ver)) if declared => check(
+            g,
+            &format!("{cli} version"),
+            Status::Ok,
+            format!(
+                "{}.{}.{} (declared in the configuration: no tested range)",
+                ver.0, ver.1, ver.2
+            ),
+        ),
         (true, Some(ver)) if in_range(ver, lo, hi) => check(
             g,
             &format!("{cli} version"),
@@ -296,9 +315,7 @@ pub fn executor_checks(ex: &dyn Executor, cfg: &Config) -> Vec<Check> {
                 ver.0, ver.1, ver.2
             ),
         )
-        .fix(format!(
-            "npm install -g {package}@{lo} for a tested version"
-        )),
+        .fix(reinstall("for a tested version")),
         (true, None) => check(
             g,
             &format!("{cli} version"),
@@ -314,7 +331,7 @@ pub fn executor_checks(ex: &dyn Executor, cfg: &Config) -> Vec<Check> {
             Status::Fail,
             format!("`{} --version` failed ({})", program.display(), v.why()),
         )
-        .fix(format!("reinstall it: npm install -g {package}@{lo}")),
+        .fix(reinstall("reinstall it")),
     });
 
     // Flags zwarm passes.
@@ -334,7 +351,7 @@ pub fn executor_checks(ex: &dyn Executor, cfg: &Config) -> Vec<Check> {
             Status::Fail,
             format!("`{what}` failed ({})", h.why()),
         )
-        .fix(format!("reinstall it: npm install -g {package}@{lo}"))
+        .fix(reinstall("reinstall it"))
     } else if missing.is_empty() {
         check(
             g,
@@ -352,9 +369,7 @@ pub fn executor_checks(ex: &dyn Executor, cfg: &Config) -> Vec<Check> {
                 missing.join(" ")
             ),
         )
-        .fix(format!(
-            "install a tested version: npm install -g {package}@{lo}"
-        ))
+        .fix(reinstall("install a tested version"))
     });
 
     out.push(from_finding(

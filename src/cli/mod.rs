@@ -90,7 +90,9 @@ impl StateArgs {
     /// The configuration `zwarm serve` would load here with these options.
     pub fn load(&self) -> anyhow::Result<Config> {
         let sources = self.sources()?;
-        crate::config::load(&sources).context("loading configuration")
+        crate::config::load(&sources)
+            .and_then(|c| crate::executor::check_config(&c).map(|()| c))
+            .context("loading configuration")
     }
 
     pub fn sources(&self) -> anyhow::Result<Sources> {

@@ -18,7 +18,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use parking_lot::Mutex;
 use tokio::sync::watch;
@@ -153,7 +153,9 @@ pub(crate) struct Handle {
 }
 
 /// Milliseconds since this process's first call: a cheap, monotonic clock for `last_used`.
+/// tokio's clock, so an engine test with paused time sees `last_used` move as it advances.
 fn clock() -> u64 {
+    use tokio::time::Instant;
     static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
     millis(START.get_or_init(Instant::now).elapsed())
 }

@@ -395,7 +395,8 @@ async fn execute(
 
 /// Follow a turn a dead server left running, which the runner re-attached to
 /// ([`crate::runner::Runner::adopt`]): its output (from its start) is pumped into the session
-/// and its end recorded as for a turn this server started. It holds no running slot.
+/// and its end recorded as for a turn this server started. Its running slot is taken by
+/// recovery (`recovery.rs`) and held until it returns.
 pub(crate) async fn follow(
     inner: Arc<Inner>,
     h: Arc<Handle>,

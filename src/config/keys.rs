@@ -74,7 +74,20 @@ pub const ENV_ALIASES: &[(&str, &str)] = &[
 ];
 
 /// Environment variables that are not config keys but are still zwarm's.
-pub const ENV_RESERVED: &[&str] = &["ZWARM_LOG", "ZWARM_TURN"];
+pub const ENV_RESERVED: &[&str] = &["ZWARM_LOG", "ZWARM_TURN", "ZWARM_ACP_BRIDGE"];
+
+/// `ZWARM_<EXECUTOR>_BIN`: the path of an executor's program (`ZWARM_GEMINI_BIN`, or
+/// `ZWARM_MY_AGENT_BIN` for a declared `[executors.my-agent]`), read by the executor itself,
+/// not a config key. The ones that are config keys (`ZWARM_CODEX_BIN`) are aliases above.
+pub fn is_executor_binary_env(name: &str) -> bool {
+    name.strip_prefix("ZWARM_")
+        .and_then(|n| n.strip_suffix("_BIN"))
+        .is_some_and(|n| {
+            !n.is_empty()
+                && n.bytes()
+                    .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+        })
+}
 
 use Tighten::*;
 use Trust::{Free, NotAKey, Section, TightenOnly, TrustedOnly};

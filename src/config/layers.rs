@@ -113,6 +113,9 @@ pub(super) fn env_table(
             continue;
         }
         let Some(key) = keys::from_env_name(name) else {
+            if keys::is_executor_binary_env(name) {
+                continue;
+            }
             let hint = match keys::suggest_env(name) {
                 Some(n) => format!("did you mean {n}?"),
                 None => "zwarm reads ZWARM_<KEY> for config keys (e.g. ZWARM_CODEX_SANDBOX for codex.sandbox)".into(),

@@ -331,3 +331,31 @@ fn bad_declarations_in_trusted_layers_stop_loading() {
     let e = load_err(&t(&[], &["executors.mcp_server=x"]));
     assert!(e.contains("did you mean `executors.mcp_servers`?"), "{e}");
 }
+
+#[test]
+fn executor_binary_variables_are_not_unknown_keys() {
+    let t = t(
+        &[
+            ("ZWARM_GEMINI_BIN", "/x/gemini"),
+            ("ZWARM_MY_AGENT_BIN", "/x/agent"),
+            ("ZWARM_ACP_BRIDGE", "/x/zwarm-acp"),
+            ("ZWARM_CODEX_BIN", "/x/codex"),
+            ("ZWARM_NOT_A_KEY", "1"),
+            ("ZWARM__BIN", "1"),
+        ],
+        &[],
+    );
+    let c = load(&t.src).unwrap();
+    assert_eq!(
+        c.codex.binary.as_deref(),
+        Some(std::path::Path::new("/x/codex"))
+    );
+    let unknown: Vec<&String> = c
+        .warnings
+        .iter()
+        .filter(|w| w.contains("unknown"))
+        .collect();
+    assert_eq!(unknown.len(), 2, "{unknown:?}");
+    assert!(unknown.iter().any(|w| w.contains("ZWARM_NOT_A_KEY")));
+    assert!(unknown.iter().any(|w| w.contains("ZWARM__BIN")));
+}

@@ -48,20 +48,13 @@ pub fn main(a: ImageArgs) -> anyhow::Result<i32> {
                 continue;
             }
         };
-        match ex.name() {
-            "codex" => plan.add_codex(&found)?,
-            "claude" => plan.add_claude(&found)?,
-            "gemini" | "qwen" | "opencode" => {
-                if let Err(e) = plan.add_acp_agent(ex.name(), &found) {
-                    eprintln!("zwarm: {} is left out of the image: {e}", ex.name());
-                } else {
-                    acp = true;
-                }
-            }
-            other => eprintln!("zwarm: {other} cannot be put into the image yet; it is left out"),
+        let recipe = ex.portable().image;
+        match plan.add_executor(ex.name(), &found, &recipe) {
+            Ok(()) => acp |= recipe.bridge,
+            Err(e) => eprintln!("zwarm: {} is left out of the image: {e}", ex.name()),
         }
     }
-    // The ACP agents' turns run through the bridge: it goes in beside them.
+    // Executors whose turns run through the bridge (the ACP agents): it goes in beside them.
     if acp {
         match executor::acp::bridge_program() {
             Ok(bridge) => {

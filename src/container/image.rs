@@ -16,6 +16,8 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 use futures::StreamExt;
 
+use crate::executor::ImageRecipe;
+
 /// Programs the executors' tool commands commonly need.
 pub const PROGRAMS: &[&str] = &[
     "bash", "sh", "dash", "env", "cat", "ls", "mkdir", "rm", "cp", "mv", "touch", "echo", "printf",
@@ -142,43 +144,30 @@ impl Plan {
         }
     }
 
-    /// codex: its native binary (`…/<triple>/bin/codex`, as zwarm resolves it) with the rest
-    /// of its platform package under `/opt/codex`, or a lone native binary.
-    pub fn add_codex(&mut self, native: &Path) -> Result<(), ImageError> {
-        let real = native_binary("codex", native, "npm install -g @openai/codex")?;
+    /// An executor's program as `/usr/local/bin/<name>`, by its [`ImageRecipe`]: its native
+    /// binary with its libraries, or, where the binary sits in a platform package (codex's
+    /// `<triple>/bin/codex` beside `codex-resources/`), the whole package under `/opt/<name>`
+    /// with a link to the binary. A script is refused with what to install instead (the image
+    /// has no interpreter).
+    pub fn add_executor(
+        &mut self,
+        name: &str,
+        program: &Path,
+        recipe: &ImageRecipe,
+    ) -> Result<(), ImageError> {
+        let real = native_binary(name, program, recipe.native_hint)?;
+        let dest = format!("/usr/local/bin/{name}");
         let pkg = real.parent().and_then(Path::parent);
-        match pkg.filter(|p| p.join("codex-resources").is_dir() || p.join("codex-path").is_dir()) {
-            Some(pkg) => {
-                self.add_tree(pkg, "/opt/codex")?;
-                self.entries.insert(
-                    "/usr/local/bin/codex".into(),
-                    Entry::Link("/opt/codex/bin/codex".into()),
-                );
+        let file = real.file_name().map(|f| f.to_string_lossy().into_owned());
+        match (pkg, file) {
+            (Some(pkg), Some(file)) if recipe.package_dirs.iter().any(|d| pkg.join(d).is_dir()) => {
+                let opt = format!("/opt/{name}");
+                self.add_tree(pkg, &opt)?;
+                self.entries
+                    .insert(dest, Entry::Link(format!("{opt}/bin/{file}")));
             }
-            None => self.add_program(&real, "/usr/local/bin/codex"),
+            _ => self.add_program(&real, &dest),
         }
-        self.clis.push(("codex".into(), real.display().to_string()));
-        Ok(())
-    }
-
-    /// claude: its native binary (Claude Code 2.x ships one) with its libraries.
-    pub fn add_claude(&mut self, program: &Path) -> Result<(), ImageError> {
-        let real = native_binary(
-            "claude",
-            program,
-            "npm install -g @anthropic-ai/claude-code",
-        )?;
-        self.add_program(&real, "/usr/local/bin/claude");
-        self.clis
-            .push(("claude".into(), real.display().to_string()));
-        Ok(())
-    }
-
-    /// An ACP agent (`gemini`, `qwen`, `opencode`): its native binary, with its libraries, as
-    /// `/usr/local/bin/<name>`. A Node script is refused (the image has no Node).
-    pub fn add_acp_agent(&mut self, name: &str, program: &Path) -> Result<(), ImageError> {
-        let real = native_binary(name, program, "a native build of it is needed")?;
-        self.add_program(&real, &format!("/usr/local/bin/{name}"));
         self.clis.push((name.into(), real.display().to_string()));
         Ok(())
     }
@@ -424,6 +413,12 @@ mod tests {
 
     use super::*;
 
+    const RECIPE: ImageRecipe = ImageRecipe {
+        package_dirs: &["resources"],
+        native_hint: "install a native build",
+        bridge: true,
+    };
+
     fn tar_of(p: &Plan) -> Vec<u8> {
         let mut v = Vec::new();
         p.write_tar(&mut |b| {
@@ -482,7 +477,10 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let f = t.path().join("claude");
         std::fs::write(&f, "#!/usr/bin/env node\n").unwrap();
-        let e = Plan::default().add_claude(&f).unwrap_err().to_string();
+        let e = Plan::default()
+            .add_executor("claude", &f, &RECIPE)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("not a native binary"), "{e}");
     }
 
@@ -492,10 +490,13 @@ mod tests {
         let script = t.path().join("gemini.js");
         std::fs::write(&script, "#!/usr/bin/env node\n").unwrap();
         let mut p = Plan::default();
-        let e = p.add_acp_agent("gemini", &script).unwrap_err().to_string();
+        let e = p
+            .add_executor("gemini", &script, &RECIPE)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("not a native binary"), "{e}");
         let bash = which::which("bash").unwrap();
-        p.add_acp_agent("opencode", &bash).unwrap();
+        p.add_executor("opencode", &bash, &RECIPE).unwrap();
         p.add_bridge(&bash).unwrap();
         assert!(matches!(
             p.entries.get("/usr/local/bin/opencode"),

@@ -3,10 +3,12 @@
 //!
 //! What the container sees:
 //! - the turn's working dir (the session's worktree), bind-mounted at the same path, read-write
-//!   (read-only for `codex.sandbox = "read-only"`: the container enforces the executor's
-//!   sandbox setting, [`sandbox`]), its git metadata read-only;
+//!   (read-only for `codex.sandbox = "read-only"`: the container enforces what the executor's
+//!   own sandbox would, [`crate::executor::portable`]), its git metadata read-only
+//!   ([`sandbox`]);
 //! - a per-session state dir of zwarm's (`<state>/<session>/`), mounted at the same path: the
-//!   executor's `HOME`, `CODEX_HOME` and `CLAUDE_CONFIG_DIR` live there, so a resumed turn
+//!   executor's `HOME` and its config dir (each executor's [`crate::executor::StateDir`]:
+//!   codex's `CODEX_HOME`, claude's `CLAUDE_CONFIG_DIR`) live there, so a resumed turn
 //!   finds its thread; the files the executor writes for zwarm to read back (codex's `-o`)
 //!   are redirected there;
 //! - the environment variables the executor sets, the names listed in `[runner.container] env`
@@ -196,11 +198,11 @@ impl ContainerRunner {
             .collect();
         // The container is the sandbox: the executor's own is switched off inside, and what it
         // was asked to enforce is enforced by the mount.
-        let enforce = sandbox::adjust(&program, &mut args);
+        let read_only = crate::executor::portable::container_args(&program, &mut args);
         let mut cmd = vec![program];
         cmd.extend(args);
         let cwd = spec.cwd.to_string_lossy().into_owned();
-        let work_mode = if enforce.read_only { "ro" } else { "rw" };
+        let work_mode = if read_only { "ro" } else { "rw" };
         let labels = HashMap::from([
             (LABEL.to_string(), spec.label.clone()),
             (LABEL_SESSION.to_string(), session.to_string()),
@@ -316,8 +318,9 @@ impl ContainerRunner {
             set(k, v.clone());
         }
         set("HOME", dirs.home.display().to_string());
-        set("CODEX_HOME", dirs.codex.display().to_string());
-        set("CLAUDE_CONFIG_DIR", dirs.claude.display().to_string());
+        for (d, path) in &dirs.executors {
+            set(d.env, path.display().to_string());
+        }
         // The container is the sandbox: claude accepts its bypass mode as root only with this.
         set("IS_SANDBOX", "1".into());
         // The turn's mark, as the local runner sets it: the turn's processes are found by it in

@@ -4,40 +4,43 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::executor::StateDir;
+
 #[derive(Debug, Clone)]
 pub(crate) struct SessionDirs {
     pub root: PathBuf,
     pub home: PathBuf,
-    pub codex: PathBuf,
-    pub claude: PathBuf,
+    /// Each registered executor's state dir, in this session's state.
+    pub executors: Vec<(StateDir, PathBuf)>,
     pub out: PathBuf,
 }
-
-/// Files of the user's executor config copied into a session's state before each turn (the
-/// model provider, the login); nothing else of the user's config dirs goes in.
-const CODEX_FILES: &[&str] = &["config.toml", "auth.json"];
-const CLAUDE_FILES: &[&str] = &["settings.json", ".credentials.json"];
 
 impl SessionDirs {
     pub fn new(state_root: &Path, session: &str) -> SessionDirs {
         let root = state_root.join(session);
         SessionDirs {
             home: root.join("home"),
-            codex: root.join("codex"),
-            claude: root.join("claude"),
+            executors: crate::executor::portable::state_dirs()
+                .into_iter()
+                .map(|d| (d, root.join(d.name)))
+                .collect(),
             out: root.join("out"),
             root,
         }
     }
 
-    /// Create the dirs (private to zwarm's user) and copy the executor config in. `env_set`
-    /// is the executor's own environment for the turn, which may name its config dirs.
+    /// Create the dirs (private to zwarm's user) and copy each executor's carried config in
+    /// (the model provider, the login; nothing else of the user's config dirs). `env_set` is
+    /// the executor's own environment for the turn, which may name its config dirs.
     pub fn prepare(&self, env_set: &[(String, String)]) -> std::io::Result<()> {
         use std::os::unix::fs::DirBuilderExt;
         let mut b = std::fs::DirBuilder::new();
         b.recursive(true).mode(0o700);
         b.create(&self.root)?;
-        for d in [&self.home, &self.codex, &self.claude, &self.out] {
+        let dirs = [&self.home, &self.out]
+            .into_iter()
+            .chain(self.executors.iter().map(|(_, p)| p));
+        for d in dirs {
             // The executor can replace these with links (they are writable inside its
             // container); zwarm writes into them, so a link is removed, never followed.
             if std::fs::symlink_metadata(d).is_ok_and(|m| !m.is_dir()) {
@@ -45,20 +48,9 @@ impl SessionDirs {
             }
             b.create(d)?;
         }
-        let var = |name: &str| {
-            env_set
-                .iter()
-                .rev()
-                .find(|(k, _)| k == name)
-                .map(|(_, v)| PathBuf::from(v))
-                .or_else(|| std::env::var_os(name).map(PathBuf::from))
-        };
-        let home = std::env::var_os("HOME").map(PathBuf::from);
-        let codex_src = var("CODEX_HOME").or_else(|| home.as_ref().map(|h| h.join(".codex")));
-        let claude_src =
-            var("CLAUDE_CONFIG_DIR").or_else(|| home.as_ref().map(|h| h.join(".claude")));
-        copy_files(codex_src.as_deref(), &self.codex, CODEX_FILES)?;
-        copy_files(claude_src.as_deref(), &self.claude, CLAUDE_FILES)?;
+        for (d, to) in &self.executors {
+            copy_files(d.source(env_set).as_deref(), to, d.carried)?;
+        }
         Ok(())
     }
 }
@@ -115,6 +107,15 @@ pub(crate) fn read_back(path: &Path, limit: u64) -> Option<String> {
 mod tests {
     use super::*;
 
+    /// The session's dir of the executor that `var` points at.
+    fn dir_of(d: &SessionDirs, var: &str) -> PathBuf {
+        d.executors
+            .iter()
+            .find(|(s, _)| s.env == var)
+            .map(|(_, p)| p.clone())
+            .unwrap()
+    }
+
     #[test]
     fn prepare_copies_only_the_listed_config() {
         let t = tempfile::tempdir().unwrap();
@@ -126,11 +127,11 @@ mod tests {
         d.prepare(&[("CODEX_HOME".into(), src.display().to_string())])
             .unwrap();
         assert_eq!(
-            std::fs::read_to_string(d.codex.join("config.toml")).unwrap(),
+            std::fs::read_to_string(dir_of(&d, "CODEX_HOME").join("config.toml")).unwrap(),
             "model = \"x\""
         );
-        assert!(!d.codex.join("history.jsonl").exists());
-        assert!(d.out.is_dir() && d.home.is_dir() && d.claude.is_dir());
+        assert!(!dir_of(&d, "CODEX_HOME").join("history.jsonl").exists());
+        assert!(d.out.is_dir() && d.home.is_dir() && dir_of(&d, "CLAUDE_CONFIG_DIR").is_dir());
     }
 
     #[test]
@@ -141,20 +142,24 @@ mod tests {
         std::fs::write(victim.join("config.toml"), "the user's").unwrap();
         let d = SessionDirs::new(&t.path().join("state"), "s1");
         d.prepare(&[]).unwrap();
-        std::fs::remove_dir(&d.codex).unwrap();
-        std::os::unix::fs::symlink(&victim, &d.codex).unwrap();
+        std::fs::remove_dir(dir_of(&d, "CODEX_HOME")).unwrap();
+        std::os::unix::fs::symlink(&victim, dir_of(&d, "CODEX_HOME")).unwrap();
         let src = t.path().join("src");
         std::fs::create_dir_all(&src).unwrap();
         std::fs::write(src.join("config.toml"), "zwarm's copy").unwrap();
         d.prepare(&[("CODEX_HOME".into(), src.display().to_string())])
             .unwrap();
-        assert!(std::fs::symlink_metadata(&d.codex).unwrap().is_dir());
+        assert!(
+            std::fs::symlink_metadata(dir_of(&d, "CODEX_HOME"))
+                .unwrap()
+                .is_dir()
+        );
         assert_eq!(
             std::fs::read_to_string(victim.join("config.toml")).unwrap(),
             "the user's"
         );
         assert_eq!(
-            std::fs::read_to_string(d.codex.join("config.toml")).unwrap(),
+            std::fs::read_to_string(dir_of(&d, "CODEX_HOME").join("config.toml")).unwrap(),
             "zwarm's copy"
         );
     }

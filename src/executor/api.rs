@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use super::adapter::Adapter;
+use super::portable::{ImageRecipe, Portable};
 use crate::config::Config;
 use crate::config::schema::{KeyDef, Trust};
 use crate::event::{ExecutorEvent, UsageScope};
@@ -171,6 +172,20 @@ pub trait Executor: Send + Sync {
     fn host_registrations(&self) -> Vec<String>;
     /// Its config section: name and keys.
     fn config_section(&self) -> (&'static str, &'static [ConfigKey]);
+    /// What a container or a pod needs to know of it: its state dir, how it goes into an
+    /// image, its arguments in a container. Default: a native program on its own, no state
+    /// dir, nothing to adjust.
+    fn portable(&self) -> Portable {
+        Portable {
+            state_dir: None,
+            image: ImageRecipe {
+                package_dirs: &[],
+                native_hint: "a native build of it is needed (the image has no interpreter)",
+                bridge: false,
+            },
+            container_args: None,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

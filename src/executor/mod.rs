@@ -19,6 +19,7 @@ pub mod codex;
 mod declared;
 pub mod nested;
 pub mod numbers;
+pub mod portable;
 pub mod probe;
 mod registry;
 
@@ -34,6 +35,7 @@ pub use api::{
 };
 pub use binary::native_codex_for;
 pub use nested::TURN_ENV;
+pub use portable::{ImageRecipe, Portable, StateDir};
 pub use registry::{REGISTRY, Registry, all, by_name, check_config, get, names_for_humans};
 
 /// A parser for one executor's stdout (the registry's parser behind a stable type).

@@ -3,7 +3,9 @@
 //! The pod's one container runs `sh -c SCRIPT zwarm-turn <executor argv>`. The script checks the
 //! session's branch out of the git remote into the workspace (the same path as the session's
 //! worktree on zwarm's machine), checks the executor's state out of `refs/zwarm/state/<session>`
-//! (codex's `CODEX_HOME`, claude's config dir, a home), runs the executor with the prompt on its
+//! (a home and each executor's state dir, `ZWARM_STATE_DIRS` = `name=VARIABLE …` from
+//! [`crate::executor::StateDir`]: codex's `CODEX_HOME`, claude's config dir), writes the
+//! executor's config file there (`ZWARM_EXECUTOR_CONFIG_FILE`, `ZWARM_EXECUTOR_CONFIG`), runs the executor with the prompt on its
 //! stdin and its JSONL on stdout (the pod log; its stderr goes to a file), commits the turn,
 //! pushes the branch back (a fast-forward: a rejected push fails the turn) and pushes the state.
 //! Its own failures (fetch, push) are written to the termination message and end it with
@@ -45,10 +47,12 @@ cd "$ST" && G init -q . >/dev/null 2>&1 || fail "git init failed in the pod" 97
 if F -q --no-tags "$ZWARM_GIT_REMOTE" "refs/zwarm/state/$ZWARM_SESSION" >/dev/null 2>&1; then
   G checkout -q -f --detach FETCH_HEAD >/dev/null 2>&1 || fail "the pod could not check out the executor's state" 97
 fi
-mkdir -p codex claude home out && rm -f out/* stderr
-[ -n "${ZWARM_CODEX_CONFIG:-}" ] && printf '%s\n' "$ZWARM_CODEX_CONFIG" > codex/config.toml
-[ -n "${ZWARM_CLAUDE_SETTINGS:-}" ] && printf '%s\n' "$ZWARM_CLAUDE_SETTINGS" > claude/settings.json
-export HOME="$ST/home" CODEX_HOME="$ST/codex" CLAUDE_CONFIG_DIR="$ST/claude"
+mkdir -p home out && rm -f out/* stderr
+for d in ${ZWARM_STATE_DIRS:-}; do
+  mkdir -p "${d%%=*}" && export "${d#*=}=$ST/${d%%=*}"
+done
+[ -n "${ZWARM_EXECUTOR_CONFIG_FILE:-}" ] && printf '%s\n' "${ZWARM_EXECUTOR_CONFIG:-}" > "$ZWARM_EXECUTOR_CONFIG_FILE"
+export HOME="$ST/home"
 for a do
   shift
   case "$a" in

@@ -215,39 +215,49 @@ fn server_id() -> String {
         .to_string()
 }
 
-/// The executor's config file for the pod: codex's `config.toml` or claude's `settings.json`
-/// from the config dir the executor would use here. Never a login file.
-fn executor_config(program: &str, env_set: &[(String, String)]) -> Option<(&'static str, String)> {
-    let var = |name: &str| {
-        env_set
-            .iter()
-            .rev()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| PathBuf::from(v))
-            .or_else(|| std::env::var_os(name).map(PathBuf::from))
+/// The executor's config file for the pod (its [`crate::executor::StateDir::pod_config`]:
+/// codex's `config.toml`, claude's `settings.json`) from the config dir the executor would use
+/// here, as the pod script's variables. Never a login.
+fn executor_config(program: &str, env_set: &[(String, String)]) -> Vec<(String, String)> {
+    let Some(dir) =
+        crate::executor::portable::for_program(program).and_then(|e| e.portable().state_dir)
+    else {
+        return vec![];
     };
-    let home = std::env::var_os("HOME").map(PathBuf::from);
-    let (env, file) = match program {
-        "codex" => (
-            "ZWARM_CODEX_CONFIG",
-            var("CODEX_HOME")
-                .or_else(|| home.map(|h| h.join(".codex")))?
-                .join("config.toml"),
-        ),
-        "claude" => (
-            "ZWARM_CLAUDE_SETTINGS",
-            var("CLAUDE_CONFIG_DIR")
-                .or_else(|| home.map(|h| h.join(".claude")))?
-                .join("settings.json"),
-        ),
-        _ => return None,
+    let Some(file) = dir.pod_config else {
+        return vec![];
     };
-    let text = std::fs::read_to_string(file).ok()?;
-    Some((env, text))
+    let Some(text) = dir
+        .source(env_set)
+        .and_then(|d| std::fs::read_to_string(d.join(file)).ok())
+    else {
+        return vec![];
+    };
+    vec![
+        (
+            "ZWARM_EXECUTOR_CONFIG_FILE".into(),
+            format!("{}/{file}", dir.name),
+        ),
+        ("ZWARM_EXECUTOR_CONFIG".into(), text),
+    ]
 }
 
-/// Environment names the pod sets itself.
-const POD_OWN: &[&str] = &["HOME", "PATH", "CODEX_HOME", "CLAUDE_CONFIG_DIR"];
+/// The executors' state dirs, as the pod script reads them (`name=VARIABLE …`).
+fn state_dirs_var() -> String {
+    crate::executor::portable::state_dirs()
+        .iter()
+        .map(|d| format!("{}={}", d.name, d.env))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Environment names the pod sets itself: a launch's value would point outside the pod.
+fn pod_own(name: &str) -> bool {
+    matches!(name, "HOME" | "PATH")
+        || crate::executor::portable::state_dirs()
+            .iter()
+            .any(|d| d.env == name)
+}
 
 #[async_trait::async_trait]
 impl Runner for KubeRunner {
@@ -296,12 +306,11 @@ impl Runner for KubeRunner {
         let mut env: Vec<(String, String)> = launch
             .env_set
             .iter()
-            .filter(|(k, _)| !POD_OWN.contains(&k.as_str()))
+            .filter(|(k, _)| !pod_own(k))
             .cloned()
             .collect();
-        if let Some((k, v)) = executor_config(&program, &launch.env_set) {
-            env.push((k.into(), v));
-        }
+        env.push(("ZWARM_STATE_DIRS".into(), state_dirs_var()));
+        env.extend(executor_config(&program, &launch.env_set));
         let turn = label.rsplit_once('.').map(|(_, t)| t).unwrap_or("0");
         let name = format!(
             "zwarm-{}-{}-{}",

@@ -14,6 +14,7 @@
 //! The stream's events are typed in [`events`].
 
 pub mod config;
+mod container;
 mod doctor;
 pub mod events;
 
@@ -188,6 +189,9 @@ impl Executor for Claude {
     }
     fn config_section(&self) -> (&'static str, &'static [ConfigKey]) {
         (config::NAME, config_keys())
+    }
+    fn portable(&self) -> crate::executor::Portable {
+        container::portable()
     }
 }
 

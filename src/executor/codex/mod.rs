@@ -13,6 +13,7 @@
 //! (`-c mcp_servers.zwarm={…enabled=false}`, see [`nested`]).
 
 pub mod config;
+mod container;
 mod doctor;
 pub mod events;
 
@@ -163,6 +164,9 @@ impl Executor for Codex {
     }
     fn config_section(&self) -> (&'static str, &'static [ConfigKey]) {
         (config::NAME, config_keys())
+    }
+    fn portable(&self) -> crate::executor::Portable {
+        container::portable()
     }
 }
 

@@ -160,6 +160,13 @@ impl AcpExecutor {
             cancel_grace_secs: cfg.interrupt_grace_seconds.max(1),
             ask_timeout_secs: cfg.acp.ask_timeout_seconds,
             approvals: turn_dir,
+            session: ctx.session_id.clone(),
+            // The pool of this `zwarm serve` (started for the local runner only): the agent
+            // stays up between the session's turns.
+            pool: (cfg.acp.agent_idle_seconds > 0 && ctx.session_id.is_some())
+                .then(crate::acp::pool::socket)
+                .flatten(),
+            agent_idle_secs: cfg.acp.agent_idle_seconds,
         };
         let stdin = serde_json::to_vec(&job)
             .map_err(|e| ExecutorError::Misconfigured(format!("the ACP job: {e}")))?;

@@ -240,7 +240,7 @@ pub async fn writes_converses_and_ends(agent: &str, model: Model<'_>) {
     assert_eq!(e["status"], "completed", "{e:#}");
 }
 
-fn model_ref<'a>(m: &Model<'a>) -> Model<'a> {
+pub fn model_ref<'a>(m: &Model<'a>) -> Model<'a> {
     match m {
         Model::Gemini(g) => Model::Gemini(g),
         Model::Chat(c) => Model::Chat(c),
@@ -254,7 +254,7 @@ fn model_requests(m: &Model<'_>) -> usize {
     }
 }
 
-fn set_script(m: &Model<'_>, script: Value) {
+pub fn set_script(m: &Model<'_>, script: Value) {
     match m {
         Model::Gemini(g) => g.set_script(script),
         Model::Chat(c) => c.set_script(script),
@@ -571,9 +571,11 @@ pub async fn dying_mid_turn(agent: &str, model: Model<'_>) {
     while model_requests(&model) == 0 {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
+    // The agent runs in the turn (a bridge running its own agent), or in zwarm serve's pool.
     let agents: Vec<i32> = super::support::harness::turn_pids(&id)
         .into_iter()
         .filter(|p| !super::support::harness::cmdline(*p).contains("zwarm-acp"))
+        .chain(super::pool::pool_pids(&id))
         .collect();
     assert!(!agents.is_empty(), "the agent runs in the turn");
     for p in &agents {
@@ -589,8 +591,14 @@ pub async fn dying_mid_turn(agent: &str, model: Model<'_>) {
             || e.contains("ended during"),
         "the reason: {e}"
     );
-    // Every process of the turn is gone once the turn has ended.
-    let left = super::support::harness::turn_pids(&id);
+    // Every process of the turn is gone once the turn has ended; the pool drops the dead
+    // agent (its group is killed just after the turn's end).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !super::pool::pool_pids(&id).is_empty() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let mut left = super::support::harness::turn_pids(&id);
+    left.extend(super::pool::pool_pids(&id));
     assert!(
         left.is_empty(),
         "left: {:?}",

@@ -1,0 +1,175 @@
+//! The agent pool of `zwarm serve`: an ACP agent lives while its session is in use (two turns,
+//! one agent process), is stopped after `acp.agent_idle_seconds`, and the next turn starts a
+//! new one that reloads the session; no agent outlives the server.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use super::serve::{Model, acp_env, last_seen, requests_summary, text, wait_done};
+use super::support::harness::{Zwarm, cmdline};
+use super::support::mock_chat::ChatMock;
+use super::support::mock_gemini::GeminiMock;
+
+/// Live processes started by the pool for zwarm session `id` (the agent and its children
+/// carry `ZWARM_ACP_SESSION=<id>`).
+pub fn pool_pids(id: &str) -> Vec<i32> {
+    let needle = format!("{}={id}", zwarm::acp::pool::SESSION_ENV);
+    let mut out = vec![];
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        if let Ok(env) = std::fs::read(format!("/proc/{pid}/environ"))
+            && env.split(|b| *b == 0).any(|kv| kv == needle.as_bytes())
+            && zwarm::process::pid_alive(pid)
+        {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// The parent of a process.
+fn ppid(pid: i32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The agent the pool of server `z` runs for session `id`: its pid (a child of the server).
+fn pooled_agent(z: &Zwarm, id: &str) -> Option<i32> {
+    pool_pids(id).into_iter().find(|p| ppid(*p) == Some(z.pid))
+}
+
+/// Poll (no fixed sleep) until `f` holds, or panic with `what` after `limit`.
+async fn eventually(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < limit, "{what} (after {limit:?})");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn converse(z: &Zwarm, id: &str, message: &str) -> Value {
+    let c = z
+        .ok(
+            "converse",
+            json!({"session_id": id, "message": message, "wait_seconds": 120}),
+        )
+        .await;
+    if c["status"] == "running" {
+        wait_done(z, id).await
+    } else {
+        c
+    }
+}
+
+/// Two turns on one agent process; serve's exit stops it. After a restart with
+/// `agent_idle_seconds = 1`, the agent of a turn is gone after a second, and the next turn
+/// starts a new one and continues the session (loaded, or a summary for gemini).
+pub async fn pooled(agent: &str, model: Model<'_>) {
+    let env = acp_env(agent, super::serve::model_ref(&model));
+    super::serve::set_script(
+        &model,
+        json!({"turns": [
+            {"text": "one"},
+            {"text": "two"},
+            {"text": "three"},
+            {"text": "four"},
+        ]}),
+    );
+    let z = Zwarm::start(&env, &[]).await;
+    let r = z
+        .ok(
+            "delegate",
+            json!({"task": "say one", "adapter": agent, "mode": "sync", "wait_seconds": 120}),
+        )
+        .await;
+    let id = text(&r["session_id"]);
+    let r = if r["status"] == "running" {
+        wait_done(&z, &id).await
+    } else {
+        r
+    };
+    assert_eq!(r["status"], "idle", "{r:#}\n{}", z.stderr());
+    assert_eq!(r["response"], "one");
+    let first = pooled_agent(&z, &id).unwrap_or_else(|| {
+        panic!(
+            "the agent stays up between turns, a child of zwarm serve\n{}",
+            z.stderr()
+        )
+    });
+    let c = converse(&z, &id, "say two").await;
+    assert_eq!(c["status"], "idle", "{c:#}\n{}", z.stderr());
+    assert_eq!(c["response"], "two", "{c:#}\n{}", requests_summary(&model));
+    assert_eq!(
+        pooled_agent(&z, &id),
+        Some(first),
+        "the second turn ran on the same agent process ({})",
+        cmdline(first)
+    );
+    assert!(
+        last_seen(&model).contains("say one"),
+        "the history is there"
+    );
+    z.signal_and_wait(libc::SIGTERM, Duration::from_secs(60))
+        .await;
+    eventually(
+        Duration::from_secs(10),
+        "no agent outlives zwarm serve",
+        || pool_pids(&id).is_empty(),
+    )
+    .await;
+    drop(z);
+
+    let z = Zwarm::start(&env, &["--set", "acp.agent_idle_seconds=1"]).await;
+    let c = converse(&z, &id, "say three").await;
+    assert_eq!(c["status"], "idle", "{c:#}\n{}", z.stderr());
+    assert_eq!(
+        c["response"],
+        "three",
+        "{c:#}\n{}",
+        requests_summary(&model)
+    );
+    eventually(
+        Duration::from_secs(30),
+        "the idle agent is stopped after acp.agent_idle_seconds",
+        || pool_pids(&id).is_empty(),
+    )
+    .await;
+    let c = converse(&z, &id, "say four").await;
+    assert_eq!(c["status"], "idle", "{c:#}\n{}", z.stderr());
+    assert_eq!(c["response"], "four", "{c:#}\n{}", requests_summary(&model));
+    let seen = last_seen(&model);
+    assert!(
+        seen.contains("say one") && seen.contains("three") && seen.contains("say four"),
+        "the next turn continues the session: {seen}"
+    );
+    z.signal_and_wait(libc::SIGTERM, Duration::from_secs(60))
+        .await;
+    eventually(
+        Duration::from_secs(10),
+        "no agent outlives zwarm serve",
+        || pool_pids(&id).is_empty(),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qwen_keeps_its_agent_between_turns_and_stops_it_when_idle() {
+    let mock = ChatMock::start(json!({}));
+    pooled("qwen", Model::Chat(&mock)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opencode_keeps_its_agent_between_turns_and_stops_it_when_idle() {
+    let mock = GeminiMock::start(json!({}));
+    pooled("opencode", Model::Gemini(&mock)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gemini_keeps_its_agent_between_turns_and_stops_it_when_idle() {
+    let mock = GeminiMock::start(json!({}));
+    pooled("gemini", Model::Gemini(&mock)).await;
+}

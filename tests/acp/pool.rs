@@ -156,6 +156,83 @@ pub async fn pooled(agent: &str, model: Model<'_>) {
     .await;
 }
 
+/// An interrupt (end_session on a running turn) reaches the pooled agent (`session/cancel`,
+/// then it is stopped); an agent kept between turns does not outlive a zwarm killed outright.
+pub async fn interrupted_and_killed(agent: &str, model: Model<'_>) {
+    let env = acp_env(agent, super::serve::model_ref(&model));
+    super::serve::set_script(
+        &model,
+        json!({"turns": [{"text": "too late", "stall_s": 600}, {"text": "done"}]}),
+    );
+    let z = Zwarm::start(&env, &[]).await;
+    let r = z
+        .ok(
+            "delegate",
+            json!({"task": "take your time", "adapter": agent, "mode": "async"}),
+        )
+        .await;
+    let id = text(&r["session_id"]);
+    eventually(Duration::from_secs(60), "the model request is made", || {
+        super::serve::model_requests(&model) > 0
+    })
+    .await;
+    assert!(pooled_agent(&z, &id).is_some(), "{}", z.stderr());
+    let e = z
+        .ok(
+            "end_session",
+            json!({"session_id": id, "verdict": "cancelled", "summary": "stop"}),
+        )
+        .await;
+    assert_eq!(e["interrupted_turn"], true, "{e:#}");
+    eventually(
+        Duration::from_secs(20),
+        "the interrupted turn's agent is stopped",
+        || pool_pids(&id).is_empty(),
+    )
+    .await;
+
+    let r = z
+        .ok(
+            "delegate",
+            json!({"task": "say done", "adapter": agent, "mode": "sync", "wait_seconds": 120}),
+        )
+        .await;
+    let id = text(&r["session_id"]);
+    let r = if r["status"] == "running" {
+        wait_done(&z, &id).await
+    } else {
+        r
+    };
+    assert_eq!(r["response"], "done", "{r:#}\n{}", z.stderr());
+    assert!(pooled_agent(&z, &id).is_some(), "kept after the turn");
+    z.signal_and_wait(libc::SIGKILL, Duration::from_secs(10))
+        .await;
+    eventually(
+        Duration::from_secs(20),
+        "no agent outlives a zwarm killed outright",
+        || pool_pids(&id).is_empty(),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qwen_agent_is_interrupted_and_does_not_outlive_a_killed_zwarm() {
+    let mock = ChatMock::start(json!({}));
+    interrupted_and_killed("qwen", Model::Chat(&mock)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opencode_agent_is_interrupted_and_does_not_outlive_a_killed_zwarm() {
+    let mock = GeminiMock::start(json!({}));
+    interrupted_and_killed("opencode", Model::Gemini(&mock)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gemini_agent_is_interrupted_and_does_not_outlive_a_killed_zwarm() {
+    let mock = GeminiMock::start(json!({}));
+    interrupted_and_killed("gemini", Model::Gemini(&mock)).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn qwen_keeps_its_agent_between_turns_and_stops_it_when_idle() {
     let mock = ChatMock::start(json!({}));

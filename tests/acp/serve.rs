@@ -247,7 +247,7 @@ pub fn model_ref<'a>(m: &Model<'a>) -> Model<'a> {
     }
 }
 
-fn model_requests(m: &Model<'_>) -> usize {
+pub fn model_requests(m: &Model<'_>) -> usize {
     match m {
         Model::Gemini(g) => g.model_requests().len(),
         Model::Chat(c) => c.model_requests().len(),

@@ -309,7 +309,7 @@ impl Inner {
             let Ok(mut held) = slot.try_lock() else {
                 return;
             };
-            if !held.as_ref().is_some_and(|p| p.last_used.elapsed() >= idle) {
+            if held.as_ref().is_none_or(|p| p.last_used.elapsed() < idle) {
                 return;
             }
             let Some(p) = held.take() else { return };

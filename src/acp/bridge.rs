@@ -75,6 +75,10 @@ pub struct BridgeJob {
     /// does not answer: the bridge runs the agent itself.
     #[serde(default)]
     pub pool: Option<PathBuf>,
+    /// The pool's secret: it takes jobs only from zwarm's own executor (the socket is
+    /// reachable by every process of the user, turns' executors included).
+    #[serde(default)]
+    pub pool_token: Option<String>,
     /// How long the pool keeps the agent after this turn, waiting for the next one.
     #[serde(default)]
     pub agent_idle_secs: u64,

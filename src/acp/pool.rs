@@ -55,12 +55,19 @@ pub(crate) struct End {
     pub pool_exit: i32,
 }
 
-/// The socket of this process's running pool, for the executor's jobs.
-static SOCKET: Mutex<Option<PathBuf>> = Mutex::new(None);
+/// The socket and secret of this process's running pool, for the executor's jobs.
+static SOCKET: Mutex<Option<(PathBuf, String)>> = Mutex::new(None);
 
-/// The socket of the pool running in this process, if any.
-pub fn socket() -> Option<PathBuf> {
+/// The socket of the pool running in this process, if any, and the token its jobs carry.
+pub fn socket() -> Option<(PathBuf, String)> {
     SOCKET.lock().clone()
+}
+
+/// 128 random bits, hex.
+fn new_token() -> std::io::Result<String> {
+    let mut b = [0u8; 16];
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut b)?;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
 }
 
 /// An agent kept between turns.
@@ -91,6 +98,8 @@ struct Inner {
     groups: Mutex<HashSet<i32>>,
     spawner: Mutex<std::sync::mpsc::Sender<SpawnRequest>>,
     closing: CancellationToken,
+    /// Jobs must carry it ([`BridgeJob::pool_token`]).
+    token: String,
 }
 
 /// The pool; [`Pool::shutdown`] stops every agent.
@@ -119,6 +128,7 @@ impl Pool {
             groups: Mutex::default(),
             spawner: Mutex::new(spawner_thread()?),
             closing: CancellationToken::new(),
+            token: new_token()?,
         });
         let i = inner.clone();
         let accept = tokio::spawn(async move {
@@ -138,7 +148,7 @@ impl Pool {
             }
         });
         tracing::info!(socket = %path.display(), "acp pool: listening");
-        *SOCKET.lock() = Some(path);
+        *SOCKET.lock() = Some((path, inner.token.clone()));
         Ok(Pool { inner, dir, accept })
     }
 
@@ -219,6 +229,10 @@ impl Inner {
         let mut cmd = job.agent_command(true);
         if let Some(s) = &job.session {
             cmd.env_set.push((SESSION_ENV.into(), s.clone()));
+            // What the bridge's agent inherits from the turn: a `zwarm serve` started by the
+            // agent knows it runs inside a turn.
+            cmd.env_set
+                .push((crate::executor::TURN_ENV.into(), s.clone()));
         }
         let (reply, rx) = tokio::sync::oneshot::channel();
         let req = SpawnRequest {
@@ -233,13 +247,20 @@ impl Inner {
             .await
             .map_err(|_| "the pool's spawner thread dropped the request".to_string())?
             .map_err(|e| format!("could not start the agent `{}`: {e}", job.program.display()))?;
-        if let Some(pid) = proc.id().and_then(|p| i32::try_from(p).ok()) {
-            self.groups.lock().insert(pid);
+        let pid = proc.id().and_then(|p| i32::try_from(p).ok());
+        if let Some(p) = pid {
+            self.groups.lock().insert(p);
         }
         let init = Duration::from_secs(job.init_timeout_secs);
         AcpAgent::initialize(proc, stdin, stdout, init)
             .await
-            .map_err(|e| e.to_string())
+            .map_err(|e| {
+                // The agent was dropped, and its group killed, with the error.
+                if let Some(p) = pid {
+                    self.groups.lock().remove(&p);
+                }
+                e.to_string()
+            })
     }
 
     /// One turn of `job` on the session's agent (kept, or started now).
@@ -334,6 +355,17 @@ async fn serve_conn(inner: Arc<Inner>, stream: UnixStream) {
     let Ok(Some(first)) = lines.next_line().await else {
         return;
     };
+    let req = match serde_json::from_str::<Request>(&first) {
+        Ok(r) if r.job.pool_token.as_deref() == Some(inner.token.as_str()) => r,
+        // Not zwarm's own executor: nothing is run, nothing is said (a bridge that gets no
+        // answer runs the agent itself).
+        _ => {
+            tracing::warn!(
+                "acp pool: a job that is not valid or lacks the pool's token was refused"
+            );
+            return;
+        }
+    };
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
     let writer = tokio::spawn(async move {
         while let Some(l) = rx.recv().await {
@@ -350,30 +382,19 @@ async fn serve_conn(inner: Arc<Inner>, stream: UnixStream) {
             let _ = send.send(l);
         }
     });
-    let code = match serde_json::from_str::<Request>(&first) {
-        Ok(req) => {
-            let cancel = CancellationToken::new();
-            let c = cancel.clone();
-            // A cancel line, or the bridge gone (its end of the socket closed), cancels.
-            let watch = tokio::spawn(async move {
-                while let Ok(Some(l)) = lines.next_line().await {
-                    if l.contains("cancel") {
-                        break;
-                    }
-                }
-                c.cancel();
-            });
-            let code = inner.turn(req.job, &emit, cancel).await;
-            watch.abort();
-            code
+    let cancel = CancellationToken::new();
+    let c = cancel.clone();
+    // A cancel line, or the bridge gone (its end of the socket closed), cancels.
+    let watch = tokio::spawn(async move {
+        while let Ok(Some(l)) = lines.next_line().await {
+            if l.contains("cancel") {
+                break;
+            }
         }
-        Err(e) => {
-            emit(&failed(format!(
-                "the agent pool: the job is not valid: {e}"
-            )));
-            2
-        }
-    };
+        c.cancel();
+    });
+    let code = inner.turn(req.job, &emit, cancel).await;
+    watch.abort();
     drop(emit);
     if let Ok(mut l) = serde_json::to_string(&End { pool_exit: code }) {
         l.push('\n');
@@ -381,4 +402,63 @@ async fn serve_conn(inner: Arc<Inner>, stream: UnixStream) {
     }
     drop(tx);
     let _ = writer.await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(token: Option<String>) -> BridgeJob {
+        serde_json::from_value(serde_json::json!({
+            "program": "/nonexistent/agent",
+            "cwd": "/",
+            "prompt": "hi",
+            "level": "read-only",
+            "session": "s1",
+            "agent_idle_secs": 5,
+            "pool_token": token,
+        }))
+        .expect("job")
+    }
+
+    async fn exchange(path: &std::path::Path, job: &BridgeJob) -> Vec<String> {
+        let s = UnixStream::connect(path).await.expect("connect");
+        let (rd, mut wr) = s.into_split();
+        let mut l = serde_json::to_string(&Request { job: job.clone() }).expect("json");
+        l.push('\n');
+        wr.write_all(l.as_bytes()).await.expect("send");
+        let mut lines = BufReader::new(rd).lines();
+        let mut out = vec![];
+        while let Ok(Some(l)) = lines.next_line().await {
+            out.push(l);
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn jobs_need_the_token_and_a_failed_start_is_reported() {
+        let pool = Pool::start().expect("pool");
+        let (path, token) = socket().expect("socket");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path)
+            .expect("socket")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let dir_mode = std::fs::metadata(path.parent().expect("dir"))
+            .expect("dir")
+            .permissions()
+            .mode();
+        assert_eq!(dir_mode & 0o777, 0o700);
+        assert!(exchange(&path, &job(None)).await.is_empty());
+        assert!(exchange(&path, &job(Some("nope".into()))).await.is_empty());
+        let got = exchange(&path, &job(Some(token))).await;
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert!(got[0].contains("did not start"), "{got:?}");
+        assert_eq!(got[1], r#"{"pool_exit":1}"#);
+        assert_eq!(pool.agents(), 0);
+        pool.shutdown().await;
+        assert!(socket().is_none());
+        assert!(!path.exists());
+    }
 }

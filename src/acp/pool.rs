@@ -57,6 +57,33 @@ pub(crate) struct End {
 
 /// The socket and secret of this process's running pool, for the executor's jobs.
 static SOCKET: Mutex<Option<(PathBuf, String)>> = Mutex::new(None);
+/// The running pool, for [`release`].
+static RUNNING: Mutex<Option<std::sync::Weak<Inner>>> = Mutex::new(None);
+
+/// Stop the agents kept for zwarm session `session` (it ended: no turn will come). A turn
+/// still running keeps its agent until it ends (an ended session's turn is interrupted, and
+/// an interrupted turn's agent is stopped).
+pub async fn release(session: &str) {
+    let Some(inner) = RUNNING.lock().as_ref().and_then(std::sync::Weak::upgrade) else {
+        return;
+    };
+    let prefix = format!("{session}\n");
+    let slots: Vec<Slot> = {
+        let mut all = inner.slots.lock();
+        let keys: Vec<String> = all
+            .keys()
+            .filter(|k| k.starts_with(&prefix))
+            .cloned()
+            .collect();
+        keys.iter().filter_map(|k| all.remove(k)).collect()
+    };
+    for slot in slots {
+        let taken = slot.try_lock().ok().and_then(|mut g| g.take());
+        if let Some(p) = taken {
+            retire(inner.clone(), p.agent, STOP_GRACE).await;
+        }
+    }
+}
 
 /// The socket of the pool running in this process, if any, and the token its jobs carry.
 pub fn socket() -> Option<(PathBuf, String)> {
@@ -149,6 +176,7 @@ impl Pool {
         });
         tracing::info!(socket = %path.display(), "acp pool: listening");
         *SOCKET.lock() = Some((path, inner.token.clone()));
+        *RUNNING.lock() = Some(Arc::downgrade(&inner));
         Ok(Pool { inner, dir, accept })
     }
 
@@ -161,6 +189,7 @@ impl Pool {
     /// then the process group of every agent still alive is killed, busy ones included.
     pub async fn shutdown(self) {
         *SOCKET.lock() = None;
+        *RUNNING.lock() = None;
         self.inner.closing.cancel();
         self.accept.abort();
         let _ = std::fs::remove_dir_all(&self.dir);
@@ -201,10 +230,10 @@ fn spawner_thread() -> std::io::Result<std::sync::mpsc::Sender<SpawnRequest>> {
     Ok(tx)
 }
 
-/// What identifies an agent: the zwarm session and everything the agent is started with.
+/// What identifies an agent: the zwarm session (first, then a newline: session ids have
+/// none) and everything the agent is started with.
 fn key_of(job: &BridgeJob) -> String {
-    serde_json::to_string(&(
-        &job.session,
+    let rest = serde_json::to_string(&(
         &job.program,
         &job.args,
         &job.env_set,
@@ -212,7 +241,8 @@ fn key_of(job: &BridgeJob) -> String {
         &job.cwd,
         job.level,
     ))
-    .unwrap_or_default()
+    .unwrap_or_default();
+    format!("{}\n{rest}", job.session.as_deref().unwrap_or_default())
 }
 
 /// End an agent (input closed, then its group killed after `grace`) and forget its group.

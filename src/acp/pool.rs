@@ -19,11 +19,13 @@
 //! failed or was interrupted is stopped, and the next turn starts a new one that
 //! `session/load`s (or starts anew with a summary, said in the result). On shutdown every
 //! agent is stopped; agents are started from a thread that lives as long as zwarm with
-//! `PR_SET_PDEATHSIG`, and get end of input when zwarm dies, so none outlives it.
+//! `PR_SET_PDEATHSIG`, and get end of input when zwarm dies; a [`crate::process::Reaper`] of
+//! the pool's own kills their process groups and what carries their `ZWARM_TURN` marker when
+//! zwarm dies, so neither they nor the commands they run outlive it.
 
 pub mod remote;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -121,8 +123,13 @@ struct SpawnRequest {
 
 struct Inner {
     slots: Mutex<HashMap<String, Slot>>,
-    /// Process groups of the agents alive (killed on shutdown, whatever they are doing).
-    groups: Mutex<HashSet<i32>>,
+    /// Process groups of the agents alive (killed on shutdown, whatever they are doing), and
+    /// the marker each agent carries in `ZWARM_TURN`.
+    groups: Mutex<HashMap<i32, String>>,
+    /// Kills the agents' process groups and marked processes if zwarm dies.
+    reaper: Option<crate::process::Reaper>,
+    /// Numbers the agents' markers.
+    started: std::sync::atomic::AtomicU64,
     spawner: Mutex<std::sync::mpsc::Sender<SpawnRequest>>,
     closing: CancellationToken,
     /// Jobs must carry it ([`BridgeJob::pool_token`]).
@@ -138,7 +145,10 @@ pub struct Pool {
 
 impl Pool {
     /// Listen on a new private socket and make it the one jobs name. Call within a runtime.
-    pub fn start() -> std::io::Result<Pool> {
+    /// `reaper`: a helper that kills the agents (their process groups, and whatever carries
+    /// their `ZWARM_TURN` marker) if zwarm dies; without it, agents still get SIGKILL from
+    /// `PR_SET_PDEATHSIG` and end of input, but what they run may outlive a killed zwarm.
+    pub fn start(reaper: Option<crate::process::Reaper>) -> std::io::Result<Pool> {
         use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -153,6 +163,8 @@ impl Pool {
         let inner = Arc::new(Inner {
             slots: Mutex::default(),
             groups: Mutex::default(),
+            reaper,
+            started: std::sync::atomic::AtomicU64::new(0),
             spawner: Mutex::new(spawner_thread()?),
             closing: CancellationToken::new(),
             token: new_token()?,
@@ -207,10 +219,13 @@ impl Pool {
             }
         }
         futures::future::join_all(stops).await;
-        let left: Vec<i32> = self.inner.groups.lock().drain().collect();
-        for pgid in left {
+        let left: Vec<(i32, String)> = self.inner.groups.lock().drain().collect();
+        for (pgid, marker) in left {
             // SAFETY: killpg has no memory effects; a group with no members is ESRCH.
             unsafe { libc::killpg(pgid, libc::SIGKILL) };
+            if let Some(r) = &self.inner.reaper {
+                r.release(&marker);
+            }
         }
     }
 }
@@ -250,13 +265,22 @@ async fn retire(inner: Arc<Inner>, agent: AcpAgent, grace: Duration) {
     let pid = agent.pid().and_then(|p| i32::try_from(p).ok());
     agent.stop(grace).await;
     if let Some(p) = pid {
-        inner.groups.lock().remove(&p);
+        let marker = inner.groups.lock().remove(&p);
+        if let (Some(r), Some(m)) = (&inner.reaper, marker) {
+            r.release(&m);
+        }
     }
 }
 
 impl Inner {
     async fn start_agent(&self, job: &BridgeJob) -> Result<AcpAgent, String> {
         let mut cmd = job.agent_command(true);
+        let n = self
+            .started
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let marker = format!("acp-pool-{}-{n}", std::process::id());
+        cmd.env_set
+            .push((crate::process::TURN_MARKER.into(), marker.clone()));
         if let Some(s) = &job.session {
             cmd.env_set.push((SESSION_ENV.into(), s.clone()));
             // What the bridge's agent inherits from the turn: a `zwarm serve` started by the
@@ -279,7 +303,10 @@ impl Inner {
             .map_err(|e| format!("could not start the agent `{}`: {e}", job.program.display()))?;
         let pid = proc.id().and_then(|p| i32::try_from(p).ok());
         if let Some(p) = pid {
-            self.groups.lock().insert(p);
+            self.groups.lock().insert(p, marker.clone());
+            if let Some(r) = &self.reaper {
+                r.watch(&marker, p, None);
+            }
         }
         let init = Duration::from_secs(job.init_timeout_secs);
         AcpAgent::initialize(proc, stdin, stdout, init)
@@ -288,6 +315,9 @@ impl Inner {
                 // The agent was dropped, and its group killed, with the error.
                 if let Some(p) = pid {
                     self.groups.lock().remove(&p);
+                    if let Some(r) = &self.reaper {
+                        r.release(&marker);
+                    }
                 }
                 e.to_string()
             })
@@ -467,7 +497,7 @@ mod tests {
 
     #[tokio::test]
     async fn jobs_need_the_token_and_a_failed_start_is_reported() {
-        let pool = Pool::start().expect("pool");
+        let pool = Pool::start(None).expect("pool");
         let (path, token) = socket().expect("socket");
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(&path)

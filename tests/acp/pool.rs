@@ -215,6 +215,44 @@ pub async fn interrupted_and_killed(agent: &str, model: Model<'_>) {
     .await;
 }
 
+/// A command the pooled agent runs does not outlive a zwarm killed with SIGKILL (the pool's
+/// reaper kills the agent's process group and what carries its marker).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pooled_agents_command_does_not_outlive_a_killed_zwarm() {
+    let mock = ChatMock::start(json!({}));
+    let env = acp_env("qwen", Model::Chat(&mock));
+    mock.set_script(json!({"turns": [
+        {"call": {"name": "run_shell_command", "args": {"command": "sleep 600 # intentional-sleep: a command that outlives nothing", "description": "wait"}}},
+        {"text": "slept"},
+    ]}));
+    let z = Zwarm::start(&env, &["--set", "acp.level=full-access"]).await;
+    let r = z
+        .ok(
+            "delegate",
+            json!({"task": "sleep", "adapter": "qwen", "mode": "async"}),
+        )
+        .await;
+    let id = text(&r["session_id"]);
+    eventually(
+        Duration::from_secs(120),
+        "the agent runs `sleep 600`",
+        || {
+            pool_pids(&id)
+                .iter()
+                .any(|p| cmdline(*p).starts_with("sleep 600"))
+        },
+    )
+    .await;
+    z.signal_and_wait(libc::SIGKILL, Duration::from_secs(10))
+        .await;
+    eventually(
+        Duration::from_secs(20),
+        "neither the agent nor its command outlives a zwarm killed outright",
+        || pool_pids(&id).is_empty(),
+    )
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn qwen_agent_is_interrupted_and_does_not_outlive_a_killed_zwarm() {
     let mock = ChatMock::start(json!({}));

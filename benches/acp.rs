@@ -264,6 +264,7 @@ async fn second_turn(agent: &str, env: &Env, runs: usize) {
         turn(z, agent, Some(id)).await;
     }
     let (mut kept, mut new) = (Vec::new(), Vec::new());
+    let (mut first_pool, mut first_bridge) = (Vec::new(), Vec::new());
     for i in 0..runs {
         let order: [(&Zwarm, bool); 2] = if i % 2 == 0 {
             [(&pooled, true), (&fresh, false)]
@@ -271,13 +272,30 @@ async fn second_turn(agent: &str, env: &Env, runs: usize) {
             [(&fresh, false), (&pooled, true)]
         };
         for (z, is_pooled) in order {
-            let (_, id) = turn(z, agent, None).await;
+            let (f, id) = turn(z, agent, None).await;
             let (d, _) = turn(z, agent, Some(id)).await;
-            if is_pooled { kept.push(d) } else { new.push(d) }
+            if is_pooled {
+                first_pool.push(f);
+                kept.push(d);
+            } else {
+                first_bridge.push(f);
+                new.push(d);
+            }
         }
     }
+    let (fp, fb) = (median(first_pool), median(first_bridge));
     let (k, n) = (median(kept), median(new));
     let ms = |x: Duration| x.as_secs_f64() * 1000.0;
+    println!("first turn of a session (delegate): {agent}, {runs} runs each, medians");
+    println!(
+        "  the bridge starts the agent (idle 0)     {:>8.1} ms",
+        ms(fb)
+    );
+    println!(
+        "  the pool starts the agent                 {:>8.1} ms   ratio {:.3}x (pool / bridge)",
+        ms(fp),
+        ms(fp) / ms(fb)
+    );
     println!("second turn of a session (converse): {agent}, {runs} runs each, medians");
     println!(
         "  a fresh agent (agent_idle_seconds = 0)  {:>8.1} ms",

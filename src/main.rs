@@ -128,10 +128,7 @@ async fn serve(
     // ACP agents that stay up between a session's turns: reached by the turn's bridge over a
     // local socket, so only for turns that run on this machine.
     let acp_pool = if cfg.runner.kind == zwarm::runner::config::RunnerKind::Local {
-        let reaper = zwarm::process::Reaper::start()
-            .map_err(|e| tracing::warn!(error = %e, "the ACP pool has no reaper"))
-            .ok();
-        zwarm::acp::pool::Pool::start(reaper)
+        zwarm::acp::pool::Pool::start(true)
             .map_err(|e| tracing::warn!(error = %e, "no ACP agent pool: every ACP turn starts its agent"))
             .ok()
     } else {

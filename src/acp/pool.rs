@@ -126,8 +126,10 @@ struct Inner {
     /// Process groups of the agents alive (killed on shutdown, whatever they are doing), and
     /// the marker each agent carries in `ZWARM_TURN`.
     groups: Mutex<HashMap<i32, String>>,
-    /// Kills the agents' process groups and marked processes if zwarm dies.
-    reaper: Option<crate::process::Reaper>,
+    /// Kills the agents' process groups and marked processes if zwarm dies. Started with the
+    /// first agent (a server that runs no ACP turn has no second helper process).
+    reaper: std::sync::OnceLock<Option<crate::process::Reaper>>,
+    with_reaper: bool,
     /// Numbers the agents' markers.
     started: std::sync::atomic::AtomicU64,
     spawner: Mutex<std::sync::mpsc::Sender<SpawnRequest>>,
@@ -145,10 +147,11 @@ pub struct Pool {
 
 impl Pool {
     /// Listen on a new private socket and make it the one jobs name. Call within a runtime.
-    /// `reaper`: a helper that kills the agents (their process groups, and whatever carries
-    /// their `ZWARM_TURN` marker) if zwarm dies; without it, agents still get SIGKILL from
-    /// `PR_SET_PDEATHSIG` and end of input, but what they run may outlive a killed zwarm.
-    pub fn start(reaper: Option<crate::process::Reaper>) -> std::io::Result<Pool> {
+    /// `with_reaper`: start a [`crate::process::Reaper`] (this executable must be zwarm's) that
+    /// kills the agents (their process groups, and whatever carries their `ZWARM_TURN`
+    /// marker) if zwarm dies; without it, agents still get SIGKILL from `PR_SET_PDEATHSIG`
+    /// and end of input, but what they run may outlive a killed zwarm.
+    pub fn start(with_reaper: bool) -> std::io::Result<Pool> {
         use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -163,7 +166,8 @@ impl Pool {
         let inner = Arc::new(Inner {
             slots: Mutex::default(),
             groups: Mutex::default(),
-            reaper,
+            reaper: std::sync::OnceLock::new(),
+            with_reaper,
             started: std::sync::atomic::AtomicU64::new(0),
             spawner: Mutex::new(spawner_thread()?),
             closing: CancellationToken::new(),
@@ -223,7 +227,7 @@ impl Pool {
         for (pgid, marker) in left {
             // SAFETY: killpg has no memory effects; a group with no members is ESRCH.
             unsafe { libc::killpg(pgid, libc::SIGKILL) };
-            if let Some(r) = &self.inner.reaper {
+            if let Some(r) = self.inner.reaper() {
                 r.release(&marker);
             }
         }
@@ -266,13 +270,33 @@ async fn retire(inner: Arc<Inner>, agent: AcpAgent, grace: Duration) {
     agent.stop(grace).await;
     if let Some(p) = pid {
         let marker = inner.groups.lock().remove(&p);
-        if let (Some(r), Some(m)) = (&inner.reaper, marker) {
+        if let (Some(r), Some(m)) = (inner.reaper(), marker) {
             r.release(&m);
         }
     }
 }
 
 impl Inner {
+    /// The reaper, if it was started.
+    fn reaper(&self) -> Option<&crate::process::Reaper> {
+        self.reaper.get().and_then(Option::as_ref)
+    }
+
+    /// The reaper, started now if it was not (and is wanted).
+    fn reaper_started(&self) -> Option<&crate::process::Reaper> {
+        self.reaper
+            .get_or_init(|| {
+                self.with_reaper
+                    .then(|| {
+                        crate::process::Reaper::start()
+                            .map_err(|e| tracing::warn!(error = %e, "the ACP pool has no reaper"))
+                            .ok()
+                    })
+                    .flatten()
+            })
+            .as_ref()
+    }
+
     async fn start_agent(&self, job: &BridgeJob) -> Result<AcpAgent, String> {
         let mut cmd = job.agent_command(true);
         let n = self
@@ -304,7 +328,7 @@ impl Inner {
         let pid = proc.id().and_then(|p| i32::try_from(p).ok());
         if let Some(p) = pid {
             self.groups.lock().insert(p, marker.clone());
-            if let Some(r) = &self.reaper {
+            if let Some(r) = self.reaper_started() {
                 r.watch(&marker, p, None);
             }
         }
@@ -315,7 +339,7 @@ impl Inner {
                 // The agent was dropped, and its group killed, with the error.
                 if let Some(p) = pid {
                     self.groups.lock().remove(&p);
-                    if let Some(r) = &self.reaper {
+                    if let Some(r) = self.reaper() {
                         r.release(&marker);
                     }
                 }
@@ -497,7 +521,7 @@ mod tests {
 
     #[tokio::test]
     async fn jobs_need_the_token_and_a_failed_start_is_reported() {
-        let pool = Pool::start(None).expect("pool");
+        let pool = Pool::start(false).expect("pool");
         let (path, token) = socket().expect("socket");
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(&path)

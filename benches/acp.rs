@@ -11,7 +11,12 @@
 //!   trip, the engine, the state writes, the runner, the `zwarm-acp` bridge process, and the
 //!   same ACP calls).
 //!
+//! - the second turn of a session (a sync `converse`) with the agent kept by `zwarm serve`'s
+//!   pool (`acp.agent_idle_seconds = 5`) against one with a fresh agent every turn
+//!   (`acp.agent_idle_seconds = 0`: start, `initialize`, `session/load`, prompt, stop).
+//!
 //! Runs alternate (direct, zwarm, direct, ...) so that drift in the machine's load hits both.
+//! `ZWARM_BENCH_ACP_RUNS` sets the number of runs (default 10).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a bench: a panic is a failed run
 
 #[path = "../tests/support/mod.rs"]
@@ -28,7 +33,12 @@ use support::mock_gemini::GeminiMock;
 use tokio_util::sync::CancellationToken;
 use zwarm::acp::{AcpAgent, AgentCommand, Level, Policy, PromptOptions};
 
-const RUNS: usize = 10;
+fn runs() -> usize {
+    std::env::var("ZWARM_BENCH_ACP_RUNS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(10)
+}
 
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
@@ -184,7 +194,10 @@ async fn main() {
     };
     let mut env = Env::without_clis("zwarm-bench-acp-");
     agent_env(&agent, &mut env, &mock);
-    let z = Zwarm::start(&env, &[]).await;
+    // Short-lived pooled agents: every delegate is a new session, and agents kept for 300 s
+    // would pile up.
+    let z = Zwarm::start(&env, &["--set", "acp.agent_idle_seconds=2"]).await;
+    let runs = runs();
 
     // One of each first (caches, the agent's first-start work), not counted.
     direct_turn(&agent, &env).await;
@@ -194,7 +207,7 @@ async fn main() {
     assert_eq!(r["status"], "idle", "{r}");
 
     let (mut direct, mut via) = (Vec::new(), Vec::new());
-    for _ in 0..RUNS {
+    for _ in 0..runs {
         direct.push(direct_turn(&agent, &env).await);
         let t = Instant::now();
         let r = z
@@ -209,7 +222,7 @@ async fn main() {
     }
     let (d, v) = (median(direct), median(via));
     let ms = |x: Duration| x.as_secs_f64() * 1000.0;
-    println!("zwarm ACP overhead benchmark: {agent}, {RUNS} runs each, medians");
+    println!("zwarm ACP overhead benchmark: {agent}, {runs} runs each, medians");
     println!("  the agent driven directly           {:>8.1} ms", ms(d));
     println!(
         "  the same turn via zwarm delegate    {:>8.1} ms   ratio {:.3}x   zwarm's cost {:+.1} ms ({:+.1}%)",
@@ -217,5 +230,80 @@ async fn main() {
         ms(v) / ms(d),
         ms(v) - ms(d),
         (ms(v) / ms(d) - 1.0) * 100.0
+    );
+    drop(z);
+    second_turn(&agent, &env, runs).await;
+}
+
+/// A delegate (`id` None) or a converse, sync: how long it took, and the session.
+async fn turn(z: &Zwarm, agent: &str, id: Option<String>) -> (Duration, String) {
+    let (tool, args) = match &id {
+        None => (
+            "delegate",
+            json!({"task": "say hello", "adapter": agent, "wait_seconds": 120}),
+        ),
+        Some(id) => (
+            "converse",
+            json!({"session_id": id, "message": "say hello again", "wait_seconds": 120}),
+        ),
+    };
+    let t = Instant::now();
+    let r = z.ok(tool, args).await;
+    assert_eq!(r["status"], "idle", "{r}");
+    let id = id.unwrap_or_else(|| r["session_id"].as_str().unwrap_or_default().to_string());
+    (t.elapsed(), id)
+}
+
+/// A session's second turn (converse), the agent kept by the pool against a fresh one.
+async fn second_turn(agent: &str, env: &Env, runs: usize) {
+    let pooled = Zwarm::start(env, &["--set", "acp.agent_idle_seconds=5"]).await;
+    let fresh = Zwarm::start(env, &["--set", "acp.agent_idle_seconds=0"]).await;
+    // One of each first, not counted.
+    for z in [&pooled, &fresh] {
+        let (_, id) = turn(z, agent, None).await;
+        turn(z, agent, Some(id)).await;
+    }
+    let (mut kept, mut new) = (Vec::new(), Vec::new());
+    let (mut first_pool, mut first_bridge) = (Vec::new(), Vec::new());
+    for i in 0..runs {
+        let order: [(&Zwarm, bool); 2] = if i % 2 == 0 {
+            [(&pooled, true), (&fresh, false)]
+        } else {
+            [(&fresh, false), (&pooled, true)]
+        };
+        for (z, is_pooled) in order {
+            let (f, id) = turn(z, agent, None).await;
+            let (d, _) = turn(z, agent, Some(id)).await;
+            if is_pooled {
+                first_pool.push(f);
+                kept.push(d);
+            } else {
+                first_bridge.push(f);
+                new.push(d);
+            }
+        }
+    }
+    let (fp, fb) = (median(first_pool), median(first_bridge));
+    let (k, n) = (median(kept), median(new));
+    let ms = |x: Duration| x.as_secs_f64() * 1000.0;
+    println!("first turn of a session (delegate): {agent}, {runs} runs each, medians");
+    println!(
+        "  the bridge starts the agent (idle 0)     {:>8.1} ms",
+        ms(fb)
+    );
+    println!(
+        "  the pool starts the agent                 {:>8.1} ms   ratio {:.3}x (pool / bridge)",
+        ms(fp),
+        ms(fp) / ms(fb)
+    );
+    println!("second turn of a session (converse): {agent}, {runs} runs each, medians");
+    println!(
+        "  a fresh agent (agent_idle_seconds = 0)  {:>8.1} ms",
+        ms(n)
+    );
+    println!(
+        "  the agent kept by zwarm serve's pool      {:>8.1} ms   ratio {:.3}x (pooled / fresh)",
+        ms(k),
+        ms(k) / ms(n)
     );
 }

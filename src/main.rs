@@ -125,6 +125,15 @@ async fn serve(
     zwarm::process::become_subreaper();
     // The runner `[runner]` asks for (the local one: its own containment and reaper).
     let runner = zwarm::cli::runner_for(&cfg).await?;
+    // ACP agents that stay up between a session's turns: reached by the turn's bridge over a
+    // local socket, so only for turns that run on this machine.
+    let acp_pool = if cfg.runner.kind == zwarm::runner::config::RunnerKind::Local {
+        zwarm::acp::pool::Pool::start(true)
+            .map_err(|e| tracing::warn!(error = %e, "no ACP agent pool: every ACP turn starts its agent"))
+            .ok()
+    } else {
+        None
+    };
     let manager = zwarm::cli::start_manager(cfg, runner).await?;
     tracing::info!(state_dir = %manager.state_dir().display(), version = env!("CARGO_PKG_VERSION"), "zwarm serving MCP on stdio");
     let ct = CancellationToken::new();
@@ -161,6 +170,9 @@ async fn serve(
     }
     let stopping = std::time::Instant::now();
     manager.shutdown(Duration::from_millis(1700)).await;
+    if let Some(pool) = acp_pool {
+        pool.shutdown().await;
+    }
     if let Some(t) = telemetry {
         // The spans of the turns just stopped, within the same 2 s: at most 300 ms.
         let left = Duration::from_millis(1800).saturating_sub(stopping.elapsed());

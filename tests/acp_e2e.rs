@@ -1179,5 +1179,8 @@ async fn an_update_sent_just_before_the_answer_belongs_to_the_turn() {
 #[path = "acp/serve.rs"]
 mod serve;
 
+#[path = "acp/pool.rs"]
+mod pool;
+
 #[path = "acp/custom.rs"]
 mod custom;

@@ -49,6 +49,17 @@ pub struct AgentProcess {
 impl AgentProcess {
     /// Start the agent. Its stdin and stdout are returned for the JSON-RPC connection.
     pub fn spawn(cmd: &AgentCommand) -> std::io::Result<(AgentProcess, ChildStdin, ChildStdout)> {
+        Self::spawn_with(cmd, false)
+    }
+
+    /// [`AgentProcess::spawn`]; `die_with_parent`: the agent gets SIGKILL when the thread that
+    /// starts it ends (`PR_SET_PDEATHSIG`): the pool starts its agents from a thread that
+    /// lives as long as zwarm, so a zwarm killed outright does not leave them running (their
+    /// children see their stdin end with it).
+    pub fn spawn_with(
+        cmd: &AgentCommand,
+        die_with_parent: bool,
+    ) -> std::io::Result<(AgentProcess, ChildStdin, ChildStdout)> {
         let mut c = Command::new(&cmd.program);
         c.args(&cmd.args)
             .current_dir(&cmd.cwd)
@@ -58,6 +69,23 @@ impl AgentProcess {
             .kill_on_drop(true);
         if !cmd.share_group {
             c.process_group(0);
+        }
+        #[cfg(target_os = "linux")]
+        if die_with_parent {
+            // SAFETY: the closure runs between fork and exec and only calls prctl and getppid,
+            // which are async-signal-safe.
+            unsafe {
+                let parent = libc::getpid();
+                c.pre_exec(move || {
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
+                    if libc::getppid() != parent {
+                        return Err(std::io::Error::other(
+                            "zwarm exited while starting the agent",
+                        ));
+                    }
+                    Ok(())
+                });
+            }
         }
         for k in &cmd.env_remove {
             c.env_remove(k);

@@ -6,13 +6,19 @@
 //! starts the agent **in the bridge's process group** (so the runner's stop and containment
 //! reach it), opens the session (`session/new`, or `session/load` of the earlier one, or a new
 //! one with a summary), sends one `session/prompt`, answers permission requests with the
-//! job's policy, and writes one [`ExecutorEvent`] per line (JSON) to stdout:
+//! job's policy, and writes one `ExecutorEvent` per line (JSON) to stdout:
 //! `session_started` (the agent's session id, stored as the native id for the next turn),
 //! the turn's events, then `turn_completed` or `turn_failed`. SIGINT or SIGTERM (the runner's
 //! stop) sends `session/cancel`; the bridge then ends the agent (stdin closed, then SIGKILL)
 //! and exits.
+//!
+//! When the job names the agent pool of `zwarm serve` ([`BridgeJob::pool`]) and its socket
+//! answers, the bridge does not start the agent: it hands the job to the pool, which runs the
+//! turn on the session's long-lived agent, and relays the pool's event lines to stdout as they
+//! come ([`super::pool::remote`]). SIGINT or SIGTERM then asks the pool to cancel the turn.
+//! Where the socket is absent or does not answer (a container, `acp.agent_idle_seconds = 0`),
+//! the bridge runs the agent itself as above.
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -20,11 +26,9 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use super::agent::AgentCommand;
-use super::approval::{FileApprover, Pending};
-use super::client::{AcpAgent, EarlierTurn, PromptOptions, TurnEnd};
-use super::policy::{Level, Policy, Rule};
-use super::update::{AcpEvent, to_executor_events};
-use crate::event::{ExecutorEvent, UsageScope};
+use super::client::AcpAgent;
+use super::policy::{Level, Rule};
+use super::turn::{Emit, emit_to, failed, policy_of, run_on, stdout_emit};
 
 /// What the bridge is told on stdin.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -64,6 +68,20 @@ pub struct BridgeJob {
     /// ([`super::approval`]). None: no one is asked.
     #[serde(default)]
     pub approvals: Option<PathBuf>,
+    /// The zwarm session this turn belongs to (the pool keeps one agent per session).
+    #[serde(default)]
+    pub session: Option<String>,
+    /// The unix socket of `zwarm serve`'s agent pool ([`super::pool`]); None, or a socket that
+    /// does not answer: the bridge runs the agent itself.
+    #[serde(default)]
+    pub pool: Option<PathBuf>,
+    /// The pool's secret: it takes jobs only from zwarm's own executor (the socket is
+    /// reachable by every process of the user, turns' executors included).
+    #[serde(default)]
+    pub pool_token: Option<String>,
+    /// How long the pool keeps the agent after this turn, waiting for the next one.
+    #[serde(default)]
+    pub agent_idle_secs: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -80,219 +98,51 @@ fn default_cancel_grace() -> u64 {
 }
 
 /// How long the agent gets to end after its stdin is closed.
-const STOP_GRACE: Duration = Duration::from_secs(3);
+pub const STOP_GRACE: Duration = Duration::from_secs(3);
 
-fn emit(out: &mut dyn Write, ev: &ExecutorEvent) {
-    if let Ok(line) = serde_json::to_string(ev) {
-        // A closed stdout (the runner gave up on us) is not worth failing the turn over.
-        let _ = writeln!(out, "{line}");
-        let _ = out.flush();
+impl BridgeJob {
+    /// The agent's command line; `own_group`: in a process group of its own (the pool's
+    /// agents) rather than the caller's (the bridge's, which the runner stops as a group).
+    pub fn agent_command(&self, own_group: bool) -> AgentCommand {
+        AgentCommand {
+            program: self.program.clone(),
+            args: self.args.iter().map(Into::into).collect(),
+            cwd: self.cwd.clone(),
+            env_set: self.env_set.clone(),
+            env_remove: self.env_remove.clone(),
+            share_group: !own_group,
+        }
     }
 }
 
-/// The event that says a request waits for approval (so waiting callers wake up and the
-/// progress shows it).
-fn asked(p: &Pending) -> ExecutorEvent {
-    ExecutorEvent::ToolCall {
-        id: format!("approval:{}", p.request_id),
-        name: format!("approval needed: {}", p.title),
-        input: serde_json::to_value(p).unwrap_or_default(),
-    }
-}
-
-fn failed(message: String) -> ExecutorEvent {
-    ExecutorEvent::TurnFailed {
-        message,
-        api_status: None,
-        usage: None,
-        scope: UsageScope::Invocation,
-        cost_usd: None,
-    }
-}
-
-/// The turns in a transcript file; a missing file or a bad line is no turn.
-fn read_transcript(path: &std::path::Path) -> Vec<BridgeTurn> {
-    std::fs::read_to_string(path)
-        .map(|t| {
-            t.lines()
-                .filter_map(|l| serde_json::from_str(l).ok())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-fn append_transcript(path: &std::path::Path, turn: &BridgeTurn) {
-    let Ok(line) = serde_json::to_string(turn) else {
-        return;
-    };
-    let r = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .and_then(|mut f| writeln!(f, "{line}"));
-    if let Err(e) = r {
-        tracing::warn!(path = %path.display(), "acp bridge: cannot keep the transcript: {e}");
-    }
-}
-
-/// Run one turn. Returns the process exit status: 0 when the turn completed.
-pub async fn run(job: BridgeJob, out: &mut (dyn Write + Send), cancel: CancellationToken) -> i32 {
-    let policy = match Policy::new(job.level, &job.cwd).with_rules(job.rules.clone()) {
+/// Run one turn with an agent of its own. Returns the process exit status: 0 when the turn
+/// completed.
+pub async fn run(job: BridgeJob, emit: &Emit, cancel: CancellationToken) -> i32 {
+    let policy = match policy_of(&job) {
         Ok(p) => p,
-        Err(e) => {
-            emit(out, &failed(e.to_string()));
+        Err(ev) => {
+            emit(&ev);
             return 2;
         }
     };
-    let cmd = AgentCommand {
-        program: job.program.clone(),
-        args: job.args.iter().map(Into::into).collect(),
-        cwd: job.cwd.clone(),
-        env_set: job.env_set.clone(),
-        env_remove: job.env_remove.clone(),
-        share_group: true,
-    };
     let init = Duration::from_secs(job.init_timeout_secs);
-    let mut agent = match AcpAgent::start(&cmd, init).await {
+    let mut agent = match AcpAgent::start(&job.agent_command(false), init).await {
         Ok(a) => a,
         Err(e) => {
-            emit(out, &failed(format!("the ACP agent did not start: {e}")));
+            emit(&failed(format!("the ACP agent did not start: {e}")));
             return 1;
         }
     };
-    let from_file;
-    let earlier_src: &[BridgeTurn] = if job.earlier.is_empty() {
-        from_file = job
-            .transcript
-            .as_deref()
-            .map(read_transcript)
-            .unwrap_or_default();
-        &from_file
-    } else {
-        &job.earlier
-    };
-    let earlier: Vec<EarlierTurn> = earlier_src
-        .iter()
-        .map(|t| EarlierTurn {
-            prompt: t.prompt.clone(),
-            response: t.response.clone(),
-        })
-        .collect();
-    let opened = match agent
-        .open_session(job.resume_id.as_deref(), &job.cwd, &earlier, init)
-        .await
-    {
-        Ok(o) => o,
-        Err(e) => {
-            emit(
-                out,
-                &failed(format!("the ACP agent could not open a session: {e}")),
-            );
-            agent.stop(STOP_GRACE).await;
-            return 1;
-        }
-    };
-    emit(
-        out,
-        &ExecutorEvent::SessionStarted {
-            native_id: opened.session_id.clone(),
-            model: agent
-                .session_info
-                .pointer("/models/currentModelId")
-                .and_then(serde_json::Value::as_str)
-                .map(str::to_string),
-        },
-    );
-    if let Some(note) = &opened.note {
-        emit(
-            out,
-            &ExecutorEvent::Warning {
-                message: note.clone(),
-            },
-        );
-    }
-    let text = match &opened.preamble {
-        Some(p) => format!("{p}{}", job.prompt),
-        None => job.prompt.clone(),
-    };
-    let approver = job
-        .approvals
-        .clone()
-        .filter(|_| job.ask_timeout_secs > 0)
-        .map(|dir| FileApprover {
-            dir,
-            ask_timeout: Duration::from_secs(job.ask_timeout_secs),
-            announce: Some(Box::new(|p: &Pending| {
-                emit(&mut std::io::stdout(), &asked(p));
-            })),
-        });
-    let opts = PromptOptions {
-        policy: &policy,
-        approver: approver.as_ref().map(|a| a as &dyn super::client::Approver),
-        ask_timeout: Duration::from_secs(job.ask_timeout_secs),
-        cancel: cancel.clone(),
-        cancel_grace: Duration::from_secs(job.cancel_grace_secs),
-    };
-    let mut last_message: Option<String> = None;
-    let mut cost: Option<f64> = None;
-    let end = {
-        let out_ref: &mut (dyn Write + Send) = out;
-        let mut sink = |ev: AcpEvent| {
-            match &ev {
-                AcpEvent::AgentMessage { text } => last_message = Some(text.clone()),
-                AcpEvent::Usage { cost_usd, .. } if cost_usd.is_some() => cost = *cost_usd,
-                _ => {}
-            }
-            for e in to_executor_events(&ev) {
-                emit(out_ref, &e);
-            }
-        };
-        agent
-            .prompt(&opened.session_id, &text, &opts, &mut sink)
-            .await
-    };
+    let out = run_on(&mut agent, None, &job, &policy, emit, cancel).await;
     agent.stop(STOP_GRACE).await;
-    match end {
-        TurnEnd::Completed { note } => {
-            if let Some(path) = &job.transcript {
-                append_transcript(
-                    path,
-                    &BridgeTurn {
-                        prompt: job.prompt.clone(),
-                        response: last_message.clone(),
-                    },
-                );
-            }
-            if let Some(n) = note {
-                emit(out, &ExecutorEvent::Warning { message: n });
-            }
-            emit(
-                out,
-                &ExecutorEvent::TurnCompleted {
-                    usage: None,
-                    scope: UsageScope::Invocation,
-                    cost_usd: cost,
-                    final_text: last_message,
-                },
-            );
-            0
-        }
-        TurnEnd::Failed { reason } => {
-            emit(out, &failed(reason));
-            1
-        }
-        TurnEnd::Interrupted => {
-            emit(out, &failed("the turn was cancelled".into()));
-            130
-        }
-    }
+    out.code
 }
 
 /// The bridge process: the job from stdin, events to stdout, SIGINT/SIGTERM cancel the turn.
 pub fn main() -> i32 {
     let mut input = String::new();
     if let Err(e) = std::io::Read::read_to_string(&mut std::io::stdin(), &mut input) {
-        emit(
+        emit_to(
             &mut std::io::stdout(),
             &failed(format!("zwarm-acp: cannot read the job: {e}")),
         );
@@ -301,7 +151,7 @@ pub fn main() -> i32 {
     let job: BridgeJob = match serde_json::from_str(&input) {
         Ok(j) => j,
         Err(e) => {
-            emit(
+            emit_to(
                 &mut std::io::stdout(),
                 &failed(format!("zwarm-acp: the job is not valid: {e}")),
             );
@@ -315,7 +165,7 @@ pub fn main() -> i32 {
     {
         Ok(rt) => rt,
         Err(e) => {
-            emit(
+            emit_to(
                 &mut std::io::stdout(),
                 &failed(format!("zwarm-acp: no runtime: {e}")),
             );
@@ -339,7 +189,9 @@ pub fn main() -> i32 {
             }
             c.cancel();
         });
-        let mut stdout = std::io::stdout();
-        run(job, &mut stdout, cancel).await
+        if let Some(code) = super::pool::remote::forward(&job, cancel.clone()).await {
+            return code;
+        }
+        run(job, &stdout_emit(), cancel).await
     })
 }

@@ -157,6 +157,16 @@ impl AcpAgent {
             program: cmd.program.display().to_string(),
             error,
         })?;
+        Self::initialize(proc, stdin, stdout, init_timeout).await
+    }
+
+    /// `initialize` an agent process already started (see [`AgentProcess::spawn_with`]).
+    pub async fn initialize(
+        proc: AgentProcess,
+        stdin: tokio::process::ChildStdin,
+        stdout: tokio::process::ChildStdout,
+        init_timeout: Duration,
+    ) -> Result<AcpAgent, AcpError> {
         let (conn, incoming) = Connection::start(stdout, stdin);
         let mut agent = AcpAgent {
             proc,
@@ -208,6 +218,17 @@ impl AcpAgent {
 
     pub fn pid(&self) -> Option<u32> {
         self.proc.id()
+    }
+
+    /// Has the agent process exited (it cannot take another turn)?
+    pub fn exited(&mut self) -> bool {
+        // Gone without a status: zwarm's orphan reaper (it reaps any zombie child of zwarm
+        // outside its own group) can take an agent that died while idle.
+        self.proc.try_exit().is_some()
+            || self
+                .pid()
+                .and_then(|p| i32::try_from(p).ok())
+                .is_some_and(|p| !crate::process::pid_alive(p))
     }
 
     /// `session/new` in `cwd`; returns the agent's session id.

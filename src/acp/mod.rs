@@ -8,6 +8,10 @@
 //!   `session/cancel`, permission requests.
 //! - [`update`]: `session/update` → [`update::AcpEvent`] → [`crate::event::ExecutorEvent`].
 //! - [`policy`]: allow / deny / ask for each permission request, and why.
+//! - [`turn`]: one turn on a running agent (session opened or kept, prompt, events).
+//! - [`bridge`]: the per-turn process `zwarm-acp` the runner starts for an ACP turn.
+//! - [`pool`]: `zwarm serve`'s long-lived agents, one per session in use, reached by the
+//!   bridge over a unix socket and stopped after `acp.agent_idle_seconds`.
 //! - [`approval`]: how an `ask` reaches the orchestrator or a person (files in the session's
 //!   turn directory) and how the answer comes back.
 //!
@@ -20,8 +24,10 @@ pub mod approval;
 pub mod bridge;
 pub mod client;
 pub mod policy;
+pub mod pool;
 pub mod rpc;
 pub mod schema;
+pub mod turn;
 pub mod update;
 
 pub use agent::AgentCommand;

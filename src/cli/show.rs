@@ -29,11 +29,21 @@ pub fn main(a: ShowArgs) -> anyhow::Result<i32> {
     let Some(s) = store.load_session(&id)? else {
         anyhow::bail!("session {id} is gone from the state database");
     };
+    let decisions = decisions_of(store.root(), &s);
     if a.json {
-        super::out(&format!("{}\n", to_json(&s)))?;
+        let mut v = to_json(&s);
+        if let Value::Object(o) = &mut v {
+            o.insert(
+                "permission_decisions".into(),
+                serde_json::to_value(&decisions).unwrap_or_default(),
+            );
+        }
+        super::out(&format!("{v}\n"))?;
     } else {
         let cut = unfinished(store.root(), &s);
-        super::out(&transcript_with(&s, a.output, &cut).join("\n"))?;
+        let mut lines = transcript_with(&s, a.output, &cut);
+        insert_decisions(&mut lines, &s, &decisions);
+        super::out(&lines.join("\n"))?;
         super::out("\n")?;
     }
     Ok(0)
@@ -316,6 +326,191 @@ pub fn transcript_with(
     o
 }
 
+/// One permission decision of a turn (an ACP agent's `session/request_permission`, answered
+/// by zwarm's policy), as recorded in the turn's events.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct PermissionDecision {
+    pub turn: u32,
+    /// `allow`, `deny`, `approved`, `refused`, `timed out`, `nobody to ask`: what was
+    /// decided, and for an `ask` what became of it.
+    pub outcome: String,
+    /// The ACP tool kind: `edit`, `execute`, `read`, ...
+    pub kind: String,
+    pub title: String,
+    pub command: Option<String>,
+    pub paths: Vec<String>,
+    /// The rule that made the decision: `rule 1 (deny edit /secret/)`, `default
+    /// workspace-write: edit inside the working dir`, `rule 2 (ask edit); approved`, ...
+    pub rule: String,
+}
+
+/// The outcome of a decision, from its verdict and rule.
+fn outcome_of(allowed: bool, rule: &str) -> &'static str {
+    if rule.ends_with("; approved") {
+        "approved"
+    } else if rule.ends_with("; refused") {
+        "refused"
+    } else if rule.contains("; no answer within") {
+        "timed out"
+    } else if rule.contains("; nobody to ask") {
+        "nobody to ask"
+    } else if allowed {
+        "allow"
+    } else {
+        "deny"
+    }
+}
+
+/// The permission decisions among a turn's events: an allow is a tool call `permission:ID`
+/// (named `permission allowed by RULE: TITLE`), a denial a `permission_denied`; both carry
+/// the kind, command, paths and rule. Denials of other executors (no rule) are left out:
+/// they are in the turn's `permission denied` already.
+pub fn decisions_in(turn: u32, events: &[crate::event::ExecutorEvent]) -> Vec<PermissionDecision> {
+    use crate::event::ExecutorEvent;
+    let field = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
+    events
+        .iter()
+        .filter_map(|ev| {
+            let (allowed, title, input) = match ev {
+                ExecutorEvent::ToolCall { id, name, input } if id.starts_with("permission:") => {
+                    let title = field(input, "rule")
+                        .and_then(|r| {
+                            name.strip_prefix(&format!("permission allowed by {r}: "))
+                                .map(str::to_string)
+                        })
+                        .unwrap_or_else(|| name.clone());
+                    (true, title, input)
+                }
+                ExecutorEvent::PermissionDenied(d) => (false, d.tool.clone(), &d.input),
+                _ => return None,
+            };
+            let rule = field(input, "rule")?;
+            Some(PermissionDecision {
+                turn,
+                outcome: outcome_of(allowed, &rule).to_string(),
+                kind: field(input, "kind").unwrap_or_default(),
+                title,
+                command: field(input, "command"),
+                paths: input
+                    .get("paths")
+                    .and_then(Value::as_array)
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|p| p.as_str().map(str::to_string))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+                rule,
+            })
+        })
+        .collect()
+}
+
+/// Every permission decision of the session's turns, read from the turns' raw logs (the
+/// events zwarm recorded from the executor's output), in order.
+pub fn decisions_of(state: &std::path::Path, s: &Session) -> Vec<PermissionDecision> {
+    s.turns
+        .iter()
+        .flat_map(|t| {
+            let evs = super::activity::read_turn(state, &s.id, t.index, s.adapter);
+            decisions_in(t.index, &evs)
+        })
+        .collect()
+}
+
+/// A decision as one line: `✓ allow    edit  Write hello.txt: /w/hello.txt  [RULE]`.
+pub fn decision_line(d: &PermissionDecision) -> String {
+    let mark = if matches!(d.outcome.as_str(), "allow" | "approved") {
+        "✓"
+    } else {
+        "✗"
+    };
+    let what = match (&d.command, d.paths.is_empty()) {
+        (Some(c), _) => crate::text::one_line(c, 160),
+        (None, false) => d.paths.join(", "),
+        (None, true) => String::new(),
+    };
+    let title = crate::text::one_line(&d.title, 100);
+    let sep = if what.is_empty() || title.is_empty() {
+        ""
+    } else {
+        ": "
+    };
+    format!(
+        "{mark} {:<8} {:<8} {title}{sep}{what}  [{}]",
+        d.outcome, d.kind, d.rule
+    )
+}
+
+/// Put each turn's decisions (`permissions`) into the transcript, before its usage line.
+fn insert_decisions(lines: &mut Vec<String>, s: &Session, decisions: &[PermissionDecision]) {
+    for t in s.turns.iter().rev() {
+        let mine: Vec<&PermissionDecision> =
+            decisions.iter().filter(|d| d.turn == t.index).collect();
+        if mine.is_empty() {
+            continue;
+        }
+        let head = format!("── turn {} · ", t.index);
+        let Some(start) = lines.iter().position(|l| l.starts_with(&head)) else {
+            continue;
+        };
+        let Some(at) = lines[start..]
+            .iter()
+            .position(|l| l.starts_with("  usage  "))
+            .map(|i| start + i)
+        else {
+            continue;
+        };
+        let mut block = vec!["  permissions".to_string()];
+        block.extend(mine.iter().map(|d| format!("    {}", decision_line(d))));
+        lines.splice(at..at, block);
+    }
+}
+
 fn first_line(s: &str) -> &str {
     s.lines().next().unwrap_or("")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{ExecutorEvent, PermissionDenial};
+
+    #[test]
+    fn decisions_are_read_from_the_events_with_their_rules() {
+        let evs = vec![
+            ExecutorEvent::ToolCall {
+                id: "permission:c1".into(),
+                name: "permission allowed by rule 1 (ask edit); approved: Write a.txt".into(),
+                input: json!({"kind": "edit", "command": null, "paths": ["/w/a.txt"], "decision": "allow", "rule": "rule 1 (ask edit); approved"}),
+            },
+            ExecutorEvent::ToolCall {
+                id: "c2".into(),
+                name: "read".into(),
+                input: json!({}),
+            },
+            ExecutorEvent::PermissionDenied(PermissionDenial {
+                tool: "Shell".into(),
+                input: json!({"kind": "execute", "command": "rm -rf x", "paths": [], "decision": "deny", "rule": "rule 2 (ask execute); no answer within 2 s, so denied"}),
+            }),
+            // Another executor's denial: no rule, not a decision of zwarm's policy.
+            ExecutorEvent::PermissionDenied(PermissionDenial {
+                tool: "Bash".into(),
+                input: json!({"command": "ls"}),
+            }),
+        ];
+        let d = decisions_in(3, &evs);
+        assert_eq!(d.len(), 2);
+        assert_eq!(d[0].outcome, "approved");
+        assert_eq!(d[0].title, "Write a.txt");
+        assert_eq!(d[0].paths, vec!["/w/a.txt".to_string()]);
+        assert_eq!(d[1].outcome, "timed out");
+        assert_eq!(d[1].command.as_deref(), Some("rm -rf x"));
+        assert_eq!(
+            decision_line(&d[1]),
+            "✗ timed out execute  Shell: rm -rf x  [rule 2 (ask execute); no answer within 2 s, so denied]"
+        );
+        assert_eq!(outcome_of(true, "default full-access"), "allow");
+        assert_eq!(outcome_of(false, "rule 1 (ask edit); refused"), "refused");
+    }
 }

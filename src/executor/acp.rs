@@ -139,6 +139,15 @@ impl AcpExecutor {
             .filter(|d| !d.as_os_str().is_empty() && *d != Path::new("/dev"))
             .map(Path::to_path_buf);
         let transcript = turn_dir.as_ref().map(|d| d.join(TRANSCRIPT_FILE));
+        // The pool of this `zwarm serve` (started for the local runner only): the agent stays
+        // up between the session's turns.
+        let pool = (cfg.acp.agent_idle_seconds > 0 && ctx.session_id.is_some())
+            .then(crate::acp::pool::socket)
+            .flatten();
+        let (pool, pool_token) = match pool {
+            Some((p, t)) => (Some(p), Some(t)),
+            None => (None, None),
+        };
         let job = BridgeJob {
             program: agent,
             args: self.spec.args.iter().map(|a| a.to_string()).collect(),
@@ -160,6 +169,10 @@ impl AcpExecutor {
             cancel_grace_secs: cfg.interrupt_grace_seconds.max(1),
             ask_timeout_secs: cfg.acp.ask_timeout_seconds,
             approvals: turn_dir,
+            session: ctx.session_id.clone(),
+            pool,
+            pool_token,
+            agent_idle_secs: cfg.acp.agent_idle_seconds,
         };
         let stdin = serde_json::to_vec(&job)
             .map_err(|e| ExecutorError::Misconfigured(format!("the ACP job: {e}")))?;

@@ -240,21 +240,21 @@ pub async fn writes_converses_and_ends(agent: &str, model: Model<'_>) {
     assert_eq!(e["status"], "completed", "{e:#}");
 }
 
-fn model_ref<'a>(m: &Model<'a>) -> Model<'a> {
+pub fn model_ref<'a>(m: &Model<'a>) -> Model<'a> {
     match m {
         Model::Gemini(g) => Model::Gemini(g),
         Model::Chat(c) => Model::Chat(c),
     }
 }
 
-fn model_requests(m: &Model<'_>) -> usize {
+pub fn model_requests(m: &Model<'_>) -> usize {
     match m {
         Model::Gemini(g) => g.model_requests().len(),
         Model::Chat(c) => c.model_requests().len(),
     }
 }
 
-fn set_script(m: &Model<'_>, script: Value) {
+pub fn set_script(m: &Model<'_>, script: Value) {
     match m {
         Model::Gemini(g) => g.set_script(script),
         Model::Chat(c) => c.set_script(script),
@@ -277,6 +277,47 @@ async fn qwen_through_serve_writes_converses_and_ends() {
 async fn opencode_through_serve_writes_converses_and_ends() {
     let mock = GeminiMock::start(json!({}));
     writes_converses_and_ends("opencode", Model::Gemini(&mock)).await;
+}
+
+/// `zwarm show ID` (text, and `--json`'s `permission_decisions`), run from the terminal.
+pub fn show(env: &Env, id: &str) -> (String, Vec<Value>) {
+    let run = |json: bool| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_zwarm"));
+        c.args(["show", id]);
+        if json {
+            c.arg("--json");
+        }
+        let out = c
+            .arg("--state-dir")
+            .arg(&env.state)
+            .current_dir(&env.work)
+            .envs(env.vars.iter().cloned())
+            .output()
+            .expect("zwarm show");
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let v: Value = serde_json::from_str(&run(true)).expect("show --json");
+    let decisions = v["permission_decisions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    (run(false), decisions)
+}
+
+/// The decisions `zwarm show` lists, as (turn, outcome, kind, rule, paths).
+fn decided(d: &[Value]) -> Vec<(u64, String, String, String, String)> {
+    d.iter()
+        .map(|d| {
+            (
+                d["turn"].as_u64().unwrap_or(0),
+                text(&d["outcome"]),
+                text(&d["kind"]),
+                text(&d["rule"]),
+                d["paths"].to_string(),
+            )
+        })
+        .collect()
 }
 
 /// Write zwarm's user config file (a trusted layer) in the test's environment.
@@ -377,6 +418,34 @@ pub async fn policy_denial(agent: &str, model: Model<'_>) {
         progress
             .contains("permission allowed by default workspace-write: edit inside the working dir"),
         "the allowed write is shown with its rule: {progress}"
+    );
+    // `zwarm show` lists every decision with its rule, allowed ones too.
+    let (shown, d) = show(&env, &id);
+    let d = decided(&d);
+    assert_eq!(d.len(), 3, "{d:#?}\n{shown}");
+    assert_eq!(
+        (d[0].0, d[0].1.as_str(), d[0].2.as_str(), d[0].3.as_str()),
+        (1, "deny", "edit", "rule 1 (deny edit /secret/)")
+    );
+    assert!(d[0].4.contains("secret.txt"), "{d:#?}");
+    assert_eq!(
+        (d[1].0, d[1].1.as_str(), d[1].3.as_str()),
+        (
+            2,
+            "allow",
+            "default workspace-write: edit inside the working dir"
+        )
+    );
+    assert!(d[1].4.contains("notes.txt"), "{d:#?}");
+    assert_eq!(
+        (d[2].0, d[2].1.as_str(), d[2].3.as_str()),
+        (2, "deny", "rule 2 of the project file (deny edit /other/)")
+    );
+    assert!(shown.contains("  permissions"), "{shown}");
+    assert!(
+        shown.contains("[default workspace-write: edit inside the working dir]")
+            && shown.contains("[rule 1 (deny edit /secret/)]"),
+        "{shown}"
     );
 }
 
@@ -516,6 +585,22 @@ pub async fn ask_answered(agent: &str, model: Model<'_>) {
             .is_some_and(|r| r.contains("refused")),
         "{last:#}"
     );
+    let (shown, d) = show(&env, &id);
+    let d = decided(&d);
+    assert_eq!(d.len(), 2, "{d:#?}\n{shown}");
+    assert_eq!(
+        (d[0].0, d[0].1.as_str(), d[0].3.as_str()),
+        (1, "approved", "rule 1 (ask edit); approved")
+    );
+    assert!(d[0].4.contains("hello.txt"), "{d:#?}");
+    assert_eq!(
+        (d[1].0, d[1].1.as_str(), d[1].3.as_str()),
+        (2, "refused", "rule 1 (ask edit); refused")
+    );
+    assert!(
+        shown.contains("approved") && shown.contains("refused"),
+        "{shown}"
+    );
 }
 
 /// An ask nobody answers is denied when `acp.ask_timeout_seconds` runs out.
@@ -550,6 +635,15 @@ pub async fn ask_times_out(agent: &str, model: Model<'_>) {
         "{r:#}"
     );
     assert!(r["approval"].is_null(), "nothing is pending any more");
+    let (shown, d) = show(&env, &id);
+    let d = decided(&d);
+    assert_eq!(d.len(), 1, "{d:#?}\n{shown}");
+    assert_eq!(
+        (d[0].1.as_str(), d[0].2.as_str()),
+        ("timed out", "edit"),
+        "{d:#?}"
+    );
+    assert!(shown.contains("timed out"), "{shown}");
 }
 
 /// The agent killed mid-turn: the turn fails with the reason, and no process of it is left.
@@ -571,9 +665,11 @@ pub async fn dying_mid_turn(agent: &str, model: Model<'_>) {
     while model_requests(&model) == 0 {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
+    // The agent runs in the turn (a bridge running its own agent), or in zwarm serve's pool.
     let agents: Vec<i32> = super::support::harness::turn_pids(&id)
         .into_iter()
         .filter(|p| !super::support::harness::cmdline(*p).contains("zwarm-acp"))
+        .chain(super::pool::pool_pids(&id))
         .collect();
     assert!(!agents.is_empty(), "the agent runs in the turn");
     for p in &agents {
@@ -589,8 +685,14 @@ pub async fn dying_mid_turn(agent: &str, model: Model<'_>) {
             || e.contains("ended during"),
         "the reason: {e}"
     );
-    // Every process of the turn is gone once the turn has ended.
-    let left = super::support::harness::turn_pids(&id);
+    // Every process of the turn is gone once the turn has ended; the pool drops the dead
+    // agent (its group is killed just after the turn's end).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !super::pool::pool_pids(&id).is_empty() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let mut left = super::support::harness::turn_pids(&id);
+    left.extend(super::pool::pool_pids(&id));
     assert!(
         left.is_empty(),
         "left: {:?}",

@@ -118,6 +118,24 @@ fn fail(code: i32, e: &anyhow::Error) -> ! {
     std::process::exit(code)
 }
 
+/// Stop the pooled ACP agent of a session as soon as the session ends (`end_session`): no
+/// turn will come for it, so it should not wait for its idle time.
+async fn release_ended_sessions(manager: zwarm::sessions::Manager) {
+    use tokio::sync::broadcast::error::RecvError;
+    let mut changes = manager.subscribe_changes();
+    loop {
+        let id = match changes.recv().await {
+            Ok(id) => id,
+            Err(RecvError::Lagged(_)) => continue,
+            Err(RecvError::Closed) => return,
+        };
+        if zwarm::acp::pool::holds(&id) && manager.get(&id).await.is_ok_and(|s| s.status.is_final())
+        {
+            zwarm::acp::pool::release(&id).await;
+        }
+    }
+}
+
 async fn serve(
     cfg: zwarm::config::Config,
     telemetry: Option<zwarm::telemetry::Telemetry>,
@@ -135,6 +153,9 @@ async fn serve(
         None
     };
     let manager = zwarm::cli::start_manager(cfg, runner).await?;
+    if acp_pool.is_some() {
+        tokio::spawn(release_ended_sessions(manager.clone()));
+    }
     tracing::info!(state_dir = %manager.state_dir().display(), version = env!("CARGO_PKG_VERSION"), "zwarm serving MCP on stdio");
     let ct = CancellationToken::new();
     tokio::spawn(cancel_on_signal(ct.clone()));

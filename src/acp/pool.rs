@@ -87,6 +87,15 @@ pub async fn release(session: &str) {
     }
 }
 
+/// Whether the pool running in this process keeps an agent for zwarm session `session`.
+pub fn holds(session: &str) -> bool {
+    let Some(inner) = RUNNING.lock().as_ref().and_then(std::sync::Weak::upgrade) else {
+        return false;
+    };
+    let prefix = format!("{session}\n");
+    inner.slots.lock().keys().any(|k| k.starts_with(&prefix))
+}
+
 /// The socket of the pool running in this process, if any, and the token its jobs carry.
 pub fn socket() -> Option<(PathBuf, String)> {
     SOCKET.lock().clone()

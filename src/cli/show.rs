@@ -454,11 +454,34 @@ fn insert_decisions(lines: &mut Vec<String>, s: &Session, decisions: &[Permissio
         let Some(start) = lines.iter().position(|l| l.starts_with(&head)) else {
             continue;
         };
-        let Some(at) = lines[start..]
+        let end_of_turn = |lines: &[String]| {
+            lines[start..]
+                .iter()
+                .position(|l| l.starts_with("  usage  "))
+                .map(|i| start + i)
+        };
+        let Some(at) = end_of_turn(lines) else {
+            continue;
+        };
+        // Every denial of the turn is among its decisions (with its rule): the older
+        // `permission denied` block would list them twice.
+        let denied = mine
             .iter()
-            .position(|l| l.starts_with("  usage  "))
-            .map(|i| start + i)
-        else {
+            .filter(|d| d.outcome != "allow" && d.outcome != "approved")
+            .count();
+        if denied >= t.permission_denials.len()
+            && let Some(b) = lines[start..at]
+                .iter()
+                .position(|l| l == "  permission denied")
+                .map(|i| start + i)
+        {
+            let len = 1 + lines[b + 1..at]
+                .iter()
+                .take_while(|l| l.starts_with("    "))
+                .count();
+            lines.drain(b..b + len);
+        }
+        let Some(at) = end_of_turn(lines) else {
             continue;
         };
         let mut block = vec!["  permissions".to_string()];
@@ -512,5 +535,47 @@ mod tests {
         );
         assert_eq!(outcome_of(true, "default full-access"), "allow");
         assert_eq!(outcome_of(false, "rule 1 (ask edit); refused"), "refused");
+    }
+
+    #[test]
+    fn decisions_replace_the_turns_denied_block() {
+        let mut s = Session::sample();
+        s.turns[0].permission_denials = vec![PermissionDenial {
+            tool: "Shell".into(),
+            input: json!({"command": "rm x"}),
+        }];
+        let mut lines: Vec<String> = [
+            "── turn 1 · x",
+            "  permission denied",
+            "    Shell {\"command\":\"rm x\"}",
+            "  usage  1 in",
+        ]
+        .map(String::from)
+        .to_vec();
+        let d = PermissionDecision {
+            turn: 1,
+            outcome: "deny".into(),
+            kind: "execute".into(),
+            title: "Shell".into(),
+            command: Some("rm x".into()),
+            paths: vec![],
+            rule: "rule 1 (deny execute /rm/)".into(),
+        };
+        insert_decisions(&mut lines, &s, &[d.clone()]);
+        assert_eq!(lines[1], "  permissions");
+        assert!(lines[2].contains("rm x") && lines[2].contains("[rule 1"));
+        assert_eq!(lines[3], "  usage  1 in");
+        assert_eq!(lines.len(), 4, "{lines:#?}");
+        // A denial without a decision (another executor's) keeps the block.
+        let mut other = lines.clone();
+        other.insert(1, "  permission denied".into());
+        other.insert(2, "    Bash ls".into());
+        s.turns[0].permission_denials.push(PermissionDenial {
+            tool: "Bash".into(),
+            input: json!({"command": "ls"}),
+        });
+        let before = other.clone();
+        insert_decisions(&mut other, &s, &[]);
+        assert_eq!(other, before);
     }
 }

@@ -144,7 +144,7 @@ fn build() -> Vec<KeyDef> {
         rules: TightenOnly(Rules), "`[[acp.rules]]` with `verdict` (`allow`, `deny`, `ask`), `kinds` (ACP tool kinds: `read`, `edit`, `delete`, `move`, `search`, `execute`, `fetch`, ...; empty: all) and `pattern` (regex over the command and paths). The first matching rule decides, before the level's defaults; the project file's rules only deny or ask, and win only when stricter.";
         ask_timeout_seconds: TightenOnly(Lower(None)), "How long a permission request answered `ask` waits for the orchestrator or a person (`zwarm approve`); no answer in time is a denial.";
         init_timeout_seconds: TightenOnly(Lower(None)), "How long an ACP agent gets to answer `initialize` and open its session.";
-        agent_idle_seconds: TightenOnly(Lower(None)), "How long an ACP agent process stays up after a turn for the session's next one before it is stopped; 0: a new agent process every turn.";
+        agent_idle_seconds: TightenOnly(Lower(None)), "How long an ACP agent process stays up after a turn for the session's next one before it is stopped (with the local runner under `zwarm serve`; in containers and pods each turn starts its agent); 0: a new agent process every turn.";
     });
     fields!(out, "watchers.progress.", ProgressConfig {
         enabled: TightenOnly(On), "Nudge on repeated calls, stalls and repeated commands.";

@@ -433,6 +433,19 @@ impl Executor for AcpExecutor {
     fn config_section(&self) -> (&'static str, &'static [ConfigKey]) {
         (self.spec.name, CONFIG_KEYS)
     }
+    /// In an image: its native binary (a Node script is left out: the image has no Node),
+    /// with the `zwarm-acp` bridge beside it, which runs its turns.
+    fn portable(&self) -> crate::executor::Portable {
+        crate::executor::Portable {
+            state_dir: None,
+            image: crate::executor::ImageRecipe {
+                package_dirs: &[],
+                native_hint: "a native build of it is needed (the image has no Node)",
+                bridge: true,
+            },
+            container_args: None,
+        }
+    }
 }
 
 #[cfg(test)]

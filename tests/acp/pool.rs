@@ -162,7 +162,11 @@ pub async fn interrupted_and_killed(agent: &str, model: Model<'_>) {
     let env = acp_env(agent, super::serve::model_ref(&model));
     super::serve::set_script(
         &model,
-        json!({"turns": [{"text": "too late", "stall_s": 600}, {"text": "done"}]}),
+        json!({"turns": [
+            {"text": "too late", "stall_s": 600},
+            {"text": "ended"},
+            {"text": "done"},
+        ]}),
     );
     let z = Zwarm::start(&env, &[]).await;
     let r = z
@@ -188,6 +192,35 @@ pub async fn interrupted_and_killed(agent: &str, model: Model<'_>) {
         Duration::from_secs(20),
         "the interrupted turn's agent is stopped",
         || pool_pids(&id).is_empty(),
+    )
+    .await;
+
+    // A session that ends at rest releases its agent at once, not after the idle time (300 s).
+    let r = z
+        .ok(
+            "delegate",
+            json!({"task": "say ended", "adapter": agent, "mode": "sync", "wait_seconds": 120}),
+        )
+        .await;
+    let ended = text(&r["session_id"]);
+    let r = if r["status"] == "running" {
+        wait_done(&z, &ended).await
+    } else {
+        r
+    };
+    assert_eq!(r["response"], "ended", "{r:#}\n{}", z.stderr());
+    assert!(pooled_agent(&z, &ended).is_some(), "kept after the turn");
+    let e = z
+        .ok(
+            "end_session",
+            json!({"session_id": ended, "verdict": "completed", "summary": "done"}),
+        )
+        .await;
+    assert_eq!(e["interrupted_turn"], false, "{e:#}");
+    eventually(
+        Duration::from_secs(20),
+        "an ended session's agent is stopped",
+        || pool_pids(&ended).is_empty(),
     )
     .await;
 

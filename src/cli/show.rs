@@ -561,7 +561,7 @@ mod tests {
             paths: vec![],
             rule: "rule 1 (deny execute /rm/)".into(),
         };
-        insert_decisions(&mut lines, &s, &[d.clone()]);
+        insert_decisions(&mut lines, &s, &[d]);
         assert_eq!(lines[1], "  permissions");
         assert!(lines[2].contains("rm x") && lines[2].contains("[rule 1"));
         assert_eq!(lines[3], "  usage  1 in");

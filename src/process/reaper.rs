@@ -119,6 +119,12 @@ impl Reaper {
         })
     }
 
+    /// The helper's program and arguments: the same program, given
+    /// [`super::launcher::EXEC_ARG`] after them, launches executors (see `launcher`).
+    pub(super) fn launcher(&self) -> (&Path, &[String]) {
+        (&self.program, &self.args)
+    }
+
     /// The helper's process id (of the current helper, after a restart).
     pub fn pid(&self) -> u32 {
         lock(&self.inner).pid
@@ -214,9 +220,15 @@ struct Turn {
     seen: HashMap<i32, u64>,
 }
 
-/// The helper's main loop (the zwarm binary runs it when given [`REAPER_ARG`]). Returns the
+/// The helper's main loop (the zwarm binary runs it when given [`REAPER_ARG`]; given
+/// `REAPER_ARG exec …` it is the executors' launcher instead, see `launcher`). Returns the
 /// exit code.
 pub fn run() -> i32 {
+    // `REAPER_ARG exec …`: the same binary as the executors' launcher (see `launcher`).
+    let mut args = std::env::args_os().skip(2);
+    if args.next().is_some_and(|a| a == super::launcher::EXEC_ARG) {
+        return super::launcher::run(args);
+    }
     for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGPIPE] {
         // SAFETY: setting a signal's disposition to SIG_IGN has no memory effects.
         unsafe {

@@ -21,7 +21,8 @@ use serde_json::json;
 use support::harness::{Env, Zwarm, cmdline, keyed_script, turn_pids};
 use support::mock_openai::OpenAiMock;
 use zwarm::process::{
-    Containment, ContainmentPreference, Launch, ProcessSpec, REAPER_ARG, Reaper, pid_alive,
+    Containment, ContainmentPreference, Launch, ProcessSpec, REAPER_ARG, Reaper, forget_executor,
+    pid_alive,
 };
 
 /// How long a turn's processes may outlive a killed server.
@@ -56,17 +57,36 @@ async fn an_executor_outlives_the_thread_that_asked_for_it() {
     assert!(alive, "the executor died with the thread that started it");
 }
 
-/// With a reaper, executors start through the launcher (the zwarm binary in its helper mode,
-/// `posix_spawn`ed): the executor is in the turn's cgroup, gets its stdin, writes its output
-/// (none of the launcher's status record), has SIGPIPE at its default, and a missing program
-/// is the same error as without the launcher.
+/// With a reaper, an executor starts through the launcher (the zwarm binary in its helper
+/// mode, `posix_spawn`ed) while others run, and is forked when none does. Either way it is in
+/// the turn's cgroup, gets its stdin, writes its output (none of the launcher's status
+/// record), has SIGPIPE at its default, and a missing program is the same error.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_launcher_starts_executors_in_their_cgroup_with_their_io() {
+async fn executors_start_alike_through_the_launcher_and_forked() {
     require_cgroup_mode();
     let c = Containment::new(ContainmentPreference::Auto);
     let reaper = Reaper::start_program(Path::new(env!("CARGO_BIN_EXE_zwarm")), &[REAPER_ARG])
         .expect("reaper");
     assert!(c.set_reaper(std::sync::Arc::new(reaper)));
+    // Alone first (forked, unless another test of this binary runs an executor), then with
+    // an executor running (launched).
+    start_and_check(&c, "start-alone").await;
+    let sleeper = ProcessSpec {
+        program: "sleep".into(),
+        args: vec!["30".into()],
+        cwd: "/".into(),
+        ..Default::default()
+    };
+    let mut running = c.spawn(&sleeper, "start-sleeper").await.expect("sleep");
+    start_and_check(&c, "start-beside").await;
+    let pid = running.id();
+    let _ = running.start_kill();
+    let _ = running.wait().await;
+    forget_executor(pid);
+    c.cleanup_after_exit(pid, "start-sleeper");
+}
+
+async fn start_and_check(c: &std::sync::Arc<Containment>, marker: &str) {
     let script = "cat /proc/self/cgroup; grep '^SigIgn' /proc/self/status; cat";
     let launch = Launch {
         spec: ProcessSpec {
@@ -77,23 +97,28 @@ async fn the_launcher_starts_executors_in_their_cgroup_with_their_io() {
         },
         stdin: Some(b"the prompt\n".to_vec()),
     };
-    let child = c.spawn(&launch, "launcher-test").await.expect("spawn");
+    let child = c.spawn(&launch, marker).await.expect("spawn");
     let pid = child.id();
     let out = child.wait_with_output().await.expect("output");
-    c.cleanup_after_exit(pid, "launcher-test");
+    // As the runner does once the executor is reaped.
+    forget_executor(pid);
+    c.cleanup_after_exit(pid, marker);
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
-        "{text}\n{}",
+        "{marker}: {text}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(!text.starts_with('Z'), "the status record leaked: {text:?}");
+    assert!(
+        !text.starts_with('Z'),
+        "{marker}: a status record leaked: {text:?}"
+    );
     assert!(
         text.lines()
-            .any(|l| l.starts_with("0::") && l.ends_with("/turn-launcher-test")),
-        "not in the turn's cgroup: {text}"
+            .any(|l| l.starts_with("0::") && l.ends_with(&format!("/turn-{marker}"))),
+        "{marker}: not in the turn's cgroup: {text}"
     );
-    assert!(text.ends_with("the prompt\n"), "stdin: {text:?}");
+    assert!(text.ends_with("the prompt\n"), "{marker}: stdin: {text:?}");
     let ignored = text
         .lines()
         .find_map(|l| l.strip_prefix("SigIgn:"))
@@ -102,7 +127,7 @@ async fn the_launcher_starts_executors_in_their_cgroup_with_their_io() {
     assert_eq!(
         ignored & (1 << (libc::SIGPIPE - 1)),
         0,
-        "SIGPIPE is ignored"
+        "{marker}: SIGPIPE is ignored"
     );
     let missing = ProcessSpec {
         program: "/nonexistent/zwarm-no-such-program".into(),
@@ -110,10 +135,10 @@ async fn the_launcher_starts_executors_in_their_cgroup_with_their_io() {
         ..Default::default()
     };
     let e = c
-        .spawn(&missing, "launcher-test-missing")
+        .spawn(&missing, &format!("{marker}-missing"))
         .await
         .expect_err("a missing program");
-    assert_eq!(e.kind(), std::io::ErrorKind::NotFound, "{e}");
+    assert_eq!(e.kind(), std::io::ErrorKind::NotFound, "{marker}: {e}");
 }
 
 /// Fail (never skip) when this machine cannot give each turn its own cgroup.

@@ -42,6 +42,9 @@ const SEEN_CAP: usize = 8192;
 #[derive(Debug)]
 pub struct Reaper {
     program: PathBuf,
+    /// The program that launches executors (with `args` and `exec`): `program`, or for
+    /// [`Reaper::start`] this process's own executable.
+    launcher: PathBuf,
     args: Vec<String>,
     inner: Mutex<Inner>,
 }
@@ -100,7 +103,11 @@ impl Reaper {
     /// binary, whose `main` hands that argument to [`run`]).
     pub fn start() -> std::io::Result<Reaper> {
         let exe = std::env::current_exe()?;
-        Reaper::start_program(&exe, &[REAPER_ARG])
+        let mut r = Reaper::start_program(&exe, &[REAPER_ARG])?;
+        // The launcher is this very binary even after an upgrade replaced (or removed) the
+        // file at `exe`: its status record must be the one this server reads.
+        r.launcher = PathBuf::from("/proc/self/exe");
+        Ok(r)
     }
 
     /// Start the helper as `program args…`: a program that runs [`run`].
@@ -109,6 +116,7 @@ impl Reaper {
         let (pipe, pid) = start_helper(program, &args)?;
         Ok(Reaper {
             program: program.to_path_buf(),
+            launcher: program.to_path_buf(),
             args,
             inner: Mutex::new(Inner {
                 pipe: Some(pipe),
@@ -122,7 +130,7 @@ impl Reaper {
     /// The helper's program and arguments: the same program, given
     /// [`super::launcher::EXEC_ARG`] after them, launches executors (see `launcher`).
     pub(super) fn launcher(&self) -> (&Path, &[String]) {
-        (&self.program, &self.args)
+        (&self.launcher, &self.args)
     }
 
     /// The helper's process id (of the current helper, after a restart).

@@ -190,6 +190,24 @@ impl Containment {
             .get()
             .filter(|_| !executors().is_empty())
             .map(|r| r.launcher());
+        match self.spawn_via(spec, stdin, marker, launcher) {
+            // The launcher itself could not be started (or the executor's set-up failed, which
+            // the fork then reports the same way): fork.
+            Err(e) if launcher.is_some() => {
+                tracing::debug!(error = %e, "starting through the launcher failed; forking");
+                self.spawn_via(spec, stdin, marker, None)
+            }
+            r => r,
+        }
+    }
+
+    fn spawn_via(
+        &self,
+        spec: &ProcessSpec,
+        stdin: bool,
+        marker: &str,
+        launcher: Option<(&Path, &[String])>,
+    ) -> std::io::Result<Spawned> {
         let launched = launcher.is_some();
         if let Mode::Cgroup { parent } = self.current_mode() {
             match cgroup::prepare(&parent, marker) {

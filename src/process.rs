@@ -7,14 +7,16 @@
 //! a size limit (a task over 128 KiB failed with E2BIG) and is readable by every user in
 //! `/proc/<pid>/cmdline`.
 //!
-//! **Starting.** With a [`Reaper`] (as `zwarm serve` runs), an executor is started through
-//! the [launcher](launcher): std `posix_spawn`s the zwarm binary in its helper mode, which sets
-//! the parent-death signal, moves itself into the turn's cgroup, checks the program, reports
-//! on the stdout pipe and execs the executor in place, so the server is never forked (a fork
-//! of the multi-threaded server per turn was the largest single cost of a trivial turn).
-//! Without a reaper (the library on its own, tests) the server forks, and a `pre_exec`
-//! closure does the same set-up. Either way the executor runs nothing before it is in its
-//! cgroup, and a start that fails reports the same errors.
+//! **Starting.** With a [`Reaper`] (as `zwarm serve` runs) and another executor running, an
+//! executor is started through the launcher (`launcher`): std `posix_spawn`s the zwarm binary
+//! in its helper mode, which sets the parent-death signal, moves itself into the turn's
+//! cgroup, checks the program, reports on the stdout pipe and execs the executor in place, so
+//! the server is not forked while other turns run (a fork of the multi-threaded server stalls
+//! their threads; it was the largest item of the server's CPU per turn). Otherwise (no other
+//! executor running, or no reaper: the library on its own, tests) the server forks, and a
+//! `pre_exec` closure does the same set-up. Either way the executor runs nothing before it
+//! is in its cgroup, has the parent-death signal, and a start that fails reports the same
+//! errors.
 //!
 //! **Containment.** Where cgroup v2 is writable (root, or a delegated subtree), every turn's
 //! executor is moved into its own cgroup before it execs (`<own cgroup>/zwarm/turn-<marker>`,

@@ -3,8 +3,8 @@
 //! A `fork()` of the server copies the page tables of a multi-threaded process of some 25 MB
 //! and write-protects all of its memory, for a child that only execs; std's `Command` forks
 //! whenever a `pre_exec` closure is set. So when a [`super::Reaper`] runs (the zwarm binary in
-//! its helper mode, see [`super::REAPER_ARG`]), executors are started through that same
-//! binary as a *launcher*: std starts it with `posix_spawn` (a vfork: the server's memory is
+//! its helper mode, see [`super::REAPER_ARG`]) and another executor is running, executors are
+//! started through that same binary as a *launcher* (`super::spawn` decides): std starts it with `posix_spawn` (a vfork: the server's memory is
 //! not copied), with the executor's working dir, environment, process group and pipes, as
 //! `<helper> __zwarm-reaper exec <server pid> <cgroup.procs or ""> <program> <args…>`. The
 //! launcher, single-threaded and before anything else:

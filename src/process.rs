@@ -8,7 +8,7 @@
 //! `/proc/<pid>/cmdline`.
 //!
 //! **Starting.** With a [`Reaper`] (as `zwarm serve` runs) and another executor running, an
-//! executor is started through the launcher (`launcher`): std `posix_spawn`s the zwarm binary
+//! executor is started through the launcher (module `launcher`): std `posix_spawn`s the zwarm binary
 //! in its helper mode, which sets the parent-death signal, moves itself into the turn's
 //! cgroup, checks the program, reports on the stdout pipe and execs the executor in place, so
 //! the server is not forked while other turns run (a fork of the multi-threaded server stalls

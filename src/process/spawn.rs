@@ -114,6 +114,9 @@ impl Containment {
         if !launched {
             return Ok(Some(child));
         }
+        // Dropped before the report (the turn was cancelled meanwhile): the launcher is killed
+        // with its `Child`, and forgotten as an executor here.
+        let mut unconfirmed = super::ExecutorGuard(child.id());
         let status = match child.stdout.as_mut() {
             Some(out) => tokio::time::timeout(LAUNCH_WAIT, launcher::read_status(out))
                 .await
@@ -122,6 +125,7 @@ impl Containment {
             None => None,
         };
         if status == Some(Status::Started) {
+            unconfirmed.0 = None;
             return Ok(Some(child));
         }
         // The launcher exited without starting the executor (or is stuck: killed now).

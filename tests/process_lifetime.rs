@@ -2,9 +2,10 @@
 //!
 //! - Executors get a parent-death signal (`PR_SET_PDEATHSIG`), which Linux delivers when the
 //!   *thread* that started them exits: they are started from one dedicated thread, so the
-//!   signal means "zwarm died", never "some thread was retired". With a reaper they are started
-//!   through the launcher (the zwarm binary, `posix_spawn`ed), which sets the signal and moves
-//!   into the turn's cgroup before it execs the executor.
+//!   signal means "zwarm died", never "some thread was retired". With a reaper and another
+//!   executor running they are started through the launcher (the zwarm binary,
+//!   `posix_spawn`ed), which sets the signal and moves into the turn's cgroup before it execs
+//!   the executor; otherwise they are forked and a `pre_exec` closure does the same.
 //! - That signal reaches the executor only. After `kill -9` of `zwarm serve`, its reaper (a
 //!   helper process holding a pipe from the server) kills everything the running turns left —
 //!   a real codex turn's shell command, a fake executor's forked, `setsid`, signal-proof

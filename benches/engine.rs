@@ -8,7 +8,8 @@
 //! fixtures and exits 0. zwarm runs it through `--set codex.binary=<script>`.
 //!
 //! 1. One turn in a 2,000-file git repo: the fake run directly (baseline) vs a sync `delegate`;
-//!    zwarm's own cost per turn is the difference of the medians.
+//!    zwarm's own cost per turn is the difference of the medians. Each run measures the direct
+//!    turn, then one `delegate` per binary (interleaved, like scenario 5).
 //! 2. A 0.2-format state dir with 1,000 and 10,000 sessions (`sessions/<id>.json`,
 //!    `events.jsonl`, `turns/`, `locks/`), written directly: `list_sessions` (default page) and
 //!    `check_session` (full id) latency, start-up time (spawn → `initialize` reply; the first
@@ -1018,58 +1019,79 @@ fn codex_set(fake: &Path) -> Vec<String> {
     vec![format!("codex.binary={}", fake.display())]
 }
 
+/// One sync `delegate` of the scenario-1 turn; how long it took.
+async fn repo_delegate(srv: &Server, i: usize) -> Duration {
+    let t = Instant::now();
+    let r = srv
+        .ok(
+            "delegate",
+            json!({"task": format!("bench turn {i}: update f0000.rs and its test"), "wait_seconds": 120}),
+            Duration::from_secs(180),
+        )
+        .await;
+    let took = t.elapsed();
+    assert_eq!(r["status"], "idle", "delegate did not finish: {r}");
+    took
+}
+
 /// Scenario 1: one turn in a 2,000-file git repo.
-async fn turn_in_repo(ctx: &Ctx, bin: &Bin, out: &mut Results) {
+async fn turn_in_repo(ctx: &Ctx, bins: &[Bin], outs: &mut [Results]) {
     let runs = ctx.plan.turn_runs;
-    let direct = median(
-        (0..runs)
-            .map(|_| run_direct(&ctx.small_fake, &ctx.repo, ctx.small_lines))
-            .collect(),
-    );
-    let state = ctx.state_dir(bin, "repo");
-    let (srv, _) = Server::start(
-        bin,
-        &state,
-        &ctx.repo,
-        &codex_set(&ctx.small_fake),
-        &ctx.scratch(bin),
-    )
-    .await;
-    let delegate = |i: usize| {
-        let srv = &srv;
-        async move {
-            let t = Instant::now();
-            let r = srv
-                .ok(
-                    "delegate",
-                    json!({"task": format!("bench turn {i}: update f0000.rs and its test"), "wait_seconds": 120}),
-                    Duration::from_secs(180),
-                )
-                .await;
-            let took = t.elapsed();
-            assert_eq!(r["status"], "idle", "delegate did not finish: {r}");
-            took
-        }
-    };
-    delegate(0).await; // warm-up
-    let mut via = Vec::new();
-    for i in 1..=runs {
-        via.push(delegate(i).await);
+    let mut servers = Vec::new();
+    for bin in bins {
+        let state = ctx.state_dir(bin, "repo");
+        let (srv, _) = Server::start(
+            bin,
+            &state,
+            &ctx.repo,
+            &codex_set(&ctx.small_fake),
+            &ctx.scratch(bin),
+        )
+        .await;
+        servers.push(srv);
     }
-    srv.stop().await;
-    let via = median(via);
-    out.put(
-        "2,000-file git repo: one turn, fake executor run directly",
-        Cell::time(direct),
-    );
-    out.put(
-        "2,000-file git repo: one turn as a sync `delegate`",
-        Cell::time(via),
-    );
-    out.put(
-        "2,000-file git repo: **zwarm's own cost per turn**",
-        Cell::secs(via.as_secs_f64() - direct.as_secs_f64()),
-    );
+    for srv in &servers {
+        repo_delegate(srv, 0).await; // warm-up
+    }
+    // Interleaved: each run measures the direct turn, then one sync `delegate` per binary, so a
+    // slow spell (or slow syncs) hits all of them.
+    let mut direct = Vec::new();
+    let mut via: Vec<Vec<Duration>> = bins.iter().map(|_| Vec::new()).collect();
+    for i in 1..=runs {
+        direct.push(run_direct(&ctx.small_fake, &ctx.repo, ctx.small_lines));
+        for (srv, v) in servers.iter().zip(via.iter_mut()) {
+            v.push(repo_delegate(srv, i).await);
+        }
+    }
+    let direct = median(direct);
+    for ((srv, v), (bin, out)) in servers
+        .into_iter()
+        .zip(via)
+        .zip(bins.iter().zip(outs.iter_mut()))
+    {
+        let stderr_path = srv.stderr_path.clone();
+        srv.stop().await;
+        if timing_on() {
+            eprintln!(
+                "  [{}] steps (median ms): {}",
+                bin.label,
+                step_medians(&stderr_path)
+            );
+        }
+        let via = median(v);
+        out.put(
+            "2,000-file git repo: one turn, fake executor run directly",
+            Cell::time(direct),
+        );
+        out.put(
+            "2,000-file git repo: one turn as a sync `delegate`",
+            Cell::time(via),
+        );
+        out.put(
+            "2,000-file git repo: **zwarm's own cost per turn**",
+            Cell::secs(via.as_secs_f64() - direct.as_secs_f64()),
+        );
+    }
 }
 
 /// Scenario 2: list/check latency, start-up and RSS with many sessions.
@@ -1819,7 +1841,21 @@ async fn main() {
             }
         };
     }
-    scenario!("1. one turn in a 2,000-file git repo", turn_in_repo);
+    // Scenarios 1 and 5 interleave the binaries (see `turn_in_repo` and `throughput`).
+    let title = "1. one turn in a 2,000-file git repo";
+    if only.as_ref().is_none_or(|o| o.iter().any(|x| x == "1")) {
+        let labels: Vec<&str> = bins.iter().map(|b| b.label).collect();
+        eprintln!("{title} [{}]", labels.join(", "));
+        let (load, fsync) = (loadavg(), fsync_probe(&ctx.root));
+        let t = Instant::now();
+        turn_in_repo(&ctx, &bins, &mut results).await;
+        let took = t.elapsed().as_secs_f64();
+        eprintln!("  ({took:.1} s)");
+        conditions.push(format!(
+            "{title} [{}]: {took:.1} s; before it: load {load}, small-file fdatasync {fsync}",
+            labels.join(", ")
+        ));
+    }
     scenario!("2. 1k and 10k sessions", many_sessions);
     scenario!("3. a 2,000-event turn", big_turn);
     scenario!(

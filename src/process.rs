@@ -7,6 +7,17 @@
 //! a size limit (a task over 128 KiB failed with E2BIG) and is readable by every user in
 //! `/proc/<pid>/cmdline`.
 //!
+//! **Starting.** With a [`Reaper`] (as `zwarm serve` runs) and another executor running, an
+//! executor is started through the launcher (module `launcher`): std `posix_spawn`s the zwarm binary
+//! in its helper mode, which sets the parent-death signal, moves itself into the turn's
+//! cgroup, checks the program, reports on the stdout pipe and execs the executor in place, so
+//! the server is not forked while other turns run (a fork of the multi-threaded server stalls
+//! their threads; it was the largest item of the server's CPU per turn). Otherwise (no other
+//! executor running, or no reaper: the library on its own, tests) the server forks, and a
+//! `pre_exec` closure does the same set-up. Either way the executor runs nothing before it
+//! is in its cgroup, has the parent-death signal, and a start that fails reports the same
+//! errors.
+//!
 //! **Containment.** Where cgroup v2 is writable (root, or a delegated subtree), every turn's
 //! executor is moved into its own cgroup before it execs (`<own cgroup>/zwarm/turn-<marker>`,
 //! or under the parent given by [`ContainmentPreference::CgroupParent`]). Nothing a turn
@@ -29,32 +40,31 @@
 //! are reaped here.
 //!
 //! **State.** How turns are contained (the mode, the turn cgroups made, the thread executors
-//! are forked from, the [`Reaper`] that kills them if zwarm dies) is a [`Containment`] value,
+//! are started from, the [`Reaper`] that kills them if zwarm dies) is a [`Containment`] value,
 //! owned by the local runner ([`crate::runner::local::LocalRunner`]); there is no process-wide
 //! default. The one piece of state that is the process's by nature is the list of live
 //! executor pids: every runner's children are children of this one process, and the orphan
 //! reaper (which reaps any zombie child of this process) must not reap any of them.
 //!
-//! **After zwarm's death.** The parent-death signal reaches the executor only, so a
+//! **After zwarm's death.** The parent-death signal (SIGTERM, set before the executor execs,
+//! on both start paths) reaches the executor only, so a
 //! [`Reaper`] — a helper process holding a pipe from zwarm — kills what each running turn
 //! left (cgroup, process group, marked processes) when that pipe closes, within
 //! milliseconds, however zwarm ended.
 
 mod bounded;
 mod cgroup;
+mod launcher;
 mod reaper;
+mod spawn;
 mod stop;
 pub use bounded::{Bounded, run_bounded};
 pub use reaper::{REAPER_ARG, Reaper, run as run_reaper};
 pub use stop::pid_alive;
 
 use std::ffi::OsString;
-use std::os::fd::AsRawFd;
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
-
-use tokio::process::{Child, Command};
 
 /// Environment variable that marks every process belonging to one turn.
 pub const TURN_MARKER: &str = "ZWARM_TURN";
@@ -236,11 +246,11 @@ struct ContainmentState {
 }
 
 /// How one runner contains its turns: the mode (probed once), the turn cgroups it made, the
-/// thread its executors are forked from, and the reaper that outlives zwarm.
+/// thread its executors are started from, and the reaper that outlives zwarm.
 pub struct Containment {
     state: Mutex<ContainmentState>,
     cgroups: Mutex<cgroup::Registry>,
-    spawner: OnceLock<Mutex<std::sync::mpsc::Sender<SpawnRequest>>>,
+    spawner: OnceLock<Mutex<std::sync::mpsc::Sender<spawn::SpawnRequest>>>,
     reaper: OnceLock<Arc<Reaper>>,
 }
 
@@ -352,199 +362,6 @@ fn log_mode(m: &Mode) {
             "containment: process groups and the ZWARM_TURN marker (no cgroups)"
         ),
     }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Spawning
-
-/// A request to the spawner thread.
-struct SpawnRequest {
-    containment: Arc<Containment>,
-    spec: ProcessSpec,
-    stdin: bool,
-    marker: String,
-    runtime: tokio::runtime::Handle,
-    reply: tokio::sync::oneshot::Sender<std::io::Result<Child>>,
-}
-
-impl Containment {
-    /// The thread every executor is forked from. `PR_SET_PDEATHSIG` fires when the *thread*
-    /// that forked a child exits, and tokio retires worker threads (e.g. after
-    /// `block_in_place`); a dedicated thread that lives as long as zwarm makes the signal mean
-    /// "zwarm died".
-    fn spawner(&self) -> &Mutex<std::sync::mpsc::Sender<SpawnRequest>> {
-        self.spawner.get_or_init(|| {
-            let (tx, rx) = std::sync::mpsc::channel::<SpawnRequest>();
-            let started = std::thread::Builder::new()
-                .name("zwarm-spawner".into())
-                .spawn(move || {
-                    while let Ok(req) = rx.recv() {
-                        let _rt = req.runtime.enter();
-                        let r = req
-                            .containment
-                            .spawn_here(&req.spec, req.stdin, &req.marker);
-                        let _ = req.reply.send(r);
-                    }
-                });
-            if let Err(e) = started {
-                tracing::error!(error = %e, "cannot start the spawner thread");
-            }
-            Mutex::new(tx)
-        })
-    }
-
-    /// Start an executor process (see the module docs for how it is set up). A [`Launch`] with
-    /// input gets it on stdin: written by a background task, then closed; a child that exits
-    /// without reading it is fine (EPIPE is ignored).
-    pub async fn spawn<S: Spawnable + ?Sized>(
-        self: &Arc<Self>,
-        what: &S,
-        marker: &str,
-    ) -> std::io::Result<Child> {
-        let input = what.stdin_bytes().map(<[u8]>::to_vec);
-        let (reply, rx) = tokio::sync::oneshot::channel();
-        let req = SpawnRequest {
-            containment: self.clone(),
-            spec: what.process_spec().clone(),
-            stdin: input.is_some(),
-            marker: marker.to_string(),
-            runtime: tokio::runtime::Handle::current(),
-            reply,
-        };
-        if lock(self.spawner()).send(req).is_err() {
-            return Err(std::io::Error::other("the spawner thread is not running"));
-        }
-        let mut child = rx
-            .await
-            .map_err(|_| std::io::Error::other("the spawner thread dropped the request"))??;
-        if let (Some(bytes), Some(pipe)) = (input, child.stdin.take()) {
-            feed_stdin(pipe, bytes, marker.to_string());
-        }
-        Ok(child)
-    }
-
-    fn spawn_here(&self, spec: &ProcessSpec, stdin: bool, marker: &str) -> std::io::Result<Child> {
-        let child = self.spawn_contained(spec, stdin, marker)?;
-        if let Some(r) = self.reaper.get() {
-            let pgid = child.id().and_then(|p| i32::try_from(p).ok()).unwrap_or(0);
-            r.watch(marker, pgid, cgroup::find(&self.cgroups, marker).as_deref());
-        }
-        Ok(child)
-    }
-
-    fn spawn_contained(
-        &self,
-        spec: &ProcessSpec,
-        stdin: bool,
-        marker: &str,
-    ) -> std::io::Result<Child> {
-        if let Mode::Cgroup { parent } = self.current_mode() {
-            match cgroup::prepare(&parent, marker) {
-                Ok((dir, procs)) => {
-                    // Known to the reaper before the executor exists: if zwarm dies from here
-                    // on, the cgroup is killed.
-                    if let Some(r) = self.reaper.get() {
-                        r.watch(marker, 0, Some(&dir));
-                    }
-                    match spawn_command(spec, stdin, marker, Some(&procs)) {
-                        Ok(child) => {
-                            cgroup::register(&self.cgroups, marker, dir);
-                            return Ok(child);
-                        }
-                        Err(e) => {
-                            let _ = std::fs::remove_dir(&dir);
-                            // Not necessarily the cgroup's fault (a missing binary fails too):
-                            // only a start that works without the cgroup proves it.
-                            let plain = spawn_command(spec, stdin, marker, None)?;
-                            self.fall_back_to_groups(format!(
-                                "moving an executor into {} failed ({e})",
-                                dir.display()
-                            ));
-                            return Ok(plain);
-                        }
-                    }
-                }
-                Err(reason) => self.fall_back_to_groups(reason),
-            }
-        }
-        spawn_command(spec, stdin, marker, None)
-    }
-}
-
-/// Write the input to the executor's stdin, then close it.
-fn feed_stdin(mut pipe: tokio::process::ChildStdin, bytes: Vec<u8>, marker: String) {
-    tokio::spawn(async move {
-        use tokio::io::AsyncWriteExt;
-        let r = match pipe.write_all(&bytes).await {
-            Ok(()) => pipe.shutdown().await,
-            Err(e) => Err(e),
-        };
-        match r {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
-                tracing::debug!(%marker, "the executor exited before reading all of its stdin")
-            }
-            Err(e) => {
-                tracing::warn!(%marker, error = %e, "writing the executor's stdin failed")
-            }
-        }
-    });
-}
-
-fn spawn_command(
-    spec: &ProcessSpec,
-    stdin: bool,
-    marker: &str,
-    cgroup_procs: Option<&std::fs::File>,
-) -> std::io::Result<Child> {
-    let mut cmd = Command::new(&spec.program);
-    cmd.args(&spec.args)
-        .current_dir(&spec.cwd)
-        .stdin(if stdin { Stdio::piped() } else { Stdio::null() })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true);
-    for k in &spec.env_remove {
-        cmd.env_remove(k);
-    }
-    for (k, v) in &spec.env_set {
-        cmd.env(k, v);
-    }
-    cmd.env(TURN_MARKER, marker);
-    let procs_fd = cgroup_procs.map(|f| f.as_raw_fd());
-    #[cfg(target_os = "linux")]
-    // SAFETY: the closure runs between fork and exec and only calls prctl, getppid and write,
-    // which are async-signal-safe. If zwarm dies (even by SIGKILL), the executor gets SIGTERM
-    // instead of running on unsupervised; whatever it leaves is killed by cgroup or marker on
-    // the next start. Writing "0" to cgroup.procs moves the child itself into the turn's
-    // cgroup before it execs, so everything it starts is born inside.
-    unsafe {
-        let parent = libc::getpid();
-        cmd.pre_exec(move || {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM, 0, 0, 0);
-            // zwarm may have died between fork and prctl: then the signal never comes.
-            if libc::getppid() != parent {
-                return Err(std::io::Error::other(
-                    "zwarm exited while starting the executor",
-                ));
-            }
-            if let Some(fd) = procs_fd
-                && libc::write(fd, b"0".as_ptr().cast(), 1) != 1
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    // Registered under the lock the reaper holds while it scans, so a fast-exiting executor
-    // is never mistaken for an orphan.
-    let mut reg = executors();
-    let child = cmd.spawn()?;
-    if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
-        reg.push(pid);
-    }
-    Ok(child)
 }
 
 #[cfg(test)]

@@ -1,8 +1,11 @@
 //! No process outlives its turn, not even past zwarm's death.
 //!
 //! - Executors get a parent-death signal (`PR_SET_PDEATHSIG`), which Linux delivers when the
-//!   *thread* that forked them exits: they are forked from one dedicated thread, so the signal
-//!   means "zwarm died", never "some thread was retired".
+//!   *thread* that started them exits: they are started from one dedicated thread, so the
+//!   signal means "zwarm died", never "some thread was retired". With a reaper and another
+//!   executor running they are started through the launcher (the zwarm binary,
+//!   `posix_spawn`ed), which sets the signal and moves into the turn's cgroup before it execs
+//!   the executor; otherwise they are forked and a `pre_exec` closure does the same.
 //! - That signal reaches the executor only. After `kill -9` of `zwarm serve`, its reaper (a
 //!   helper process holding a pipe from the server) kills everything the running turns left —
 //!   a real codex turn's shell command, a fake executor's forked, `setsid`, signal-proof
@@ -18,7 +21,10 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use support::harness::{Env, Zwarm, cmdline, keyed_script, turn_pids};
 use support::mock_openai::OpenAiMock;
-use zwarm::process::{Containment, ContainmentPreference, ProcessSpec, pid_alive};
+use zwarm::process::{
+    Containment, ContainmentPreference, Launch, ProcessSpec, REAPER_ARG, Reaper, forget_executor,
+    pid_alive,
+};
 
 /// How long a turn's processes may outlive a killed server.
 const AFTER_DEATH: Duration = Duration::from_secs(2);
@@ -50,6 +56,90 @@ async fn an_executor_outlives_the_thread_that_asked_for_it() {
     let _ = child.start_kill();
     let _ = child.wait().await;
     assert!(alive, "the executor died with the thread that started it");
+}
+
+/// With a reaper, an executor starts through the launcher (the zwarm binary in its helper
+/// mode, `posix_spawn`ed) while others run, and is forked when none does. Either way it is in
+/// the turn's cgroup, gets its stdin, writes its output (none of the launcher's status
+/// record), has SIGPIPE at its default, and a missing program is the same error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn executors_start_alike_through_the_launcher_and_forked() {
+    require_cgroup_mode();
+    let c = Containment::new(ContainmentPreference::Auto);
+    let reaper = Reaper::start_program(Path::new(env!("CARGO_BIN_EXE_zwarm")), &[REAPER_ARG])
+        .expect("reaper");
+    assert!(c.set_reaper(std::sync::Arc::new(reaper)));
+    // Alone first (forked, unless another test of this binary runs an executor), then with
+    // an executor running (launched).
+    start_and_check(&c, "start-alone").await;
+    let sleeper = ProcessSpec {
+        program: "sleep".into(),
+        args: vec!["30".into()],
+        cwd: "/".into(),
+        ..Default::default()
+    };
+    let mut running = c.spawn(&sleeper, "start-sleeper").await.expect("sleep");
+    start_and_check(&c, "start-beside").await;
+    let pid = running.id();
+    let _ = running.start_kill();
+    let _ = running.wait().await;
+    forget_executor(pid);
+    c.cleanup_after_exit(pid, "start-sleeper");
+}
+
+async fn start_and_check(c: &std::sync::Arc<Containment>, marker: &str) {
+    let script = "cat /proc/self/cgroup; grep '^SigIgn' /proc/self/status; cat";
+    let launch = Launch {
+        spec: ProcessSpec {
+            program: "sh".into(),
+            args: vec!["-c".into(), script.into()],
+            cwd: "/".into(),
+            ..Default::default()
+        },
+        stdin: Some(b"the prompt\n".to_vec()),
+    };
+    let child = c.spawn(&launch, marker).await.expect("spawn");
+    let pid = child.id();
+    let out = child.wait_with_output().await.expect("output");
+    // As the runner does once the executor is reaped.
+    forget_executor(pid);
+    c.cleanup_after_exit(pid, marker);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{marker}: {text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !text.starts_with('Z'),
+        "{marker}: a status record leaked: {text:?}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("0::") && l.ends_with(&format!("/turn-{marker}"))),
+        "{marker}: not in the turn's cgroup: {text}"
+    );
+    assert!(text.ends_with("the prompt\n"), "{marker}: stdin: {text:?}");
+    let ignored = text
+        .lines()
+        .find_map(|l| l.strip_prefix("SigIgn:"))
+        .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
+        .expect("SigIgn");
+    assert_eq!(
+        ignored & (1 << (libc::SIGPIPE - 1)),
+        0,
+        "{marker}: SIGPIPE is ignored"
+    );
+    let missing = ProcessSpec {
+        program: "/nonexistent/zwarm-no-such-program".into(),
+        cwd: "/".into(),
+        ..Default::default()
+    };
+    let e = c
+        .spawn(&missing, &format!("{marker}-missing"))
+        .await
+        .expect_err("a missing program");
+    assert_eq!(e.kind(), std::io::ErrorKind::NotFound, "{marker}: {e}");
 }
 
 /// Fail (never skip) when this machine cannot give each turn its own cgroup.
@@ -322,8 +412,11 @@ fn reaper_of(server: u32) -> Option<i32> {
             let ppid = stat
                 .rsplit_once(')')
                 .and_then(|(_, r)| r.split_whitespace().nth(1)?.parse::<u32>().ok());
+            let cmd = cmdline(*pid);
+            // Not an executor's launcher (the same binary and argument, then `exec`).
             ppid == Some(server)
-                && cmdline(*pid).contains(zwarm::process::REAPER_ARG)
+                && cmd.contains(zwarm::process::REAPER_ARG)
+                && !cmd.contains(&format!("{} exec ", zwarm::process::REAPER_ARG))
                 && pid_alive(*pid)
         })
 }

@@ -16,7 +16,7 @@ use crate::process;
 const STOP_BOUND: Duration = Duration::from_secs(8);
 
 /// Runs turns as local child processes. Its state (the containment mode, the turn cgroups
-/// it made, the thread executors are forked from) is its [`process::Containment`].
+/// it made, the thread executors are started from) is its [`process::Containment`].
 #[derive(Debug, Clone)]
 pub struct LocalRunner {
     containment: Arc<process::Containment>,

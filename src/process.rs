@@ -156,6 +156,22 @@ pub fn forget_executor(pid: Option<u32>) {
     }
 }
 
+/// Start a child this process waits for itself (through tokio) that is not a turn's executor
+/// (an ACP agent kept by the pool), registered as executors are, under the lock the orphan
+/// reaper holds while it scans: the orphan reaper never takes its exit status. The guard
+/// forgets it.
+pub fn spawn_waited_child(
+    cmd: &mut tokio::process::Command,
+) -> std::io::Result<(tokio::process::Child, ExecutorGuard)> {
+    let mut reg = executors();
+    let child = cmd.spawn()?;
+    let pid = child.id();
+    if let Some(p) = pid.and_then(|p| i32::try_from(p).ok()) {
+        reg.push(p);
+    }
+    Ok((child, ExecutorGuard(pid)))
+}
+
 /// Forgets an executor when dropped, on every path out of a turn (including panics).
 pub struct ExecutorGuard(pub Option<u32>);
 

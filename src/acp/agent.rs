@@ -44,6 +44,8 @@ pub struct AgentProcess {
     own_group: bool,
     stderr_tail: Arc<Mutex<VecDeque<String>>>,
     exit: Option<ExitStatus>,
+    /// Known to zwarm's orphan reaper as a child tokio waits for (`zwarm serve`'s pool).
+    _waited: crate::process::ExecutorGuard,
 }
 
 impl AgentProcess {
@@ -93,7 +95,7 @@ impl AgentProcess {
         for (k, v) in &cmd.env_set {
             c.env(k, v);
         }
-        let mut child = c.spawn()?;
+        let (mut child, waited) = crate::process::spawn_waited_child(&mut c)?;
         let pid = child.id().and_then(|p| i32::try_from(p).ok());
         let missing = || std::io::Error::other("the agent's stdio was not piped");
         let stdin = child.stdin.take().ok_or_else(missing)?;
@@ -120,6 +122,7 @@ impl AgentProcess {
                 own_group: !cmd.share_group,
                 stderr_tail,
                 exit: None,
+                _waited: waited,
             },
             stdin,
             stdout,

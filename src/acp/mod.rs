@@ -9,6 +9,7 @@
 //! - [`update`]: `session/update` → [`update::AcpEvent`] → [`crate::event::ExecutorEvent`].
 //! - [`policy`]: allow / deny / ask for each permission request, and why.
 //! - [`turn`]: one turn on a running agent (session opened or kept, prompt, events).
+//! - [`job`]: what one ACP turn is told (the bridge's input, forwarded to the pool).
 //! - [`bridge`]: the per-turn process `zwarm-acp` the runner starts for an ACP turn.
 //! - [`pool`]: `zwarm serve`'s long-lived agents, one per session in use, reached by the
 //!   bridge over a unix socket and stopped after `acp.agent_idle_seconds`.
@@ -23,6 +24,7 @@ pub mod agent;
 pub mod approval;
 pub mod bridge;
 pub mod client;
+pub mod job;
 pub mod policy;
 pub mod pool;
 pub mod rpc;

@@ -37,8 +37,8 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio_util::sync::CancellationToken;
 
 use super::agent::{AgentCommand, AgentProcess};
-use super::bridge::{BridgeJob, STOP_GRACE};
 use super::client::AcpAgent;
+use super::job::{BridgeJob, STOP_GRACE};
 use super::turn::{Emit, failed, policy_of, run_on};
 
 /// Set in a pooled agent's environment: the zwarm session it serves (for `ps` and tests).

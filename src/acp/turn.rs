@@ -13,8 +13,8 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::approval::{FileApprover, Pending};
-use super::bridge::{BridgeJob, BridgeTurn};
 use super::client::{AcpAgent, EarlierTurn, PromptOptions, TurnEnd};
+use super::job::{BridgeJob, BridgeTurn};
 use super::policy::Policy;
 use super::update::{AcpEvent, to_executor_events};
 use crate::event::{ExecutorEvent, UsageScope};

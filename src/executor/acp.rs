@@ -13,7 +13,7 @@ use super::api::{
     LaunchContext, StreamParser, TurnPlan,
 };
 use crate::acp::Level;
-use crate::acp::bridge::BridgeJob;
+use crate::acp::job::BridgeJob;
 use crate::config::Config;
 use crate::event::{ExecutorEvent, UsageScope};
 

@@ -7,7 +7,7 @@ use tokio::net::UnixStream;
 use tokio_util::sync::CancellationToken;
 
 use super::{End, Request};
-use crate::acp::bridge::BridgeJob;
+use crate::acp::job::BridgeJob;
 use crate::acp::turn::{emit_to, failed};
 
 /// How long the bridge waits for the pool to take the connection.

@@ -29,7 +29,7 @@ pub const PROGRAMS: &[&str] = &[
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
     #[error(
-        "{cli} at {path} is not a native binary (a script?): the image needs the CLI's native binary; reinstall it from npm ({hint})"
+        "{cli} at {path} is not a native binary (a script?), and the image has no interpreter: {hint}"
     )]
     NotNative {
         cli: String,

@@ -440,7 +440,7 @@ impl Executor for AcpExecutor {
             state_dir: None,
             image: crate::executor::ImageRecipe {
                 package_dirs: &[],
-                native_hint: "a native build of it is needed (the image has no Node)",
+                native_hint: "use a native build of it, or an image built `FROM node` with it installed (`runner.container.image`)",
                 bridge: true,
             },
             container_args: None,

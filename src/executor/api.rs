@@ -180,7 +180,7 @@ pub trait Executor: Send + Sync {
             state_dir: None,
             image: ImageRecipe {
                 package_dirs: &[],
-                native_hint: "a native build of it is needed (the image has no interpreter)",
+                native_hint: "use a native build of it, or an image with its interpreter (`runner.container.image`)",
                 bridge: false,
             },
             container_args: None,

@@ -17,7 +17,7 @@ pub(super) fn portable() -> Portable {
         // Claude Code 2.x ships a native binary (`bin/claude.exe`, glibc).
         image: ImageRecipe {
             package_dirs: &[],
-            native_hint: "npm install -g @anthropic-ai/claude-code",
+            native_hint: "reinstall it with `npm install -g @anthropic-ai/claude-code` (2.x ships a native binary)",
             bridge: false,
         },
         container_args: None,

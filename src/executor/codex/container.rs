@@ -23,7 +23,7 @@ pub(super) fn portable() -> Portable {
         // of its platform package beside it (`codex-path/` holds its `rg`).
         image: ImageRecipe {
             package_dirs: &["codex-resources", "codex-path"],
-            native_hint: "npm install -g @openai/codex",
+            native_hint: "reinstall it with `npm install -g @openai/codex`, which ships a native binary",
             bridge: false,
         },
         container_args: Some(without_own_sandbox),

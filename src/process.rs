@@ -57,6 +57,7 @@ mod cgroup;
 mod launcher;
 mod reaper;
 mod spawn;
+pub(crate) use spawn::die_with_parent;
 mod stop;
 pub use bounded::{Bounded, run_bounded};
 pub use reaper::{REAPER_ARG, Reaper, run as run_reaper};

@@ -72,22 +72,13 @@ impl AgentProcess {
         if !cmd.share_group {
             c.process_group(0);
         }
-        #[cfg(target_os = "linux")]
         if die_with_parent {
-            // SAFETY: the closure runs between fork and exec and only calls prctl and getppid,
-            // which are async-signal-safe.
-            unsafe {
-                let parent = libc::getpid();
-                c.pre_exec(move || {
-                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
-                    if libc::getppid() != parent {
-                        return Err(std::io::Error::other(
-                            "zwarm exited while starting the agent",
-                        ));
-                    }
-                    Ok(())
-                });
-            }
+            crate::process::die_with_parent(
+                &mut c,
+                libc::SIGKILL,
+                None,
+                "zwarm exited while starting the agent",
+            );
         }
         for k in &cmd.env_remove {
             c.env_remove(k);

@@ -345,22 +345,36 @@ fn spawn_command(
 /// Without a launcher: the parent-death signal and the move into the turn's cgroup in a
 /// `pre_exec` closure (which makes std fork the server rather than `posix_spawn`).
 fn set_up_in_child(cmd: &mut Command, cgroup_procs: Option<&std::fs::File>) {
+    // If zwarm dies (even by SIGKILL), the executor gets SIGTERM instead of running on
+    // unsupervised; whatever it leaves is killed by cgroup or marker on the next start.
+    die_with_parent(
+        cmd,
+        libc::SIGTERM,
+        cgroup_procs,
+        "zwarm exited while starting the executor",
+    );
+}
+
+/// Set, between fork and exec, the parent-death signal `signal` (checking that this process is
+/// still the parent: it may have died before the prctl, and then the signal never comes) and,
+/// with `cgroup_procs`, move the child into that cgroup before it execs, so everything it
+/// starts is born inside. `gone` is the error when this process is no longer the parent.
+pub(crate) fn die_with_parent(
+    cmd: &mut Command,
+    signal: libc::c_int,
+    cgroup_procs: Option<&std::fs::File>,
+    gone: &'static str,
+) {
     let procs_fd = cgroup_procs.map(|f| f.as_raw_fd());
     #[cfg(target_os = "linux")]
     // SAFETY: the closure runs between fork and exec and only calls prctl, getppid and write,
-    // which are async-signal-safe. If zwarm dies (even by SIGKILL), the executor gets SIGTERM
-    // instead of running on unsupervised; whatever it leaves is killed by cgroup or marker on
-    // the next start. Writing "0" to cgroup.procs moves the child itself into the turn's
-    // cgroup before it execs, so everything it starts is born inside.
+    // which are async-signal-safe.
     unsafe {
         let parent = libc::getpid();
         cmd.pre_exec(move || {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM, 0, 0, 0);
-            // zwarm may have died between fork and prctl: then the signal never comes.
+            libc::prctl(libc::PR_SET_PDEATHSIG, signal, 0, 0, 0);
             if libc::getppid() != parent {
-                return Err(std::io::Error::other(
-                    "zwarm exited while starting the executor",
-                ));
+                return Err(std::io::Error::other(gone));
             }
             if let Some(fd) = procs_fd
                 && libc::write(fd, b"0".as_ptr().cast(), 1) != 1

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use super::serve::{Model, acp_env, last_seen, requests_summary, text, wait_done};
+use super::serve::{Model, acp_env, last_seen, requests_summary, text, to_end};
 use super::support::harness::{Zwarm, cmdline};
 use super::support::mock_chat::ChatMock;
 use super::support::mock_gemini::GeminiMock;
@@ -51,6 +51,17 @@ async fn eventually(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
+/// A sync `delegate` of `task` to `agent`, until its turn ends.
+async fn delegate(z: &Zwarm, agent: &str, task: &str) -> Value {
+    let r = z
+        .ok(
+            "delegate",
+            json!({"task": task, "adapter": agent, "mode": "sync", "wait_seconds": 120}),
+        )
+        .await;
+    to_end(z, r).await
+}
+
 async fn converse(z: &Zwarm, id: &str, message: &str) -> Value {
     let c = z
         .ok(
@@ -58,11 +69,7 @@ async fn converse(z: &Zwarm, id: &str, message: &str) -> Value {
             json!({"session_id": id, "message": message, "wait_seconds": 120}),
         )
         .await;
-    if c["status"] == "running" {
-        wait_done(z, id).await
-    } else {
-        c
-    }
+    to_end(z, c).await
 }
 
 /// Two turns on one agent process; serve's exit stops it. After a restart with
@@ -80,18 +87,8 @@ pub async fn pooled(agent: &str, model: Model<'_>) {
         ]}),
     );
     let z = Zwarm::start(&env, &[]).await;
-    let r = z
-        .ok(
-            "delegate",
-            json!({"task": "say one", "adapter": agent, "mode": "sync", "wait_seconds": 120}),
-        )
-        .await;
+    let r = delegate(&z, agent, "say one").await;
     let id = text(&r["session_id"]);
-    let r = if r["status"] == "running" {
-        wait_done(&z, &id).await
-    } else {
-        r
-    };
     assert_eq!(r["status"], "idle", "{r:#}\n{}", z.stderr());
     assert_eq!(r["response"], "one");
     let first = pooled_agent(&z, &id).unwrap_or_else(|| {
@@ -196,18 +193,8 @@ pub async fn interrupted_and_killed(agent: &str, model: Model<'_>) {
     .await;
 
     // A session that ends at rest releases its agent at once, not after the idle time (300 s).
-    let r = z
-        .ok(
-            "delegate",
-            json!({"task": "say ended", "adapter": agent, "mode": "sync", "wait_seconds": 120}),
-        )
-        .await;
+    let r = delegate(&z, agent, "say ended").await;
     let ended = text(&r["session_id"]);
-    let r = if r["status"] == "running" {
-        wait_done(&z, &ended).await
-    } else {
-        r
-    };
     assert_eq!(r["response"], "ended", "{r:#}\n{}", z.stderr());
     assert!(pooled_agent(&z, &ended).is_some(), "kept after the turn");
     let e = z
@@ -224,18 +211,8 @@ pub async fn interrupted_and_killed(agent: &str, model: Model<'_>) {
     )
     .await;
 
-    let r = z
-        .ok(
-            "delegate",
-            json!({"task": "say done", "adapter": agent, "mode": "sync", "wait_seconds": 120}),
-        )
-        .await;
+    let r = delegate(&z, agent, "say done").await;
     let id = text(&r["session_id"]);
-    let r = if r["status"] == "running" {
-        wait_done(&z, &id).await
-    } else {
-        r
-    };
     assert_eq!(r["response"], "done", "{r:#}\n{}", z.stderr());
     assert!(pooled_agent(&z, &id).is_some(), "kept after the turn");
     z.signal_and_wait(libc::SIGKILL, Duration::from_secs(10))

@@ -10,6 +10,16 @@ use super::support::mock_chat::{ChatMock, messages_text};
 use super::support::mock_gemini::{GeminiMock, contents_text};
 use super::{acp_cli, write_call};
 
+/// A sync `delegate` or `converse` reply, or, when it answered `running` (the turn outlived
+/// the call's wait), the turn's end.
+pub async fn to_end(z: &Zwarm, reply: Value) -> Value {
+    if reply["status"] == "running" {
+        wait_done(z, &text(&reply["session_id"])).await
+    } else {
+        reply
+    }
+}
+
 /// Wait (check_session with wait_seconds) until the session is neither running, queued nor
 /// waiting for an approval.
 pub async fn wait_done(z: &Zwarm, id: &str) -> Value {
@@ -193,11 +203,7 @@ pub async fn writes_converses_and_ends(agent: &str, model: Model<'_>) {
         )
         .await;
     let id = text(&r["session_id"]);
-    let r = if r["status"] == "running" {
-        wait_done(&z, &id).await
-    } else {
-        r
-    };
+    let r = to_end(&z, r).await;
     assert_eq!(r["status"], "idle", "{r:#}\n{}", z.stderr());
     assert_eq!(r["adapter"], agent);
     assert_eq!(
@@ -212,11 +218,7 @@ pub async fn writes_converses_and_ends(agent: &str, model: Model<'_>) {
             json!({"session_id": id, "message": "what did you do?", "wait_seconds": 120}),
         )
         .await;
-    let c = if c["status"] == "running" {
-        wait_done(&z, &id).await
-    } else {
-        c
-    };
+    let c = to_end(&z, c).await;
     assert_eq!(c["status"], "idle", "{c:#}\n{}", z.stderr());
     assert_eq!(
         c["response"],
@@ -369,11 +371,7 @@ pub async fn policy_denial(agent: &str, model: Model<'_>) {
         )
         .await;
     let id = text(&r["session_id"]);
-    let r = if r["status"] == "running" {
-        wait_done(&z, &id).await
-    } else {
-        r
-    };
+    let r = to_end(&z, r).await;
     assert_eq!(r["status"], "idle", "{r:#}\n{}", z.stderr());
     // (A new file: qwen refuses by itself to overwrite a file it has not read.)
     assert!(!secret.exists(), "the denied write did not happen");
@@ -394,11 +392,7 @@ pub async fn policy_denial(agent: &str, model: Model<'_>) {
             json!({"session_id": id, "message": "write notes and other", "wait_seconds": 120}),
         )
         .await;
-    let c = if c["status"] == "running" {
-        wait_done(&z, &id).await
-    } else {
-        c
-    };
+    let c = to_end(&z, c).await;
     assert_eq!(c["status"], "idle", "{c:#}\n{}", z.stderr());
     assert_eq!(
         std::fs::read_to_string(&notes)
@@ -530,11 +524,7 @@ pub async fn ask_answered(agent: &str, model: Model<'_>) {
             json!({"session_id": id, "approval": {"request_id": ap["request_id"], "decision": "allow"}, "wait_seconds": 120}),
         )
         .await;
-    let c = if c["status"] == "running" {
-        wait_done(&z, &id).await
-    } else {
-        c
-    };
+    let c = to_end(&z, c).await;
     assert_eq!(c["status"], "idle", "{c:#}\n{}", z.stderr());
     assert_eq!(c["response"], "I wrote hello.txt.");
     assert_eq!(
@@ -723,11 +713,7 @@ pub async fn restart_keeps_it_conversable(agent: &str, model: Model<'_>) {
         )
         .await;
     let id = text(&r["session_id"]);
-    let r = if r["status"] == "running" {
-        wait_done(&z, &id).await
-    } else {
-        r
-    };
+    let r = to_end(&z, r).await;
     assert_eq!(r["status"], "idle", "{r:#}\n{}", z.stderr());
     z.signal_and_wait(libc::SIGTERM, std::time::Duration::from_secs(60))
         .await;
@@ -739,11 +725,7 @@ pub async fn restart_keeps_it_conversable(agent: &str, model: Model<'_>) {
             json!({"session_id": id, "message": "are you there?", "wait_seconds": 120}),
         )
         .await;
-    let c = if c["status"] == "running" {
-        wait_done(&z, &id).await
-    } else {
-        c
-    };
+    let c = to_end(&z, c).await;
     assert_eq!(c["status"], "idle", "{c:#}\n{}", z.stderr());
     assert_eq!(
         c["response"],

@@ -66,10 +66,10 @@ static RUNNING: Mutex<Option<std::sync::Weak<Inner>>> = Mutex::new(None);
 /// still running keeps its agent until it ends (an ended session's turn is interrupted, and
 /// an interrupted turn's agent is stopped).
 pub async fn release(session: &str) {
-    let Some(inner) = RUNNING.lock().as_ref().and_then(std::sync::Weak::upgrade) else {
+    let Some(inner) = running() else {
         return;
     };
-    let prefix = format!("{session}\n");
+    let prefix = session_prefix(session);
     let slots: Vec<Slot> = {
         let mut all = inner.slots.lock();
         let keys: Vec<String> = all
@@ -89,11 +89,21 @@ pub async fn release(session: &str) {
 
 /// Whether the pool running in this process keeps an agent for zwarm session `session`.
 pub fn holds(session: &str) -> bool {
-    let Some(inner) = RUNNING.lock().as_ref().and_then(std::sync::Weak::upgrade) else {
+    let Some(inner) = running() else {
         return false;
     };
-    let prefix = format!("{session}\n");
+    let prefix = session_prefix(session);
     inner.slots.lock().keys().any(|k| k.starts_with(&prefix))
+}
+
+/// The pool running in this process, if any.
+fn running() -> Option<Arc<Inner>> {
+    RUNNING.lock().as_ref().and_then(std::sync::Weak::upgrade)
+}
+
+/// How every key of zwarm session `session`'s agents starts ([`key_of`]).
+fn session_prefix(session: &str) -> String {
+    format!("{session}\n")
 }
 
 /// The socket of the pool running in this process, if any, and the token its jobs carry.
@@ -270,7 +280,10 @@ fn key_of(job: &BridgeJob) -> String {
         job.level,
     ))
     .unwrap_or_default();
-    format!("{}\n{rest}", job.session.as_deref().unwrap_or_default())
+    format!(
+        "{}{rest}",
+        session_prefix(job.session.as_deref().unwrap_or_default())
+    )
 }
 
 /// End an agent (input closed, then its group killed after `grace`) and forget its group.

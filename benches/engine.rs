@@ -5,7 +5,7 @@
 //! Every measurement spawns `zwarm serve` over stdio and talks to it with rmcp's client. The
 //! executor is a FAKE `codex`: a shell script (written into a temp dir) that ignores its
 //! arguments, drains stdin, prints a `codex exec --json` transcript modelled on the captured
-//! fixtures and exits 0. zwarm runs it through `--set codex.binary=<script>`.
+//! fixtures (and one line on stderr, as codex does on every turn) and exits 0. zwarm runs it through `--set codex.binary=<script>`.
 //!
 //! 1. One turn in a 2,000-file git repo: the fake run directly (baseline) vs a sync `delegate`;
 //!    zwarm's own cost per turn is the difference of the medians. Each run measures the direct
@@ -542,7 +542,7 @@ fn fake_codex(dir: &Path, name: &str, transcript: &str) -> PathBuf {
     write_executable(
         &script,
         &format!(
-            "#!/bin/sh\n# fake `codex exec --json`: ignores its arguments, drains stdin, prints a transcript\ncat >/dev/null\nexec cat {}\n",
+            "#!/bin/sh\n# fake `codex exec --json`: ignores its arguments, drains stdin, prints a transcript\n# (and, as codex does on every turn, a line on stderr)\necho 'Reading prompt from stdin...' >&2\ncat >/dev/null\nexec cat {}\n",
             sh_quote(&data)
         ),
     );
@@ -567,7 +567,7 @@ fn paced_fake_codex(
     write_executable(
         &script,
         &format!(
-            "#!/bin/sh\n# fake `codex exec --json`, paced: ignores its arguments, drains stdin, prints a transcript in bursts\ncat >/dev/null\nfor f in {}/chunk-*.jsonl; do\n  cat \"$f\"\n  sleep {pause}\ndone\n",
+            "#!/bin/sh\n# fake `codex exec --json`, paced: ignores its arguments, drains stdin, prints a transcript in bursts\necho 'Reading prompt from stdin...' >&2\ncat >/dev/null\nfor f in {}/chunk-*.jsonl; do\n  cat \"$f\"\n  sleep {pause}\ndone\n",
             sh_quote(&chunks)
         ),
     );

@@ -7,16 +7,14 @@
 //! a size limit (a task over 128 KiB failed with E2BIG) and is readable by every user in
 //! `/proc/<pid>/cmdline`.
 //!
-//! **Starting.** With a [`Reaper`] (as `zwarm serve` runs) and another executor running, an
-//! executor is started through the launcher (module `launcher`): std `posix_spawn`s the zwarm binary
-//! in its helper mode, which sets the parent-death signal, moves itself into the turn's
-//! cgroup, checks the program, reports on the stdout pipe and execs the executor in place, so
-//! the server is not forked while other turns run (a fork of the multi-threaded server stalls
-//! their threads; it was the largest item of the server's CPU per turn). Otherwise (no other
-//! executor running, or no reaper: the library on its own, tests) the server forks, and a
-//! `pre_exec` closure does the same set-up. Either way the executor runs nothing before it
-//! is in its cgroup, has the parent-death signal, and a start that fails reports the same
-//! errors.
+//! **Starting.** Executors are started from one dedicated thread with
+//! `clone(CLONE_VM | CLONE_VFORK)` (module `vfork`): the server is neither forked (a fork of the
+//! multi-threaded server copies its page tables and stalls its other threads; it was the largest
+//! item of the server's CPU per turn) nor is a helper binary exec'd in between. Before the
+//! executor's program runs, the child resets signal handlers, takes its own process group, sets
+//! the parent-death signal, moves into the turn's cgroup and takes its pipes; a start that fails
+//! reports the errors `std::process::Command` would. The server holds the result as an
+//! [`ExecChild`] (pid, pidfd, pipes).
 //!
 //! **Containment.** Where cgroup v2 is writable (root, or a delegated subtree), every turn's
 //! executor is moved into its own cgroup before it execs (`<own cgroup>/zwarm/turn-<marker>`,
@@ -46,17 +44,19 @@
 //! executor pids: every runner's children are children of this one process, and the orphan
 //! reaper (which reaps any zombie child of this process) must not reap any of them.
 //!
-//! **After zwarm's death.** The parent-death signal (SIGTERM, set before the executor execs,
-//! on both start paths) reaches the executor only, so a
+//! **After zwarm's death.** The parent-death signal (SIGTERM, set before the executor execs)
+//! reaches the executor only, so a
 //! [`Reaper`] — a helper process holding a pipe from zwarm — kills what each running turn
 //! left (cgroup, process group, marked processes) when that pipe closes, within
 //! milliseconds, however zwarm ended.
 
 mod bounded;
 mod cgroup;
-mod launcher;
+mod child;
 mod reaper;
 mod spawn;
+mod vfork;
+pub use child::{ExecChild, ExecOutput};
 pub(crate) use spawn::die_with_parent;
 mod stop;
 pub use bounded::{Bounded, run_bounded};

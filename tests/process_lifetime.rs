@@ -2,10 +2,9 @@
 //!
 //! - Executors get a parent-death signal (`PR_SET_PDEATHSIG`), which Linux delivers when the
 //!   *thread* that started them exits: they are started from one dedicated thread, so the
-//!   signal means "zwarm died", never "some thread was retired". With a reaper and another
-//!   executor running they are started through the launcher (the zwarm binary,
-//!   `posix_spawn`ed), which sets the signal and moves into the turn's cgroup before it execs
-//!   the executor; otherwise they are forked and a `pre_exec` closure does the same.
+//!   signal means "zwarm died", never "some thread was retired". They are started with
+//!   `clone(CLONE_VM | CLONE_VFORK)` (the server is not forked), and the child sets the signal
+//!   and moves into the turn's cgroup before it execs the executor.
 //! - That signal reaches the executor only. After `kill -9` of `zwarm serve`, its reaper (a
 //!   helper process holding a pipe from the server) kills everything the running turns left —
 //!   a real codex turn's shell command, a fake executor's forked, `setsid`, signal-proof
@@ -58,19 +57,17 @@ async fn an_executor_outlives_the_thread_that_asked_for_it() {
     assert!(alive, "the executor died with the thread that started it");
 }
 
-/// With a reaper, an executor starts through the launcher (the zwarm binary in its helper
-/// mode, `posix_spawn`ed) while others run, and is forked when none does. Either way it is in
-/// the turn's cgroup, gets its stdin, writes its output (none of the launcher's status
-/// record), has SIGPIPE at its default, and a missing program is the same error.
+/// With a reaper, an executor starts the same way alone and while another one runs: in the
+/// turn's cgroup, with its stdin, its output (nothing else on stdout), SIGPIPE at its default,
+/// the turn's marker, and a missing program or working directory is the same error
+/// `std::process::Command` gives.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn executors_start_alike_through_the_launcher_and_forked() {
+async fn executors_start_alike_alone_and_beside_others() {
     require_cgroup_mode();
     let c = Containment::new(ContainmentPreference::Auto);
     let reaper = Reaper::start_program(Path::new(env!("CARGO_BIN_EXE_zwarm")), &[REAPER_ARG])
         .expect("reaper");
     assert!(c.set_reaper(std::sync::Arc::new(reaper)));
-    // Alone first (forked, unless another test of this binary runs an executor), then with
-    // an executor running (launched).
     start_and_check(&c, "start-alone").await;
     let sleeper = ProcessSpec {
         program: "sleep".into(),
@@ -88,7 +85,8 @@ async fn executors_start_alike_through_the_launcher_and_forked() {
 }
 
 async fn start_and_check(c: &std::sync::Arc<Containment>, marker: &str) {
-    let script = "cat /proc/self/cgroup; grep '^SigIgn' /proc/self/status; cat";
+    let script =
+        "cat /proc/self/cgroup; grep '^SigIgn' /proc/self/status; echo \"marker=$ZWARM_TURN\"; cat";
     let launch = Launch {
         spec: ProcessSpec {
             program: "sh".into(),
@@ -111,8 +109,12 @@ async fn start_and_check(c: &std::sync::Arc<Containment>, marker: &str) {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        !text.starts_with('Z'),
-        "{marker}: a status record leaked: {text:?}"
+        text.lines().next().is_some_and(|l| l.contains(":/")),
+        "{marker}: something else came first on stdout: {text:?}"
+    );
+    assert!(
+        text.lines().any(|l| l == format!("marker={marker}")),
+        "{marker}: no turn marker: {text}"
     );
     assert!(
         text.lines()
@@ -140,6 +142,18 @@ async fn start_and_check(c: &std::sync::Arc<Containment>, marker: &str) {
         .await
         .expect_err("a missing program");
     assert_eq!(e.kind(), std::io::ErrorKind::NotFound, "{marker}: {e}");
+    let nowhere = ProcessSpec {
+        program: "sh".into(),
+        cwd: "/nonexistent/zwarm-no-such-dir".into(),
+        ..Default::default()
+    };
+    let e = c
+        .spawn(&nowhere, &format!("{marker}-nowhere"))
+        .await
+        .expect_err("a missing working directory");
+    assert_eq!(e.kind(), std::io::ErrorKind::NotFound, "{marker}: {e}");
+    // Neither failure gave up on cgroups.
+    assert_eq!(c.mode_name(), "cgroup", "{marker}: {}", c.detail());
 }
 
 /// Fail (never skip) when this machine cannot give each turn its own cgroup.
@@ -413,11 +427,7 @@ fn reaper_of(server: u32) -> Option<i32> {
                 .rsplit_once(')')
                 .and_then(|(_, r)| r.split_whitespace().nth(1)?.parse::<u32>().ok());
             let cmd = cmdline(*pid);
-            // Not an executor's launcher (the same binary and argument, then `exec`).
-            ppid == Some(server)
-                && cmd.contains(zwarm::process::REAPER_ARG)
-                && !cmd.contains(&format!("{} exec ", zwarm::process::REAPER_ARG))
-                && pid_alive(*pid)
+            ppid == Some(server) && cmd.contains(zwarm::process::REAPER_ARG) && pid_alive(*pid)
         })
 }
 

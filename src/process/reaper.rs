@@ -42,9 +42,6 @@ const SEEN_CAP: usize = 8192;
 #[derive(Debug)]
 pub struct Reaper {
     program: PathBuf,
-    /// The program that launches executors (with `args` and `exec`): `program`, or for
-    /// [`Reaper::start`] this process's own executable.
-    launcher: PathBuf,
     args: Vec<String>,
     inner: Mutex<Inner>,
 }
@@ -103,11 +100,7 @@ impl Reaper {
     /// binary, whose `main` hands that argument to [`run`]).
     pub fn start() -> std::io::Result<Reaper> {
         let exe = std::env::current_exe()?;
-        let mut r = Reaper::start_program(&exe, &[REAPER_ARG])?;
-        // The launcher is this very binary even after an upgrade replaced (or removed) the
-        // file at `exe`: its status record must be the one this server reads.
-        r.launcher = PathBuf::from("/proc/self/exe");
-        Ok(r)
+        Reaper::start_program(&exe, &[REAPER_ARG])
     }
 
     /// Start the helper as `program args…`: a program that runs [`run`].
@@ -116,7 +109,6 @@ impl Reaper {
         let (pipe, pid) = start_helper(program, &args)?;
         Ok(Reaper {
             program: program.to_path_buf(),
-            launcher: program.to_path_buf(),
             args,
             inner: Mutex::new(Inner {
                 pipe: Some(pipe),
@@ -125,12 +117,6 @@ impl Reaper {
                 restarted: None,
             }),
         })
-    }
-
-    /// The helper's program and arguments: the same program, given
-    /// [`super::launcher::EXEC_ARG`] after them, launches executors (see `launcher`).
-    pub(super) fn launcher(&self) -> (&Path, &[String]) {
-        (&self.launcher, &self.args)
     }
 
     /// The helper's process id (of the current helper, after a restart).
@@ -228,15 +214,9 @@ struct Turn {
     seen: HashMap<i32, u64>,
 }
 
-/// The helper's main loop (the zwarm binary runs it when given [`REAPER_ARG`]; given
-/// `REAPER_ARG exec …` it is the executors' launcher instead, see `launcher`). Returns the
+/// The helper's main loop (the zwarm binary runs it when given [`REAPER_ARG`]). Returns the
 /// exit code.
 pub fn run() -> i32 {
-    // `REAPER_ARG exec …`: the same binary as the executors' launcher (see `launcher`).
-    let mut args = std::env::args_os().skip(2);
-    if args.next().is_some_and(|a| a == super::launcher::EXEC_ARG) {
-        return super::launcher::run(args);
-    }
     for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGPIPE] {
         // SAFETY: setting a signal's disposition to SIG_IGN has no memory effects.
         unsafe {

@@ -1,22 +1,16 @@
-//! Starting an executor (see [`super`] for the set-up, and [`super::launcher`] for how it is
-//! started without forking the server when a reaper runs).
+//! Starting an executor: on the spawner thread, with [`super::vfork`] (the server is not
+//! forked), into the turn's cgroup when there is one.
 
+use std::ffi::{OsStr, OsString};
 use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
-use tokio::process::{Child, Command};
+use tokio::net::unix::pipe;
 
-use super::launcher::{self, Status};
-use super::{
-    Containment, Mode, ProcessSpec, Spawnable, TURN_MARKER, cgroup, executors, forget_executor,
-    lock,
-};
-
-/// How long the launcher may take to report (it only sets itself up: milliseconds).
-const LAUNCH_WAIT: Duration = Duration::from_secs(30);
+use super::child::ExecChild;
+use super::vfork::{self, Failed, Step};
+use super::{Containment, Mode, ProcessSpec, Spawnable, TURN_MARKER, cgroup, executors, lock};
 
 /// A request to the spawner thread.
 pub(super) struct SpawnRequest {
@@ -25,16 +19,7 @@ pub(super) struct SpawnRequest {
     stdin: bool,
     marker: String,
     runtime: tokio::runtime::Handle,
-    reply: tokio::sync::oneshot::Sender<std::io::Result<Spawned>>,
-}
-
-/// A process just started.
-struct Spawned {
-    child: Child,
-    /// Started through the launcher: its status record comes first on stdout.
-    launched: bool,
-    /// The turn's cgroup, when it was put in one.
-    cgroup: Option<PathBuf>,
+    reply: tokio::sync::oneshot::Sender<std::io::Result<ExecChild>>,
 }
 
 impl Containment {
@@ -49,6 +34,7 @@ impl Containment {
                 .name("zwarm-spawner".into())
                 .spawn(move || {
                     while let Ok(req) = rx.recv() {
+                        // The pipes and the pidfd register with this runtime's reactor.
                         let _rt = req.runtime.enter();
                         let r = req
                             .containment
@@ -70,96 +56,27 @@ impl Containment {
         self: &Arc<Self>,
         what: &S,
         marker: &str,
-    ) -> std::io::Result<Child> {
+    ) -> std::io::Result<ExecChild> {
         let input = what.stdin_bytes().map(<[u8]>::to_vec);
-        // A second time only after a launcher could not move into the turn's cgroup: the
-        // containment has then fallen back to process groups.
-        for _ in 0..2 {
-            let (reply, rx) = tokio::sync::oneshot::channel();
-            let req = SpawnRequest {
-                containment: self.clone(),
-                spec: what.process_spec().clone(),
-                stdin: input.is_some(),
-                marker: marker.to_string(),
-                runtime: tokio::runtime::Handle::current(),
-                reply,
-            };
-            if lock(self.spawner()).send(req).is_err() {
-                return Err(std::io::Error::other("the spawner thread is not running"));
-            }
-            let spawned = rx
-                .await
-                .map_err(|_| std::io::Error::other("the spawner thread dropped the request"))??;
-            let Some(mut child) = self.confirm(spawned, marker).await? else {
-                continue;
-            };
-            if let (Some(bytes), Some(pipe)) = (input, child.stdin.take()) {
-                feed_stdin(pipe, bytes, marker.to_string());
-            }
-            return Ok(child);
-        }
-        Err(std::io::Error::other(
-            "the executor could be started neither in its cgroup nor without one",
-        ))
-    }
-
-    /// For a launched executor, wait for the launcher's report. `Ok(None)`: the move into the
-    /// turn's cgroup failed, and the containment fell back to process groups (start again).
-    async fn confirm(&self, s: Spawned, marker: &str) -> std::io::Result<Option<Child>> {
-        let Spawned {
-            mut child,
-            launched,
-            cgroup,
-        } = s;
-        if !launched {
-            return Ok(Some(child));
-        }
-        // Dropped before the report (the turn was cancelled meanwhile): the launcher is killed
-        // with its `Child`, and forgotten as an executor here.
-        let mut unconfirmed = super::ExecutorGuard(child.id());
-        let status = match child.stdout.as_mut() {
-            Some(out) => tokio::time::timeout(LAUNCH_WAIT, launcher::read_status(out))
-                .await
-                .ok()
-                .flatten(),
-            None => None,
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        let req = SpawnRequest {
+            containment: self.clone(),
+            spec: what.process_spec().clone(),
+            stdin: input.is_some(),
+            marker: marker.to_string(),
+            runtime: tokio::runtime::Handle::current(),
+            reply,
         };
-        if status == Some(Status::Started) {
-            unconfirmed.0 = None;
-            return Ok(Some(child));
+        if lock(self.spawner()).send(req).is_err() {
+            return Err(std::io::Error::other("the spawner thread is not running"));
         }
-        // The launcher exited without starting the executor (or is stuck: killed now).
-        let pid = child.id();
-        let _ = child.start_kill();
-        let _ = child.wait().await;
-        forget_executor(pid);
-        if let Some(dir) = &cgroup {
-            cgroup::forget(&self.cgroups, marker);
-            let _ = std::fs::remove_dir(dir);
+        let mut child = rx
+            .await
+            .map_err(|_| std::io::Error::other("the spawner thread dropped the request"))??;
+        if let (Some(bytes), Some(pipe)) = (input, child.stdin.take()) {
+            feed_stdin(pipe, bytes, marker.to_string());
         }
-        if let Some(r) = self.reaper.get() {
-            r.release(marker);
-        }
-        match status {
-            Some(Status::Cgroup(errno)) => {
-                self.fall_back_to_groups(format!(
-                    "moving an executor into {} failed ({})",
-                    cgroup
-                        .as_deref()
-                        .unwrap_or(Path::new("its cgroup"))
-                        .display(),
-                    std::io::Error::from_raw_os_error(errno)
-                ));
-                Ok(None)
-            }
-            Some(Status::Program(errno)) => Err(std::io::Error::from_raw_os_error(errno)),
-            Some(Status::ParentGone) => Err(std::io::Error::other(
-                "zwarm exited while starting the executor",
-            )),
-            _ => Err(std::io::Error::other(
-                "the executor's launcher ended without starting it",
-            )),
-        }
+        Ok(child)
     }
 
     fn spawn_here(
@@ -167,52 +84,23 @@ impl Containment {
         spec: &ProcessSpec,
         stdin: bool,
         marker: &str,
-    ) -> std::io::Result<Spawned> {
-        let spawned = self.spawn_contained(spec, stdin, marker)?;
+    ) -> std::io::Result<ExecChild> {
+        let (child, cgroup) = self.spawn_contained(spec, stdin, marker)?;
         if let Some(r) = self.reaper.get() {
-            let pgid = spawned
-                .child
-                .id()
-                .and_then(|p| i32::try_from(p).ok())
-                .unwrap_or(0);
-            r.watch(marker, pgid, spawned.cgroup.as_deref());
+            let pgid = child.id().and_then(|p| i32::try_from(p).ok()).unwrap_or(0);
+            r.watch(marker, pgid, cgroup.as_deref());
         }
-        Ok(spawned)
+        Ok(child)
     }
 
+    /// Start it in the turn's cgroup when turns get one (falling back to process groups for
+    /// good when the move into the cgroup fails), else in its process group only.
     fn spawn_contained(
         &self,
         spec: &ProcessSpec,
         stdin: bool,
         marker: &str,
-    ) -> std::io::Result<Spawned> {
-        // The launcher while other executors run (a fork would stall their turns' threads,
-        // see `launcher`); a fork when none does: then it stalls nobody, and saves the
-        // launcher's own start (about 1–2 ms of a single turn's latency, measured).
-        let launcher = self
-            .reaper
-            .get()
-            .filter(|_| !executors().is_empty())
-            .map(|r| r.launcher());
-        match self.spawn_via(spec, stdin, marker, launcher) {
-            // The launcher itself could not be started (or the executor's set-up failed, which
-            // the fork then reports the same way): fork.
-            Err(e) if launcher.is_some() => {
-                tracing::debug!(error = %e, "starting through the launcher failed; forking");
-                self.spawn_via(spec, stdin, marker, None)
-            }
-            r => r,
-        }
-    }
-
-    fn spawn_via(
-        &self,
-        spec: &ProcessSpec,
-        stdin: bool,
-        marker: &str,
-        launcher: Option<(&Path, &[String])>,
-    ) -> std::io::Result<Spawned> {
-        let launched = launcher.is_some();
+    ) -> std::io::Result<(ExecChild, Option<PathBuf>)> {
         if let Mode::Cgroup { parent } = self.current_mode() {
             match cgroup::prepare(&parent, marker) {
                 Ok((dir, procs)) => {
@@ -221,47 +109,37 @@ impl Containment {
                     if let Some(r) = self.reaper.get() {
                         r.watch(marker, 0, Some(&dir));
                     }
-                    let into = Place::Cgroup(&dir, &procs);
-                    match spawn_command(spec, stdin, marker, into, launcher) {
+                    match start_executor(spec, stdin, marker, Some(&procs)) {
                         Ok(child) => {
                             cgroup::register(&self.cgroups, marker, dir.clone());
-                            return Ok(Spawned {
-                                child,
-                                launched,
-                                cgroup: Some(dir),
-                            });
+                            return Ok((child, Some(dir)));
                         }
-                        Err(e) => {
+                        Err(f) => {
                             let _ = std::fs::remove_dir(&dir);
-                            // Not necessarily the cgroup's fault (a missing binary fails too):
-                            // only a start that works without the cgroup proves it.
-                            let plain = spawn_command(spec, stdin, marker, Place::Group, launcher)?;
+                            if f.step != Step::Cgroup {
+                                if let Some(r) = self.reaper.get() {
+                                    r.release(marker);
+                                }
+                                return Err(f.error);
+                            }
                             self.fall_back_to_groups(format!(
-                                "moving an executor into {} failed ({e})",
-                                dir.display()
+                                "moving an executor into {} failed ({})",
+                                dir.display(),
+                                f.error
                             ));
-                            return Ok(Spawned {
-                                child: plain,
-                                launched,
-                                cgroup: None,
-                            });
                         }
                     }
                 }
                 Err(reason) => self.fall_back_to_groups(reason),
             }
         }
-        let child = spawn_command(spec, stdin, marker, Place::Group, launcher)?;
-        Ok(Spawned {
-            child,
-            launched,
-            cgroup: None,
-        })
+        let child = start_executor(spec, stdin, marker, None).map_err(|f| f.error)?;
+        Ok((child, None))
     }
 }
 
 /// Write the input to the executor's stdin, then close it.
-fn feed_stdin(mut pipe: tokio::process::ChildStdin, bytes: Vec<u8>, marker: String) {
+fn feed_stdin(mut pipe: pipe::Sender, bytes: Vec<u8>, marker: String) {
     tokio::spawn(async move {
         use tokio::io::AsyncWriteExt;
         let r = match pipe.write_all(&bytes).await {
@@ -280,87 +158,58 @@ fn feed_stdin(mut pipe: tokio::process::ChildStdin, bytes: Vec<u8>, marker: Stri
     });
 }
 
-/// Where a new executor goes: into a turn cgroup (its directory, and its `cgroup.procs`
-/// opened for writing), or only into a process group of its own.
-#[derive(Clone, Copy)]
-enum Place<'a> {
-    Cgroup(&'a Path, &'a std::fs::File),
-    Group,
+/// The executor's environment: zwarm's own, less `env_remove`, plus `env_set` and the marker.
+fn environment(spec: &ProcessSpec, marker: &str) -> Vec<(OsString, OsString)> {
+    let mut env: Vec<(OsString, OsString)> = std::env::vars_os()
+        .filter(|(k, _)| !spec.env_remove.iter().any(|r| OsStr::new(r) == k))
+        .collect();
+    let sets = spec
+        .env_set
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .chain(std::iter::once((TURN_MARKER, marker)));
+    for (k, v) in sets {
+        match env.iter_mut().find(|(ek, _)| ek == k) {
+            Some(e) => e.1 = v.into(),
+            None => env.push((k.into(), v.into())),
+        }
+    }
+    env
 }
 
-/// Start the executor: through the launcher (program and arguments of the helper binary)
-/// when given, else forked with a `pre_exec` closure doing the launcher's part.
-fn spawn_command(
+/// Start the executor (see [`vfork`]) and register it, under the lock the orphan reaper holds
+/// while it scans, so a fast-exiting executor is never mistaken for an orphan.
+fn start_executor(
     spec: &ProcessSpec,
     stdin: bool,
     marker: &str,
-    into: Place<'_>,
-    launcher: Option<(&Path, &[String])>,
-) -> std::io::Result<Child> {
-    let mut cmd = match launcher {
-        Some((program, args)) => {
-            let procs = match into {
-                Place::Cgroup(dir, _) => Some(dir.join("cgroup.procs")),
-                Place::Group => None,
-            };
-            let mut cmd = Command::new(program);
-            cmd.args(args)
-                .args(launcher::args(procs.as_deref(), &spec.program, &spec.args));
-            cmd
-        }
-        None => {
-            let mut cmd = Command::new(&spec.program);
-            cmd.args(&spec.args);
-            let procs = match into {
-                Place::Cgroup(_, f) => Some(f),
-                Place::Group => None,
-            };
-            set_up_in_child(&mut cmd, procs);
-            cmd
-        }
-    };
-    cmd.current_dir(&spec.cwd)
-        .stdin(if stdin { Stdio::piped() } else { Stdio::null() })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true);
-    for k in &spec.env_remove {
-        cmd.env_remove(k);
-    }
-    for (k, v) in &spec.env_set {
-        cmd.env(k, v);
-    }
-    cmd.env(TURN_MARKER, marker);
-    // Registered under the lock the reaper holds while it scans, so a fast-exiting executor
-    // is never mistaken for an orphan.
-    let mut reg = executors();
-    let child = cmd.spawn()?;
-    if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
-        reg.push(pid);
-    }
-    Ok(child)
-}
-
-/// Without a launcher: the parent-death signal and the move into the turn's cgroup in a
-/// `pre_exec` closure (which makes std fork the server rather than `posix_spawn`).
-fn set_up_in_child(cmd: &mut Command, cgroup_procs: Option<&std::fs::File>) {
-    // If zwarm dies (even by SIGKILL), the executor gets SIGTERM instead of running on
-    // unsupervised; whatever it leaves is killed by cgroup or marker on the next start.
-    die_with_parent(
-        cmd,
-        libc::SIGTERM,
+    cgroup_procs: Option<&std::fs::File>,
+) -> Result<ExecChild, Failed> {
+    let env = environment(spec, marker);
+    let what = vfork::Start {
+        program: &spec.program,
+        args: &spec.args,
+        cwd: &spec.cwd,
+        env: &env,
+        stdin,
         cgroup_procs,
-        "zwarm exited while starting the executor",
-    );
+    };
+    let mut reg = executors();
+    let started = vfork::start(&what)?;
+    reg.push(started.pid);
+    drop(reg);
+    ExecChild::adopt(started).map_err(|error| Failed {
+        step: Step::Prepare,
+        error,
+    })
 }
 
-/// Set, between fork and exec, the parent-death signal `signal` (checking that this process is
+/// Set, between fork and exec (for the ACP agents, started by `tokio::process`), the parent-death signal `signal` (checking that this process is
 /// still the parent: it may have died before the prctl, and then the signal never comes) and,
 /// with `cgroup_procs`, move the child into that cgroup before it execs, so everything it
 /// starts is born inside. `gone` is the error when this process is no longer the parent.
 pub(crate) fn die_with_parent(
-    cmd: &mut Command,
+    cmd: &mut tokio::process::Command,
     signal: libc::c_int,
     cgroup_procs: Option<&std::fs::File>,
     gone: &'static str,

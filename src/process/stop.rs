@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::process::Child;
+use super::ExecChild as Child;
 use tokio::time::Instant;
 
 use super::{Containment, TURN_MARKER, cgroup, proc_pids, proc_stat, reap_zombies_now};

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::process::Child;
+use crate::process::ExecChild as Child;
 use tokio::time::Instant;
 
 use super::{Finished, Launch, Runner, RunnerError, RunningTurn, TurnProcess};

@@ -1,4 +1,5 @@
-//! The executor's raw output for each turn: `turns/<id>/<n>.jsonl` (stdout) and `<n>.stderr`.
+//! The executor's raw output for each turn: `turns/<id>/<n>.jsonl` (stdout) and `<n>.stderr`
+//! (made only when the executor writes to stderr).
 //!
 //! These files are append-only and written by a blocking task of their own, so the turn's
 //! supervisor only hands lines over a channel and never waits on the disk.
@@ -123,19 +124,19 @@ impl TurnLog {
     pub fn open(dir: &Path, turn: u32) -> Result<TurnLog, StoreError> {
         let d = own_dir(dir)?;
         let out = append(&d, &dir.join(format!("{turn}.jsonl")))?;
-        let err = append(&d, &dir.join(format!("{turn}.stderr")))?;
+        let err_path = dir.join(format!("{turn}.stderr"));
         let last_message = dir.join(format!("{turn}.last-message"));
         fresh(&d, &last_message)?;
         let (tx, rx) = mpsc::channel::<Msg>();
         let (done_tx, done) = tokio::sync::oneshot::channel();
         let write = move || {
             let mut out = BufWriter::new(out);
-            let mut err = BufWriter::new(err);
+            // Made on the first stderr bytes: most turns write none, and a file creation is
+            // a large part of a trivial turn's cost (see docs/benchmarks.md).
+            let mut err: Option<BufWriter<File>> = None;
             let mut failed = false;
-            let mut put = |w: &mut BufWriter<File>, b: &[u8]| {
-                if let Err(e) = w.write_all(b)
-                    && !failed
-                {
+            let mut report = |e: &dyn std::fmt::Display| {
+                if !failed {
                     failed = true;
                     tracing::error!(error = %e, "cannot write a turn log");
                 }
@@ -144,16 +145,34 @@ impl TurnLog {
                 let mut next = Some(first);
                 while let Some(m) = next {
                     match m {
-                        Msg::Out(b) => put(&mut out, &b),
-                        Msg::Err(b) => put(&mut err, &b),
+                        Msg::Out(b) => {
+                            if let Err(e) = out.write_all(&b) {
+                                report(&e);
+                            }
+                        }
+                        Msg::Err(b) => {
+                            if err.is_none() {
+                                match append(&d, &err_path) {
+                                    Ok(f) => err = Some(BufWriter::new(f)),
+                                    Err(e) => report(&e),
+                                }
+                            }
+                            if let Some(Err(e)) = err.as_mut().map(|w| w.write_all(&b)) {
+                                report(&e);
+                            }
+                        }
                     }
                     next = rx.try_recv().ok();
                 }
                 let _ = out.flush();
-                let _ = err.flush();
+                if let Some(w) = err.as_mut() {
+                    let _ = w.flush();
+                }
             }
             let _ = out.flush();
-            let _ = err.flush();
+            if let Some(w) = err.as_mut() {
+                let _ = w.flush();
+            }
             let _ = done_tx.send(());
         };
         match tokio::runtime::Handle::try_current() {
@@ -183,7 +202,7 @@ impl TurnLog {
 
     /// Append raw stderr bytes.
     pub fn err(&self, bytes: &[u8]) {
-        if let Some(tx) = &self.tx {
+        if let Some(tx) = self.tx.as_ref().filter(|_| !bytes.is_empty()) {
             let _ = tx.send(Msg::Err(bytes.to_vec()));
         }
     }
@@ -209,7 +228,7 @@ pub struct StderrSink(Option<mpsc::Sender<Msg>>);
 
 impl StderrSink {
     pub fn write(&self, bytes: &[u8]) {
-        if let Some(tx) = &self.0 {
+        if let Some(tx) = self.0.as_ref().filter(|_| !bytes.is_empty()) {
             let _ = tx.send(Msg::Err(bytes.to_vec()));
         }
     }

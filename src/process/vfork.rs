@@ -1,0 +1,389 @@
+//! Starting an executor without forking the server: `clone(CLONE_VM | CLONE_VFORK)`.
+//!
+//! `fork()` of the server copies the page tables of a multi-threaded process of some 25 MB and
+//! write-protects all of its memory, for a child that only execs; that, and the exec of a
+//! helper binary to avoid it, were the largest items of zwarm's own cost per turn (measured:
+//! a forked start 1.8 ms of a 4.5 ms overhead; the launcher binary about as much CPU as the
+//! executor script it started). Like glibc's `posix_spawn`, the child here shares the server's
+//! memory and runs on a small stack of its own while the calling thread (the spawner thread,
+//! see [`super::spawn`]) is suspended until the child has exec'd or exited. Unlike
+//! `posix_spawn`, the child also does what zwarm needs before the executor runs anything:
+//!
+//! 1. resets every signal handler to its default (a handler of the server must never run in
+//!    the child: it would run on the server's memory) and SIGPIPE from ignored to default
+//!    (std ignores it, and that would be inherited), then unblocks all signals (the parent
+//!    blocked them around the clone);
+//! 2. puts itself in a process group of its own;
+//! 3. sets the parent-death signal (SIGTERM) and checks that the server is still its parent
+//!    (it may have died before the prctl, and then the signal never comes);
+//! 4. moves itself into the turn's cgroup (writes `0` to its `cgroup.procs`), so the executor
+//!    and everything it starts are born inside;
+//! 5. takes its stdin, stdout and stderr, changes to the working directory, and execs the
+//!    program found beforehand (PATH search as `execvp` does, in the parent).
+//!
+//! The child only makes system calls (no allocation, no locks, no panics): everything it needs
+//! (C strings, argv, envp) is built by the parent before the clone. A failed step writes the
+//! step and errno into memory shared with the parent and exits with 127; the parent reaps it
+//! and reports [`Failed`].
+
+use std::ffi::{CString, OsStr, OsString};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use libc::{c_char, c_int, c_void};
+
+/// The child's stack. It only makes system calls: a few KiB are used.
+const STACK_SIZE: usize = 64 * 1024;
+
+/// The step a start failed at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Step {
+    /// Before the clone (pipes, program lookup, the clone itself).
+    Prepare,
+    /// The server was no longer the child's parent.
+    Parent,
+    /// Moving into the turn's cgroup.
+    Cgroup,
+    /// Process group, stdio, working directory or the exec itself.
+    Exec,
+}
+
+/// A start that failed: where, and the error (as `std::process::Command` would report it).
+#[derive(Debug)]
+pub(super) struct Failed {
+    pub step: Step,
+    pub error: std::io::Error,
+}
+
+impl Failed {
+    fn prepare(error: std::io::Error) -> Failed {
+        Failed {
+            step: Step::Prepare,
+            error,
+        }
+    }
+}
+
+/// What to start.
+pub(super) struct Start<'a> {
+    pub program: &'a Path,
+    pub args: &'a [OsString],
+    pub cwd: &'a Path,
+    /// The complete environment.
+    pub env: &'a [(OsString, OsString)],
+    /// Give it a stdin pipe (else `/dev/null`).
+    pub stdin: bool,
+    /// The turn cgroup's `cgroup.procs`, opened for writing.
+    pub cgroup_procs: Option<&'a std::fs::File>,
+}
+
+/// A started process: its pid, a pidfd for it (`None` on kernels without `pidfd_open`), and
+/// the parent's ends of its pipes.
+pub(super) struct Started {
+    pub pid: i32,
+    pub pidfd: Option<OwnedFd>,
+    pub stdin: Option<OwnedFd>,
+    pub stdout: OwnedFd,
+    pub stderr: OwnedFd,
+}
+
+const FAILED_PARENT: c_int = 1;
+const FAILED_CGROUP: c_int = 2;
+const FAILED_EXEC: c_int = 3;
+
+/// Shared between the parent and the child (the child writes `step` and `errno`).
+#[repr(C)]
+struct Shared {
+    path: *const c_char,
+    argv: *const *const c_char,
+    envp: *const *const c_char,
+    cwd: *const c_char,
+    /// What becomes the child's fds 0, 1 and 2.
+    stdio: [c_int; 3],
+    /// `cgroup.procs` of the turn's cgroup, or -1.
+    procs: c_int,
+    parent: libc::pid_t,
+    step: c_int,
+    errno: c_int,
+}
+
+/// Start `what` (see the module docs). Call it from the thread whose exit should mean "zwarm
+/// died" (the parent-death signal follows the thread).
+pub(super) fn start(what: &Start<'_>) -> Result<Started, Failed> {
+    let path_var = what
+        .env
+        .iter()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| v.clone());
+    let path = resolve(what.program.as_os_str(), path_var.as_deref())
+        .map_err(|errno| Failed::prepare(std::io::Error::from_raw_os_error(errno)))?;
+    let invalid = || Failed::prepare(std::io::Error::from_raw_os_error(libc::EINVAL));
+    let cstr = |s: &OsStr| CString::new(s.as_bytes()).map_err(|_| invalid());
+    let path_c = cstr(path.as_os_str())?;
+    let cwd_c = cstr(what.cwd.as_os_str())?;
+    let argv: Vec<CString> = std::iter::once(what.program.as_os_str())
+        .chain(what.args.iter().map(OsString::as_os_str))
+        .map(cstr)
+        .collect::<Result<_, _>>()?;
+    let envp: Vec<CString> = what
+        .env
+        .iter()
+        .map(|(k, v)| {
+            let mut kv = Vec::with_capacity(k.len() + v.len() + 1);
+            kv.extend_from_slice(k.as_bytes());
+            kv.push(b'=');
+            kv.extend_from_slice(v.as_bytes());
+            CString::new(kv).map_err(|_| invalid())
+        })
+        .collect::<Result<_, _>>()?;
+    let argv_p = null_terminated(&argv);
+    let envp_p = null_terminated(&envp);
+
+    // The child's ends and the parent's.
+    let (stdin_child, stdin_parent) = if what.stdin {
+        let (r, w) = pipe().map_err(Failed::prepare)?;
+        (r, Some(w))
+    } else {
+        let null = std::fs::File::open("/dev/null").map_err(Failed::prepare)?;
+        (OwnedFd::from(null), None)
+    };
+    let (stdout_parent, stdout_child) = pipe().map_err(Failed::prepare)?;
+    let (stderr_parent, stderr_child) = pipe().map_err(Failed::prepare)?;
+    let stdio = [
+        above_stdio(stdin_child).map_err(Failed::prepare)?,
+        above_stdio(stdout_child).map_err(Failed::prepare)?,
+        above_stdio(stderr_child).map_err(Failed::prepare)?,
+    ];
+
+    let mut shared = Shared {
+        path: path_c.as_ptr(),
+        argv: argv_p.as_ptr(),
+        envp: envp_p.as_ptr(),
+        cwd: cwd_c.as_ptr(),
+        stdio: [
+            stdio[0].as_raw_fd(),
+            stdio[1].as_raw_fd(),
+            stdio[2].as_raw_fd(),
+        ],
+        procs: what.cgroup_procs.map_or(-1, |f| f.as_raw_fd()),
+        // SAFETY: getpid has no preconditions.
+        parent: unsafe { libc::getpid() },
+        step: 0,
+        errno: 0,
+    };
+    let mut stack: Vec<u8> = Vec::with_capacity(STACK_SIZE);
+    // The stack grows down on every architecture Linux runs zwarm on; 16-byte aligned top.
+    let top = ((stack.as_mut_ptr() as usize + STACK_SIZE) & !15) as *mut c_void;
+
+    // SAFETY: all signals are blocked around the clone so that no handler of the server runs
+    // in the child before it reset them; the child function only makes async-signal-safe
+    // system calls on `shared` and the C strings above, which outlive the clone (CLONE_VFORK
+    // suspends this thread until the child has exec'd or exited); `top` is the end of a
+    // STACK_SIZE allocation that also outlives it.
+    let pid = unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+        let pid = libc::clone(
+            child,
+            top,
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+            (&raw mut shared).cast::<c_void>(),
+        );
+        let err = std::io::Error::last_os_error();
+        libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+        if pid < 0 {
+            return Err(Failed::prepare(err));
+        }
+        pid
+    };
+    drop(stdio);
+    drop(stack);
+    // SAFETY: the child wrote these before it exited; volatile, as the compiler did not see it.
+    let (step, errno) = unsafe {
+        (
+            std::ptr::read_volatile(&shared.step),
+            std::ptr::read_volatile(&shared.errno),
+        )
+    };
+    if step != 0 {
+        let mut raw = 0;
+        // SAFETY: the child has exited (CLONE_VFORK returned without an exec): reap it.
+        unsafe { libc::waitpid(pid, &mut raw, 0) };
+        let error = match step {
+            FAILED_PARENT => std::io::Error::other("zwarm exited while starting the executor"),
+            _ => std::io::Error::from_raw_os_error(errno),
+        };
+        let step = match step {
+            FAILED_PARENT => Step::Parent,
+            FAILED_CGROUP => Step::Cgroup,
+            _ => Step::Exec,
+        };
+        return Err(Failed { step, error });
+    }
+    // SAFETY: pidfd_open takes a pid and flags; the pid is our unreaped child.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    let pidfd = c_int::try_from(fd)
+        .ok()
+        .filter(|fd| *fd >= 0)
+        // SAFETY: a new descriptor (close-on-exec) that nothing else owns.
+        .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) });
+    Ok(Started {
+        pid,
+        pidfd,
+        stdin: stdin_parent,
+        stdout: stdout_parent,
+        stderr: stderr_parent,
+    })
+}
+
+/// The child (see the module docs). Only system calls; `_exit(127)` on a failed step.
+extern "C" fn child(arg: *mut c_void) -> c_int {
+    let s = arg.cast::<Shared>();
+    // SAFETY: `arg` is the parent's `Shared`, alive and untouched while this child runs
+    // (CLONE_VFORK); every call below is an async-signal-safe system call wrapper given valid
+    // pointers from it.
+    unsafe {
+        let fail = |step: c_int| -> c_int {
+            std::ptr::write_volatile(&raw mut (*s).errno, *libc::__errno_location());
+            std::ptr::write_volatile(&raw mut (*s).step, step);
+            libc::_exit(127)
+        };
+        let dfl: libc::sigaction = std::mem::zeroed();
+        for sig in 1..65 {
+            if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+                continue;
+            }
+            let mut old: libc::sigaction = std::mem::zeroed();
+            if libc::sigaction(sig, std::ptr::null(), &mut old) != 0 {
+                continue;
+            }
+            let h = old.sa_sigaction;
+            if h == libc::SIG_DFL || (h == libc::SIG_IGN && sig != libc::SIGPIPE) {
+                continue;
+            }
+            libc::sigaction(sig, &dfl, std::ptr::null_mut());
+        }
+        let mut none: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut none);
+        libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+        if libc::setpgid(0, 0) != 0 {
+            return fail(FAILED_EXEC);
+        }
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM, 0, 0, 0);
+        if libc::getppid() != (*s).parent {
+            return fail(FAILED_PARENT);
+        }
+        if (*s).procs >= 0 && libc::write((*s).procs, b"0".as_ptr().cast(), 1) != 1 {
+            return fail(FAILED_CGROUP);
+        }
+        for (target, from) in (*s).stdio.iter().enumerate() {
+            // Sources are above 2 (see `above_stdio`): dup2 never overwrites one.
+            if libc::dup2(*from, target as c_int) < 0 {
+                return fail(FAILED_EXEC);
+            }
+        }
+        if libc::chdir((*s).cwd) != 0 {
+            return fail(FAILED_EXEC);
+        }
+        libc::execve((*s).path, (*s).argv, (*s).envp);
+        fail(FAILED_EXEC)
+    }
+}
+
+fn null_terminated(v: &[CString]) -> Vec<*const c_char> {
+    v.iter()
+        .map(|c| c.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect()
+}
+
+/// A pipe, both ends close-on-exec: (read, write).
+fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as RawFd; 2];
+    // SAFETY: pipe2 writes two descriptors into the array.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: two new descriptors that nothing else owns.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// `fd` itself, or a close-on-exec copy numbered 3 or above when it is 0, 1 or 2 (zwarm's own
+/// stdio was closed): the child's `dup2`s then never overwrite a source.
+fn above_stdio(fd: OwnedFd) -> std::io::Result<OwnedFd> {
+    if fd.as_raw_fd() > 2 {
+        return Ok(fd);
+    }
+    // SAFETY: F_DUPFD_CLOEXEC makes a new descriptor >= 3 and has no memory effects.
+    let n = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 3) };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(n) })
+}
+
+/// Where `execvp` would find `program` with `PATH` = `path_var`: itself when it holds a `/`,
+/// else the first executable file of that name in the path. Errno on failure.
+pub(super) fn resolve(program: &OsStr, path_var: Option<&OsStr>) -> Result<PathBuf, i32> {
+    if program.as_bytes().contains(&b'/') {
+        return executable(Path::new(program)).map(|()| PathBuf::from(program));
+    }
+    if program.is_empty() {
+        return Err(libc::ENOENT);
+    }
+    let path = path_var.unwrap_or(OsStr::new("/usr/local/bin:/usr/bin:/bin"));
+    let mut err = libc::ENOENT;
+    for dir in std::env::split_paths(path) {
+        let dir = if dir.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            dir
+        };
+        let candidate = dir.join(program);
+        match executable(&candidate) {
+            Ok(()) => return Ok(candidate),
+            Err(e) if e == libc::EACCES => err = e,
+            Err(_) => {}
+        }
+    }
+    Err(err)
+}
+
+fn executable(p: &Path) -> Result<(), i32> {
+    let c = CString::new(p.as_os_str().as_bytes()).map_err(|_| libc::EINVAL)?;
+    // SAFETY: access only reads the valid C string.
+    if unsafe { libc::access(c.as_ptr(), libc::X_OK) } != 0 {
+        return Err(std::io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO));
+    }
+    match std::fs::metadata(p) {
+        Ok(m) if m.is_dir() => Err(libc::EACCES),
+        Ok(_) => Ok(()),
+        Err(e) => Err(e.raw_os_error().unwrap_or(libc::EIO)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn programs_are_found_as_execvp_would() {
+        let path = std::env::var_os("PATH");
+        assert!(resolve(OsStr::new("sh"), path.as_deref()).is_ok());
+        assert_eq!(
+            resolve(OsStr::new("/nonexistent/zwarm-no-such"), None),
+            Err(libc::ENOENT)
+        );
+        assert_eq!(
+            resolve(OsStr::new("zwarm-no-such-program"), path.as_deref()),
+            Err(libc::ENOENT)
+        );
+        assert_eq!(resolve(OsStr::new("/"), None), Err(libc::EACCES));
+    }
+}

@@ -85,8 +85,7 @@ async fn executors_start_alike_alone_and_beside_others() {
 }
 
 async fn start_and_check(c: &std::sync::Arc<Containment>, marker: &str) {
-    let script =
-        "cat /proc/self/cgroup; grep '^SigIgn' /proc/self/status; echo \"marker=$ZWARM_TURN\"; cat";
+    let script = "cat /proc/self/cgroup; grep -E '^(SigIgn|SigBlk)' /proc/self/status; echo \"marker=$ZWARM_TURN\"; echo \"pid=$$ pgid=$(cut -d' ' -f5 /proc/$$/stat)\"; cat";
     let launch = Launch {
         spec: ProcessSpec {
             program: "sh".into(),
@@ -127,6 +126,22 @@ async fn start_and_check(c: &std::sync::Arc<Containment>, marker: &str) {
         .find_map(|l| l.strip_prefix("SigIgn:"))
         .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
         .expect("SigIgn");
+    // zwarm blocks every signal around the start: none may stay blocked in the executor.
+    let blocked = text
+        .lines()
+        .find_map(|l| l.strip_prefix("SigBlk:"))
+        .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
+        .expect("SigBlk");
+    assert_eq!(blocked, 0, "{marker}: signals left blocked: {text}");
+    let ids = text
+        .lines()
+        .find_map(|l| l.strip_prefix("pid="))
+        .expect("pid line");
+    let (p, g) = ids.split_once(" pgid=").expect("pgid");
+    assert_eq!(
+        p, g,
+        "{marker}: not the leader of its own process group: {ids}"
+    );
     assert_eq!(
         ignored & (1 << (libc::SIGPIPE - 1)),
         0,
@@ -154,6 +169,34 @@ async fn start_and_check(c: &std::sync::Arc<Containment>, marker: &str) {
     assert_eq!(e.kind(), std::io::ErrorKind::NotFound, "{marker}: {e}");
     // Neither failure gave up on cgroups.
     assert_eq!(c.mode_name(), "cgroup", "{marker}: {}", c.detail());
+}
+
+/// An executor dropped before it exited (a cancelled turn) is killed and reaped: no process,
+/// no zombie.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_executor_is_killed_and_reaped() {
+    let c = Containment::new(ContainmentPreference::ProcessGroup);
+    let spec = ProcessSpec {
+        program: "sleep".into(),
+        args: vec!["30".into()],
+        cwd: "/".into(),
+        ..Default::default()
+    };
+    let child = c.spawn(&spec, "drop-test").await.expect("spawn");
+    let pid = child.id().expect("pid") as i32;
+    assert!(pid_alive(pid), "not running after the start");
+    drop(child);
+    let start = Instant::now();
+    // Gone entirely: neither running nor a zombie (`kill(pid, 0)` fails once it is reaped).
+    // SAFETY: signal 0 only checks for existence.
+    while unsafe { libc::kill(pid, 0) } == 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "a dropped executor was not killed and reaped"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    c.cleanup_after_exit(Some(pid as u32), "drop-test");
 }
 
 /// Fail (never skip) when this machine cannot give each turn its own cgroup.

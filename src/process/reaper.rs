@@ -50,6 +50,9 @@ pub struct Reaper {
 struct Inner {
     pipe: Option<std::process::ChildStdin>,
     pid: u32,
+    /// A pidfd of the helper (readable once it has exited): checked before every write, far
+    /// cheaper than reading its /proc entry; `None` where pidfds are unavailable.
+    pidfd: Option<std::os::fd::OwnedFd>,
     /// marker → (process group, cgroup) of every turn watched and not released.
     turns: HashMap<String, (i32, Option<PathBuf>)>,
     /// When the helper was last restarted: a helper that keeps dying (a program that does not
@@ -84,6 +87,34 @@ fn start_helper(
     Ok((pipe, child.id()))
 }
 
+/// A pidfd for `pid` (`None` if the kernel has none, or the process is gone).
+fn pidfd_of(pid: u32) -> Option<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    let fd = i32::try_from(fd).ok().filter(|fd| *fd >= 0)?;
+    // SAFETY: a new descriptor (close-on-exec) that nothing else owns.
+    Some(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
+/// Whether the helper still runs: its pidfd is not readable (or, without one, its /proc entry
+/// says so).
+fn helper_alive(inner: &Inner) -> bool {
+    use std::os::fd::AsRawFd;
+    match &inner.pidfd {
+        Some(fd) => {
+            let mut p = libc::pollfd {
+                fd: fd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd, no waiting.
+            unsafe { libc::poll(&mut p, 1, 0) == 0 }
+        }
+        None => super::pid_alive(inner.pid as i32),
+    }
+}
+
 fn watch_line(marker: &str, pgid: i32, cgroup: Option<&Path>) -> String {
     let mut l = json!({
         "watch": marker,
@@ -113,6 +144,7 @@ impl Reaper {
             inner: Mutex::new(Inner {
                 pipe: Some(pipe),
                 pid,
+                pidfd: pidfd_of(pid),
                 turns: HashMap::new(),
                 restarted: None,
             }),
@@ -130,7 +162,7 @@ impl Reaper {
         let mut inner = lock(&self.inner);
         // A write can succeed after the helper died while a process forked meanwhile (and not
         // yet exec'd) still holds the pipe's read end: check the helper itself too.
-        let alive = super::pid_alive(inner.pid as i32);
+        let alive = helper_alive(&inner);
         if alive
             && let Some(p) = inner.pipe.as_mut()
             && p.write_all(line.as_bytes()).is_ok()
@@ -150,6 +182,7 @@ impl Reaper {
                 // The new helper's pid even if it died at once (its pipe is then dropped and
                 // the next send tries again after RESTART_EVERY).
                 inner.pid = pid;
+                inner.pidfd = pidfd_of(pid);
                 let replay: String = inner
                     .turns
                     .iter()

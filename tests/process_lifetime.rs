@@ -147,26 +147,26 @@ async fn start_and_check(c: &std::sync::Arc<Containment>, marker: &str) {
         0,
         "{marker}: SIGPIPE is ignored"
     );
-    let missing = ProcessSpec {
-        program: "/nonexistent/zwarm-no-such-program".into(),
-        cwd: "/".into(),
-        ..Default::default()
-    };
-    let e = c
-        .spawn(&missing, &format!("{marker}-missing"))
-        .await
-        .expect_err("a missing program");
-    assert_eq!(e.kind(), std::io::ErrorKind::NotFound, "{marker}: {e}");
-    let nowhere = ProcessSpec {
-        program: "sh".into(),
-        cwd: "/nonexistent/zwarm-no-such-dir".into(),
-        ..Default::default()
-    };
-    let e = c
-        .spawn(&nowhere, &format!("{marker}-nowhere"))
-        .await
-        .expect_err("a missing working directory");
-    assert_eq!(e.kind(), std::io::ErrorKind::NotFound, "{marker}: {e}");
+    // A missing program, and a missing working directory: ENOENT, as std's Command says.
+    for (what, program, cwd) in [
+        ("missing", "/nonexistent/zwarm-no-such-program", "/"),
+        ("nowhere", "sh", "/nonexistent/zwarm-no-such-dir"),
+    ] {
+        let spec = ProcessSpec {
+            program: program.into(),
+            cwd: cwd.into(),
+            ..Default::default()
+        };
+        let e = c
+            .spawn(&spec, &format!("{marker}-{what}"))
+            .await
+            .expect_err(what);
+        assert_eq!(
+            e.kind(),
+            std::io::ErrorKind::NotFound,
+            "{marker}, {what}: {e}"
+        );
+    }
     // Neither failure gave up on cgroups.
     assert_eq!(c.mode_name(), "cgroup", "{marker}: {}", c.detail());
 }

@@ -173,6 +173,17 @@ pub fn spawn_waited_child(
     Ok((child, ExecutorGuard(pid)))
 }
 
+/// A pidfd for `pid` (readable once it has exited; close-on-exec). `None` where the kernel has
+/// no `pidfd_open`, or the process is gone.
+pub(crate) fn pidfd_of(pid: i32) -> Option<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    let fd = i32::try_from(fd).ok().filter(|fd| *fd >= 0)?;
+    // SAFETY: a new descriptor that nothing else owns.
+    Some(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
 /// Forgets an executor when dropped, on every path out of a turn (including panics).
 pub struct ExecutorGuard(pub Option<u32>);
 

@@ -87,16 +87,6 @@ fn start_helper(
     Ok((pipe, child.id()))
 }
 
-/// A pidfd for `pid` (`None` if the kernel has none, or the process is gone).
-fn pidfd_of(pid: u32) -> Option<std::os::fd::OwnedFd> {
-    use std::os::fd::FromRawFd;
-    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
-    let fd = i32::try_from(fd).ok().filter(|fd| *fd >= 0)?;
-    // SAFETY: a new descriptor (close-on-exec) that nothing else owns.
-    Some(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
-}
-
 /// Whether the helper still runs: its pidfd is not readable (or, without one, its /proc entry
 /// says so).
 fn helper_alive(inner: &Inner) -> bool {
@@ -144,7 +134,7 @@ impl Reaper {
             inner: Mutex::new(Inner {
                 pipe: Some(pipe),
                 pid,
-                pidfd: pidfd_of(pid),
+                pidfd: super::pidfd_of(pid as i32),
                 turns: HashMap::new(),
                 restarted: None,
             }),
@@ -182,7 +172,7 @@ impl Reaper {
                 // The new helper's pid even if it died at once (its pipe is then dropped and
                 // the next send tries again after RESTART_EVERY).
                 inner.pid = pid;
-                inner.pidfd = pidfd_of(pid);
+                inner.pidfd = super::pidfd_of(pid as i32);
                 let replay: String = inner
                     .turns
                     .iter()

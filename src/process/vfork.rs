@@ -223,16 +223,10 @@ pub(super) fn start(what: &Start<'_>) -> Result<Started, Failed> {
         };
         return Err(Failed { step, error });
     }
-    // SAFETY: pidfd_open takes a pid and flags; the pid is our unreaped child.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    let pidfd = c_int::try_from(fd)
-        .ok()
-        .filter(|fd| *fd >= 0)
-        // SAFETY: a new descriptor (close-on-exec) that nothing else owns.
-        .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) });
+    // Our unreaped child: the pid cannot have been reused.
     Ok(Started {
         pid,
-        pidfd,
+        pidfd: super::pidfd_of(pid),
         stdin: stdin_parent,
         stdout: stdout_parent,
         stderr: stderr_parent,

@@ -164,13 +164,24 @@ pub fn forget_executor(pid: Option<u32>) {
 pub fn spawn_waited_child(
     cmd: &mut tokio::process::Command,
 ) -> std::io::Result<(tokio::process::Child, ExecutorGuard)> {
-    let mut reg = executors();
-    let child = cmd.spawn()?;
+    let child = start_registered(|| cmd.spawn(), |c| c.id())?;
     let pid = child.id();
-    if let Some(p) = pid.and_then(|p| i32::try_from(p).ok()) {
+    Ok((child, ExecutorGuard(pid)))
+}
+
+/// Start a child with `start` and register its pid (`pid_of`) as an executor, both under the
+/// lock the orphan reaper holds while it scans, so a child that exits at once is never taken
+/// for an orphan.
+fn start_registered<T, E>(
+    start: impl FnOnce() -> Result<T, E>,
+    pid_of: impl FnOnce(&T) -> Option<u32>,
+) -> Result<T, E> {
+    let mut reg = executors();
+    let started = start()?;
+    if let Some(p) = pid_of(&started).and_then(|p| i32::try_from(p).ok()) {
         reg.push(p);
     }
-    Ok((child, ExecutorGuard(pid)))
+    Ok(started)
 }
 
 /// A pidfd for `pid` (readable once it has exited; close-on-exec). `None` where the kernel has

@@ -10,7 +10,9 @@ use tokio::net::unix::pipe;
 
 use super::child::ExecChild;
 use super::vfork::{self, Failed, Step};
-use super::{Containment, Mode, ProcessSpec, Spawnable, TURN_MARKER, cgroup, executors, lock};
+use super::{
+    Containment, Mode, ProcessSpec, Spawnable, TURN_MARKER, cgroup, lock, start_registered,
+};
 
 /// A request to the spawner thread.
 pub(super) struct SpawnRequest {
@@ -177,8 +179,7 @@ fn environment(spec: &ProcessSpec, marker: &str) -> Vec<(OsString, OsString)> {
     env
 }
 
-/// Start the executor (see [`vfork`]) and register it, under the lock the orphan reaper holds
-/// while it scans, so a fast-exiting executor is never mistaken for an orphan.
+/// Start the executor (see [`vfork`]), registered for the orphan reaper.
 fn start_executor(
     spec: &ProcessSpec,
     stdin: bool,
@@ -194,10 +195,7 @@ fn start_executor(
         stdin,
         cgroup_procs,
     };
-    let mut reg = executors();
-    let started = vfork::start(&what)?;
-    reg.push(started.pid);
-    drop(reg);
+    let started = start_registered(|| vfork::start(&what), |s| u32::try_from(s.pid).ok())?;
     ExecChild::adopt(started).map_err(|error| Failed {
         step: Step::Prepare,
         error,

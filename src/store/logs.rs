@@ -124,7 +124,7 @@ impl TurnLog {
     pub fn open(dir: &Path, turn: u32) -> Result<TurnLog, StoreError> {
         let d = own_dir(dir)?;
         let out = append(&d, &dir.join(format!("{turn}.jsonl")))?;
-        let err_path = dir.join(format!("{turn}.stderr"));
+        let mut err_path = Some(dir.join(format!("{turn}.stderr")));
         let last_message = dir.join(format!("{turn}.last-message"));
         fresh(&d, &last_message)?;
         let (tx, rx) = mpsc::channel::<Msg>();
@@ -151,8 +151,10 @@ impl TurnLog {
                             }
                         }
                         Msg::Err(b) => {
-                            if err.is_none() {
-                                match append(&d, &err_path) {
+                            // Tried once: a file that cannot be made is reported, not retried
+                            // for every chunk.
+                            if let Some(p) = err_path.take() {
+                                match append(&d, &p) {
                                     Ok(f) => err = Some(BufWriter::new(f)),
                                     Err(e) => report(&e),
                                 }

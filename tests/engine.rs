@@ -1773,6 +1773,38 @@ mod in_process {
         }
     }
 
+    /// A turn's stderr goes to `<n>.stderr` beside its raw log, a file made only once the
+    /// executor writes to stderr.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_turns_stderr_file_is_made_only_when_it_writes_to_stderr() {
+        let e = engine(
+            |_| {},
+            |l| {
+                let mut s = quick(l);
+                if l.stdin.as_deref() == Some(b"noisy".as_slice()) {
+                    s.stderr = "warning: slow disk\n".into();
+                }
+                s
+            },
+        )
+        .await;
+        let quiet = e.m.delegate(task("quiet")).await.expect("delegate");
+        let noisy = e.m.delegate(task("noisy")).await.expect("delegate");
+        for id in [&quiet, &noisy] {
+            assert_eq!(e.settled(id).await.status.as_str(), "idle");
+        }
+        let turn = |id: &str, f: &str| e.dir.path().join(format!("state/turns/{id}/1.{f}"));
+        assert!(turn(&quiet, "jsonl").exists(), "no raw log");
+        assert!(
+            !turn(&quiet, "stderr").exists(),
+            "a stderr file for a turn that wrote none"
+        );
+        assert_eq!(
+            std::fs::read_to_string(turn(&noisy, "stderr")).expect("the noisy turn's stderr"),
+            "warning: slow disk\n"
+        );
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_executor_that_cannot_start_or_exits_early_fails_the_turn_with_the_reason() {
         let e = engine(

@@ -511,3 +511,42 @@ async fn a_killed_reaper_is_replaced_before_the_next_turn_needs_it() {
     )
     .await;
 }
+
+/// The local runner hands back what the executor wrote to its read-back file (codex's `-o`)
+/// and leaves the file in place, emptied; a link planted there is not followed: its target is
+/// neither read (it would become the turn's answer) nor emptied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_local_runner_reads_back_without_following_a_link_and_keeps_the_file() {
+    use zwarm::runner::{Runner, local::LocalRunner};
+    let d = tempfile::tempdir().unwrap();
+    let secret = d.path().join("secret");
+    std::fs::write(&secret, "do not leak").unwrap();
+    let runner = LocalRunner::new();
+    let cases = [
+        ("1.last-message", "printf 'the answer' > \"$1\"", Some("the answer")),
+        ("2.last-message", "rm -f \"$1\" && ln -s secret \"$1\"", None),
+    ];
+    for (i, (name, script, want)) in cases.into_iter().enumerate() {
+        let file = d.path().join(name);
+        std::fs::write(&file, "").unwrap();
+        let launch = zwarm::runner::Launch {
+            program: "/bin/sh".into(),
+            args: vec!["-c".into(), script.into(), "sh".into(), file.clone().into()],
+            cwd: d.path().to_path_buf(),
+            env_set: vec![],
+            env_remove: vec![],
+            stdin: None,
+            read_back: vec![file.clone()],
+            label: format!("read-back-{}.{i}", std::process::id()),
+        };
+        let mut running = runner.start(launch).await.expect("start");
+        tokio::time::timeout(Duration::from_secs(20), running.control.wait())
+            .await
+            .expect("the script ends");
+        let finished = running.control.finish().await;
+        assert_eq!(finished.file(&file), want, "{name}");
+    }
+    let kept = std::fs::symlink_metadata(d.path().join("1.last-message")).unwrap();
+    assert!(kept.is_file() && kept.len() == 0, "read back, then emptied in place");
+    assert_eq!(std::fs::read_to_string(&secret).unwrap(), "do not leak");
+}

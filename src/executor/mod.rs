@@ -143,6 +143,11 @@ pub fn read_back(path: &Path, max: usize) -> Option<String> {
     nested::read_no_follow(path, max).filter(|s| !s.trim().is_empty())
 }
 
+/// [`read_back`], and the file emptied (kept in place for the next turn).
+pub fn take_read_back(path: &Path, max: usize) -> Option<String> {
+    nested::take_read_back(path, max)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -163,6 +163,28 @@ pub fn read_no_follow(path: &Path, max: usize) -> Option<String> {
     Some(String::from_utf8_lossy(&buf).into_owned())
 }
 
+/// [`read_no_follow`], then the file is emptied, not removed: the next turn's
+/// [`prepare_read_back`] finds it in place, and a turn costs no file deletion (on an ext4
+/// without a journal every recently deleted inode slows the next creations in its group; see
+/// docs/benchmarks.md). `None` when it is missing, empty or not a plain file.
+pub fn take_read_back(path: &Path, max: usize) -> Option<String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+        .ok()?;
+    if !f.metadata().ok()?.is_file() {
+        return None;
+    }
+    let mut buf = Vec::new();
+    let read = (&f).take(max as u64).read_to_end(&mut buf);
+    let _ = f.set_len(0);
+    read.ok()?;
+    Some(String::from_utf8_lossy(&buf).into_owned()).filter(|s| !s.trim().is_empty())
+}
+
 /// `$CODEX_HOME`, else `~/.codex`.
 pub fn codex_home() -> Option<PathBuf> {
     std::env::var_os("CODEX_HOME")
@@ -378,5 +400,13 @@ mod tests {
         std::fs::write(&ok, "hello world").unwrap();
         assert_eq!(read_no_follow(&ok, 5).as_deref(), Some("hello"));
         assert!(prepare_read_back(Path::new("/dev/null")).is_ok());
+        // Taken back at the turn's end: read, then emptied in place (not removed); through a
+        // planted link nothing is read, and the link's target is neither read nor emptied.
+        assert_eq!(take_read_back(&ok, 1 << 20).as_deref(), Some("hello world"));
+        assert_eq!(std::fs::read_to_string(&ok).unwrap(), "");
+        assert_eq!(take_read_back(&ok, 1 << 20), None, "empty reads as none");
+        assert_eq!(take_read_back(&link, 1 << 20), None);
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep me");
+        assert_eq!(take_read_back(&d.path().join("missing"), 1 << 20), None);
     }
 }

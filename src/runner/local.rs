@@ -12,6 +12,8 @@ use tokio::time::Instant;
 use super::{Finished, Launch, Runner, RunnerError, RunningTurn, TurnProcess};
 use crate::process;
 
+/// The most read back of a file the executor wrote for zwarm (codex's last message).
+const READ_BACK_MAX: usize = 16 * 1024 * 1024;
 /// How long [`LocalTurn::stop`] may take without a deadline, after the grace period.
 const STOP_BOUND: Duration = Duration::from_secs(8);
 
@@ -149,8 +151,8 @@ impl TurnProcess for LocalTurn {
         let exit = self.child.try_wait().ok().flatten();
         let (pid, label, paths) = (self.pid, self.label.clone(), self.read_back.clone());
         let c = self.containment.clone();
-        // The files the executor wrote are read back (and removed) now; its leftovers are
-        // killed by the returned future.
+        // The files the executor wrote are read back now (never through a link, and emptied,
+        // not removed); its leftovers are killed by the returned future.
         let files = if paths.is_empty() {
             Vec::new()
         } else {
@@ -158,10 +160,7 @@ impl TurnProcess for LocalTurn {
                 paths
                     .into_iter()
                     .map(|p| {
-                        let c = std::fs::read_to_string(&p)
-                            .ok()
-                            .filter(|s| !s.trim().is_empty());
-                        let _ = std::fs::remove_file(&p);
+                        let c = crate::executor::take_read_back(&p, READ_BACK_MAX);
                         (p, c)
                     })
                     .collect()

@@ -100,25 +100,6 @@ fn fresh(dir: &File, p: &Path) -> Result<(), StoreError> {
     open_in(dir, p, libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL).map(drop)
 }
 
-/// Read codex's `-o` file without following a symlink (at most 16 MiB); `None` when it is
-/// missing, empty or not a plain file.
-pub fn read_last_message(p: &Path) -> Option<String> {
-    use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(p)
-        .ok()?;
-    if !f.metadata().ok()?.is_file() {
-        return None;
-    }
-    let mut buf = Vec::new();
-    f.take(16 * 1024 * 1024).read_to_end(&mut buf).ok()?;
-    let s = String::from_utf8_lossy(&buf).into_owned();
-    (!s.trim().is_empty()).then_some(s)
-}
-
 impl TurnLog {
     /// Create the files (blocking: call from `spawn_blocking` or a non-async context).
     pub fn open(dir: &Path, turn: u32) -> Result<TurnLog, StoreError> {

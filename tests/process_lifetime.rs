@@ -523,8 +523,16 @@ async fn the_local_runner_reads_back_without_following_a_link_and_keeps_the_file
     std::fs::write(&secret, "do not leak").unwrap();
     let runner = LocalRunner::new();
     let cases = [
-        ("1.last-message", "printf 'the answer' > \"$1\"", Some("the answer")),
-        ("2.last-message", "rm -f \"$1\" && ln -s secret \"$1\"", None),
+        (
+            "1.last-message",
+            "printf 'the answer' > \"$1\"",
+            Some("the answer"),
+        ),
+        (
+            "2.last-message",
+            "rm -f \"$1\" && ln -s secret \"$1\"",
+            None,
+        ),
     ];
     for (i, (name, script, want)) in cases.into_iter().enumerate() {
         let file = d.path().join(name);
@@ -547,6 +555,9 @@ async fn the_local_runner_reads_back_without_following_a_link_and_keeps_the_file
         assert_eq!(finished.file(&file), want, "{name}");
     }
     let kept = std::fs::symlink_metadata(d.path().join("1.last-message")).unwrap();
-    assert!(kept.is_file() && kept.len() == 0, "read back, then emptied in place");
+    assert!(
+        kept.is_file() && kept.len() == 0,
+        "read back, then emptied in place"
+    );
     assert_eq!(std::fs::read_to_string(&secret).unwrap(), "do not leak");
 }

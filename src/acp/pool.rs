@@ -176,8 +176,11 @@ impl Pool {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.subsec_nanos())
             .unwrap_or(0);
-        let dir =
-            std::env::temp_dir().join(format!("zwarm-acp-{}-{nanos:08x}", std::process::id()));
+        let tmp = std::env::temp_dir();
+        let dir = tmp.join(format!("zwarm-acp-{}-{nanos:08x}", std::process::id()));
+        // What servers killed before their shutdown left (their socket folders), in the
+        // background: it does not delay start-up.
+        tokio::task::spawn_blocking(move || sweep_stale(&tmp));
         std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
         let path = dir.join("pool.sock");
         let listener = UnixListener::bind(&path)?;
@@ -251,6 +254,53 @@ impl Pool {
             }
         }
     }
+}
+
+/// Remove the socket folders (`zwarm-acp-<pid>-<n>` in `tmp`) of pools whose server died
+/// without its shutdown (a SIGKILL): a folder of this user, not a link, whose server pid is
+/// gone and whose socket refuses connections. Only the socket and the then empty folder are
+/// removed; anything else in it is left as it is. Returns how many were removed.
+pub fn sweep_stale(tmp: &std::path::Path) -> usize {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(tmp) else {
+        return 0;
+    };
+    // SAFETY: geteuid has no preconditions.
+    let uid = unsafe { libc::geteuid() };
+    let me = std::process::id();
+    let mut removed = 0;
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("zwarm-acp-"))
+            .and_then(|r| r.split_once('-'))
+            .and_then(|(pid, _)| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let dir = e.path();
+        let owned_dir = std::fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir() && m.uid() == uid);
+        if pid == me || !owned_dir || i32::try_from(pid).is_ok_and(crate::process::pid_alive) {
+            continue;
+        }
+        // A pid from another pid namespace can look dead: a live pool still answers.
+        let sock = dir.join("pool.sock");
+        if std::os::unix::net::UnixStream::connect(&sock).is_ok() {
+            continue;
+        }
+        let _ = std::fs::remove_file(&sock);
+        if std::fs::remove_dir(&dir).is_ok() {
+            removed += 1;
+        }
+    }
+    if removed > 0 {
+        tracing::info!(
+            removed,
+            "acp pool: removed the socket folders of servers that were killed"
+        );
+    }
+    removed
 }
 
 /// The thread agents are forked from: `PR_SET_PDEATHSIG` fires when the forking *thread*
@@ -513,6 +563,41 @@ async fn serve_conn(inner: Arc<Inner>, stream: UnixStream) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_socket_folders_of_dead_servers_are_swept() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        // A server that is gone: a child started and reaped.
+        let mut child = std::process::Command::new("true").spawn().expect("true");
+        let dead = child.id();
+        child.wait().expect("wait");
+        let stale = tmp.path().join(format!("zwarm-acp-{dead}-0000abcd"));
+        std::fs::create_dir(&stale).expect("mkdir");
+        drop(std::os::unix::net::UnixListener::bind(stale.join("pool.sock")).expect("bind"));
+        // Ours (this pid), a live one (pid 1), something else in a dead one's folder, and a
+        // name that only looks alike.
+        let mine = tmp
+            .path()
+            .join(format!("zwarm-acp-{}-1", std::process::id()));
+        let live = tmp.path().join("zwarm-acp-1-2");
+        let other = tmp.path().join(format!("zwarm-acp-{dead}-3"));
+        let unrelated = tmp.path().join("zwarm-acp-x-4");
+        for d in [&mine, &live, &other, &unrelated] {
+            std::fs::create_dir(d).expect("mkdir");
+        }
+        std::fs::write(other.join("notes"), "keep").expect("write");
+        // A dead pid whose socket still answers (a server in another pid namespace).
+        let answering = tmp.path().join(format!("zwarm-acp-{dead}-5"));
+        std::fs::create_dir(&answering).expect("mkdir");
+        let _listener =
+            std::os::unix::net::UnixListener::bind(answering.join("pool.sock")).expect("bind");
+        assert_eq!(sweep_stale(tmp.path()), 1);
+        assert!(!stale.exists());
+        for d in [&mine, &live, &other, &unrelated, &answering] {
+            assert!(d.exists(), "{} kept", d.display());
+        }
+        assert!(other.join("notes").exists());
+    }
 
     fn job(token: Option<String>) -> BridgeJob {
         serde_json::from_value(serde_json::json!({

@@ -260,12 +260,12 @@ pub async fn runner_for(cfg: &Config) -> anyhow::Result<Arc<dyn crate::runner::R
     use crate::runner::config::RunnerKind;
     match cfg.runner.kind {
         RunnerKind::Local => {
-            // Probing the containment and starting the reaper block for a few milliseconds.
+            // Starting the reaper blocks for a moment; the containment is probed in the
+            // background (see `local_runner`).
             let c = cfg.clone();
             let runner = tokio::task::spawn_blocking(move || local_runner(&c))
                 .await
                 .context("setting up executor containment")?;
-            tracing::info!(containment = runner.mode_name(), "executor containment");
             Ok(Arc::new(runner))
         }
         RunnerKind::Container => {
@@ -302,7 +302,21 @@ pub fn local_runner(cfg: &Config) -> crate::runner::local::LocalRunner {
             "cannot start the reaper: a turn's processes may outlive zwarm if it is killed"
         ),
     }
-    containment.probe();
+    // The probe moves a forked child into a new cgroup, and the kernel's first cgroup move in
+    // a while waits for an RCU grace period (milliseconds): done on a thread of its own, it
+    // does not delay the server's first reply. It holds the containment's state meanwhile,
+    // so the first turn waits for its answer (or probes itself if it comes first).
+    let c = containment.clone();
+    let probe = move || {
+        tracing::info!(containment = c.probe(), "executor containment");
+    };
+    if let Err(e) = std::thread::Builder::new()
+        .name("zwarm-probe".into())
+        .spawn(probe.clone())
+    {
+        tracing::debug!(error = %e, "no thread for the containment probe; probing now");
+        probe();
+    }
     crate::runner::local::LocalRunner::with(containment)
 }
 

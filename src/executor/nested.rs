@@ -149,18 +149,7 @@ pub fn prepare_read_back(path: &Path) -> Result<(), ExecutorError> {
 
 /// Read at most `max` bytes of a regular file without following a symlink at `path`.
 pub fn read_no_follow(path: &Path, max: usize) -> Option<String> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
-        .open(path)
-        .ok()?;
-    if !f.metadata().ok()?.is_file() {
-        return None;
-    }
-    let mut buf = Vec::new();
-    f.take(max as u64).read_to_end(&mut buf).ok()?;
-    Some(String::from_utf8_lossy(&buf).into_owned())
+    read_regular(path, max, false)
 }
 
 /// [`read_no_follow`], then the file is emptied, not removed: the next turn's
@@ -168,10 +157,16 @@ pub fn read_no_follow(path: &Path, max: usize) -> Option<String> {
 /// without a journal every recently deleted inode slows the next creations in its group; see
 /// docs/benchmarks.md). `None` when it is missing, empty or not a plain file.
 pub fn take_read_back(path: &Path, max: usize) -> Option<String> {
+    read_regular(path, max, true).filter(|s| !s.trim().is_empty())
+}
+
+/// Open `path` without following a symlink (and without blocking on a FIFO); only a regular
+/// file is read, at most `max` bytes, and emptied afterwards when `empty`.
+fn read_regular(path: &Path, max: usize, empty: bool) -> Option<String> {
     use std::os::unix::fs::OpenOptionsExt;
     let f = std::fs::OpenOptions::new()
         .read(true)
-        .write(true)
+        .write(empty)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
         .open(path)
         .ok()?;
@@ -180,9 +175,11 @@ pub fn take_read_back(path: &Path, max: usize) -> Option<String> {
     }
     let mut buf = Vec::new();
     let read = (&f).take(max as u64).read_to_end(&mut buf);
-    let _ = f.set_len(0);
+    if empty {
+        let _ = f.set_len(0);
+    }
     read.ok()?;
-    Some(String::from_utf8_lossy(&buf).into_owned()).filter(|s| !s.trim().is_empty())
+    Some(String::from_utf8_lossy(&buf).into_owned())
 }
 
 /// `$CODEX_HOME`, else `~/.codex`.

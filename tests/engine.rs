@@ -1414,6 +1414,71 @@ mod in_process {
         );
     }
 
+    /// check_session with `session_ids`: "any" returns once one of them has finished, "all"
+    /// once every one has, and a change to another session (in the list or not) does not end
+    /// the wait early.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn waiting_on_several_sessions_returns_when_any_or_all_have_finished() {
+        // One gate per task: a turn holds until its gate is opened.
+        let gates: Arc<std::collections::HashMap<&'static str, CancellationToken>> = Arc::new(
+            ["a", "b", "c", "other"]
+                .into_iter()
+                .map(|k| (k, CancellationToken::new()))
+                .collect(),
+        );
+        let g = gates.clone();
+        let e = engine(
+            |_| {},
+            move |l| {
+                let prompt = String::from_utf8_lossy(l.stdin.as_deref().unwrap_or_default());
+                Script {
+                    stdout: codex_turn(&thread_of(l), "ok"),
+                    hold: g.get(prompt.trim()).cloned(),
+                    ..Default::default()
+                }
+            },
+        )
+        .await;
+        let mut ids = Vec::new();
+        for t in ["a", "b", "c"] {
+            ids.push(e.m.delegate(task(t)).await.expect("delegate"));
+        }
+        let other = e.m.delegate(task("other")).await.expect("delegate");
+        let wait = |all: bool| {
+            let (m, ids) = (e.m.clone(), ids.clone());
+            tokio::spawn(async move {
+                m.wait_many(
+                    &ids,
+                    all,
+                    Duration::from_secs(600),
+                    &CancellationToken::new(),
+                )
+                .await
+                .expect("wait_many")
+            })
+        };
+        let status = |v: &[zwarm::model::Session]| -> Vec<String> {
+            v.iter().map(|s| s.status.as_str().to_string()).collect()
+        };
+        let any = wait(false);
+        let every = wait(true);
+        // A session outside the list finishing ends neither wait.
+        gates["other"].cancel();
+        e.settled(&other).await;
+        gates["b"].cancel();
+        let got = within(any).await.expect("any");
+        assert_eq!(status(&got), ["running", "idle", "running"]);
+        // One more of the list finishing does not end "all" either: c still runs when it
+        // returns only if it returned early.
+        gates["a"].cancel();
+        e.settled(&ids[0]).await;
+        gates["c"].cancel();
+        let got = within(every).await.expect("all");
+        assert_eq!(status(&got), ["idle", "idle", "idle"]);
+        let order: Vec<&str> = got.iter().map(|s| s.id.as_str()).collect();
+        assert_eq!(order, ids.iter().map(String::as_str).collect::<Vec<_>>());
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn turns_beyond_max_running_queue_and_start_in_order() {
         let gate = CancellationToken::new();

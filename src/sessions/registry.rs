@@ -197,6 +197,12 @@ impl Handle {
         self.changed.send_modify(|v| *v += 1);
     }
 
+    /// Whether the session is queued or running now (in memory; its change may still be
+    /// committing). Cheap: no copy of the session.
+    pub fn is_active(&self) -> bool {
+        self.live.lock().session.status.is_active()
+    }
+
     /// A copy of the session and the store sequence it depends on.
     pub fn snapshot(&self) -> (Session, u64) {
         let l = self.live.lock();

@@ -89,6 +89,9 @@ fn text_at(r: &rusqlite::Row, i: usize) -> rusqlite::Result<Option<String>> {
     })
 }
 
+/// How long an opener waits for a starting server to create the tables.
+const TABLES_WAIT: Duration = Duration::from_secs(2);
+
 impl ReadOnlyStore {
     /// The database file of a state dir.
     pub fn db_path(root: &Path) -> PathBuf {
@@ -120,15 +123,23 @@ impl ReadOnlyStore {
             .map_err(db_err(&path))?;
         conn.pragma_update(None, "query_only", true)
             .map_err(db_err(&path))?;
-        // A database no server has finished creating yet has no tables: say so plainly.
-        let ready: bool = conn
-            .query_row(
-                "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name IN ('sessions', 'events')",
-                [],
-                |r| r.get::<_, i64>(0),
-            )
-            .map(|n| n == 2)
-            .map_err(db_err(&path))?;
+        // A database a server is still creating has no tables yet: a starting server makes
+        // them within milliseconds, so wait a moment (as for a lock) before saying so.
+        let since = std::time::Instant::now();
+        let ready = loop {
+            let ready: bool = conn
+                .query_row(
+                    "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name IN ('sessions', 'events')",
+                    [],
+                    |r| r.get::<_, i64>(0),
+                )
+                .map(|n| n == 2)
+                .map_err(db_err(&path))?;
+            if ready || since.elapsed() >= TABLES_WAIT {
+                break ready;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        };
         if !ready {
             return Err(StoreError::Corrupt {
                 what: path.display().to_string(),
@@ -320,6 +331,38 @@ impl ReadOnlyStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A reader that comes while a server is creating the database (the file is there, its
+    /// tables not yet) waits for them, and says what is wrong if they never come.
+    #[test]
+    fn an_opener_waits_for_a_starting_server_to_create_the_tables() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let root = d.path().to_path_buf();
+        let db = ReadOnlyStore::db_path(&root);
+        drop(Connection::open(&db).expect("create"));
+        let creator = {
+            let db = db.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(200));
+                Connection::open(&db)
+                    .expect("open")
+                    .execute_batch("CREATE TABLE sessions (x); CREATE TABLE events (y);")
+                    .expect("tables");
+            })
+        };
+        ReadOnlyStore::open(&root).expect("opened once the tables exist");
+        creator.join().expect("creator");
+
+        let never = tempfile::tempdir().expect("tempdir");
+        drop(Connection::open(ReadOnlyStore::db_path(never.path())).expect("create"));
+        let t = std::time::Instant::now();
+        let e = ReadOnlyStore::open(never.path())
+            .err()
+            .expect("no tables")
+            .to_string();
+        assert!(e.contains("no zwarm tables yet"), "{e}");
+        assert!(t.elapsed() >= TABLES_WAIT, "it waited first");
+    }
 
     #[test]
     fn reads_a_live_store_without_creating_or_writing_anything() {

@@ -561,3 +561,41 @@ async fn the_local_runner_reads_back_without_following_a_link_and_keeps_the_file
     );
     assert_eq!(std::fs::read_to_string(&secret).unwrap(), "do not leak");
 }
+
+/// A server that exits or is killed during its containment probe (which runs beside its
+/// start-up) leaves an empty `probe-<pid>` cgroup: the next probe removes it, and never one
+/// whose server is still alive.
+#[test]
+fn a_probe_removes_the_probe_cgroups_of_servers_that_are_gone() {
+    require_cgroup_mode();
+    let own = std::fs::read_to_string("/proc/self/cgroup").expect("cgroup");
+    let rel = own
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .expect("a cgroup v2 line")
+        .trim_start_matches('/')
+        .to_string();
+    let parent = cgroup2_root().join(rel).join("zwarm");
+    let mut gone = std::process::Command::new("true").spawn().expect("true");
+    let dead = gone.id();
+    gone.wait().expect("wait");
+    let mut alive = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .expect("sleep");
+    let stale = parent.join(format!("probe-{dead}"));
+    let live = parent.join(format!("probe-{}", alive.id()));
+    std::fs::create_dir(&stale).expect("stale probe cgroup");
+    std::fs::create_dir(&live).expect("live probe cgroup");
+    let c = Containment::new(ContainmentPreference::Auto);
+    assert_eq!(c.probe(), "cgroup");
+    let kept = live.exists();
+    let _ = std::fs::remove_dir(&live);
+    let _ = alive.kill();
+    let _ = alive.wait();
+    assert!(
+        !stale.exists(),
+        "the probe cgroup of a server that is gone is removed"
+    );
+    assert!(kept, "a live server's probe cgroup is kept");
+}

@@ -161,6 +161,7 @@ fn check_parent(parent: &Path, configured: bool) -> Result<(), String> {
     if !is_cgroup2(parent) {
         return Err("it is not on a cgroup v2 filesystem".into());
     }
+    sweep_probes(parent);
     let probe = parent.join(format!("probe-{}", std::process::id()));
     let _ = std::fs::remove_dir(&probe);
     std::fs::create_dir(&probe).map_err(|e| format!("cannot create a cgroup in it ({e})"))?;
@@ -171,6 +172,28 @@ fn check_parent(parent: &Path, configured: bool) -> Result<(), String> {
     };
     let _ = std::fs::remove_dir(&probe);
     r
+}
+
+/// Remove the probe cgroups (`probe-<pid>`) of servers that are gone: one that exited or was
+/// killed during its probe (which runs beside start-up) leaves its empty probe cgroup. A
+/// cgroup with a process in it cannot be removed, so nothing live is touched.
+fn sweep_probes(parent: &Path) {
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("probe-"))
+            .and_then(|p| p.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id() as i32 && !super::pid_alive(pid) {
+            let _ = std::fs::remove_dir(e.path());
+        }
+    }
 }
 
 /// Fork a child that moves itself into `dir` and exits; report whether the move worked.

@@ -164,12 +164,15 @@ pub fn take_read_back(path: &Path, max: usize) -> Option<String> {
 /// file is read, at most `max` bytes, and emptied afterwards when `empty`.
 fn read_regular(path: &Path, max: usize, empty: bool) -> Option<String> {
     use std::os::unix::fs::OpenOptionsExt;
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(empty)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
-        .open(path)
-        .ok()?;
+    let open = |write: bool| {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(write)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open(path)
+    };
+    // A file the executor made read-only is still read (and left as it is).
+    let f = open(empty).or_else(|_| open(false)).ok()?;
     if !f.metadata().ok()?.is_file() {
         return None;
     }

@@ -61,6 +61,7 @@ pub(crate) use spawn::die_with_parent;
 mod stop;
 pub use bounded::{Bounded, run_bounded};
 pub use reaper::{REAPER_ARG, Reaper, run as run_reaper};
+pub(crate) use stop::left_by_dead;
 pub use stop::pid_alive;
 
 use std::ffi::OsString;

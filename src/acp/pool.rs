@@ -262,26 +262,15 @@ impl Pool {
 /// removed; anything else in it is left as it is. Returns how many were removed.
 pub fn sweep_stale(tmp: &std::path::Path) -> usize {
     use std::os::unix::fs::MetadataExt;
-    let Ok(entries) = std::fs::read_dir(tmp) else {
-        return 0;
-    };
     // SAFETY: geteuid has no preconditions.
     let uid = unsafe { libc::geteuid() };
-    let me = std::process::id();
+    let pool_pid = |n: &str| {
+        let (pid, _) = n.strip_prefix("zwarm-acp-")?.split_once('-')?;
+        pid.parse().ok()
+    };
     let mut removed = 0;
-    for e in entries.flatten() {
-        let name = e.file_name();
-        let Some(pid) = name
-            .to_str()
-            .and_then(|n| n.strip_prefix("zwarm-acp-"))
-            .and_then(|r| r.split_once('-'))
-            .and_then(|(pid, _)| pid.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let dir = e.path();
-        let owned_dir = std::fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir() && m.uid() == uid);
-        if pid == me || !owned_dir || i32::try_from(pid).is_ok_and(crate::process::pid_alive) {
+    for dir in crate::process::left_by_dead(tmp, pool_pid) {
+        if !std::fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir() && m.uid() == uid) {
             continue;
         }
         // A pid from another pid namespace can look dead: a live pool still answers.

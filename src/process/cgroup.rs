@@ -178,21 +178,9 @@ fn check_parent(parent: &Path, configured: bool) -> Result<(), String> {
 /// killed during its probe (which runs beside start-up) leaves its empty probe cgroup. A
 /// cgroup with a process in it cannot be removed, so nothing live is touched.
 fn sweep_probes(parent: &Path) {
-    let Ok(entries) = std::fs::read_dir(parent) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let name = e.file_name();
-        let Some(pid) = name
-            .to_str()
-            .and_then(|n| n.strip_prefix("probe-"))
-            .and_then(|p| p.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        if pid != std::process::id() as i32 && !super::pid_alive(pid) {
-            let _ = std::fs::remove_dir(e.path());
-        }
+    let probe_pid = |n: &str| n.strip_prefix("probe-")?.parse().ok();
+    for dir in super::left_by_dead(parent, probe_pid) {
+        let _ = std::fs::remove_dir(dir);
     }
 }
 

@@ -248,6 +248,29 @@ fn reap(pids: &[i32], limit: Duration) {
     }
 }
 
+/// The entries of `dir` that a process which is gone left behind: those whose name `pid_of`
+/// reads a process id from, other than this process's, where that process is not alive.
+/// (What a server killed before its clean-up left: socket folders, probe cgroups.)
+pub(crate) fn left_by_dead(
+    dir: &std::path::Path,
+    pid_of: impl Fn(&str) -> Option<u32>,
+) -> Vec<std::path::PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let me = std::process::id();
+    entries
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .and_then(&pid_of)
+                .is_some_and(|pid| pid != me && !i32::try_from(pid).is_ok_and(pid_alive))
+        })
+        .map(|e| e.path())
+        .collect()
+}
+
 /// Whether a process id is alive (not a zombie). Used by tests and diagnostics.
 pub fn pid_alive(pid: i32) -> bool {
     // SAFETY: signal 0 only checks for existence.

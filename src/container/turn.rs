@@ -19,8 +19,6 @@ use super::Output;
 const STOP_BOUND: Duration = Duration::from_secs(8);
 /// Buffer between the daemon's stream and the engine's reader, per stream.
 const PIPE: usize = 256 * 1024;
-/// Largest file read back.
-const READ_BACK_LIMIT: u64 = 16 << 20;
 
 /// What is left of a container turn once it has ended and its container is gone.
 #[derive(Debug, Default)]
@@ -171,7 +169,12 @@ impl ContainerTurn {
         let files = tokio::task::spawn_blocking(move || {
             pairs
                 .into_iter()
-                .map(|(want, inside)| (want, super::state::read_back(&inside, READ_BACK_LIMIT)))
+                .map(|(want, inside)| {
+                    (
+                        want,
+                        super::state::read_back(&inside, crate::runner::READ_BACK_MAX as u64),
+                    )
+                })
                 .collect()
         })
         .await

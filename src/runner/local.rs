@@ -12,8 +12,6 @@ use tokio::time::Instant;
 use super::{Finished, Launch, Runner, RunnerError, RunningTurn, TurnProcess};
 use crate::process;
 
-/// The most read back of a file the executor wrote for zwarm (codex's last message).
-const READ_BACK_MAX: usize = 16 * 1024 * 1024;
 /// How long [`LocalTurn::stop`] may take without a deadline, after the grace period.
 const STOP_BOUND: Duration = Duration::from_secs(8);
 
@@ -160,7 +158,7 @@ impl TurnProcess for LocalTurn {
                 paths
                     .into_iter()
                     .map(|p| {
-                        let c = crate::executor::take_read_back(&p, READ_BACK_MAX);
+                        let c = crate::executor::take_read_back(&p, super::READ_BACK_MAX);
                         (p, c)
                     })
                     .collect()

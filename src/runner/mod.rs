@@ -27,6 +27,10 @@ use std::time::Duration;
 use tokio::io::AsyncRead;
 use tokio::time::Instant;
 
+/// The most a runner reads back of a file the executor wrote for zwarm
+/// ([`Launch::read_back`]: codex's last message).
+pub const READ_BACK_MAX: usize = 16 << 20;
+
 /// One executor run, described without saying where it runs. The executor builds it
 /// ([`crate::executor::build_launch`]); the engine sets `label`; a runner starts it.
 #[derive(Clone, Default)]

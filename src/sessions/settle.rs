@@ -312,13 +312,17 @@ pub(crate) async fn finish(
     after_turn_in_background(inner, h, index, copy);
 }
 
-/// Slow checks (a bounded git scan) after the result is out.
+/// Slow checks (a bounded git scan) after the result is out, when a watcher has any for this
+/// turn.
 fn after_turn_in_background(
     inner: &Arc<Inner>,
     h: &Arc<Handle>,
     index: u32,
     copy: crate::model::Session,
 ) {
+    if !inner.watchers.wants_background(&copy) {
+        return;
+    }
     let inner2 = inner.clone();
     let h2 = h.clone();
     let turn_trace = crate::telemetry::capture();

@@ -71,6 +71,8 @@ enum Step {
     Cancelled,
     TimedOut,
     Exited,
+    /// Nothing else is ready: the lines gathered for the raw log are handed over.
+    Idle,
 }
 
 /// What a turn's supervisor is handed when the turn is started.
@@ -585,6 +587,8 @@ async fn pump(
             l = lines.next() => Step::Line(l),
             _ = proc.wait(), if !exited => Step::Exited,
             _ = tokio::time::sleep_until(drain_until.unwrap_or(deadline)), if drain_until.is_some() => Step::Line(None),
+            // Last (the select is biased): only when no line is ready at once.
+            () = std::future::ready(()), if log.has_pending() => Step::Idle,
         };
         match step {
             Step::Line(Some(Ok(Line::Text(line)))) => {
@@ -603,6 +607,7 @@ async fn pump(
                 break;
             }
             Step::Line(None) => break,
+            Step::Idle => log.flush(),
             Step::Cancelled | Step::TimedOut => {
                 let reason = if matches!(step, Step::TimedOut) {
                     format!(

@@ -2,7 +2,10 @@
 //! (made only when the executor writes to stderr).
 //!
 //! These files are append-only and written by a blocking task of their own, so the turn's
-//! supervisor only hands lines over a channel and never waits on the disk.
+//! supervisor only hands lines over a channel and never waits on the disk. Lines are handed
+//! over in batches: [`TurnLog::out`] gathers them, [`TurnLog::flush`] sends what was gathered
+//! (the supervisor calls it whenever the executor has nothing more to read at once), so a
+//! burst of lines costs the writer one wake-up, not one per line.
 //!
 //! They are created and opened without following symlinks, inside the folder zwarm made for
 //! the session (`turns/<id>`, 0700, refused when it or `turns` is a symlink or not a folder of
@@ -16,6 +19,9 @@ use std::sync::mpsc;
 
 use super::{StoreError, create_private_dir, io};
 
+/// Gathered stdout bytes that are handed to the writer without waiting for a flush.
+pub const FLUSH_AT: usize = 64 * 1024;
+
 enum Msg {
     Out(Vec<u8>),
     Err(Vec<u8>),
@@ -24,6 +30,8 @@ enum Msg {
 /// The open log files of one running turn.
 pub struct TurnLog {
     tx: Option<mpsc::Sender<Msg>>,
+    /// Stdout lines gathered since the last [`TurnLog::flush`].
+    pending: parking_lot::Mutex<Vec<u8>>,
     done: Option<tokio::sync::oneshot::Receiver<()>>,
     /// Where codex writes its final message (`-o`).
     pub last_message: PathBuf,
@@ -168,17 +176,35 @@ impl TurnLog {
         }
         Ok(TurnLog {
             tx: Some(tx),
+            pending: parking_lot::Mutex::new(Vec::new()),
             done: Some(done),
             last_message,
         })
     }
 
-    /// Append one stdout line (a newline is added).
+    /// Append one stdout line (a newline is added). Gathered until [`TurnLog::flush`] (or
+    /// until [`FLUSH_AT`] bytes are waiting).
     pub fn out(&self, line: &[u8]) {
-        let mut b = Vec::with_capacity(line.len() + 1);
-        b.extend_from_slice(line);
-        b.push(b'\n');
-        if let Some(tx) = &self.tx {
+        let full = {
+            let mut p = self.pending.lock();
+            p.extend_from_slice(line);
+            p.push(b'\n');
+            p.len() >= FLUSH_AT
+        };
+        if full {
+            self.flush();
+        }
+    }
+
+    /// Whether stdout lines are waiting for [`TurnLog::flush`].
+    pub fn has_pending(&self) -> bool {
+        !self.pending.lock().is_empty()
+    }
+
+    /// Hand the gathered stdout lines to the writer.
+    pub fn flush(&self) {
+        let b = std::mem::take(&mut *self.pending.lock());
+        if let Some(tx) = self.tx.as_ref().filter(|_| !b.is_empty()) {
             let _ = tx.send(Msg::Out(b));
         }
     }
@@ -197,6 +223,7 @@ impl TurnLog {
 
     /// Flush and close (waits until everything handed over is written).
     pub async fn close(mut self) {
+        self.flush();
         self.tx = None;
         if let Some(done) = self.done.take() {
             // A grandchild may still hold stderr open (and with it a sender): do not wait
@@ -214,5 +241,39 @@ impl StderrSink {
         if let Some(tx) = self.0.as_ref().filter(|_| !bytes.is_empty()) {
             let _ = tx.send(Msg::Err(bytes.to_vec()));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is a failed test
+    use super::*;
+
+    /// Lines are gathered until a flush (or until FLUSH_AT bytes wait), then written in
+    /// order; close writes what is still gathered.
+    #[tokio::test]
+    async fn lines_are_gathered_then_written_in_order() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let turns = dir.path().join("turns");
+        create_private_dir(&turns).expect("turns");
+        let log = TurnLog::open(&turns.join("s1"), 1).expect("open");
+        assert!(!log.has_pending());
+        log.out(b"{\"a\":1}");
+        log.out(b"{\"b\":2}");
+        assert!(log.has_pending());
+        log.flush();
+        assert!(!log.has_pending());
+        // A burst past FLUSH_AT is handed over without waiting for a flush.
+        let big = vec![b'x'; FLUSH_AT];
+        log.out(&big);
+        assert!(!log.has_pending());
+        log.out(b"{\"c\":3}");
+        assert!(log.has_pending());
+        log.close().await;
+        let text = std::fs::read(turns.join("s1").join("1.jsonl")).expect("read");
+        let mut want = b"{\"a\":1}\n{\"b\":2}\n".to_vec();
+        want.extend_from_slice(&big);
+        want.extend_from_slice(b"\n{\"c\":3}\n");
+        assert_eq!(text, want);
     }
 }

@@ -194,6 +194,11 @@ pub trait Watcher: Send + Sync {
     fn after_turn_background(&self, _session: &Session) -> Result<Finding, String> {
         Ok(None)
     }
+    /// Whether [`Watcher::after_turn_background`] has anything to do for this session (cheap,
+    /// no I/O): when no watcher has, no blocking thread is woken for the turn.
+    fn wants_background(&self, _session: &Session) -> bool {
+        false
+    }
 }
 
 /// `[watchers.*]` in the config.
@@ -402,6 +407,11 @@ impl Watchers {
         let f = self.run(|w| w.after_turn(session, fleet));
         self.enforce(&f);
         f
+    }
+
+    /// Whether any watcher has slow after-turn checks to run for this session.
+    pub fn wants_background(&self, session: &Session) -> bool {
+        self.list.iter().any(|(w, _)| w.wants_background(session))
     }
 
     /// The slow after-turn checks (blocking; run them off the async workers).

@@ -200,6 +200,12 @@ impl Watcher for Quality {
         Ok(self.judge(&mut files))
     }
 
+    fn wants_background(&self, session: &Session) -> bool {
+        session
+            .last_turn()
+            .is_some_and(|t| t.files_changed.is_empty())
+    }
+
     /// Only for turns that reported no file changes: one bounded git scan.
     fn after_turn_background(&self, session: &Session) -> Result<Finding, String> {
         let Some(turn) = session.last_turn() else {
@@ -268,5 +274,35 @@ mod tests {
         let changed = git_changed(&repo.display().to_string(), since);
         assert_eq!(changed, vec!["a.rs".to_string()]);
         assert!(!pwned.exists(), "the repository's fsmonitor ran");
+    }
+
+    /// The git scan (and the blocking thread it runs on) is wanted only for a turn that
+    /// reported no file changes.
+    #[test]
+    fn the_background_scan_is_wanted_only_without_reported_changes() {
+        let session = |files: serde_json::Value| -> Session {
+            serde_json::from_value(serde_json::json!({
+                "id": "s1", "adapter": "codex", "mode": "sync", "status": "idle", "task": "t",
+                "working_dir": "/w", "model": null, "native_id": null,
+                "created_at": "2026-01-01T00:00:00Z", "updated_at": "2026-01-01T00:00:00Z",
+                "turns": [{
+                    "index": 1, "prompt": "p", "status": "completed", "response": "done",
+                    "error": null, "api_status": null, "usage": {"input_tokens": 0, "cached_input_tokens": 0, "output_tokens": 0, "reasoning_output_tokens": 0}, "cost_usd": null,
+                    "started_at": "2026-01-01T00:00:00Z", "ended_at": "2026-01-01T00:00:01Z",
+                    "commands": [], "files_changed": files, "permission_denials": [],
+                    "messages": []
+                }],
+                "error": null, "summary": null, "owner": {"pid": 1, "instance": "i"}
+            }))
+            .expect("a session")
+        };
+        let q = Quality::new(&QualityConfig::default());
+        assert!(q.wants_background(&session(serde_json::json!([]))));
+        assert!(!q.wants_background(&session(
+            serde_json::json!([{"path": "src/lib.rs", "kind": "update"}])
+        )));
+        let mut none = session(serde_json::json!([]));
+        none.turns.clear();
+        assert!(!q.wants_background(&none));
     }
 }

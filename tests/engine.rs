@@ -2064,6 +2064,59 @@ mod in_process {
         assert!(refused.to_string().contains("budget"), "{refused}");
     }
 
+    /// Calls that arrive together share one store read for the watchers' totals, and a call
+    /// still sees everything committed before it, by this server or another on the state dir.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn calls_together_share_one_read_of_the_fleet_totals_and_see_every_commit() {
+        use zwarm::model::Mode;
+        use zwarm::watch::Call;
+        let budget = |c: &mut zwarm::config::Config| {
+            c.watchers.budget.enabled = true;
+            c.watchers.budget.max_sessions = Some(1);
+        };
+        let e = engine(budget, quick).await;
+        let call = Call::Delegate {
+            task: "t".into(),
+            mode: Mode::Async,
+            adapter: None,
+            model: None,
+            working_dir: None,
+            isolation: None,
+            base: None,
+        };
+        e.m.check_call(&call, false)
+            .await
+            .expect("under the budget");
+        let before = e.m.fleet_reads().await;
+        let calls = (0..20).map(|_| e.m.check_call(&call, false));
+        for r in futures::future::join_all(calls).await {
+            r.expect("under the budget");
+        }
+        let reads = e.m.fleet_reads().await - before;
+        assert!(
+            (1..20).contains(&reads),
+            "20 calls sent together made {reads} store reads"
+        );
+        // A session another server on the same state dir started (and committed) counts
+        // for the very next call here.
+        let r2 = MemoryRunner::new(quick);
+        let m2 = start_on(e.dir.path(), budget, &r2).await;
+        let id = m2.delegate(task("elsewhere")).await.expect("delegate");
+        m2.wait(
+            &id,
+            super::support::memory::PATIENCE,
+            &CancellationToken::new(),
+        )
+        .await
+        .expect("wait");
+        let refused =
+            e.m.check_call(&call, false)
+                .await
+                .expect_err("over max_sessions");
+        assert!(refused.to_string().contains("budget"), "{refused}");
+        m2.shutdown(Duration::from_secs(5)).await;
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_loaded_configuration_says_the_working_dir_and_the_allowed_root() {
         let e = engine(|_| {}, quick).await;

@@ -562,6 +562,71 @@ async fn the_local_runner_reads_back_without_following_a_link_and_keeps_the_file
     assert_eq!(std::fs::read_to_string(&secret).unwrap(), "do not leak");
 }
 
+/// At a turn's end the local runner removes its cgroup: at once when the executor left it
+/// empty, after killing what it left running otherwise, and with the sub-cgroups the executor
+/// made in it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_turn_cgroup_is_removed_empty_busy_or_with_sub_cgroups() {
+    use zwarm::runner::{Runner, local::LocalRunner};
+    require_cgroup_mode();
+    let root = cgroup2_root();
+    let d = tempfile::tempdir().unwrap();
+    let runner = LocalRunner::new();
+    // Each script writes its cgroup's path (from /proc/self/cgroup) to `where`.
+    let cases = [
+        ("empty", ""),
+        ("busy", "sleep 1003 & echo $! > \"$2\""),
+        ("nested", "mkdir \"$c/sub\" && mkdir \"$c/sub/deeper\""),
+    ];
+    for (i, (name, script)) in cases.into_iter().enumerate() {
+        let at = d.path().join(format!("{name}.where"));
+        let pid_file = d.path().join(format!("{name}.pid"));
+        let body = format!(
+            "c={}$(sed -n 's/^0:://p' /proc/self/cgroup); echo \"$c\" > \"$1\"; {script}",
+            root.display()
+        );
+        let launch = zwarm::runner::Launch {
+            program: "/bin/sh".into(),
+            args: vec![
+                "-c".into(),
+                body.into(),
+                "sh".into(),
+                at.clone().into(),
+                pid_file.clone().into(),
+            ],
+            cwd: d.path().to_path_buf(),
+            env_set: vec![],
+            env_remove: vec![],
+            stdin: None,
+            read_back: vec![],
+            label: format!("cg-end-{}.{i}", std::process::id()),
+        };
+        let mut running = runner.start(launch).await.expect("start");
+        tokio::time::timeout(Duration::from_secs(20), running.control.wait())
+            .await
+            .expect("the script ends");
+        running.control.finish().await;
+        let cg = PathBuf::from(std::fs::read_to_string(&at).unwrap().trim());
+        assert!(
+            cg.starts_with(&root) && cg != root,
+            "{name}: the turn ran in a cgroup of its own: {}",
+            cg.display()
+        );
+        assert!(!cg.exists(), "{name}: {} is left", cg.display());
+        if let Ok(p) = std::fs::read_to_string(&pid_file) {
+            let pid: i32 = p.trim().parse().unwrap();
+            let start = Instant::now();
+            while pid_alive(pid) {
+                assert!(
+                    start.elapsed() < Duration::from_secs(5),
+                    "{name}: what the turn left running survived its end"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
 /// A server that exits or is killed during its containment probe (which runs beside its
 /// start-up) leaves an empty `probe-<pid>` cgroup: the next probe removes it, and never one
 /// whose server is still alive.

@@ -314,6 +314,13 @@ pub(super) fn kill(dir: &Path) -> bool {
     }
 }
 
+/// Whether the cgroup is known to be empty (its `cgroup.events` read, saying `populated 0`);
+/// `false` when that cannot be read.
+pub(super) fn emptied(dir: &Path) -> bool {
+    std::fs::read_to_string(dir.join("cgroup.events"))
+        .is_ok_and(|s| s.lines().any(|l| l.trim() == "populated 0"))
+}
+
 pub(super) fn populated(dir: &Path) -> bool {
     std::fs::read_to_string(dir.join("cgroup.events"))
         .map(|s| s.lines().any(|l| l.trim() == "populated 1"))
@@ -334,6 +341,12 @@ pub(super) fn remove(reg: &Mutex<Registry>, dir: &Path) {
 }
 
 pub(super) fn remove_tree(dir: &Path) -> bool {
+    // Usually the turn made no cgroups of its own: one rmdir does it.
+    match std::fs::remove_dir(dir) {
+        Ok(()) => return true,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return true,
+        Err(_) => {}
+    }
     for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
         if e.file_type().is_ok_and(|t| t.is_dir()) {
             remove_tree(&e.path());

@@ -140,11 +140,15 @@ impl Containment {
         let in_cgroup = cgroup::find(&self.cgroups, marker);
         if let Some(dir) = &in_cgroup {
             let dir = dir.as_path();
-            let inside = cgroup::pids(dir);
-            cgroup::kill(dir);
-            killed.extend(inside.into_iter().filter(|p| Some(*p) != exclude));
-            while cgroup::populated(dir) && !time_left().is_zero() {
-                std::thread::sleep(Duration::from_millis(5).min(time_left()));
+            // The usual end: the executor and everything it started have exited, the cgroup
+            // is empty (exited processes leave it at once), and there is nothing to list or kill.
+            if !cgroup::emptied(dir) {
+                let inside = cgroup::pids(dir);
+                cgroup::kill(dir);
+                killed.extend(inside.into_iter().filter(|p| Some(*p) != exclude));
+                while cgroup::populated(dir) && !time_left().is_zero() {
+                    std::thread::sleep(Duration::from_millis(5).min(time_left()));
+                }
             }
             cgroup::remove(&self.cgroups, dir);
             cgroup::forget(&self.cgroups, marker);

@@ -242,6 +242,11 @@ pub(crate) struct FleetView {
     pub fleet: Fleet,
     /// Highest store revision folded into `fleet`.
     pub rev: i64,
+    /// When the last store read for `fleet` started: a call that arrived before it needs no
+    /// read of its own (that read saw everything committed before the call).
+    pub read_at: Option<std::time::Instant>,
+    /// Store reads made so far (for tests).
+    pub reads: u64,
 }
 
 pub(crate) struct Inner {
@@ -448,6 +453,8 @@ impl Manager {
             fleet: tokio::sync::Mutex::new(FleetView {
                 fleet: Fleet::default(),
                 rev: 0,
+                read_at: None,
+                reads: 0,
             }),
             dirty: parking_lot::Mutex::new(HashSet::new()),
             flush_now: tokio::sync::Notify::new(),

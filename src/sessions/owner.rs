@@ -68,12 +68,39 @@ impl Inner {
         h: &Handle,
         change: impl FnOnce(&mut Live, &mut Writes) -> Result<T, E>,
     ) -> Result<Staged<T>, E> {
+        self.stage_as(h, false, change)
+    }
+
+    fn stage_as<T, E>(
+        &self,
+        h: &Handle,
+        lazy: bool,
+        change: impl FnOnce(&mut Live, &mut Writes) -> Result<T, E>,
+    ) -> Result<Staged<T>, E> {
         let mut l = h.live.lock();
         let mut w = Writes::default();
         let value = change(&mut l, &mut w)?;
-        let ticket = self.store.submit(w.w);
+        let ticket = if lazy {
+            self.store.submit_lazy(w.w)
+        } else {
+            self.store.submit(w.w)
+        };
         l.pending = ticket.seq;
         Ok(Staged { value, ticket })
+    }
+
+    /// [`Inner::stage_ok`] for a change nobody waits for at once: its commit may wait a few
+    /// milliseconds to share the next commit's sync ([`crate::store::Store::submit_lazy`]).
+    /// Readers of the session still wait for it (`pending`), as for any change.
+    pub(crate) fn stage_lazy<T>(
+        &self,
+        h: &Handle,
+        change: impl FnOnce(&mut Live, &mut Writes) -> T,
+    ) -> Staged<T> {
+        match self.stage_as::<T, std::convert::Infallible>(h, true, |l, w| Ok(change(l, w))) {
+            Ok(s) => s,
+            Err(never) => match never {},
+        }
     }
 
     /// [`Inner::stage`] for a change that cannot be refused.
@@ -150,7 +177,8 @@ impl Inner {
                 None => writes.extend(l.images(&[])),
             }
         }
-        let _ = self.store.submit(writes);
+        // Nobody waits for progress: it may share the next commit's sync.
+        let _ = self.store.submit_lazy(writes);
     }
 
     pub(crate) fn mark_dirty(&self, id: &str, now: bool) {

@@ -141,17 +141,28 @@ impl Manager {
     }
 
     /// Bring the watchers' totals up to date with the store (only rows changed since the last
-    /// look are read).
+    /// look are read). Calls that arrive together share one read: a read that started after
+    /// a call arrived has seen everything committed before it, so that call makes none (100
+    /// pipelined `delegate`s no longer queue behind 100 reads).
     pub(super) async fn refresh_fleet(&self) -> tokio::sync::MutexGuard<'_, FleetView> {
+        let called = std::time::Instant::now();
         let mut f = self.inner.fleet.lock().await;
-        match self.inner.store.stats_since(f.rev).await {
-            Ok((stats, rev)) => {
-                for s in stats {
-                    f.fleet.update(s);
+        if f.read_at.is_none_or(|at| at < called) {
+            f.read_at = Some(std::time::Instant::now());
+            f.reads += 1;
+            match self.inner.store.stats_since(f.rev).await {
+                Ok((stats, rev)) => {
+                    for s in stats {
+                        f.fleet.update(s);
+                    }
+                    f.rev = rev;
                 }
-                f.rev = rev;
+                Err(e) => {
+                    // Not read: the next call tries again.
+                    f.read_at = None;
+                    tracing::error!(error = %e, "cannot read session totals");
+                }
             }
-            Err(e) => tracing::error!(error = %e, "cannot read session totals"),
         }
         // Running turns as they are in memory (ahead of their next flush).
         for h in self.inner.registry.all() {
@@ -163,6 +174,12 @@ impl Manager {
             }
         }
         f
+    }
+
+    /// Store reads the watchers' totals have taken so far (for tests).
+    #[doc(hidden)]
+    pub async fn fleet_reads(&self) -> u64 {
+        self.inner.fleet.lock().await.reads
     }
 
     /// Wait until the session's turn is no longer queued/running, `timeout` passes, or `cancel`

@@ -254,9 +254,10 @@ async fn take_slot(
         // Recorded as running without waiting for the commit: the executor starts at once.
         // Nothing reports the change before it is committed: readers wait for the session's
         // pending commit, waiters are woken (published) only once it holds, and the turn's
-        // end commits after it (the store keeps submission order).
+        // end commits after it (the store keeps submission order). Lazy: under load it shares
+        // the sync of the commit that freed the slot (the previous turn's end).
         let ((), staged) = inner
-            .stage_ok(h, |l, w| {
+            .stage_lazy(h, |l, w| {
                 let ts = now();
                 if !l.session.status.is_final()
                     && l.session.turns.last().map(|t| t.index) == Some(index)

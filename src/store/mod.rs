@@ -219,6 +219,19 @@ impl Store {
         self.inner.writer.submit(writes)
     }
 
+    /// [`Store::submit`] for writes nobody waits for at once (a queued turn recorded as
+    /// running, progress): they may wait a few milliseconds (`writer::LAZY_WAIT`) to share
+    /// the next group's transaction, and so its sync. Still committed in submission order.
+    pub fn submit_lazy(&self, writes: Vec<Write>) -> Ticket {
+        self.inner.writer.submit_lazy(writes)
+    }
+
+    /// Transactions the writer has committed so far (for tests of the group commit).
+    #[doc(hidden)]
+    pub fn transactions(&self) -> u64 {
+        self.inner.writer.transactions()
+    }
+
     /// The highest group sequence number that has been applied (committed or failed).
     pub fn applied(&self) -> watch::Receiver<u64> {
         self.inner.writer.applied()

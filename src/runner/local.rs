@@ -150,24 +150,25 @@ impl TurnProcess for LocalTurn {
         let (pid, label, paths) = (self.pid, self.label.clone(), self.read_back.clone());
         let c = self.containment.clone();
         // The files the executor wrote are read back now (never through a link, and emptied,
-        // not removed); its leftovers are killed by the returned future.
-        let files = if paths.is_empty() {
-            Vec::new()
-        } else {
-            tokio::task::spawn_blocking(move || {
-                paths
-                    .into_iter()
-                    .map(|p| {
-                        let c = crate::executor::take_read_back(&p, super::READ_BACK_MAX);
-                        (p, c)
-                    })
-                    .collect()
-            })
-            .await
-            .unwrap_or_default()
-        };
+        // not removed); its leftovers are killed right after, on the same blocking thread (one
+        // hand-off for both), and the returned future waits for that.
+        let (files_tx, files_rx) = tokio::sync::oneshot::channel();
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::task::spawn_blocking(move || {
+            let files: Vec<_> = paths
+                .into_iter()
+                .map(|p| {
+                    let c = crate::executor::take_read_back(&p, super::READ_BACK_MAX);
+                    (p, c)
+                })
+                .collect();
+            let _ = files_tx.send(files);
+            c.cleanup_after_exit(pid, &label);
+            let _ = done_tx.send(());
+        });
+        let files = files_rx.await.unwrap_or_default();
         let clean_up = async move {
-            let _ = tokio::task::spawn_blocking(move || c.cleanup_after_exit(pid, &label)).await;
+            let _ = done_rx.await;
         };
         (
             Finished {

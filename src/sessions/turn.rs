@@ -137,7 +137,7 @@ pub(crate) async fn run(inner: Arc<Inner>, h: Arc<Handle>, index: u32, start: St
         return;
     }
     timing.mark("begin");
-    let permit = take_slot(&inner, &h, index, &control, permit, &mut timing).await;
+    let mut permit = take_slot(&inner, &h, index, &control, permit, &mut timing).await;
     let mut outcome = Outcome::default();
     if permit.is_none() || control.cancel.is_cancelled() {
         outcome.interrupted = Some(interrupted_reason(&inner, &control));
@@ -163,6 +163,8 @@ pub(crate) async fn run(inner: Arc<Inner>, h: Arc<Handle>, index: u32, start: St
                 &mut timing,
             )
             .await;
+            // The executor has ended: its slot is free while the log is closed.
+            drop(permit.take());
             log.close().await;
             timing.mark("close_log");
             match r {

@@ -2021,9 +2021,21 @@ mod in_process {
         );
     }
 
+    /// The typed call of an async `delegate` of `task`, as the watchers see it.
+    fn async_delegate(task: &str) -> zwarm::watch::Call {
+        zwarm::watch::Call::Delegate {
+            task: task.into(),
+            mode: zwarm::model::Mode::Async,
+            adapter: None,
+            model: None,
+            working_dir: None,
+            isolation: None,
+            base: None,
+        }
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn watchers_judge_typed_calls_and_a_refusal_is_typed() {
-        use zwarm::model::Mode;
         use zwarm::watch::Call;
         let e = engine(
             |c| {
@@ -2033,15 +2045,7 @@ mod in_process {
             quick,
         )
         .await;
-        let call = |task: &str| Call::Delegate {
-            task: task.into(),
-            mode: Mode::Async,
-            adapter: None,
-            model: None,
-            working_dir: None,
-            isolation: None,
-            base: None,
-        };
+        let call = async_delegate;
         e.m.check_call(&call("first"), false)
             .await
             .expect("under the budget");
@@ -2068,22 +2072,12 @@ mod in_process {
     /// still sees everything committed before it, by this server or another on the state dir.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn calls_together_share_one_read_of_the_fleet_totals_and_see_every_commit() {
-        use zwarm::model::Mode;
-        use zwarm::watch::Call;
         let budget = |c: &mut zwarm::config::Config| {
             c.watchers.budget.enabled = true;
             c.watchers.budget.max_sessions = Some(1);
         };
         let e = engine(budget, quick).await;
-        let call = Call::Delegate {
-            task: "t".into(),
-            mode: Mode::Async,
-            adapter: None,
-            model: None,
-            working_dir: None,
-            isolation: None,
-            base: None,
-        };
+        let call = async_delegate("t");
         e.m.check_call(&call, false)
             .await
             .expect("under the budget");

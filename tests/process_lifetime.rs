@@ -615,14 +615,8 @@ async fn a_turn_cgroup_is_removed_empty_busy_or_with_sub_cgroups() {
         assert!(!cg.exists(), "{name}: {} is left", cg.display());
         if let Ok(p) = std::fs::read_to_string(&pid_file) {
             let pid: i32 = p.trim().parse().unwrap();
-            let start = Instant::now();
-            while pid_alive(pid) {
-                assert!(
-                    start.elapsed() < Duration::from_secs(5),
-                    "{name}: what the turn left running survived its end"
-                );
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
+            let what = format!("{name}: what the turn left running, after its end");
+            assert_dead_by(&[pid], Instant::now(), Duration::from_secs(5), &what).await;
         }
     }
 }

@@ -141,9 +141,9 @@ pub trait TurnProcess: Send {
     async fn finish(self: Box<Self>) -> Finished;
 
     /// [`TurnProcess::finish`] in two parts: the exit status and files read back now, and the
-    /// clean-up of what the turn left as a future, which the engine awaits once the turn's
-    /// running slot is free (and before the turn's end is recorded). The default cleans up in
-    /// `finish` and returns no future.
+    /// clean-up of what the turn left as a future, which the engine awaits before the turn's
+    /// end is recorded (the local runner starts it at once, beside the read-back). The default
+    /// cleans up in `finish` and returns no future.
     async fn finish_deferred(self: Box<Self>) -> (Finished, Option<Leftovers>) {
         (self.finish().await, None)
     }

@@ -273,7 +273,7 @@ impl Manager {
                     )),
                     ..Default::default()
                 };
-                turn::finish(&inner, &h2, index, outcome, None).await;
+                turn::finish(&inner, &h2, index, outcome, None, None).await;
             }
         });
         match rx.await {

@@ -224,6 +224,7 @@ pub(crate) async fn finish(
     index: u32,
     mut outcome: Outcome,
     last_message: Option<String>,
+    slot: Option<tokio::sync::OwnedSemaphorePermit>,
 ) {
     // A worktree session's turn is committed to its branch before the turn is reported; a
     // worktree redirected away from its own git dir fails the turn.
@@ -284,6 +285,9 @@ pub(crate) async fn finish(
         (status, error, stop)
     });
     let ((status, error, stop), staged) = staged.split();
+    // The running slot is handed on only now: a queued turn's start is then always logged
+    // after this turn's end (the store keeps submission order).
+    drop(slot);
     if !firings.is_empty() {
         enforce(inner, &h.id, &firings, stop);
     }

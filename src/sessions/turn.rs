@@ -137,11 +137,11 @@ pub(crate) async fn run(inner: Arc<Inner>, h: Arc<Handle>, index: u32, start: St
         return;
     }
     timing.mark("begin");
-    let mut permit = take_slot(&inner, &h, index, &control, permit, &mut timing).await;
+    let permit = take_slot(&inner, &h, index, &control, permit, &mut timing).await;
     let mut outcome = Outcome::default();
     if permit.is_none() || control.cancel.is_cancelled() {
         outcome.interrupted = Some(interrupted_reason(&inner, &control));
-        finish(&inner, &h, index, outcome, None).await;
+        finish(&inner, &h, index, outcome, None, None).await;
         return;
     }
     let adapter = h.live.lock().session.adapter;
@@ -163,8 +163,6 @@ pub(crate) async fn run(inner: Arc<Inner>, h: Arc<Handle>, index: u32, start: St
                 &mut timing,
             )
             .await;
-            // The executor has ended: its slot is free while the log is closed.
-            drop(permit.take());
             log.close().await;
             timing.mark("close_log");
             match r {
@@ -183,14 +181,13 @@ pub(crate) async fn run(inner: Arc<Inner>, h: Arc<Handle>, index: u32, start: St
             None
         }
     };
-    // The slot is free once the executor has ended; what it left is cleaned up afterwards,
-    // still before the turn's end is recorded (and so reported).
-    drop(permit);
+    // What the executor left is cleaned up before the turn's end is recorded (and so
+    // reported); the slot is handed on once that end is submitted (see `finish`).
     if let Some(clean_up) = leftovers {
         clean_up.await;
         timing.mark("leftovers");
     }
-    finish(&inner, &h, index, outcome, last_message).await;
+    finish(&inner, &h, index, outcome, last_message, permit).await;
     timing.mark("finish");
     timing.log(&h, index);
 }
@@ -257,7 +254,7 @@ async fn take_slot(
         // Nothing reports the change before it is committed: readers wait for the session's
         // pending commit, waiters are woken (published) only once it holds, and the turn's
         // end commits after it (the store keeps submission order). Lazy: under load it shares
-        // the sync of the commit that freed the slot (the previous turn's end).
+        // a commit's sync (the previous turn's end, when still queued, or the next one).
         let ((), staged) = inner
             .stage_lazy(h, |l, w| {
                 let ts = now();
@@ -439,7 +436,7 @@ pub(crate) async fn follow(
             outcome.failed = Some((TurnError::Logs(e).to_string(), None));
         }
     }
-    finish(&inner, &h, index, outcome, None).await;
+    finish(&inner, &h, index, outcome, None, None).await;
     timing.log(&h, index);
 }
 

@@ -314,17 +314,24 @@ pub(super) fn kill(dir: &Path) -> bool {
     }
 }
 
-/// Whether the cgroup is known to be empty (its `cgroup.events` read, saying `populated 0`);
-/// `false` when that cannot be read.
-pub(super) fn emptied(dir: &Path) -> bool {
-    std::fs::read_to_string(dir.join("cgroup.events"))
-        .is_ok_and(|s| s.lines().any(|l| l.trim() == "populated 0"))
+/// What the cgroup's `cgroup.events` says of `populated` (`None` when it cannot be read).
+fn populated_state(dir: &Path) -> Option<bool> {
+    let s = std::fs::read_to_string(dir.join("cgroup.events")).ok()?;
+    s.lines().find_map(|l| match l.trim() {
+        "populated 1" => Some(true),
+        "populated 0" => Some(false),
+        _ => None,
+    })
 }
 
+/// Whether the cgroup is known to be empty (`populated 0`); `false` when that cannot be read.
+pub(super) fn emptied(dir: &Path) -> bool {
+    populated_state(dir) == Some(false)
+}
+
+/// Whether the cgroup has a process in it (`populated 1`); `false` when that cannot be read.
 pub(super) fn populated(dir: &Path) -> bool {
-    std::fs::read_to_string(dir.join("cgroup.events"))
-        .map(|s| s.lines().any(|l| l.trim() == "populated 1"))
-        .unwrap_or(false)
+    populated_state(dir) == Some(true)
 }
 
 /// Remove an empty turn cgroup (and empty sub-cgroups the executor may have made). Leaves

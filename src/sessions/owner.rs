@@ -97,10 +97,7 @@ impl Inner {
         h: &Handle,
         change: impl FnOnce(&mut Live, &mut Writes) -> T,
     ) -> Staged<T> {
-        match self.stage_as::<T, std::convert::Infallible>(h, true, |l, w| Ok(change(l, w))) {
-            Ok(s) => s,
-            Err(never) => match never {},
-        }
+        self.stage_ok_as(h, true, change)
     }
 
     /// [`Inner::stage`] for a change that cannot be refused.
@@ -109,7 +106,16 @@ impl Inner {
         h: &Handle,
         change: impl FnOnce(&mut Live, &mut Writes) -> T,
     ) -> Staged<T> {
-        match self.stage::<T, std::convert::Infallible>(h, |l, w| Ok(change(l, w))) {
+        self.stage_ok_as(h, false, change)
+    }
+
+    fn stage_ok_as<T>(
+        &self,
+        h: &Handle,
+        lazy: bool,
+        change: impl FnOnce(&mut Live, &mut Writes) -> T,
+    ) -> Staged<T> {
+        match self.stage_as::<T, std::convert::Infallible>(h, lazy, |l, w| Ok(change(l, w))) {
             Ok(s) => s,
             Err(never) => match never {},
         }

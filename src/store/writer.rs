@@ -161,10 +161,9 @@ fn run(
                 let left = until.saturating_duration_since(std::time::Instant::now());
                 match rx.recv_timeout(left) {
                     Ok(g) => {
-                        let urgent = !g.lazy;
                         batch.push(g);
                         take_queued(&mut batch);
-                        if urgent || batch.iter().any(|g| !g.lazy) {
+                        if batch.iter().any(|g| !g.lazy) {
                             break;
                         }
                     }

@@ -551,11 +551,17 @@ async fn the_real_codex_puts_its_spans_under_the_turn() {
     let z = Zwarm::start(&env, &["--set", &endpoint, "--set", &codex_otel]).await;
     let r = z.ok("delegate", json!({"task": "say hello"})).await;
     assert_eq!(r["status"], "idle", "{r}\n{}", z.stderr());
-    let spans = spans_until(&rx, "codex's spans under the zwarm turn", |s| {
-        named(s, "invoke_agent codex")
-            .first()
-            .is_some_and(|t| !executor_children(s, t).is_empty())
-    })
+    // The call's span ends after the turn's, so it can come in a later batch: wait for both.
+    let spans = spans_until(
+        &rx,
+        "the call, and codex's spans under the zwarm turn",
+        |s| {
+            named(s, "tools/call delegate").len() == 1
+                && named(s, "invoke_agent codex")
+                    .first()
+                    .is_some_and(|t| !executor_children(s, t).is_empty())
+        },
+    )
     .await;
     let t = turn(&spans, 1);
     let call = one(&spans, "tools/call delegate");
@@ -595,11 +601,16 @@ async fn the_real_claude_puts_its_spans_under_the_turn() {
         )
         .await;
     assert_eq!(r["status"], "idle", "{r}\n{}", z.stderr());
-    let spans = spans_until(&rx, "claude's spans under the zwarm turn", |s| {
-        named(s, "invoke_agent claude")
-            .first()
-            .is_some_and(|t| !executor_children(s, t).is_empty())
-    })
+    let spans = spans_until(
+        &rx,
+        "the call, and claude's spans under the zwarm turn",
+        |s| {
+            named(s, "tools/call delegate").len() == 1
+                && named(s, "invoke_agent claude")
+                    .first()
+                    .is_some_and(|t| !executor_children(s, t).is_empty())
+        },
+    )
     .await;
     let t = one(&spans, "invoke_agent claude");
     assert_eq!(t.attr("gen_ai.system"), "anthropic");
@@ -621,12 +632,17 @@ async fn the_real_claude_puts_its_spans_under_the_turn() {
         )
         .await;
     assert_eq!(c["status"], "idle", "{c}\n{}", z.stderr());
-    let spans = spans_until(&rx, "claude's spans under the second turn", |s| {
-        named(s, "invoke_agent claude")
-            .iter()
-            .find(|t| t.attr("zwarm.turn") == &json!(2))
-            .is_some_and(|t| !executor_children(s, t).is_empty())
-    })
+    let spans = spans_until(
+        &rx,
+        "the call, and claude's spans under the second turn",
+        |s| {
+            named(s, "tools/call converse").len() == 1
+                && named(s, "invoke_agent claude")
+                    .iter()
+                    .find(|t| t.attr("zwarm.turn") == &json!(2))
+                    .is_some_and(|t| !executor_children(s, t).is_empty())
+        },
+    )
     .await;
     let t2 = named(&spans, "invoke_agent claude")
         .into_iter()

@@ -1,11 +1,14 @@
 //! The executor's raw output for each turn: `turns/<id>/<n>.jsonl` (stdout) and `<n>.stderr`
 //! (made only when the executor writes to stderr).
 //!
-//! These files are append-only and written by a blocking task of their own, so the turn's
-//! supervisor only hands lines over a channel and never waits on the disk. Lines are handed
-//! over in batches: [`TurnLog::out`] gathers them, [`TurnLog::flush`] sends what was gathered
-//! (the supervisor calls it whenever the executor has nothing more to read at once), so a
-//! burst of lines costs the writer one wake-up, not one per line.
+//! These files are append-only and written by one thread for all turns ([`Writer`],
+//! `zwarm-logs`), so a turn's supervisor only hands lines over a channel and never waits on
+//! the disk. Lines are handed over in batches: [`TurnLog::out`] gathers them,
+//! [`TurnLog::flush`] sends what was gathered (the supervisor calls it whenever the executor
+//! has nothing more to read at once), so a burst of lines costs the writer one wake-up, not one
+//! per line; the writer drains what all turns sent before it flushes. One thread, not one per
+//! turn: a thread per running turn grew the blocking pool (and the contention on its lock)
+//! with the number of turns, and cost a hand-off per turn to start.
 //!
 //! They are created and opened without following symlinks, inside the folder zwarm made for
 //! the session (`turns/<id>`, 0700, refused when it or `turns` is a symlink or not a folder of
@@ -23,16 +26,123 @@ use super::{StoreError, create_private_dir, io};
 pub const FLUSH_AT: usize = 64 * 1024;
 
 enum Msg {
-    Out(Vec<u8>),
-    Err(Vec<u8>),
+    Open(u64, Box<Open>),
+    Out(u64, Vec<u8>),
+    Err(u64, Vec<u8>),
+    /// Everything of this log before it is written: the files are closed, and told.
+    Close(u64, tokio::sync::oneshot::Sender<()>),
+}
+
+/// A turn's files, as the writer holds them.
+struct Open {
+    dir: File,
+    out: BufWriter<File>,
+    /// Made on the first stderr bytes: most turns write none, and a file creation is a large
+    /// part of a trivial turn's cost (see docs/benchmarks.md).
+    err: Option<BufWriter<File>>,
+    /// Where stderr goes; taken when its file is made (tried once: a file that cannot be made
+    /// is reported, not retried for every chunk).
+    err_path: Option<PathBuf>,
+    failed: bool,
+}
+
+impl Open {
+    fn report(&mut self, e: &dyn std::fmt::Display) {
+        if !self.failed {
+            self.failed = true;
+            tracing::error!(error = %e, "cannot write a turn log");
+        }
+    }
+
+    fn flush(&mut self) {
+        let _ = self.out.flush();
+        if let Some(w) = self.err.as_mut() {
+            let _ = w.flush();
+        }
+    }
+}
+
+/// The thread that writes every turn's raw log, started on first use; it ends when the store
+/// (and every log) is gone.
+#[derive(Default)]
+pub(super) struct Writer {
+    tx: std::sync::OnceLock<Result<mpsc::Sender<Msg>, String>>,
+    next: std::sync::atomic::AtomicU64,
+}
+
+impl Writer {
+    fn sender(&self) -> Result<mpsc::Sender<Msg>, StoreError> {
+        self.tx
+            .get_or_init(|| {
+                let (tx, rx) = mpsc::channel::<Msg>();
+                std::thread::Builder::new()
+                    .name("zwarm-logs".into())
+                    .spawn(move || write_logs(rx))
+                    .map(|_| tx)
+                    .map_err(|e| e.to_string())
+            })
+            .clone()
+            .map_err(|e| io(Path::new("the turn-log writer thread"))(std::io::Error::other(e)))
+    }
+}
+
+/// The writer's loop: whatever all turns sent is drained, then the files written to are
+/// flushed, then it waits again.
+fn write_logs(rx: mpsc::Receiver<Msg>) {
+    let mut open: std::collections::HashMap<u64, Open> = std::collections::HashMap::new();
+    let mut touched: Vec<u64> = Vec::new();
+    while let Ok(first) = rx.recv() {
+        let mut next = Some(first);
+        while let Some(m) = next {
+            match m {
+                Msg::Open(id, f) => {
+                    open.insert(id, *f);
+                }
+                Msg::Out(id, b) => {
+                    if let Some(f) = open.get_mut(&id) {
+                        if let Err(e) = f.out.write_all(&b) {
+                            f.report(&e);
+                        }
+                        touched.push(id);
+                    }
+                }
+                Msg::Err(id, b) => {
+                    if let Some(f) = open.get_mut(&id) {
+                        if let Some(p) = f.err_path.take() {
+                            match append(&f.dir, &p) {
+                                Ok(file) => f.err = Some(BufWriter::new(file)),
+                                Err(e) => f.report(&e),
+                            }
+                        }
+                        if let Some(Err(e)) = f.err.as_mut().map(|w| w.write_all(&b)) {
+                            f.report(&e);
+                        }
+                        touched.push(id);
+                    }
+                }
+                Msg::Close(id, done) => {
+                    if let Some(mut f) = open.remove(&id) {
+                        f.flush();
+                    }
+                    let _ = done.send(());
+                }
+            }
+            next = rx.try_recv().ok();
+        }
+        for id in touched.drain(..) {
+            if let Some(f) = open.get_mut(&id) {
+                f.flush();
+            }
+        }
+    }
 }
 
 /// The open log files of one running turn.
 pub struct TurnLog {
+    id: u64,
     tx: Option<mpsc::Sender<Msg>>,
     /// Stdout lines gathered since the last [`TurnLog::flush`].
     pending: parking_lot::Mutex<Vec<u8>>,
-    done: Option<tokio::sync::oneshot::Receiver<()>>,
     /// Where codex writes its final message (`-o`).
     pub last_message: PathBuf,
 }
@@ -109,75 +219,31 @@ fn fresh(dir: &File, p: &Path) -> Result<(), StoreError> {
 }
 
 impl TurnLog {
-    /// Create the files (blocking: call from `spawn_blocking` or a non-async context).
-    pub fn open(dir: &Path, turn: u32) -> Result<TurnLog, StoreError> {
+    /// Create the files (blocking: call from `spawn_blocking` or a non-async context); what is
+    /// written to them goes through `writer`.
+    pub(super) fn open(writer: &Writer, dir: &Path, turn: u32) -> Result<TurnLog, StoreError> {
         let d = own_dir(dir)?;
         let out = append(&d, &dir.join(format!("{turn}.jsonl")))?;
-        let mut err_path = Some(dir.join(format!("{turn}.stderr")));
         let last_message = dir.join(format!("{turn}.last-message"));
         fresh(&d, &last_message)?;
-        let (tx, rx) = mpsc::channel::<Msg>();
-        let (done_tx, done) = tokio::sync::oneshot::channel();
-        let write = move || {
-            let mut out = BufWriter::new(out);
-            // Made on the first stderr bytes: most turns write none, and a file creation is
-            // a large part of a trivial turn's cost (see docs/benchmarks.md).
-            let mut err: Option<BufWriter<File>> = None;
-            let mut failed = false;
-            let mut report = |e: &dyn std::fmt::Display| {
-                if !failed {
-                    failed = true;
-                    tracing::error!(error = %e, "cannot write a turn log");
-                }
-            };
-            while let Ok(first) = rx.recv() {
-                let mut next = Some(first);
-                while let Some(m) = next {
-                    match m {
-                        Msg::Out(b) => {
-                            if let Err(e) = out.write_all(&b) {
-                                report(&e);
-                            }
-                        }
-                        Msg::Err(b) => {
-                            // Tried once: a file that cannot be made is reported, not retried
-                            // for every chunk.
-                            if let Some(p) = err_path.take() {
-                                match append(&d, &p) {
-                                    Ok(f) => err = Some(BufWriter::new(f)),
-                                    Err(e) => report(&e),
-                                }
-                            }
-                            if let Some(Err(e)) = err.as_mut().map(|w| w.write_all(&b)) {
-                                report(&e);
-                            }
-                        }
-                    }
-                    next = rx.try_recv().ok();
-                }
-                let _ = out.flush();
-                if let Some(w) = err.as_mut() {
-                    let _ = w.flush();
-                }
-            }
-            let _ = out.flush();
-            if let Some(w) = err.as_mut() {
-                let _ = w.flush();
-            }
-            let _ = done_tx.send(());
+        let tx = writer.sender()?;
+        let id = writer
+            .next
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let files = Open {
+            dir: d,
+            out: BufWriter::new(out),
+            err: None,
+            err_path: Some(dir.join(format!("{turn}.stderr"))),
+            failed: false,
         };
-        match tokio::runtime::Handle::try_current() {
-            Ok(h) => {
-                h.spawn_blocking(write);
-            }
-            Err(_) => {
-                std::thread::spawn(write);
-            }
-        }
+        tx.send(Msg::Open(id, Box::new(files))).map_err(|_| {
+            io(Path::new("the turn-log writer thread"))(std::io::Error::other("it has stopped"))
+        })?;
         Ok(TurnLog {
+            id,
             tx: Some(tx),
             pending: parking_lot::Mutex::new(Vec::new()),
-            done: Some(done),
             last_message,
         })
     }
@@ -205,41 +271,42 @@ impl TurnLog {
     pub fn flush(&self) {
         let b = std::mem::take(&mut *self.pending.lock());
         if let Some(tx) = self.tx.as_ref().filter(|_| !b.is_empty()) {
-            let _ = tx.send(Msg::Out(b));
+            let _ = tx.send(Msg::Out(self.id, b));
         }
     }
 
     /// Append raw stderr bytes.
     pub fn err(&self, bytes: &[u8]) {
         if let Some(tx) = self.tx.as_ref().filter(|_| !bytes.is_empty()) {
-            let _ = tx.send(Msg::Err(bytes.to_vec()));
+            let _ = tx.send(Msg::Err(self.id, bytes.to_vec()));
         }
     }
 
     /// A second handle for the stderr reader task.
     pub fn stderr_sink(&self) -> StderrSink {
-        StderrSink(self.tx.clone())
+        StderrSink(self.id, self.tx.clone())
     }
 
     /// Flush and close (waits until everything handed over is written).
     pub async fn close(mut self) {
         self.flush();
-        self.tx = None;
-        if let Some(done) = self.done.take() {
-            // A grandchild may still hold stderr open (and with it a sender): do not wait
-            // for it past a short bound; what was handed over is written either way.
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(2), done).await;
+        if let Some(tx) = self.tx.take() {
+            let (done_tx, done) = tokio::sync::oneshot::channel();
+            if tx.send(Msg::Close(self.id, done_tx)).is_ok() {
+                // Bounded: a writer stuck on a slow disk does not hold the turn's end.
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(2), done).await;
+            }
         }
     }
 }
 
 /// Where the stderr reader hands its bytes.
-pub struct StderrSink(Option<mpsc::Sender<Msg>>);
+pub struct StderrSink(u64, Option<mpsc::Sender<Msg>>);
 
 impl StderrSink {
     pub fn write(&self, bytes: &[u8]) {
-        if let Some(tx) = self.0.as_ref().filter(|_| !bytes.is_empty()) {
-            let _ = tx.send(Msg::Err(bytes.to_vec()));
+        if let Some(tx) = self.1.as_ref().filter(|_| !bytes.is_empty()) {
+            let _ = tx.send(Msg::Err(self.0, bytes.to_vec()));
         }
     }
 }
@@ -256,7 +323,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let turns = dir.path().join("turns");
         create_private_dir(&turns).expect("turns");
-        let log = TurnLog::open(&turns.join("s1"), 1).expect("open");
+        let writer = Writer::default();
+        let log = TurnLog::open(&writer, &turns.join("s1"), 1).expect("open");
         assert!(!log.has_pending());
         log.out(b"{\"a\":1}");
         log.out(b"{\"b\":2}");
@@ -275,5 +343,36 @@ mod tests {
         want.extend_from_slice(&big);
         want.extend_from_slice(b"\n{\"c\":3}\n");
         assert_eq!(text, want);
+    }
+
+    /// One writer serves every turn: two logs open at once, written in turns, each get only
+    /// their own lines; a stderr file is made only for the turn that wrote to stderr; a log
+    /// closed early does not hold up the other.
+    #[tokio::test]
+    async fn one_writer_keeps_each_turns_lines_apart() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let turns = dir.path().join("turns");
+        create_private_dir(&turns).expect("turns");
+        let writer = Writer::default();
+        let a = TurnLog::open(&writer, &turns.join("sa"), 1).expect("open a");
+        let b = TurnLog::open(&writer, &turns.join("sb"), 3).expect("open b");
+        for i in 0..50 {
+            a.out(format!("a{i}").as_bytes());
+            b.out(format!("b{i}").as_bytes());
+            if i % 7 == 0 {
+                a.flush();
+                b.flush();
+            }
+        }
+        b.stderr_sink().write(b"warning: b\n");
+        a.close().await;
+        let read = |p: &str| std::fs::read_to_string(turns.join(p)).expect(p);
+        let want = |k: &str| (0..50).map(|i| format!("{k}{i}\n")).collect::<String>();
+        assert_eq!(read("sa/1.jsonl"), want("a"));
+        assert!(!turns.join("sa/1.stderr").exists());
+        b.out(b"b-last");
+        b.close().await;
+        assert_eq!(read("sb/3.jsonl"), want("b") + "b-last\n");
+        assert_eq!(read("sb/3.stderr"), "warning: b\n");
     }
 }

@@ -168,6 +168,8 @@ struct StoreInner {
     root: PathBuf,
     instance: String,
     writer: writer::Handle,
+    /// Writes the turns' raw logs.
+    logs: logs::Writer,
     reader: Mutex<Connection>,
     /// Held for the life of the server: tells other servers this instance is alive.
     _lock: File,
@@ -199,6 +201,7 @@ impl Store {
                 root,
                 instance: instance.to_string(),
                 writer,
+                logs: logs::Writer::default(),
                 reader: Mutex::new(reader),
                 _lock: lock,
             }),
@@ -426,7 +429,11 @@ impl Store {
                 reason: "not a UUID".into(),
             });
         }
-        TurnLog::open(&self.inner.root.join("turns").join(id), turn)
+        TurnLog::open(
+            &self.inner.logs,
+            &self.inner.root.join("turns").join(id),
+            turn,
+        )
     }
 
     pub fn turn_dir(&self, id: &str) -> PathBuf {

@@ -29,8 +29,9 @@ enum Msg {
     Open(u64, Box<Open>),
     Out(u64, Vec<u8>),
     Err(u64, Vec<u8>),
-    /// Everything of this log before it is written: the files are closed, and told.
-    Close(u64, tokio::sync::oneshot::Sender<()>),
+    /// Everything of this log before it is written: the files are closed, and the sender
+    /// told (none when the log was dropped without [`TurnLog::close`]).
+    Close(u64, Option<tokio::sync::oneshot::Sender<()>>),
 }
 
 /// A turn's files, as the writer holds them.
@@ -124,7 +125,9 @@ fn write_logs(rx: mpsc::Receiver<Msg>) {
                     if let Some(mut f) = open.remove(&id) {
                         f.flush();
                     }
-                    let _ = done.send(());
+                    if let Some(done) = done {
+                        let _ = done.send(());
+                    }
                 }
             }
             next = rx.try_recv().ok();
@@ -287,15 +290,30 @@ impl TurnLog {
         StderrSink(self.id, self.tx.clone())
     }
 
-    /// Flush and close (waits until everything handed over is written).
+    /// Flush and close (waits until everything handed over is written). Stderr bytes handed
+    /// over after this (a grandchild that kept the pipe) are not written.
     pub async fn close(mut self) {
         self.flush();
         if let Some(tx) = self.tx.take() {
             let (done_tx, done) = tokio::sync::oneshot::channel();
-            if tx.send(Msg::Close(self.id, done_tx)).is_ok() {
+            if tx.send(Msg::Close(self.id, Some(done_tx))).is_ok() {
                 // Bounded: a writer stuck on a slow disk does not hold the turn's end.
                 let _ = tokio::time::timeout(std::time::Duration::from_secs(2), done).await;
             }
+        }
+    }
+}
+
+impl Drop for TurnLog {
+    /// A log given up without [`TurnLog::close`] (a turn that failed before its executor
+    /// started) still has its files closed by the writer.
+    fn drop(&mut self) {
+        if let Some(tx) = self.tx.take() {
+            let pending = std::mem::take(self.pending.get_mut());
+            if !pending.is_empty() {
+                let _ = tx.send(Msg::Out(self.id, pending));
+            }
+            let _ = tx.send(Msg::Close(self.id, None));
         }
     }
 }
@@ -374,5 +392,16 @@ mod tests {
         b.close().await;
         assert_eq!(read("sb/3.jsonl"), want("b") + "b-last\n");
         assert_eq!(read("sb/3.stderr"), "warning: b\n");
+
+        // A log dropped without close: what it gathered is written, and the writer lets its
+        // files go (the next close, queued behind, returns once that is done).
+        let c = TurnLog::open(&writer, &turns.join("sc"), 1).expect("open c");
+        c.out(b"gathered");
+        drop(c);
+        TurnLog::open(&writer, &turns.join("sd"), 1)
+            .expect("open d")
+            .close()
+            .await;
+        assert_eq!(read("sc/1.jsonl"), "gathered\n");
     }
 }

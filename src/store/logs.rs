@@ -8,7 +8,9 @@
 //! has nothing more to read at once), so a burst of lines costs the writer one wake-up, not one
 //! per line; the writer drains what all turns sent before it flushes. One thread, not one per
 //! turn: a thread per running turn grew the blocking pool (and the contention on its lock)
-//! with the number of turns, and cost a hand-off per turn to start.
+//! with the number of turns, and cost a hand-off per turn to start. The price: a disk that
+//! stalls holds every turn's log at once; it holds no turn, since a turn's end waits for its
+//! log at most 2 s ([`TurnLog::close`]).
 //!
 //! They are created and opened without following symlinks, inside the folder zwarm made for
 //! the session (`turns/<id>`, 0700, refused when it or `turns` is a symlink or not a folder of

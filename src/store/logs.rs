@@ -310,11 +310,9 @@ impl Drop for TurnLog {
     /// A log given up without [`TurnLog::close`] (a turn that failed before its executor
     /// started) still has its files closed by the writer.
     fn drop(&mut self) {
+        // After `close` there is nothing gathered and no sender left: this does nothing.
+        self.flush();
         if let Some(tx) = self.tx.take() {
-            let pending = std::mem::take(self.pending.get_mut());
-            if !pending.is_empty() {
-                let _ = tx.send(Msg::Out(self.id, pending));
-            }
             let _ = tx.send(Msg::Close(self.id, None));
         }
     }

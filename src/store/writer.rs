@@ -243,17 +243,14 @@ fn apply_batch(
         })();
         results.push(r);
     }
-    let committed = tx.commit();
-    if committed.is_ok() {
-        transactions.fetch_add(1, Ordering::SeqCst);
-    }
-    if let Err(e) = committed {
+    if let Err(e) = tx.commit() {
         let msg = e.to_string();
         return batch
             .iter()
             .map(|_| Err(StoreError::Commit(msg.clone())))
             .collect();
     }
+    transactions.fetch_add(1, Ordering::SeqCst);
     results
 }
 

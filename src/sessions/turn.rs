@@ -1,6 +1,6 @@
 //! One supervisor task per turn, in steps: [`begin`] (the start is committed), [`take_slot`]
 //! (a queued turn waits for a running slot), [`prepare`] (checks and the launch, off the async
-//! workers), [`execute`] (the runner starts the executor; its output is pumped into the
+//! workers; a turn that got its slot at once prepares while its start commits), [`execute`] (the runner starts the executor; its output is pumped into the
 //! session until it ends or is stopped), then [`super::settle::finish`] (one committed status
 //! change).
 //!
@@ -133,7 +133,21 @@ pub(crate) async fn run(inner: Arc<Inner>, h: Arc<Handle>, index: u32, start: St
         undo,
     } = start;
     let mut timing = Timing::new();
-    if !begin(&inner, &h, index, staged, started, undo).await {
+    // A turn that already has its running slot prepares while its start is being committed:
+    // the checks, its log files and the command line are nothing the executor sees, and the
+    // executor itself starts only once the start holds. (A queued turn prepares when it gets
+    // its slot: a hundred queued turns do not hold a hundred turns' log files open.)
+    let (began, early) = if permit.is_some() {
+        let (began, prepared) = tokio::join!(
+            begin(&inner, &h, index, staged, started, undo),
+            prepare(&inner, &h, index)
+        );
+        (began, Some(prepared))
+    } else {
+        (begin(&inner, &h, index, staged, started, undo).await, None)
+    };
+    if !began {
+        // Not recorded, so not started; a log opened meanwhile is closed as it is dropped.
         return;
     }
     timing.mark("begin");
@@ -145,7 +159,10 @@ pub(crate) async fn run(inner: Arc<Inner>, h: Arc<Handle>, index: u32, start: St
         return;
     }
     let adapter = h.live.lock().session.adapter;
-    let prepared = prepare(&inner, &h, index).await;
+    let prepared = match early {
+        Some(p) => p,
+        None => prepare(&inner, &h, index).await,
+    };
     timing.mark("prepare");
     let mut leftovers = None;
     let last_message = match prepared {

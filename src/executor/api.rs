@@ -24,7 +24,9 @@ pub struct LaunchContext {
     /// The model asked for this session (else the executor's configured one).
     pub model: Option<String>,
     /// A per-turn file the executor may have the CLI write (codex's `-o`), in a directory
-    /// zwarm created; name it in [`Launch::read_back`] to have it handed back.
+    /// zwarm created; name it in [`Launch::read_back`] to have it handed back. The caller
+    /// creates it empty (the turn's log does, [`crate::store::TurnLog`]) or passes
+    /// `/dev/null` (a dry run); [`super::build_launch`] prepares every other read-back file.
     pub scratch: PathBuf,
     /// The session whose turn this is: the value of [`super::TURN_ENV`] in the turn's environment.
     pub session_id: Option<String>,
@@ -141,6 +143,11 @@ pub trait Executor: Send + Sync {
     /// Whether the read-back last message is the turn's answer even when the stream had one
     /// (codex's JSONL can lose it; its `-o` file does not).
     fn last_message_authoritative(&self) -> bool {
+        false
+    }
+    /// Whether its turns can stop to ask for a permission (the ACP bridge's approval files in
+    /// the turn's folder). Only then does zwarm look for a pending request.
+    fn asks_approval(&self) -> bool {
         false
     }
     /// The executable to run, from its config section or PATH.

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use super::ZwarmServer;
 use super::dto::{ApprovalArg, SessionRow};
 use crate::acp::approval::{self, ApprovalDecision, Pending};
-use crate::model::{Session, SessionStatus};
+use crate::model::{Adapter, Session, SessionStatus};
 use crate::sessions::ManagerError;
 
 pub use crate::acp::approval::turn_dir;
@@ -19,9 +19,15 @@ pub use crate::acp::approval::turn_dir;
 /// How long an answered request may still look pending (the bridge polls every 100 ms).
 const TAKEN_WITHIN: Duration = Duration::from_secs(5);
 
+/// Whether a session of this executor can wait for an answer at all (else there is no
+/// request file to look for).
+fn may_ask(adapter: Adapter) -> bool {
+    crate::executor::get(adapter).asks_approval()
+}
+
 /// A running session whose turn waits for an answer: `needs_approval`, and what is asked.
 pub fn overlay(state_dir: &std::path::Path, s: &mut Session) -> Option<Pending> {
-    if s.status != SessionStatus::Running || !crate::model::valid_id(&s.id) {
+    if s.status != SessionStatus::Running || !may_ask(s.adapter) || !crate::model::valid_id(&s.id) {
         return None;
     }
     let p = approval::pending(&turn_dir(state_dir, &s.id))?;
@@ -31,7 +37,10 @@ pub fn overlay(state_dir: &std::path::Path, s: &mut Session) -> Option<Pending> 
 
 /// [`overlay`] for a list row.
 pub fn overlay_row(state_dir: &std::path::Path, r: &mut SessionRow) {
-    if r.status != SessionStatus::Running || !crate::model::valid_id(&r.session_id) {
+    if r.status != SessionStatus::Running
+        || !may_ask(r.adapter)
+        || !crate::model::valid_id(&r.session_id)
+    {
         return;
     }
     if let Some(p) = approval::pending(&turn_dir(state_dir, &r.session_id)) {
@@ -61,6 +70,11 @@ impl ZwarmServer {
         budget: Duration,
         ct: &CancellationToken,
     ) -> Result<Session, ManagerError> {
+        // A session of an executor that never asks (codex, claude) is only waited for: no
+        // request file to look for at each of its events.
+        if self.manager.adapter_of(id).is_some_and(|a| !may_ask(a)) {
+            return self.manager.wait(id, budget, ct).await;
+        }
         let dir = turn_dir(&self.state_dir(), id);
         if approval::pending(&dir).is_some() {
             return self.manager.get(id).await;
@@ -150,5 +164,49 @@ impl ZwarmServer {
         }
         let turn = s.turns.last().map(|t| t.index).unwrap_or(1);
         Ok((s, turn))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A request file in a running session's turn folder, as the ACP bridge writes it.
+    fn asked(state_dir: &std::path::Path, s: &Session) {
+        let dir = turn_dir(state_dir, &s.id);
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = Pending {
+            request_id: "r1".into(),
+            kind: "execute".into(),
+            title: "run ls".into(),
+            command: Some("ls".into()),
+            paths: vec![],
+            rule: "ask".into(),
+            asked_at: "2026-01-01T00:00:00Z".into(),
+            deadline: "2026-01-01T00:05:00Z".into(),
+        };
+        std::fs::write(
+            dir.join(approval::REQUEST_FILE),
+            serde_json::to_vec(&p).unwrap(),
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn only_a_session_of_an_executor_that_asks_shows_a_request() {
+        let d = tempfile::tempdir().unwrap();
+        let mut acp = Session::sample();
+        acp.adapter = Adapter::parse("gemini").expect("gemini is registered");
+        asked(d.path(), &acp);
+        assert_eq!(
+            overlay(d.path(), &mut acp).map(|p| p.request_id),
+            Some("r1".into())
+        );
+        assert_eq!(acp.status, SessionStatus::NeedsApproval);
+        // codex never asks: a file in its folder is not a request, and is not looked for.
+        let mut codex = Session::sample();
+        asked(d.path(), &codex);
+        assert!(overlay(d.path(), &mut codex).is_none());
+        assert_eq!(codex.status, SessionStatus::Running);
     }
 }

@@ -48,6 +48,15 @@ impl Manager {
         }
     }
 
+    /// The executor of a session this server holds in memory (`None` for any other: ask
+    /// [`Manager::get`]). Does not wait for a pending commit.
+    pub fn adapter_of(&self, id: &str) -> Option<crate::model::Adapter> {
+        self.inner
+            .registry
+            .get(id)
+            .map(|h| h.live.lock().session.adapter)
+    }
+
     /// A session's current state: held ones from memory (once their last status change is
     /// committed), others from the store. A session a dead server left running is adopted.
     pub async fn get(&self, id: &str) -> Result<Session, ManagerError> {

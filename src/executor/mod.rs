@@ -64,7 +64,7 @@ pub fn explain_failure(adapter: Adapter, text: &str, s: FailureContext<'_>) -> O
 /// What to start for one turn ([`Executor::launch`]) after the checks every executor shares:
 /// the prompt ([`check_prompt`] with `max_task_bytes`; it goes to stdin, never argv), the
 /// native id to resume ([`validate_native_id`]), and the files to read back (created empty,
-/// never followed through a symlink). The turn is marked with [`TURN_ENV`] (the session id).
+/// never followed through a symlink; the scratch file the caller made is not made again). The turn is marked with [`TURN_ENV`] (the session id).
 /// The engine runs the same dry run at delegate, so a missing CLI or a bad setting is refused
 /// up front. The runner starts the result; the engine labels it.
 pub fn build_launch(
@@ -78,7 +78,7 @@ pub fn build_launch(
         validate_native_id(id)?;
     }
     let mut launch = get(adapter).launch(cfg, plan, ctx)?;
-    for path in &launch.read_back {
+    for path in launch.read_back.iter().filter(|p| **p != ctx.scratch) {
         nested::prepare_read_back(path)?;
     }
     launch.env_set.retain(|(k, _)| k != TURN_ENV);

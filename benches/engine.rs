@@ -1338,9 +1338,6 @@ async fn check_while_streaming(ctx: &Ctx, bin: &Bin, out: &mut Results) {
 
 // ---------------------------------------------------------------------------------------------
 
-/// Median and 90th percentile of a small atomic file replacement (write 4 KB, fdatasync,
-/// rename) in `dir`: what zwarm 0.2 does for every session save, and what other disk traffic on
-/// the machine slows down most.
 /// Turns in scenario 5, and how many run at once (zwarm's default `max_running`).
 const THROUGHPUT_TURNS: usize = 100;
 const THROUGHPUT_CONCURRENCY: usize = 8;
@@ -1654,6 +1651,9 @@ fn throughput_figures(direct: &[Duration], per: &[(Calls, &str, Vec<Batch>)], ou
     }
 }
 
+/// Median and 90th percentile of a small atomic file replacement (write 4 KB, fdatasync,
+/// rename) in `dir`: what zwarm 0.2 does for every session save, and what other disk traffic on
+/// the machine slows down most; and the median creation of a new empty file.
 fn fsync_probe(dir: &Path) -> String {
     let tmp = dir.join(".fsync-probe.tmp");
     let dst = dir.join(".fsync-probe");

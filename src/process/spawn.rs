@@ -18,10 +18,11 @@ use super::{
 pub(super) struct SpawnRequest {
     containment: Arc<Containment>,
     spec: ProcessSpec,
-    stdin: bool,
+    /// Input for its stdin; what does not fit in the pipe comes back with the child.
+    input: Option<Vec<u8>>,
     marker: String,
     runtime: tokio::runtime::Handle,
-    reply: tokio::sync::oneshot::Sender<std::io::Result<ExecChild>>,
+    reply: tokio::sync::oneshot::Sender<std::io::Result<(ExecChild, Option<Vec<u8>>)>>,
 }
 
 impl Containment {
@@ -40,7 +41,7 @@ impl Containment {
                         let _rt = req.runtime.enter();
                         let r = req
                             .containment
-                            .spawn_here(&req.spec, req.stdin, &req.marker);
+                            .spawn_here(&req.spec, req.input, &req.marker);
                         let _ = req.reply.send(r);
                     }
                 });
@@ -52,19 +53,19 @@ impl Containment {
     }
 
     /// Start an executor process (see the module docs for how it is set up). A [`super::Launch`]
-    /// with input gets it on stdin: written by a background task, then closed; a child that
-    /// exits without reading it is fine (EPIPE is ignored).
+    /// with input gets it on stdin: put in the pipe before the start, then the pipe closed;
+    /// input larger than the pipe holds is finished by a background task. A child that exits
+    /// without reading it is fine (EPIPE is ignored).
     pub async fn spawn<S: Spawnable + ?Sized>(
         self: &Arc<Self>,
         what: &S,
         marker: &str,
     ) -> std::io::Result<ExecChild> {
-        let input = what.stdin_bytes().map(<[u8]>::to_vec);
         let (reply, rx) = tokio::sync::oneshot::channel();
         let req = SpawnRequest {
             containment: self.clone(),
             spec: what.process_spec().clone(),
-            stdin: input.is_some(),
+            input: what.stdin_bytes().map(<[u8]>::to_vec),
             marker: marker.to_string(),
             runtime: tokio::runtime::Handle::current(),
             reply,
@@ -72,27 +73,32 @@ impl Containment {
         if lock(self.spawner()).send(req).is_err() {
             return Err(std::io::Error::other("the spawner thread is not running"));
         }
-        let mut child = rx
+        let (mut child, rest) = rx
             .await
             .map_err(|_| std::io::Error::other("the spawner thread dropped the request"))??;
-        if let (Some(bytes), Some(pipe)) = (input, child.stdin.take()) {
+        if let (Some(bytes), Some(pipe)) = (rest, child.stdin.take()) {
             feed_stdin(pipe, bytes, marker.to_string());
         }
         Ok(child)
     }
 
+    /// The child, and the part of `input` still to be written to its stdin (`None` when all
+    /// of it is in the pipe, which is then closed).
     fn spawn_here(
         &self,
         spec: &ProcessSpec,
-        stdin: bool,
+        input: Option<Vec<u8>>,
         marker: &str,
-    ) -> std::io::Result<ExecChild> {
-        let (child, cgroup) = self.spawn_contained(spec, stdin, marker)?;
+    ) -> std::io::Result<(ExecChild, Option<Vec<u8>>)> {
+        let ((child, fed), cgroup) = self.spawn_contained(spec, input.as_deref(), marker)?;
         if let Some(r) = self.reaper.get() {
             let pgid = child.id().and_then(|p| i32::try_from(p).ok()).unwrap_or(0);
             r.watch(marker, pgid, cgroup.as_deref());
         }
-        Ok(child)
+        let rest = input
+            .filter(|i| fed < i.len())
+            .map(|mut i| i.split_off(fed));
+        Ok((child, rest))
     }
 
     /// Start it in the turn's cgroup when turns get one (falling back to process groups for
@@ -100,9 +106,9 @@ impl Containment {
     fn spawn_contained(
         &self,
         spec: &ProcessSpec,
-        stdin: bool,
+        stdin: Option<&[u8]>,
         marker: &str,
-    ) -> std::io::Result<(ExecChild, Option<PathBuf>)> {
+    ) -> std::io::Result<((ExecChild, usize), Option<PathBuf>)> {
         if let Mode::Cgroup { parent } = self.current_mode() {
             match cgroup::prepare(&parent, marker) {
                 Ok((dir, procs)) => {
@@ -179,13 +185,14 @@ fn environment(spec: &ProcessSpec, marker: &str) -> Vec<(OsString, OsString)> {
     env
 }
 
-/// Start the executor (see [`vfork`]), registered for the orphan reaper.
+/// Start the executor (see [`vfork`]), registered for the orphan reaper; with how many bytes
+/// of its input are already in its stdin pipe.
 fn start_executor(
     spec: &ProcessSpec,
-    stdin: bool,
+    stdin: Option<&[u8]>,
     marker: &str,
     cgroup_procs: Option<&std::fs::File>,
-) -> Result<ExecChild, Failed> {
+) -> Result<(ExecChild, usize), Failed> {
     let env = environment(spec, marker);
     let what = vfork::Start {
         program: &spec.program,
@@ -196,10 +203,13 @@ fn start_executor(
         cgroup_procs,
     };
     let started = start_registered(|| vfork::start(&what), |s| u32::try_from(s.pid).ok())?;
-    ExecChild::adopt(started).map_err(|error| Failed {
-        step: Step::Prepare,
-        error,
-    })
+    let fed = started.stdin_fed;
+    ExecChild::adopt(started)
+        .map(|c| (c, fed))
+        .map_err(|error| Failed {
+            step: Step::Prepare,
+            error,
+        })
 }
 
 /// Set, between fork and exec (for the ACP agents, started by `tokio::process`), the parent-death signal `signal` (checking that this process is
@@ -230,5 +240,40 @@ pub(crate) fn die_with_parent(
             }
             Ok(())
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{ContainmentPreference, Launch};
+    use super::*;
+
+    /// Input reaches the executor whole and then ends: small enough for the pipe (written
+    /// before the start, the pipe closed), exactly the pipe's size, and larger (the rest
+    /// written by the background task).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn input_reaches_stdin_whole_then_ends_at_any_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Containment::new(ContainmentPreference::ProcessGroup);
+        for size in [1usize, 5_000, 64 * 1024, (1 << 20) + 17] {
+            let input: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+            let launch = Launch {
+                spec: ProcessSpec {
+                    program: "cat".into(),
+                    cwd: dir.path().to_path_buf(),
+                    ..Default::default()
+                },
+                stdin: Some(input.clone()),
+            };
+            let child = c.spawn(&launch, &format!("stdin-{size}")).await.unwrap();
+            let out =
+                tokio::time::timeout(std::time::Duration::from_secs(20), child.wait_with_output())
+                    .await
+                    .expect("cat ends once its input has")
+                    .unwrap();
+            assert!(out.status.success(), "{size}: {:?}", out.status);
+            assert_eq!(out.stdout.len(), size);
+            assert!(out.stdout == input, "{size}: the bytes differ");
+        }
     }
 }

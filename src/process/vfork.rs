@@ -72,8 +72,10 @@ pub(super) struct Start<'a> {
     pub cwd: &'a Path,
     /// The complete environment.
     pub env: &'a [(OsString, OsString)],
-    /// Give it a stdin pipe (else `/dev/null`).
-    pub stdin: bool,
+    /// Input for a stdin pipe (else stdin is `/dev/null`). What fits in the pipe is written
+    /// before the start, so the executor has it, and its end when all of it fits, without
+    /// waiting for anyone; the rest is the caller's to write ([`Started::stdin_fed`]).
+    pub stdin: Option<&'a [u8]>,
     /// The turn cgroup's `cgroup.procs`, opened for writing.
     pub cgroup_procs: Option<&'a std::fs::File>,
 }
@@ -83,7 +85,10 @@ pub(super) struct Start<'a> {
 pub(super) struct Started {
     pub pid: i32,
     pub pidfd: Option<OwnedFd>,
+    /// The write end of its stdin, while some of the input is still to be written.
     pub stdin: Option<OwnedFd>,
+    /// How many bytes of the input are already in the pipe.
+    pub stdin_fed: usize,
     pub stdout: OwnedFd,
     pub stderr: OwnedFd,
 }
@@ -141,12 +146,19 @@ pub(super) fn start(what: &Start<'_>) -> Result<Started, Failed> {
     let envp_p = null_terminated(&envp);
 
     // The child's ends and the parent's.
-    let (stdin_child, stdin_parent) = if what.stdin {
-        let (r, w) = pipe().map_err(Failed::prepare)?;
-        (r, Some(w))
-    } else {
-        let null = std::fs::File::open("/dev/null").map_err(Failed::prepare)?;
-        (OwnedFd::from(null), None)
+    let (stdin_child, stdin_parent, stdin_fed) = match what.stdin {
+        Some(input) => {
+            let (r, w) = pipe().map_err(Failed::prepare)?;
+            let fed = prefill(&w, input).map_err(Failed::prepare)?;
+            // All of it in the pipe: the write end closes now, so the executor reads its
+            // input and then the end of it, whenever it likes.
+            let w = (fed < input.len()).then_some(w);
+            (r, w, fed)
+        }
+        None => {
+            let null = std::fs::File::open("/dev/null").map_err(Failed::prepare)?;
+            (OwnedFd::from(null), None, 0)
+        }
     };
     let (stdout_parent, stdout_child) = pipe().map_err(Failed::prepare)?;
     let (stderr_parent, stderr_child) = pipe().map_err(Failed::prepare)?;
@@ -228,6 +240,7 @@ pub(super) fn start(what: &Start<'_>) -> Result<Started, Failed> {
         pid,
         pidfd: super::pidfd_of(pid),
         stdin: stdin_parent,
+        stdin_fed,
         stdout: stdout_parent,
         stderr: stderr_parent,
     })
@@ -295,6 +308,34 @@ fn null_terminated(v: &[CString]) -> Vec<*const c_char> {
 }
 
 /// A pipe, both ends close-on-exec: (read, write).
+/// Write as much of `input` into the (empty) pipe `w` as it takes without blocking (a pipe
+/// holds 64 KiB unless the system is short of pipe memory); `w` is left non-blocking.
+fn prefill(w: &OwnedFd, input: &[u8]) -> std::io::Result<usize> {
+    let fd = w.as_raw_fd();
+    // SAFETY: fcntl on a descriptor we own; no memory effects.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    // SAFETY: as above.
+    if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let mut fed = 0;
+    while fed < input.len() {
+        let rest = &input[fed..];
+        // SAFETY: writes at most `rest.len()` bytes from a live slice.
+        let n = unsafe { libc::write(fd, rest.as_ptr().cast(), rest.len()) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            match e.kind() {
+                std::io::ErrorKind::Interrupted => continue,
+                std::io::ErrorKind::WouldBlock => break,
+                _ => return Err(e),
+            }
+        }
+        fed += n as usize;
+    }
+    Ok(fed)
+}
+
 fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0 as RawFd; 2];
     // SAFETY: pipe2 writes two descriptors into the array.
@@ -379,5 +420,50 @@ mod tests {
             Err(libc::ENOENT)
         );
         assert_eq!(resolve(OsStr::new("/"), None), Err(libc::EACCES));
+    }
+
+    fn start_cat(input: &[u8]) -> Started {
+        let env: Vec<(OsString, OsString)> = std::env::vars_os().collect();
+        start(&Start {
+            program: Path::new("cat"),
+            args: &[],
+            cwd: Path::new("/"),
+            env: &env,
+            stdin: Some(input),
+            cgroup_procs: None,
+        })
+        .unwrap_or_else(|f| panic!("cat did not start: {:?}", f.error))
+    }
+
+    /// Input that fits in the pipe is there, and ended, before the executor runs: no write end
+    /// is left for anyone to finish. Larger input leaves the write end and says how much went in.
+    #[test]
+    fn input_that_fits_is_written_and_closed_before_the_start() {
+        use std::io::Read;
+        let small = start_cat(b"hello");
+        assert!(small.stdin.is_none(), "the write end should be closed");
+        assert_eq!(small.stdin_fed, 5);
+        let mut out = Vec::new();
+        std::fs::File::from(small.stdout)
+            .read_to_end(&mut out)
+            .unwrap();
+        assert_eq!(out, b"hello");
+        let mut raw = 0;
+        // SAFETY: our child, reaped once.
+        unsafe { libc::waitpid(small.pid, &mut raw, 0) };
+
+        let big = vec![b'x'; 1 << 20];
+        let large = start_cat(&big);
+        assert!(large.stdin.is_some(), "the rest is the caller's to write");
+        assert!(
+            large.stdin_fed > 0 && large.stdin_fed < big.len(),
+            "{}",
+            large.stdin_fed
+        );
+        // SAFETY: our child; killed and reaped.
+        unsafe {
+            libc::kill(large.pid, libc::SIGKILL);
+            libc::waitpid(large.pid, &mut raw, 0);
+        }
     }
 }

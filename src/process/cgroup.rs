@@ -246,19 +246,32 @@ pub(super) fn turn_dir_name(marker: &str) -> String {
     format!("turn-{clean}")
 }
 
-/// Create the turn's cgroup and open its cgroup.procs for the child to write itself into.
-pub(super) fn prepare(parent: &Path, marker: &str) -> Result<(PathBuf, std::fs::File), String> {
+/// A turn's cgroup opened for a start: the folder, for a child born inside it
+/// (`clone3(CLONE_INTO_CGROUP)`), and its `cgroup.procs`, for a child that moves itself in.
+pub(super) struct Entry {
+    pub dir: std::fs::File,
+    pub procs: std::fs::File,
+}
+
+/// Create the turn's cgroup and open it for a start ([`Entry`]).
+pub(super) fn prepare(parent: &Path, marker: &str) -> Result<(PathBuf, Entry), String> {
+    use std::os::unix::fs::OpenOptionsExt;
     let dir = parent.join(turn_dir_name(marker));
     match std::fs::create_dir(&dir) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
         Err(e) => return Err(format!("cannot create {} ({e})", dir.display())),
     }
-    let f = std::fs::OpenOptions::new()
+    let folder = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
+        .open(&dir)
+        .map_err(|e| format!("cannot open {} ({e})", dir.display()))?;
+    let procs = std::fs::OpenOptions::new()
         .write(true)
         .open(dir.join("cgroup.procs"))
         .map_err(|e| format!("cannot open {}/cgroup.procs ({e})", dir.display()))?;
-    Ok((dir, f))
+    Ok((dir, Entry { dir: folder, procs }))
 }
 
 pub(super) fn register(reg: &Mutex<Registry>, marker: &str, dir: PathBuf) {

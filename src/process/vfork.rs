@@ -17,7 +17,13 @@
 //! 3. sets the parent-death signal (SIGTERM) and checks that the server is still its parent
 //!    (it may have died before the prctl, and then the signal never comes);
 //! 4. moves itself into the turn's cgroup (writes `0` to its `cgroup.procs`), so the executor
-//!    and everything it starts are born inside;
+//!    and everything it starts are born inside — unless it was born there: on x86_64 the child
+//!    is made with `clone3(CLONE_VM | CLONE_VFORK | CLONE_INTO_CGROUP)` (Linux 5.7+). Moving a
+//!    process takes the cgroup core's global write lock, which now and then waits for an RCU
+//!    grace period (measured: 4–25 ms, while the spawner and every start queued behind it
+//!    wait, and the cores go idle); a child made inside the cgroup takes that lock only to
+//!    read. Where `clone3` or the flag is missing (an older kernel, a seccomp filter), the
+//!    child moves itself as before;
 //! 5. takes its stdin, stdout and stderr, changes to the working directory, and execs the
 //!    program found beforehand (PATH search as `execvp` does, in the parent).
 //!
@@ -76,8 +82,8 @@ pub(super) struct Start<'a> {
     /// before the start, so the executor has it, and its end when all of it fits, without
     /// waiting for anyone; the rest is the caller's to write ([`Started::stdin_fed`]).
     pub stdin: Option<&'a [u8]>,
-    /// The turn cgroup's `cgroup.procs`, opened for writing.
-    pub cgroup_procs: Option<&'a std::fs::File>,
+    /// The turn's cgroup: the child is made inside it, or moves itself into it.
+    pub cgroup: Option<&'a super::cgroup::Entry>,
 }
 
 /// A started process: its pid, a pidfd for it (`None` on kernels without `pidfd_open`), and
@@ -178,7 +184,7 @@ pub(super) fn start(what: &Start<'_>) -> Result<Started, Failed> {
             stdio[1].as_raw_fd(),
             stdio[2].as_raw_fd(),
         ],
-        procs: what.cgroup_procs.map_or(-1, |f| f.as_raw_fd()),
+        procs: what.cgroup.map_or(-1, |c| c.procs.as_raw_fd()),
         // SAFETY: getpid has no preconditions.
         parent: unsafe { libc::getpid() },
         step: 0,
@@ -186,7 +192,8 @@ pub(super) fn start(what: &Start<'_>) -> Result<Started, Failed> {
     };
     let mut stack: Vec<u8> = Vec::with_capacity(STACK_SIZE);
     // The stack grows down on every architecture Linux runs zwarm on; 16-byte aligned top.
-    let top = ((stack.as_mut_ptr() as usize + STACK_SIZE) & !15) as *mut c_void;
+    let base = stack.as_mut_ptr();
+    let top = ((base as usize + STACK_SIZE) & !15) as *mut c_void;
 
     // SAFETY: all signals are blocked around the clone so that no handler of the server runs
     // in the child before it reset them; the child function only makes async-signal-safe
@@ -198,12 +205,25 @@ pub(super) fn start(what: &Start<'_>) -> Result<Started, Failed> {
         let mut old: libc::sigset_t = std::mem::zeroed();
         libc::sigfillset(&mut all);
         libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
-        let pid = libc::clone(
-            child,
-            top,
-            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
-            (&raw mut shared).cast::<c_void>(),
-        );
+        // Born in its cgroup when the kernel can; else it moves itself (`procs`).
+        let born_inside = what.cgroup.and_then(|c| {
+            let procs = std::mem::replace(&mut shared.procs, -1);
+            let r =
+                into_cgroup::clone(&c.dir, base, top, child, (&raw mut shared).cast::<c_void>());
+            if r.is_none() {
+                shared.procs = procs;
+            }
+            r
+        });
+        let pid = match born_inside {
+            Some(pid) => pid,
+            None => libc::clone(
+                child,
+                top,
+                libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+                (&raw mut shared).cast::<c_void>(),
+            ),
+        };
         let err = std::io::Error::last_os_error();
         libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
         if pid < 0 {
@@ -308,6 +328,118 @@ fn null_terminated(v: &[CString]) -> Vec<*const c_char> {
 }
 
 /// A pipe, both ends close-on-exec: (read, write).
+/// `clone3(CLONE_VM | CLONE_VFORK | CLONE_INTO_CGROUP)`: the child is made inside the cgroup
+/// and runs `f(arg)` on the stack that ends at `top`. x86_64 only (the child's first
+/// instructions, on its new stack, are written here); elsewhere, and where the kernel refuses,
+/// [`clone`](into_cgroup::clone) returns `None` and the caller clones as before.
+pub(super) mod into_cgroup {
+    use std::os::fd::AsRawFd;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use libc::{c_int, c_void};
+
+    /// Cleared for good once the kernel says it has no `clone3` or no `CLONE_INTO_CGROUP`
+    /// (what the kernel supports is the same for every start of this process).
+    static SUPPORTED: AtomicBool = AtomicBool::new(true);
+
+    /// Whether starts are still made inside their cgroup (for tests).
+    #[cfg(test)]
+    pub(in crate::process) fn supported() -> bool {
+        SUPPORTED.load(Ordering::Relaxed)
+    }
+
+    /// `struct clone_args` up to `cgroup` (`CLONE_ARGS_SIZE_VER2`).
+    #[repr(C)]
+    #[derive(Default)]
+    struct CloneArgs {
+        flags: u64,
+        pidfd: u64,
+        child_tid: u64,
+        parent_tid: u64,
+        exit_signal: u64,
+        stack: u64,
+        stack_size: u64,
+        tls: u64,
+        set_tid: u64,
+        set_tid_size: u64,
+        cgroup: u64,
+    }
+
+    const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+    /// The child's pid, or `None` (nothing was started) when this cannot be done here.
+    ///
+    /// # Safety
+    /// As for `libc::clone` with `CLONE_VM | CLONE_VFORK`: `f` only makes async-signal-safe
+    /// system calls on memory that outlives the call, `[base, top)` is a stack nobody else
+    /// uses, and signals are blocked.
+    #[allow(unused_variables)]
+    pub(super) unsafe fn clone(
+        cgroup: &std::fs::File,
+        base: *mut u8,
+        top: *mut c_void,
+        f: extern "C" fn(*mut c_void) -> c_int,
+        arg: *mut c_void,
+    ) -> Option<libc::pid_t> {
+        #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+        {
+            if !SUPPORTED.load(Ordering::Relaxed) {
+                return None;
+            }
+            let mut args = CloneArgs {
+                flags: (libc::CLONE_VM | libc::CLONE_VFORK) as u64 | CLONE_INTO_CGROUP,
+                exit_signal: libc::SIGCHLD as u64,
+                stack: base as u64,
+                stack_size: top as u64 - base as u64,
+                cgroup: cgroup.as_raw_fd() as u64,
+                ..CloneArgs::default()
+            };
+            let ret: i64;
+            // SAFETY: the caller's contract. The parent only gets the syscall's result back
+            // (rcx and r11 are clobbered by `syscall`); the child starts on its own stack
+            // (the kernel sets rsp to stack + stack_size, 16-byte aligned), calls `f(arg)` and
+            // never comes back here: `f` execs or exits, and exit(2) follows should it return.
+            unsafe {
+                std::arch::asm!(
+                    "syscall",
+                    "test rax, rax",
+                    "jnz 2f",
+                    "xor ebp, ebp",
+                    "mov rdi, r12",
+                    "call r13",
+                    "mov edi, eax",
+                    "mov eax, 60",
+                    "syscall",
+                    "ud2",
+                    "2:",
+                    inlateout("rax") libc::SYS_clone3 => ret,
+                    in("rdi") &raw mut args,
+                    in("rsi") std::mem::size_of::<CloneArgs>(),
+                    in("r12") arg,
+                    in("r13") f,
+                    lateout("rcx") _,
+                    lateout("r11") _,
+                    options(nostack),
+                );
+            }
+            if ret > 0 {
+                return libc::pid_t::try_from(ret).ok();
+            }
+            let errno = i32::try_from(-ret).unwrap_or(libc::EINVAL);
+            if matches!(errno, libc::ENOSYS | libc::E2BIG | libc::EINVAL) {
+                SUPPORTED.store(false, Ordering::Relaxed);
+                tracing::debug!(
+                    errno,
+                    "clone3 into a cgroup is unavailable; executors move themselves into their cgroup"
+                );
+            }
+            None
+        }
+        #[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
+        None
+    }
+}
+
 /// Write as much of `input` into the (empty) pipe `w` as it takes without blocking (a pipe
 /// holds 64 KiB unless the system is short of pipe memory); `w` is left non-blocking.
 fn prefill(w: &OwnedFd, input: &[u8]) -> std::io::Result<usize> {
@@ -430,7 +562,7 @@ mod tests {
             cwd: Path::new("/"),
             env: &env,
             stdin: Some(input),
-            cgroup_procs: None,
+            cgroup: None,
         })
         .unwrap_or_else(|f| panic!("cat did not start: {:?}", f.error))
     }

@@ -198,8 +198,8 @@ pub(super) fn start(what: &Start<'_>) -> Result<Started, Failed> {
     // SAFETY: all signals are blocked around the clone so that no handler of the server runs
     // in the child before it reset them; the child function only makes async-signal-safe
     // system calls on `shared` and the C strings above, which outlive the clone (CLONE_VFORK
-    // suspends this thread until the child has exec'd or exited); `top` is the end of a
-    // STACK_SIZE allocation that also outlives it.
+    // suspends this thread until the child has exec'd or exited); `[base, top)` lies in a
+    // STACK_SIZE allocation that also outlives it and nothing else uses.
     let pid = unsafe {
         let mut all: libc::sigset_t = std::mem::zeroed();
         let mut old: libc::sigset_t = std::mem::zeroed();
@@ -327,7 +327,6 @@ fn null_terminated(v: &[CString]) -> Vec<*const c_char> {
         .collect()
 }
 
-/// A pipe, both ends close-on-exec: (read, write).
 /// `clone3(CLONE_VM | CLONE_VFORK | CLONE_INTO_CGROUP)`: the child is made inside the cgroup
 /// and runs `f(arg)` on the stack that ends at `top`. x86_64 only (the child's first
 /// instructions, on its new stack, are written here); elsewhere, and where the kernel refuses,
@@ -468,6 +467,7 @@ fn prefill(w: &OwnedFd, input: &[u8]) -> std::io::Result<usize> {
     Ok(fed)
 }
 
+/// A pipe, both ends close-on-exec: (read, write).
 fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0 as RawFd; 2];
     // SAFETY: pipe2 writes two descriptors into the array.

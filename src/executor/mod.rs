@@ -64,9 +64,10 @@ pub fn explain_failure(adapter: Adapter, text: &str, s: FailureContext<'_>) -> O
 /// What to start for one turn ([`Executor::launch`]) after the checks every executor shares:
 /// the prompt ([`check_prompt`] with `max_task_bytes`; it goes to stdin, never argv), the
 /// native id to resume ([`validate_native_id`]), and the files to read back (created empty,
-/// never followed through a symlink; the scratch file the caller made is not made again). The turn is marked with [`TURN_ENV`] (the session id).
-/// The engine runs the same dry run at delegate, so a missing CLI or a bad setting is refused
-/// up front. The runner starts the result; the engine labels it.
+/// never followed through a symlink; the scratch file the caller made is not made again). The
+/// turn is marked with [`TURN_ENV`] (the session id). The engine runs the same dry run at
+/// delegate, so a missing CLI or a bad setting is refused up front. The runner starts the
+/// result; the engine labels it.
 pub fn build_launch(
     adapter: Adapter,
     cfg: &Config,

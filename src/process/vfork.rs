@@ -341,10 +341,15 @@ pub(super) mod into_cgroup {
     /// (what the kernel supports is the same for every start of this process).
     static SUPPORTED: AtomicBool = AtomicBool::new(true);
 
-    /// Whether starts are still made inside their cgroup (for tests).
+    /// Children made inside their cgroup so far (for tests: a child that moved itself in
+    /// does not count).
     #[cfg(test)]
-    pub(in crate::process) fn supported() -> bool {
-        SUPPORTED.load(Ordering::Relaxed)
+    static MADE_INSIDE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+    /// How many children were made inside their cgroup so far (for tests).
+    #[cfg(test)]
+    pub(in crate::process) fn made_inside() -> u64 {
+        MADE_INSIDE.load(Ordering::Relaxed)
     }
 
     /// `struct clone_args` up to `cgroup` (`CLONE_ARGS_SIZE_VER2`).
@@ -422,6 +427,8 @@ pub(super) mod into_cgroup {
                 );
             }
             if ret > 0 {
+                #[cfg(test)]
+                MADE_INSIDE.fetch_add(1, Ordering::Relaxed);
                 return libc::pid_t::try_from(ret).ok();
             }
             let errno = i32::try_from(-ret).unwrap_or(libc::EINVAL);

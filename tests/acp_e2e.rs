@@ -1036,6 +1036,7 @@ fn the_gemini_executor_runs_turns_through_the_bridge() {
         };
         let ctx = LaunchContext {
             scratch: turns.join(format!("{n}.last-message")),
+            turn_dir: Some(turns.clone()),
             ..LaunchContext::default()
         };
         let launch = exec

@@ -465,10 +465,17 @@ async fn a_symlink_planted_as_the_last_message_file_is_never_written_through() {
     let r = z.ok("delegate", json!({"task": "say hello"})).await;
     assert_eq!(r["status"], "idle", "{r}\n{}", z.stderr());
     let id = r["session_id"].as_str().unwrap().to_string();
-    // Something plants turn 2's -o file as a link to a file outside the state.
+    // Something plants the -o file turn 2 will be lent (the one turn 1 used, back in the
+    // store's pool) as a link to a file outside the state.
     let victim = env.dir.path().join("victim.txt");
     std::fs::write(&victim, "precious").unwrap();
-    let planted = env.state.join("turns").join(&id).join("2.last-message");
+    let lent: Vec<_> = std::fs::read_dir(env.state.join("scratch"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(lent.len(), 1, "one file lent so far: {lent:?}");
+    let planted = lent[0].clone();
+    std::fs::remove_file(&planted).unwrap();
     std::os::unix::fs::symlink(&victim, &planted).unwrap();
     let c = z
         .ok("converse", json!({"session_id": id, "message": "again"}))

@@ -133,11 +133,7 @@ impl AcpExecutor {
     ) -> Result<Launch, ExecutorError> {
         // The session's turn directory (under the state dir): it outlives a restart, and
         // every runner gives it to the turn.
-        let turn_dir = ctx
-            .scratch
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty() && *d != Path::new("/dev"))
-            .map(Path::to_path_buf);
+        let turn_dir = ctx.turn_dir.clone();
         let transcript = turn_dir.as_ref().map(|d| d.join(TRANSCRIPT_FILE));
         // The pool of this `zwarm serve` (started for the local runner only): the agent stays
         // up between the session's turns.

@@ -23,11 +23,16 @@ pub struct TurnPlan {
 pub struct LaunchContext {
     /// The model asked for this session (else the executor's configured one).
     pub model: Option<String>,
-    /// A per-turn file the executor may have the CLI write (codex's `-o`), in a directory
-    /// zwarm created; name it in [`Launch::read_back`] to have it handed back. The caller
-    /// creates it empty (the turn's log does, [`crate::store::TurnLog`]) or passes
+    /// A file the executor may have the CLI write (codex's `-o`), in a directory zwarm
+    /// created; name it in [`Launch::read_back`] to have it handed back. The caller makes it
+    /// empty (lent by the store for this turn, [`crate::store::scratch`]) or passes
     /// `/dev/null` (a dry run); [`super::build_launch`] prepares every other read-back file.
     pub scratch: PathBuf,
+    /// The session's own folder under the state dir (made before the turn; it outlives a
+    /// restart, and every runner gives it to the turn): where an executor keeps files of its
+    /// own across the session's turns (ACP's transcript and approval requests). `None` in a
+    /// dry run.
+    pub turn_dir: Option<PathBuf>,
     /// The session whose turn this is: the value of [`super::TURN_ENV`] in the turn's environment.
     pub session_id: Option<String>,
     /// MCP servers (by name, from the user's host configuration) the executor may load. zwarm
@@ -144,6 +149,13 @@ pub trait Executor: Send + Sync {
     /// (codex's JSONL can lose it; its `-o` file does not).
     fn last_message_authoritative(&self) -> bool {
         false
+    }
+    /// A line the CLI prints first on stderr on every turn, carrying nothing (codex's
+    /// `Reading prompt from stdin...`): left out of the turn's stderr log, so a turn that
+    /// prints nothing else there makes no stderr file (a file creation is a large part of a
+    /// trivial turn's cost). It still reaches the stderr parser and a failure's explanation.
+    fn stderr_banner(&self) -> Option<&'static str> {
+        None
     }
     /// Whether its turns can stop to ask for a permission (the ACP bridge's approval files in
     /// the turn's folder). Only then does zwarm look for a pending request.

@@ -16,12 +16,6 @@ pub const TURN_ENV: &str = "ZWARM_EXECUTOR_TURN";
 /// The MCP server name `zwarm setup` registers.
 pub const SERVER_NAME: &str = "zwarm";
 
-/// The session id in a scratch path `…/turns/<session id>/<n>.last-message`.
-pub fn session_of_scratch(scratch: &Path) -> Option<String> {
-    let dir = scratch.parent()?.file_name()?.to_str()?;
-    crate::model::valid_id(dir).then(|| dir.to_string())
-}
-
 /// Whether an MCP server entry runs zwarm: its command's file name is `zwarm`.
 pub fn runs_zwarm(command: &str) -> bool {
     Path::new(command.trim())
@@ -358,16 +352,6 @@ mod tests {
         assert_eq!(names, ["fs"]);
         assert_eq!(cfg["mcpServers"]["fs"]["args"][0], "fs");
         assert_eq!(claude_allowed_config(&[]), r#"{"mcpServers":{}}"#);
-    }
-
-    #[test]
-    fn the_session_id_comes_from_the_turn_folder() {
-        let id = "00000000-0000-4000-8000-000000000001";
-        assert_eq!(
-            session_of_scratch(&Path::new("/s/turns").join(id).join("1.last-message")),
-            Some(id.to_string())
-        );
-        assert_eq!(session_of_scratch(Path::new("/dev/null")), None);
     }
 
     #[test]

@@ -56,6 +56,7 @@ impl Manager {
                 &LaunchContext {
                     model: m,
                     scratch: PathBuf::from("/dev/null"),
+                    turn_dir: None,
                     session_id: None,
                     allowed_mcp_servers: inner.cfg.executors.mcp_servers.clone(),
                 },

@@ -103,6 +103,58 @@ impl Decoder for LossyLines {
     }
 }
 
+/// Holds back a banner an executor prints first on stderr ([`crate::executor::Executor::stderr_banner`])
+/// and drops it once whole; anything else (a different start, or the stream ending inside
+/// the banner) is passed on unchanged, held bytes first.
+pub struct SkipBanner {
+    banner: &'static [u8],
+    /// Bytes of the banner matched so far.
+    seen: usize,
+    done: bool,
+}
+
+impl SkipBanner {
+    pub fn new(banner: Option<&'static str>) -> SkipBanner {
+        let banner = banner.unwrap_or_default().as_bytes();
+        SkipBanner {
+            banner,
+            seen: 0,
+            done: banner.is_empty(),
+        }
+    }
+
+    /// What of `chunk` (with anything held before it) to pass on now.
+    pub fn pass<'a>(&mut self, chunk: &'a [u8]) -> std::borrow::Cow<'a, [u8]> {
+        use std::borrow::Cow;
+        if self.done {
+            return Cow::Borrowed(chunk);
+        }
+        let want = &self.banner[self.seen..];
+        let n = want.len().min(chunk.len());
+        if chunk[..n] == want[..n] {
+            self.seen += n;
+            if self.seen == self.banner.len() {
+                self.done = true;
+                return Cow::Borrowed(&chunk[n..]);
+            }
+            return Cow::Borrowed(&[]);
+        }
+        self.done = true;
+        let mut held = self.banner[..self.seen].to_vec();
+        held.extend_from_slice(chunk);
+        Cow::Owned(held)
+    }
+
+    /// At the end of the stream: a banner cut short is not the banner, and is passed on.
+    pub fn end(&mut self) -> &'static [u8] {
+        if self.done {
+            return &[];
+        }
+        self.done = true;
+        &self.banner[..self.seen]
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -139,6 +191,49 @@ mod tests {
                 Line::Text("ok".into()),
                 Line::Text("last".into()),
             ]
+        );
+    }
+
+    /// Codex's banner is dropped however the stream is cut; anything else passes whole.
+    #[test]
+    fn the_banner_is_dropped_and_nothing_else() {
+        let banner = Some("Reading prompt from stdin...\n");
+        let run = |chunks: &[&[u8]]| {
+            let mut f = SkipBanner::new(banner);
+            let mut out = Vec::new();
+            for c in chunks {
+                out.extend_from_slice(&f.pass(c));
+            }
+            out.extend_from_slice(f.end());
+            String::from_utf8(out).unwrap()
+        };
+        assert_eq!(run(&[b"Reading prompt from stdin...\n"]), "");
+        assert_eq!(
+            run(&[b"Reading prompt ", b"from stdin...\nwarn: x\n"]),
+            "warn: x\n"
+        );
+        assert_eq!(
+            run(&[b"Reading prompt from stdin...\n", b"error: y\n"]),
+            "error: y\n"
+        );
+        assert_eq!(
+            run(&[b"Reading prompt ", b"FROM\n"]),
+            "Reading prompt FROM\n"
+        );
+        assert_eq!(
+            run(&[b"Reading prompt"]),
+            "Reading prompt",
+            "cut short: kept"
+        );
+        assert_eq!(
+            run(&[b"error: z\n", b"Reading prompt from stdin...\n"]),
+            "error: z\nReading prompt from stdin...\n",
+            "only at the start"
+        );
+        let mut none = SkipBanner::new(None);
+        assert_eq!(
+            &*none.pass(b"Reading prompt from stdin...\n"),
+            b"Reading prompt from stdin...\n"
         );
     }
 }

@@ -20,7 +20,7 @@ use tokio::time::Instant;
 use tokio_util::codec::FramedRead;
 
 use super::fold::Outcome;
-use super::lines::{Line, LossyLines};
+use super::lines::{Line, LossyLines, SkipBanner};
 use super::registry::{Handle, TurnControl};
 pub(crate) use super::settle::finish;
 use super::settle::{StderrEvents, apply};
@@ -29,6 +29,7 @@ use crate::executor::{self, ExecutorError, LaunchContext, Parser, TurnPlan};
 use crate::log_event::LogEvent;
 use crate::model::{Adapter, SessionStatus, TurnStatus, now};
 use crate::runner::{Finished, Launch, Leftovers, RunningTurn, TurnProcess};
+use crate::store::scratch::Scratch;
 use crate::store::{StoreError, TurnLog};
 
 /// Longest stdout line accepted from an executor (a 200 000-character answer is one line).
@@ -165,8 +166,12 @@ pub(crate) async fn run(inner: Arc<Inner>, h: Arc<Handle>, index: u32, start: St
     };
     timing.mark("prepare");
     let mut leftovers = None;
+    // The read-back file goes back to the store's pool only once the executor's leftovers are
+    // gone: nothing of this turn can write into a later turn's file.
+    let mut lent = None;
     let last_message = match prepared {
-        Ok((log, launch)) => {
+        Ok((log, launch, scratch)) => {
+            lent = Some(scratch);
             let last = launch.read_back.first().cloned();
             let r = execute(
                 &inner,
@@ -204,6 +209,7 @@ pub(crate) async fn run(inner: Arc<Inner>, h: Arc<Handle>, index: u32, start: St
         clean_up.await;
         timing.mark("leftovers");
     }
+    drop(lent);
     finish(&inner, &h, index, outcome, last_message, permit).await;
     timing.mark("finish");
     timing.log(&h, index);
@@ -315,7 +321,7 @@ async fn prepare(
     inner: &Arc<Inner>,
     h: &Handle,
     index: u32,
-) -> Result<(TurnLog, Launch), TurnError> {
+) -> Result<(TurnLog, Launch, Scratch), TurnError> {
     let (id, adapter, plan, model, working_dir, isolation) = {
         let l = h.live.lock();
         let s = &l.session;
@@ -359,9 +365,11 @@ async fn prepare(
             return Err(TurnError::BadNativeId(crate::text::one_line(n, 60)));
         }
         let log = inner.store.turn_log(&id, index).map_err(TurnError::Logs)?;
+        let scratch = inner.store.scratch().map_err(TurnError::Logs)?;
         let ctx = LaunchContext {
             model,
-            scratch: log.last_message.clone(),
+            scratch: scratch.path().to_path_buf(),
+            turn_dir: Some(inner.store.turn_dir(&id)),
             session_id: Some(id.clone()),
             allowed_mcp_servers: inner.cfg.executors.mcp_servers.clone(),
         };
@@ -369,7 +377,7 @@ async fn prepare(
             executor::build_launch(adapter, &inner.cfg, &plan, &ctx).map_err(TurnError::Launch)?;
         launch.label = format!("{id}.{index}");
         let launch = crate::telemetry::with_trace_env(launch);
-        Ok((log, launch))
+        Ok((log, launch, scratch))
     })
     .await;
     match r {
@@ -480,7 +488,8 @@ async fn supervise(
     tracing::info!(session = %h.id, turn = index, pid = ?proc.id(), %program, runner = inner.runner.name(), "executor started");
     let stderr_task = stderr.map(|err| {
         let events = StderrEvents::new(inner.clone(), h.clone(), index, adapter);
-        tokio::spawn(read_stderr(err, log.stderr_sink(), events))
+        let banner = SkipBanner::new(executor::get(adapter).stderr_banner());
+        tokio::spawn(read_stderr(err, log.stderr_sink(), banner, events))
     });
     let Some(stdout) = stdout else {
         proc.stop(Duration::from_millis(100), None).await;
@@ -550,6 +559,7 @@ async fn supervise(
 async fn read_stderr(
     mut err: crate::runner::Output,
     sink: crate::store::logs::StderrSink,
+    mut banner: SkipBanner,
     mut events: StderrEvents,
 ) -> String {
     let mut tail: Vec<u8> = Vec::new();
@@ -558,7 +568,7 @@ async fn read_stderr(
         match err.read(&mut buf).await {
             Ok(0) | Err(_) => break,
             Ok(n) => {
-                sink.write(&buf[..n]);
+                sink.write(&banner.pass(&buf[..n]));
                 events.feed(&buf[..n]);
                 tail.extend_from_slice(&buf[..n]);
                 if tail.len() > STDERR_TAIL * 2 {
@@ -567,6 +577,7 @@ async fn read_stderr(
             }
         }
     }
+    sink.write(banner.end());
     String::from_utf8_lossy(&tail).into_owned()
 }
 

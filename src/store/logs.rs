@@ -14,8 +14,8 @@
 //!
 //! They are created and opened without following symlinks, inside the folder zwarm made for
 //! the session (`turns/<id>`, 0700, refused when it or `turns` is a symlink or not a folder of
-//! this user), so nothing found there can send a turn's output into another file. The same
-//! holds for codex's `-o` file: zwarm creates it empty before the turn.
+//! this user), so nothing found there can send a turn's output into another file. (Codex's
+//! `-o` file is not here: see [`super::scratch`].)
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -148,13 +148,11 @@ pub struct TurnLog {
     tx: Option<mpsc::Sender<Msg>>,
     /// Stdout lines gathered since the last [`TurnLog::flush`].
     pending: parking_lot::Mutex<Vec<u8>>,
-    /// Where codex writes its final message (`-o`).
-    pub last_message: PathBuf,
 }
 
 /// The folder `dir` (made when missing), opened without following a symlink; refused unless
 /// it and its parent are real folders of this user.
-fn own_dir(dir: &Path) -> Result<File, StoreError> {
+pub(super) fn own_dir(dir: &Path) -> Result<File, StoreError> {
     use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
     create_private_dir(dir)?;
     // SAFETY: geteuid has no preconditions.
@@ -175,7 +173,7 @@ fn own_dir(dir: &Path) -> Result<File, StoreError> {
 }
 
 /// Open `name` inside the open folder `dir` without following a symlink.
-fn open_in(dir: &File, path: &Path, flags: i32) -> Result<File, StoreError> {
+pub(super) fn open_in(dir: &File, path: &Path, flags: i32) -> Result<File, StoreError> {
     use std::os::fd::{AsRawFd, FromRawFd};
     let name = path
         .file_name()
@@ -208,29 +206,12 @@ fn append(dir: &File, p: &Path) -> Result<File, StoreError> {
     open_in(dir, p, libc::O_WRONLY | libc::O_APPEND | libc::O_CREAT)
 }
 
-/// Make codex's `-o` file: whatever is at `p` is removed, and an empty private file made.
-fn fresh(dir: &File, p: &Path) -> Result<(), StoreError> {
-    use std::os::fd::AsRawFd;
-    if let Some(name) = p
-        .file_name()
-        .and_then(|n| std::ffi::CString::new(n.as_encoded_bytes()).ok())
-    {
-        // SAFETY: a valid folder descriptor and a NUL-terminated name.
-        unsafe {
-            libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), 0);
-        }
-    }
-    open_in(dir, p, libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL).map(drop)
-}
-
 impl TurnLog {
     /// Create the files (blocking: call from `spawn_blocking` or a non-async context); what is
     /// written to them goes through `writer`.
     pub(super) fn open(writer: &Writer, dir: &Path, turn: u32) -> Result<TurnLog, StoreError> {
         let d = own_dir(dir)?;
         let out = append(&d, &dir.join(format!("{turn}.jsonl")))?;
-        let last_message = dir.join(format!("{turn}.last-message"));
-        fresh(&d, &last_message)?;
         let tx = writer.sender()?;
         let id = writer
             .next
@@ -249,7 +230,6 @@ impl TurnLog {
             id,
             tx: Some(tx),
             pending: parking_lot::Mutex::new(Vec::new()),
-            last_message,
         })
     }
 

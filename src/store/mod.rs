@@ -4,7 +4,8 @@
 //! <state dir>/
 //!   zwarm.db (+ -wal, -shm)   sessions, turns, watcher notes, the event log (WAL mode)
 //!   turns/<id>/<n>.jsonl      the executor's raw stdout for turn n, append-only
-//!   turns/<id>/<n>.stderr     its stderr
+//!   turns/<id>/<n>.stderr     its stderr (made only when the executor writes to stderr)
+//!   scratch/<instance>-<k>.last-message   codex's `-o` file, lent to one turn at a time
 //!   locks/<instance>.lock     held (flock) by a live server; how others know it is alive
 //! ```
 //!
@@ -36,6 +37,7 @@ pub mod legacy;
 pub mod logs;
 pub mod readonly;
 pub mod requests;
+pub mod scratch;
 mod writer;
 
 use std::fs::{File, OpenOptions};
@@ -170,6 +172,8 @@ struct StoreInner {
     writer: writer::Handle,
     /// Writes the turns' raw logs.
     logs: logs::Writer,
+    /// The files executors write for zwarm to read back.
+    scratch: Arc<scratch::Pool>,
     reader: Mutex<Connection>,
     /// Held for the life of the server: tells other servers this instance is alive.
     _lock: File,
@@ -196,12 +200,14 @@ impl Store {
         }
         let reader = db::open(&path)?;
         let writer = writer::start(conn, path.clone())?;
+        let scratch = Arc::new(scratch::Pool::new(root.join("scratch"), instance));
         Ok(Store {
             inner: Arc::new(StoreInner {
                 root,
                 instance: instance.to_string(),
                 writer,
                 logs: logs::Writer::default(),
+                scratch,
                 reader: Mutex::new(reader),
                 _lock: lock,
             }),
@@ -434,6 +440,12 @@ impl Store {
             &self.inner.root.join("turns").join(id),
             turn,
         )
+    }
+
+    /// An empty file for an executor to write what zwarm reads back after the turn (codex's
+    /// `-o`), lent until dropped (blocking: call it off the async workers).
+    pub fn scratch(&self) -> Result<scratch::Scratch, StoreError> {
+        self.inner.scratch.take()
     }
 
     pub fn turn_dir(&self, id: &str) -> PathBuf {

@@ -80,6 +80,10 @@ impl Executor for Codex {
         // (openai/codex#19689).
         true
     }
+    fn stderr_banner(&self) -> Option<&'static str> {
+        // `codex exec` says so on every turn, as its prompt comes on stdin.
+        Some("Reading prompt from stdin...\n")
+    }
     fn resolve(&self, cfg: &Config) -> Result<PathBuf, ExecutorError> {
         let found = super::binary::resolve_binary(
             cfg.codex.binary.as_deref(),

@@ -286,7 +286,8 @@ fn run_in_a_worktree_then_diff_and_merge_or_discard_from_the_terminal() {
     assert_eq!(git(&env.work, &["rev-parse", "HEAD"]), head);
 
     // prune: the ended sessions' turn logs and the merged sessions' branches go.
-    assert!(env.state.join("turns").join(&id).is_dir());
+    let log = env.state.join("turns").join(format!("{id}.1.jsonl"));
+    assert!(log.is_file());
     let o = cli(&env, &["prune", "--older-than", "1d"]);
     assert_eq!(o.status.code(), Some(0), "{}", show(&o));
     assert!(
@@ -305,7 +306,7 @@ fn run_in_a_worktree_then_diff_and_merge_or_discard_from_the_terminal() {
         "{}",
         show(&o)
     );
-    assert!(!env.state.join("turns").join(&id).exists());
+    assert!(!log.exists());
     assert!(
         git(&env.work, &["branch", "--list", "zwarm/*"])
             .trim()
@@ -1461,7 +1462,7 @@ async fn end_and_continue_sessions_a_live_server_owns() {
         .ok("delegate", json!({"task": "@@slowcmd", "mode": "async"}))
         .await;
     let slow = slow["session_id"].as_str().expect("id").to_string();
-    let log = env.state.join("turns").join(&slow).join("1.jsonl");
+    let log = env.state.join("turns").join(format!("{slow}.1.jsonl"));
     wait_until("the slow command starts", || {
         std::fs::read_to_string(&log).is_ok_and(|l| l.contains("sleep 60"))
     });
@@ -1595,7 +1596,7 @@ fn end_stops_a_run_in_another_terminal() {
             id = s.to_string();
         }
         !id.is_empty()
-            && std::fs::read_to_string(env.state.join("turns").join(&id).join("1.jsonl"))
+            && std::fs::read_to_string(env.state.join("turns").join(format!("{id}.1.jsonl")))
                 .is_ok_and(|l| l.contains("sleep 60"))
     });
     // That `run` owns the session; `end` asks it, and it interrupts its own turn.

@@ -97,7 +97,8 @@ async fn delegate_creates_file_then_converse_resumes_the_thread() {
     );
 
     // Raw executor output and the event log are on disk.
-    let raw = std::fs::read_to_string(env.state.join("turns").join(&id).join("1.jsonl")).unwrap();
+    let raw =
+        std::fs::read_to_string(env.state.join("turns").join(format!("{id}.1.jsonl"))).unwrap();
     assert!(raw.lines().any(|l| l.contains("\"turn.completed\"")));
     let events = env.events();
     for kind in [

@@ -1685,7 +1685,7 @@ mod in_process {
         let m1 = start_on(dir.path(), |_| {}, &r1).await;
         let id = m1.delegate(task("work")).await.expect("delegate");
         let label = format!("{id}.1");
-        let log = dir.path().join(format!("state/turns/{id}/1.jsonl"));
+        let log = dir.path().join(format!("state/turns/{id}.1.jsonl"));
         let lines = |p: &std::path::Path| -> Vec<String> {
             std::fs::read_to_string(p)
                 .unwrap_or_default()
@@ -1838,7 +1838,7 @@ mod in_process {
         }
     }
 
-    /// A turn's stderr goes to `<n>.stderr` beside its raw log, a file made only once the
+    /// A turn's stderr goes to `<id>.<n>.stderr` beside its raw log, a file made only once the
     /// executor writes to stderr.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_turns_stderr_file_is_made_only_when_it_writes_to_stderr() {
@@ -1858,7 +1858,7 @@ mod in_process {
         for id in [&quiet, &noisy] {
             assert_eq!(e.settled(id).await.status.as_str(), "idle");
         }
-        let turn = |id: &str, f: &str| e.dir.path().join(format!("state/turns/{id}/1.{f}"));
+        let turn = |id: &str, f: &str| e.dir.path().join(format!("state/turns/{id}.1.{f}"));
         assert!(turn(&quiet, "jsonl").exists(), "no raw log");
         assert!(
             !turn(&quiet, "stderr").exists(),

@@ -160,7 +160,7 @@ impl Cluster {
 
     /// The raw log zwarm keeps of a turn's stdout (its pod's log).
     fn raw_log(&self, id: &str, turn: u32) -> String {
-        std::fs::read_to_string(self.env.state.join(format!("turns/{id}/{turn}.jsonl")))
+        std::fs::read_to_string(self.env.state.join(format!("turns/{id}.{turn}.jsonl")))
             .unwrap_or_default()
     }
 }

@@ -111,15 +111,21 @@ async fn a_02_state_is_imported_once_and_its_sessions_converse() {
     // The idle session's turn logs, world-writable as an old umask or an executor left them.
     let logs = old.join("turns").join(&idle_id);
     std::fs::create_dir_all(&logs).unwrap();
-    for f in std::fs::read_dir(env.state.join("turns").join(&idle_id)).unwrap() {
+    // (0.2 kept them as `turns/<id>/<n>.jsonl`; this server wrote `turns/<id>.<n>.jsonl`.)
+    let prefix = format!("{idle_id}.");
+    for f in std::fs::read_dir(env.state.join("turns")).unwrap() {
         let f = f.unwrap();
-        std::fs::copy(f.path(), logs.join(f.file_name())).unwrap();
-        std::fs::set_permissions(
-            logs.join(f.file_name()),
-            std::fs::Permissions::from_mode(0o666),
-        )
-        .unwrap();
+        let name = f.file_name().to_string_lossy().into_owned();
+        let Some(short) = name.strip_prefix(&prefix) else {
+            continue;
+        };
+        std::fs::copy(f.path(), logs.join(short)).unwrap();
+        std::fs::set_permissions(logs.join(short), std::fs::Permissions::from_mode(0o666)).unwrap();
     }
+    assert!(
+        std::fs::read_dir(&logs).unwrap().count() > 0,
+        "the idle session's logs were found"
+    );
     std::fs::set_permissions(&logs, std::fs::Permissions::from_mode(0o777)).unwrap();
     // A valid session whose turn log is a symlink to a file outside: not imported at all.
     let victim = env.dir.path().join("victim.txt");
@@ -216,8 +222,8 @@ async fn a_02_state_is_imported_once_and_its_sessions_converse() {
         "nothing was written through the symlink"
     );
 
-    // A turn log planted as a symlink in the session's own log folder is not followed.
-    let next = env.state.join("turns").join(&run_id).join("3.jsonl");
+    // A turn log planted as a symlink where the next turn's log goes is not followed.
+    let next = env.state.join("turns").join(format!("{run_id}.3.jsonl"));
     symlink(&victim, &next).unwrap();
     let r = z
         .call(

@@ -135,16 +135,20 @@ async fn state_and_transcripts_are_private() {
             & 0o777
     };
     assert_eq!(mode(&env.state), 0o700);
-    assert_eq!(mode(&env.state.join("turns").join(id)), 0o700);
+    assert_eq!(mode(&env.state.join("turns")), 0o700);
     assert_eq!(mode(&env.state.join("zwarm.db")), 0o600);
     assert_eq!(
-        mode(&env.state.join("turns").join(id).join("1.jsonl")),
+        mode(&env.state.join("turns").join(format!("{id}.1.jsonl"))),
         0o600
     );
-    assert_eq!(
-        mode(&env.state.join("turns").join(id).join("1.stderr")),
-        0o600
-    );
+    // Codex's -o file, lent from the store's pool (kept for the next turn).
+    assert_eq!(mode(&env.state.join("scratch")), 0o700);
+    let lent: Vec<_> = std::fs::read_dir(env.state.join("scratch"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(lent.len(), 1, "{lent:?}");
+    assert_eq!(mode(&lent[0]), 0o600);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

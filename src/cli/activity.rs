@@ -1,5 +1,5 @@
 //! What an executor did in a turn, read back from the turn's raw log on the state dir
-//! (`turns/<id>/<n>.jsonl`, the executor's stdout, and `<n>.stderr`), with the executor's own
+//! (`turns/<id>.<n>.jsonl`, the executor's stdout, and `turns/<id>.<n>.stderr`), with the executor's own
 //! parser. The session record keeps what finished (commands with their exit codes, files,
 //! messages); the raw log also holds what started and never finished (a command cut off by
 //! `end` or Ctrl-C), and it is written as the executor prints, so `logs -f` can follow it.
@@ -23,10 +23,10 @@ pub fn turn_files(state: &Path, id: &str, turn: u32) -> Option<(PathBuf, PathBuf
     if !crate::model::valid_id(id) {
         return None;
     }
-    let dir = state.join("turns").join(id);
-    Some((
-        dir.join(format!("{turn}.jsonl")),
-        dir.join(format!("{turn}.stderr")),
+    Some(crate::store::logs::existing_files(
+        &state.join("turns"),
+        id,
+        turn,
     ))
 }
 

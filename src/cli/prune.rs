@@ -88,16 +88,46 @@ fn prune_session(
     if !crate::model::valid_id(id) {
         return Ok(());
     }
-    let dir = store.root().join("turns").join(id);
-    if dir.is_dir() {
-        let size = dir_size(&dir);
+    let turns = store.root().join("turns");
+    let stored = store.load_session(id)?;
+    // The session's raw logs (`turns/<id>.<n>.*`, one pair per turn it had) and its own
+    // folder (`turns/<id>/`: ACP's files, and the logs of zwarm 0.4.0 and earlier).
+    let dir = turns.join(id);
+    let mut files: Vec<PathBuf> = stored
+        .as_ref()
+        .map(|s| {
+            (1..=u32::try_from(s.turns.len()).unwrap_or(u32::MAX))
+                .flat_map(|n| {
+                    let (out, err) = crate::store::logs::files(&turns, id, n);
+                    [out, err]
+                })
+                .filter(|p| std::fs::symlink_metadata(p).is_ok_and(|m| m.is_file()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut size: u64 = files
+        .iter()
+        .filter_map(|p| std::fs::metadata(p).ok())
+        .map(|m| m.len())
+        .sum();
+    let has_dir = std::fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir());
+    if has_dir {
+        size += dir_size(&dir);
+    }
+    if has_dir || !files.is_empty() {
         if !dry_run {
-            std::fs::remove_dir_all(&dir)
-                .map_err(|e| anyhow::anyhow!("removing {}: {e}", dir.display()))?;
+            for f in files.drain(..) {
+                std::fs::remove_file(&f)
+                    .map_err(|e| anyhow::anyhow!("removing {}: {e}", f.display()))?;
+            }
+            if has_dir {
+                std::fs::remove_dir_all(&dir)
+                    .map_err(|e| anyhow::anyhow!("removing {}: {e}", dir.display()))?;
+            }
         }
         report.logs.push((id.to_string(), size));
     }
-    let Some(s) = store.load_session(id)? else {
+    let Some(s) = stored else {
         return Ok(());
     };
     if let Some(iso) = &s.isolation {

@@ -353,6 +353,9 @@ impl Executor for AcpExecutor {
     fn asks_approval(&self) -> bool {
         true
     }
+    fn keeps_session_files(&self) -> bool {
+        true
+    }
     fn resolve(&self, _cfg: &Config) -> Result<PathBuf, ExecutorError> {
         let configured = std::env::var_os(self.spec.env_bin).map(PathBuf::from);
         super::binary::resolve_binary(

@@ -30,8 +30,8 @@ pub struct LaunchContext {
     pub scratch: PathBuf,
     /// The session's own folder under the state dir (made before the turn; it outlives a
     /// restart, and every runner gives it to the turn): where an executor keeps files of its
-    /// own across the session's turns (ACP's transcript and approval requests). `None` in a
-    /// dry run.
+    /// own across the session's turns (ACP's transcript and approval requests). Made only for
+    /// an executor that [`Executor::keeps_session_files`]; `None` otherwise and in a dry run.
     pub turn_dir: Option<PathBuf>,
     /// The session whose turn this is: the value of [`super::TURN_ENV`] in the turn's environment.
     pub session_id: Option<String>,
@@ -156,6 +156,12 @@ pub trait Executor: Send + Sync {
     /// trivial turn's cost). It still reaches the stderr parser and a failure's explanation.
     fn stderr_banner(&self) -> Option<&'static str> {
         None
+    }
+    /// Whether it keeps files of its own across a session's turns (ACP: the transcript and
+    /// approval requests): the engine then makes the session's folder and passes it as
+    /// [`LaunchContext::turn_dir`].
+    fn keeps_session_files(&self) -> bool {
+        false
     }
     /// Whether its turns can stop to ask for a permission (the ACP bridge's approval files in
     /// the turn's folder). Only then does zwarm look for a pending request.

@@ -203,7 +203,7 @@ impl Manager {
     /// What the raw log of a running turn a dead server left holds of its stdout (see
     /// [`Logged`]).
     async fn logged_output(&self, id: &str, index: u32, adapter: Adapter) -> Logged {
-        let path = self.inner.store.turn_dir(id).join(format!("{index}.jsonl"));
+        let (path, _) = self.inner.store.turn_log_files(id, index);
         let p = path.clone();
         tokio::task::spawn_blocking(move || {
             let bytes = read_nofollow(&p).unwrap_or_default();

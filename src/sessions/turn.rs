@@ -366,10 +366,15 @@ async fn prepare(
         }
         let log = inner.store.turn_log(&id, index).map_err(TurnError::Logs)?;
         let scratch = inner.store.scratch().map_err(TurnError::Logs)?;
+        let turn_dir = if executor::get(adapter).keeps_session_files() {
+            Some(inner.store.session_dir(&id).map_err(TurnError::Logs)?)
+        } else {
+            None
+        };
         let ctx = LaunchContext {
             model,
             scratch: scratch.path().to_path_buf(),
-            turn_dir: Some(inner.store.turn_dir(&id)),
+            turn_dir,
             session_id: Some(id.clone()),
             allowed_mcp_servers: inner.cfg.executors.mcp_servers.clone(),
         };

@@ -1,5 +1,10 @@
-//! The executor's raw output for each turn: `turns/<id>/<n>.jsonl` (stdout) and `<n>.stderr`
-//! (made only when the executor writes to stderr).
+//! The executor's raw output for each turn: `turns/<id>.<n>.jsonl` (stdout) and
+//! `turns/<id>.<n>.stderr` (made only when the executor writes to stderr), in one folder for
+//! all sessions: a new file costs an inode, a new folder an inode and a block, and on a
+//! filesystem without a journal each allocation first skips every inode deleted in the last
+//! half-minute, so a trivial turn's cost grew with every file made for it (docs/benchmarks.md).
+//! Logs of zwarm 0.4.0 and earlier (`turns/<id>/<n>.jsonl`) are still read
+//! ([`existing_files`]).
 //!
 //! These files are append-only and written by one thread for all turns ([`Writer`],
 //! `zwarm-logs`), so a turn's supervisor only hands lines over a channel and never waits on
@@ -13,8 +18,8 @@
 //! log at most 2 s ([`TurnLog::close`]).
 //!
 //! They are created and opened without following symlinks, inside the folder zwarm made for
-//! the session (`turns/<id>`, 0700, refused when it or `turns` is a symlink or not a folder of
-//! this user), so nothing found there can send a turn's output into another file. (Codex's
+//! them (`turns`, 0700, refused when it or the state dir is a symlink or not a folder of this
+//! user), so nothing found there can send a turn's output into another file. (Codex's
 //! `-o` file is not here: see [`super::scratch`].)
 
 use std::fs::File;
@@ -150,6 +155,32 @@ pub struct TurnLog {
     pending: parking_lot::Mutex<Vec<u8>>,
 }
 
+/// Where the raw log of turn `turn` of session `session` goes: `turns/<id>.<n>.jsonl` and
+/// `turns/<id>.<n>.stderr`, side by side in one folder (a folder per session cost a directory
+/// creation per new session; see the module doc).
+pub fn files(turns: &Path, session: &str, turn: u32) -> (PathBuf, PathBuf) {
+    (
+        turns.join(format!("{session}.{turn}.jsonl")),
+        turns.join(format!("{session}.{turn}.stderr")),
+    )
+}
+
+/// [`files`], or where zwarm 0.4.0 and earlier wrote them (`turns/<id>/<n>.jsonl` and
+/// `<n>.stderr`) when only those exist: what reading a turn's log looks at.
+pub fn existing_files(turns: &Path, session: &str, turn: u32) -> (PathBuf, PathBuf) {
+    let now = files(turns, session, turn);
+    let old = turns.join(session);
+    let was = (
+        old.join(format!("{turn}.jsonl")),
+        old.join(format!("{turn}.stderr")),
+    );
+    if std::fs::symlink_metadata(&now.0).is_err() && std::fs::symlink_metadata(&was.0).is_ok() {
+        was
+    } else {
+        now
+    }
+}
+
 /// The folder `dir` (made when missing), opened without following a symlink; refused unless
 /// it and its parent are real folders of this user.
 pub(super) fn own_dir(dir: &Path) -> Result<File, StoreError> {
@@ -209,9 +240,15 @@ fn append(dir: &File, p: &Path) -> Result<File, StoreError> {
 impl TurnLog {
     /// Create the files (blocking: call from `spawn_blocking` or a non-async context); what is
     /// written to them goes through `writer`.
-    pub(super) fn open(writer: &Writer, dir: &Path, turn: u32) -> Result<TurnLog, StoreError> {
-        let d = own_dir(dir)?;
-        let out = append(&d, &dir.join(format!("{turn}.jsonl")))?;
+    pub(super) fn open(
+        writer: &Writer,
+        turns: &Path,
+        session: &str,
+        turn: u32,
+    ) -> Result<TurnLog, StoreError> {
+        let d = own_dir(turns)?;
+        let (out_path, err_path) = files(turns, session, turn);
+        let out = append(&d, &out_path)?;
         let tx = writer.sender()?;
         let id = writer
             .next
@@ -220,7 +257,7 @@ impl TurnLog {
             dir: d,
             out: BufWriter::new(out),
             err: None,
-            err_path: Some(dir.join(format!("{turn}.stderr"))),
+            err_path: Some(err_path),
             failed: false,
         };
         tx.send(Msg::Open(id, Box::new(files))).map_err(|_| {
@@ -322,7 +359,7 @@ mod tests {
         let turns = dir.path().join("turns");
         create_private_dir(&turns).expect("turns");
         let writer = Writer::default();
-        let log = TurnLog::open(&writer, &turns.join("s1"), 1).expect("open");
+        let log = TurnLog::open(&writer, &turns, "s1", 1).expect("open");
         assert!(!log.has_pending());
         log.out(b"{\"a\":1}");
         log.out(b"{\"b\":2}");
@@ -336,7 +373,7 @@ mod tests {
         log.out(b"{\"c\":3}");
         assert!(log.has_pending());
         log.close().await;
-        let text = std::fs::read(turns.join("s1").join("1.jsonl")).expect("read");
+        let text = std::fs::read(turns.join("s1.1.jsonl")).expect("read");
         let mut want = b"{\"a\":1}\n{\"b\":2}\n".to_vec();
         want.extend_from_slice(&big);
         want.extend_from_slice(b"\n{\"c\":3}\n");
@@ -352,8 +389,8 @@ mod tests {
         let turns = dir.path().join("turns");
         create_private_dir(&turns).expect("turns");
         let writer = Writer::default();
-        let a = TurnLog::open(&writer, &turns.join("sa"), 1).expect("open a");
-        let b = TurnLog::open(&writer, &turns.join("sb"), 3).expect("open b");
+        let a = TurnLog::open(&writer, &turns, "sa", 1).expect("open a");
+        let b = TurnLog::open(&writer, &turns, "sb", 3).expect("open b");
         for i in 0..50 {
             a.out(format!("a{i}").as_bytes());
             b.out(format!("b{i}").as_bytes());
@@ -366,22 +403,52 @@ mod tests {
         a.close().await;
         let read = |p: &str| std::fs::read_to_string(turns.join(p)).expect(p);
         let want = |k: &str| (0..50).map(|i| format!("{k}{i}\n")).collect::<String>();
-        assert_eq!(read("sa/1.jsonl"), want("a"));
-        assert!(!turns.join("sa/1.stderr").exists());
+        assert_eq!(read("sa.1.jsonl"), want("a"));
+        assert!(!turns.join("sa.1.stderr").exists());
         b.out(b"b-last");
         b.close().await;
-        assert_eq!(read("sb/3.jsonl"), want("b") + "b-last\n");
-        assert_eq!(read("sb/3.stderr"), "warning: b\n");
+        assert_eq!(read("sb.3.jsonl"), want("b") + "b-last\n");
+        assert_eq!(read("sb.3.stderr"), "warning: b\n");
+        {
+            use std::os::unix::fs::PermissionsExt;
+            for f in ["sb.3.stderr", "sb.3.jsonl"] {
+                let m = std::fs::metadata(turns.join(f)).expect(f);
+                assert_eq!(m.permissions().mode() & 0o777, 0o600, "{f}");
+            }
+        }
 
         // A log dropped without close: what it gathered is written, and the writer lets its
         // files go (the next close, queued behind, returns once that is done).
-        let c = TurnLog::open(&writer, &turns.join("sc"), 1).expect("open c");
+        let c = TurnLog::open(&writer, &turns, "sc", 1).expect("open c");
         c.out(b"gathered");
         drop(c);
-        TurnLog::open(&writer, &turns.join("sd"), 1)
+        TurnLog::open(&writer, &turns, "sd", 1)
             .expect("open d")
             .close()
             .await;
-        assert_eq!(read("sc/1.jsonl"), "gathered\n");
+        assert_eq!(read("sc.1.jsonl"), "gathered\n");
+    }
+
+    /// A turn's log is read where this version writes it, or where 0.4.0 and earlier wrote
+    /// it when only that exists.
+    #[test]
+    fn logs_are_read_from_the_old_layout_when_only_it_exists() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let turns = dir.path();
+        let (now, now_err) = files(turns, "s", 2);
+        assert_eq!(now, turns.join("s.2.jsonl"));
+        assert_eq!(now_err, turns.join("s.2.stderr"));
+        assert_eq!(
+            existing_files(turns, "s", 2).0,
+            now,
+            "neither: where it will be"
+        );
+        std::fs::create_dir(turns.join("s")).expect("old folder");
+        std::fs::write(turns.join("s").join("2.jsonl"), "old\n").expect("old log");
+        let (was, was_err) = existing_files(turns, "s", 2);
+        assert_eq!(was, turns.join("s").join("2.jsonl"));
+        assert_eq!(was_err, turns.join("s").join("2.stderr"));
+        std::fs::write(&now, "new\n").expect("new log");
+        assert_eq!(existing_files(turns, "s", 2).0, now, "both: this version's");
     }
 }

@@ -3,8 +3,9 @@
 //! ```text
 //! <state dir>/
 //!   zwarm.db (+ -wal, -shm)   sessions, turns, watcher notes, the event log (WAL mode)
-//!   turns/<id>/<n>.jsonl      the executor's raw stdout for turn n, append-only
-//!   turns/<id>/<n>.stderr     its stderr (made only when the executor writes to stderr)
+//!   turns/<id>.<n>.jsonl      the executor's raw stdout for turn n, append-only
+//!   turns/<id>.<n>.stderr     its stderr (made only when the executor writes to stderr)
+//!   turns/<id>/               files an executor keeps across a session's turns (ACP)
 //!   scratch/<instance>-<k>.last-message   codex's `-o` file, lent to one turn at a time
 //!   locks/<instance>.lock     held (flock) by a live server; how others know it is alive
 //! ```
@@ -435,11 +436,7 @@ impl Store {
                 reason: "not a UUID".into(),
             });
         }
-        TurnLog::open(
-            &self.inner.logs,
-            &self.inner.root.join("turns").join(id),
-            turn,
-        )
+        TurnLog::open(&self.inner.logs, &self.inner.root.join("turns"), id, turn)
     }
 
     /// An empty file for an executor to write what zwarm reads back after the turn (codex's
@@ -448,8 +445,24 @@ impl Store {
         self.inner.scratch.take()
     }
 
-    pub fn turn_dir(&self, id: &str) -> PathBuf {
-        self.inner.root.join("turns").join(id)
+    /// Where the raw log of a turn is read from (stdout, stderr): [`logs::existing_files`].
+    pub fn turn_log_files(&self, id: &str, turn: u32) -> (PathBuf, PathBuf) {
+        logs::existing_files(&self.inner.root.join("turns"), id, turn)
+    }
+
+    /// The session's own folder, `turns/<id>` (made, private, when missing; blocking): for an
+    /// executor that keeps files across the session's turns
+    /// ([`crate::executor::Executor::keeps_session_files`]).
+    pub fn session_dir(&self, id: &str) -> Result<PathBuf, StoreError> {
+        if !crate::model::valid_id(id) {
+            return Err(StoreError::Corrupt {
+                what: format!("session id `{id}`"),
+                reason: "not a UUID".into(),
+            });
+        }
+        let d = self.inner.root.join("turns").join(id);
+        logs::own_dir(&d)?;
+        Ok(d)
     }
 
     /// Stop the writer after everything queued is committed (bounded by `limit`).

@@ -1544,6 +1544,39 @@ mod in_process {
         assert!(e.m.converse(&id, "again").await.is_err());
     }
 
+    /// A burst of delegates of one kind shares delegate's up-front check for a second: a
+    /// folder removed within it is found when the turn starts (the turn fails, saying why);
+    /// after it, delegate refuses the folder up front again.
+    #[tokio::test]
+    async fn delegates_share_the_up_front_check_for_a_second_and_each_turn_checks_again() {
+        let clock = Frozen::new();
+        let e = within(engine(|_| {}, quick)).await;
+        let sub = e.dir.path().join("sub");
+        std::fs::create_dir(&sub).expect("mkdir");
+        let at = |t: &str| {
+            let mut r = task(t);
+            r.working_dir = Some(sub.display().to_string());
+            r
+        };
+        let first = e.m.delegate(at("first")).await.expect("delegate");
+        assert_eq!(e.settled(&first).await.status.as_str(), "idle");
+        std::fs::remove_dir(&sub).expect("rmdir");
+        let second =
+            e.m.delegate(at("second"))
+                .await
+                .expect("accepted on the shared check");
+        let s = e.settled(&second).await;
+        assert_eq!(s.status.as_str(), "failed", "{s:?}");
+        let why = s.turns[0].error.clone().unwrap_or_default();
+        assert!(why.contains(&sub.display().to_string()), "{why}");
+        clock.advance(Duration::from_millis(1001)).await;
+        let err =
+            e.m.delegate(at("third"))
+                .await
+                .expect_err("refused up front again");
+        assert!(err.to_string().contains("sub"), "{err}");
+    }
+
     /// Time only moves when the test moves it: the turn runs until its timeout exactly.
     #[tokio::test]
     async fn a_turn_past_its_timeout_is_stopped_and_failed() {

@@ -2,6 +2,7 @@
 //! ([`Manager::converse`]), stop its turn ([`Manager::interrupt`]), end it ([`Manager::end`]),
 //! and the watchers' say before each call ([`Manager::before_call`]).
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,7 +14,7 @@ use super::registry::{Handle, TurnControl};
 use super::{DelegateRequest, Manager, ManagerError, Undo, blocking, committed, turn};
 use crate::executor::{self, LaunchContext, TurnPlan};
 use crate::log_event::LogEvent;
-use crate::model::{Mode, Session, SessionStatus, Turn, TurnStatus, WatcherNote, now};
+use crate::model::{Adapter, Mode, Session, SessionStatus, Turn, TurnStatus, WatcherNote, now};
 use crate::store::Write;
 use crate::text;
 use crate::watch::Call;
@@ -40,31 +41,41 @@ impl Manager {
         let mode = req.mode.unwrap_or(Mode::Sync);
         let model = req.model.filter(|m| !m.trim().is_empty());
         // Off the async workers: the directory check and a dry run of the command line, so a
-        // missing CLI or a bad setting is reported now, not as a failed turn.
-        let inner = self.inner.clone();
-        let (wd, t, m) = (req.working_dir.clone(), task.clone(), model.clone());
-        let dir = blocking(move || -> Result<PathBuf, ManagerError> {
-            let dir = inner.check_dir(wd.as_deref())?;
-            executor::build_launch(
-                adapter,
-                &inner.cfg,
-                &TurnPlan {
-                    working_dir: dir.clone(),
-                    prompt: t,
-                    resume_id: None,
-                },
-                &LaunchContext {
-                    model: m,
-                    scratch: PathBuf::from("/dev/null"),
-                    turn_dir: None,
-                    session_id: None,
-                    allowed_mcp_servers: inner.cfg.executors.mcp_servers.clone(),
-                },
-            )?;
-            Ok(dir)
-        })
-        .await
-        .ok_or(ManagerError::ShuttingDown)??;
+        // missing CLI or a bad setting is reported now, not as a failed turn. A burst of
+        // delegates of the same kind shares one ([`Checked`]); the task is checked every time.
+        executor::check_prompt(&task, self.inner.cfg.max_task_bytes)?;
+        let key = (req.working_dir.clone(), adapter, model.clone());
+        let dir = match self.inner.checked.get(&key) {
+            Some(dir) => dir,
+            None => {
+                let inner = self.inner.clone();
+                let (wd, t, m) = (req.working_dir.clone(), task.clone(), model.clone());
+                let dir = blocking(move || -> Result<PathBuf, ManagerError> {
+                    let dir = inner.check_dir(wd.as_deref())?;
+                    executor::build_launch(
+                        adapter,
+                        &inner.cfg,
+                        &TurnPlan {
+                            working_dir: dir.clone(),
+                            prompt: t,
+                            resume_id: None,
+                        },
+                        &LaunchContext {
+                            model: m,
+                            scratch: PathBuf::from("/dev/null"),
+                            turn_dir: None,
+                            session_id: None,
+                            allowed_mcp_servers: inner.cfg.executors.mcp_servers.clone(),
+                        },
+                    )?;
+                    Ok(dir)
+                })
+                .await
+                .ok_or(ManagerError::ShuttingDown)??;
+                self.inner.checked.put(key, dir.clone());
+                dir
+            }
+        };
         let id = uuid::Uuid::new_v4().to_string();
         let (dir, isolation) = match self
             .isolate(&id, &dir, req.isolation.as_deref(), req.base.as_deref())
@@ -554,5 +565,40 @@ impl Drop for EndingGuard {
         if self.armed {
             self.h.live.lock().ending = false;
         }
+    }
+}
+
+/// `delegate`'s up-front checks (the working dir, a dry run of the executor's command line)
+/// that passed within the last [`Checked::FOR`], by (working dir asked for, executor, model):
+/// a burst of delegates of one kind pays for one. Nothing is skipped for good: each turn checks
+/// its directory again and builds its real command line when it starts, so a CLI removed or a
+/// folder swapped within that second fails the turn, saying why.
+#[derive(Default)]
+pub(crate) struct Checked {
+    passed: parking_lot::Mutex<HashMap<CheckKey, (PathBuf, Instant)>>,
+}
+
+type CheckKey = (Option<String>, Adapter, Option<String>);
+
+impl Checked {
+    const FOR: Duration = Duration::from_secs(1);
+    /// Most remembered at once (older ones are dropped first).
+    const MAX: usize = 64;
+
+    fn get(&self, key: &CheckKey) -> Option<PathBuf> {
+        let passed = self.passed.lock();
+        passed
+            .get(key)
+            .filter(|(_, at)| at.elapsed() < Self::FOR)
+            .map(|(dir, _)| dir.clone())
+    }
+
+    fn put(&self, key: CheckKey, dir: PathBuf) {
+        let mut passed = self.passed.lock();
+        passed.retain(|_, (_, at)| at.elapsed() < Self::FOR);
+        if passed.len() >= Self::MAX {
+            passed.clear();
+        }
+        passed.insert(key, (dir, Instant::now()));
     }
 }

@@ -277,6 +277,8 @@ pub(crate) struct Inner {
     /// turn as running).
     recovered_once: std::sync::atomic::AtomicBool,
     recovered: tokio::sync::Notify,
+    /// `delegate`'s up-front checks that passed a moment ago ([`api::Checked`]).
+    checked: api::Checked,
 }
 
 /// How to undo a turn's start whose commit failed.
@@ -462,6 +464,7 @@ impl Manager {
             stop_by: parking_lot::Mutex::new(None),
             recovered_once: std::sync::atomic::AtomicBool::new(false),
             recovered: tokio::sync::Notify::new(),
+            checked: api::Checked::default(),
         });
         let m = Manager { inner };
         for r in &imports {

@@ -1577,6 +1577,25 @@ mod in_process {
         assert!(err.to_string().contains("sub"), "{err}");
     }
 
+    /// A turn's end commit holds its whole record: the flusher does not write the session
+    /// again afterwards (the database's log does not grow at its next tick).
+    #[tokio::test]
+    async fn an_ended_turn_is_not_written_again_by_the_flusher() {
+        let clock = Frozen::new();
+        let e = within(engine(|_| {}, quick)).await;
+        let id = e.m.delegate(task("once")).await.expect("delegate");
+        assert_eq!(e.settled(&id).await.status.as_str(), "idle");
+        let wal = e.dir.path().join("state").join("zwarm.db-wal");
+        let size = || std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+        // What was submitted is on disk (a lazy group waits a few real milliseconds).
+        std::thread::sleep(Duration::from_millis(100));
+        let before = size();
+        assert!(before > 0, "the turn was written");
+        clock.advance(zwarm::sessions::FLUSH_INTERVAL * 2).await;
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(size(), before, "written again after its end");
+    }
+
     /// Time only moves when the test moves it: the turn runs until its timeout exactly.
     #[tokio::test]
     async fn a_turn_past_its_timeout_is_stopped_and_failed() {

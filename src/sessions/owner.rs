@@ -187,6 +187,13 @@ impl Inner {
         let _ = self.store.submit_lazy(writes);
     }
 
+    /// The session's whole record is in a commit just staged: the flusher need not write it
+    /// again (the commit's failure marks it dirty again). Call it in the staging critical
+    /// section, so a change made after it marks it dirty anew.
+    pub(crate) fn mark_clean(&self, id: &str) {
+        self.dirty.lock().remove(id);
+    }
+
     pub(crate) fn mark_dirty(&self, id: &str, now: bool) {
         self.dirty.lock().insert(id.to_string());
         if now {

@@ -273,6 +273,8 @@ pub(crate) async fn finish(
             l.control = None;
         }
         w.extend(l.images(&[index]));
+        // What the flusher would have written of this turn's progress is in this commit.
+        inner.mark_clean(&h.id);
         w.push(inner.event(
             LogEvent::TurnFinished {
                 turn: index,

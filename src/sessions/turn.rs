@@ -439,7 +439,7 @@ pub(crate) async fn follow(
     let mut timing = Timing::new();
     let mut outcome = Outcome::default();
     let adapter = h.live.lock().session.adapter;
-    match inner.store.turn_log(&h.id, index) {
+    match inner.store.turn_log_to_go_on(&h.id, index) {
         Ok(log) => {
             let r = supervise(
                 &inner,

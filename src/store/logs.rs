@@ -240,14 +240,12 @@ fn append(dir: &File, p: &Path) -> Result<File, StoreError> {
 impl TurnLog {
     /// Create the files (blocking: call from `spawn_blocking` or a non-async context); what is
     /// written to them goes through `writer`.
-    pub(super) fn open(
-        writer: &Writer,
-        turns: &Path,
-        session: &str,
-        turn: u32,
-    ) -> Result<TurnLog, StoreError> {
-        let d = own_dir(turns)?;
-        let (out_path, err_path) = files(turns, session, turn);
+    /// `at`: the stdout and stderr files ([`files`], or [`existing_files`] to go on with a
+    /// log), in a folder of zwarm's.
+    pub(super) fn open(writer: &Writer, at: (PathBuf, PathBuf)) -> Result<TurnLog, StoreError> {
+        let (out_path, err_path) = at;
+        let folder = out_path.parent().unwrap_or(Path::new("/"));
+        let d = own_dir(folder)?;
         let out = append(&d, &out_path)?;
         let tx = writer.sender()?;
         let id = writer
@@ -359,7 +357,7 @@ mod tests {
         let turns = dir.path().join("turns");
         create_private_dir(&turns).expect("turns");
         let writer = Writer::default();
-        let log = TurnLog::open(&writer, &turns, "s1", 1).expect("open");
+        let log = TurnLog::open(&writer, files(&turns, "s1", 1)).expect("open");
         assert!(!log.has_pending());
         log.out(b"{\"a\":1}");
         log.out(b"{\"b\":2}");
@@ -389,8 +387,8 @@ mod tests {
         let turns = dir.path().join("turns");
         create_private_dir(&turns).expect("turns");
         let writer = Writer::default();
-        let a = TurnLog::open(&writer, &turns, "sa", 1).expect("open a");
-        let b = TurnLog::open(&writer, &turns, "sb", 3).expect("open b");
+        let a = TurnLog::open(&writer, files(&turns, "sa", 1)).expect("open a");
+        let b = TurnLog::open(&writer, files(&turns, "sb", 3)).expect("open b");
         for i in 0..50 {
             a.out(format!("a{i}").as_bytes());
             b.out(format!("b{i}").as_bytes());
@@ -419,20 +417,20 @@ mod tests {
 
         // A log dropped without close: what it gathered is written, and the writer lets its
         // files go (the next close, queued behind, returns once that is done).
-        let c = TurnLog::open(&writer, &turns, "sc", 1).expect("open c");
+        let c = TurnLog::open(&writer, files(&turns, "sc", 1)).expect("open c");
         c.out(b"gathered");
         drop(c);
-        TurnLog::open(&writer, &turns, "sd", 1)
+        TurnLog::open(&writer, files(&turns, "sd", 1))
             .expect("open d")
             .close()
             .await;
         assert_eq!(read("sc.1.jsonl"), "gathered\n");
     }
 
-    /// A turn's log is read where this version writes it, or where 0.4.0 and earlier wrote
-    /// it when only that exists.
-    #[test]
-    fn logs_are_read_from_the_old_layout_when_only_it_exists() {
+    /// A turn's log is read (and a turn a dead server started goes on) where this version
+    /// writes it, or where 0.4.0 and earlier wrote it when only that exists.
+    #[tokio::test]
+    async fn logs_are_read_from_the_old_layout_when_only_it_exists() {
         let dir = tempfile::tempdir().expect("tempdir");
         let turns = dir.path();
         let (now, now_err) = files(turns, "s", 2);
@@ -448,6 +446,15 @@ mod tests {
         let (was, was_err) = existing_files(turns, "s", 2);
         assert_eq!(was, turns.join("s").join("2.jsonl"));
         assert_eq!(was_err, turns.join("s").join("2.stderr"));
+        // A turn a dead server of 0.4.0 started goes on in its log.
+        let writer = Writer::default();
+        let log = TurnLog::open(&writer, existing_files(turns, "s", 2)).expect("open");
+        log.out(b"more");
+        log.close().await;
+        assert_eq!(
+            std::fs::read_to_string(turns.join("s").join("2.jsonl")).expect("read"),
+            "old\nmore\n"
+        );
         std::fs::write(&now, "new\n").expect("new log");
         assert_eq!(existing_files(turns, "s", 2).0, now, "both: this version's");
     }

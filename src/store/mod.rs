@@ -430,13 +430,17 @@ impl Store {
 
     /// The raw log files of one turn, written off the async workers.
     pub fn turn_log(&self, id: &str, turn: u32) -> Result<TurnLog, StoreError> {
-        if !crate::model::valid_id(id) {
-            return Err(StoreError::Corrupt {
-                what: format!("session id `{id}`"),
-                reason: "not a UUID".into(),
-            });
-        }
-        TurnLog::open(&self.inner.logs, &self.inner.root.join("turns"), id, turn)
+        session_id_ok(id)?;
+        let turns = self.inner.root.join("turns");
+        TurnLog::open(&self.inner.logs, logs::files(&turns, id, turn))
+    }
+
+    /// [`Store::turn_log`] for a turn a dead server started: appended to where its log already
+    /// is (a server of 0.4.0 or earlier wrote `turns/<id>/<n>.jsonl`).
+    pub fn turn_log_to_go_on(&self, id: &str, turn: u32) -> Result<TurnLog, StoreError> {
+        session_id_ok(id)?;
+        let turns = self.inner.root.join("turns");
+        TurnLog::open(&self.inner.logs, logs::existing_files(&turns, id, turn))
     }
 
     /// An empty file for an executor to write what zwarm reads back after the turn (codex's
@@ -454,12 +458,7 @@ impl Store {
     /// executor that keeps files across the session's turns
     /// ([`crate::executor::Executor::keeps_session_files`]).
     pub fn session_dir(&self, id: &str) -> Result<PathBuf, StoreError> {
-        if !crate::model::valid_id(id) {
-            return Err(StoreError::Corrupt {
-                what: format!("session id `{id}`"),
-                reason: "not a UUID".into(),
-            });
-        }
+        session_id_ok(id)?;
         let d = self.inner.root.join("turns").join(id);
         logs::own_dir(&d)?;
         Ok(d)
@@ -474,6 +473,18 @@ impl Store {
 /// Server instance ids are UUIDs (the lock file name is built from one).
 pub fn valid_instance(s: &str) -> bool {
     uuid::Uuid::parse_str(s).is_ok_and(|u| u.hyphenated().to_string() == s)
+}
+
+/// A session id used in a path under the state dir: a UUID, nothing else.
+fn session_id_ok(id: &str) -> Result<(), StoreError> {
+    if crate::model::valid_id(id) {
+        Ok(())
+    } else {
+        Err(StoreError::Corrupt {
+            what: format!("session id `{id}`"),
+            reason: "not a UUID".into(),
+        })
+    }
 }
 
 pub(crate) fn create_private_dir(p: &Path) -> Result<(), StoreError> {

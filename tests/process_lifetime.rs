@@ -344,6 +344,23 @@ async fn kill_9_of_zwarm_mid_codex_turn_kills_the_running_command_within_2_s() {
     );
     assert!(turn_pids(&id).is_empty(), "{:?}", turn_pids(&id));
     assert!(!env.work.join("slept.txt").exists());
+    // The killed server's read-back file (codex's -o) is left behind; the next server to
+    // start removes it.
+    let left: Vec<PathBuf> = std::fs::read_dir(env.state.join("scratch"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(left.len(), 1, "{left:?}");
+    let next = Zwarm::start(&env, &[]).await;
+    let start = Instant::now();
+    while left[0].exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "a dead server's read-back file was not removed\n{}",
+            next.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// A fake codex that forks: a plain background child, a `setsid` one, one that ignores

@@ -539,6 +539,17 @@ impl Manager {
         let m = self.clone();
         tokio::spawn(async move {
             m.recover().await;
+            // Read-back files of servers that crashed (the live ones' pools stay).
+            let store = m.inner.store.clone();
+            if let Some(n) = blocking(move || store.sweep_scratch())
+                .await
+                .filter(|n| *n > 0)
+            {
+                tracing::info!(
+                    files = n,
+                    "removed read-back files of servers that are gone"
+                );
+            }
             m.inner
                 .recovered_once
                 .store(true, std::sync::atomic::Ordering::SeqCst);

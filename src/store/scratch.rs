@@ -12,7 +12,8 @@
 //! A [`Scratch`] goes back to the pool when dropped; the engine drops it only after the
 //! turn's leftover processes are gone, so nothing of one turn writes into the next turn's
 //! file. The files are named after the server instance, so two servers on one state dir never
-//! share one. Taking a file never writes through whatever is found at its name: a symlink,
+//! share one; a crashed server's files are removed by the next server to start
+//! ([`super::Store::sweep_scratch`]). Taking a file never writes through whatever is found at its name: a symlink,
 //! a folder, or a file with another link (planted to make zwarm empty its target) is removed
 //! and replaced by a new private file; only a plain file of zwarm's own is emptied in place.
 
@@ -98,6 +99,32 @@ impl Drop for Pool {
             let _ = std::fs::remove_file(p);
         }
     }
+}
+
+/// Remove the files of servers that are gone (a crash leaves its pool behind): every
+/// `<instance>-<k>.last-message` in `dir` whose instance `alive` says is not running. Nothing
+/// else there is touched, and nothing is followed. Returns how many were removed.
+pub(super) fn sweep(dir: &Path, alive: impl Fn(&str) -> bool) -> usize {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for e in rd.flatten() {
+        let name = e.file_name();
+        let Some(instance) = name
+            .to_str()
+            .and_then(|n| n.strip_suffix(".last-message"))
+            .and_then(|n| n.rsplit_once('-'))
+            .filter(|(_, k)| !k.is_empty() && k.bytes().all(|b| b.is_ascii_digit()))
+            .map(|(i, _)| i)
+        else {
+            continue;
+        };
+        if !alive(instance) && std::fs::remove_file(e.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
 }
 
 /// Make `path` (in `dir`) an empty plain file of this user's, linked once, without writing
@@ -189,5 +216,36 @@ mod tests {
                 "{plant}"
             );
         }
+    }
+
+    /// A gone server's files are removed; a live one's, and anything else, stay.
+    #[test]
+    fn the_files_of_gone_servers_are_swept() {
+        let d = tempfile::tempdir().unwrap();
+        let live = "11111111-1111-4111-8111-111111111111";
+        let gone = "22222222-2222-4222-8222-222222222222";
+        for n in [
+            format!("{live}-0.last-message"),
+            format!("{gone}-0.last-message"),
+            format!("{gone}-12.last-message"),
+            "notes.txt".to_string(),
+            format!("{gone}-x.last-message"),
+        ] {
+            std::fs::write(d.path().join(n), "").unwrap();
+        }
+        assert_eq!(sweep(d.path(), |i| i == live), 2);
+        let mut left: Vec<String> = std::fs::read_dir(d.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            vec![
+                format!("{live}-0.last-message"),
+                format!("{gone}-x.last-message"),
+                "notes.txt".to_string()
+            ]
+        );
     }
 }

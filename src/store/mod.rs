@@ -372,14 +372,14 @@ impl Store {
             .await
     }
 
-    /// Whether the server instance that owns a session is still running (its lock is held).
-    /// Blocking (a file lock probe): call off the async workers.
     /// Remove the read-back files crashed servers left in `scratch/` (blocking). Returns how
     /// many.
     pub fn sweep_scratch(&self) -> usize {
         scratch::sweep(&self.inner.root.join("scratch"), |i| self.owner_alive(i))
     }
 
+    /// Whether the server instance that owns a session is still running (its lock is held).
+    /// Blocking (a file lock probe): call off the async workers.
     pub fn owner_alive(&self, instance: &str) -> bool {
         if instance == self.inner.instance {
             return true;

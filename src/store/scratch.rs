@@ -31,8 +31,9 @@ pub(super) struct Pool {
     prefix: String,
     free: parking_lot::Mutex<Vec<PathBuf>>,
     made: std::sync::atomic::AtomicU64,
-    /// The folder, opened once (made and checked on first use).
-    opened: std::sync::OnceLock<Result<File, String>>,
+    /// The folder, opened once made and checked (a failure is tried again at the next take:
+    /// a folder that could not be made once, a full disk say, does not fail every later turn).
+    opened: std::sync::OnceLock<File>,
 }
 
 /// One read-back file, lent to a turn until dropped.
@@ -66,10 +67,11 @@ impl Pool {
     }
 
     fn folder(&self) -> Result<&File, StoreError> {
-        self.opened
-            .get_or_init(|| logs::own_dir(&self.dir).map_err(|e| e.to_string()))
-            .as_ref()
-            .map_err(|e| io(&self.dir)(std::io::Error::other(e.clone())))
+        if let Some(f) = self.opened.get() {
+            return Ok(f);
+        }
+        let f = logs::own_dir(&self.dir)?;
+        Ok(self.opened.get_or_init(|| f))
     }
 
     /// An empty private file for one turn (blocking: call it off the async workers).
@@ -115,7 +117,9 @@ pub(super) fn sweep(dir: &Path, alive: impl Fn(&str) -> bool) -> usize {
             .to_str()
             .and_then(|n| n.strip_suffix(".last-message"))
             .and_then(|n| n.rsplit_once('-'))
-            .filter(|(_, k)| !k.is_empty() && k.bytes().all(|b| b.is_ascii_digit()))
+            .filter(|(i, k)| {
+                super::valid_instance(i) && !k.is_empty() && k.bytes().all(|b| b.is_ascii_digit())
+            })
             .map(|(i, _)| i)
         else {
             continue;
@@ -230,6 +234,7 @@ mod tests {
             format!("{gone}-12.last-message"),
             "notes.txt".to_string(),
             format!("{gone}-x.last-message"),
+            "notes-1.last-message".to_string(),
         ] {
             std::fs::write(d.path().join(n), "").unwrap();
         }
@@ -244,8 +249,23 @@ mod tests {
             vec![
                 format!("{live}-0.last-message"),
                 format!("{gone}-x.last-message"),
+                "notes-1.last-message".to_string(),
                 "notes.txt".to_string()
             ]
         );
+    }
+
+    /// A folder that cannot be made at one take is tried again at the next.
+    #[test]
+    fn a_folder_that_could_not_be_made_is_tried_again() {
+        let d = tempfile::tempdir().unwrap();
+        let blocker = d.path().join("state");
+        std::fs::write(&blocker, "not a folder").unwrap();
+        let pool = Arc::new(Pool::new(blocker.join("scratch"), "inst"));
+        assert!(pool.take().is_err());
+        std::fs::remove_file(&blocker).unwrap();
+        std::fs::create_dir(&blocker).unwrap();
+        let a = pool.take().expect("taken once the folder can be made");
+        assert!(a.path().is_file());
     }
 }

@@ -93,7 +93,8 @@ fn prune_session(
     // The session's raw logs (`turns/<id>.<n>.*`, one pair per turn it had) and its own
     // folder (`turns/<id>/`: ACP's files, and the logs of zwarm 0.4.0 and earlier).
     let dir = turns.join(id);
-    let mut files: Vec<PathBuf> = stored
+    // (path, size) of each one that is a plain file.
+    let files: Vec<(PathBuf, u64)> = stored
         .as_ref()
         .map(|s| {
             (1..=u32::try_from(s.turns.len()).unwrap_or(u32::MAX))
@@ -101,23 +102,22 @@ fn prune_session(
                     let (out, err) = crate::store::logs::files(&turns, id, n);
                     [out, err]
                 })
-                .filter(|p| std::fs::symlink_metadata(p).is_ok_and(|m| m.is_file()))
+                .filter_map(|p| {
+                    let m = std::fs::symlink_metadata(&p).ok().filter(|m| m.is_file())?;
+                    Some((p, m.len()))
+                })
                 .collect()
         })
         .unwrap_or_default();
-    let mut size: u64 = files
-        .iter()
-        .filter_map(|p| std::fs::metadata(p).ok())
-        .map(|m| m.len())
-        .sum();
+    let mut size: u64 = files.iter().map(|(_, len)| len).sum();
     let has_dir = std::fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir());
     if has_dir {
         size += dir_size(&dir);
     }
     if has_dir || !files.is_empty() {
         if !dry_run {
-            for f in files.drain(..) {
-                std::fs::remove_file(&f)
+            for (f, _) in &files {
+                std::fs::remove_file(f)
                     .map_err(|e| anyhow::anyhow!("removing {}: {e}", f.display()))?;
             }
             if has_dir {
